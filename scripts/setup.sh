@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what ambit's tests, lab and benchmarks need on a fresh Debian machine.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+packages=(nftables iproute2 curl iperf3 netcat-openbsd socat iputils-ping procps)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need root to install: ${missing[*]} (run as root or with sudo)" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+for tool in nft ip curl iperf3 nc socat; do
+  command -v "$tool" >/dev/null || { echo "setup: $tool still missing after install" >&2; exit 1; }
+done
+echo "setup: ok"

@@ -1,0 +1,40 @@
+//! ambit: a per-node L4 data plane for ambient service meshes, wire-compatible with Istio's ztunnel.
+//!
+//! # Layout
+//!
+//! Modules are arranged in levels; a module imports only from lower levels, and modules on one
+//! level do not import each other (`tests/layering.rs` enforces this).
+//!
+//! | level | module | owns |
+//! |---|---|---|
+//! | 1 | [`core`] | identities, authorities: the shared vocabulary |
+//! | 1 | [`lifecycle`] | drain with a deadline, readiness guards, signals |
+//! | 1 | [`telemetry`] | logging setup and reloadable log levels |
+//! | 3 | [`state`] | workloads, services and policies, indexed; a read-only view for the data path |
+//! | 4 | [`tls`] | rustls configurations, SPIFFE verification, the certificate-provider seam |
+//! | 4 | [`metrics`] | the metric registry and the data path's counters |
+//! | 5 | [`hbone`] | HTTP/2 CONNECT: client, connection pool, server side, headers |
+//! | 6 | [`proxy`] | listeners and per-connection flows (outbound, inbound HBONE, inbound plaintext) |
+//! | 7 | [`identity`] | certificate manager with rotation; the built-in CA |
+//! | 7 | [`xds`] | configuration sources: the local config file |
+//! | 8 | [`admin`] | readiness and metrics HTTP servers |
+//! | 9 | [`config`], [`app`] | configuration from the environment; the composition root |
+//!
+//! The data path (`tls`, `hbone`, `proxy`) never imports control-plane or admin code: it is
+//! handed a state view, a certificate provider and its own configuration.
+
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod core;
+pub mod hbone;
+pub mod identity;
+pub mod lifecycle;
+pub mod metrics;
+pub mod proxy;
+pub mod state;
+pub mod telemetry;
+pub mod tls;
+pub mod xds;
