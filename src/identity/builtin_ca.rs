@@ -139,8 +139,8 @@ impl BuiltinCa {
         params.not_before = now - CLOCK_SKEW;
         params.not_after = now + self.ttl;
 
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| generate(e.to_string()))?;
+        let key =
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| generate(e.to_string()))?;
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|e| generate(e.to_string()))?;
@@ -151,7 +151,7 @@ impl BuiltinCa {
         )
         .map_err(|source| IdentityError::Unusable {
             identity: id.clone(),
-            source,
+            source: Box::new(source),
         })
     }
 }
@@ -161,7 +161,11 @@ impl CaClient for BuiltinCa {
         &self,
         id: &Identity,
     ) -> Pin<
-        Box<dyn std::future::Future<Output = Result<WorkloadCertificate, IdentityError>> + Send + '_>,
+        Box<
+            dyn std::future::Future<Output = Result<WorkloadCertificate, IdentityError>>
+                + Send
+                + '_,
+        >,
     > {
         // Signing is a few hundred microseconds of CPU: not worth a blocking-pool hop.
         let result = self.issue_now(id);
@@ -234,11 +238,7 @@ fn parse_root_pem(pem: &[u8], path: &Path) -> Result<CertificateDer<'static>, Id
 }
 
 /// Refuses a root that is not a CA or whose public key is not the stored key's.
-fn check_root(
-    root: &CertificateDer<'_>,
-    key: &KeyPair,
-    path: &Path,
-) -> Result<(), IdentityError> {
+fn check_root(root: &CertificateDer<'_>, key: &KeyPair, path: &Path) -> Result<(), IdentityError> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(root).map_err(|e| bad_root(path, e.to_string()))?;
     if !cert.is_ca() {

@@ -271,7 +271,10 @@ fn schedule(cert: &WorkloadCertificate, now: Instant, wall_now: SystemTime) -> (
         .duration_since(cert.not_before())
         .unwrap_or_default();
     let until = |t: SystemTime| now + t.duration_since(wall_now).unwrap_or_default();
-    (until(cert.not_before() + lifetime / 2), until(cert.not_after()))
+    (
+        until(cert.not_before() + lifetime / 2),
+        until(cert.not_after()),
+    )
 }
 
 /// Exponential backoff, ×2 per failure up to a cap, each delay jittered by ±20% so that many

@@ -52,8 +52,9 @@ pub enum IdentityError {
     #[error("certificate issued for {identity} is unusable: {source}")]
     Unusable {
         identity: Identity,
+        // Boxed: a `TlsError` is large, and this error travels through every issuance result.
         #[source]
-        source: TlsError,
+        source: Box<TlsError>,
     },
     /// The CA refused or could not be reached.
     #[error("CA could not issue a certificate for {identity}: {reason}")]

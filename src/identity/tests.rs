@@ -128,11 +128,17 @@ fn leaf_carries_spiffe_uri_san_and_ttl() {
     let now = SystemTime::now();
     assert!(cert.not_before() < now);
     let left = cert.not_after().duration_since(now).unwrap();
-    assert!(left > HOUR - Duration::from_secs(10) && left <= HOUR, "{left:?}");
+    assert!(
+        left > HOUR - Duration::from_secs(10) && left <= HOUR,
+        "{left:?}"
+    );
     assert_eq!(cert.serial_hex().len(), 32);
     // A new key per issuance.
     let again = ca.issue_now(&who).unwrap();
-    assert_ne!(cert.private_key().secret_pkcs8_der(), again.private_key().secret_pkcs8_der());
+    assert_ne!(
+        cert.private_key().secret_pkcs8_der(),
+        again.private_key().secret_pkcs8_der()
+    );
 }
 
 #[tokio::test]
@@ -140,8 +146,12 @@ async fn processes_sharing_a_ca_directory_trust_each_other() {
     let dir = TempDir::new("ca-trust");
     let a = BuiltinCa::load_or_create(dir.path(), HOUR).unwrap();
     let b = BuiltinCa::load_or_create(dir.path(), HOUR).unwrap();
-    let server = a.issue_now(&id("spiffe://cluster.local/ns/a/sa/server")).unwrap();
-    let client = b.issue_now(&id("spiffe://cluster.local/ns/b/sa/client")).unwrap();
+    let server = a
+        .issue_now(&id("spiffe://cluster.local/ns/a/sa/server"))
+        .unwrap();
+    let client = b
+        .issue_now(&id("spiffe://cluster.local/ns/b/sa/client"))
+        .unwrap();
     let cfg = client.client_config(&[server.identity().clone()]).unwrap();
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -241,7 +251,11 @@ async fn concurrent_fetches_share_one_issuance() {
     });
     let mut serials = Vec::new();
     for f in fetches {
-        let cert = timeout(Duration::from_secs(5), f).await.unwrap().unwrap().unwrap();
+        let cert = timeout(Duration::from_secs(5), f)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         serials.push(cert.serial_hex());
     }
     assert_eq!(mgr.issuance_count(), 1);
@@ -292,15 +306,34 @@ async fn failed_refresh_keeps_old_certificate_and_backs_off() {
     ca.wait_calls(2, 2 * HOUR).await;
     tokio::time::sleep(ca.latency * 2).await;
     // The refresh failed: the old certificate is still served and still reported available.
-    assert_eq!(mgr.fetch_certificate(&web()).await.unwrap().serial_hex(), first.serial_hex());
+    assert_eq!(
+        mgr.fetch_certificate(&web()).await.unwrap().serial_hex(),
+        first.serial_hex()
+    );
     assert_eq!(mgr.certificates()[0].state, CertificateState::Available);
 
     // Retries back off: ~0.5 s, ~1 s, ~2 s (±20% jitter) after each failure returns.
     let calls = ca.wait_calls(5, Duration::from_secs(60)).await;
-    let gaps: Vec<Duration> = calls.windows(2).skip(1).map(|w| w[1] - w[0] - ca.latency).collect();
-    assert_between(gaps[0], Duration::from_millis(400), Duration::from_millis(600));
-    assert_between(gaps[1], Duration::from_millis(800), Duration::from_millis(1200));
-    assert_between(gaps[2], Duration::from_millis(1600), Duration::from_millis(2400));
+    let gaps: Vec<Duration> = calls
+        .windows(2)
+        .skip(1)
+        .map(|w| w[1] - w[0] - ca.latency)
+        .collect();
+    assert_between(
+        gaps[0],
+        Duration::from_millis(400),
+        Duration::from_millis(600),
+    );
+    assert_between(
+        gaps[1],
+        Duration::from_millis(800),
+        Duration::from_millis(1200),
+    );
+    assert_between(
+        gaps[2],
+        Duration::from_millis(1600),
+        Duration::from_millis(2400),
+    );
     assert_eq!(calls.len(), 5);
     // Let the fifth attempt fail before the CA recovers.
     tokio::time::sleep(ca.latency * 2).await;

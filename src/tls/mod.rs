@@ -128,10 +128,10 @@ fn handshake_error(e: io::Error) -> TlsError {
     let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
         return TlsError::Io(Arc::new(e));
     };
-    if let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) = tls {
-        if let Some(ours) = other.0.downcast_ref::<TlsError>() {
-            return ours.clone();
-        }
+    if let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) = tls
+        && let Some(ours) = other.0.downcast_ref::<TlsError>()
+    {
+        return ours.clone();
     }
     TlsError::Handshake(tls.clone())
 }

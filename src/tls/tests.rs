@@ -86,7 +86,10 @@ type ServerSide = Result<(tokio_rustls::server::TlsStream<TcpStream>, Identity),
 type ClientSide = Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError>;
 
 /// Runs one handshake over loopback TCP; returns what each side saw.
-async fn handshake(server: &WorkloadCertificate, client: Arc<ClientConfig>) -> (ServerSide, ClientSide) {
+async fn handshake(
+    server: &WorkloadCertificate,
+    client: Arc<ClientConfig>,
+) -> (ServerSide, ClientSide) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server_cfg = server.server_config();
@@ -130,10 +133,16 @@ async fn handshake_succeeds_with_identities_suite_and_alpn() {
     // Bytes flow both ways through the tunnel.
     timeout(STEP, c.write_all(b"ping")).await.unwrap().unwrap();
     let mut buf = [0u8; 4];
-    timeout(STEP, s.read_exact(&mut buf)).await.unwrap().unwrap();
+    timeout(STEP, s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf, b"ping");
     timeout(STEP, s.write_all(b"pong")).await.unwrap().unwrap();
-    timeout(STEP, c.read_exact(&mut buf)).await.unwrap().unwrap();
+    timeout(STEP, c.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf, b"pong");
 }
 
@@ -202,7 +211,7 @@ async fn client_refuses_server_with_unexpected_identity() {
 async fn server_refuses_client_without_certificate() {
     let ca = TestCa::new("root");
     let server = ca.leaf(SERVER);
-    let trust = Arc::new(TrustRoots::new(&[ca.root.clone()]).unwrap());
+    let trust = Arc::new(TrustRoots::new(std::slice::from_ref(&ca.root)).unwrap());
     let mut cfg = ClientConfig::builder_with_provider(verify::provider().clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -225,7 +234,7 @@ async fn server_refuses_tls12_only_client() {
     let ca = TestCa::new("root");
     let server = ca.leaf(SERVER);
     let client = ca.leaf(CLIENT);
-    let trust = Arc::new(TrustRoots::new(&[ca.root.clone()]).unwrap());
+    let trust = Arc::new(TrustRoots::new(std::slice::from_ref(&ca.root)).unwrap());
     // Stock aws-lc-rs provider, so TLS 1.2 suites are on offer; only the version list differs.
     let mut cfg = ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
@@ -237,7 +246,10 @@ async fn server_refuses_tls12_only_client() {
         trust,
         vec![id(SERVER)],
     )))
-    .with_client_auth_cert(client.chain().to_vec(), client.private_key().clone_key().into())
+    .with_client_auth_cert(
+        client.chain().to_vec(),
+        client.private_key().clone_key().into(),
+    )
     .unwrap();
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
     let (s, c) = handshake(&server, Arc::new(cfg)).await;

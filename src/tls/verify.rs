@@ -92,9 +92,7 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
         E::CertNotValidYet { .. } => CertificateError::NotValidYet,
         E::UnknownIssuer => CertificateError::UnknownIssuer,
         E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
-        E::RequiredEkuNotFoundContext(_) => {
-            CertificateError::InvalidPurpose
-        }
+        E::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
         other => CertificateError::Other(OtherError(Arc::new(other))),
     };
     rustls::Error::InvalidCertificate(ce)
@@ -179,8 +177,12 @@ impl ServerCertVerifier for ServerIdentityVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         // DNS names are deliberately not checked: HBONE peers are named by SPIFFE identity only.
-        self.roots
-            .verify(end_entity, intermediates, now, webpki::KeyUsage::server_auth())?;
+        self.roots.verify(
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+        )?;
         let presented = spiffe_identities(end_entity).map_err(refuse)?;
         if presented.iter().any(|p| self.expected.contains(p)) {
             return Ok(ServerCertVerified::assertion());
@@ -264,8 +266,12 @@ impl ClientCertVerifier for TrustDomainVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.roots
-            .verify(end_entity, intermediates, now, webpki::KeyUsage::client_auth())?;
+        self.roots.verify(
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+        )?;
         let peer = first_uri_identity(end_entity).map_err(refuse)?;
         if peer.trust_domain() != self.trust_domain {
             return Err(refuse(TlsError::TrustDomainMismatch {
