@@ -5,7 +5,8 @@
 //! prost messages plus tonic clients and servers in `OUT_DIR`, one file per package.
 //! prost-build's default extern paths map `.google.protobuf` to `::prost_types`
 //! (`Any`, `Struct`, `Duration`; `UInt32Value` becomes `Option<u32>`, `Empty` becomes `()`),
-//! so no well-known type is generated here.
+//! so no well-known type is generated here. Every message also implements `prost::Name`
+//! with the `type.googleapis.com` domain, so `prost_types::Any::{from_msg, to_msg}` work.
 
 use std::path::PathBuf;
 
@@ -33,9 +34,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let fds = protox::compile(&files, [&dir])?;
 
+    // `prost::Name` impls let callers pack and unpack `prost_types::Any` with the same
+    // type URLs Istio uses (`type.googleapis.com/<package>.<Message>`).
+    let mut config = prost_build::Config::new();
+    config
+        .enable_type_names()
+        .type_name_domain(["."], "type.googleapis.com");
+
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(fds)?;
+        .compile_fds_with_config(fds, config)?;
     Ok(())
 }
