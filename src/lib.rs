@@ -18,7 +18,8 @@
 //! | 7 | [`identity`] | certificate manager with rotation; the built-in CA |
 //! | 7 | [`xds`] | configuration sources: the local config file |
 //! | 8 | [`admin`] | readiness and metrics HTTP servers |
-//! | 9 | [`config`], [`app`] | configuration from the environment; the composition root |
+//! | 8 | [`config`] | configuration from the environment |
+//! | 9 | [`app`] | the composition root |
 //!
 //! The data path (`tls`, `hbone`, `proxy`) never imports control-plane or admin code: it is
 //! handed a state view, a certificate provider and its own configuration.
