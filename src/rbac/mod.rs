@@ -103,7 +103,11 @@ pub struct IpNet {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RbacError {
     #[error("prefix length {prefix_len} is too long for {addr} (max {max})")]
-    PrefixTooLong { addr: IpAddr, prefix_len: u8, max: u8 },
+    PrefixTooLong {
+        addr: IpAddr,
+        prefix_len: u8,
+        max: u8,
+    },
     #[error("invalid CIDR {0:?}")]
     BadCidr(String),
 }
@@ -284,6 +288,9 @@ mod tests {
         assert_eq!(p.key(), "default/allow");
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["dryRun"], false);
-        assert_eq!(v["rules"][0]["clauses"][0]["matches"][0]["sourceIps"][0], "10.0.0.0/8");
+        assert_eq!(
+            v["rules"][0]["clauses"][0]["matches"][0]["sourceIps"][0],
+            "10.0.0.0/8"
+        );
     }
 }

@@ -39,12 +39,12 @@ pub struct Update {
     pub removals: Vec<ResourceKey>,
 }
 
-/// One resource to insert or replace.
+/// One resource to insert or replace. Already shared, because the store keeps it as is.
 #[derive(Clone, Debug)]
 pub enum Resource {
-    Workload(Workload),
-    Service(Service),
-    Policy(Authorization),
+    Workload(Arc<Workload>),
+    Service(Arc<Service>),
+    Policy(Arc<Authorization>),
 }
 
 /// The name of a resource to remove.
@@ -105,19 +105,19 @@ impl Update {
 
 impl From<Workload> for Resource {
     fn from(w: Workload) -> Self {
-        Resource::Workload(w)
+        Resource::Workload(Arc::new(w))
     }
 }
 
 impl From<Service> for Resource {
     fn from(s: Service) -> Self {
-        Resource::Service(s)
+        Resource::Service(Arc::new(s))
     }
 }
 
 impl From<Authorization> for Resource {
     fn from(p: Authorization) -> Self {
-        Resource::Policy(p)
+        Resource::Policy(Arc::new(p))
     }
 }
 
@@ -188,7 +188,10 @@ impl StateView {
     }
 
     pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<Arc<Workload>> {
-        self.shared.load().workload_by_name(namespace, name).cloned()
+        self.shared
+            .load()
+            .workload_by_name(namespace, name)
+            .cloned()
     }
 
     pub fn service_by_vip(&self, network: &str, ip: IpAddr) -> Option<Arc<Service>> {
@@ -196,7 +199,10 @@ impl StateView {
     }
 
     pub fn service_by_host(&self, namespace: &str, hostname: &str) -> Option<Arc<Service>> {
-        self.shared.load().service_by_host(namespace, hostname).cloned()
+        self.shared
+            .load()
+            .service_by_host(namespace, hostname)
+            .cloned()
     }
 
     /// Endpoints of a service for a service port: (workload, target port) pairs. The target

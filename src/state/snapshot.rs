@@ -117,10 +117,12 @@ impl Snapshot {
             .authorization_policies
             .iter()
             .filter_map(|k| self.policies.get(k));
-        let scoped = self
-            .global_policies
-            .iter()
-            .chain(self.namespace_policies.get(workload.namespace()).into_iter().flatten());
+        let scoped = self.global_policies.iter().chain(
+            self.namespace_policies
+                .get(workload.namespace())
+                .into_iter()
+                .flatten(),
+        );
         for p in scoped.chain(named) {
             if seen.insert(p.key()) {
                 out.push(p.clone());
@@ -159,17 +161,20 @@ impl Snapshot {
         for r in update.upserts {
             match r {
                 Resource::Workload(w) => {
-                    workloads.insert(w.uid.clone(), Arc::new(w));
+                    workloads.insert(w.uid.clone(), w);
                 }
                 Resource::Service(s) => {
-                    services.insert(s.key(), Arc::new(s));
+                    services.insert(s.key(), s);
                 }
                 Resource::Policy(p) => {
-                    policies.insert(p.key(), Arc::new(p));
+                    policies.insert(p.key(), p);
                 }
             }
         }
-        (Snapshot::index(version, workloads, services, policies), unknown)
+        (
+            Snapshot::index(version, workloads, services, policies),
+            unknown,
+        )
     }
 
     fn index(

@@ -63,10 +63,19 @@ fn populated() -> (StateWriter, StateView) {
     net2.network = "net2".into();
     w.apply(
         Update::default()
-            .upsert(backing(workload("a", "default", &["10.0.0.1", "fd00::1"]), SVC, &[(80, 8081)]))
+            .upsert(backing(
+                workload("a", "default", &["10.0.0.1", "fd00::1"]),
+                SVC,
+                &[(80, 8081)],
+            ))
             .upsert(net2)
             .upsert(workload("c", "other", &["10.0.0.1"]))
-            .upsert(service("default", "web.default.svc.cluster.local", &[("", "10.96.0.1"), ("net2", "10.96.0.2")], &[(80, 8080), (443, 0)])),
+            .upsert(service(
+                "default",
+                "web.default.svc.cluster.local",
+                &[("", "10.96.0.1"), ("net2", "10.96.0.2")],
+                &[(80, 8080), (443, 0)],
+            )),
     );
     (w, v)
 }
@@ -102,16 +111,27 @@ fn services_by_vip_and_host() {
     let (_w, v) = populated();
     let s = v.service_by_vip("", ip("10.96.0.1")).unwrap();
     assert_eq!(s.key(), SVC);
-    assert_eq!(v.service_by_vip("net2", ip("10.96.0.2")).unwrap().key(), SVC);
+    assert_eq!(
+        v.service_by_vip("net2", ip("10.96.0.2")).unwrap().key(),
+        SVC
+    );
     assert!(v.service_by_vip("", ip("10.96.0.2")).is_none());
-    assert!(v.service_by_host("default", "web.default.svc.cluster.local").is_some());
-    assert!(v.service_by_host("other", "web.default.svc.cluster.local").is_none());
+    assert!(
+        v.service_by_host("default", "web.default.svc.cluster.local")
+            .is_some()
+    );
+    assert!(
+        v.service_by_host("other", "web.default.svc.cluster.local")
+            .is_none()
+    );
 }
 
 #[test]
 fn endpoints_map_target_ports() {
     let (_w, v) = populated();
-    let s = v.service_by_host("default", "web.default.svc.cluster.local").unwrap();
+    let s = v
+        .service_by_host("default", "web.default.svc.cluster.local")
+        .unwrap();
     let eps: Vec<(String, u16)> = v
         .endpoints(&s, 80)
         .into_iter()
@@ -132,8 +152,15 @@ fn unhealthy_endpoints_excluded_unless_allowed() {
     let mut a = (*v.workload_by_uid("a").unwrap()).clone();
     a.status = HealthStatus::Unhealthy;
     w.apply(Update::default().upsert(a));
-    let mut s = (*v.service_by_host("default", "web.default.svc.cluster.local").unwrap()).clone();
-    let uids: Vec<String> = v.endpoints(&s, 80).iter().map(|(w, _)| w.uid.clone()).collect();
+    let mut s = (*v
+        .service_by_host("default", "web.default.svc.cluster.local")
+        .unwrap())
+    .clone();
+    let uids: Vec<String> = v
+        .endpoints(&s, 80)
+        .iter()
+        .map(|(w, _)| w.uid.clone())
+        .collect();
     assert_eq!(uids, vec!["b".to_string()]);
     s.load_balancer = Some(LoadBalancer {
         health_policy: HealthPolicy::AllowAll,
@@ -145,7 +172,9 @@ fn unhealthy_endpoints_excluded_unless_allowed() {
 #[test]
 fn pick_prefers_network_and_weights_capacity() {
     let (w, v) = populated();
-    let s = v.service_by_host("default", "web.default.svc.cluster.local").unwrap();
+    let s = v
+        .service_by_host("default", "web.default.svc.cluster.local")
+        .unwrap();
     for _ in 0..20 {
         assert_eq!(v.pick_endpoint(&s, 80, "net2").unwrap().0.uid, "b");
         assert_eq!(v.pick_endpoint(&s, 80, "").unwrap().0.uid, "a");
@@ -205,7 +234,10 @@ fn policies_for_scopes() {
             .upsert(policy("default", "unselected", Scope::WorkloadSelector)),
     );
     let keys: Vec<String> = v.policies_for(&wl).iter().map(|p| p.key()).collect();
-    assert_eq!(keys, vec!["default/ns-wide", "default/selected", "istio-system/global"]);
+    assert_eq!(
+        keys,
+        vec!["default/ns-wide", "default/selected", "istio-system/global"]
+    );
 }
 
 #[tokio::test]
@@ -221,7 +253,10 @@ async fn updates_swap_atomically_and_bump_changes() {
             .remove(ResourceKey::Policy("x/y".into())),
     );
     assert_eq!(applied.version, 2);
-    assert_eq!(applied.unknown_removals, vec![ResourceKey::Policy("x/y".into())]);
+    assert_eq!(
+        applied.unknown_removals,
+        vec![ResourceKey::Policy("x/y".into())]
+    );
     tokio::time::timeout(std::time::Duration::from_secs(5), changes.changed())
         .await
         .unwrap()

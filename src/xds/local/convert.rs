@@ -53,7 +53,8 @@ pub(super) fn workload(raw: RawWorkload) -> Result<Workload, FieldError> {
     check_name("namespace", &raw.namespace)?;
     check_name("serviceAccount", sa)?;
     check_name("trustDomain", td)?;
-    let identity = Identity::new(td, &raw.namespace, sa).map_err(|e| bad("namespace", e.to_string()))?;
+    let identity =
+        Identity::new(td, &raw.namespace, sa).map_err(|e| bad("namespace", e.to_string()))?;
     let cluster_id = or_default(&raw.cluster_id, DEFAULT_CLUSTER_ID).to_string();
     // Istio's workload uid shape, so a config that omits uids still gets stable, unique keys.
     let uid = if raw.uid.is_empty() {
@@ -93,12 +94,19 @@ pub(super) fn workload(raw: RawWorkload) -> Result<Workload, FieldError> {
                     RawAppTunnelProtocol::None => AppTunnelProtocol::None,
                     RawAppTunnelProtocol::Proxy => AppTunnelProtocol::Proxy,
                 },
-                port: t.port.map(|p| port("applicationTunnel.port", p)).transpose()?,
+                port: t
+                    .port
+                    .map(|p| port("applicationTunnel.port", p))
+                    .transpose()?,
             })
         })
         .transpose()?;
     for (i, key) in raw.authorization_policies.iter().enumerate() {
-        check_key(&format!("authorizationPolicies[{i}]"), key, "namespace/name")?;
+        check_key(
+            &format!("authorizationPolicies[{i}]"),
+            key,
+            "namespace/name",
+        )?;
     }
     w.authorization_policies = raw.authorization_policies;
     w.status = match raw.status {
@@ -116,8 +124,12 @@ pub(super) fn workload(raw: RawWorkload) -> Result<Workload, FieldError> {
     w.workload_name = raw.workload_name;
     w.workload_type = raw.workload_type;
     if let Some(c) = raw.capacity {
-        w.capacity = u32::try_from(c)
-            .map_err(|_| bad("capacity", format!("capacity {c} out of range (0-{})", u32::MAX)))?;
+        w.capacity = u32::try_from(c).map_err(|_| {
+            bad(
+                "capacity",
+                format!("capacity {c} out of range (0-{})", u32::MAX),
+            )
+        })?;
     }
     for (key, ports) in raw.services {
         let field = format!("services[{key:?}]");
@@ -233,12 +245,13 @@ pub(super) fn policy(raw: RawPolicy) -> Result<Authorization, FieldError> {
 }
 
 fn rbac_match(at: &str, raw: RawMatch) -> Result<rbac::Match, FieldError> {
-    let strings = |name: &str, vals: &[serde_yaml::Value]| -> Result<Vec<StringMatch>, FieldError> {
-        vals.iter()
-            .enumerate()
-            .map(|(i, v)| string_match(&format!("{at}.{name}[{i}]"), v))
-            .collect()
-    };
+    let strings =
+        |name: &str, vals: &[serde_yaml::Value]| -> Result<Vec<StringMatch>, FieldError> {
+            vals.iter()
+                .enumerate()
+                .map(|(i, v)| string_match(&format!("{at}.{name}[{i}]"), v))
+                .collect()
+        };
     let nets = |name: &str, vals: &[String]| -> Result<Vec<IpNet>, FieldError> {
         vals.iter()
             .enumerate()
@@ -341,7 +354,12 @@ fn gateway(field: &str, raw: RawGateway) -> Result<GatewayAddress, FieldError> {
 }
 
 fn network_address(field: &str, s: &str) -> Result<NetworkAddress, FieldError> {
-    let shape = || bad(field, format!("invalid address {s:?}: expected \"network/IP\""));
+    let shape = || {
+        bad(
+            field,
+            format!("invalid address {s:?}: expected \"network/IP\""),
+        )
+    };
     let (network, ip) = s.split_once('/').ok_or_else(shape)?;
     let address = ip
         .parse()
@@ -388,7 +406,9 @@ fn check_name(field: &str, value: &str) -> Result<(), FieldError> {
     {
         return Err(bad(
             field,
-            format!("invalid name {value:?}: must not contain '/', '?', '#', whitespace or control characters"),
+            format!(
+                "invalid name {value:?}: must not contain '/', '?', '#', whitespace or control characters"
+            ),
         ));
     }
     Ok(())
@@ -396,13 +416,16 @@ fn check_name(field: &str, value: &str) -> Result<(), FieldError> {
 
 /// `a/b` with both parts non-empty valid names.
 fn check_key(field: &str, key: &str, shape: &str) -> Result<(), FieldError> {
-    let ok = key
-        .split_once('/')
-        .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && check_name("", a).is_ok() && check_name("", b).is_ok());
+    let ok = key.split_once('/').is_some_and(|(a, b)| {
+        !a.is_empty() && !b.is_empty() && check_name("", a).is_ok() && check_name("", b).is_ok()
+    });
     if ok {
         Ok(())
     } else {
-        Err(bad(field, format!("invalid key {key:?}: expected \"{shape}\"")))
+        Err(bad(
+            field,
+            format!("invalid key {key:?}: expected \"{shape}\""),
+        ))
     }
 }
 

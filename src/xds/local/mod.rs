@@ -11,6 +11,7 @@ mod raw;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -53,7 +54,9 @@ pub enum LocalConfigError {
         field: String,
         message: String,
     },
-    #[error("local config {origin}: duplicate {what} {key:?} ({section}[{first}] and {section}[{second}])")]
+    #[error(
+        "local config {origin}: duplicate {what} {key:?} ({section}[{first}] and {section}[{second}])"
+    )]
     Duplicate {
         origin: String,
         what: &'static str,
@@ -94,18 +97,19 @@ pub fn parse(text: &str, origin: &str) -> Result<LocalConfig, LocalConfigError> 
             message: e.to_string().replace('`', "\""),
         })?
     };
-    let invalid = |section: &str, i: usize, label: Option<(&str, String)>, e: convert::FieldError| {
-        let entry = match label {
-            Some((what, v)) if !v.is_empty() => format!("{section}[{i}] ({what} {v:?})"),
-            _ => format!("{section}[{i}]"),
+    let invalid =
+        |section: &str, i: usize, label: Option<(&str, String)>, e: convert::FieldError| {
+            let entry = match label {
+                Some((what, v)) if !v.is_empty() => format!("{section}[{i}] ({what} {v:?})"),
+                _ => format!("{section}[{i}]"),
+            };
+            LocalConfigError::Invalid {
+                origin: origin.to_string(),
+                entry,
+                field: e.field,
+                message: e.message,
+            }
         };
-        LocalConfigError::Invalid {
-            origin: origin.to_string(),
-            entry,
-            field: e.field,
-            message: e.message,
-        }
-    };
 
     let mut workloads = Vec::with_capacity(raw.workloads.len());
     for (i, w) in raw.workloads.into_iter().enumerate() {
@@ -127,9 +131,24 @@ pub fn parse(text: &str, origin: &str) -> Result<LocalConfig, LocalConfigError> 
         policies.push(convert::policy(p).map_err(|e| invalid("policies", i, Some(label), e))?);
     }
 
-    check_unique(origin, "workload uid", "workloads", workloads.iter().map(|w| w.uid.clone()))?;
-    check_unique(origin, "service", "services", services.iter().map(Service::key))?;
-    check_unique(origin, "policy", "policies", policies.iter().map(Authorization::key))?;
+    check_unique(
+        origin,
+        "workload uid",
+        "workloads",
+        workloads.iter().map(|w| w.uid.clone()),
+    )?;
+    check_unique(
+        origin,
+        "service",
+        "services",
+        services.iter().map(Service::key),
+    )?;
+    check_unique(
+        origin,
+        "policy",
+        "policies",
+        policies.iter().map(Authorization::key),
+    )?;
 
     Ok(LocalConfig {
         origin: origin.to_string(),
@@ -171,9 +190,21 @@ impl LocalConfig {
     pub fn into_update(self) -> Update {
         let mut upserts: Vec<Resource> =
             Vec::with_capacity(self.workloads.len() + self.services.len() + self.policies.len());
-        upserts.extend(self.workloads.into_iter().map(Resource::Workload));
-        upserts.extend(self.services.into_iter().map(Resource::Service));
-        upserts.extend(self.policies.into_iter().map(Resource::Policy));
+        upserts.extend(
+            self.workloads
+                .into_iter()
+                .map(|w| Resource::Workload(Arc::new(w))),
+        );
+        upserts.extend(
+            self.services
+                .into_iter()
+                .map(|s| Resource::Service(Arc::new(s))),
+        );
+        upserts.extend(
+            self.policies
+                .into_iter()
+                .map(|p| Resource::Policy(Arc::new(p))),
+        );
         Update {
             replace_all: true,
             upserts,

@@ -26,19 +26,28 @@ fn example_file_loads_and_feeds_the_store() {
     );
     assert_eq!(server.cluster_id, "Kubernetes");
     let p = &cfg.policies[0];
-    assert_eq!((p.scope, p.action), (Scope::WorkloadSelector, Action::Allow));
+    assert_eq!(
+        (p.scope, p.action),
+        (Scope::WorkloadSelector, Action::Allow)
+    );
     assert_eq!(
         p.rules[0].clauses[0].matches[0].principals,
-        vec![StringMatch::Exact("cluster.local/ns/default/sa/client".into())]
+        vec![StringMatch::Exact(
+            "cluster.local/ns/default/sa/client".into()
+        )]
     );
 
     let (writer, view) = StateWriter::new();
     writer.apply(cfg.into_update());
-    let svc = view.service_by_vip("", "127.10.0.1".parse().unwrap()).unwrap();
+    let svc = view
+        .service_by_vip("", "127.10.0.1".parse().unwrap())
+        .unwrap();
     let eps = view.endpoints(&svc, 80);
     assert_eq!(eps.len(), 1);
     assert_eq!((eps[0].0.name.as_str(), eps[0].1), ("server", 8080));
-    let server = view.workload_by_addr("", "127.0.0.3".parse().unwrap()).unwrap();
+    let server = view
+        .workload_by_addr("", "127.0.0.3".parse().unwrap())
+        .unwrap();
     assert_eq!(view.policies_for(&server).len(), 1);
 }
 
@@ -79,18 +88,29 @@ policies:
     .unwrap();
     let w = &cfg.workloads[0];
     assert_eq!(w.uid, "Kubernetes//Pod/ns/w");
-    assert_eq!(w.identity().to_string(), "spiffe://example.org/ns/ns/sa/default");
+    assert_eq!(
+        w.identity().to_string(),
+        "spiffe://example.org/ns/ns/sa/default"
+    );
     assert_eq!(w.status, HealthStatus::Unhealthy);
     assert_eq!(w.capacity, 3);
     let wp = w.waypoint.as_ref().unwrap();
     assert_eq!(wp.hbone_mtls_port, 15008);
-    assert!(matches!(&wp.destination, GatewayDestination::Hostname { namespace, .. } if namespace == "ns"));
+    assert!(
+        matches!(&wp.destination, GatewayDestination::Hostname { namespace, .. } if namespace == "ns")
+    );
     let gw = w.network_gateway.as_ref().unwrap();
-    assert_eq!((gw.destination.to_string(), gw.hbone_mtls_port), ("net2/192.168.0.1".into(), 15009));
+    assert_eq!(
+        (gw.destination.to_string(), gw.hbone_mtls_port),
+        ("net2/192.168.0.1".into(), 15009)
+    );
     assert_eq!(cfg.services[0].vips[1].to_string(), "/fd00::10");
     assert!(cfg.services[0].allows_unhealthy());
     let m = &cfg.policies[0].rules[0].clauses[0].matches[0];
-    assert_eq!(m.namespaces, vec![StringMatch::Prefix("team-".into()), StringMatch::Presence]);
+    assert_eq!(
+        m.namespaces,
+        vec![StringMatch::Prefix("team-".into()), StringMatch::Presence]
+    );
     assert_eq!(m.not_destination_ports, vec![9999]);
     assert!(parse("", "empty").unwrap().workloads.is_empty());
 }
@@ -182,7 +202,10 @@ fn serde_errors_carry_path_and_position() {
     assert!(e.starts_with(r#"local config /tmp/x.yaml: workloads[0].protocol: unknown variant "QUIC", expected "TCP" or "HBONE""#), "{e}");
 
     let e = err("wrkloads: []\n");
-    assert!(e.starts_with(r#"local config /tmp/x.yaml: unknown field "wrkloads""#), "{e}");
+    assert!(
+        e.starts_with(r#"local config /tmp/x.yaml: unknown field "wrkloads""#),
+        "{e}"
+    );
 
     let e = err("workloads:\n  - uid: a\n   name: b\n");
     assert!(e.starts_with("local config /tmp/x.yaml: "), "{e}");
@@ -192,7 +215,9 @@ fn serde_errors_carry_path_and_position() {
 
 #[test]
 fn unreadable_file_is_reported() {
-    let e = load_file(Path::new("/nonexistent/ambit.yaml")).unwrap_err().to_string();
+    let e = load_file(Path::new("/nonexistent/ambit.yaml"))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with("local config /nonexistent/ambit.yaml: cannot read file: "),
         "{e}"
