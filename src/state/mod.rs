@@ -221,13 +221,11 @@ impl StateView {
         svc_port: u16,
         network: &str,
     ) -> Option<(Arc<Workload>, u16)> {
-        let all = self.endpoints(svc, svc_port);
-        let local: Vec<_> = all
-            .iter()
-            .filter(|(w, _)| w.network == network)
-            .cloned()
-            .collect();
-        let candidates = if local.is_empty() { all } else { local };
+        let mut candidates = self.endpoints(svc, svc_port);
+        // Narrow in place (no second list) when the preferred network has any endpoint.
+        if candidates.iter().any(|(w, _)| w.network == network) {
+            candidates.retain(|(w, _)| w.network == network);
+        }
         pick_weighted(candidates, &mut rand::rng())
     }
 

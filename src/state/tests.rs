@@ -297,3 +297,33 @@ fn snapshot_serializes_camel_case_in_key_order() {
     assert_eq!(wl["protocol"], "HBONE");
     assert_eq!(j["services"][0]["vips"][0], "/10.96.0.1");
 }
+
+#[test]
+fn readers_never_see_half_a_batch() {
+    let (w, v) = StateWriter::new();
+    let reader = std::thread::spawn(move || {
+        let mut last = 0;
+        // Bounded: the writer publishes 200 versions; stop when the last one is seen.
+        for _ in 0..1_000_000 {
+            let snap = v.snapshot();
+            // Each batch adds one workload and one service together.
+            assert_eq!(snap.workloads().count(), snap.services().count());
+            assert_eq!(snap.workloads().count() as u64, snap.version());
+            assert!(snap.version() >= last, "versions go backwards");
+            last = snap.version();
+            if last == 200 {
+                return true;
+            }
+        }
+        false
+    });
+    for i in 0..200 {
+        let host = format!("s{i}.default.svc.cluster.local");
+        w.apply(
+            Update::default()
+                .upsert(workload(&format!("w{i}"), "default", &[]))
+                .upsert(service("default", &host, &[], &[])),
+        );
+    }
+    assert!(reader.join().unwrap(), "reader never saw the final version");
+}
