@@ -35,6 +35,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
+pub mod rbac;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
