@@ -13,7 +13,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log = telemetry::init(config.log_format, "info");
+    let log = match telemetry::init(config.log_format, &config.log_filter) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ambit: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match ambit::app::run(config, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tracing::{info, warn};
 
-use crate::config::{Config, ProxyMode};
+use crate::config::{Config, LocalConfigSource, ProxyMode};
 use crate::core::Identity;
 use crate::identity::{BuiltinCa, SecretManager, SecretManagerConfig};
 use crate::lifecycle::{self, Readiness};
@@ -29,10 +29,10 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
 
     // Configuration first: a bad file must stop us before anything listens.
     let (writer, view) = StateWriter::new();
-    let local_config = match (&config.local_xds_path, &config.local_xds) {
-        (Some(path), _) => Some(xds::local::load_file(path)?),
-        (None, Some(inline)) => Some(xds::local::parse(inline, "LOCAL_XDS")?),
-        (None, None) => None,
+    let local_config = match &config.local_config {
+        Some(LocalConfigSource::File(path)) => Some(xds::local::load_file(path)?),
+        Some(LocalConfigSource::Inline(text)) => Some(xds::local::parse(text, "LOCAL_XDS")?),
+        None => None,
     };
     match local_config {
         Some(lc) => writer.apply(lc.into_update()),
@@ -94,21 +94,21 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
     };
     let certs: Arc<dyn CertProvider> = secrets.clone();
 
-    let metrics_listener = control.block_on(crate::admin::bind("metrics", config.stats_addr))?;
+    let metrics_listener = control.block_on(crate::admin::bind("metrics", config.listeners.stats))?;
     let readiness_listener =
-        data.block_on(crate::admin::bind("readiness", config.readiness_addr))?;
+        data.block_on(crate::admin::bind("readiness", config.listeners.readiness))?;
 
     let proxy_cfg = ProxyConfig {
-        outbound_addr: config.outbound_addr,
-        inbound_addr: config.inbound_addr,
-        inbound_plaintext_addr: config.inbound_plaintext_addr,
+        outbound_addr: config.listeners.outbound,
+        inbound_addr: config.listeners.inbound_hbone,
+        inbound_plaintext_addr: config.listeners.inbound_plaintext,
         network: config.network.clone(),
         socket: proxy::SocketOptions {
             mark,
-            keepalive: config.keepalive.map(|k| proxy::Keepalive {
-                time: k.time,
-                interval: k.interval,
-                retries: k.retries,
+            keepalive: config.keepalive.enabled.then_some(proxy::Keepalive {
+                time: config.keepalive.time,
+                interval: config.keepalive.interval,
+                retries: config.keepalive.retries,
             }),
             connect_timeout: Duration::from_secs(10),
             ..Default::default()
@@ -118,10 +118,10 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
             .unwrap_or_else(proxy::socket::transparent_supported),
         reuse_port: false,
         h2: crate::hbone::H2Config {
-            stream_window: config.http2_stream_window,
-            connection_window: config.http2_connection_window,
+            stream_window: config.http2_stream_window_size,
+            connection_window: config.http2_connection_window_size,
             frame_size: config.http2_frame_size,
-            pool_max_streams_per_conn: config.pool_max_streams,
+            pool_max_streams_per_conn: config.pool_max_streams_per_connection,
             pool_idle_timeout: config.pool_unused_release_timeout,
             ..Default::default()
         },

@@ -61,7 +61,7 @@ pub struct LocalWorkload {
 impl LocalWorkload {
     /// Whether `wl` is this workload.
     fn is(&self, wl: &Workload) -> bool {
-        wl.namespace == self.namespace && wl.name == self.name
+        wl.namespace() == self.namespace && wl.name == self.name
     }
 }
 

@@ -153,7 +153,7 @@ pub(super) fn route(pi: &ProxyInputs, orig: SocketAddr) -> Result<Route, RouteEr
         return Ok(Route::Plain(orig));
     };
     let ip = same_family_ip(&wl, orig.ip())
-        .ok_or_else(|| RouteError::NoAddress(format!("{}/{}", wl.namespace, wl.name)))?;
+        .ok_or_else(|| RouteError::NoAddress(format!("{}/{}", wl.namespace(), wl.name)))?;
     let target = SocketAddr::new(ip, port);
     if wl.protocol != TunnelProtocol::Hbone {
         return Ok(Route::Plain(target));
