@@ -192,8 +192,8 @@ impl H2Client {
 /// A classic CONNECT: the URI is the authority alone, so h2 sends `:authority` and neither
 /// `:scheme` nor `:path`.
 fn build_request(req: &ConnectRequest) -> Result<Request<()>, HboneError> {
-    let authority = http::uri::Authority::try_from(req.authority.to_string())
-        .map_err(http::Error::from)?;
+    let authority =
+        http::uri::Authority::try_from(req.authority.to_string()).map_err(http::Error::from)?;
     let mut parts = http::uri::Parts::default();
     parts.authority = Some(authority);
     let uri = Uri::from_parts(parts).map_err(http::Error::from)?;

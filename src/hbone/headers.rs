@@ -180,8 +180,12 @@ impl FromStr for Baggage {
             match key.trim() {
                 "k8s.cluster.name" => b.cluster = value,
                 "k8s.namespace.name" => b.namespace = value,
-                "k8s.deployment.name" => (b.workload_type, b.workload_name) = (WorkloadType::Deployment, value),
-                "k8s.cronjob.name" => (b.workload_type, b.workload_name) = (WorkloadType::CronJob, value),
+                "k8s.deployment.name" => {
+                    (b.workload_type, b.workload_name) = (WorkloadType::Deployment, value)
+                }
+                "k8s.cronjob.name" => {
+                    (b.workload_type, b.workload_name) = (WorkloadType::CronJob, value)
+                }
                 "k8s.pod.name" => (b.workload_type, b.workload_name) = (WorkloadType::Pod, value),
                 "k8s.job.name" => (b.workload_type, b.workload_name) = (WorkloadType::Job, value),
                 "service.name" => b.service_name = value,
@@ -205,7 +209,11 @@ impl fmt::Display for Forwarded {
             if host.bytes().all(is_token_byte) && !host.is_empty() {
                 write!(f, ";host={host}")?;
             } else {
-                write!(f, ";host=\"{}\"", host.replace('\\', "\\\\").replace('"', "\\\""))?;
+                write!(
+                    f,
+                    ";host=\"{}\"",
+                    host.replace('\\', "\\\\").replace('"', "\\\"")
+                )?;
             }
         }
         Ok(())
@@ -231,8 +239,10 @@ impl FromStr for Forwarded {
             if pair.is_empty() {
                 continue;
             }
-            let (key, value) = pair.split_once('=').ok_or_else(|| err("parameter without '='"))?;
-            let value = unquote(value.trim()).ok_or_else(|| err("unterminated quoted value"))?;
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| err("parameter without '='"))?;
+            let value = unquote(value.trim()).ok_or_else(|| err("bad quoted value"))?;
             match key.trim().to_ascii_lowercase().as_str() {
                 "for" => {
                     let addr = value
@@ -325,7 +335,8 @@ impl FromStr for TraceParent {
         else {
             return Err(err("expected version-traceid-parentid-flags"));
         };
-        let is_hex = |p: &str, len: usize| p.len() == len && p.bytes().all(|b| b.is_ascii_hexdigit());
+        let is_hex =
+            |p: &str, len: usize| p.len() == len && p.bytes().all(|b| b.is_ascii_hexdigit());
         if !is_hex(version, 2) || version.eq_ignore_ascii_case("ff") {
             return Err(err("bad version"));
         }

@@ -99,7 +99,11 @@ impl InboundRequest {
             .uri()
             .authority()
             .ok_or("missing :authority")
-            .and_then(|a| a.as_str().parse::<Authority>().map_err(|_| "bad :authority"));
+            .and_then(|a| {
+                a.as_str()
+                    .parse::<Authority>()
+                    .map_err(|_| "bad :authority")
+            });
         let authority = match authority {
             Ok(a) => a,
             Err(reason) => {

@@ -170,7 +170,8 @@ impl H2Recv {
                     return Poll::Ready(Some(Ok(chunk)));
                 }
                 Some(Err(e))
-                    if e.is_reset() && matches!(e.reason(), Some(Reason::NO_ERROR | Reason::CANCEL)) =>
+                    if e.is_reset()
+                        && matches!(e.reason(), Some(Reason::NO_ERROR | Reason::CANCEL)) =>
                 {
                     self.eof = true;
                     return Poll::Ready(None);
