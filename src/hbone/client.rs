@@ -33,6 +33,9 @@ pub struct H2Client {
 pub(crate) struct ConnState {
     pub streams: usize,
     pub closed: bool,
+    /// No new streams may be taken (the peer is draining or the connection looked broken);
+    /// streams already on it run to their end.
+    pub draining: bool,
 }
 
 /// One live stream's share of its connection's stream count; dropping it gives the share back.
@@ -129,7 +132,7 @@ impl H2Client {
     pub(crate) fn try_reserve(&self, limit: usize) -> Option<StreamSlot> {
         let mut taken = false;
         self.state.send_if_modified(|s| {
-            taken = !s.closed && s.streams < limit;
+            taken = !s.closed && !s.draining && s.streams < limit;
             if taken {
                 s.streams += 1;
             }
@@ -150,6 +153,12 @@ impl H2Client {
             close
         });
         self.is_closed()
+    }
+
+    /// Stops handing this connection out without disturbing the streams already on it.
+    pub(crate) fn stop_reuse(&self) {
+        self.state
+            .send_if_modified(|s| !std::mem::replace(&mut s.draining, true));
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<ConnState> {

@@ -118,11 +118,12 @@ impl Pool {
     pub async fn send(&self, key: &PoolKey, req: &ConnectRequest) -> Result<H2Stream, HboneError> {
         let (client, slot, fresh) = self.checkout(key).await?;
         match client.connect_with(req, slot).await {
-            // A reused connection may have died before its driver noticed; the request never
-            // reached a peer that could act on it, so one retry on a new connection is safe.
+            // A reused connection may have died (or started draining) before its driver noticed;
+            // the request never reached a peer that acted on it, so one retry on a new
+            // connection is safe. The old connection keeps serving the streams it has.
             Err(e) if !fresh && is_connection_failure(&e) => {
                 tracing::debug!(error = %e, dst = %key.dst, "pooled connection failed, retrying");
-                client.close();
+                client.stop_reuse();
                 let (client, slot, _) = self.checkout(key).await?;
                 client.connect_with(req, slot).await
             }
@@ -211,7 +212,10 @@ impl Pool {
 fn is_connection_failure(e: &HboneError) -> bool {
     match e {
         HboneError::ConnectionClosed | HboneError::Io(_) => true,
-        HboneError::H2(e) => e.is_io() || e.is_go_away() || e.is_reset() && !e.is_remote(),
+        HboneError::H2(e) => {
+            // REFUSED_STREAM promises the peer did not process the request (RFC 9113 §8.7).
+            e.is_io() || e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM)
+        }
         _ => false,
     }
 }
@@ -243,12 +247,20 @@ async fn reap(pool: Weak<PoolInner>, key: PoolKey, entry: Arc<KeyEntry>, client:
     };
     let mut state = client.subscribe();
     loop {
-        let idle = match state.wait_for(|s| s.closed || s.streams == 0).await {
-            Ok(s) => !s.closed,
-            Err(_) => false,
+        let (idle, draining) = match state.wait_for(|s| s.closed || s.streams == 0).await {
+            Ok(s) => (!s.closed, s.draining),
+            Err(_) => (false, false),
         };
         if !idle {
             break;
+        }
+        if draining {
+            // It will never be handed out again: close it as soon as its last stream ends.
+            let _conns = lock(&entry.conns);
+            if client.close_if_idle() {
+                break;
+            }
+            continue;
         }
         tokio::select! {
             () = tokio::time::sleep(idle_timeout) => {

@@ -32,6 +32,9 @@ struct TestServer {
     addr: SocketAddr,
     accept_task: JoinHandle<()>,
     conns: Arc<Mutex<Vec<AbortHandle>>>,
+    /// Bumped to make every connection accepted so far drain (graceful GOAWAY); later
+    /// connections are not affected.
+    drain: Arc<tokio::sync::watch::Sender<u32>>,
 }
 
 impl TestServer {
@@ -44,6 +47,8 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let conns = Arc::new(Mutex::new(Vec::new()));
         let conns2 = conns.clone();
+        let drain = Arc::new(tokio::sync::watch::Sender::new(0));
+        let drain2 = drain.clone();
         let accept_task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -51,8 +56,13 @@ impl TestServer {
                 };
                 let cfg = cfg.clone();
                 let handler = handler.clone();
+                let mut drain_rx = drain2.subscribe();
+                let generation = *drain_rx.borrow_and_update();
                 let task = tokio::spawn(async move {
-                    let _ = serve(tcp, &cfg, std::future::pending(), handler).await;
+                    let shutdown = async move {
+                        let _ = drain_rx.wait_for(|d| *d > generation).await;
+                    };
+                    let _ = serve(tcp, &cfg, shutdown, handler).await;
                 });
                 conns2.lock().unwrap().push(task.abort_handle());
             }
@@ -61,7 +71,13 @@ impl TestServer {
             addr,
             accept_task,
             conns,
+            drain,
         }
+    }
+
+    /// Starts a graceful shutdown of every connection accepted so far.
+    fn drain(&self) {
+        self.drain.send_modify(|d| *d += 1);
     }
 
     /// Drops every server connection task, which closes their sockets.

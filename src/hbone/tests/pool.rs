@@ -214,3 +214,33 @@ async fn connector_errors_carry_their_message_and_shutdown_closes_the_pool() {
         Err(HboneError::PoolClosed)
     ));
 }
+
+#[tokio::test]
+async fn draining_connection_is_not_reused_but_keeps_its_streams() {
+    let server = TestServer::start(H2Config::default(), echo).await;
+    let (pool, _) = pool_with(H2Config::default());
+    let k = key(server.addr, &["server"]);
+    let held = t(pool.send(&k, &request("10.0.0.1:80"))).await.unwrap();
+    let (mut recv, mut send) = ping_pong(held, b"before drain").await;
+
+    server.drain();
+    // Every send succeeds; once the client has seen the GOAWAY, sends go to a new connection.
+    let deadline = tokio::time::Instant::now() + STEP;
+    while pool.connections_opened() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new connection after GOAWAY"
+        );
+        let stream = t(pool.send(&k, &request("10.0.0.1:80"))).await.unwrap();
+        ping_pong(stream, b"during drain").await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The stream opened before the drain still works end to end.
+    t(send.send(Bytes::from_static(b"still"))).await.unwrap();
+    assert_eq!(&t(recv.recv()).await.unwrap().unwrap()[..], b"still");
+    send.finish().unwrap();
+    assert!(t(recv.recv()).await.is_none());
+    drop((recv, send));
+    eventually("drained connection closed", || pool.connections_open() == 1).await;
+}

@@ -299,3 +299,58 @@ async fn large_transfer_is_byte_identical() {
     assert_eq!(received, LEN);
     assert_eq!(hasher.finalize(), want);
 }
+
+/// HTTP/2 client preface plus an empty SETTINGS frame: enough for the server handshake.
+const CLIENT_PREFACE: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+fn fast_ping() -> H2Config {
+    H2Config {
+        ping_interval: Duration::from_millis(50),
+        ping_timeout: Duration::from_millis(100),
+        ..H2Config::default()
+    }
+}
+
+#[tokio::test]
+async fn client_closes_connection_when_ping_is_not_answered() {
+    // A peer that accepts TCP and then says nothing at all.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        std::future::pending::<()>().await;
+        drop(tcp);
+    });
+    let tcp = t(TcpStream::connect(addr)).await.unwrap();
+    let client = t(handshake(tcp, &fast_ping())).await.unwrap();
+    assert!(!client.is_closed());
+    eventually("unanswered PING closes the client", || client.is_closed()).await;
+    assert!(matches!(
+        t(client.connect(&request("10.0.0.1:80"))).await,
+        Err(HboneError::ConnectionClosed)
+    ));
+    silent.abort();
+}
+
+#[tokio::test]
+async fn server_ends_connection_when_ping_is_not_answered() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut peer = t(TcpStream::connect(addr)).await.unwrap();
+    let (tcp, _) = t(listener.accept()).await.unwrap();
+    // Say hello in HTTP/2, then never read or answer again.
+    t(peer.write_all(CLIENT_PREFACE)).await.unwrap();
+    let result = t(serve(tcp, &fast_ping(), std::future::pending(), echo)).await;
+    assert!(
+        matches!(result, Err(HboneError::PingTimeout(_))),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn streams_can_carry_an_inner_connection() {
+    // Double HBONE runs TLS and h2 inside a stream, so a stream must be a valid transport.
+    fn transport<T: AsyncReadWrite + 'static>() {}
+    transport::<H2Stream>();
+}
