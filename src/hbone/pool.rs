@@ -144,6 +144,12 @@ impl Pool {
             .sum()
     }
 
+    /// Keys the pool currently tracks (tests check that finished keys are dropped).
+    #[cfg(test)]
+    pub(crate) fn keys_tracked(&self) -> usize {
+        lock(&self.inner.keys).len()
+    }
+
     /// Closes every pooled connection; later `send`s fail with [`HboneError::PoolClosed`].
     pub fn shutdown(&self) {
         self.inner.shut.store(true, Ordering::Release);
@@ -188,8 +194,18 @@ impl Pool {
         if let Some((c, slot)) = entry.try_reserve() {
             return Ok((c, slot, false));
         }
-        let io = self.inner.connector.connect(key).await?;
-        let client = handshake(io, &self.inner.cfg).await?;
+        let opened = async {
+            let io = self.inner.connector.connect(key).await?;
+            handshake(io, &self.inner.cfg).await
+        };
+        let client = match opened.await {
+            Ok(c) => c,
+            Err(e) => {
+                drop(_opening);
+                self.inner.forget_if_unused(key, &entry);
+                return Err(e);
+            }
+        };
         self.inner.opened.fetch_add(1, Ordering::Relaxed);
         let slot = client
             .try_reserve(client.stream_limit())
@@ -274,20 +290,29 @@ async fn reap(pool: Weak<PoolInner>, key: PoolKey, entry: Arc<KeyEntry>, client:
         }
     }
     client.close();
-    let Some(pool) = pool.upgrade() else {
-        return;
-    };
-    let mut keys = lock(&pool.keys);
-    let now_empty = {
-        let mut conns = lock(&entry.conns);
-        conns.retain(|c| !c.is_closed());
-        conns.is_empty()
-    };
-    // Only the map and this task hold the entry: nobody is about to use it, so drop the key.
-    if now_empty
-        && Arc::strong_count(&entry) == 2
-        && keys.get(&key).is_some_and(|e| Arc::ptr_eq(e, &entry))
-    {
-        keys.remove(&key);
+    if let Some(pool) = pool.upgrade() {
+        pool.forget_if_unused(&key, &entry);
+    }
+}
+
+// === impl PoolInner ===
+
+impl PoolInner {
+    /// Drops `key` from the map when it has no open connection and nobody but the map and the
+    /// caller holds its entry, so unreachable or finished destinations do not pile up.
+    fn forget_if_unused(&self, key: &PoolKey, entry: &Arc<KeyEntry>) {
+        let mut keys = lock(&self.keys);
+        let now_empty = {
+            let mut conns = lock(&entry.conns);
+            conns.retain(|c| !c.is_closed());
+            conns.is_empty()
+        };
+        // Entries are cloned out of the map only under the map lock, so this count is stable.
+        if now_empty
+            && Arc::strong_count(entry) == 2
+            && keys.get(key).is_some_and(|e| Arc::ptr_eq(e, entry))
+        {
+            keys.remove(key);
+        }
     }
 }

@@ -180,6 +180,7 @@ async fn idle_connection_is_closed_after_timeout() {
 
     // Once the stream is dropped the idle timer runs and closes it.
     eventually("idle connection closed", || pool.connections_open() == 0).await;
+    eventually("idle key dropped", || pool.keys_tracked() == 0).await;
     let stream = t(pool.send(&k, &request("10.0.0.1:80"))).await.unwrap();
     ping_pong(stream, b"fresh").await;
     assert_eq!(pool.connections_opened(), 2);
@@ -202,6 +203,11 @@ async fn connector_errors_carry_their_message_and_shutdown_closes_the_pool() {
         Ok(_) => panic!("expected a connect error, got a stream"),
     }
     assert_eq!(pool.connections_opened(), 0);
+    assert_eq!(
+        pool.keys_tracked(),
+        0,
+        "a key that never connected is not kept"
+    );
 
     let server = TestServer::start(H2Config::default(), echo).await;
     let k = key(server.addr, &["server"]);
