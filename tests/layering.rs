@@ -121,7 +121,11 @@ fn modules_import_only_lower_levels() {
             }
         }
     }
-    assert!(violations.is_empty(), "layering violations:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "layering violations:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
@@ -129,6 +133,9 @@ fn the_parser_sees_grouped_and_plain_imports() {
     let found = imported_modules(
         "use crate::core::Identity;\nuse crate::{tls, hbone::{Pool, PoolKey}};\n// crate::admin\nlet x = crate::state::X;",
     );
-    let expected: BTreeSet<String> = ["core", "tls", "hbone", "state"].iter().map(|s| s.to_string()).collect();
+    let expected: BTreeSet<String> = ["core", "tls", "hbone", "state"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     assert_eq!(found, expected);
 }

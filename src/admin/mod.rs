@@ -73,7 +73,9 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, drain: 
                     let mut resp = text(StatusCode::OK, body);
                     resp.headers_mut().insert(
                         header::CONTENT_TYPE,
-                        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                        header::HeaderValue::from_static(
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        ),
                     );
                     resp
                 }
@@ -135,9 +137,11 @@ mod tests {
 
     async fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
@@ -148,12 +152,17 @@ mod tests {
         let (_trigger, drain) = crate::lifecycle::drain_channel();
         let readiness = Readiness::new();
         let block = readiness.block("certificates");
-        let l = bind("readiness", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let l = bind("readiness", "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(serve_readiness(l, readiness.clone(), drain));
         let resp = get(addr, "/healthz/ready").await;
         assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
-        assert!(resp.ends_with("not ready, pending: certificates\n"), "{resp}");
+        assert!(
+            resp.ends_with("not ready, pending: certificates\n"),
+            "{resp}"
+        );
         drop(block);
         let resp = get(addr, "/healthz/ready").await;
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
@@ -165,13 +174,18 @@ mod tests {
         let (_trigger, drain) = crate::lifecycle::drain_channel();
         let metrics = Arc::new(Metrics::new());
         metrics.proxy.inbound_handshakes.inc();
-        let l = bind("metrics", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let l = bind("metrics", "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(serve_metrics(l, metrics, drain));
         for path in ["/metrics", "/stats/prometheus"] {
             let resp = get(addr, path).await;
             assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-            assert!(resp.contains("ambit_hbone_inbound_handshakes_total 1\n"), "{resp}");
+            assert!(
+                resp.contains("ambit_hbone_inbound_handshakes_total 1\n"),
+                "{resp}"
+            );
         }
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
     }

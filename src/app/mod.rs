@@ -59,7 +59,10 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
             "PROXY_MODE=shared (in-pod mode over ZDS) is not available yet; use PROXY_MODE=dedicated with PROXY_WORKLOAD_INFO"
         ),
     };
-    if view.workload_by_name(&local.namespace, &local.name).is_none() {
+    if view
+        .workload_by_name(&local.namespace, &local.name)
+        .is_none()
+    {
         warn!(
             namespace = %local.namespace,
             name = %local.name,
@@ -94,7 +97,8 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
     };
     let certs: Arc<dyn CertProvider> = secrets.clone();
 
-    let metrics_listener = control.block_on(crate::admin::bind("metrics", config.listeners.stats))?;
+    let metrics_listener =
+        control.block_on(crate::admin::bind("metrics", config.listeners.stats))?;
     let readiness_listener =
         data.block_on(crate::admin::bind("readiness", config.listeners.readiness))?;
 

@@ -64,11 +64,17 @@ impl DrainTrigger {
     /// forced drain, at most `deadline` more is waited so a stuck task cannot hang shutdown).
     pub async fn drain(mut self, deadline: Duration) -> DrainOutcome {
         self.phase.send_replace(Phase::Draining);
-        if tokio::time::timeout(deadline, self.done.recv()).await.is_ok() {
+        if tokio::time::timeout(deadline, self.done.recv())
+            .await
+            .is_ok()
+        {
             return DrainOutcome::Graceful;
         }
         self.phase.send_replace(Phase::Forced);
-        if tokio::time::timeout(deadline, self.done.recv()).await.is_err() {
+        if tokio::time::timeout(deadline, self.done.recv())
+            .await
+            .is_err()
+        {
             tracing::warn!("drain: some tasks did not stop after being forced to close");
         }
         DrainOutcome::Forced

@@ -73,8 +73,17 @@ mod tests {
         m.proxy.hbone_connections_opened.inc();
         m.proxy.inbound_handshakes.inc_by(3);
         let text = m.encode().unwrap();
-        assert!(text.contains("ambit_hbone_connections_opened_total 1\n"), "{text}");
-        assert!(text.contains("ambit_hbone_inbound_handshakes_total 3\n"), "{text}");
-        assert!(text.contains("ambit_hbone_inbound_handshake_failures_total 0\n"), "{text}");
+        assert!(
+            text.contains("ambit_hbone_connections_opened_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ambit_hbone_inbound_handshakes_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ambit_hbone_inbound_handshake_failures_total 0\n"),
+            "{text}"
+        );
     }
 }

@@ -7,8 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{info, warn};
-
 use super::copy::CopyStats;
 use crate::core::Identity;
 
@@ -67,37 +65,41 @@ impl ConnectionLog {
         self.done = true;
         // Sent: from the source toward the destination; received: the way back.
         let (sent, recv) = self.stats.totals();
+        let src = self.src;
+        let direction = self.direction.as_str();
         let duration = format!("{}ms", self.start.elapsed().as_millis());
         let src_identity = self.src_identity.as_ref().map(tracing::field::display);
         let dst_identity = self.dst_identity.as_ref().map(tracing::field::display);
         let dst = self.dst.map(tracing::field::display);
         let hbone = self.hbone_addr.map(tracing::field::display);
         match error {
-            None => info!(
+            None => tracing::event!(
                 target: "access",
-                src.addr = %self.src,
+                tracing::Level::INFO,
+                src.addr = %src,
                 src.identity = src_identity,
                 dst.addr = dst,
                 dst.hbone_addr = hbone,
                 dst.identity = dst_identity,
-                direction = self.direction.as_str(),
+                direction,
                 bytes_sent = sent,
                 bytes_recv = recv,
-                duration,
+                duration = %duration,
                 "connection complete"
             ),
-            Some(error) => warn!(
+            Some(error) => tracing::event!(
                 target: "access",
-                src.addr = %self.src,
+                tracing::Level::WARN,
+                src.addr = %src,
                 src.identity = src_identity,
                 dst.addr = dst,
                 dst.hbone_addr = hbone,
                 dst.identity = dst_identity,
-                direction = self.direction.as_str(),
+                direction,
                 bytes_sent = sent,
                 bytes_recv = recv,
-                duration,
-                error,
+                duration = %duration,
+                error = %error,
                 "connection failed"
             ),
         }

@@ -28,20 +28,18 @@ impl Connector for TlsConnector {
         let key = key.clone();
         Box::pin(async move {
             let pi = &self.inputs;
-            let cert = pi
-                .certs
-                .fetch(&key.src_id)
-                .await
-                .map_err(|e| HboneError::connect(format!("certificate for {}: {e}", key.src_id)))?;
+            let cert = pi.certs.fetch(&key.src_id).await.map_err(|e| {
+                HboneError::connect(key.dst, format!("certificate for {}: {e}", key.src_id))
+            })?;
             let config = cert
                 .client_config(&key.expected)
-                .map_err(|e| HboneError::connect(e.to_string()))?;
+                .map_err(|e| HboneError::connect(key.dst, e))?;
             let tcp = socket::connect(key.dst, None, &pi.cfg.socket)
                 .await
-                .map_err(|e| HboneError::connect(e.to_string()))?;
+                .map_err(|e| HboneError::connect(key.dst, e))?;
             let tls = tls::connect(config, tcp)
                 .await
-                .map_err(|e| HboneError::connect(format!("TLS to {}: {e}", key.dst)))?;
+                .map_err(|e| HboneError::connect(key.dst, format!("TLS: {e}")))?;
             pi.metrics.hbone_connections_opened.inc();
             Ok(Box::new(tls) as BoxedIo)
         })

@@ -183,7 +183,11 @@ mod tests {
         let (mut client, a) = pair().await;
         let (b, mut server) = pair().await;
         let stats = Arc::new(CopyStats::default());
-        let proxy = tokio::spawn(copy_bidirectional(tcp_halves(a), tcp_halves(b), stats.clone()));
+        let proxy = tokio::spawn(copy_bidirectional(
+            tcp_halves(a),
+            tcp_halves(b),
+            stats.clone(),
+        ));
 
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = payload.clone();

@@ -28,13 +28,16 @@ pub(super) async fn handle(
     drain: DrainWatcher,
 ) {
     if let Err(e) = socket::tune(&stream, &pi.cfg.socket) {
-        return ConnectionLog::new(Direction::Inbound, peer).fail(&format_args!("socket options: {e}"));
+        return ConnectionLog::new(Direction::Inbound, peer)
+            .fail(&format_args!("socket options: {e}"));
     }
     let cert = match pi.certs.fetch(&pi.local.identity).await {
         Ok(c) => c,
         Err(e) => {
-            return ConnectionLog::new(Direction::Inbound, peer)
-                .fail(&format_args!("no certificate for {}: {e}", pi.local.identity));
+            return ConnectionLog::new(Direction::Inbound, peer).fail(&format_args!(
+                "no certificate for {}: {e}",
+                pi.local.identity
+            ));
         }
     };
     let (tls, peer_id) = match tls::accept(cert.server_config(), stream).await {
@@ -72,7 +75,10 @@ async fn serve_stream(
     let target = match &req.authority {
         Authority::Addr(a) => socket::canonical(*a),
         Authority::Host(..) => {
-            let msg = format!("CONNECT to {}: host name targets are not supported", req.authority);
+            let msg = format!(
+                "CONNECT to {}: host name targets are not supported",
+                req.authority
+            );
             req.reject(StatusCode::BAD_REQUEST);
             return log.fail(&msg);
         }

@@ -110,9 +110,8 @@ impl Proxy {
     pub fn bind(inputs: ProxyInputs) -> Result<Proxy, ProxyError> {
         let cfg = inputs.cfg.clone();
         let bind = |what, addr, transparent| {
-            socket::listen(addr, &cfg.socket, transparent, cfg.reuse_port).map_err(|source| {
-                ProxyError::Bind { what, addr, source }
-            })
+            socket::listen(addr, &cfg.socket, transparent, cfg.reuse_port)
+                .map_err(|source| ProxyError::Bind { what, addr, source })
         };
         let outbound = bind("outbound", cfg.outbound_addr, false)?;
         let inbound = bind("inbound HBONE", cfg.inbound_addr, false)?;
@@ -155,9 +154,12 @@ impl Proxy {
         );
         let out = {
             let (pi, pool) = (self.inputs.clone(), self.pool.clone());
-            accept_loop("outbound", self.outbound, drain.clone(), move |s, peer, d| {
-                outbound::handle(pi.clone(), pool.clone(), s, peer, d)
-            })
+            accept_loop(
+                "outbound",
+                self.outbound,
+                drain.clone(),
+                move |s, peer, d| outbound::handle(pi.clone(), pool.clone(), s, peer, d),
+            )
         };
         let inb = {
             let pi = self.inputs.clone();
@@ -167,9 +169,12 @@ impl Proxy {
         };
         let plain = {
             let pi = self.inputs.clone();
-            accept_loop("inbound plaintext", self.plaintext, drain, move |s, peer, d| {
-                passthrough::handle(pi.clone(), s, peer, d)
-            })
+            accept_loop(
+                "inbound plaintext",
+                self.plaintext,
+                drain,
+                move |s, peer, d| passthrough::handle(pi.clone(), s, peer, d),
+            )
         };
         tokio::join!(out, inb, plain);
     }

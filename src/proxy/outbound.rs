@@ -40,9 +40,15 @@ pub(super) enum RouteError {
 impl fmt::Display for RouteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RouteError::SelfCall(a) => write!(f, "refusing a connection to {a}: it would loop into the proxy"),
+            RouteError::SelfCall(a) => write!(
+                f,
+                "refusing a connection to {a}: it would loop into the proxy"
+            ),
             RouteError::NoEndpoint { service, port } => {
-                write!(f, "service {service} has no healthy endpoint for port {port}")
+                write!(
+                    f,
+                    "service {service} has no healthy endpoint for port {port}"
+                )
             }
             RouteError::NoAddress(wl) => write!(f, "workload {wl} has no address"),
         }

@@ -185,9 +185,7 @@ pub async fn connect(
     if let Some(src) = src {
         let bind_err = |source| ConnectError::Bind { src, dst, source };
         set_transparent(&sock, dst.ip()).map_err(bind_err)?;
-        socket
-            .bind(SocketAddr::new(src, 0))
-            .map_err(bind_err)?;
+        socket.bind(SocketAddr::new(src, 0)).map_err(bind_err)?;
     }
     let stream = tokio::time::timeout(opts.connect_timeout, socket.connect(dst))
         .await
