@@ -12,22 +12,40 @@ pub enum LabError {
     NotRoot { uid: u32 },
     #[error("`{tool}` not found on PATH: run scripts/setup.sh")]
     ToolMissing { tool: &'static str },
-    #[error("network namespaces are not usable here ({detail}): the kernel or sandbox forbids them")]
+    #[error(
+        "network namespaces are not usable here ({detail}): the kernel or sandbox forbids them"
+    )]
     NetnsUnsupported { detail: String },
     #[error("`{command}` failed ({status}): {stderr}")]
-    Command { command: String, status: String, stderr: String },
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
     #[error("`{command}` did not finish within {timeout:?}")]
     CommandTimeout { command: String, timeout: Duration },
     #[error("could not start `{command}`: {source}")]
     Spawn { command: String, source: io::Error },
     #[error("in namespace {netns}: {op}: {source}")]
-    Socket { netns: String, op: String, source: io::Error },
+    Socket {
+        netns: String,
+        op: String,
+        source: io::Error,
+    },
     #[error("entering namespace {netns}: {source}")]
     Setns { netns: String, source: io::Error },
     #[error("{what} not ready after {attempts} attempts: last result: {last}")]
-    NotReady { what: String, attempts: u32, last: String },
+    NotReady {
+        what: String,
+        attempts: u32,
+        last: String,
+    },
     #[error("process `{name}` exited early ({status}); log tail:\n{tail}")]
-    ExitedEarly { name: String, status: String, tail: String },
+    ExitedEarly {
+        name: String,
+        status: String,
+        tail: String,
+    },
     #[error("file {path}: {source}")]
     File { path: String, source: io::Error },
 }

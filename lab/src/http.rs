@@ -21,7 +21,12 @@ pub struct HttpResponse {
 
 /// `GET path` on `addr` from inside `ns`, with `Connection: close`; the whole exchange is bounded
 /// by `timeout`.
-pub async fn http_get(ns: &Netns, addr: SocketAddr, path: &str, timeout: Duration) -> Result<HttpResponse, LabError> {
+pub async fn http_get(
+    ns: &Netns,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<HttpResponse, LabError> {
     let op = format!("GET http://{addr}{path}");
     let exchange = async {
         let mut stream = ns.connect(addr, timeout).await.map_err(to_io)?;
@@ -63,7 +68,11 @@ pub async fn wait_http_ok(
             tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
-    Err(LabError::NotReady { what: format!("http://{addr}{path} in {}", ns.name()), attempts, last })
+    Err(LabError::NotReady {
+        what: format!("http://{addr}{path} in {}", ns.name()),
+        attempts,
+        last,
+    })
 }
 
 fn to_io(e: LabError) -> std::io::Error {
@@ -80,7 +89,11 @@ fn parse(raw: &[u8]) -> Option<HttpResponse> {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
-    let body = if chunked { dechunk(body)? } else { body.to_string() };
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
     Some(HttpResponse { status, body })
 }
 
@@ -105,7 +118,10 @@ mod tests {
     fn parses_plain_and_chunked() {
         let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, "ok"));
-        let r = parse(b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        let r = parse(
+            b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!((r.status, r.body.as_str()), (503, "abcde"));
         assert!(parse(b"garbage").is_none());
     }

@@ -45,7 +45,9 @@ fn cleanup(all: bool) -> Result<usize, ambit_lab::LabError> {
     let list = sys::run("ip", &["netns", "list"], None)?;
     let mut removed = 0;
     for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(rest) = name.strip_prefix(sys::NAME_PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(sys::NAME_PREFIX) else {
+            continue;
+        };
         let owner_alive = rest
             .split('-')
             .next()

@@ -74,7 +74,8 @@ impl Netns {
     /// duplicate address detection, so they are usable at once rather than after ~2 s.
     pub fn add_addr(&self, ifname: &str, cidr: &str) -> Result<(), LabError> {
         if cidr.contains(':') {
-            self.ip(&["-6", "addr", "add", cidr, "dev", ifname, "nodad"]).map(drop)
+            self.ip(&["-6", "addr", "add", cidr, "dev", ifname, "nodad"])
+                .map(drop)
         } else {
             self.ip(&["addr", "add", cidr, "dev", ifname]).map(drop)
         }
@@ -100,7 +101,12 @@ impl Netns {
 
     /// Applies an nftables ruleset (text in `nft -f` syntax) inside the namespace, atomically.
     pub fn nft(&self, ruleset: &str) -> Result<(), LabError> {
-        sys::run("ip", &["netns", "exec", &self.name, "nft", "-f", "-"], Some(ruleset)).map(drop)
+        sys::run(
+            "ip",
+            &["netns", "exec", &self.name, "nft", "-f", "-"],
+            Some(ruleset),
+        )
+        .map(drop)
     }
 
     /// Runs a command inside the namespace with a deadline, capturing its output. The child is
@@ -130,10 +136,15 @@ impl Netns {
         let path = format!("/var/run/netns/{}", self.name);
         let name = self.name.clone();
         let handle = std::thread::spawn(move || {
-            let file = File::open(&path).map_err(|source| LabError::Setns { netns: name.clone(), source })?;
+            let file = File::open(&path).map_err(|source| LabError::Setns {
+                netns: name.clone(),
+                source,
+            })?;
             // setns(CLONE_NEWNET) switches only this thread; the rest of the process stays put.
-            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
-                .map_err(|e| LabError::Setns { netns: name.clone(), source: e.into() })?;
+            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| LabError::Setns {
+                netns: name.clone(),
+                source: e.into(),
+            })?;
             f()
         });
         match handle.join() {
@@ -154,7 +165,8 @@ impl Netns {
             };
             let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
                 .map_err(sock_err("socket"))?;
-            sock.set_reuse_address(true).map_err(sock_err("SO_REUSEADDR"))?;
+            sock.set_reuse_address(true)
+                .map_err(sock_err("SO_REUSEADDR"))?;
             if addr.is_ipv6() {
                 sock.set_only_v6(false).map_err(sock_err("IPV6_V6ONLY"))?;
             }
@@ -188,15 +200,29 @@ impl Netns {
     }
 
     /// Connects from inside the namespace to `addr`, within `timeout`.
-    pub async fn connect(&self, addr: SocketAddr, timeout: Duration) -> Result<TcpStream, LabError> {
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<TcpStream, LabError> {
         let sock = self.tcp_socket_with(addr, |_| Ok(()))?;
-        with_deadline(&self.name, &format!("connect {addr}"), timeout, sock.connect(addr)).await
+        with_deadline(
+            &self.name,
+            &format!("connect {addr}"),
+            timeout,
+            sock.connect(addr),
+        )
+        .await
     }
 
     /// The pids of processes whose network namespace is this one.
     pub fn pids(&self) -> Vec<i32> {
         sys::run("ip", &["netns", "pids", &self.name], None)
-            .map(|out| out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .map(|out| {
+                out.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -212,7 +238,8 @@ impl Drop for Netns {
 pub fn remove(name: &str) {
     if let Ok(out) = sys::run("ip", &["netns", "pids", name], None) {
         for pid in out.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         }
     }
     if let Err(e) = sys::run("ip", &["netns", "del", name], None) {
@@ -228,11 +255,18 @@ pub(crate) async fn with_deadline<T>(
     fut: impl Future<Output = std::io::Result<T>>,
 ) -> Result<T, LabError> {
     match tokio::time::timeout(timeout, fut).await {
-        Ok(res) => res.map_err(|source| LabError::Socket { netns: netns.into(), op: op.into(), source }),
+        Ok(res) => res.map_err(|source| LabError::Socket {
+            netns: netns.into(),
+            op: op.into(),
+            source,
+        }),
         Err(_) => Err(LabError::Socket {
             netns: netns.into(),
             op: op.into(),
-            source: std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {timeout:?}")),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            ),
         }),
     }
 }

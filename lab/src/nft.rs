@@ -29,7 +29,7 @@ pub fn outbound_capture(port: u16, proxy_mark: u32) -> String {
 delete table inet ambit_capture
 table inet ambit_capture {{
   chain output {{
-    type nat hook output priority dstnat; policy accept;
+    type nat hook output priority -100; policy accept;
     meta mark {proxy_mark:#x} return
     oifname \"lo\" return
     ip daddr 127.0.0.0/8 return
@@ -50,7 +50,7 @@ pub fn return_path(proxy_mark: u32, return_mark: u32) -> String {
 delete table inet ambit_return
 table inet ambit_return {{
   chain output {{
-    type route hook output priority mangle; policy accept;
+    type route hook output priority -150; policy accept;
     meta mark {proxy_mark:#x} ct mark set {return_mark:#x} return
     ct mark {return_mark:#x} meta mark set {return_mark:#x}
   }}
@@ -73,9 +73,25 @@ pub fn install_return_path(ns: &Netns) -> Result<(), LabError> {
     for family in ["-4", "-6"] {
         ns.ip(&[family, "rule", "add", "fwmark", &mark, "lookup", &table])?;
     }
-    ns.ip(&["-4", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", &table])?;
-    ns.ip(&["-6", "route", "add", "local", "::/0", "dev", "lo", "table", &table])?;
-    for key in ["net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter", "net.ipv4.conf.lo.rp_filter"] {
+    ns.ip(&[
+        "-4",
+        "route",
+        "add",
+        "local",
+        "0.0.0.0/0",
+        "dev",
+        "lo",
+        "table",
+        &table,
+    ])?;
+    ns.ip(&[
+        "-6", "route", "add", "local", "::/0", "dev", "lo", "table", &table,
+    ])?;
+    for key in [
+        "net.ipv4.conf.all.rp_filter",
+        "net.ipv4.conf.default.rp_filter",
+        "net.ipv4.conf.lo.rp_filter",
+    ] {
         ns.sysctl(key, "0")?;
     }
     Ok(())

@@ -35,7 +35,12 @@ pub struct Process {
 
 impl ProcessSpec {
     pub fn new(name: impl Into<String>, program: impl Into<PathBuf>) -> Self {
-        ProcessSpec { name: name.into(), program: program.into(), args: Vec::new(), env: Vec::new() }
+        ProcessSpec {
+            name: name.into(),
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
@@ -55,7 +60,10 @@ impl Process {
     /// Starts `spec` inside `ns` (or on the host when `None`), logging to `<log_dir>/<name>.log`.
     pub fn spawn(ns: Option<&Netns>, spec: &ProcessSpec, log_dir: &Path) -> Result<Self, LabError> {
         let log = log_dir.join(format!("{}.log", spec.name));
-        let file_err = |source| LabError::File { path: log.display().to_string(), source };
+        let file_err = |source| LabError::File {
+            path: log.display().to_string(),
+            source,
+        };
         std::fs::create_dir_all(log_dir).map_err(file_err)?;
         let out = File::create(&log).map_err(file_err)?;
         let err = out.try_clone().map_err(file_err)?;
@@ -77,7 +85,11 @@ impl Process {
             command: format!("{} {}", spec.program.display(), spec.args.join(" ")),
             source,
         })?;
-        Ok(Process { name: spec.name.clone(), child, log })
+        Ok(Process {
+            name: spec.name.clone(),
+            child,
+            log,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -94,7 +106,9 @@ impl Process {
 
     /// The whole log so far (stdout and stderr interleaved as written).
     pub fn log(&self) -> String {
-        std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        std::fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// The last `lines` lines of the log.

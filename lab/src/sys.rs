@@ -33,13 +33,17 @@ pub fn preflight() -> Result<(), LabError> {
 fn recheck_or(line: &str) -> LabError {
     match check() {
         Err(e) => e,
-        Ok(()) => LabError::NetnsUnsupported { detail: line.to_string() },
+        Ok(()) => LabError::NetnsUnsupported {
+            detail: line.to_string(),
+        },
     }
 }
 
 fn check() -> Result<(), LabError> {
     // The owner of /proc/self is the effective uid: no unsafe libc call needed.
-    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(u32::MAX);
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(u32::MAX);
     if uid != 0 {
         return Err(LabError::NotRoot { uid });
     }
@@ -49,7 +53,9 @@ fn check() -> Result<(), LabError> {
         }
     }
     if !std::path::Path::new("/proc/self/ns/net").exists() {
-        return Err(LabError::NetnsUnsupported { detail: "/proc/self/ns/net is absent".into() });
+        return Err(LabError::NetnsUnsupported {
+            detail: "/proc/self/ns/net is absent".into(),
+        });
     }
     Ok(())
 }
@@ -78,23 +84,36 @@ pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, 
     let command = format!("{program} {}", args.join(" "));
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| LabError::Spawn { command: command.clone(), source })?;
+    let mut child = cmd.spawn().map_err(|source| LabError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(text.as_bytes())
-            .map_err(|source| LabError::Spawn { command: command.clone(), source })?;
+            .map_err(|source| LabError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
         // Dropping the pipe closes it so the program sees end of input.
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| LabError::Spawn { command: command.clone(), source })?;
+    let out = child.wait_with_output().map_err(|source| LabError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
     if !out.status.success() {
         return Err(LabError::Command {
             command,
             status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; "),
+            stderr: String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', "; "),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
