@@ -8,6 +8,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod ambit;
 pub mod servers;
 
 use std::net::{IpAddr, SocketAddr};
