@@ -1,10 +1,10 @@
-//! `ambit-lab`: the lab's command line. For now one command, `cleanup`, which removes the network
-//! namespaces that crashed or killed runs left behind (their owner process is gone), or all of
-//! the lab's namespaces with `--all`.
+//! `ambit-lab`: the lab's command line. `cleanup` removes the network namespaces that crashed or
+//! killed runs left behind (their owner process is gone), or all of the lab's namespaces with
+//! `--all`; `rules` prints the nftables rule sets so shell scripts (the demo) share them.
 
 use clap::{Parser, Subcommand};
 
-use ambit_lab::{netns, sys};
+use ambit_lab::{netns, nft, sys};
 
 #[derive(Parser)]
 #[command(name = "ambit-lab", about = "ambit's network-namespace lab")]
@@ -21,6 +21,19 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
+    /// Print one of the lab's nftables rule sets (for scripts: pipe into `nft -f -`).
+    Rules {
+        #[arg(value_enum)]
+        which: Ruleset,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Ruleset {
+    /// Outbound capture: pod TCP to anything but loopback, unless marked by the proxy, to :15001.
+    Capture,
+    /// Original-source return path (nft part; the policy routes are `ip rule`/`ip route`).
+    ReturnPath,
 }
 
 fn main() {
@@ -36,6 +49,15 @@ fn main() {
                 1
             }
         },
+        Cmd::Rules { which } => {
+            match which {
+                Ruleset::Capture => print!("{}", nft::outbound_capture(15001, nft::PROXY_MARK)),
+                Ruleset::ReturnPath => {
+                    print!("{}", nft::return_path(nft::PROXY_MARK, nft::RETURN_MARK))
+                }
+            }
+            0
+        }
     };
     std::process::exit(code);
 }
