@@ -10,6 +10,7 @@
 //! | 1 | [`core`] | identities, authorities: the shared vocabulary |
 //! | 1 | [`lifecycle`] | drain with a deadline, readiness guards, signals |
 //! | 1 | [`telemetry`] | logging setup and reloadable log levels |
+//! | 2 | [`rbac`] | authorization policies: the domain model (evaluation comes with enforcement) |
 //! | 3 | [`state`] | workloads, services and policies, indexed; a read-only view for the data path |
 //! | 4 | [`tls`] | rustls configurations, SPIFFE verification, the certificate-provider seam |
 //! | 4 | [`metrics`] | the metric registry and the data path's counters |
@@ -18,7 +19,8 @@
 //! | 7 | [`identity`] | certificate manager with rotation; the built-in CA |
 //! | 7 | [`xds`] | configuration sources: the local config file |
 //! | 8 | [`admin`] | readiness and metrics HTTP servers |
-//! | 9 | [`config`], [`app`] | configuration from the environment; the composition root |
+//! | 8 | [`config`] | configuration from the environment |
+//! | 9 | [`app`] | the composition root |
 //!
 //! The data path (`tls`, `hbone`, `proxy`) never imports control-plane or admin code: it is
 //! handed a state view, a certificate provider and its own configuration.
@@ -34,6 +36,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
+pub mod rbac;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

@@ -1,1 +1,178 @@
-//! admin (being built)
+//! The operator-facing HTTP servers: readiness (15021) and metrics (15020).
+//!
+//! Each is a small HTTP/1.1 server (hyper) whose handler is a pure function of shared state,
+//! so a slow scrape never touches the data path's locks.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::lifecycle::{DrainWatcher, Readiness};
+use crate::metrics::Metrics;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("bind {what} server on {addr}: {source}")]
+pub struct BindError {
+    pub what: &'static str,
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds a server's listener, naming it in the error.
+pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { what, addr, source })
+}
+
+/// `GET /healthz/ready`: `200 ready`, or `503` naming what is still pending.
+pub async fn serve_readiness(listener: TcpListener, readiness: Readiness, drain: DrainWatcher) {
+    serve(listener, drain, move |req| {
+        let readiness = readiness.clone();
+        async move {
+            if req.method() != Method::GET || req.uri().path() != "/healthz/ready" {
+                return text(StatusCode::NOT_FOUND, "not found\n".into());
+            }
+            let pending = readiness.pending();
+            if pending.is_empty() {
+                text(StatusCode::OK, "ready\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready, pending: {}\n", pending.join(", ")),
+                )
+            }
+        }
+    })
+    .await
+}
+
+/// `GET /metrics` and `GET /stats/prometheus`: the Prometheus text exposition.
+pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, drain: DrainWatcher) {
+    serve(listener, drain, move |req| {
+        let metrics = metrics.clone();
+        async move {
+            let path = req.uri().path();
+            if req.method() != Method::GET || (path != "/metrics" && path != "/stats/prometheus") {
+                return text(StatusCode::NOT_FOUND, "not found\n".into());
+            }
+            match metrics.encode() {
+                Ok(body) => {
+                    let mut resp = text(StatusCode::OK, body);
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    resp
+                }
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encoding metrics: {e}\n"),
+                ),
+            }
+        }
+    })
+    .await
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Serves HTTP/1.1 until a drain starts.
+async fn serve<H, F>(listener: TcpListener, drain: DrainWatcher, handler: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = drain.draining() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                tokio::task::yield_now().await;
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let h = handler.clone();
+                async move { Ok::<_, Infallible>(h(req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!(%peer, error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn readiness_reports_pending_then_ready() {
+        let (_trigger, drain) = crate::lifecycle::drain_channel();
+        let readiness = Readiness::new();
+        let block = readiness.block("certificates");
+        let l = bind("readiness", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve_readiness(l, readiness.clone(), drain));
+        let resp = get(addr, "/healthz/ready").await;
+        assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+        assert!(resp.ends_with("not ready, pending: certificates\n"), "{resp}");
+        drop(block);
+        let resp = get(addr, "/healthz/ready").await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(resp.ends_with("ready\n"), "{resp}");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_on_both_paths() {
+        let (_trigger, drain) = crate::lifecycle::drain_channel();
+        let metrics = Arc::new(Metrics::new());
+        metrics.proxy.inbound_handshakes.inc();
+        let l = bind("metrics", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve_metrics(l, metrics, drain));
+        for path in ["/metrics", "/stats/prometheus"] {
+            let resp = get(addr, path).await;
+            assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+            assert!(resp.contains("ambit_hbone_inbound_handshakes_total 1\n"), "{resp}");
+        }
+        assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+    }
+}

@@ -1,1 +1,190 @@
-//! app (being built)
+//! The composition root: builds the runtimes and every component from the configuration, in
+//! startup order, and runs until a shutdown signal, then drains.
+//!
+//! Two runtimes (design.md §4): a current-thread control runtime on its own OS thread
+//! (certificates, metrics) and a multi-thread data runtime (listeners, connections, readiness),
+//! so control work never stalls traffic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tracing::{info, warn};
+
+use crate::config::{Config, LocalConfigSource, ProxyMode};
+use crate::core::Identity;
+use crate::identity::{BuiltinCa, SecretManager, SecretManagerConfig};
+use crate::lifecycle::{self, Readiness};
+use crate::metrics::Metrics;
+use crate::proxy::{self, LocalWorkload, Proxy, ProxyConfig, ProxyInputs};
+use crate::state::StateWriter;
+use crate::telemetry::LogHandle;
+use crate::tls::CertProvider;
+use crate::xds;
+
+/// Runs the node proxy until SIGTERM/SIGINT, then drains. Returns an error for anything that
+/// stops it from starting.
+pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
+    info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting ambit");
+
+    // Configuration first: a bad file must stop us before anything listens.
+    let (writer, view) = StateWriter::new();
+    let local_config = match &config.local_config {
+        Some(LocalConfigSource::File(path)) => Some(xds::local::load_file(path)?),
+        Some(LocalConfigSource::Inline(text)) => Some(xds::local::parse(text, "LOCAL_XDS")?),
+        None => None,
+    };
+    match local_config {
+        Some(lc) => writer.apply(lc.into_update()),
+        None => bail!("no configuration source: set LOCAL_XDS_PATH or LOCAL_XDS"),
+    };
+
+    let (local, mark) = match config.proxy_mode {
+        ProxyMode::Dedicated => {
+            let info = config
+                .proxy_workload_info
+                .as_ref()
+                .context("PROXY_MODE=dedicated needs PROXY_WORKLOAD_INFO")?;
+            let identity =
+                Identity::new(&config.trust_domain, &info.namespace, &info.service_account)
+                    .context("PROXY_WORKLOAD_INFO")?;
+            let local = LocalWorkload {
+                namespace: info.namespace.clone(),
+                name: info.name.clone(),
+                identity,
+            };
+            (local, config.packet_mark)
+        }
+        ProxyMode::Shared => bail!(
+            "PROXY_MODE=shared (in-pod mode over ZDS) is not available yet; use PROXY_MODE=dedicated with PROXY_WORKLOAD_INFO"
+        ),
+    };
+    if view.workload_by_name(&local.namespace, &local.name).is_none() {
+        warn!(
+            namespace = %local.namespace,
+            name = %local.name,
+            "the local workload is not in the configuration: inbound connections will be refused"
+        );
+    }
+
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("ambit-control")
+        .build()
+        .context("control runtime")?;
+    let data = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(config.worker_threads)
+        .thread_name("ambit-data")
+        .build()
+        .context("data runtime")?;
+
+    let readiness = Readiness::new();
+    let certs_ready = readiness.block("certificates");
+    let proxy_ready = readiness.block("listeners");
+    let metrics = Arc::new(Metrics::new());
+    let (drain_trigger, drain) = lifecycle::drain_channel();
+
+    // Certificates live on the control runtime: issuance and refresh never run on data workers.
+    let ca = BuiltinCa::load_or_create(&config.ca_dir, config.secret_ttl)
+        .with_context(|| format!("built-in CA in {}", config.ca_dir.display()))?;
+    let secrets = {
+        let _enter = control.enter();
+        SecretManager::new(Arc::new(ca), SecretManagerConfig::default())
+    };
+    let certs: Arc<dyn CertProvider> = secrets.clone();
+
+    let metrics_listener = control.block_on(crate::admin::bind("metrics", config.listeners.stats))?;
+    let readiness_listener =
+        data.block_on(crate::admin::bind("readiness", config.listeners.readiness))?;
+
+    let proxy_cfg = ProxyConfig {
+        outbound_addr: config.listeners.outbound,
+        inbound_addr: config.listeners.inbound_hbone,
+        inbound_plaintext_addr: config.listeners.inbound_plaintext,
+        network: config.network.clone(),
+        socket: proxy::SocketOptions {
+            mark,
+            keepalive: config.keepalive.enabled.then_some(proxy::Keepalive {
+                time: config.keepalive.time,
+                interval: config.keepalive.interval,
+                retries: config.keepalive.retries,
+            }),
+            connect_timeout: Duration::from_secs(10),
+            ..Default::default()
+        },
+        orig_src: config
+            .enable_orig_src
+            .unwrap_or_else(proxy::socket::transparent_supported),
+        reuse_port: false,
+        h2: crate::hbone::H2Config {
+            stream_window: config.http2_stream_window_size,
+            connection_window: config.http2_connection_window_size,
+            frame_size: config.http2_frame_size,
+            pool_max_streams_per_conn: config.pool_max_streams_per_connection,
+            pool_idle_timeout: config.pool_unused_release_timeout,
+            ..Default::default()
+        },
+        hbone_port: 15008,
+    };
+    let identity = local.identity.clone();
+    let proxy = {
+        let _enter = data.enter();
+        Proxy::bind(ProxyInputs {
+            cfg: Arc::new(proxy_cfg),
+            local,
+            state: view,
+            certs: certs.clone(),
+            metrics: metrics.proxy.clone(),
+        })?
+    };
+    drop(proxy_ready);
+
+    // Control runtime: metrics server and the first certificate, then idle until shutdown.
+    let control_drain = drain.clone();
+    let control_metrics = metrics.clone();
+    let control_thread = std::thread::Builder::new()
+        .name("ambit-control".into())
+        .spawn(move || {
+            control.block_on(async move {
+                let server = tokio::spawn(crate::admin::serve_metrics(
+                    metrics_listener,
+                    control_metrics,
+                    control_drain.clone(),
+                ));
+                match certs.fetch(&identity).await {
+                    Ok(cert) => {
+                        info!(identity = %identity, serial = %cert.serial_hex(), "certificate ready");
+                        drop(certs_ready);
+                    }
+                    Err(e) => warn!(identity = %identity, error = %e, "certificate not available yet"),
+                }
+                control_drain.draining().await;
+                let _ = server.await;
+            })
+        })
+        .context("control thread")?;
+
+    let deadline = config.connection_termination_deadline;
+    let outcome = data.block_on(async move {
+        tokio::spawn(crate::admin::serve_readiness(
+            readiness_listener,
+            readiness.clone(),
+            drain.clone(),
+        ));
+        let proxy_task = tokio::spawn(proxy.run(drain));
+        info!("ambit is running");
+        let signal = lifecycle::shutdown_signal().await;
+        match signal {
+            Ok(name) => info!(signal = name, deadline = ?deadline, "draining"),
+            Err(e) => warn!(error = %e, "cannot wait for signals; draining now"),
+        }
+        let outcome = drain_trigger.drain(deadline).await;
+        let _ = proxy_task.await;
+        outcome
+    });
+    let _ = control_thread.join();
+    drop(secrets);
+    info!(?outcome, "ambit stopped");
+    Ok(())
+}

@@ -1,1 +1,13 @@
-//! lifecycle (being built)
+//! Process lifecycle: graceful drain with a deadline, readiness guards, and OS signals.
+//!
+//! These are level-1 building blocks: every accept loop and connection task holds a
+//! [`DrainWatcher`]; every startup task that must finish before traffic is accepted holds a
+//! [`BlockReady`].
+
+mod drain;
+mod readiness;
+mod signal;
+
+pub use drain::{DrainOutcome, DrainTrigger, DrainWatcher, channel as drain_channel};
+pub use readiness::{BlockReady, Readiness};
+pub use signal::shutdown_signal;

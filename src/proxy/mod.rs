@@ -1,1 +1,216 @@
-//! proxy (being built)
+//! Listeners and per-connection flows: outbound capture (15001), inbound HBONE (15008) and
+//! inbound plaintext (15006).
+//!
+//! A [`Proxy`] serves one workload: the pod whose traffic it captures (in-pod mode) or the
+//! process's own workload (dedicated mode). It is handed everything it reads: its
+//! configuration slice, the state view, a certificate provider and counters; it imports no
+//! control-plane code.
+
+mod accesslog;
+mod connector;
+pub mod copy;
+mod inbound;
+mod outbound;
+mod passthrough;
+pub mod socket;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+
+use crate::core::Identity;
+use crate::hbone::{H2Config, Pool};
+use crate::lifecycle::DrainWatcher;
+use crate::metrics::ProxyMetrics;
+use crate::state::{StateView, Workload};
+use crate::tls::CertProvider;
+
+pub use socket::{Keepalive, SocketOptions};
+
+/// Ports a captured connection must never target: they would loop back into the proxy.
+pub const ILLEGAL_PORTS: [u16; 4] = [15001, 15006, 15008, 15080];
+
+/// The proxy's slice of the configuration.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    pub outbound_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    pub inbound_plaintext_addr: SocketAddr,
+    /// The network this node is on; workload lookups are per network.
+    pub network: String,
+    pub socket: SocketOptions,
+    /// Connect to the app with the client's address as source (needs transparent sockets).
+    pub orig_src: bool,
+    /// `SO_REUSEPORT` on listeners, so an old and a new proxy can overlap.
+    pub reuse_port: bool,
+    pub h2: H2Config,
+    /// The HBONE port of peers.
+    pub hbone_port: u16,
+}
+
+/// The workload a proxy serves.
+#[derive(Clone, Debug)]
+pub struct LocalWorkload {
+    pub namespace: String,
+    pub name: String,
+    pub identity: Identity,
+}
+
+impl LocalWorkload {
+    /// Whether `wl` is this workload.
+    fn is(&self, wl: &Workload) -> bool {
+        wl.namespace() == self.namespace && wl.name == self.name
+    }
+}
+
+/// What a proxy needs to serve traffic.
+pub struct ProxyInputs {
+    pub cfg: Arc<ProxyConfig>,
+    pub local: LocalWorkload,
+    pub state: StateView,
+    pub certs: Arc<dyn CertProvider>,
+    pub metrics: ProxyMetrics,
+}
+
+/// Why a proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bind {what} listener on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Bound listeners, ready to serve.
+pub struct Proxy {
+    inputs: Arc<ProxyInputs>,
+    pool: Pool,
+    outbound: TcpListener,
+    inbound: TcpListener,
+    plaintext: TcpListener,
+}
+
+/// Where a proxy's listeners ended up (ports may have been 0 in tests).
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyAddrs {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub inbound_plaintext: SocketAddr,
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// Binds the three listeners in the current network namespace.
+    pub fn bind(inputs: ProxyInputs) -> Result<Proxy, ProxyError> {
+        let cfg = inputs.cfg.clone();
+        let bind = |what, addr, transparent| {
+            socket::listen(addr, &cfg.socket, transparent, cfg.reuse_port).map_err(|source| {
+                ProxyError::Bind { what, addr, source }
+            })
+        };
+        let outbound = bind("outbound", cfg.outbound_addr, false)?;
+        let inbound = bind("inbound HBONE", cfg.inbound_addr, false)?;
+        let plaintext = bind("inbound plaintext", cfg.inbound_plaintext_addr, false)?;
+        let inputs = Arc::new(inputs);
+        let connector = connector::TlsConnector::new(inputs.clone());
+        let pool = Pool::new(cfg.h2.clone(), Arc::new(connector));
+        Ok(Proxy {
+            inputs,
+            pool,
+            outbound,
+            inbound,
+            plaintext,
+        })
+    }
+
+    pub fn addrs(&self) -> ProxyAddrs {
+        let addr = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+        ProxyAddrs {
+            outbound: addr(&self.outbound, self.inputs.cfg.outbound_addr),
+            inbound: addr(&self.inbound, self.inputs.cfg.inbound_addr),
+            inbound_plaintext: addr(&self.plaintext, self.inputs.cfg.inbound_plaintext_addr),
+        }
+    }
+
+    /// The outbound connection pool (tests read its counters).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Serves until `drain` starts; connections then finish until the drain forces them closed.
+    pub async fn run(self, drain: DrainWatcher) {
+        let addrs = self.addrs();
+        info!(
+            workload = %self.inputs.local.identity,
+            outbound = %addrs.outbound,
+            inbound = %addrs.inbound,
+            inbound_plaintext = %addrs.inbound_plaintext,
+            "proxy listening"
+        );
+        let out = {
+            let (pi, pool) = (self.inputs.clone(), self.pool.clone());
+            accept_loop("outbound", self.outbound, drain.clone(), move |s, peer, d| {
+                outbound::handle(pi.clone(), pool.clone(), s, peer, d)
+            })
+        };
+        let inb = {
+            let pi = self.inputs.clone();
+            accept_loop("inbound", self.inbound, drain.clone(), move |s, peer, d| {
+                inbound::handle(pi.clone(), s, peer, d)
+            })
+        };
+        let plain = {
+            let pi = self.inputs.clone();
+            accept_loop("inbound plaintext", self.plaintext, drain, move |s, peer, d| {
+                passthrough::handle(pi.clone(), s, peer, d)
+            })
+        };
+        tokio::join!(out, inb, plain);
+    }
+}
+
+/// Accepts until a drain starts, spawning one task per connection; each task holds a drain
+/// watcher so the drain waits for it.
+async fn accept_loop<F, Fut>(
+    what: &'static str,
+    listener: TcpListener,
+    drain: DrainWatcher,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr, DrainWatcher) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = drain.draining() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tokio::spawn(handle(stream, socket::canonical(peer), drain.clone()));
+            }
+            // Out of file descriptors and the like: keep serving what we have.
+            Err(e) => {
+                warn!(listener = what, error = %e, "accept failed");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    info!(listener = what, "stopped accepting: draining");
+}
+
+/// Picks the address of `wl` in the same family as `like`, else its first address.
+fn same_family_ip(wl: &Workload, like: IpAddr) -> Option<IpAddr> {
+    wl.workload_ips
+        .iter()
+        .find(|ip| ip.is_ipv4() == like.is_ipv4())
+        .or_else(|| wl.workload_ips.first())
+        .copied()
+}

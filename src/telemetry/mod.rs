@@ -1,1 +1,191 @@
-//! telemetry (being built)
+//! Logging: a `tracing` subscriber writing plain text or JSON lines to stderr, filtered by a
+//! `RUST_LOG`-style directive string that can be replaced at run time (for `/logging`).
+//!
+//! Owns the global subscriber. Invariants: the filter in force and the string reported by
+//! [`LogHandle::current`] always agree (a rejected filter changes neither), and this module
+//! reads no environment variables itself: `config` passes the filter in.
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
+
+/// The line format of log output (`LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Plain,
+    Json,
+}
+
+/// Changes the log filter of a running process.
+#[derive(Clone)]
+pub struct LogHandle {
+    reload: reload::Handle<EnvFilter, Registry>,
+    current: Arc<Mutex<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("invalid log filter {filter:?}: {reason}")]
+    BadFilter { filter: String, reason: String },
+    #[error("cannot install the log subscriber: {0}")]
+    Install(String),
+    #[error("cannot apply log filter {filter:?}: {reason}")]
+    Reload { filter: String, reason: String },
+}
+
+/// Installs the global subscriber writing to stderr. `filter` is a `RUST_LOG`-style directive
+/// string (`info`, `ambit::proxy=debug,warn`). Fails on a bad filter or if a global subscriber
+/// is already installed.
+pub fn init(format: LogFormat, filter: &str) -> Result<LogHandle, TelemetryError> {
+    let (subscriber, handle) = subscriber(format, filter, std::io::stderr)?;
+    tracing::subscriber::set_global_default(subscriber)
+        .map_err(|e| TelemetryError::Install(e.to_string()))?;
+    Ok(handle)
+}
+
+/// The subscriber `init` installs, with the output sink as a parameter (tests capture it).
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: &str,
+    writer: W,
+) -> Result<(impl tracing::Subscriber + Send + Sync + 'static, LogHandle), TelemetryError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let (filter_layer, reload) = reload::Layer::new(parse_filter(filter)?);
+    let fmt_layer = match format {
+        LogFormat::Plain => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(false)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(writer)
+            .boxed(),
+    };
+    let subscriber = Registry::default().with(filter_layer).with(fmt_layer);
+    let handle = LogHandle {
+        reload,
+        current: Arc::new(Mutex::new(filter.to_string())),
+    };
+    Ok((subscriber, handle))
+}
+
+fn parse_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
+    EnvFilter::builder()
+        .parse(filter)
+        .map_err(|e| TelemetryError::BadFilter {
+            filter: filter.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+// === impl LogHandle ===
+
+impl LogHandle {
+    /// Replaces the filter; on error the old one stays in force.
+    pub fn set_filter(&self, filter: &str) -> Result<(), TelemetryError> {
+        let parsed = parse_filter(filter)?;
+        // Held across the reload so concurrent callers cannot leave `current` disagreeing
+        // with the filter in force; no await happens here.
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.reload
+            .reload(parsed)
+            .map_err(|e| TelemetryError::Reload {
+                filter: filter.to_string(),
+                reason: e.to_string(),
+            })?;
+        *current = filter.to_string();
+        Ok(())
+    }
+
+    /// The filter string in force.
+    pub fn current(&self) -> String {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink the test can read back.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    impl Buf {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    #[test]
+    fn filters_and_reloads() {
+        let buf = Buf::default();
+        let (sub, handle) = subscriber(LogFormat::Plain, "info", buf.clone()).unwrap();
+        tracing::subscriber::with_default(sub, || {
+            tracing::debug!("hidden-1");
+            tracing::info!("shown-1");
+            handle.set_filter("debug").unwrap();
+            tracing::debug!("shown-2");
+            let err = handle.set_filter("=[").unwrap_err();
+            assert!(matches!(err, TelemetryError::BadFilter { .. }), "{err}");
+            assert_eq!(handle.current(), "debug");
+            handle.set_filter("warn").unwrap();
+            tracing::info!("hidden-2");
+        });
+        let out = buf.text();
+        assert!(out.contains("shown-1") && out.contains("shown-2"), "{out}");
+        assert!(!out.contains("hidden"), "{out}");
+        assert_eq!(handle.current(), "warn");
+    }
+
+    #[test]
+    fn json_lines() {
+        let buf = Buf::default();
+        let (sub, _h) = subscriber(LogFormat::Json, "info", buf.clone()).unwrap();
+        tracing::subscriber::with_default(sub, || tracing::info!(peer = "a", "hello"));
+        let out = buf.text();
+        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(line["message"], "hello");
+        assert_eq!(line["peer"], "a");
+        assert_eq!(line["level"], "INFO");
+    }
+
+    #[test]
+    fn bad_initial_filter_is_an_error() {
+        assert!(matches!(
+            subscriber(LogFormat::Plain, "=[", std::io::sink),
+            Err(TelemetryError::BadFilter { .. })
+        ));
+    }
+}

@@ -1,0 +1,49 @@
+//! Opens outbound HBONE connections for the pool: TCP with the proxy's socket options, then
+//! mutual TLS with the source workload's certificate, verifying the destination's identity.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::hbone::{BoxedIo, Connector, HboneError, PoolKey};
+use crate::tls;
+
+use super::{ProxyInputs, socket};
+
+pub(super) struct TlsConnector {
+    inputs: Arc<ProxyInputs>,
+}
+
+impl TlsConnector {
+    pub(super) fn new(inputs: Arc<ProxyInputs>) -> Self {
+        TlsConnector { inputs }
+    }
+}
+
+impl Connector for TlsConnector {
+    fn connect(
+        &self,
+        key: &PoolKey,
+    ) -> Pin<Box<dyn Future<Output = Result<BoxedIo, HboneError>> + Send + '_>> {
+        let key = key.clone();
+        Box::pin(async move {
+            let pi = &self.inputs;
+            let cert = pi
+                .certs
+                .fetch(&key.src_id)
+                .await
+                .map_err(|e| HboneError::connect(format!("certificate for {}: {e}", key.src_id)))?;
+            let config = cert
+                .client_config(&key.expected)
+                .map_err(|e| HboneError::connect(e.to_string()))?;
+            let tcp = socket::connect(key.dst, None, &pi.cfg.socket)
+                .await
+                .map_err(|e| HboneError::connect(e.to_string()))?;
+            let tls = tls::connect(config, tcp)
+                .await
+                .map_err(|e| HboneError::connect(format!("TLS to {}: {e}", key.dst)))?;
+            pi.metrics.hbone_connections_opened.inc();
+            Ok(Box::new(tls) as BoxedIo)
+        })
+    }
+}

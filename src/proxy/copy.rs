@@ -1,0 +1,207 @@
+//! Bidirectional copy between two byte streams, moving `Bytes` chunks.
+//!
+//! Sources hand out owned chunks and sinks take them, so a chunk read from TCP goes into an
+//! HTTP/2 DATA frame (and the reverse) without another copy. The TCP read buffer starts small and
+//! doubles while reads keep filling it, so idle connections stay cheap and bulk flows get big
+//! reads; it is reclaimed, not reallocated, once the previous chunk has been written.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::hbone::{H2Recv, H2Send};
+
+const INITIAL_BUFFER: usize = 16 * 1024;
+const MAX_BUFFER: usize = 256 * 1024;
+
+/// Something chunks can be read from. `Ok(None)` is a clean end of stream.
+pub trait ChunkSource: Send {
+    fn read_chunk(&mut self) -> impl Future<Output = io::Result<Option<Bytes>>> + Send;
+}
+
+/// Something chunks can be written to. `finish` half-closes.
+pub trait ChunkSink: Send {
+    fn write_chunk(&mut self, chunk: Bytes) -> impl Future<Output = io::Result<()>> + Send;
+    fn finish(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// Byte counts of a copy, readable while it runs.
+#[derive(Default, Debug)]
+pub struct CopyStats {
+    /// Bytes from the first stream to the second.
+    pub a_to_b: AtomicU64,
+    /// Bytes from the second stream to the first.
+    pub b_to_a: AtomicU64,
+}
+
+impl CopyStats {
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.a_to_b.load(Ordering::Relaxed),
+            self.b_to_a.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Copies `a`'s source into `b`'s sink and `b`'s source into `a`'s sink until both directions
+/// have ended. Each direction half-closes its sink when its source ends; an error in either
+/// direction ends the whole copy.
+pub async fn copy_bidirectional<AS, AK, BS, BK>(
+    a: (AS, AK),
+    b: (BS, BK),
+    stats: Arc<CopyStats>,
+) -> io::Result<()>
+where
+    AS: ChunkSource,
+    AK: ChunkSink,
+    BS: ChunkSource,
+    BK: ChunkSink,
+{
+    let (a_src, a_sink) = a;
+    let (b_src, b_sink) = b;
+    let forward = pump(a_src, b_sink, &stats.a_to_b);
+    let backward = pump(b_src, a_sink, &stats.b_to_a);
+    tokio::try_join!(forward, backward).map(|_| ())
+}
+
+async fn pump<S: ChunkSource, K: ChunkSink>(
+    mut src: S,
+    mut sink: K,
+    counter: &AtomicU64,
+) -> io::Result<()> {
+    while let Some(chunk) = src.read_chunk().await? {
+        let n = chunk.len() as u64;
+        sink.write_chunk(chunk).await?;
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    sink.finish().await
+}
+
+// === TCP ===
+
+/// The read half of a TCP stream with an adaptive buffer.
+pub struct TcpSource {
+    read: OwnedReadHalf,
+    buf: BytesMut,
+    size: usize,
+}
+
+impl TcpSource {
+    pub fn new(read: OwnedReadHalf) -> Self {
+        TcpSource {
+            read,
+            buf: BytesMut::new(),
+            size: INITIAL_BUFFER,
+        }
+    }
+}
+
+impl ChunkSource for TcpSource {
+    async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        self.buf.reserve(self.size);
+        let spare = self.buf.capacity() - self.buf.len();
+        let n = self.read.read_buf(&mut self.buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if n == spare && self.size < MAX_BUFFER {
+            self.size *= 2;
+        }
+        Ok(Some(self.buf.split().freeze()))
+    }
+}
+
+/// The write half of a TCP stream.
+pub struct TcpSink {
+    write: OwnedWriteHalf,
+}
+
+impl TcpSink {
+    pub fn new(write: OwnedWriteHalf) -> Self {
+        TcpSink { write }
+    }
+}
+
+impl ChunkSink for TcpSink {
+    async fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.write.write_all(&chunk).await
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        self.write.shutdown().await
+    }
+}
+
+/// Splits a TCP stream into a source and a sink.
+pub fn tcp_halves(stream: tokio::net::TcpStream) -> (TcpSource, TcpSink) {
+    let (r, w) = stream.into_split();
+    (TcpSource::new(r), TcpSink::new(w))
+}
+
+// === HBONE ===
+
+impl ChunkSource for H2Recv {
+    async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        match self.recv().await {
+            None => Ok(None),
+            Some(Ok(b)) => Ok(Some(b)),
+            Some(Err(e)) => Err(io::Error::other(e)),
+        }
+    }
+}
+
+impl ChunkSink for H2Send {
+    async fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.send(chunk).await.map_err(io::Error::other)
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        H2Send::finish(self).map_err(io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (c, s)
+    }
+
+    #[tokio::test]
+    async fn copies_both_ways_and_half_closes() {
+        // client <-> [a | proxy | b] <-> server
+        let (mut client, a) = pair().await;
+        let (b, mut server) = pair().await;
+        let stats = Arc::new(CopyStats::default());
+        let proxy = tokio::spawn(copy_bidirectional(tcp_halves(a), tcp_halves(b), stats.clone()));
+
+        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, payload);
+        // The other direction still works after the first one half-closed.
+        server.write_all(b"done").await.unwrap();
+        server.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"done");
+        proxy.await.unwrap().unwrap();
+        assert_eq!(stats.totals(), (payload.len() as u64, 4));
+    }
+}

@@ -1,0 +1,117 @@
+//! Inbound HBONE (15008): mutual TLS with the local workload's certificate, then HTTP/2 CONNECT
+//! streams, each delivered to the local app.
+//!
+//! Statuses: `400` when the target is not a local workload address (or not an address at all),
+//! `503` when the app cannot be reached or the target would loop into the proxy; `200` only
+//! once the app's connection is open, so a client learns of a failure before sending data.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::StatusCode;
+use tokio::net::TcpStream;
+
+use crate::core::{Authority, Identity};
+use crate::hbone::{self, InboundRequest};
+use crate::lifecycle::DrainWatcher;
+use crate::tls;
+
+use super::accesslog::{ConnectionLog, Direction};
+use super::copy::{copy_bidirectional, tcp_halves};
+use super::outbound::run_until_forced;
+use super::{ILLEGAL_PORTS, ProxyInputs, socket};
+
+pub(super) async fn handle(
+    pi: Arc<ProxyInputs>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    drain: DrainWatcher,
+) {
+    if let Err(e) = socket::tune(&stream, &pi.cfg.socket) {
+        return ConnectionLog::new(Direction::Inbound, peer).fail(&format_args!("socket options: {e}"));
+    }
+    let cert = match pi.certs.fetch(&pi.local.identity).await {
+        Ok(c) => c,
+        Err(e) => {
+            return ConnectionLog::new(Direction::Inbound, peer)
+                .fail(&format_args!("no certificate for {}: {e}", pi.local.identity));
+        }
+    };
+    let (tls, peer_id) = match tls::accept(cert.server_config(), stream).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            pi.metrics.inbound_handshake_failures.inc();
+            return ConnectionLog::new(Direction::Inbound, peer)
+                .fail(&format_args!("TLS handshake: {e}"));
+        }
+    };
+    pi.metrics.inbound_handshakes.inc();
+    let shutdown = {
+        let d = drain.clone();
+        async move { d.draining().await }
+    };
+    let handler = {
+        let pi = pi.clone();
+        move |req| serve_stream(pi.clone(), peer, peer_id.clone(), req, drain.clone())
+    };
+    if let Err(e) = hbone::serve(tls, &pi.cfg.h2, shutdown, handler).await {
+        tracing::debug!(src = %peer, error = %e, "HBONE connection ended with an error");
+    }
+}
+
+async fn serve_stream(
+    pi: Arc<ProxyInputs>,
+    peer: SocketAddr,
+    peer_id: Identity,
+    req: InboundRequest,
+    drain: DrainWatcher,
+) {
+    let mut log = ConnectionLog::new(Direction::Inbound, peer);
+    log.src_identity = Some(peer_id);
+    log.dst_identity = Some(pi.local.identity.clone());
+    let target = match &req.authority {
+        Authority::Addr(a) => socket::canonical(*a),
+        Authority::Host(..) => {
+            let msg = format!("CONNECT to {}: host name targets are not supported", req.authority);
+            req.reject(StatusCode::BAD_REQUEST);
+            return log.fail(&msg);
+        }
+    };
+    log.dst = Some(target);
+    let local = pi
+        .state
+        .workload_by_addr(&pi.cfg.network, target.ip())
+        .filter(|wl| pi.local.is(wl));
+    if local.is_none() {
+        req.reject(StatusCode::BAD_REQUEST);
+        return log.fail(&format_args!(
+            "CONNECT to {target}: not an address of the local workload {}/{}",
+            pi.local.namespace, pi.local.name
+        ));
+    }
+    if ILLEGAL_PORTS.contains(&target.port()) {
+        req.reject(StatusCode::SERVICE_UNAVAILABLE);
+        return log.fail(&format_args!(
+            "CONNECT to {target}: refusing a target that would loop into the proxy"
+        ));
+    }
+    // Keep the client's address as the source when the families match and we may.
+    let src = (pi.cfg.orig_src && peer.is_ipv4() == target.is_ipv4()).then(|| peer.ip());
+    let upstream = match socket::connect(target, src, &pi.cfg.socket).await {
+        Ok(s) => s,
+        Err(e) => {
+            req.reject(StatusCode::SERVICE_UNAVAILABLE);
+            return log.fail(&e);
+        }
+    };
+    let tunnel = match req.accept(None) {
+        Ok(t) => t,
+        Err(e) => return log.fail(&e),
+    };
+    let copy = copy_bidirectional(tunnel.split(), tcp_halves(upstream), log.stats.clone());
+    match run_until_forced(copy, &drain).await {
+        Some(Ok(())) => log.complete(),
+        Some(Err(e)) => log.fail(&e),
+        None => log.fail(&"closed at the drain deadline"),
+    }
+}

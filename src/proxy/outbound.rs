@@ -1,0 +1,167 @@
+//! Outbound: a connection the app made, redirected to 15001. Resolve where it was going, then
+//! tunnel it over HBONE to the destination's proxy, or pass it through as plain TCP when the
+//! destination is not in the mesh.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use crate::core::{Authority, Identity};
+use crate::hbone::{ConnectHeaders, ConnectRequest, Forwarded, Pool, PoolKey, TraceParent};
+use crate::lifecycle::DrainWatcher;
+use crate::state::TunnelProtocol;
+
+use super::accesslog::{ConnectionLog, Direction};
+use super::copy::{copy_bidirectional, tcp_halves};
+use super::{ILLEGAL_PORTS, ProxyInputs, same_family_ip, socket};
+
+/// Where an outbound connection goes.
+#[derive(Debug, PartialEq)]
+pub(super) enum Route {
+    /// Over HBONE to `hbone` (the peer proxy), asking it for `target`.
+    Hbone {
+        hbone: SocketAddr,
+        target: SocketAddr,
+        expected: Vec<Identity>,
+    },
+    /// Plain TCP: the destination is outside the mesh or does not speak HBONE.
+    Plain(SocketAddr),
+}
+
+#[derive(Debug)]
+pub(super) enum RouteError {
+    SelfCall(SocketAddr),
+    NoEndpoint { service: String, port: u16 },
+    NoAddress(String),
+}
+
+impl fmt::Display for RouteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteError::SelfCall(a) => write!(f, "refusing a connection to {a}: it would loop into the proxy"),
+            RouteError::NoEndpoint { service, port } => {
+                write!(f, "service {service} has no healthy endpoint for port {port}")
+            }
+            RouteError::NoAddress(wl) => write!(f, "workload {wl} has no address"),
+        }
+    }
+}
+
+pub(super) async fn handle(
+    pi: Arc<ProxyInputs>,
+    pool: Pool,
+    stream: TcpStream,
+    peer: SocketAddr,
+    drain: DrainWatcher,
+) {
+    let mut log = ConnectionLog::new(Direction::Outbound, peer);
+    log.src_identity = Some(pi.local.identity.clone());
+    let orig = match socket::orig_dst(&stream) {
+        Ok(a) => a,
+        Err(e) => return log.fail(&format_args!("original destination: {e}")),
+    };
+    log.dst = Some(orig);
+    if let Err(e) = socket::tune(&stream, &pi.cfg.socket) {
+        return log.fail(&format_args!("socket options: {e}"));
+    }
+    let route = match route(&pi, orig) {
+        Ok(r) => r,
+        Err(e) => return log.fail(&e),
+    };
+    let copied = match route {
+        Route::Plain(dst) => {
+            let upstream = match socket::connect(dst, None, &pi.cfg.socket).await {
+                Ok(s) => s,
+                Err(e) => return log.fail(&e),
+            };
+            let stats = log.stats.clone();
+            let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), stats);
+            run_until_forced(copy, &drain).await
+        }
+        Route::Hbone {
+            hbone,
+            target,
+            expected,
+        } => {
+            log.hbone_addr = Some(hbone);
+            log.dst_identity = expected.first().cloned();
+            let key = PoolKey::new(pi.local.identity.clone(), peer.ip(), hbone, expected);
+            let req = ConnectRequest {
+                authority: Authority::Addr(target),
+                headers: ConnectHeaders {
+                    baggage: None,
+                    forwarded: Some(Forwarded {
+                        for_addr: peer,
+                        host: None,
+                    }),
+                    traceparent: Some(TraceParent::random()),
+                },
+            };
+            let tunnel = match pool.send(&key, &req).await {
+                Ok(t) => t,
+                Err(e) => return log.fail(&e),
+            };
+            let stats = log.stats.clone();
+            let copy = copy_bidirectional(tcp_halves(stream), tunnel.split(), stats);
+            run_until_forced(copy, &drain).await
+        }
+    };
+    match copied {
+        Some(Ok(())) => log.complete(),
+        Some(Err(e)) => log.fail(&e),
+        None => log.fail(&"closed at the drain deadline"),
+    }
+}
+
+/// Runs a copy until it ends or the drain deadline passes (then `None`).
+pub(super) async fn run_until_forced<F: std::future::Future>(
+    copy: F,
+    drain: &DrainWatcher,
+) -> Option<F::Output> {
+    tokio::select! {
+        r = copy => Some(r),
+        _ = drain.forced() => None,
+    }
+}
+
+/// Decides where `orig` goes: a service VIP picks one of its endpoints; a workload address is
+/// tunneled when the workload speaks HBONE; anything else passes through.
+pub(super) fn route(pi: &ProxyInputs, orig: SocketAddr) -> Result<Route, RouteError> {
+    if ILLEGAL_PORTS.contains(&orig.port()) {
+        return Err(RouteError::SelfCall(orig));
+    }
+    let state = &pi.state;
+    let network = &pi.cfg.network;
+    let (wl, port, mut expected) = if let Some(svc) = state.service_by_vip(network, orig.ip()) {
+        let (wl, port) = state
+            .pick_endpoint(&svc, orig.port(), network)
+            .ok_or_else(|| RouteError::NoEndpoint {
+                service: format!("{}/{}", svc.namespace, svc.hostname),
+                port: orig.port(),
+            })?;
+        let sans: Vec<Identity> = svc
+            .subject_alt_names
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        (wl, port, sans)
+    } else if let Some(wl) = state.workload_by_addr(network, orig.ip()) {
+        (wl, orig.port(), Vec::new())
+    } else {
+        return Ok(Route::Plain(orig));
+    };
+    let ip = same_family_ip(&wl, orig.ip())
+        .ok_or_else(|| RouteError::NoAddress(format!("{}/{}", wl.namespace(), wl.name)))?;
+    let target = SocketAddr::new(ip, port);
+    if wl.protocol != TunnelProtocol::Hbone {
+        return Ok(Route::Plain(target));
+    }
+    expected.insert(0, wl.identity());
+    Ok(Route::Hbone {
+        hbone: SocketAddr::new(ip, pi.cfg.hbone_port),
+        target,
+        expected,
+    })
+}

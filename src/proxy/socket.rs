@@ -1,0 +1,276 @@
+//! Socket plumbing for the proxy: listeners, original destinations, marks and transparent connects.
+//!
+//! Everything goes through `socket2`, so no `unsafe` is needed here. Addresses coming from a
+//! dual-stack (`[::]`) listener are canonicalised, so an IPv4 client is always seen as IPv4.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// Creates the proxy's sockets. The default creates them in the current network namespace; in
+/// in-pod mode a factory creates them inside the pod's namespace.
+pub trait SocketFactory: Send + Sync + 'static {
+    fn tcp_socket(&self, domain: Domain) -> io::Result<Socket>;
+}
+
+/// Sockets in the process's own network namespace.
+#[derive(Debug, Default)]
+pub struct CurrentNetns;
+
+impl SocketFactory for CurrentNetns {
+    fn tcp_socket(&self, domain: Domain) -> io::Result<Socket> {
+        Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+    }
+}
+
+/// Options applied to every socket the proxy opens.
+#[derive(Clone)]
+pub struct SocketOptions {
+    pub factory: Arc<dyn SocketFactory>,
+    /// `SO_MARK`, so redirection rules let the proxy's own traffic pass.
+    pub mark: Option<u32>,
+    pub keepalive: Option<Keepalive>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Keepalive {
+    pub time: Duration,
+    pub interval: Duration,
+    pub retries: u32,
+}
+
+impl std::fmt::Debug for SocketOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketOptions")
+            .field("mark", &self.mark)
+            .field("keepalive", &self.keepalive)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            factory: Arc::new(CurrentNetns),
+            mark: None,
+            keepalive: Some(Keepalive {
+                time: Duration::from_secs(180),
+                interval: Duration::from_secs(180),
+                retries: 9,
+            }),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A failed upstream connect, with what was being attempted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {dst} timed out after {timeout:?}")]
+    Timeout { dst: SocketAddr, timeout: Duration },
+    #[error("connect to {dst}: {source}")]
+    Io {
+        dst: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("bind to original source {src} for {dst}: {source}")]
+    Bind {
+        src: IpAddr,
+        dst: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Turns `::ffff:1.2.3.4` into `1.2.3.4`; dual-stack listeners report IPv4 peers that way.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// Binds a listener. `[::]` listens dual-stack. `transparent` lets it accept TPROXY'd traffic;
+/// `reuse_port` lets an old and a new proxy overlap during an upgrade.
+pub fn listen(
+    addr: SocketAddr,
+    opts: &SocketOptions,
+    transparent: bool,
+    reuse_port: bool,
+) -> io::Result<TcpListener> {
+    let socket = opts.factory.tcp_socket(Domain::for_address(addr))?;
+    socket.set_nonblocking(true)?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    if let Some(mark) = opts.mark {
+        socket.set_mark(mark)?;
+    }
+    if transparent {
+        set_transparent(&socket, addr.ip())?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The destination the client originally asked for, before nftables redirected it to us.
+///
+/// Without a redirect (a client that connected to the listener directly) this is the listener's
+/// own address, which callers reject as a loop.
+pub fn orig_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let sock = SockRef::from(stream);
+    let local = stream.local_addr()?;
+    let raw = match local {
+        SocketAddr::V4(_) => sock.original_dst_v4(),
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => sock.original_dst_v4(),
+        SocketAddr::V6(_) => sock.original_dst_v6(),
+    };
+    match raw {
+        Ok(addr) => addr
+            .as_socket()
+            .map(canonical)
+            .ok_or_else(|| io::Error::other("original destination is not an IP address")),
+        // Not redirected (or TPROXY): the local address is the destination.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(canonical(local)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Applies per-connection options to an accepted or connected stream.
+pub fn tune(stream: &TcpStream, opts: &SocketOptions) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    if let Some(ka) = opts.keepalive {
+        let params = TcpKeepalive::new()
+            .with_time(ka.time)
+            .with_interval(ka.interval)
+            .with_retries(ka.retries);
+        SockRef::from(stream).set_tcp_keepalive(&params)?;
+    }
+    Ok(())
+}
+
+/// Connects to `dst` with the proxy's mark. With `src`, the socket is transparent and bound to
+/// that address, so the destination sees the original client as the source.
+pub async fn connect(
+    dst: SocketAddr,
+    src: Option<IpAddr>,
+    opts: &SocketOptions,
+) -> Result<TcpStream, ConnectError> {
+    let io_err = |source| ConnectError::Io { dst, source };
+    let raw = opts
+        .factory
+        .tcp_socket(Domain::for_address(dst))
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+        .map_err(io_err)?;
+    let socket = TcpSocket::from_std_stream(raw.into());
+    let sock = SockRef::from(&socket);
+    if let Some(mark) = opts.mark {
+        sock.set_mark(mark).map_err(io_err)?;
+    }
+    if let Some(src) = src {
+        let bind_err = |source| ConnectError::Bind { src, dst, source };
+        set_transparent(&sock, dst.ip()).map_err(bind_err)?;
+        socket
+            .bind(SocketAddr::new(src, 0))
+            .map_err(bind_err)?;
+    }
+    let stream = tokio::time::timeout(opts.connect_timeout, socket.connect(dst))
+        .await
+        .map_err(|_| ConnectError::Timeout {
+            dst,
+            timeout: opts.connect_timeout,
+        })?
+        .map_err(io_err)?;
+    tune(&stream, opts).map_err(io_err)?;
+    Ok(stream)
+}
+
+fn set_transparent(sock: &Socket, family_of: IpAddr) -> io::Result<()> {
+    match family_of {
+        IpAddr::V4(_) => {
+            sock.set_ip_transparent_v4(true)?;
+            sock.set_freebind_v4(true)
+        }
+        IpAddr::V6(_) => {
+            sock.set_ip_transparent_v6(true)?;
+            sock.set_freebind_v6(true)
+        }
+    }
+}
+
+/// Whether this process may open transparent sockets (needs CAP_NET_ADMIN); decides whether the
+/// original client address can be kept when connecting to the app.
+pub fn transparent_supported() -> bool {
+    Socket::new(Domain::IPV4, Type::STREAM, None)
+        .and_then(|s| s.set_ip_transparent_v4(true))
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonicalises_mapped_addresses() {
+        assert_eq!(
+            canonical("[::ffff:10.0.0.1]:80".parse().unwrap()),
+            "10.0.0.1:80".parse().unwrap()
+        );
+        let v6: SocketAddr = "[fd00::1]:80".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+    }
+
+    #[tokio::test]
+    async fn orig_dst_without_redirect_is_the_local_address() {
+        let opts = SocketOptions::default();
+        let l = listen("127.0.0.1:0".parse().unwrap(), &opts, false, false).unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = connect(addr, None, &opts).await.unwrap();
+        let (server, peer) = l.accept().await.unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert_eq!(orig_dst(&server).unwrap(), addr);
+    }
+
+    #[tokio::test]
+    async fn dual_stack_listener_sees_ipv4_clients_as_ipv4() {
+        let opts = SocketOptions::default();
+        let Ok(l) = listen("[::]:0".parse().unwrap(), &opts, false, false) else {
+            return; // no IPv6 on this host: nothing to check
+        };
+        let port = l.local_addr().unwrap().port();
+        let dst: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let _client = connect(dst, None, &opts).await.unwrap();
+        let (server, peer) = l.accept().await.unwrap();
+        assert!(canonical(peer).is_ipv4());
+        assert_eq!(orig_dst(&server).unwrap(), dst);
+    }
+
+    #[tokio::test]
+    async fn connect_refused_names_the_destination() {
+        let opts = SocketOptions::default();
+        // Bind then drop to find a port with nothing listening.
+        let l = listen("127.0.0.1:0".parse().unwrap(), &opts, false, false).unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let err = connect(addr, None, &opts).await.unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!("connect to {addr}: ")),
+            "{err}"
+        );
+    }
+}

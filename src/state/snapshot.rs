@@ -1,0 +1,260 @@
+//! One immutable version of the state: primary maps plus the indexes derived from them.
+//!
+//! Invariant: a `Snapshot` is never mutated after construction; [`Snapshot::with_update`]
+//! builds the next one. Indexes are rebuilt from the primary maps on every update, which
+//! keeps them trivially consistent; values are `Arc`s, so a rebuild copies pointers, not
+//! workloads. (An incremental rebuild is a later optimisation for very large meshes.)
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::ser::SerializeStruct;
+
+use super::types::{HealthStatus, NetworkMode, Service, Workload, service_key};
+use super::{Resource, ResourceKey, Update};
+use crate::rbac::{Authorization, Scope};
+
+/// An immutable state version. Read it through [`super::StateView`].
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    version: u64,
+    workloads: HashMap<String, Arc<Workload>>,
+    services: HashMap<String, Arc<Service>>,
+    policies: HashMap<String, Arc<Authorization>>,
+    /// network → IP → workload. Nested so a lookup borrows `&str` and allocates nothing.
+    workloads_by_addr: HashMap<String, HashMap<IpAddr, Arc<Workload>>>,
+    /// namespace → name → workload.
+    workloads_by_name: HashMap<String, HashMap<String, Arc<Workload>>>,
+    /// network → VIP → service.
+    services_by_vip: HashMap<String, HashMap<IpAddr, Arc<Service>>>,
+    /// service key → workloads whose `services` name it, in uid order.
+    service_workloads: HashMap<String, Vec<Arc<Workload>>>,
+    /// Keys of global policies, and of namespace-scoped policies per namespace.
+    global_policies: Vec<Arc<Authorization>>,
+    namespace_policies: HashMap<String, Vec<Arc<Authorization>>>,
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// The version this snapshot was published as (0 = empty initial state).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        self.workloads.values()
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<Authorization>> {
+        self.policies.values()
+    }
+
+    pub fn policy(&self, key: &str) -> Option<&Arc<Authorization>> {
+        self.policies.get(key)
+    }
+
+    pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {
+        self.workloads.get(uid)
+    }
+
+    pub fn workload_by_addr(&self, network: &str, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.workloads_by_addr.get(network)?.get(&ip)
+    }
+
+    pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
+        self.workloads_by_name.get(namespace)?.get(name)
+    }
+
+    pub fn service_by_vip(&self, network: &str, ip: IpAddr) -> Option<&Arc<Service>> {
+        self.services_by_vip.get(network)?.get(&ip)
+    }
+
+    pub fn service_by_host(&self, namespace: &str, hostname: &str) -> Option<&Arc<Service>> {
+        self.services.get(&service_key(namespace, hostname))
+    }
+
+    /// See [`super::StateView::endpoints`].
+    pub fn endpoints(&self, svc: &Service, svc_port: u16) -> Vec<(Arc<Workload>, u16)> {
+        let key = svc.key();
+        let Some(workloads) = self.service_workloads.get(&key) else {
+            return Vec::new();
+        };
+        let allow_unhealthy = svc.allows_unhealthy();
+        workloads
+            .iter()
+            .filter(|w| allow_unhealthy || w.status == HealthStatus::Healthy)
+            .filter_map(|w| {
+                let own = w
+                    .services
+                    .get(&key)
+                    .and_then(|ports| ports.get(&svc_port))
+                    .copied()
+                    .filter(|p| *p != 0);
+                let target = match own {
+                    Some(p) => p,
+                    None => match svc.ports.get(&svc_port)? {
+                        0 => svc_port,
+                        p => *p,
+                    },
+                };
+                Some((w.clone(), target))
+            })
+            .collect()
+    }
+
+    /// See [`super::StateView::policies_for`].
+    pub fn policies_for(&self, workload: &Workload) -> Vec<Arc<Authorization>> {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        let named = workload
+            .authorization_policies
+            .iter()
+            .filter_map(|k| self.policies.get(k));
+        let scoped = self.global_policies.iter().chain(
+            self.namespace_policies
+                .get(workload.namespace())
+                .into_iter()
+                .flatten(),
+        );
+        for p in scoped.chain(named) {
+            if seen.insert(p.key()) {
+                out.push(p.clone());
+            }
+        }
+        out.sort_by_key(|p| p.key());
+        out
+    }
+
+    /// The next snapshot: this one with `update` applied, as `version`. Also returns the
+    /// removals that named nothing.
+    pub(super) fn with_update(&self, update: Update, version: u64) -> (Snapshot, Vec<ResourceKey>) {
+        let (mut workloads, mut services, mut policies) = if update.replace_all {
+            Default::default()
+        } else {
+            (
+                self.workloads.clone(),
+                self.services.clone(),
+                self.policies.clone(),
+            )
+        };
+        let mut unknown = Vec::new();
+        for key in update.removals {
+            let found = match &key {
+                ResourceKey::Workload(uid) => workloads.remove(uid).is_some(),
+                ResourceKey::Service(k) => services.remove(k).is_some(),
+                ResourceKey::Policy(k) => policies.remove(k).is_some(),
+                ResourceKey::Address(name) => {
+                    workloads.remove(name).is_some() || services.remove(name).is_some()
+                }
+            };
+            if !found {
+                unknown.push(key);
+            }
+        }
+        for r in update.upserts {
+            match r {
+                Resource::Workload(w) => {
+                    workloads.insert(w.uid.clone(), w);
+                }
+                Resource::Service(s) => {
+                    services.insert(s.key(), s);
+                }
+                Resource::Policy(p) => {
+                    policies.insert(p.key(), p);
+                }
+            }
+        }
+        (
+            Snapshot::index(version, workloads, services, policies),
+            unknown,
+        )
+    }
+
+    fn index(
+        version: u64,
+        workloads: HashMap<String, Arc<Workload>>,
+        services: HashMap<String, Arc<Service>>,
+        policies: HashMap<String, Arc<Authorization>>,
+    ) -> Snapshot {
+        let mut snap = Snapshot {
+            version,
+            ..Default::default()
+        };
+        // Uid order makes every index deterministic when two entries collide (same IP or
+        // same name): the smallest uid wins.
+        let mut uids: Vec<&String> = workloads.keys().collect();
+        uids.sort();
+        for uid in uids.into_iter().rev() {
+            let w = &workloads[uid];
+            if w.network_mode == NetworkMode::Standard {
+                let by_ip = snap.workloads_by_addr.entry(w.network.clone()).or_default();
+                for ip in &w.workload_ips {
+                    by_ip.insert(*ip, w.clone());
+                }
+            }
+            snap.workloads_by_name
+                .entry(w.namespace().to_string())
+                .or_default()
+                .insert(w.name.clone(), w.clone());
+            for key in w.services.keys() {
+                snap.service_workloads
+                    .entry(key.clone())
+                    .or_default()
+                    .push(w.clone());
+            }
+        }
+        for list in snap.service_workloads.values_mut() {
+            list.reverse();
+        }
+        let mut keys: Vec<&String> = services.keys().collect();
+        keys.sort();
+        for key in keys.into_iter().rev() {
+            let s = &services[key];
+            for vip in &s.vips {
+                snap.services_by_vip
+                    .entry(vip.network.clone())
+                    .or_default()
+                    .insert(vip.address, s.clone());
+            }
+        }
+        for p in policies.values() {
+            match p.scope {
+                Scope::Global => snap.global_policies.push(p.clone()),
+                Scope::Namespace => snap
+                    .namespace_policies
+                    .entry(p.namespace.clone())
+                    .or_default()
+                    .push(p.clone()),
+                Scope::WorkloadSelector => {}
+            }
+        }
+        snap.workloads = workloads;
+        snap.services = services;
+        snap.policies = policies;
+        snap
+    }
+}
+
+/// `{version, workloads, services, policies}`, each list in key order, for `/config_dump`.
+impl Serialize for Snapshot {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        fn sorted<T>(m: &HashMap<String, Arc<T>>) -> Vec<&T> {
+            let mut v: Vec<(&String, &Arc<T>)> = m.iter().collect();
+            v.sort_by(|a, b| a.0.cmp(b.0));
+            v.into_iter().map(|(_, t)| t.as_ref()).collect()
+        }
+        let mut st = s.serialize_struct("Snapshot", 4)?;
+        st.serialize_field("version", &self.version)?;
+        st.serialize_field("workloads", &sorted(&self.workloads))?;
+        st.serialize_field("services", &sorted(&self.services))?;
+        st.serialize_field("policies", &sorted(&self.policies))?;
+        st.end()
+    }
+}
