@@ -1,0 +1,180 @@
+//! Driving `ambit` in dedicated mode, one per pod namespace, configured only by environment and a
+//! local config YAML (ztunnel's format) that lists both pods' workloads. Also: scraping its
+//! metrics and waiting for its access log.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ambit_lab::{Netns, Process, ProcessSpec, http_get, wait_http_ok};
+
+use super::{PodPair, STEP};
+
+/// The binary under test.
+pub const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
+
+/// Kubernetes namespace / name / service account of the two pods.
+pub const CLIENT_WL: (&str, &str, &str) = ("a", "client", "client");
+pub const SERVER_WL: (&str, &str, &str) = ("b", "server", "server");
+
+/// The SPIFFE identity of a workload triple.
+pub fn spiffe((ns, _, sa): (&str, &str, &str)) -> String {
+    format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
+}
+
+/// One workload entry of the local config.
+pub fn workload_yaml((ns, name, sa): (&str, &str, &str), ips: &[IpAddr]) -> String {
+    let ips: Vec<String> = ips.iter().map(|ip| format!("\"{ip}\"")).collect();
+    format!(
+        "- uid: cluster1//v1/Pod/{ns}/{name}\n  name: {name}\n  namespace: {ns}\n  serviceAccount: {sa}\n  workloadIps: [{}]\n  protocol: HBONE\n",
+        ips.join(", ")
+    )
+}
+
+/// The local config listing both pods.
+pub fn pair_config() -> String {
+    format!(
+        "workloads:\n{}{}",
+        workload_yaml(
+            CLIENT_WL,
+            &[super::client_ip(false), super::client_ip(true)]
+        ),
+        workload_yaml(
+            SERVER_WL,
+            &[super::server_ip(false), super::server_ip(true)]
+        ),
+    )
+}
+
+/// The environment of a dedicated-mode ambit.
+pub fn spec(
+    name: &str,
+    info: &str,
+    config: &Path,
+    ca_dir: &Path,
+    secret_ttl: Option<&str>,
+) -> ProcessSpec {
+    let mut spec = ProcessSpec::new(name, AMBIT)
+        .env("PROXY_MODE", "dedicated")
+        .env("PROXY_WORKLOAD_INFO", info)
+        .env("FAKE_CA", "true")
+        .env("CA_ADDRESS", "")
+        .env("XDS_ADDRESS", "")
+        .env("LOCAL_XDS_PATH", config.display().to_string())
+        .env("AMBIT_CA_DIR", ca_dir.display().to_string())
+        .env("PACKET_MARK", "1337")
+        .env("RUST_LOG", "info");
+    if let Some(ttl) = secret_ttl {
+        spec = spec.env("SECRET_TTL", ttl);
+    }
+    spec
+}
+
+/// Starts an ambit in `ns` and waits (bounded) for its readiness endpoint.
+pub async fn start(ns: &Netns, spec: &ProcessSpec, log_dir: &Path) -> Process {
+    let mut p = Process::spawn(Some(ns), spec, log_dir).unwrap();
+    let ready = SocketAddr::from(([127, 0, 0, 1], 15021));
+    if let Err(e) = wait_http_ok(
+        ns,
+        ready,
+        "/healthz/ready",
+        100,
+        Duration::from_secs(1),
+        Some(&mut p),
+    )
+    .await
+    {
+        panic!("{} not ready: {e}\n{}", spec.name, p.tail(40));
+    }
+    p
+}
+
+/// Options of a two-pod mesh.
+#[derive(Default)]
+pub struct MeshOpts {
+    /// Run the server ambit as this service account instead of the configured one.
+    pub server_sa: Option<&'static str>,
+    pub secret_ttl: Option<&'static str>,
+}
+
+/// Two pods with redirection, each with its ambit, sharing one built-in CA directory.
+pub struct Mesh {
+    // Field order is drop order: processes first, then the namespaces they live in.
+    pub client_ambit: Process,
+    pub server_ambit: Process,
+    pub ca_dir: PathBuf,
+    pub pair: PodPair,
+}
+
+impl Mesh {
+    pub async fn start(test: &str, opts: MeshOpts) -> Mesh {
+        let pair = PodPair::new(test);
+        pair.install_redirection();
+        let dir = pair.dir.path().to_path_buf();
+        let config = dir.join("local.yaml");
+        std::fs::write(&config, pair_config()).unwrap();
+        let ca_dir = dir.join("ca");
+        let (c_ns, c_name, c_sa) = CLIENT_WL;
+        let (s_ns, s_name, s_sa) = SERVER_WL;
+        let server_info = format!("{s_ns}/{s_name}/{}", opts.server_sa.unwrap_or(s_sa));
+        let client_info = format!("{c_ns}/{c_name}/{c_sa}");
+        let server_spec = spec(
+            "server-ambit",
+            &server_info,
+            &config,
+            &ca_dir,
+            opts.secret_ttl,
+        );
+        let client_spec = spec(
+            "client-ambit",
+            &client_info,
+            &config,
+            &ca_dir,
+            opts.secret_ttl,
+        );
+        let server_ambit = start(&pair.server, &server_spec, &dir).await;
+        let client_ambit = start(&pair.client, &client_spec, &dir).await;
+        Mesh {
+            client_ambit,
+            server_ambit,
+            ca_dir,
+            pair,
+        }
+    }
+}
+
+/// The sum of all samples of metric `name` served on 127.0.0.1:15020 inside `ns` (0 if absent).
+pub async fn metric(ns: &Netns, name: &str) -> f64 {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 15020));
+    let resp = http_get(ns, addr, "/metrics", STEP).await.unwrap();
+    assert_eq!(resp.status, 200, "metrics: {}", resp.body);
+    resp.body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits (bounded poll of the log file) until a line of `p`'s log contains every one of
+/// `needles`, and returns that line.
+pub async fn wait_log_line(p: &Process, needles: &[&str]) -> String {
+    for _ in 0..100 {
+        if let Some(line) = p
+            .log()
+            .lines()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+        {
+            return line.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "no line of {} contains {needles:?}; tail:\n{}",
+        p.name(),
+        p.tail(40)
+    );
+}

@@ -1,0 +1,67 @@
+//! Malformed local config files make `ambit` exit non-zero with one line on stderr naming the
+//! file, the entry and the field. No namespace is needed: the process must fail before it binds.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ambit;
+
+/// Runs ambit on `yaml` and returns (exit code, stderr).
+async fn run_with_config(test: &str, yaml: &str) -> (Option<i32>, String, String) {
+    let dir = common::TempDir::new(test);
+    let path = dir.path().join("local.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let spec = ambit::spec(test, "a/client/client", &path, &dir.path().join("ca"), None);
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null());
+    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .expect("ambit did not exit on a malformed config")
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path.display().to_string(),
+    )
+}
+
+fn assert_one_line_error(code: Option<i32>, stderr: &str, path: &str, needles: &[&str]) {
+    assert_ne!(code, Some(0), "must exit non-zero; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line on stderr, got: {stderr}");
+    let line = lines[0];
+    assert!(line.contains(path), "names the file: {line}");
+    for n in needles {
+        assert!(line.contains(n), "mentions {n:?}: {line}");
+    }
+}
+
+const GOOD_SECOND: &str = "- uid: cluster1//v1/Pod/b/server\n  name: server\n  namespace: b\n  serviceAccount: server\n  workloadIps: [\"10.1.0.3\"]\n  protocol: HBONE\n";
+
+#[tokio::test]
+async fn unknown_field_is_rejected() {
+    let yaml = format!(
+        "workloads:\n- uid: cluster1//v1/Pod/a/client\n  name: client\n  namespace: a\n  bogusField: 1\n  workloadIps: [\"10.1.0.2\"]\n{GOOD_SECOND}"
+    );
+    let (code, stderr, path) = run_with_config("config_unknown_field", &yaml).await;
+    assert_one_line_error(code, &stderr, &path, &["bogusField"]);
+}
+
+#[tokio::test]
+async fn bad_ip_is_rejected() {
+    let yaml = format!(
+        "workloads:\n- uid: cluster1//v1/Pod/a/client\n  name: client\n  namespace: a\n  workloadIps: [\"10.1.0.300\"]\n{GOOD_SECOND}"
+    );
+    let (code, stderr, path) = run_with_config("config_bad_ip", &yaml).await;
+    assert_one_line_error(code, &stderr, &path, &["workloadIps", "10.1.0.300"]);
+}
+
+#[tokio::test]
+async fn duplicate_uid_is_rejected() {
+    let yaml = format!("workloads:\n{GOOD_SECOND}{GOOD_SECOND}");
+    let (code, stderr, path) = run_with_config("config_duplicate_uid", &yaml).await;
+    assert_one_line_error(code, &stderr, &path, &["uid", "cluster1//v1/Pod/b/server"]);
+}
