@@ -5,14 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::ambit;
+use common::mesh;
 
 /// Runs ambit on `yaml` and returns (exit code, stderr).
 async fn run_with_config(test: &str, yaml: &str) -> (Option<i32>, String, String) {
     let dir = common::TempDir::new(test);
     let path = dir.path().join("local.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let spec = ambit::spec(test, "a/client/client", &path, &dir.path().join("ca"), None);
+    let spec = mesh::spec(test, "a/client/client", &path, &dir.path().join("ca"), None);
     let mut cmd = tokio::process::Command::new(&spec.program);
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
         .kill_on_drop(true)

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::ambit::{self, Mesh, MeshOpts, metric, wait_log_line};
+use common::mesh::{self, Mesh, MeshOpts, metric, wait_log_line};
 use common::{STEP, servers};
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,7 +49,7 @@ async fn curl_through_hbone_keeps_client_source_and_identity() {
         )
         .await;
         assert!(
-            line.contains(&format!("src.identity={}", ambit::spiffe(ambit::CLIENT_WL))),
+            line.contains(&format!("src.identity={}", mesh::spiffe(mesh::CLIENT_WL))),
             "{line}"
         );
     }
@@ -146,7 +146,7 @@ async fn server_with_unexpected_identity_is_refused() {
         String::from_utf8_lossy(&out.stdout)
     );
     let presented = "spiffe://cluster.local/ns/b/sa/other";
-    let expected = ambit::spiffe(ambit::SERVER_WL);
+    let expected = mesh::spiffe(mesh::SERVER_WL);
     wait_log_line(&mesh.client_ambit, &["WARN", presented, &expected]).await;
     assert!(!app.saw_any(), "the app saw no connection");
 }

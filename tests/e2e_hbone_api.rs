@@ -12,7 +12,7 @@ use std::time::Duration;
 use ambit::core::Identity;
 use ambit::identity::{BuiltinCa, CaClient};
 use ambit_lab::nft::PROXY_MARK;
-use common::ambit::{self, Mesh, MeshOpts, metric};
+use common::mesh::{self, Mesh, MeshOpts, metric};
 use common::{STEP, servers};
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tokio::io::AsyncReadExt;
@@ -20,15 +20,15 @@ use tokio::io::AsyncReadExt;
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 fn identity(wl: (&str, &str, &str)) -> Identity {
-    ambit::spiffe(wl).parse().unwrap()
+    mesh::spiffe(wl).parse().unwrap()
 }
 
 /// A client TLS config for the client pod's identity, minted by the CA in `ca_dir`, expecting
 /// the server pod's identity.
 async fn client_config(ca_dir: &std::path::Path) -> Arc<rustls::ClientConfig> {
     let ca = BuiltinCa::load_or_create(ca_dir, Duration::from_secs(3600)).unwrap();
-    let cert = ca.issue(&identity(ambit::CLIENT_WL)).await.unwrap();
-    cert.client_config(&[identity(ambit::SERVER_WL)]).unwrap()
+    let cert = ca.issue(&identity(mesh::CLIENT_WL)).await.unwrap();
+    cert.client_config(&[identity(mesh::SERVER_WL)]).unwrap()
 }
 
 /// A marked (so not captured) TCP connection from the client pod to the server's 15008.
@@ -85,9 +85,9 @@ async fn client_certificate_from_another_ca_is_refused() {
     let mut app = servers::http(&mesh.pair.server, common::APP_PORT);
     // A leaf for the client's identity from an unrelated CA; the client still trusts the mesh
     // root, so only the server's check of the client certificate can fail.
-    let (chain, key) = foreign_leaf(&ambit::spiffe(ambit::CLIENT_WL));
+    let (chain, key) = foreign_leaf(&mesh::spiffe(mesh::CLIENT_WL));
     let cert = ambit::tls::WorkloadCertificate::new(chain, key, mesh_roots(&mesh.ca_dir)).unwrap();
-    let cfg = cert.client_config(&[identity(ambit::SERVER_WL)]).unwrap();
+    let cfg = cert.client_config(&[identity(mesh::SERVER_WL)]).unwrap();
     // TLS 1.3: the client's side of the handshake may complete before the server has checked
     // the client certificate; the refusal then arrives as an alert on the first read.
     let err = match tls_to_server(&mesh, cfg).await {

@@ -25,8 +25,6 @@ use crate::xds;
 /// Runs the node proxy until SIGTERM/SIGINT, then drains. Returns an error for anything that
 /// stops it from starting.
 pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
-    info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting ambit");
-
     // Configuration first: a bad file must stop us before anything listens.
     let (writer, view) = StateWriter::new();
     let local_config = match &config.local_config {
@@ -38,6 +36,7 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
         Some(lc) => writer.apply(lc.into_update()),
         None => bail!("no configuration source: set LOCAL_XDS_PATH or LOCAL_XDS"),
     };
+    info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting ambit");
 
     let (local, mark) = match config.proxy_mode {
         ProxyMode::Dedicated => {

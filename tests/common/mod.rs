@@ -8,7 +8,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-pub mod ambit;
+pub mod mesh;
 pub mod servers;
 
 use std::net::{IpAddr, SocketAddr};
