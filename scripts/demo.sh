@@ -95,12 +95,23 @@ client_pid=$!
 wait_ready "$server" "$work/server-ambit.log" "$server_pid"
 wait_ready "$client" "$work/client-ambit.log" "$client_pid"
 
-# The app: answers with the source address it saw.
-ip netns exec "$server" socat TCP6-LISTEN:8080,ipv6only=0,fork,reuseaddr \
-  SYSTEM:'printf "HTTP/1.0 200 OK\r\n\r\nhello from the server pod; you are %s\n" "$SOCAT_PEERADDR"' \
-  >"$work/app.log" 2>&1 &
+# The app: reads the request line, answers with the source address it saw (socat sets
+# SOCAT_PEERADDR). One listener per family, so each address is printed in its own form.
+cat >"$work/app.sh" <<'APP'
+#!/bin/sh
+read -r request
+printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from the server pod; you are %s\n' "$SOCAT_PEERADDR"
+APP
+ip netns exec "$server" socat TCP4-LISTEN:8080,bind=10.1.0.3,fork,reuseaddr \
+  EXEC:"sh $work/app.sh" >"$work/app4.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 50); do ip netns exec "$server" ss -Hltn 'sport = :8080' | grep -q . && break; sleep 0.1; done
+ip netns exec "$server" socat TCP6-LISTEN:8080,bind=[fd00:1::3],ipv6only=1,fork,reuseaddr \
+  EXEC:"sh $work/app.sh" >"$work/app6.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do
+  [ "$(ip netns exec "$server" ss -Hltn 'sport = :8080' | wc -l)" -ge 2 ] && break
+  sleep 0.1
+done
 
 for url in http://10.1.0.3:8080/ "http://[fd00:1::3]:8080/"; do
   echo
