@@ -105,10 +105,7 @@ impl ZdsConnection {
                 .fd
                 .readable()
                 .await
-                .map_err(|source| ProtocolError::Io {
-                    op: "poll",
-                    source,
-                })?;
+                .map_err(|source| ProtocolError::Io { op: "poll", source })?;
             match guard.try_io(|fd| recv_packet(fd.get_ref().as_raw_fd())) {
                 Ok(Ok(res)) => return res,
                 Ok(Err(source)) => {

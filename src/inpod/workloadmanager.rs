@@ -241,7 +241,11 @@ impl WorkloadManager {
 
     /// Wire request → domain request. Descriptors other than an `Add`'s single one are closed
     /// here (by drop).
-    fn convert(&self, req: zds::WorkloadRequest, mut fds: Vec<OwnedFd>) -> Option<Request<PodNetns>> {
+    fn convert(
+        &self,
+        req: zds::WorkloadRequest,
+        mut fds: Vec<OwnedFd>,
+    ) -> Option<Request<PodNetns>> {
         use zds::workload_request::Payload;
         Some(match req.payload? {
             Payload::Add(add) => {
@@ -271,7 +275,9 @@ impl WorkloadManager {
     async fn start(&self, start: &Start<PodNetns>, pods: &mut Pods) -> Reply {
         // Whatever ran under this uid before is replaced (the plan stopped it already).
         let result = self.spawn_proxy(start).await;
-        let outcome = pods.sm.started(start, result.as_ref().map(|_| ()).map_err(Clone::clone));
+        let outcome = pods
+            .sm
+            .started(start, result.as_ref().map(|_| ()).map_err(Clone::clone));
         match result {
             Ok(proxy) if outcome.keep => {
                 self.metrics.proxies_started.inc();
@@ -305,8 +311,12 @@ impl WorkloadManager {
     /// Binds the pod's listeners inside its namespace (on the data runtime) and serves them.
     async fn spawn_proxy(&self, start: &Start<PodNetns>) -> Result<PodProxy, String> {
         let info = &start.info;
-        let identity = Identity::new(&self.cfg.trust_domain, &info.namespace, &info.service_account)
-            .map_err(|e| format!("identity of {}/{}: {e}", info.namespace, info.name))?;
+        let identity = Identity::new(
+            &self.cfg.trust_domain,
+            &info.namespace,
+            &info.service_account,
+        )
+        .map_err(|e| format!("identity of {}/{}: {e}", info.namespace, info.name))?;
         let mut cfg = self.cfg.proxy.clone();
         cfg.socket.factory = Arc::new(InpodSocketFactory {
             netns: start.netns.clone(),
