@@ -305,3 +305,43 @@ async fn bad_input_is_answered_while_other_pods_keep_serving() {
         2.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_start_is_nacked_blocks_readiness_and_is_retried() {
+    let (h, conn) = Harness::start("inpod_retry", &[A, B]).await;
+    let (a, b) = (h.pod(0), h.pod(1));
+    // Something without SO_REUSEPORT holds B's HBONE port: ambit's bind there must fail.
+    let blocker = b.ns.tcp_listener("[::]:15008".parse().unwrap()).unwrap();
+    assert_eq!(conn.add(a).await, Answer::Ack);
+    match conn.add(b).await {
+        Answer::Nack(m) => assert!(
+            m.contains(&format!("start proxy for {}", b.uid)) && m.contains("15008"),
+            "{m}"
+        ),
+        other => panic!("expected a NACK, got {other:?}"),
+    }
+    assert_eq!(conn.snapshot().await, Answer::Ack);
+    assert_eq!(
+        h.node.readiness().await,
+        Some(503),
+        "a pending pod blocks readiness"
+    );
+    assert_eq!(
+        metric(&h.node.ns, "workload_manager_pending_proxy_count").await,
+        1.0
+    );
+
+    // The port frees up; the retry (every 5 s) starts the proxy and readiness follows.
+    drop(blocker);
+    h.node.wait_readiness(200, &h.ambit).await;
+    assert_eq!(
+        metric(&h.node.ns, "workload_manager_pending_proxy_count").await,
+        0.0
+    );
+    assert_eq!(
+        metric(&h.node.ns, "workload_manager_active_proxy_count").await,
+        2.0
+    );
+    let _app = servers::http(&b.ns, 8080);
+    curl(a, b, 8080).await;
+}
