@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::config::{Config, LocalConfigSource, ProxyMode};
 use crate::core::Identity;
 use crate::identity::{BuiltinCa, SecretManager, SecretManagerConfig};
-use crate::inpod::{HostNetns, InpodConfig, WorkloadManager};
+use crate::inpod::{HostNetns, InpodConfig, WorkloadManager, WorkloadManagerInputs};
 use crate::lifecycle::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::proxy::{self, LocalWorkload, Proxy, ProxyConfig, ProxyInputs};
@@ -147,16 +147,16 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
                 proxy_cfg,
             );
             inpod.drain_deadline = config.connection_termination_deadline;
-            let manager = WorkloadManager::new(
-                inpod,
-                view,
-                certs.clone(),
-                metrics.proxy.clone(),
-                metrics.workload_manager.clone(),
-                readiness.clone(),
-                data.handle().clone(),
+            let manager = WorkloadManager::new(WorkloadManagerInputs {
+                cfg: inpod,
+                state: view,
+                certs: certs.clone(),
+                proxy_metrics: metrics.proxy.clone(),
+                metrics: metrics.workload_manager.clone(),
+                readiness: readiness.clone(),
+                data: data.handle().clone(),
                 host,
-            );
+            });
             (None, None, Some(manager))
         }
         (None, None) => bail!("shared mode without the host network namespace"),

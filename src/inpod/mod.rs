@@ -18,4 +18,4 @@ pub mod workloadmanager;
 
 pub use netns::{HostNetns, InpodSocketFactory, NetnsError, NetnsId, PodNetns};
 pub use statemanager::WorkloadInfo;
-pub use workloadmanager::{InpodConfig, WorkloadManager};
+pub use workloadmanager::{InpodConfig, WorkloadManager, WorkloadManagerInputs};

@@ -2,8 +2,10 @@
 //!
 //! The node agent is the server; [`ZdsConnection::connect`] dials its Unix socket and sends the
 //! bare `ZdsHello{V1}`. Each [`ZdsConnection::recv`] reads one packet into a 1024-byte buffer,
-//! with room for exactly one passed file descriptor; a packet or its control data that did not
-//! fit (`MSG_TRUNC` / `MSG_CTRUNC`) is an error, never a partial message. Every descriptor the
+//! with control space for one passed file descriptor (alignment padding admits a second, which
+//! the state machine NACKs: only `AddWorkload` may carry one, and exactly one); a packet or its
+//! control data that did not fit (`MSG_TRUNC` / `MSG_CTRUNC`) is an error that ends the
+//! connection, never a partial message. Every descriptor the
 //! kernel handed us is owned (`OwnedFd`) from the moment `recvmsg` returns, so none leaks, also
 //! on the error paths.
 //!
@@ -172,21 +174,25 @@ fn recv_packet(fd: RawFd) -> io::Result<Result<Packet, ProtocolError>> {
     let len = msg.bytes;
     let flags = msg.flags;
     let mut fds = Vec::new();
-    let cmsgs = match msg.cmsgs() {
-        Ok(c) => c,
-        Err(e) => {
-            return Ok(Err(ProtocolError::Io {
-                op: "read control messages",
-                source: e.into(),
-            }));
-        }
-    };
-    for c in cmsgs {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            for r in raw {
-                fds.push(adopt(r));
+    if !flags.contains(MsgFlags::MSG_CTRUNC) {
+        let cmsgs = match msg.cmsgs() {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(Err(ProtocolError::Io {
+                    op: "read control messages",
+                    source: e.into(),
+                }));
+            }
+        };
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                fds.extend(raw.into_iter().map(adopt));
             }
         }
+    } else {
+        // nix refuses to walk a truncated control buffer, but the kernel did install the
+        // descriptors that fit: take them from the (single) header so they get closed.
+        fds = truncated_rights(&cmsg);
     }
     // Checked after adopting the descriptors, so a rejected packet still closes them.
     if flags.contains(MsgFlags::MSG_TRUNC) {
@@ -200,6 +206,32 @@ fn recv_packet(fd: RawFd) -> io::Result<Result<Packet, ProtocolError>> {
     }
     buf.truncate(len);
     Ok(Ok(Packet { bytes: buf, fds }))
+}
+
+/// The descriptors of an `SCM_RIGHTS` header at the start of a truncated control buffer.
+fn truncated_rights(buf: &[u8]) -> Vec<OwnedFd> {
+    const LEN: usize = std::mem::size_of::<libc::cmsghdr>();
+    const WORD: usize = std::mem::size_of::<usize>();
+    let int = |at: usize| -> Option<i32> {
+        let bytes = buf.get(at..at + 4)?;
+        Some(i32::from_ne_bytes(bytes.try_into().ok()?))
+    };
+    let Some(cmsg_len) = buf
+        .get(..WORD)
+        .and_then(|b| b.try_into().ok())
+        .map(usize::from_ne_bytes)
+    else {
+        return Vec::new();
+    };
+    if int(WORD) != Some(libc::SOL_SOCKET) || int(WORD + 4) != Some(libc::SCM_RIGHTS) {
+        return Vec::new();
+    }
+    let end = cmsg_len.min(buf.len());
+    (LEN..end)
+        .step_by(4)
+        .filter_map(|at| int(at).filter(|fd| *fd >= 0))
+        .map(adopt)
+        .collect()
 }
 
 /// Takes ownership of a descriptor the kernel installed for us through `SCM_RIGHTS`.
@@ -224,4 +256,89 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
     fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::ControlMessage;
+    use std::fs::File;
+
+    /// A listening node-agent socket in a fresh temp path, and ambit's connection to it.
+    async fn pair(tag: &str) -> (ZdsConnection, OwnedFd, PathBuf) {
+        let path =
+            std::env::temp_dir().join(format!("ambit-zds-{tag}-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let l = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        socket::bind(l.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        socket::listen(&l, socket::Backlog::new(1).unwrap()).unwrap();
+        let conn = ZdsConnection::connect(&path).await.unwrap();
+        let peer = adopt(socket::accept(l.as_raw_fd()).unwrap());
+        // The hello comes first, bare.
+        let mut buf = [0u8; 64];
+        let n = socket::recv(peer.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+        let hello = zds::ZdsHello::decode(&buf[..n]).unwrap();
+        assert_eq!(hello.version, zds::Version::V1 as i32);
+        (conn, peer, path)
+    }
+
+    fn send_with_fds(peer: &OwnedFd, bytes: &[u8], fds: &[RawFd]) {
+        let iov = [std::io::IoSlice::new(bytes)];
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        socket::sendmsg::<()>(peer.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_packet_one_message_with_its_descriptor() {
+        let (conn, peer, path) = pair("ok").await;
+        let f = File::open("/proc/self/ns/net").unwrap();
+        send_with_fds(&peer, b"\x1a\x00", &[f.as_raw_fd()]);
+        let p = conn.recv().await.unwrap();
+        assert_eq!(p.bytes, b"\x1a\x00");
+        assert_eq!(p.fds.len(), 1);
+        let req = decode_request(&p.bytes).unwrap();
+        assert!(matches!(
+            req.payload,
+            Some(zds::workload_request::Payload::SnapshotSent(_))
+        ));
+        conn.send_ack("nope").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = socket::recv(peer.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+        let resp = zds::WorkloadResponse::decode(&buf[..n]).unwrap();
+        assert_eq!(
+            resp.payload,
+            Some(zds::workload_response::Payload::Ack(zds::Ack {
+                error: "nope".into()
+            }))
+        );
+        drop(peer);
+        assert!(matches!(conn.recv().await, Err(ProtocolError::Closed)));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[tokio::test]
+    async fn oversized_packets_and_extra_descriptors_are_rejected() {
+        let (conn, peer, path) = pair("trunc").await;
+        send_with_fds(&peer, &[0u8; MAX_PACKET + 1], &[]);
+        assert!(matches!(conn.recv().await, Err(ProtocolError::Truncated)));
+        // Alignment padding leaves room for a second descriptor (the state machine NACKs that);
+        // a third does not fit.
+        let f: Vec<File> = (0..3)
+            .map(|_| File::open("/proc/self/ns/net").unwrap())
+            .collect();
+        let raw: Vec<RawFd> = f.iter().map(|f| f.as_raw_fd()).collect();
+        send_with_fds(&peer, b"\x1a\x00", &raw[..2]);
+        assert_eq!(conn.recv().await.unwrap().fds.len(), 2);
+        send_with_fds(&peer, b"\x1a\x00", &raw);
+        let r = conn.recv().await;
+        assert!(matches!(r, Err(ProtocolError::ControlTruncated)), "{r:?}");
+        let _ = std::fs::remove_file(path);
+    }
 }

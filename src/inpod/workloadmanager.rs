@@ -70,7 +70,22 @@ impl InpodConfig {
     }
 }
 
-/// What the per-pod proxies share.
+/// Everything the workload manager and its per-pod proxies need.
+pub struct WorkloadManagerInputs {
+    pub cfg: InpodConfig,
+    pub state: StateView,
+    pub certs: Arc<dyn CertProvider>,
+    /// Shared by every pod proxy.
+    pub proxy_metrics: ProxyMetrics,
+    pub metrics: WorkloadManagerMetrics,
+    pub readiness: Readiness,
+    /// The data runtime: pod proxies are bound and served there.
+    pub data: Handle,
+    /// Where threads return after creating a socket in a pod's namespace.
+    pub host: Arc<HostNetns>,
+}
+
+/// The ZDS client and the per-pod proxies it runs.
 pub struct WorkloadManager {
     cfg: InpodConfig,
     state: StateView,
@@ -78,7 +93,6 @@ pub struct WorkloadManager {
     proxy_metrics: ProxyMetrics,
     metrics: WorkloadManagerMetrics,
     readiness: Readiness,
-    /// The data runtime: pod proxies are bound and served there.
     data: Handle,
     host: Arc<HostNetns>,
 }
@@ -104,17 +118,17 @@ struct Pods {
 }
 
 impl WorkloadManager {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        cfg: InpodConfig,
-        state: StateView,
-        certs: Arc<dyn CertProvider>,
-        proxy_metrics: ProxyMetrics,
-        metrics: WorkloadManagerMetrics,
-        readiness: Readiness,
-        data: Handle,
-        host: Arc<HostNetns>,
-    ) -> Self {
+    pub fn new(inputs: WorkloadManagerInputs) -> Self {
+        let WorkloadManagerInputs {
+            cfg,
+            state,
+            certs,
+            proxy_metrics,
+            metrics,
+            readiness,
+            data,
+            host,
+        } = inputs;
         WorkloadManager {
             cfg,
             state,
