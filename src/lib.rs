@@ -18,6 +18,7 @@
 //! | 6 | [`proxy`] | listeners and per-connection flows (outbound, inbound HBONE, inbound plaintext) |
 //! | 7 | [`identity`] | certificate manager with rotation; the built-in CA |
 //! | 7 | [`xds`] | configuration sources: the local config file |
+//! | 7 | [`inpod`] | in-pod mode: the ZDS client and per-pod proxies inside pod namespaces |
 //! | 8 | [`admin`] | readiness and metrics HTTP servers |
 //! | 8 | [`config`] | configuration from the environment |
 //! | 9 | [`app`] | the composition root |
@@ -33,6 +34,7 @@ pub mod config;
 pub mod core;
 pub mod hbone;
 pub mod identity;
+pub mod inpod;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;

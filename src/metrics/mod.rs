@@ -5,6 +5,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Counters the proxy records. Cloning shares the underlying counters.
@@ -18,10 +19,22 @@ pub struct ProxyMetrics {
     pub inbound_handshake_failures: Counter,
 }
 
+/// The in-pod workload manager's view of its per-pod proxies (shared mode).
+#[derive(Clone, Default, Debug)]
+pub struct WorkloadManagerMetrics {
+    /// Pods with a running proxy.
+    pub active_proxies: Gauge,
+    /// Pods whose proxy failed to start and is being retried.
+    pub pending_proxies: Gauge,
+    pub proxies_started: Counter,
+    pub proxies_stopped: Counter,
+}
+
 /// Everything that is scraped.
 pub struct Metrics {
     registry: Registry,
     pub proxy: ProxyMetrics,
+    pub workload_manager: WorkloadManagerMetrics,
 }
 
 // === impl Metrics ===
@@ -46,7 +59,34 @@ impl Metrics {
             "TLS handshakes refused on the inbound HBONE listener",
             proxy.inbound_handshake_failures.clone(),
         );
-        Metrics { registry, proxy }
+        let workload_manager = WorkloadManagerMetrics::default();
+        // ztunnel's names (wire.md §4): `workload_manager_active_proxy_count` and friends.
+        let wm = registry.sub_registry_with_prefix("workload_manager");
+        wm.register(
+            "active_proxy_count",
+            "Pods with a running proxy",
+            workload_manager.active_proxies.clone(),
+        );
+        wm.register(
+            "pending_proxy_count",
+            "Pods whose proxy failed to start and is retried",
+            workload_manager.pending_proxies.clone(),
+        );
+        wm.register(
+            "proxies_started",
+            "Per-pod proxies started",
+            workload_manager.proxies_started.clone(),
+        );
+        wm.register(
+            "proxies_stopped",
+            "Per-pod proxies stopped",
+            workload_manager.proxies_stopped.clone(),
+        );
+        Metrics {
+            registry,
+            proxy,
+            workload_manager,
+        }
     }
 
     /// The Prometheus text exposition of every registered metric.
@@ -85,5 +125,16 @@ mod tests {
             text.contains("ambit_hbone_inbound_handshake_failures_total 0\n"),
             "{text}"
         );
+        m.workload_manager.active_proxies.set(2);
+        m.workload_manager.proxies_started.inc();
+        let text = m.encode().unwrap();
+        for line in [
+            "workload_manager_active_proxy_count 2\n",
+            "workload_manager_pending_proxy_count 0\n",
+            "workload_manager_proxies_started_total 1\n",
+            "workload_manager_proxies_stopped_total 0\n",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
     }
 }
