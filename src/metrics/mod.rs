@@ -16,6 +16,10 @@ pub struct ProxyMetrics {
     pub inbound_handshakes: Counter,
     /// TLS handshakes that failed on the inbound HBONE listener.
     pub inbound_handshake_failures: Counter,
+    /// Inbound connections refused by authorization when they arrived.
+    pub connections_denied: Counter,
+    /// Live inbound connections closed because a state change made authorization deny them.
+    pub connections_closed_by_policy: Counter,
 }
 
 /// Everything that is scraped.
@@ -45,6 +49,16 @@ impl Metrics {
             "hbone_inbound_handshake_failures",
             "TLS handshakes refused on the inbound HBONE listener",
             proxy.inbound_handshake_failures.clone(),
+        );
+        ambit.register(
+            "connections_denied",
+            "Inbound connections refused by an authorization policy",
+            proxy.connections_denied.clone(),
+        );
+        ambit.register(
+            "connections_closed_by_policy",
+            "Live inbound connections closed because a policy change denied them",
+            proxy.connections_closed_by_policy.clone(),
         );
         Metrics { registry, proxy }
     }
@@ -83,6 +97,16 @@ mod tests {
         );
         assert!(
             text.contains("ambit_hbone_inbound_handshake_failures_total 0\n"),
+            "{text}"
+        );
+        m.proxy.connections_closed_by_policy.inc();
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains("ambit_connections_closed_by_policy_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ambit_connections_denied_total 0\n"),
             "{text}"
         );
     }

@@ -246,3 +246,6 @@ impl fmt::Display for Decision {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
