@@ -37,6 +37,13 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
         None => bail!("no configuration source: set LOCAL_XDS_PATH or LOCAL_XDS"),
     };
     info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting ambit");
+    // A local config file is watched for changes and reloaded on the control runtime.
+    let reloader = match &config.local_config {
+        Some(LocalConfigSource::File(path)) => {
+            Some(xds::local::Reloader::new(path.clone(), Arc::new(writer)))
+        }
+        _ => None,
+    };
 
     let (local, mark) = match config.proxy_mode {
         ProxyMode::Dedicated => {
@@ -161,6 +168,9 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
                         drop(certs_ready);
                     }
                     Err(e) => warn!(identity = %identity, error = %e, "certificate not available yet"),
+                }
+                if let Some(r) = reloader {
+                    tokio::spawn(r.run(xds::local::DEFAULT_POLL_INTERVAL, control_drain.clone()));
                 }
                 control_drain.draining().await;
                 let _ = server.await;
