@@ -10,7 +10,7 @@
 //! | 1 | [`core`] | identities, authorities: the shared vocabulary |
 //! | 1 | [`lifecycle`] | drain with a deadline, readiness guards, signals |
 //! | 1 | [`telemetry`] | logging setup and reloadable log levels |
-//! | 2 | [`rbac`] | authorization policies: the domain model (evaluation comes with enforcement) |
+//! | 2 | [`rbac`] | authorization policies: the domain model and their pure evaluation |
 //! | 3 | [`state`] | workloads, services and policies, indexed; a read-only view for the data path |
 //! | 4 | [`tls`] | rustls configurations, SPIFFE verification, the certificate-provider seam |
 //! | 4 | [`metrics`] | the metric registry and the data path's counters |

@@ -38,6 +38,13 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
         None => bail!("no configuration source: set LOCAL_XDS_PATH or LOCAL_XDS"),
     };
     info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting ambit");
+    // A local config file is watched for changes and reloaded on the control runtime.
+    let reloader = match &config.local_config {
+        Some(LocalConfigSource::File(path)) => {
+            Some(xds::local::Reloader::new(path.clone(), Arc::new(writer)))
+        }
+        _ => None,
+    };
 
     // Dedicated: one proxy for the configured workload, in our own namespace. Shared: proxies
     // per pod, inside each pod's namespace, driven by the node agent over ZDS.
@@ -189,6 +196,9 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
                     },
                     // Shared mode: certificates are per pod, fetched as pods arrive.
                     None => drop(certs_ready),
+                }
+                if let Some(r) = reloader {
+                    tokio::spawn(r.run(xds::local::DEFAULT_POLL_INTERVAL, control_drain.clone()));
                 }
                 control_drain.draining().await;
                 if let Some(m) = manager {

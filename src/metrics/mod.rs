@@ -17,6 +17,10 @@ pub struct ProxyMetrics {
     pub inbound_handshakes: Counter,
     /// TLS handshakes that failed on the inbound HBONE listener.
     pub inbound_handshake_failures: Counter,
+    /// Inbound connections refused by authorization when they arrived.
+    pub connections_denied: Counter,
+    /// Live inbound connections closed because a state change made authorization deny them.
+    pub connections_closed_by_policy: Counter,
 }
 
 /// The in-pod workload manager's view of its per-pod proxies (shared mode).
@@ -58,6 +62,16 @@ impl Metrics {
             "hbone_inbound_handshake_failures",
             "TLS handshakes refused on the inbound HBONE listener",
             proxy.inbound_handshake_failures.clone(),
+        );
+        ambit.register(
+            "connections_denied",
+            "Inbound connections refused by an authorization policy",
+            proxy.connections_denied.clone(),
+        );
+        ambit.register(
+            "connections_closed_by_policy",
+            "Live inbound connections closed because a policy change denied them",
+            proxy.connections_closed_by_policy.clone(),
         );
         let workload_manager = WorkloadManagerMetrics::default();
         // ztunnel's names (wire.md §4): `workload_manager_active_proxy_count` and friends.
@@ -123,6 +137,16 @@ mod tests {
         );
         assert!(
             text.contains("ambit_hbone_inbound_handshake_failures_total 0\n"),
+            "{text}"
+        );
+        m.proxy.connections_closed_by_policy.inc();
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains("ambit_connections_closed_by_policy_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ambit_connections_denied_total 0\n"),
             "{text}"
         );
         m.workload_manager.active_proxies.set(2);
