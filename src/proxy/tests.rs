@@ -1,63 +1,89 @@
 //! Routing decisions of the outbound path, on a state loaded from a local config.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::outbound::{Route, baggage, route};
 use super::*;
 use crate::hbone::WorkloadType;
-use crate::identity::{BuiltinCa, SecretManager, SecretManagerConfig};
-use crate::state::StateWriter;
-use crate::xds::local;
+use crate::state::{NetworkAddress, Service, StateWriter, TunnelProtocol, Update};
 
-const CONFIG: &str = r#"
-workloads:
-  - uid: c
-    name: client
-    namespace: a
-    serviceAccount: client
-    workloadIps: ["10.0.0.1"]
-    protocol: HBONE
-    canonicalName: client-app
-    canonicalRevision: v2
-    clusterId: east
-    locality: {region: r1, zone: z1}
-  - uid: s
-    name: server
-    namespace: b
-    serviceAccount: server
-    workloadIps: ["10.0.0.2", "fd00::2"]
-    protocol: HBONE
-    services:
-      b/web.b.svc.cluster.local: {80: 8080}
-  - uid: legacy
-    name: legacy
-    namespace: b
-    workloadIps: ["10.0.0.3"]
-    protocol: TCP
-services:
-  - name: web
-    namespace: b
-    hostname: web.b.svc.cluster.local
-    vips: ["/10.96.0.1"]
-    ports: {80: 8080}
-    subjectAltNames: ["spiffe://cluster.local/ns/b/sa/web-extra"]
-  - name: empty
-    namespace: b
-    hostname: empty.b.svc.cluster.local
-    vips: ["/10.96.0.2"]
-    ports: {80: 8080}
-"#;
+/// A certificate provider that is never asked: routing decides without certificates.
+struct NoCerts;
+
+impl CertProvider for NoCerts {
+    fn fetch(
+        &self,
+        id: &Identity,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<Arc<crate::tls::WorkloadCertificate>, crate::tls::TlsError>,
+                > + Send
+                + '_,
+        >,
+    > {
+        let id = id.clone();
+        Box::pin(async move {
+            Err(crate::tls::TlsError::CertificateUnavailable {
+                identity: id,
+                reason: "not in this test".into(),
+            })
+        })
+    }
+}
+
+fn workload(uid: &str, ns: &str, name: &str, ips: &[&str], hbone: bool) -> Workload {
+    let mut wl = Workload::new(uid, name, id(ns, name));
+    wl.workload_ips = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+    wl.protocol = if hbone {
+        TunnelProtocol::Hbone
+    } else {
+        TunnelProtocol::None
+    };
+    wl
+}
+
+fn service(name: &str, vip: &str, sans: &[&str]) -> Service {
+    Service {
+        name: name.into(),
+        namespace: "b".into(),
+        hostname: format!("{name}.b.svc.cluster.local"),
+        vips: vec![NetworkAddress {
+            network: String::new(),
+            address: vip.parse().unwrap(),
+        }],
+        ports: [(80, 8080)].into_iter().collect(),
+        subject_alt_names: sans.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
 
 fn inputs() -> ProxyInputs {
     let (writer, view) = StateWriter::new();
-    writer.apply(local::parse(CONFIG, "test").unwrap().into_update());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let _enter = rt.enter();
-    let ca = BuiltinCa::in_memory(Duration::from_secs(3600)).unwrap();
-    let certs = SecretManager::new(Arc::new(ca), SecretManagerConfig::default());
+    let mut client = workload("c", "a", "client", &["10.0.0.1"], true);
+    client.canonical_name = "client-app".into();
+    client.canonical_revision = "v2".into();
+    client.cluster_id = "east".into();
+    client.locality.region = "r1".into();
+    client.locality.zone = "z1".into();
+    let mut server = workload("s", "b", "server", &["10.0.0.2", "fd00::2"], true);
+    server.services.insert(
+        "b/web.b.svc.cluster.local".into(),
+        [(80, 8080)].into_iter().collect(),
+    );
+    let legacy = workload("l", "b", "legacy", &["10.0.0.3"], false);
+    writer.apply(
+        Update::default()
+            .upsert(client)
+            .upsert(server)
+            .upsert(legacy)
+            .upsert(service(
+                "web",
+                "10.96.0.1",
+                &["spiffe://cluster.local/ns/b/sa/web-extra"],
+            ))
+            .upsert(service("empty", "10.96.0.2", &[])),
+    );
     ProxyInputs {
         cfg: Arc::new(ProxyConfig {
             outbound_addr: "[::]:15001".parse().unwrap(),
@@ -73,10 +99,10 @@ fn inputs() -> ProxyInputs {
         local: LocalWorkload {
             namespace: "a".into(),
             name: "client".into(),
-            identity: Identity::new("cluster.local", "a", "client").unwrap(),
+            identity: id("a", "client"),
         },
         state: view,
-        certs,
+        certs: Arc::new(NoCerts),
         metrics: Default::default(),
     }
 }

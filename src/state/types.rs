@@ -121,7 +121,7 @@ pub struct Locality {
 }
 
 /// A service: a host name, virtual IPs and ports, backed by the workloads that name it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Service {
     pub name: String,
