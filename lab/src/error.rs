@@ -46,6 +46,14 @@ pub enum LabError {
         status: String,
         tail: String,
     },
+    #[error("node agent of {node}: {detail}")]
+    Agent { node: String, detail: String },
+    #[error("node proxy binary {path} not found: build it first (`cargo build --release -p ambit`) or pass its path")]
+    ProxyMissing { path: String },
+    #[error("lab: {0}")]
+    Topology(#[from] crate::topology::TopologyError),
+    #[error("no running lab has a pod named {pod:?}{hint}")]
+    NoSuchPod { pod: String, hint: String },
     #[error("file {path}: {source}")]
     File { path: String, source: io::Error },
 }
