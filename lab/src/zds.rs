@@ -23,6 +23,9 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+/// The ZDS protobuf types, for callers that build or inspect messages themselves.
+pub use ambit_proto::istio::workload::zds as proto;
+
 /// The largest packet either side reads (ztunnel reads with a 1024-byte buffer).
 pub const MAX_PACKET: usize = 1024;
 
