@@ -16,14 +16,15 @@ const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
 const STEP: Duration = Duration::from_secs(20);
 const DEMO: &str = include_str!("../examples/demo.yaml");
 
-
 async fn lab(mode: ProxyMode) -> Lab {
     let opts = LabOptions {
         proxy: Some(AMBIT.into()),
         mode,
         ..LabOptions::default()
     };
-    Lab::start(Topology::from_yaml(DEMO).unwrap(), opts).await.unwrap()
+    Lab::start(Topology::from_yaml(DEMO).unwrap(), opts)
+        .await
+        .unwrap()
 }
 
 fn leftovers(run_id: &str) -> Vec<String> {
@@ -41,7 +42,9 @@ fn leftovers(run_id: &str) -> Vec<String> {
 async fn demo_passes(mode: ProxyMode) {
     let lab = lab(mode).await;
     let run = lab.run_id().to_string();
-    let report = demo::run(&lab, demo::demo_flows(&lab).unwrap()).await.unwrap();
+    let report = demo::run(&lab, demo::demo_flows(&lab).unwrap())
+        .await
+        .unwrap();
     println!("{report}");
     assert!(report.passed(), "{report}");
     assert_eq!(report.flows.len(), 5);
@@ -57,12 +60,19 @@ async fn wait_identity(lab: &Lab, pod: &str, client: &str, identity: &str) {
     let src = format!("src.addr={}:", lab.topology().pod(client).unwrap().ip);
     for _ in 0..100 {
         let log = proxy.log();
-        if log.lines().any(|l| l.contains("direction=inbound") && l.contains(&want) && l.contains(&src)) {
+        if log
+            .lines()
+            .any(|l| l.contains("direction=inbound") && l.contains(&want) && l.contains(&src))
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{} never logged {want} from {src}:\n{}", proxy.name(), proxy.tail(20));
+    panic!(
+        "{} never logged {want} from {src}:\n{}",
+        proxy.name(),
+        proxy.tail(20)
+    );
 }
 
 fn target(lab: &Lab, pod: &str, port: u16) -> SocketAddr {
@@ -83,7 +93,11 @@ async fn curl_across_and_within(mode: ProxyMode) {
             .await
             .unwrap();
         let body = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(body.trim(), format!("peer {}", client.ip));
         wait_identity(&lab, pod, "client", &client.spiffe()).await;
     }
@@ -94,7 +108,10 @@ async fn wait_listening(lab: &Lab, pod: &str, port: u16) {
     let ns = lab.pod_ns(pod).unwrap();
     let filter = format!("sport = :{port}");
     for _ in 0..100 {
-        if ns.run(&["ss", "-Hltn", &filter]).is_ok_and(|o| !o.trim().is_empty()) {
+        if ns
+            .run(&["ss", "-Hltn", &filter])
+            .is_ok_and(|o| !o.trim().is_empty())
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -117,10 +134,17 @@ async fn iperf3_across_and_within(mode: ProxyMode) {
         let out = lab
             .pod_ns("client")
             .unwrap()
-            .exec(&["iperf3", "-c", &ip, "-p", "5201", "-n", "64M", "-J"], STEP)
+            .exec(
+                &["iperf3", "-c", &ip, "-p", "5201", "-n", "64M", "-J"],
+                STEP,
+            )
             .await
             .unwrap();
-        assert!(out.status.success(), "iperf3 to {pod}: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "iperf3 to {pod}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let sent = json["end"]["sum_sent"]["bytes"].as_u64().unwrap();
         let received = json["end"]["sum_received"]["bytes"].as_u64().unwrap();
@@ -129,7 +153,10 @@ async fn iperf3_across_and_within(mode: ProxyMode) {
         // can overtake data still buffered in the two proxies (an HTTP/2 stream window and socket
         // buffers: a few MiB); exact byte checks are nc's job.
         let in_flight = sent.saturating_sub(received);
-        assert!(in_flight <= 16 * 1024 * 1024, "{pod}: received {received} of {sent}");
+        assert!(
+            in_flight <= 16 * 1024 * 1024,
+            "{pod}: received {received} of {sent}"
+        );
         wait_identity(&lab, pod, "client", &client.spiffe()).await;
     }
 }
@@ -143,7 +170,8 @@ async fn nc_across_and_within(mode: ProxyMode) {
     for pod in ["web-2", "web-1"] {
         let name = format!("nc-server-{pod}");
         let spec = ProcessSpec::new(&name, "nc").arg("-l").arg("9000");
-        let mut server = Process::spawn(Some(lab.pod_ns(pod).unwrap()), &spec, lab.run_dir()).unwrap();
+        let mut server =
+            Process::spawn(Some(lab.pod_ns(pod).unwrap()), &spec, lab.run_dir()).unwrap();
         wait_listening(&lab, pod, 9000).await;
         let ip = target(&lab, pod, 9000).ip().to_string();
         let cmd = format!("nc -N {ip} 9000 < {}", payload.display());
@@ -153,7 +181,11 @@ async fn nc_across_and_within(mode: ProxyMode) {
             .exec(&["sh", "-c", &cmd], STEP)
             .await
             .unwrap();
-        assert!(out.status.success(), "nc to {pod}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "nc to {pod}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // The server exits after its one connection ends; then its log holds exactly the payload.
         for _ in 0..200 {
             if server.try_status().is_some() {
@@ -191,7 +223,6 @@ async fn nc_pod_to_pod() {
 #[tokio::test]
 #[ignore = "needs ambit's in-pod mode (PROXY_MODE=shared)"]
 async fn shared_demo_scenario_passes() {
-
     demo_passes(ProxyMode::Shared).await;
 }
 

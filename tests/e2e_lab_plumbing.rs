@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use ambit_lab::topology::Pod;
 use ambit_lab::traffic::{Server, ServerKind, bulk_send};
+use ambit_lab::zds::proto::workload_request::Payload;
 use ambit_lab::zds::{SeqpacketConn, ZdsError};
 use ambit_lab::{Lab, LabOptions, Topology};
-use ambit_lab::zds::proto::workload_request::Payload;
 
 const STEP: Duration = Duration::from_secs(10);
 
@@ -55,11 +55,17 @@ async fn pods_reach_each_other_across_nodes_and_on_one_node() {
     let _d = Server::start(lab.pod_ns("d").unwrap(), ServerKind::Sink, 8080).unwrap();
     let b = lab.pod_ns("b").unwrap();
     for target in ["c", "d"] {
-        let r = bulk_send(b, addr(&t, target, 8080), 300_000, STEP).await.unwrap();
+        let r = bulk_send(b, addr(&t, target, 8080), 300_000, STEP)
+            .await
+            .unwrap();
         assert_eq!(r.reply.bytes, 300_000, "to {target}");
         assert_eq!(r.reply.sha256, r.sha256, "to {target}");
         // Routed, not NATed: the server sees the client pod's own address.
-        assert_eq!(r.reply.peer, t.pod("b").unwrap().ip.to_string(), "to {target}");
+        assert_eq!(
+            r.reply.peer,
+            t.pod("b").unwrap().ip.to_string(),
+            "to {target}"
+        );
     }
     assert!(leftovers(&run).len() >= 7, "underlay + 2 nodes + 5 pods");
     drop(lab);
@@ -71,31 +77,64 @@ async fn captured_pods_get_the_inpod_rules() {
     let lab = Lab::start(topology(), LabOptions::default()).await.unwrap();
     let t = lab.topology().clone();
     let a = lab.pod_ns("a").unwrap();
-    let rules = a.run(&["nft", "list", "table", "inet", "ambit_inpod"]).unwrap();
-    for want in ["redirect to :15001", "redirect to :15006", "tcp dport 15008 return", "0x00000539"] {
+    let rules = a
+        .run(&["nft", "list", "table", "inet", "ambit_inpod"])
+        .unwrap();
+    for want in [
+        "redirect to :15001",
+        "redirect to :15006",
+        "tcp dport 15008 return",
+        "0x00000539",
+    ] {
         assert!(rules.contains(want), "{want} missing in:\n{rules}");
     }
-    assert!(!rules.contains("15053"), "DNS capture is off in this topology");
-    assert!(a.ip(&["rule", "list"]).unwrap().contains("fwmark 0x111 lookup 100"));
+    assert!(
+        !rules.contains("15053"),
+        "DNS capture is off in this topology"
+    );
+    assert!(
+        a.ip(&["rule", "list"])
+            .unwrap()
+            .contains("fwmark 0x111 lookup 100")
+    );
     // Uncaptured pods have no rules at all.
     let b = lab.pod_ns("b").unwrap();
-    assert!(!b.run(&["nft", "list", "ruleset"]).unwrap().contains("ambit_inpod"));
+    assert!(
+        !b.run(&["nft", "list", "ruleset"])
+            .unwrap()
+            .contains("ambit_inpod")
+    );
 
     // Outbound from a (to c's app port) lands on a's 15001; inbound to a's app port from b lands
     // on a's 15006; inbound to 15008 is left alone.
     let accept_on = |port: u16| {
-        let l = a.tcp_listener(SocketAddr::from(([0, 0, 0, 0], port))).unwrap();
+        let l = a
+            .tcp_listener(SocketAddr::from(([0, 0, 0, 0], port)))
+            .unwrap();
         tokio::net::TcpListener::from_std(l).unwrap()
     };
     let (out_l, in_l, hbone_l) = (accept_on(15001), accept_on(15006), accept_on(15008));
     let _out = a.connect(addr(&t, "c", 8080), STEP).await.unwrap();
-    let (_, peer) = tokio::time::timeout(STEP, out_l.accept()).await.unwrap().unwrap();
+    let (_, peer) = tokio::time::timeout(STEP, out_l.accept())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(peer.ip().to_string(), t.pod("a").unwrap().ip.to_string());
     let _in = b.connect(addr(&t, "a", 8080), STEP).await.unwrap();
-    let (_, peer) = tokio::time::timeout(STEP, in_l.accept()).await.unwrap().unwrap();
-    assert!(peer.to_string().contains(&t.pod("b").unwrap().ip.to_string()), "{peer}");
+    let (_, peer) = tokio::time::timeout(STEP, in_l.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        peer.to_string()
+            .contains(&t.pod("b").unwrap().ip.to_string()),
+        "{peer}"
+    );
     let _hb = b.connect(addr(&t, "a", 15008), STEP).await.unwrap();
-    tokio::time::timeout(STEP, hbone_l.accept()).await.unwrap().unwrap();
+    tokio::time::timeout(STEP, hbone_l.accept())
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 fn pod_e2(t: &Topology) -> Pod {
@@ -120,17 +159,28 @@ async fn zds_snapshot_add_and_delete() {
         conn.send_hello().await.unwrap();
         let mut seen = Vec::new();
         loop {
-            let (req, fds) = tokio::time::timeout(STEP, conn.recv_request()).await.unwrap().unwrap();
+            let (req, fds) = tokio::time::timeout(STEP, conn.recv_request())
+                .await
+                .unwrap()
+                .unwrap();
             match req.payload.unwrap() {
                 Payload::Add(add) => {
                     assert_eq!(fds.len(), 1, "AddWorkload carries exactly one fd");
-                    let fd_meta = std::fs::File::from(fds.into_iter().next().unwrap()).metadata().unwrap();
+                    let fd_meta = std::fs::File::from(fds.into_iter().next().unwrap())
+                        .metadata()
+                        .unwrap();
                     let info = add.workload_info.unwrap();
                     if add.uid == "Kubernetes//Pod/default/e" {
                         let ns_meta = std::fs::metadata(&e_ns_path).unwrap();
-                        assert_eq!((fd_meta.dev(), fd_meta.ino()), (ns_meta.dev(), ns_meta.ino()));
+                        assert_eq!(
+                            (fd_meta.dev(), fd_meta.ino()),
+                            (ns_meta.dev(), ns_meta.ino())
+                        );
                     }
-                    seen.push(format!("add {} {}/{}/{}", add.uid, info.namespace, info.name, info.service_account));
+                    seen.push(format!(
+                        "add {} {}/{}/{}",
+                        add.uid, info.namespace, info.name, info.service_account
+                    ));
                 }
                 Payload::Del(del) => {
                     assert!(fds.is_empty());
@@ -145,11 +195,18 @@ async fn zds_snapshot_add_and_delete() {
             }
         }
     });
-    tokio::time::timeout(STEP, snapshots.wait_for(|n| *n == 1)).await.unwrap().unwrap();
+    tokio::time::timeout(STEP, snapshots.wait_for(|n| *n == 1))
+        .await
+        .unwrap()
+        .unwrap();
     let e2 = pod_e2(lab.topology());
     lab.add_pod(e2).await.unwrap();
     // The new pod got its rules before it was announced.
-    let rules = lab.pod_ns("e2").unwrap().run(&["nft", "list", "ruleset"]).unwrap();
+    let rules = lab
+        .pod_ns("e2")
+        .unwrap()
+        .run(&["nft", "list", "ruleset"])
+        .unwrap();
     assert!(rules.contains("redirect to :15001"));
     lab.del_pod("e2").await.unwrap();
     let seen = tokio::time::timeout(STEP, proxy).await.unwrap().unwrap();
@@ -186,18 +243,29 @@ async fn zds_nack_and_bad_hello() {
         let conn = SeqpacketConn::connect(&socket).unwrap();
         conn.send_hello().await.unwrap();
         for _ in 0..3 {
-            let (req, _) = tokio::time::timeout(STEP, conn.recv_request()).await.unwrap().unwrap();
+            let (req, _) = tokio::time::timeout(STEP, conn.recv_request())
+                .await
+                .unwrap()
+                .unwrap();
             match req.payload.unwrap() {
-                Payload::Add(a) if a.uid.ends_with("/e2") => conn.send_ack("no room").await.unwrap(),
+                Payload::Add(a) if a.uid.ends_with("/e2") => {
+                    conn.send_ack("no room").await.unwrap()
+                }
                 _ => conn.send_ack("").await.unwrap(),
             }
         }
         conn
     });
-    tokio::time::timeout(STEP, snapshots.wait_for(|n| *n == 1)).await.unwrap().unwrap();
+    tokio::time::timeout(STEP, snapshots.wait_for(|n| *n == 1))
+        .await
+        .unwrap()
+        .unwrap();
     let e2 = pod_e2(lab.topology());
     let err = lab.add_pod(e2).await.unwrap_err().to_string();
-    assert!(err.contains("refused AddWorkload Kubernetes//Pod/default/e2: no room"), "{err}");
+    assert!(
+        err.contains("refused AddWorkload Kubernetes//Pod/default/e2: no room"),
+        "{err}"
+    );
     let _conn = tokio::time::timeout(STEP, proxy).await.unwrap().unwrap();
 }
 
@@ -218,12 +286,16 @@ async fn two_labs_at_once_do_not_interfere() {
         .await
         .unwrap();
     assert_eq!(r1.body.trim(), format!("peer {}", t.pod("b").unwrap().ip));
-    let r2 = bulk_send(l2.pod_ns("b").unwrap(), addr(&t, "c", 8080), 1000, STEP).await.unwrap();
+    let r2 = bulk_send(l2.pod_ns("b").unwrap(), addr(&t, "c", 8080), 1000, STEP)
+        .await
+        .unwrap();
     assert_eq!(r2.reply.sha256, r2.sha256);
     drop(l1);
     assert_eq!(leftovers(&runs[0]), Vec::<String>::new());
     // The other lab is untouched by the first one's removal.
-    let r2 = bulk_send(l2.pod_ns("d").unwrap(), addr(&t, "c", 8080), 1000, STEP).await.unwrap();
+    let r2 = bulk_send(l2.pod_ns("d").unwrap(), addr(&t, "c", 8080), 1000, STEP)
+        .await
+        .unwrap();
     assert_eq!(r2.reply.bytes, 1000);
     drop(l2);
     assert_eq!(leftovers(&runs[1]), Vec::<String>::new());
@@ -236,6 +308,9 @@ async fn a_missing_proxy_binary_is_one_clear_line_and_leaves_nothing() {
         ..LabOptions::default()
     };
     let err = Lab::start(topology(), opts).await.unwrap_err().to_string();
-    assert!(err.contains("not found") && err.contains("cargo build"), "{err}");
+    assert!(
+        err.contains("not found") && err.contains("cargo build"),
+        "{err}"
+    );
     assert!(!err.contains('\n'));
 }

@@ -200,7 +200,10 @@ async fn serve(
     }
 }
 
-async fn announce_add(conn: Option<&SeqpacketConn>, pod: &PodAnnounce) -> Result<Announced, ZdsError> {
+async fn announce_add(
+    conn: Option<&SeqpacketConn>,
+    pod: &PodAnnounce,
+) -> Result<Announced, ZdsError> {
     let Some(c) = conn else {
         return Ok(Announced::Recorded);
     };

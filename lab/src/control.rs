@@ -84,7 +84,10 @@ pub fn local_config(topology: &Topology) -> String {
                 ("name", p.name.clone().into()),
                 ("namespace", p.namespace.clone().into()),
                 ("serviceAccount", p.service_account.clone().into()),
-                ("workloadIps", Value::Sequence(vec![p.ip.to_string().into()])),
+                (
+                    "workloadIps",
+                    Value::Sequence(vec![p.ip.to_string().into()]),
+                ),
                 ("protocol", if p.captured { "HBONE" } else { "TCP" }.into()),
                 ("node", p.node.clone().into()),
                 ("services", Value::Mapping(services)),
@@ -151,7 +154,10 @@ policies: [{name: p, namespace: default, scope: Namespace, action: Allow}]
         assert_eq!(a["uid"], "Kubernetes//Pod/default/a");
         assert_eq!(a["protocol"], "HBONE");
         assert_eq!(a["workloadIps"][0], "10.244.1.2");
-        assert_eq!(a["services"]["default/s.default.svc.cluster.local"][80], 8080);
+        assert_eq!(
+            a["services"]["default/s.default.svc.cluster.local"][80],
+            8080
+        );
         assert_eq!(v["workloads"][1]["protocol"], "TCP");
         assert_eq!(v["services"][0]["vips"][0], "/10.96.0.1");
         assert_eq!(v["policies"][0]["name"], "p");

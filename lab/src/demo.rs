@@ -129,11 +129,27 @@ pub fn demo_flows(lab: &Lab) -> Result<Vec<Flow>, LabError> {
         pod: "service web".into(),
         hint: " in the demo topology".into(),
     })?;
-    let (svc_port, _) = svc.ports.iter().next().map(|(p, t)| (*p, *t)).unwrap_or((80, APP_PORT));
-    let vip = svc.vips.first().copied().map(IpAddr::V4).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let (svc_port, _) = svc
+        .ports
+        .iter()
+        .next()
+        .map(|(p, t)| (*p, *t))
+        .unwrap_or((80, APP_PORT));
+    let vip = svc
+        .vips
+        .first()
+        .copied()
+        .map(IpAddr::V4)
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let to = |ip: std::net::Ipv4Addr, port| SocketAddr::new(IpAddr::V4(ip), port);
     let id = Some(client.spiffe());
-    let flow = |label: &str, from: &str, to_pod: Option<&str>, servers: Vec<String>, dst, path, identity: Option<String>| Flow {
+    let flow = |label: &str,
+                from: &str,
+                to_pod: Option<&str>,
+                servers: Vec<String>,
+                dst,
+                path,
+                identity: Option<String>| Flow {
         label: label.to_string(),
         from: from.to_string(),
         to_pod: to_pod.map(str::to_string),
@@ -144,7 +160,7 @@ pub fn demo_flows(lab: &Lab) -> Result<Vec<Flow>, LabError> {
     };
     Ok(vec![
         flow(
-            &format!("client -> web-2 (pod, other node)"),
+            "client -> web-2 (pod, other node)",
             "client",
             Some("web-2"),
             vec!["web-2".into()],
@@ -195,7 +211,11 @@ pub fn demo_flows(lab: &Lab) -> Result<Vec<Flow>, LabError> {
 pub async fn run(lab: &Lab, flows: Vec<Flow>) -> Result<DemoReport, LabError> {
     let mut servers = Vec::new();
     for pod in &lab.topology().pods {
-        servers.push(Server::start(lab.pod_ns(&pod.name)?, ServerKind::Sink, APP_PORT)?);
+        servers.push(Server::start(
+            lab.pod_ns(&pod.name)?,
+            ServerKind::Sink,
+            APP_PORT,
+        )?);
     }
     let mut results = Vec::new();
     for flow in flows {
@@ -224,7 +244,9 @@ fn witness_logs(lab: &Lab, flow: &Flow) -> (Vec<PathBuf>, &'static str) {
         logs.dedup();
         return (logs, "inbound");
     }
-    let client = lab.proxy_for(&flow.from).map(|p| p.log_path().to_path_buf());
+    let client = lab
+        .proxy_for(&flow.from)
+        .map(|p| p.log_path().to_path_buf());
     (client.into_iter().collect(), "outbound")
 }
 
@@ -237,7 +259,10 @@ fn matching_lines(logs: &[PathBuf], direction: &str, key: &str, ip: &str) -> Vec
         .flat_map(|text| {
             text.lines()
                 .filter(|l| l.contains("access") && l.contains(&dir))
-                .filter(|l| l.split_whitespace().any(|tok| tok.starts_with(&a) || tok.starts_with(&b)))
+                .filter(|l| {
+                    l.split_whitespace()
+                        .any(|tok| tok.starts_with(&a) || tok.starts_with(&b))
+                })
                 .map(str::to_string)
                 .collect::<Vec<_>>()
         })
@@ -251,10 +276,13 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 async fn run_flow(lab: &Lab, flow: Flow) -> Result<FlowResult, LabError> {
     let t = lab.topology();
-    let from = t.pod(&flow.from).cloned().ok_or_else(|| LabError::NoSuchPod {
-        pod: flow.from.clone(),
-        hint: String::new(),
-    })?;
+    let from = t
+        .pod(&flow.from)
+        .cloned()
+        .ok_or_else(|| LabError::NoSuchPod {
+            pod: flow.from.clone(),
+            hint: String::new(),
+        })?;
     let (logs, direction) = witness_logs(lab, &flow);
     // Inbound lines are keyed by the client's address, outbound ones by the destination's.
     let (key, ip) = if direction == "inbound" {
@@ -276,10 +304,16 @@ async fn run_flow(lab: &Lab, flow: Flow) -> Result<FlowResult, LabError> {
             r.bytes = b.reply.bytes;
             r.peer_seen = Some(b.reply.peer.clone());
             if b.reply.bytes != b.sent || b.reply.sha256 != b.sha256 {
-                r.problems.push(format!("sent {} bytes, server got {} (sha256 mismatch)", b.sent, b.reply.bytes));
+                r.problems.push(format!(
+                    "sent {} bytes, server got {} (sha256 mismatch)",
+                    b.sent, b.reply.bytes
+                ));
             }
             if b.reply.peer != from.ip.to_string() {
-                r.problems.push(format!("server saw {} instead of the client {}", b.reply.peer, from.ip));
+                r.problems.push(format!(
+                    "server saw {} instead of the client {}",
+                    b.reply.peer, from.ip
+                ));
             }
         }
         Err(e) => r.problems.push(e.to_string()),
@@ -303,19 +337,30 @@ async fn run_flow(lab: &Lab, flow: Flow) -> Result<FlowResult, LabError> {
     match (&line, direction) {
         (Some(l), "inbound") => {
             r.identity_seen = field(l, "src.identity").map(str::to_string);
-            r.path = Some(if r.identity_seen.is_some() { PathKind::Hbone } else { PathKind::Plain });
+            r.path = Some(if r.identity_seen.is_some() {
+                PathKind::Hbone
+            } else {
+                PathKind::Plain
+            });
         }
         (Some(l), _) => {
-            r.path = Some(if field(l, "dst.hbone_addr").is_some() { PathKind::Hbone } else { PathKind::Plain });
+            r.path = Some(if field(l, "dst.hbone_addr").is_some() {
+                PathKind::Hbone
+            } else {
+                PathKind::Plain
+            });
         }
         // No proxy on either side: nothing of the mesh was involved.
         (None, _) if logs.is_empty() => r.path = Some(PathKind::Plain),
-        (None, _) => r.problems.push(format!("no {direction} access-log line within {LOG_WAIT:?}")),
+        (None, _) => r.problems.push(format!(
+            "no {direction} access-log line within {LOG_WAIT:?}"
+        )),
     }
     if let Some(p) = r.path
         && p != flow.expect_path
     {
-        r.problems.push(format!("path {p}, expected {}", flow.expect_path));
+        r.problems
+            .push(format!("path {p}, expected {}", flow.expect_path));
     }
     if r.identity_seen != flow.expect_identity {
         r.problems.push(format!(

@@ -48,7 +48,9 @@ pub enum LabError {
     },
     #[error("node agent of {node}: {detail}")]
     Agent { node: String, detail: String },
-    #[error("node proxy binary {path} not found: build it first (`cargo build --release -p ambit`) or pass its path")]
+    #[error(
+        "node proxy binary {path} not found: build it first (`cargo build --release -p ambit`) or pass its path"
+    )]
     ProxyMissing { path: String },
     #[error("lab: {0}")]
     Topology(#[from] crate::topology::TopologyError),

@@ -236,8 +236,15 @@ impl Lab {
                 for node in &self.topology.nodes {
                     let spec = ProcessSpec::new(format!("proxy-{}", node.name), &binary)
                         .env("PROXY_MODE", "shared")
-                        .env("INPOD_UDS", self.agents[&node.name].socket().display().to_string());
-                    plan.push((node.name.clone(), self.nodes[&node.name].name().into(), spec));
+                        .env(
+                            "INPOD_UDS",
+                            self.agents[&node.name].socket().display().to_string(),
+                        );
+                    plan.push((
+                        node.name.clone(),
+                        self.nodes[&node.name].name().into(),
+                        spec,
+                    ));
                 }
             }
             ProxyMode::Dedicated => {
@@ -277,7 +284,15 @@ impl Lab {
             let (Some(ns), Some(proc)) = (ns, self.proxies.get_mut(&key)) else {
                 continue;
             };
-            wait_http_ok(ns, ready, "/healthz/ready", 150, Duration::from_secs(1), Some(proc)).await?;
+            wait_http_ok(
+                ns,
+                ready,
+                "/healthz/ready",
+                150,
+                Duration::from_secs(1),
+                Some(proc),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -377,7 +392,9 @@ impl Lab {
         if pod.captured
             && let Some(agent) = self.agents.get(&pod.node)
         {
-            agent.add_pod(&self.pods[&pod.name], self.announce(&pod)).await?;
+            agent
+                .add_pod(&self.pods[&pod.name], self.announce(&pod))
+                .await?;
         }
         Ok(())
     }
@@ -440,7 +457,11 @@ pub fn find_running(pod: &str, run: Option<&str>) -> Result<LabState, LabError> 
             hint: format!(
                 " in exactly one lab: {} labs have it; pick one with --run <id> ({})",
                 found.len(),
-                found.iter().map(|s| s.run_id.as_str()).collect::<Vec<_>>().join(", ")
+                found
+                    .iter()
+                    .map(|s| s.run_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }),
     }

@@ -39,8 +39,8 @@ pub mod traffic;
 pub mod zds;
 
 pub use error::LabError;
-pub use lab::{Lab, LabOptions, ProxyMode};
 pub use http::{HttpResponse, http_get, wait_http_ok};
+pub use lab::{Lab, LabOptions, ProxyMode};
 pub use link::veth;
 pub use netns::Netns;
 pub use process::{Process, ProcessSpec};

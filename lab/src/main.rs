@@ -16,7 +16,10 @@ use clap::{Parser, Subcommand};
 use ambit_lab::{Lab, LabError, LabOptions, ProxyMode, Topology, demo, lab, netns, nft, sys};
 
 #[derive(Parser)]
-#[command(name = "ambit-lab", about = "a whole ambient mesh on one machine, in network namespaces")]
+#[command(
+    name = "ambit-lab",
+    about = "a whole ambient mesh on one machine, in network namespaces"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -69,7 +72,7 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Remove lab namespaces whose creating process has exited (all of them with --all).
+    /// Remove lab namespaces and run directories whose creating process has exited (all with --all).
     Cleanup {
         /// Also remove namespaces of runs that are still alive.
         #[arg(long)]
@@ -154,9 +157,7 @@ fn report(res: Result<ExitCode, LabError>) -> ExitCode {
 
 /// Runs `work` on a runtime, racing it against SIGINT/SIGTERM: on a signal the work (and with it
 /// any `Lab`) is dropped, which removes everything.
-fn with_runtime(
-    work: impl std::future::Future<Output = Result<ExitCode, LabError>>,
-) -> ExitCode {
+fn with_runtime(work: impl std::future::Future<Output = Result<ExitCode, LabError>>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -182,7 +183,10 @@ fn with_runtime(
 
 async fn signalled() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(mut int), Ok(mut term)) => tokio::select! {
             _ = int.recv() => "interrupted",
             _ = term.recv() => "terminated",
@@ -244,7 +248,9 @@ fn exec(run: Option<&str>, pod: &str, command: &[String]) -> Result<ExitCode, La
             command: command.join(" "),
             source,
         })?;
-    Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+    Ok(ExitCode::from(
+        status.code().unwrap_or(1).clamp(0, 255) as u8
+    ))
 }
 
 fn cleanup(all: bool) -> Result<usize, LabError> {
@@ -263,6 +269,20 @@ fn cleanup(all: bool) -> Result<usize, LabError> {
         if all || !owner_alive {
             netns::remove(name);
             removed += 1;
+        }
+    }
+    // Run directories of dead runs (named `<pid>-...`): their logs are no longer anyone's.
+    if let Ok(dirs) = std::fs::read_dir(lab::RUNS_DIR) {
+        for d in dirs.flatten() {
+            let name = d.file_name().to_string_lossy().into_owned();
+            let alive = name
+                .split('-')
+                .next()
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if all || !alive {
+                let _ = std::fs::remove_dir_all(d.path());
+            }
         }
     }
     Ok(removed)

@@ -33,7 +33,11 @@ impl Netns {
     /// Creates `ambit-lab-<run id>-<tag>` and brings `lo` up. `tag` is a short human label
     /// ("client", "server") that shows up in `ip netns list`.
     pub fn new(tag: &str) -> Result<Self, LabError> {
-        Netns::with_name(format!("{}{}-{tag}", sys::NAME_PREFIX, sys::unique_suffix()))
+        Netns::with_name(format!(
+            "{}{}-{tag}",
+            sys::NAME_PREFIX,
+            sys::unique_suffix()
+        ))
     }
 
     /// Creates a namespace with a full name the caller made unique; it must start with

@@ -162,8 +162,12 @@ impl Cidr {
         let (a, p) = s
             .split_once('/')
             .ok_or_else(|| format!("{s:?} is not addr/prefix"))?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
-        let prefix: u8 = p.parse().map_err(|_| format!("{p:?} is not a prefix length"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .map_err(|_| format!("{p:?} is not a prefix length"))?;
         if !(8..=28).contains(&prefix) {
             return Err(format!("prefix /{prefix} is outside /8../28"));
         }
@@ -251,10 +255,7 @@ impl Topology {
     /// A pod by name (`name` or `namespace/name`).
     pub fn pod(&self, name: &str) -> Option<&Pod> {
         match name.split_once('/') {
-            Some((ns, n)) => self
-                .pods
-                .iter()
-                .find(|p| p.namespace == ns && p.name == n),
+            Some((ns, n)) => self.pods.iter().find(|p| p.namespace == ns && p.name == n),
             None => self.pods.iter().find(|p| p.name == name),
         }
     }
@@ -296,7 +297,11 @@ fn check_name(entry: &str, field: &'static str, name: &str) -> Result<(), Topolo
 
 fn build(raw: RawTopology) -> Result<Topology, TopologyError> {
     if raw.nodes.is_empty() {
-        return Err(invalid("nodes".into(), "nodes", "at least one node is needed"));
+        return Err(invalid(
+            "nodes".into(),
+            "nodes",
+            "at least one node is needed",
+        ));
     }
     let underlay = Cidr {
         addr: UNDERLAY_NET,
@@ -317,10 +322,18 @@ fn build(raw: RawTopology) -> Result<Topology, TopologyError> {
             },
         };
         if pod_cidr.overlaps(&underlay) {
-            return Err(invalid(entry, "podCidr", format!("overlaps the underlay {underlay}")));
+            return Err(invalid(
+                entry,
+                "podCidr",
+                format!("overlaps the underlay {underlay}"),
+            ));
         }
         if let Some(o) = nodes.iter().find(|o| o.pod_cidr.overlaps(&pod_cidr)) {
-            return Err(invalid(entry, "podCidr", format!("overlaps node {:?}", o.name)));
+            return Err(invalid(
+                entry,
+                "podCidr",
+                format!("overlaps node {:?}", o.name),
+            ));
         }
         let underlay_ip = underlay
             .nth(i as u32 + 2)
@@ -343,11 +356,17 @@ fn build(raw: RawTopology) -> Result<Topology, TopologyError> {
             .find(|n| n.name == p.node)
             .ok_or_else(|| invalid(entry.clone(), "node", format!("no node named {:?}", p.node)))?;
         if let Some(ip) = p.ip {
-            if !node.pod_cidr.contains(ip) || ip == node.pod_cidr.gateway() || ip == node.pod_cidr.addr {
+            if !node.pod_cidr.contains(ip)
+                || ip == node.pod_cidr.gateway()
+                || ip == node.pod_cidr.addr
+            {
                 return Err(invalid(
                     entry,
                     "ip",
-                    format!("{ip} is not a pod address of {} ({})", node.name, node.pod_cidr),
+                    format!(
+                        "{ip} is not a pod address of {} ({})",
+                        node.name, node.pod_cidr
+                    ),
                 ));
             }
             if !taken.insert(ip) {
@@ -359,16 +378,27 @@ fn build(raw: RawTopology) -> Result<Topology, TopologyError> {
     for (i, p) in raw.pods.iter().enumerate() {
         let entry = format!("pods[{i}] ({:?})", p.name);
         if pods.iter().any(|o| o.name == p.name) {
-            return Err(invalid(entry, "name", "duplicate pod name (pod names are lab-wide)"));
+            return Err(invalid(
+                entry,
+                "name",
+                "duplicate pod name (pod names are lab-wide)",
+            ));
         }
         let Some(node) = nodes.iter().find(|n| n.name == p.node) else {
-            return Err(invalid(entry, "node", format!("no node named {:?}", p.node)));
+            return Err(invalid(
+                entry,
+                "node",
+                format!("no node named {:?}", p.node),
+            ));
         };
         let ip = match p.ip {
             Some(ip) => ip,
             None => {
-                let free = (2..).map_while(|k| node.pod_cidr.nth(k)).find(|ip| !taken.contains(ip));
-                let ip = free.ok_or_else(|| invalid(entry.clone(), "ip", "node's pod CIDR is full"))?;
+                let free = (2..)
+                    .map_while(|k| node.pod_cidr.nth(k))
+                    .find(|ip| !taken.contains(ip));
+                let ip =
+                    free.ok_or_else(|| invalid(entry.clone(), "ip", "node's pod CIDR is full"))?;
                 taken.insert(ip);
                 ip
             }
@@ -376,7 +406,10 @@ fn build(raw: RawTopology) -> Result<Topology, TopologyError> {
         pods.push(Pod {
             name: p.name.clone(),
             namespace: p.namespace.clone(),
-            service_account: p.service_account.clone().unwrap_or_else(|| "default".into()),
+            service_account: p
+                .service_account
+                .clone()
+                .unwrap_or_else(|| "default".into()),
             node: p.node.clone(),
             captured: p.captured,
             ip,
@@ -390,18 +423,29 @@ fn build(raw: RawTopology) -> Result<Topology, TopologyError> {
     for (i, s) in raw.services.iter().enumerate() {
         let entry = format!("services[{i}] ({:?})", s.name);
         check_name(&entry, "name", &s.name)?;
-        if services.iter().any(|o| o.name == s.name && o.namespace == s.namespace) {
+        if services
+            .iter()
+            .any(|o| o.name == s.name && o.namespace == s.namespace)
+        {
             return Err(invalid(entry, "name", "duplicate service"));
         }
         if s.ports.is_empty() {
             return Err(invalid(entry, "ports", "at least one port is needed"));
         }
         if let Some((p, _)) = s.ports.iter().find(|(p, t)| **p == 0 || **t == 0) {
-            return Err(invalid(entry, "ports", format!("port {p}: ports are 1-65535")));
+            return Err(invalid(
+                entry,
+                "ports",
+                format!("port {p}: ports are 1-65535"),
+            ));
         }
         for vip in &s.vips {
             if taken.contains(vip) || nodes.iter().any(|n| n.pod_cidr.contains(*vip)) {
-                return Err(invalid(entry, "vips", format!("{vip} is inside a pod network")));
+                return Err(invalid(
+                    entry,
+                    "vips",
+                    format!("{vip} is inside a pod network"),
+                ));
             }
         }
         let vips = if s.vips.is_empty() {
@@ -416,7 +460,11 @@ fn build(raw: RawTopology) -> Result<Topology, TopologyError> {
         };
         let endpoints = match (&s.selector, &s.endpoints) {
             (Some(_), Some(_)) => {
-                return Err(invalid(entry, "selector", "give either selector or endpoints, not both"));
+                return Err(invalid(
+                    entry,
+                    "selector",
+                    "give either selector or endpoints, not both",
+                ));
             }
             (Some(sel), None) => pods
                 .iter()
@@ -426,7 +474,10 @@ fn build(raw: RawTopology) -> Result<Topology, TopologyError> {
                 .collect(),
             (None, Some(list)) => {
                 for name in list {
-                    if !pods.iter().any(|p| &p.name == name && p.namespace == s.namespace) {
+                    if !pods
+                        .iter()
+                        .any(|p| &p.name == name && p.namespace == s.namespace)
+                    {
                         return Err(invalid(
                             entry,
                             "endpoints",

@@ -289,7 +289,13 @@ pub async fn request_response(
         }
         Ok(out)
     };
-    with_deadline(ns.name(), &format!("request/response via {addr}"), timeout, exchange).await
+    with_deadline(
+        ns.name(),
+        &format!("request/response via {addr}"),
+        timeout,
+        exchange,
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -299,7 +305,10 @@ mod tests {
     #[test]
     fn sink_reply_parses() {
         let r = parse_sink_reply("peer=10.0.0.1 bytes=5 sha256=ab\n").unwrap();
-        assert_eq!((r.peer.as_str(), r.bytes, r.sha256.as_str()), ("10.0.0.1", 5, "ab"));
+        assert_eq!(
+            (r.peer.as_str(), r.bytes, r.sha256.as_str()),
+            ("10.0.0.1", 5, "ab")
+        );
         assert!(parse_sink_reply("peer=x").is_none());
     }
 }

@@ -87,11 +87,13 @@ impl SeqpacketListener {
     /// Binds `path` (replacing a stale socket file) and listens. Needs a tokio runtime.
     pub fn bind(path: &Path) -> Result<Self, ZdsError> {
         let _ = std::fs::remove_file(path);
-        let sock = Socket::new(Domain::UNIX, Type::SEQPACKET, None).map_err(io_err(path, "socket"))?;
+        let sock =
+            Socket::new(Domain::UNIX, Type::SEQPACKET, None).map_err(io_err(path, "socket"))?;
         let addr = SockAddr::unix(path).map_err(io_err(path, "address"))?;
         sock.bind(&addr).map_err(io_err(path, "bind"))?;
         sock.listen(16).map_err(io_err(path, "listen"))?;
-        sock.set_nonblocking(true).map_err(io_err(path, "O_NONBLOCK"))?;
+        sock.set_nonblocking(true)
+            .map_err(io_err(path, "O_NONBLOCK"))?;
         let inner = register(sock).map_err(io_err(path, "register"))?;
         Ok(SeqpacketListener {
             inner,
@@ -125,7 +127,8 @@ impl Drop for SeqpacketListener {
 impl SeqpacketConn {
     /// Connects to a listening ZDS socket (the node proxy's side; tests use it).
     pub fn connect(path: &Path) -> Result<Self, ZdsError> {
-        let sock = Socket::new(Domain::UNIX, Type::SEQPACKET, None).map_err(io_err(path, "socket"))?;
+        let sock =
+            Socket::new(Domain::UNIX, Type::SEQPACKET, None).map_err(io_err(path, "socket"))?;
         let addr = SockAddr::unix(path).map_err(io_err(path, "address"))?;
         // A Unix-socket connect completes (or fails) at once; no need to wait for writability.
         sock.connect(&addr).map_err(io_err(path, "connect"))?;
@@ -133,7 +136,8 @@ impl SeqpacketConn {
     }
 
     fn from_socket(sock: Socket, path: &Path) -> Result<Self, ZdsError> {
-        sock.set_nonblocking(true).map_err(io_err(path, "O_NONBLOCK"))?;
+        sock.set_nonblocking(true)
+            .map_err(io_err(path, "O_NONBLOCK"))?;
         let inner = register(sock).map_err(io_err(path, "register"))?;
         Ok(SeqpacketConn {
             inner,
@@ -152,8 +156,11 @@ impl SeqpacketConn {
         self.inner
             .async_io(Interest::WRITABLE, |s| {
                 let iov = [IoSlice::new(bytes)];
-                let cmsg: Vec<ControlMessage<'_>> =
-                    raw.as_ref().map(|r| ControlMessage::ScmRights(r)).into_iter().collect();
+                let cmsg: Vec<ControlMessage<'_>> = raw
+                    .as_ref()
+                    .map(|r| ControlMessage::ScmRights(r))
+                    .into_iter()
+                    .collect();
                 sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
                     .map_err(std::io::Error::from)
             })
@@ -200,10 +207,11 @@ impl SeqpacketConn {
     /// Receives one agent request with the descriptors that came with it.
     pub async fn recv_request(&self) -> Result<(WorkloadRequest, Vec<OwnedFd>), ZdsError> {
         let p = self.recv().await?;
-        let req = WorkloadRequest::decode(p.bytes.as_slice()).map_err(|source| ZdsError::Decode {
-            what: "WorkloadRequest",
-            source,
-        })?;
+        let req =
+            WorkloadRequest::decode(p.bytes.as_slice()).map_err(|source| ZdsError::Decode {
+                what: "WorkloadRequest",
+                source,
+            })?;
         Ok((req, p.fds))
     }
 
@@ -246,13 +254,16 @@ impl SeqpacketConn {
         let what = describe(req);
         self.send(&req.encode_to_vec(), fd).await?;
         let p = self.recv_within(within, &format!("ack of {what}")).await?;
-        let resp = WorkloadResponse::decode(p.bytes.as_slice()).map_err(|source| ZdsError::Decode {
-            what: "WorkloadResponse",
-            source,
-        })?;
+        let resp =
+            WorkloadResponse::decode(p.bytes.as_slice()).map_err(|source| ZdsError::Decode {
+                what: "WorkloadResponse",
+                source,
+            })?;
         match resp.payload {
             Some(workload_response::Payload::Ack(Ack { error })) if error.is_empty() => Ok(()),
-            Some(workload_response::Payload::Ack(Ack { error })) => Err(ZdsError::Nack { what, error }),
+            Some(workload_response::Payload::Ack(Ack { error })) => {
+                Err(ZdsError::Nack { what, error })
+            }
             None => Err(ZdsError::Unexpected {
                 expected: "WorkloadResponse{ack}",
                 got: "an empty response".into(),
@@ -272,12 +283,20 @@ fn register(sock: Socket) -> std::io::Result<AsyncFd<Socket>> {
 
 // The only other unsafe in the lab: taking ownership of descriptors the kernel just installed for us.
 #[allow(unsafe_code)]
-fn recv_packet(s: &Socket, buf: &mut [u8]) -> std::io::Result<Result<(usize, Vec<OwnedFd>), ZdsError>> {
+fn recv_packet(
+    s: &Socket,
+    buf: &mut [u8],
+) -> std::io::Result<Result<(usize, Vec<OwnedFd>), ZdsError>> {
     use std::os::fd::FromRawFd;
     let mut cmsg_buf = nix::cmsg_space!([std::os::fd::RawFd; 4]);
     let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut cmsg_buf), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(std::io::Error::from)?;
+    let msg = recvmsg::<()>(
+        s.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg_buf),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
     let mut fds = Vec::new();
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
@@ -288,7 +307,10 @@ fn recv_packet(s: &Socket, buf: &mut [u8]) -> std::io::Result<Result<(usize, Vec
             }
         }
     }
-    if msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) {
+    if msg
+        .flags
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC)
+    {
         return Ok(Err(ZdsError::Truncated));
     }
     Ok(Ok((msg.bytes, fds)))
@@ -306,7 +328,12 @@ pub fn describe(req: &WorkloadRequest) -> String {
 }
 
 /// `AddWorkload` for a pod.
-pub fn add_request(uid: &str, name: &str, namespace: &str, service_account: &str) -> WorkloadRequest {
+pub fn add_request(
+    uid: &str,
+    name: &str,
+    namespace: &str,
+    service_account: &str,
+) -> WorkloadRequest {
     WorkloadRequest {
         payload: Some(workload_request::Payload::Add(AddWorkload {
             uid: uid.to_string(),

@@ -23,13 +23,19 @@ fn allocates_addresses_and_selects_endpoints() {
     assert_eq!(t.pod("b").unwrap().ip, Ipv4Addr::new(10, 244, 2, 2));
     assert_eq!(t.pod("c").unwrap().ip, Ipv4Addr::new(10, 244, 2, 3));
     assert!(!t.pod("default/c").unwrap().captured);
-    assert_eq!(t.pod("a").unwrap().spiffe(), "spiffe://cluster.local/ns/default/sa/sa-a");
+    assert_eq!(
+        t.pod("a").unwrap().spiffe(),
+        "spiffe://cluster.local/ns/default/sa/sa-a"
+    );
     assert_eq!(t.pod("b").unwrap().service_account, "default");
     let web = t.service("web").unwrap();
     assert_eq!(web.endpoints, vec!["a", "b"]);
     assert_eq!(web.vips, vec![Ipv4Addr::new(10, 96, 0, 10)]);
     assert_eq!(web.hostname, "web.default.svc.cluster.local");
-    assert_eq!(t.service("one").unwrap().vips, vec![Ipv4Addr::new(10, 96, 1, 1)]);
+    assert_eq!(
+        t.service("one").unwrap().vips,
+        vec![Ipv4Addr::new(10, 96, 1, 1)]
+    );
 }
 
 fn err(yaml: &str) -> String {
@@ -44,8 +50,10 @@ fn errors_name_entry_and_field() {
         err("nodes: [{name: n1}]\npods: [{name: a, node: n9}]"),
         "topology: pods[0] (\"a\"): field `node`: no node named \"n9\""
     );
-    assert!(err("nodes: [{name: n1}]\npods: [{name: a, node: n1, ip: 10.9.0.2}]")
-        .starts_with("topology: pods[0] (\"a\"): field `ip`: 10.9.0.2 is not a pod address"));
+    assert!(
+        err("nodes: [{name: n1}]\npods: [{name: a, node: n1, ip: 10.9.0.2}]")
+            .starts_with("topology: pods[0] (\"a\"): field `ip`: 10.9.0.2 is not a pod address")
+    );
     assert!(err("nodes: [{name: n1}, {name: n1}]").contains("nodes[1] (\"n1\"): field `name`"));
     assert!(err("nodes: [{name: n1, podCidr: 10.0.0.1/24}]").contains("field `podCidr`"));
     assert!(err("nodes: [{name: N_1}]").contains("field `name`"));
