@@ -1,5 +1,7 @@
 //! The `ambit` binary: configuration from the environment, then the app until shutdown.
 
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 use ambit::config::Config;

@@ -26,6 +26,8 @@
 //! These are raw wire types: the proxy converts them into its own domain types at the
 //! boundary and never passes them further.
 
+#![deny(unsafe_code)]
+
 /// Type URL of `istio.workload.Address` resources on the xDS stream.
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 

@@ -219,3 +219,6 @@ fn same_family_ip(wl: &Workload, like: IpAddr) -> Option<IpAddr> {
         .or_else(|| wl.workload_ips.first())
         .copied()
 }
+
+#[cfg(test)]
+mod tests;

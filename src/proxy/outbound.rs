@@ -9,9 +9,11 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::core::{Authority, Identity};
-use crate::hbone::{ConnectHeaders, ConnectRequest, Forwarded, Pool, PoolKey, TraceParent};
+use crate::hbone::{
+    Baggage, ConnectHeaders, ConnectRequest, Forwarded, Pool, PoolKey, TraceParent, WorkloadType,
+};
 use crate::lifecycle::DrainWatcher;
-use crate::state::TunnelProtocol;
+use crate::state::{TunnelProtocol, Workload};
 
 use super::accesslog::{ConnectionLog, Direction};
 use super::copy::{copy_bidirectional, tcp_halves};
@@ -97,7 +99,10 @@ pub(super) async fn handle(
             let req = ConnectRequest {
                 authority: Authority::Addr(target),
                 headers: ConnectHeaders {
-                    baggage: None,
+                    baggage: pi
+                        .state
+                        .workload_by_name(&pi.local.namespace, &pi.local.name)
+                        .map(|wl| baggage(&wl)),
                     forwarded: Some(Forwarded {
                         for_addr: peer,
                         host: None,
@@ -170,4 +175,32 @@ pub(super) fn route(pi: &ProxyInputs, orig: SocketAddr) -> Result<Route, RouteEr
         target,
         expected,
     })
+}
+
+/// What the `baggage` header says about a workload (wire.md §2.1): its cluster, namespace,
+/// controller, canonical service and revision, and locality.
+pub(super) fn baggage(wl: &Workload) -> Baggage {
+    let workload_type = match wl.workload_type.to_ascii_lowercase().as_str() {
+        "cronjob" => WorkloadType::CronJob,
+        "pod" => WorkloadType::Pod,
+        "job" => WorkloadType::Job,
+        _ => WorkloadType::Deployment,
+    };
+    let or_name = |s: &str| {
+        if s.is_empty() {
+            wl.name.clone()
+        } else {
+            s.to_string()
+        }
+    };
+    Baggage {
+        cluster: wl.cluster_id.clone(),
+        namespace: wl.namespace().to_string(),
+        workload_type,
+        workload_name: or_name(&wl.workload_name),
+        service_name: or_name(&wl.canonical_name),
+        service_version: wl.canonical_revision.clone(),
+        region: wl.locality.region.clone(),
+        zone: wl.locality.zone.clone(),
+    }
 }
