@@ -49,7 +49,7 @@ pub enum LabError {
     #[error("node agent of {node}: {detail}")]
     Agent { node: String, detail: String },
     #[error(
-        "node proxy binary {path} not found: build it first (`cargo build --release -p ambit`) or pass its path"
+        "node proxy binary {path} not found: run `cargo build --release -p ambit` (`cargo build -p ambit` for a debug ambit-lab) or pass --proxy <binary>"
     )]
     ProxyMissing { path: String },
     #[error("lab: {0}")]
