@@ -4,7 +4,8 @@
 //!
 //! Each test runs in dedicated mode (one ambit per captured pod) today; the `shared_*` twins run
 //! the same checks with one ambit per node over ZDS and are ignored until in-pod mode lands on
-//! main (then drop the `#[ignore]`s).
+//! main (then drop the `#[ignore]`s). `AMBIT_LAB_PROXY=<binary>` runs them all against another
+//! ztunnel-compatible node proxy instead of the workspace's `ambit`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,7 +19,11 @@ const DEMO: &str = include_str!("../examples/demo.yaml");
 
 async fn lab(mode: ProxyMode) -> Lab {
     let opts = LabOptions {
-        proxy: Some(AMBIT.into()),
+        proxy: Some(
+            std::env::var_os("AMBIT_LAB_PROXY")
+                .map(Into::into)
+                .unwrap_or_else(|| AMBIT.into()),
+        ),
         mode,
         ..LabOptions::default()
     };

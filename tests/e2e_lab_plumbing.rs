@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use ambit_lab::topology::Pod;
-use ambit_lab::traffic::{Server, ServerKind, bulk_send};
+use ambit_lab::traffic::{Server, ServerKind, bulk_send, echo, request_response};
 use ambit_lab::zds::proto::workload_request::Payload;
 use ambit_lab::zds::{SeqpacketConn, ZdsError};
 use ambit_lab::{Lab, LabOptions, Topology};
@@ -67,6 +67,15 @@ async fn pods_reach_each_other_across_nodes_and_on_one_node() {
             "to {target}"
         );
     }
+    // The other built-in servers, across nodes.
+    let _e = Server::start(lab.pod_ns("c").unwrap(), ServerKind::Echo, 7).unwrap();
+    let _r = Server::start(lab.pod_ns("c").unwrap(), ServerKind::RequestResponse, 9).unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    assert_eq!(echo(b, addr(&t, "c", 7), &data, STEP).await.unwrap(), data);
+    let lat = request_response(b, addr(&t, "c", 9), 20, 3000, STEP)
+        .await
+        .unwrap();
+    assert_eq!(lat.len(), 20);
     assert!(leftovers(&run).len() >= 7, "underlay + 2 nodes + 5 pods");
     drop(lab);
     assert_eq!(leftovers(&run), Vec::<String>::new());
