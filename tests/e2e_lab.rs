@@ -248,3 +248,32 @@ async fn shared_iperf3_pod_to_pod() {
 async fn shared_nc_pod_to_pod() {
     nc_across_and_within(ProxyMode::Shared).await;
 }
+
+/// Node proxy restarted, then node agent restarted: pods are announced again by snapshot and new
+/// connections work each time.
+#[tokio::test]
+#[ignore = "needs ambit's in-pod mode (PROXY_MODE=shared)"]
+async fn shared_proxy_and_agent_restarts() {
+    use ambit_lab::traffic::bulk_send;
+    let mut lab = lab(ProxyMode::Shared).await;
+    let _s = Server::start(lab.pod_ns("web-2").unwrap(), ServerKind::Sink, 8080).unwrap();
+    let dst = target(&lab, "web-2", 8080);
+    async fn send(
+        lab: &Lab,
+        dst: SocketAddr,
+    ) -> Result<ambit_lab::traffic::BulkResult, ambit_lab::LabError> {
+        bulk_send(lab.pod_ns("client").unwrap(), dst, 100_000, STEP).await
+    }
+    assert_eq!(send(&lab, dst).await.unwrap().reply.bytes, 100_000);
+    lab.restart_proxy("node-2").await.unwrap();
+    assert_eq!(send(&lab, dst).await.unwrap().reply.bytes, 100_000);
+    lab.restart_agent("node-1").await.unwrap();
+    let mut snapshots = lab.agent("node-1").unwrap().snapshots();
+    tokio::time::timeout(STEP, snapshots.wait_for(|n| *n >= 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(send(&lab, dst).await.unwrap().reply.bytes, 100_000);
+    let client = lab.topology().pod("client").unwrap().spiffe();
+    wait_identity(&lab, "web-2", "client", &client).await;
+}

@@ -323,3 +323,36 @@ async fn a_missing_proxy_binary_is_one_clear_line_and_leaves_nothing() {
     );
     assert!(!err.contains('\n'));
 }
+
+#[tokio::test]
+async fn restarted_agent_sends_a_fresh_snapshot() {
+    let mut lab = Lab::start(topology(), LabOptions::default()).await.unwrap();
+    let socket = lab.agent("node-1").unwrap().socket().to_path_buf();
+    let handshake = |conn: SeqpacketConn| async move {
+        conn.send_hello().await.unwrap();
+        loop {
+            let (req, _) = tokio::time::timeout(STEP, conn.recv_request())
+                .await
+                .unwrap()
+                .unwrap();
+            conn.send_ack("").await.unwrap();
+            if matches!(req.payload, Some(Payload::SnapshotSent(_))) {
+                return conn;
+            }
+        }
+    };
+    let first = handshake(SeqpacketConn::connect(&socket).unwrap()).await;
+    lab.restart_agent("node-1").await.unwrap();
+    // The old connection is closed by the agent going away ...
+    match tokio::time::timeout(STEP, first.recv()).await.unwrap() {
+        Err(ZdsError::Closed) => {}
+        other => panic!("expected the old connection to close, got {other:?}"),
+    }
+    // ... and the new agent, on the same path, serves a full snapshot again.
+    let mut snapshots = lab.agent("node-1").unwrap().snapshots();
+    let _second = handshake(SeqpacketConn::connect(&socket).unwrap()).await;
+    tokio::time::timeout(STEP, snapshots.wait_for(|n| *n == 1))
+        .await
+        .unwrap()
+        .unwrap();
+}

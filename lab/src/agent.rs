@@ -141,6 +141,14 @@ impl NodeAgent {
     }
 }
 
+impl NodeAgent {
+    /// Stops the task and waits until it is gone (its socket closed, its connection dropped).
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
 impl Drop for NodeAgent {
     fn drop(&mut self) {
         self.task.abort();

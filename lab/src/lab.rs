@@ -83,6 +83,8 @@ pub struct Lab {
     run_dir: PathBuf,
     control: Box<dyn ControlPlane>,
     opts: LabOptions,
+    /// Proxy restarts so far (names the new logs).
+    restarts: u32,
 }
 
 // === impl Lab ===
@@ -121,6 +123,7 @@ impl Lab {
             run_dir,
             control,
             opts,
+            restarts: 0,
         };
         lab.build_network()?;
         lab.start_agents()?;
@@ -226,74 +229,124 @@ impl Lab {
     }
 
     async fn start_proxies(&mut self) -> Result<(), LabError> {
-        let Some(binary) = self.opts.proxy.clone() else {
-            return Ok(());
+        let keys: Vec<String> = match self.opts.mode {
+            ProxyMode::Shared => self.topology.nodes.iter().map(|n| n.name.clone()).collect(),
+            ProxyMode::Dedicated => self
+                .topology
+                .pods
+                .iter()
+                .filter(|p| p.captured)
+                .map(|p| p.name.clone())
+                .collect(),
         };
-        // (key, namespace to run in, spec)
-        let mut plan: Vec<(String, String, ProcessSpec)> = Vec::new();
-        match self.opts.mode {
+        // Start them all, then wait: they come up in parallel.
+        for key in &keys {
+            self.spawn_proxy(key, "")?;
+        }
+        for key in &keys {
+            self.wait_proxy_ready(key).await?;
+        }
+        Ok(())
+    }
+
+    /// The namespace a proxy runs in and its spec (name suffixed, so a restart keeps the old log).
+    fn proxy_spec(&self, key: &str, suffix: &str) -> Option<(String, ProcessSpec)> {
+        let binary = self.opts.proxy.as_ref()?;
+        let name = format!("proxy-{key}{suffix}");
+        let (ns, node, spec) = match self.opts.mode {
             ProxyMode::Shared => {
-                for node in &self.topology.nodes {
-                    let spec = ProcessSpec::new(format!("proxy-{}", node.name), &binary)
-                        .env("PROXY_MODE", "shared")
-                        .env(
-                            "INPOD_UDS",
-                            self.agents[&node.name].socket().display().to_string(),
-                        );
-                    plan.push((
-                        node.name.clone(),
-                        self.nodes[&node.name].name().into(),
-                        spec,
-                    ));
-                }
+                let spec = ProcessSpec::new(name, binary)
+                    .env("PROXY_MODE", "shared")
+                    .env(
+                        "INPOD_UDS",
+                        self.agents.get(key)?.socket().display().to_string(),
+                    );
+                (self.nodes.get(key)?, key.to_string(), spec)
             }
             ProxyMode::Dedicated => {
-                for pod in self.topology.pods.iter().filter(|p| p.captured) {
-                    let info = format!("{}/{}/{}", pod.namespace, pod.name, pod.service_account);
-                    let spec = ProcessSpec::new(format!("proxy-{}", pod.name), &binary)
-                        .env("PROXY_MODE", "dedicated")
-                        .env("PROXY_WORKLOAD_INFO", info)
-                        .env("PACKET_MARK", "1337");
-                    plan.push((pod.name.clone(), self.pods[&pod.name].name().into(), spec));
-                }
+                let pod = self.topology.pod(key)?;
+                let info = format!("{}/{}/{}", pod.namespace, pod.name, pod.service_account);
+                let spec = ProcessSpec::new(name, binary)
+                    .env("PROXY_MODE", "dedicated")
+                    .env("PROXY_WORKLOAD_INFO", info)
+                    .env("PACKET_MARK", "1337");
+                (self.pods.get(key)?, pod.node.clone(), spec)
             }
+        };
+        let mut spec = spec;
+        for (k, v) in self.control.proxy_env(&node) {
+            spec = spec.env(k, v);
         }
-        for (key, ns_name, mut spec) in plan {
-            let node = self
-                .topology
-                .pod(&key)
-                .map(|p| p.node.clone())
-                .unwrap_or_else(|| key.clone());
-            for (k, v) in self.control.proxy_env(&node) {
-                spec = spec.env(k, v);
-            }
-            spec = spec
-                .env("NODE_NAME", node)
-                .env("RUST_LOG", self.opts.rust_log.clone());
-            let ns = self.netns_by_name(&ns_name);
-            let p = Process::spawn(ns, &spec, &self.run_dir)?;
-            self.proxies.insert(key, p);
-        }
+        let spec = spec
+            .env("NODE_NAME", node)
+            .env("RUST_LOG", self.opts.rust_log.clone());
+        Some((ns.name().to_string(), spec))
+    }
+
+    fn spawn_proxy(&mut self, key: &str, suffix: &str) -> Result<(), LabError> {
+        let Some((ns_name, spec)) = self.proxy_spec(key, suffix) else {
+            return Err(LabError::NoSuchPod {
+                pod: key.to_string(),
+                hint: " (no node proxy runs for it)".into(),
+            });
+        };
+        let p = Process::spawn(self.netns_by_name(&ns_name), &spec, &self.run_dir)?;
+        self.proxies.insert(key.to_string(), p);
+        Ok(())
+    }
+
+    async fn wait_proxy_ready(&mut self, key: &str) -> Result<(), LabError> {
         let ready = SocketAddr::from(([127, 0, 0, 1], 15021));
-        let keys: Vec<String> = self.proxies.keys().cloned().collect();
-        for key in keys {
-            let ns = match self.opts.mode {
-                ProxyMode::Shared => self.nodes.get(&key),
-                ProxyMode::Dedicated => self.pods.get(&key),
-            };
-            let (Some(ns), Some(proc)) = (ns, self.proxies.get_mut(&key)) else {
-                continue;
-            };
-            wait_http_ok(
-                ns,
-                ready,
-                "/healthz/ready",
-                150,
-                Duration::from_secs(1),
-                Some(proc),
-            )
-            .await?;
-        }
+        let ns = match self.opts.mode {
+            ProxyMode::Shared => self.nodes.get(key),
+            ProxyMode::Dedicated => self.pods.get(key),
+        };
+        let (Some(ns), Some(proc)) = (ns, self.proxies.get_mut(key)) else {
+            return Ok(());
+        };
+        let per_try = Duration::from_secs(1);
+        wait_http_ok(ns, ready, "/healthz/ready", 150, per_try, Some(proc)).await
+    }
+
+    /// The node proxy run under `key` (a node in shared mode, a pod in dedicated mode).
+    pub fn proxy(&self, key: &str) -> Option<&Process> {
+        self.proxies.get(key)
+    }
+
+    /// Kills the node proxy under `key` (for failure tests); true if one was running.
+    pub fn kill_proxy(&mut self, key: &str) -> bool {
+        self.proxies.remove(key).is_some()
+    }
+
+    /// Kills (if running) and starts again the node proxy under `key`, waiting for readiness. Its
+    /// new log is `proxy-<key>.<n>.log`; the old one is kept.
+    pub async fn restart_proxy(&mut self, key: &str) -> Result<(), LabError> {
+        self.proxies.remove(key);
+        self.restarts += 1;
+        let suffix = format!(".{}", self.restarts);
+        self.spawn_proxy(key, &suffix)?;
+        self.wait_proxy_ready(key).await
+    }
+
+    /// Replaces a node's agent with a fresh one (same socket path, same pods): a connected node
+    /// proxy loses its ZDS connection, reconnects and gets a new snapshot.
+    pub async fn restart_agent(&mut self, node: &str) -> Result<(), LabError> {
+        let Some(old) = self.agents.remove(node) else {
+            return Err(LabError::Agent {
+                node: node.to_string(),
+                detail: "no such node".into(),
+            });
+        };
+        let socket = old.socket().to_path_buf();
+        old.stop().await;
+        let pods: Vec<(&Netns, PodAnnounce)> = self
+            .topology
+            .pods_on(node)
+            .filter(|p| p.captured)
+            .map(|p| (&self.pods[&p.name], self.announce(p)))
+            .collect();
+        let agent = NodeAgent::start(node, &socket, pods, self.topology.dns_capture)?;
+        self.agents.insert(node.to_string(), agent);
         Ok(())
     }
 

@@ -10,6 +10,7 @@
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -67,6 +68,9 @@ pub struct Packet {
 pub struct SeqpacketListener {
     inner: AsyncFd<Socket>,
     path: PathBuf,
+    /// The socket file's inode: on drop the path is removed only if it is still ours (a
+    /// successor may have bound the same path already).
+    inode: Option<u64>,
 }
 
 /// One connected ZDS socket (either side).
@@ -95,9 +99,11 @@ impl SeqpacketListener {
         sock.set_nonblocking(true)
             .map_err(io_err(path, "O_NONBLOCK"))?;
         let inner = register(sock).map_err(io_err(path, "register"))?;
+        let inode = std::fs::metadata(path).ok().map(|m| m.ino());
         Ok(SeqpacketListener {
             inner,
             path: path.to_path_buf(),
+            inode,
         })
     }
 
@@ -118,7 +124,10 @@ impl SeqpacketListener {
 
 impl Drop for SeqpacketListener {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let current = std::fs::metadata(&self.path).ok().map(|m| m.ino());
+        if current.is_some() && current == self.inode {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -172,11 +181,17 @@ impl SeqpacketConn {
     /// Receives one packet. A zero-length read is the peer closing ([`ZdsError::Closed`]).
     pub async fn recv(&self) -> Result<Packet, ZdsError> {
         let mut buf = vec![0u8; MAX_PACKET];
-        let (n, fds) = self
+        let res = self
             .inner
             .async_io(Interest::READABLE, |s| recv_packet(s, &mut buf))
-            .await
-            .map_err(self.err("recvmsg"))??;
+            .await;
+        let (n, fds) = match res {
+            // A peer that closed with our packets unread resets the connection: closed all the same.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(ZdsError::Closed);
+            }
+            other => other.map_err(self.err("recvmsg"))??,
+        };
         if n == 0 && fds.is_empty() {
             return Err(ZdsError::Closed);
         }
