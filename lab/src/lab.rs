@@ -430,7 +430,9 @@ impl Lab {
     }
 
     /// Adds a pod while the lab runs: namespace, links and routes, then (when captured) the node
-    /// agent's rules and its ZDS announcement. The local config is rewritten for the control seam.
+    /// agent's rules and its ZDS announcement. The local config file is rewritten too, but node
+    /// proxies read it only at start: until the control plane serves xDS, running proxies learn of
+    /// the new workload only when restarted ([`Lab::restart_proxy`]).
     pub async fn add_pod(&mut self, pod: Pod) -> Result<(), LabError> {
         if self.pods.contains_key(&pod.name) {
             return Err(LabError::Agent {
@@ -505,17 +507,14 @@ pub fn find_running(pod: &str, run: Option<&str>) -> Result<LabState, LabError> 
             pod: pod.to_string(),
             hint: " (start one with `ambit-lab up <topology>` or `ambit-lab demo --keep`)".into(),
         }),
-        _ => Err(LabError::NoSuchPod {
+        count => Err(LabError::AmbiguousPod {
             pod: pod.to_string(),
-            hint: format!(
-                " in exactly one lab: {} labs have it; pick one with --run <id> ({})",
-                found.len(),
-                found
-                    .iter()
-                    .map(|s| s.run_id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            count,
+            runs: found
+                .iter()
+                .map(|s| s.run_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         }),
     }
 }

@@ -15,6 +15,9 @@ use clap::{Parser, Subcommand};
 
 use ambit_lab::{Lab, LabError, LabOptions, ProxyMode, Topology, demo, lab, netns, nft, sys};
 
+/// The demo topology, built in so `ambit-lab demo` works from any directory.
+const DEMO_TOPOLOGY: &str = include_str!("../../examples/demo.yaml");
+
 #[derive(Parser)]
 #[command(
     name = "ambit-lab",
@@ -46,8 +49,9 @@ enum Mode {
 enum Cmd {
     /// Run the demo: two nodes, captured and uncaptured pods, a service; print what happened.
     Demo {
-        #[arg(long, default_value = "examples/demo.yaml")]
-        topology: PathBuf,
+        /// The topology; default: `examples/demo.yaml` as built into this binary.
+        #[arg(long)]
+        topology: Option<PathBuf>,
         #[command(flatten)]
         proxy: ProxyArgs,
         /// Keep the lab running after the report until Ctrl-C (for `ambit-lab exec`).
@@ -121,7 +125,11 @@ fn main() -> ExitCode {
             proxy,
             keep,
         } => with_runtime(async move {
-            let lab = start(&topology, Some(&proxy)).await?;
+            let topology = match topology {
+                Some(path) => Topology::from_file(&path)?,
+                None => Topology::from_yaml(DEMO_TOPOLOGY)?,
+            };
+            let lab = start(topology, Some(&proxy)).await?;
             let flows = demo::demo_flows(&lab)?;
             let report = demo::run(&lab, flows).await?;
             println!("{report}");
@@ -140,7 +148,11 @@ fn main() -> ExitCode {
             proxy,
             no_proxy,
         } => with_runtime(async move {
-            let lab = start(&topology, (!no_proxy).then_some(&proxy)).await?;
+            let lab = start(
+                Topology::from_file(&topology)?,
+                (!no_proxy).then_some(&proxy),
+            )
+            .await?;
             hold(&lab).await;
             Ok(ExitCode::SUCCESS)
         }),
@@ -196,9 +208,8 @@ async fn signalled() -> &'static str {
     }
 }
 
-async fn start(topology: &std::path::Path, proxy: Option<&ProxyArgs>) -> Result<Lab, LabError> {
+async fn start(topology: Topology, proxy: Option<&ProxyArgs>) -> Result<Lab, LabError> {
     sys::preflight()?;
-    let topology = Topology::from_file(topology)?;
     let mut opts = LabOptions::default();
     if let Some(p) = proxy {
         opts.proxy = Some(p.proxy.clone().unwrap_or_else(default_proxy));

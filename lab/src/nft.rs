@@ -150,3 +150,22 @@ pub fn install_inpod(ns: &Netns, dns: bool) -> Result<(), LabError> {
     ns.nft(&inpod_rules(PROXY_MARK, RETURN_MARK, dns))?;
     install_return_routes(ns)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inpod_rules_capture_both_ways_and_dns_only_when_asked() {
+        let plain = inpod_rules(PROXY_MARK, RETURN_MARK, false);
+        assert!(plain.contains("meta l4proto tcp redirect to :15001"));
+        assert!(plain.contains("tcp dport 15008 return\n    meta l4proto tcp redirect to :15006"));
+        assert!(plain.contains("meta mark & 0xfff == 0x539 return"));
+        assert!(plain.contains("ct mark set 0x111"));
+        assert!(!plain.contains("15053"));
+        let dns = inpod_rules(PROXY_MARK, RETURN_MARK, true);
+        assert!(dns.contains("udp dport 53 redirect to :15053"));
+        // DNS is redirected before the loopback exemptions (resolvers often live on 127.0.0.x).
+        assert!(dns.find("15053").unwrap() < dns.find("oifname").unwrap());
+    }
+}
