@@ -10,7 +10,7 @@
 //! | 1 | [`core`] | identities, authorities: the shared vocabulary |
 //! | 1 | [`lifecycle`] | drain with a deadline, readiness guards, signals |
 //! | 1 | [`telemetry`] | logging setup and reloadable log levels |
-//! | 2 | [`rbac`] | authorization policies: the domain model (evaluation comes with enforcement) |
+//! | 2 | [`rbac`] | authorization policies: the domain model and their pure evaluation |
 //! | 3 | [`state`] | workloads, services and policies, indexed; a read-only view for the data path |
 //! | 4 | [`tls`] | rustls configurations, SPIFFE verification, the certificate-provider seam |
 //! | 4 | [`metrics`] | the metric registry and the data path's counters |
@@ -18,6 +18,7 @@
 //! | 6 | [`proxy`] | listeners and per-connection flows (outbound, inbound HBONE, inbound plaintext) |
 //! | 7 | [`identity`] | certificate manager with rotation; the built-in CA |
 //! | 7 | [`xds`] | configuration sources: the local config file |
+//! | 7 | [`inpod`] | in-pod mode: the ZDS client and per-pod proxies inside pod namespaces |
 //! | 8 | [`admin`] | readiness and metrics HTTP servers |
 //! | 8 | [`config`] | configuration from the environment |
 //! | 9 | [`app`] | the composition root |
@@ -33,6 +34,7 @@ pub mod config;
 pub mod core;
 pub mod hbone;
 pub mod identity;
+pub mod inpod;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::config::{Config, LocalConfigSource, ProxyMode};
 use crate::core::Identity;
 use crate::identity::{BuiltinCa, SecretManager, SecretManagerConfig};
+use crate::inpod::{HostNetns, InpodConfig, WorkloadManager, WorkloadManagerInputs};
 use crate::lifecycle::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::proxy::{self, LocalWorkload, Proxy, ProxyConfig, ProxyInputs};
@@ -37,30 +38,24 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
         None => bail!("no configuration source: set LOCAL_XDS_PATH or LOCAL_XDS"),
     };
     info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting ambit");
-
-    let (local, mark) = match config.proxy_mode {
-        ProxyMode::Dedicated => {
-            let info = config
-                .proxy_workload_info
-                .as_ref()
-                .context("PROXY_MODE=dedicated needs PROXY_WORKLOAD_INFO")?;
-            let identity =
-                Identity::new(&config.trust_domain, &info.namespace, &info.service_account)
-                    .context("PROXY_WORKLOAD_INFO")?;
-            let local = LocalWorkload {
-                namespace: info.namespace.clone(),
-                name: info.name.clone(),
-                identity,
-            };
-            (local, config.packet_mark)
+    // A local config file is watched for changes and reloaded on the control runtime.
+    let reloader = match &config.local_config {
+        Some(LocalConfigSource::File(path)) => {
+            Some(xds::local::Reloader::new(path.clone(), Arc::new(writer)))
         }
-        ProxyMode::Shared => bail!(
-            "PROXY_MODE=shared (in-pod mode over ZDS) is not available yet; use PROXY_MODE=dedicated with PROXY_WORKLOAD_INFO"
-        ),
+        _ => None,
     };
-    if view
-        .workload_by_name(&local.namespace, &local.name)
-        .is_none()
+
+    // Dedicated: one proxy for the configured workload, in our own namespace. Shared: proxies
+    // per pod, inside each pod's namespace, driven by the node agent over ZDS.
+    let local = match config.proxy_mode {
+        ProxyMode::Dedicated => Some(dedicated_workload(&config)?),
+        ProxyMode::Shared => None,
+    };
+    if let Some(local) = &local
+        && view
+            .workload_by_name(&local.namespace, &local.name)
+            .is_none()
     {
         warn!(
             namespace = %local.namespace,
@@ -68,6 +63,11 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
             "the local workload is not in the configuration: inbound connections will be refused"
         );
     }
+    // Captured before any thread enters a pod's namespace, so there is always a way back.
+    let host_netns = match config.proxy_mode {
+        ProxyMode::Shared => Some(HostNetns::capture().context("in-pod mode")?),
+        ProxyMode::Dedicated => None,
+    };
 
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -84,6 +84,7 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
     let readiness = Readiness::new();
     let certs_ready = readiness.block("certificates");
     let proxy_ready = readiness.block("listeners");
+    // In shared mode the workload manager blocks readiness until the node agent's snapshot.
     let metrics = Arc::new(Metrics::new());
     let (drain_trigger, drain) = lifecycle::drain_channel();
 
@@ -107,7 +108,7 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
         inbound_plaintext_addr: config.listeners.inbound_plaintext,
         network: config.network.clone(),
         socket: proxy::SocketOptions {
-            mark,
+            mark: config.packet_mark,
             keepalive: config.keepalive.enabled.then_some(proxy::Keepalive {
                 time: config.keepalive.time,
                 interval: config.keepalive.interval,
@@ -119,7 +120,7 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
         orig_src: config
             .enable_orig_src
             .unwrap_or_else(proxy::socket::transparent_supported),
-        reuse_port: false,
+        reuse_port: config.proxy_mode == ProxyMode::Shared && config.inpod_port_reuse,
         h2: crate::hbone::H2Config {
             stream_window: config.http2_stream_window_size,
             connection_window: config.http2_connection_window_size,
@@ -130,20 +131,47 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
         },
         hbone_port: 15008,
     };
-    let identity = local.identity.clone();
-    let proxy = {
-        let _enter = data.enter();
-        Proxy::bind(ProxyInputs {
-            cfg: Arc::new(proxy_cfg),
-            local,
-            state: view,
-            certs: certs.clone(),
-            metrics: metrics.proxy.clone(),
-        })?
+    // Dedicated: bind now, in our own namespace. Shared: the workload manager binds per pod.
+    let (proxy, identity, manager) = match (local, host_netns) {
+        (Some(local), _) => {
+            let identity = local.identity.clone();
+            let proxy = {
+                let _enter = data.enter();
+                Proxy::bind(ProxyInputs {
+                    cfg: Arc::new(proxy_cfg),
+                    local,
+                    state: view,
+                    certs: certs.clone(),
+                    metrics: metrics.proxy.clone(),
+                })?
+            };
+            (Some(proxy), Some(identity), None)
+        }
+        (None, Some(host)) => {
+            let mut inpod = InpodConfig::new(
+                config.inpod_uds.clone(),
+                config.trust_domain.clone(),
+                proxy_cfg,
+            );
+            inpod.drain_deadline = config.connection_termination_deadline;
+            let manager = WorkloadManager::new(WorkloadManagerInputs {
+                cfg: inpod,
+                state: view,
+                certs: certs.clone(),
+                proxy_metrics: metrics.proxy.clone(),
+                metrics: metrics.workload_manager.clone(),
+                readiness: readiness.clone(),
+                data: data.handle().clone(),
+                host,
+            });
+            (None, None, Some(manager))
+        }
+        (None, None) => bail!("shared mode without the host network namespace"),
     };
     drop(proxy_ready);
 
-    // Control runtime: metrics server and the first certificate, then idle until shutdown.
+    // Control runtime: metrics server, the workload manager (shared) or the first certificate
+    // (dedicated), then idle until shutdown.
     let control_drain = drain.clone();
     let control_metrics = metrics.clone();
     let control_thread = std::thread::Builder::new()
@@ -155,14 +183,27 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
                     control_metrics,
                     control_drain.clone(),
                 ));
-                match certs.fetch(&identity).await {
-                    Ok(cert) => {
-                        info!(identity = %identity, serial = %cert.serial_hex(), "certificate ready");
-                        drop(certs_ready);
-                    }
-                    Err(e) => warn!(identity = %identity, error = %e, "certificate not available yet"),
+                let manager = manager.map(|m| tokio::spawn(m.run(control_drain.clone())));
+                match identity {
+                    Some(identity) => match certs.fetch(&identity).await {
+                        Ok(cert) => {
+                            info!(identity = %identity, serial = %cert.serial_hex(), "certificate ready");
+                            drop(certs_ready);
+                        }
+                        Err(e) => {
+                            warn!(identity = %identity, error = %e, "certificate not available yet");
+                        }
+                    },
+                    // Shared mode: certificates are per pod, fetched as pods arrive.
+                    None => drop(certs_ready),
+                }
+                if let Some(r) = reloader {
+                    tokio::spawn(r.run(xds::local::DEFAULT_POLL_INTERVAL, control_drain.clone()));
                 }
                 control_drain.draining().await;
+                if let Some(m) = manager {
+                    let _ = m.await;
+                }
                 let _ = server.await;
             })
         })
@@ -175,7 +216,7 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
             readiness.clone(),
             drain.clone(),
         ));
-        let proxy_task = tokio::spawn(proxy.run(drain));
+        let proxy_task = proxy.map(|p| tokio::spawn(p.run(drain)));
         info!("ambit is running");
         let signal = lifecycle::shutdown_signal().await;
         match signal {
@@ -183,11 +224,28 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
             Err(e) => warn!(error = %e, "cannot wait for signals; draining now"),
         }
         let outcome = drain_trigger.drain(deadline).await;
-        let _ = proxy_task.await;
+        if let Some(task) = proxy_task {
+            let _ = task.await;
+        }
         outcome
     });
     let _ = control_thread.join();
     drop(secrets);
     info!(?outcome, "ambit stopped");
     Ok(())
+}
+
+/// The workload a dedicated-mode proxy serves, from `PROXY_WORKLOAD_INFO`.
+fn dedicated_workload(config: &Config) -> anyhow::Result<LocalWorkload> {
+    let info = config
+        .proxy_workload_info
+        .as_ref()
+        .context("PROXY_MODE=dedicated needs PROXY_WORKLOAD_INFO")?;
+    let identity = Identity::new(&config.trust_domain, &info.namespace, &info.service_account)
+        .context("PROXY_WORKLOAD_INFO")?;
+    Ok(LocalWorkload {
+        namespace: info.namespace.clone(),
+        name: info.name.clone(),
+        identity,
+    })
 }

@@ -5,6 +5,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Counters the proxy records. Cloning shares the underlying counters.
@@ -16,12 +17,28 @@ pub struct ProxyMetrics {
     pub inbound_handshakes: Counter,
     /// TLS handshakes that failed on the inbound HBONE listener.
     pub inbound_handshake_failures: Counter,
+    /// Inbound connections refused by authorization when they arrived.
+    pub connections_denied: Counter,
+    /// Live inbound connections closed because a state change made authorization deny them.
+    pub connections_closed_by_policy: Counter,
+}
+
+/// The in-pod workload manager's view of its per-pod proxies (shared mode).
+#[derive(Clone, Default, Debug)]
+pub struct WorkloadManagerMetrics {
+    /// Pods with a running proxy.
+    pub active_proxies: Gauge,
+    /// Pods whose proxy failed to start and is being retried.
+    pub pending_proxies: Gauge,
+    pub proxies_started: Counter,
+    pub proxies_stopped: Counter,
 }
 
 /// Everything that is scraped.
 pub struct Metrics {
     registry: Registry,
     pub proxy: ProxyMetrics,
+    pub workload_manager: WorkloadManagerMetrics,
 }
 
 // === impl Metrics ===
@@ -46,7 +63,44 @@ impl Metrics {
             "TLS handshakes refused on the inbound HBONE listener",
             proxy.inbound_handshake_failures.clone(),
         );
-        Metrics { registry, proxy }
+        ambit.register(
+            "connections_denied",
+            "Inbound connections refused by an authorization policy",
+            proxy.connections_denied.clone(),
+        );
+        ambit.register(
+            "connections_closed_by_policy",
+            "Live inbound connections closed because a policy change denied them",
+            proxy.connections_closed_by_policy.clone(),
+        );
+        let workload_manager = WorkloadManagerMetrics::default();
+        // ztunnel's names (wire.md §4): `workload_manager_active_proxy_count` and friends.
+        let wm = registry.sub_registry_with_prefix("workload_manager");
+        wm.register(
+            "active_proxy_count",
+            "Pods with a running proxy",
+            workload_manager.active_proxies.clone(),
+        );
+        wm.register(
+            "pending_proxy_count",
+            "Pods whose proxy failed to start and is retried",
+            workload_manager.pending_proxies.clone(),
+        );
+        wm.register(
+            "proxies_started",
+            "Per-pod proxies started",
+            workload_manager.proxies_started.clone(),
+        );
+        wm.register(
+            "proxies_stopped",
+            "Per-pod proxies stopped",
+            workload_manager.proxies_stopped.clone(),
+        );
+        Metrics {
+            registry,
+            proxy,
+            workload_manager,
+        }
     }
 
     /// The Prometheus text exposition of every registered metric.
@@ -85,5 +139,26 @@ mod tests {
             text.contains("ambit_hbone_inbound_handshake_failures_total 0\n"),
             "{text}"
         );
+        m.proxy.connections_closed_by_policy.inc();
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains("ambit_connections_closed_by_policy_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ambit_connections_denied_total 0\n"),
+            "{text}"
+        );
+        m.workload_manager.active_proxies.set(2);
+        m.workload_manager.proxies_started.inc();
+        let text = m.encode().unwrap();
+        for line in [
+            "workload_manager_active_proxy_count 2\n",
+            "workload_manager_pending_proxy_count 0\n",
+            "workload_manager_proxies_started_total 1\n",
+            "workload_manager_proxies_stopped_total 0\n",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
     }
 }

@@ -34,6 +34,8 @@ pub struct ConnectionLog {
     pub dst: Option<SocketAddr>,
     pub hbone_addr: Option<SocketAddr>,
     pub dst_identity: Option<Identity>,
+    /// Istio's response flag, e.g. `DENY` when authorization refused or closed the connection.
+    pub response_flags: Option<&'static str>,
     pub stats: Arc<CopyStats>,
     done: bool,
 }
@@ -48,6 +50,7 @@ impl ConnectionLog {
             dst: None,
             hbone_addr: None,
             dst_identity: None,
+            response_flags: None,
             stats: Arc::new(CopyStats::default()),
             done: false,
         }
@@ -72,6 +75,7 @@ impl ConnectionLog {
         let dst_identity = self.dst_identity.as_ref().map(tracing::field::display);
         let dst = self.dst.map(tracing::field::display);
         let hbone = self.hbone_addr.map(tracing::field::display);
+        let flags = self.response_flags;
         match error {
             None => tracing::event!(
                 target: "access",
@@ -82,6 +86,7 @@ impl ConnectionLog {
                 dst.hbone_addr = hbone,
                 dst.identity = dst_identity,
                 direction = %direction,
+                response_flags = flags,
                 bytes_sent = sent,
                 bytes_recv = recv,
                 duration = %duration,
@@ -96,6 +101,7 @@ impl ConnectionLog {
                 dst.hbone_addr = hbone,
                 dst.identity = dst_identity,
                 direction = %direction,
+                response_flags = flags,
                 bytes_sent = sent,
                 bytes_recv = recv,
                 duration = %duration,

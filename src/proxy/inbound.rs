@@ -2,8 +2,11 @@
 //! streams, each delivered to the local app.
 //!
 //! Statuses: `400` when the target is not a local workload address (or not an address at all),
-//! `503` when the app cannot be reached or the target would loop into the proxy; `200` only
-//! once the app's connection is open, so a client learns of a failure before sending data.
+//! `401` when authorization denies the stream (decided before the app is dialled, so a denied
+//! client never reaches it), `503` when the app cannot be reached or the target would loop into
+//! the proxy; `200` only once the app's connection is open, so a client learns of a failure
+//! before sending data. Every stream is tracked while it lives and closed if a later state
+//! change denies it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,15 +17,17 @@ use tokio::net::TcpStream;
 use crate::core::{Authority, Identity};
 use crate::hbone::{self, InboundRequest};
 use crate::lifecycle::DrainWatcher;
+use crate::rbac::ConnFacts;
 use crate::tls;
 
 use super::accesslog::{ConnectionLog, Direction};
+use super::connections::ConnectionTracker;
 use super::copy::{copy_bidirectional, tcp_halves};
-use super::outbound::run_until_forced;
-use super::{ILLEGAL_PORTS, ProxyInputs, socket};
+use super::{ILLEGAL_PORTS, ProxyInputs, authz, run_authorized, socket};
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
+    tracker: ConnectionTracker,
     stream: TcpStream,
     peer: SocketAddr,
     drain: DrainWatcher,
@@ -55,7 +60,16 @@ pub(super) async fn handle(
     };
     let handler = {
         let pi = pi.clone();
-        move |req| serve_stream(pi.clone(), peer, peer_id.clone(), req, drain.clone())
+        move |req| {
+            serve_stream(
+                pi.clone(),
+                tracker.clone(),
+                peer,
+                peer_id.clone(),
+                req,
+                drain.clone(),
+            )
+        }
     };
     if let Err(e) = hbone::serve(tls, &pi.cfg.h2, shutdown, handler).await {
         tracing::debug!(src = %peer, error = %e, "HBONE connection ended with an error");
@@ -64,6 +78,7 @@ pub(super) async fn handle(
 
 async fn serve_stream(
     pi: Arc<ProxyInputs>,
+    tracker: ConnectionTracker,
     peer: SocketAddr,
     peer_id: Identity,
     req: InboundRequest,
@@ -84,22 +99,38 @@ async fn serve_stream(
         }
     };
     log.dst = Some(target);
-    let local = pi
-        .state
-        .workload_by_addr(&pi.cfg.network, target.ip())
-        .filter(|wl| pi.local.is(wl));
-    if local.is_none() {
-        req.reject(StatusCode::BAD_REQUEST);
-        return log.fail(&format_args!(
-            "CONNECT to {target}: not an address of the local workload {}/{}",
-            pi.local.namespace, pi.local.name
-        ));
-    }
     if ILLEGAL_PORTS.contains(&target.port()) {
         req.reject(StatusCode::SERVICE_UNAVAILABLE);
         return log.fail(&format_args!(
             "CONNECT to {target}: refusing a target that would loop into the proxy"
         ));
+    }
+    // Tracked before the first decision, so no state change can fall between the two.
+    let mut registration = tracker.register(peer, target, log.src_identity.as_ref());
+    let decision = {
+        let snapshot = pi.state.snapshot();
+        let Some(local) = snapshot
+            .workload_by_addr(&pi.cfg.network, target.ip())
+            .filter(|wl| pi.local.is(wl))
+        else {
+            req.reject(StatusCode::BAD_REQUEST);
+            return log.fail(&format_args!(
+                "CONNECT to {target}: not an address of the local workload {}/{}",
+                pi.local.namespace, pi.local.name
+            ));
+        };
+        let facts = ConnFacts {
+            src: peer,
+            dst: target,
+            identity: log.src_identity.as_ref(),
+        };
+        authz::decide(&snapshot, local, &facts)
+    };
+    if !decision.is_allow() {
+        pi.metrics.connections_denied.inc();
+        req.reject(StatusCode::UNAUTHORIZED);
+        log.response_flags = Some("DENY");
+        return log.fail(&decision);
     }
     // Keep the client's address as the source when the families match and we may.
     let src = (pi.cfg.orig_src && peer.is_ipv4() == target.is_ipv4()).then(|| peer.ip());
@@ -115,9 +146,5 @@ async fn serve_stream(
         Err(e) => return log.fail(&e),
     };
     let copy = copy_bidirectional(tunnel.split(), tcp_halves(upstream), log.stats.clone());
-    match run_until_forced(copy, &drain).await {
-        Some(Ok(())) => log.complete(),
-        Some(Err(e)) => log.fail(&e),
-        None => log.fail(&"closed at the drain deadline"),
-    }
+    run_authorized(&pi, copy, &drain, &mut registration, log).await;
 }

@@ -7,6 +7,8 @@
 //! control-plane code.
 
 mod accesslog;
+mod authz;
+mod connections;
 mod connector;
 pub mod copy;
 mod inbound;
@@ -27,7 +29,10 @@ use crate::metrics::ProxyMetrics;
 use crate::state::{StateView, Workload};
 use crate::tls::CertProvider;
 
+pub use connections::ConnectionTracker;
 pub use socket::{Keepalive, SocketOptions};
+
+use connections::run_authorized;
 
 /// Ports a captured connection must never target: they would loop back into the proxy.
 pub const ILLEGAL_PORTS: [u16; 4] = [15001, 15006, 15008, 15080];
@@ -90,6 +95,8 @@ pub enum ProxyError {
 pub struct Proxy {
     inputs: Arc<ProxyInputs>,
     pool: Pool,
+    /// Live inbound connections, re-authorized on every state change.
+    tracker: ConnectionTracker,
     outbound: TcpListener,
     inbound: TcpListener,
     plaintext: TcpListener,
@@ -122,6 +129,7 @@ impl Proxy {
         Ok(Proxy {
             inputs,
             pool,
+            tracker: ConnectionTracker::default(),
             outbound,
             inbound,
             plaintext,
@@ -140,6 +148,11 @@ impl Proxy {
     /// The outbound connection pool (tests read its counters).
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The live inbound connections (tests read their count).
+    pub fn tracker(&self) -> &ConnectionTracker {
+        &self.tracker
     }
 
     /// Serves until `drain` starts; connections then finish until the drain forces them closed.
@@ -162,21 +175,28 @@ impl Proxy {
             )
         };
         let inb = {
-            let pi = self.inputs.clone();
+            let (pi, t) = (self.inputs.clone(), self.tracker.clone());
             accept_loop("inbound", self.inbound, drain.clone(), move |s, peer, d| {
-                inbound::handle(pi.clone(), s, peer, d)
+                inbound::handle(pi.clone(), t.clone(), s, peer, d)
             })
         };
         let plain = {
-            let pi = self.inputs.clone();
+            let (pi, t) = (self.inputs.clone(), self.tracker.clone());
             accept_loop(
                 "inbound plaintext",
                 self.plaintext,
-                drain,
-                move |s, peer, d| passthrough::handle(pi.clone(), s, peer, d),
+                drain.clone(),
+                move |s, peer, d| passthrough::handle(pi.clone(), t.clone(), s, peer, d),
             )
         };
-        tokio::join!(out, inb, plain);
+        let policies = connections::watch_policies(
+            self.tracker.clone(),
+            self.inputs.state.clone(),
+            self.inputs.cfg.network.clone(),
+            self.inputs.local.clone(),
+            drain,
+        );
+        tokio::join!(out, inb, plain, policies);
     }
 }
 

@@ -1,5 +1,8 @@
 //! Inbound plaintext (15006): a connection to a local workload that did not come over HBONE,
-//! redirected by the capture rules. It is delivered to the app with no peer identity.
+//! redirected by the capture rules. It is authorized with no peer identity (so principal,
+//! namespace and service-account matches fail for it); a denied connection is closed before a
+//! byte reaches the app, since the app is only dialled once authorization allows. It is tracked
+//! while it lives and closed if a later state change denies it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,14 +10,16 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::lifecycle::DrainWatcher;
+use crate::rbac::ConnFacts;
 
 use super::accesslog::{ConnectionLog, Direction};
+use super::connections::ConnectionTracker;
 use super::copy::{copy_bidirectional, tcp_halves};
-use super::outbound::run_until_forced;
-use super::{ILLEGAL_PORTS, ProxyInputs, socket};
+use super::{ILLEGAL_PORTS, ProxyInputs, authz, run_authorized, socket};
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
+    tracker: ConnectionTracker,
     stream: TcpStream,
     peer: SocketAddr,
     drain: DrainWatcher,
@@ -30,15 +35,30 @@ pub(super) async fn handle(
             "refusing a connection to {target}: it would loop into the proxy"
         ));
     }
-    let is_local = pi
-        .state
-        .workload_by_addr(&pi.cfg.network, target.ip())
-        .is_some_and(|wl| pi.local.is(&wl));
-    if !is_local {
-        return log.fail(&format_args!(
-            "{target} is not an address of the local workload {}/{}",
-            pi.local.namespace, pi.local.name
-        ));
+    let mut registration = tracker.register(peer, target, None);
+    let decision = {
+        let snapshot = pi.state.snapshot();
+        let Some(local) = snapshot
+            .workload_by_addr(&pi.cfg.network, target.ip())
+            .filter(|wl| pi.local.is(wl))
+        else {
+            return log.fail(&format_args!(
+                "{target} is not an address of the local workload {}/{}",
+                pi.local.namespace, pi.local.name
+            ));
+        };
+        let facts = ConnFacts {
+            src: peer,
+            dst: target,
+            identity: None,
+        };
+        authz::decide(&snapshot, local, &facts)
+    };
+    if !decision.is_allow() {
+        // Dropping the accepted stream closes it; the app was never dialled.
+        pi.metrics.connections_denied.inc();
+        log.response_flags = Some("DENY");
+        return log.fail(&decision);
     }
     if let Err(e) = socket::tune(&stream, &pi.cfg.socket) {
         return log.fail(&format_args!("socket options: {e}"));
@@ -49,9 +69,5 @@ pub(super) async fn handle(
         Err(e) => return log.fail(&e),
     };
     let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), log.stats.clone());
-    match run_until_forced(copy, &drain).await {
-        Some(Ok(())) => log.complete(),
-        Some(Err(e)) => log.fail(&e),
-        None => log.fail(&"closed at the drain deadline"),
-    }
+    run_authorized(&pi, copy, &drain, &mut registration, log).await;
 }

@@ -109,6 +109,30 @@ impl Snapshot {
             .collect()
     }
 
+    /// The policies that apply to `workload` (global, its namespace's, the ones it names), as
+    /// a borrowing iterator for the data path's authorization: no allocation, and only the
+    /// applicable policies are visited. A policy may appear twice (e.g. global and also named);
+    /// evaluation is indifferent to that.
+    pub fn applicable_policies<'a>(
+        &'a self,
+        workload: &'a Workload,
+    ) -> impl Iterator<Item = &'a Authorization> + 'a {
+        let named = workload
+            .authorization_policies
+            .iter()
+            .filter_map(|k| self.policies.get(k));
+        self.global_policies
+            .iter()
+            .chain(
+                self.namespace_policies
+                    .get(workload.namespace())
+                    .into_iter()
+                    .flatten(),
+            )
+            .chain(named)
+            .map(|p| p.as_ref())
+    }
+
     /// See [`super::StateView::policies_for`].
     pub fn policies_for(&self, workload: &Workload) -> Vec<Arc<Authorization>> {
         let mut seen = BTreeSet::new();

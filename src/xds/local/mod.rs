@@ -1,5 +1,5 @@
 //! The local config source: ztunnel's local config YAML (`LOCAL_XDS_PATH` / `LOCAL_XDS`) with
-//! top-level `workloads`, `services` and `policies`.
+//! top-level `workloads`, `services` and `policies`, and its reloading at run time ([`Reloader`]).
 //!
 //! Owns parsing and validation of that file. Invariants: a [`LocalConfig`] only exists when
 //! every entry is valid and keys are unique (workload uid, service `namespace/hostname`,
@@ -8,6 +8,7 @@
 
 mod convert;
 mod raw;
+mod watch;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,6 +18,8 @@ use serde::Serialize;
 
 use crate::rbac::Authorization;
 use crate::state::{Resource, Service, Update, Workload};
+
+pub use watch::{DEFAULT_POLL_INTERVAL, Reload, Reloader};
 
 /// A validated local config.
 #[derive(Clone, Debug, Serialize)]

@@ -1,0 +1,21 @@
+//! In-pod mode (shared `PROXY_MODE`): the ZDS client that learns from the node agent which pods
+//! run on this node, and one proxy per pod whose sockets live inside that pod's network
+//! namespace.
+//!
+//! | file | owns |
+//! |---|---|
+//! | [`protocol`] | framing over the `SOCK_SEQPACKET` socket, descriptor passing |
+//! | [`netns`] | validated pod namespace handles; creating sockets inside one |
+//! | [`statemanager`] | the pure state machine: which pods should have a proxy |
+//! | [`workloadmanager`] | the I/O loop: connect, answer, start and drain pod proxies |
+//!
+//! Generated proto types stay inside this module; the rest of ambit sees [`WorkloadManager`].
+
+pub mod netns;
+pub mod protocol;
+pub mod statemanager;
+pub mod workloadmanager;
+
+pub use netns::{HostNetns, InpodSocketFactory, NetnsError, NetnsId, PodNetns};
+pub use statemanager::WorkloadInfo;
+pub use workloadmanager::{InpodConfig, WorkloadManager, WorkloadManagerInputs};

@@ -1,0 +1,50 @@
+//! Authorization of inbound connections against a state snapshot: the bridge between the
+//! proxy's view of a connection and the pure [`crate::rbac::check`].
+//!
+//! Invariants: only the policies that apply to the destination workload are evaluated (the
+//! snapshot's scope indexes), nothing is allocated for an allowed connection unless a dry-run
+//! policy applies, and a dry-run outcome is logged, never enforced.
+
+use crate::rbac::{self, ConnFacts, Decision};
+use crate::state::{Snapshot, Workload};
+
+use super::LocalWorkload;
+
+/// Decides a connection to `wl` with the policies that apply to it in `snapshot`.
+pub(super) fn decide(snapshot: &Snapshot, wl: &Workload, facts: &ConnFacts<'_>) -> Decision {
+    let verdict = rbac::check(facts, snapshot.applicable_policies(wl));
+    if let Some(dry) = &verdict.dry_run {
+        tracing::event!(
+            target: "rbac",
+            tracing::Level::INFO,
+            src.addr = %facts.src,
+            dst.addr = %facts.dst,
+            src.identity = facts.identity.map(tracing::field::display),
+            enforced = %verdict.decision,
+            dry_run = %dry,
+            "dry-run authorization decision (not enforced)"
+        );
+    }
+    verdict.decision
+}
+
+/// Decides a tracked connection again. When its destination is no longer the local workload's
+/// address (the workload was removed or renumbered) there is no policy to apply, so the
+/// connection is left alone: closing it is the lifecycle's job, not authorization's.
+pub(super) fn decide_tracked(
+    snapshot: &Snapshot,
+    network: &str,
+    local: &LocalWorkload,
+    facts: &ConnFacts<'_>,
+) -> Decision {
+    match snapshot
+        .workload_by_addr(network, facts.dst.ip())
+        .filter(|wl| local.is(wl))
+    {
+        Some(wl) => decide(snapshot, wl, facts),
+        None => Decision::Allow,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+//! The live inbound connections of one proxy, and their re-authorization when the state changes.
+//!
+//! Every inbound connection (HBONE stream or plaintext) registers before it is authorized and
+//! stays registered until its task ends ([`Registration`] unregisters on drop). On every state
+//! version, [`watch_policies`] checks each registered connection again against the new snapshot
+//! and tells the ones now denied to close, through a one-shot channel the connection task
+//! `select!`s on; the task then logs and counts the closure.
+//!
+//! Invariants: the registry lock is a plain mutex held only for map operations and pure policy
+//! evaluation, never across `.await`; a connection is told to close at most once; registering
+//! before the first check means a state change can never slip between a connection's first
+//! decision and its tracking.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use crate::core::Identity;
+use crate::lifecycle::DrainWatcher;
+use crate::rbac::{ConnFacts, Decision};
+use crate::state::StateView;
+
+use super::accesslog::ConnectionLog;
+use super::outbound::run_until_forced;
+use super::{ProxyInputs, authz};
+
+/// The registry of live inbound connections. Cloning shares it.
+#[derive(Clone, Default)]
+pub struct ConnectionTracker {
+    inner: Arc<Mutex<Registry>>,
+}
+
+#[derive(Default)]
+struct Registry {
+    next_id: u64,
+    conns: HashMap<u64, Tracked>,
+}
+
+/// What a connection was authorized on, kept to authorize it again.
+struct Tracked {
+    src: SocketAddr,
+    dst: SocketAddr,
+    identity: Option<Identity>,
+    /// Taken when the connection is told to close, so it is told once.
+    close: Option<oneshot::Sender<Decision>>,
+}
+
+/// A connection's membership in the registry; dropping it unregisters the connection.
+pub struct Registration {
+    id: u64,
+    tracker: ConnectionTracker,
+    revoked: oneshot::Receiver<Decision>,
+}
+
+// === impl ConnectionTracker ===
+
+impl ConnectionTracker {
+    /// Tracks a connection from `src` (with `identity`, if mTLS) to the resolved `dst`.
+    pub fn register(
+        &self,
+        src: SocketAddr,
+        dst: SocketAddr,
+        identity: Option<&Identity>,
+    ) -> Registration {
+        let (tx, rx) = oneshot::channel();
+        let mut reg = self.lock();
+        let id = reg.next_id;
+        reg.next_id += 1;
+        reg.conns.insert(
+            id,
+            Tracked {
+                src,
+                dst,
+                identity: identity.cloned(),
+                close: Some(tx),
+            },
+        );
+        Registration {
+            id,
+            tracker: self.clone(),
+            revoked: rx,
+        }
+    }
+
+    /// How many connections are tracked.
+    pub fn len(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decides every tracked connection again with `decide` and tells the denied ones to
+    /// close. Returns how many were told.
+    pub fn recheck(&self, mut decide: impl FnMut(&ConnFacts<'_>) -> Decision) -> usize {
+        let mut reg = self.lock();
+        let mut told = 0;
+        for t in reg.conns.values_mut() {
+            if t.close.is_none() {
+                continue;
+            }
+            let facts = ConnFacts {
+                src: t.src,
+                dst: t.dst,
+                identity: t.identity.as_ref(),
+            };
+            let decision = decide(&facts);
+            if decision.is_allow() {
+                continue;
+            }
+            if let Some(tx) = t.close.take() {
+                // The task may have just ended; then there is nothing left to close.
+                if tx.send(decision).is_ok() {
+                    told += 1;
+                }
+            }
+        }
+        told
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // The registry stays consistent even if a holder panicked: every operation on it is a
+        // single map insert/remove or a field take.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+// === impl Registration ===
+
+impl Registration {
+    /// Resolves with the new decision when the connection is no longer authorized; pending
+    /// forever otherwise.
+    pub async fn revoked(&mut self) -> Decision {
+        match (&mut self.revoked).await {
+            Ok(d) => d,
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.tracker.lock().conns.remove(&self.id);
+    }
+}
+
+/// Runs an authorized connection's copy until it ends, the drain deadline passes, or a state
+/// change revokes it; then writes its access-log line (and counts a revocation).
+pub(super) async fn run_authorized(
+    pi: &ProxyInputs,
+    copy: impl std::future::Future<Output = std::io::Result<()>>,
+    drain: &DrainWatcher,
+    registration: &mut Registration,
+    mut log: ConnectionLog,
+) {
+    tokio::select! {
+        done = run_until_forced(copy, drain) => match done {
+            Some(Ok(())) => log.complete(),
+            Some(Err(e)) => log.fail(&e),
+            None => log.fail(&"closed at the drain deadline"),
+        },
+        // Dropping the copy closes both sides (the HBONE stream is reset, the app's socket
+        // closed).
+        decision = registration.revoked() => {
+            pi.metrics.connections_closed_by_policy.inc();
+            log.response_flags = Some("DENY");
+            log.fail(&format_args!("{decision} (closed after a policy change)"));
+        }
+    }
+}
+
+/// Re-authorizes every tracked connection of the proxy serving `network` on each state version,
+/// until the drain starts (or the state's writer is gone: then nothing can change any more).
+///
+/// The change receiver is taken when this is called, not when the future first runs, so a
+/// version published in between is still seen. An extra wake-up only costs a recheck.
+pub fn watch_policies(
+    tracker: ConnectionTracker,
+    state: StateView,
+    network: String,
+    local: super::LocalWorkload,
+    drain: DrainWatcher,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut changes = state.changes();
+    async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = drain.draining() => return,
+                r = changes.changed() => if r.is_err() { return },
+            }
+            let snapshot = state.snapshot();
+            let told =
+                tracker.recheck(|facts| authz::decide_tracked(&snapshot, &network, &local, facts));
+            debug!(
+                version = snapshot.version(),
+                tracked = tracker.len(),
+                closing = told,
+                "inbound connections re-authorized"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
