@@ -2,9 +2,9 @@
 //! in the pods: the demo scenario; `curl`, `iperf3` and `nc` pod to pod across nodes and on one
 //! node, with bytes verified and the client's SPIFFE identity in the server-side proxy's log.
 //!
-//! Each test runs in dedicated mode (one ambit per captured pod) today; the `shared_*` twins run
-//! the same checks with one ambit per node over ZDS and are ignored until in-pod mode lands on
-//! main (then drop the `#[ignore]`s). `AMBIT_LAB_PROXY=<binary>` runs them all against another
+//! The `shared_*` tests run one ambit per node, told about its pods by the lab's node agent over
+//! ZDS (in-pod mode, the default); their dedicated-mode twins run one ambit inside each captured
+//! pod. `AMBIT_LAB_PROXY=<binary>` runs them all against another
 //! ztunnel-compatible node proxy instead of the workspace's `ambit`.
 
 use std::net::SocketAddr;
@@ -226,25 +226,21 @@ async fn nc_pod_to_pod() {
 }
 
 #[tokio::test]
-#[ignore = "needs ambit's in-pod mode (PROXY_MODE=shared)"]
 async fn shared_demo_scenario_passes() {
     demo_passes(ProxyMode::Shared).await;
 }
 
 #[tokio::test]
-#[ignore = "needs ambit's in-pod mode (PROXY_MODE=shared)"]
 async fn shared_curl_pod_to_pod() {
     curl_across_and_within(ProxyMode::Shared).await;
 }
 
 #[tokio::test]
-#[ignore = "needs ambit's in-pod mode (PROXY_MODE=shared)"]
 async fn shared_iperf3_pod_to_pod() {
     iperf3_across_and_within(ProxyMode::Shared).await;
 }
 
 #[tokio::test]
-#[ignore = "needs ambit's in-pod mode (PROXY_MODE=shared)"]
 async fn shared_nc_pod_to_pod() {
     nc_across_and_within(ProxyMode::Shared).await;
 }
@@ -252,7 +248,6 @@ async fn shared_nc_pod_to_pod() {
 /// Node proxy restarted, then node agent restarted: pods are announced again by snapshot and new
 /// connections work each time.
 #[tokio::test]
-#[ignore = "needs ambit's in-pod mode (PROXY_MODE=shared)"]
 async fn shared_proxy_and_agent_restarts() {
     use ambit_lab::traffic::bulk_send;
     let mut lab = lab(ProxyMode::Shared).await;

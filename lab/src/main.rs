@@ -33,9 +33,9 @@ struct ProxyArgs {
     /// The node proxy binary (any ztunnel-compatible one); default: `ambit` next to this binary.
     #[arg(long)]
     proxy: Option<PathBuf>,
-    /// How node proxies run: `shared` (one per node, ZDS) or `dedicated` (one per captured pod).
-    /// Dedicated is the default until ambit's in-pod mode lands.
-    #[arg(long, value_enum, default_value = "dedicated")]
+    /// How node proxies run: `shared` (one per node, pods announced over ZDS) or `dedicated`
+    /// (one inside each captured pod).
+    #[arg(long, value_enum, default_value = "shared")]
     mode: Mode,
 }
 
