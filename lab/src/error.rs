@@ -46,6 +46,22 @@ pub enum LabError {
         status: String,
         tail: String,
     },
+    #[error("node agent of {node}: {detail}")]
+    Agent { node: String, detail: String },
+    #[error(
+        "node proxy binary {path} not found: run `cargo build --release -p ambit` (`cargo build -p ambit` for a debug ambit-lab) or pass --proxy <binary>"
+    )]
+    ProxyMissing { path: String },
+    #[error("{0}")]
+    Topology(#[from] crate::topology::TopologyError),
+    #[error("no running lab has a pod named {pod:?}{hint}")]
+    NoSuchPod { pod: String, hint: String },
+    #[error("{count} running labs have a pod named {pod:?}: pick one with --run <id> ({runs})")]
+    AmbiguousPod {
+        pod: String,
+        count: usize,
+        runs: String,
+    },
     #[error("file {path}: {source}")]
     File { path: String, source: io::Error },
 }

@@ -10,23 +10,39 @@
 //! | [`nft`] | the outbound-capture and original-source return-path rule sets |
 //! | [`process`] | [`Process`]: a program in a namespace, logged to a file, killed on drop |
 //! | [`http`] | bounded HTTP probes from inside a namespace (readiness, metrics) |
+//! | [`topology`] | the topology YAML: nodes, pods, services, policies; validation, address allocation |
+//! | [`control`] | the seam that configures node proxies (today a local config file + built-in CA) |
+//! | [`zds`] | ZDS building blocks: SOCK_SEQPACKET socket, fd passing, messages |
+//! | [`agent`] | the node agent: in-pod nftables rules, ZDS server, add/delete pods |
+//! | [`lab`] | [`Lab`]: a topology built in namespaces, with agents and node proxies |
+//! | [`traffic`] | built-in HTTP, echo, sink (sha256) and request/response servers and clients |
+//! | [`demo`] | the demo scenario and its report |
 //!
 //! Everything the lab creates is named `ambit-lab-<pid>-<random>-...`, so parallel tests never
 //! collide and `ambit-lab cleanup` can find what a crashed run left behind.
 
 #![deny(unsafe_code)]
 
+pub mod agent;
+pub mod control;
+pub mod demo;
 mod error;
 pub mod http;
+pub mod lab;
 pub mod link;
 pub mod netns;
 pub mod nft;
 pub mod process;
 pub mod sys;
+pub mod topology;
+pub mod traffic;
+pub mod zds;
 
 pub use error::LabError;
 pub use http::{HttpResponse, http_get, wait_http_ok};
+pub use lab::{Lab, LabOptions, ProxyMode};
 pub use link::veth;
 pub use netns::Netns;
 pub use process::{Process, ProcessSpec};
 pub use sys::preflight;
+pub use topology::Topology;

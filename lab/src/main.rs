@@ -1,21 +1,82 @@
-//! `ambit-lab`: the lab's command line. `cleanup` removes the network namespaces that crashed or
-//! killed runs left behind (their owner process is gone), or all of the lab's namespaces with
-//! `--all`; `rules` prints the nftables rule sets so shell scripts (the demo) share them.
+//! `ambit-lab`: the lab's command line.
+//! - `demo`: builds `examples/demo.yaml`, runs the demo flows, prints the report; exit 0 only if
+//!   every flow did what the mesh should;
+//! - `up <topology>`: builds a topology and keeps it until Ctrl-C / SIGTERM;
+//! - `exec <pod> -- <command>`: runs a program inside a pod of a running lab;
+//! - `cleanup`: removes namespaces that crashed or killed runs left (their owner is gone);
+//! - `rules`: prints the nftables rule sets (for scripts).
+//!
+//! Every lab is removed on exit, on error and on SIGINT/SIGTERM (the `Lab` is dropped).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use ambit_lab::{netns, nft, sys};
+use ambit_lab::{Lab, LabError, LabOptions, ProxyMode, Topology, demo, lab, netns, nft, sys};
+
+/// The demo topology, built in so `ambit-lab demo` works from any directory.
+const DEMO_TOPOLOGY: &str = include_str!("../../examples/demo.yaml");
 
 #[derive(Parser)]
-#[command(name = "ambit-lab", about = "ambit's network-namespace lab")]
+#[command(
+    name = "ambit-lab",
+    about = "a whole ambient mesh on one machine, in network namespaces"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
 }
 
+#[derive(clap::Args, Clone)]
+struct ProxyArgs {
+    /// The node proxy binary (any ztunnel-compatible one); default: `ambit` next to this binary.
+    #[arg(long)]
+    proxy: Option<PathBuf>,
+    /// How node proxies run: `shared` (one per node, pods announced over ZDS) or `dedicated`
+    /// (one inside each captured pod).
+    #[arg(long, value_enum, default_value = "shared")]
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Shared,
+    Dedicated,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Remove lab namespaces whose creating process has exited (all of them with --all).
+    /// Run the demo: two nodes, captured and uncaptured pods, a service; print what happened.
+    Demo {
+        /// The topology; default: `examples/demo.yaml` as built into this binary.
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        #[command(flatten)]
+        proxy: ProxyArgs,
+        /// Keep the lab running after the report until Ctrl-C (for `ambit-lab exec`).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Build a topology and keep it running until Ctrl-C.
+    Up {
+        topology: PathBuf,
+        #[command(flatten)]
+        proxy: ProxyArgs,
+        /// Build only the network and the node agents, no node proxies.
+        #[arg(long)]
+        no_proxy: bool,
+    },
+    /// Run a command inside a pod of a running lab: `ambit-lab exec client -- curl ...`.
+    Exec {
+        /// The run id, when more than one running lab has the pod.
+        #[arg(long)]
+        run: Option<String>,
+        pod: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Remove lab namespaces and run directories whose creating process has exited (all with --all).
     Cleanup {
         /// Also remove namespaces of runs that are still alive.
         #[arg(long)]
@@ -34,35 +95,176 @@ enum Ruleset {
     Capture,
     /// Original-source return path (nft part; the policy routes are `ip rule`/`ip route`).
     ReturnPath,
+    /// The node agent's in-pod rules for a captured pod (capture both ways + return path).
+    Inpod,
 }
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let code = match cli.command {
-        Cmd::Cleanup { all } => match cleanup(all) {
-            Ok(n) => {
-                println!("ambit-lab: removed {n} namespace(s)");
-                0
-            }
-            Err(e) => {
-                eprintln!("ambit-lab: {e}");
-                1
-            }
-        },
+    match cli.command {
+        Cmd::Cleanup { all } => report(cleanup(all).map(|n| {
+            println!("ambit-lab: removed {n} namespace(s)");
+            ExitCode::SUCCESS
+        })),
         Cmd::Rules { which } => {
             match which {
                 Ruleset::Capture => print!("{}", nft::outbound_capture(15001, nft::PROXY_MARK)),
                 Ruleset::ReturnPath => {
                     print!("{}", nft::return_path(nft::PROXY_MARK, nft::RETURN_MARK))
                 }
+                Ruleset::Inpod => print!(
+                    "{}",
+                    nft::inpod_rules(nft::PROXY_MARK, nft::RETURN_MARK, false)
+                ),
             }
-            0
+            ExitCode::SUCCESS
         }
-    };
-    std::process::exit(code);
+        Cmd::Exec { run, pod, command } => report(exec(run.as_deref(), &pod, &command)),
+        Cmd::Demo {
+            topology,
+            proxy,
+            keep,
+        } => with_runtime(async move {
+            let topology = match topology {
+                Some(path) => Topology::from_file(&path)?,
+                None => Topology::from_yaml(DEMO_TOPOLOGY)?,
+            };
+            let lab = start(topology, Some(&proxy)).await?;
+            let flows = demo::demo_flows(&lab)?;
+            let report = demo::run(&lab, flows).await?;
+            println!("{report}");
+            println!("logs and config: {}", lab.run_dir().display());
+            if keep {
+                hold(&lab).await;
+            }
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }),
+        Cmd::Up {
+            topology,
+            proxy,
+            no_proxy,
+        } => with_runtime(async move {
+            let lab = start(
+                Topology::from_file(&topology)?,
+                (!no_proxy).then_some(&proxy),
+            )
+            .await?;
+            hold(&lab).await;
+            Ok(ExitCode::SUCCESS)
+        }),
+    }
 }
 
-fn cleanup(all: bool) -> Result<usize, ambit_lab::LabError> {
+/// Prints an error as one line and maps it to exit code 1.
+fn report(res: Result<ExitCode, LabError>) -> ExitCode {
+    res.unwrap_or_else(|e| {
+        eprintln!("ambit-lab: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs `work` on a runtime, racing it against SIGINT/SIGTERM: on a signal the work (and with it
+/// any `Lab`) is dropped, which removes everything.
+fn with_runtime(work: impl std::future::Future<Output = Result<ExitCode, LabError>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ambit-lab: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async {
+        tokio::select! {
+            res = work => res,
+            sig = signalled() => {
+                eprintln!("ambit-lab: {sig}: removing the lab");
+                Ok(ExitCode::from(130))
+            }
+        }
+    });
+    report(res)
+}
+
+async fn signalled() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "interrupted",
+            _ = term.recv() => "terminated",
+        },
+        // Without signal handlers, never fire: the default action still ends the process.
+        _ => std::future::pending().await,
+    }
+}
+
+async fn start(topology: Topology, proxy: Option<&ProxyArgs>) -> Result<Lab, LabError> {
+    sys::preflight()?;
+    let mut opts = LabOptions::default();
+    if let Some(p) = proxy {
+        opts.proxy = Some(p.proxy.clone().unwrap_or_else(default_proxy));
+        opts.mode = match p.mode {
+            Mode::Shared => ProxyMode::Shared,
+            Mode::Dedicated => ProxyMode::Dedicated,
+        };
+    }
+    let lab = Lab::start(topology, opts).await?;
+    let s = lab.state();
+    eprintln!(
+        "ambit-lab: lab {} up: {} node(s), {} pod(s); run dir {}",
+        s.run_id,
+        s.nodes.len(),
+        s.pods.len(),
+        lab.run_dir().display()
+    );
+    Ok(lab)
+}
+
+/// `ambit` next to this binary (both are built into the same target directory).
+fn default_proxy() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("ambit")))
+        .unwrap_or_else(|| PathBuf::from("target/release/ambit"))
+}
+
+/// Keeps the lab until a signal ends the process's work (see [`with_runtime`]).
+async fn hold(lab: &Lab) {
+    eprintln!(
+        "ambit-lab: running; try `ambit-lab exec --run {} <pod> -- <command>`; Ctrl-C removes it",
+        lab.run_id()
+    );
+    std::future::pending::<()>().await;
+}
+
+fn exec(run: Option<&str>, pod: &str, command: &[String]) -> Result<ExitCode, LabError> {
+    sys::preflight()?;
+    let state = lab::find_running(pod, run)?;
+    let ns = state.pods.get(pod).cloned().unwrap_or_default();
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .args(command)
+        .status()
+        .map_err(|source| LabError::Spawn {
+            command: command.join(" "),
+            source,
+        })?;
+    Ok(ExitCode::from(
+        status.code().unwrap_or(1).clamp(0, 255) as u8
+    ))
+}
+
+fn cleanup(all: bool) -> Result<usize, LabError> {
     sys::preflight()?;
     let list = sys::run("ip", &["netns", "list"], None)?;
     let mut removed = 0;
@@ -78,6 +280,20 @@ fn cleanup(all: bool) -> Result<usize, ambit_lab::LabError> {
         if all || !owner_alive {
             netns::remove(name);
             removed += 1;
+        }
+    }
+    // Run directories of dead runs (named `<pid>-...`): their logs are no longer anyone's.
+    if let Ok(dirs) = std::fs::read_dir(lab::RUNS_DIR) {
+        for d in dirs.flatten() {
+            let name = d.file_name().to_string_lossy().into_owned();
+            let alive = name
+                .split('-')
+                .next()
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if all || !alive {
+                let _ = std::fs::remove_dir_all(d.path());
+            }
         }
     }
     Ok(removed)

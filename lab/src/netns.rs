@@ -33,8 +33,17 @@ impl Netns {
     /// Creates `ambit-lab-<run id>-<tag>` and brings `lo` up. `tag` is a short human label
     /// ("client", "server") that shows up in `ip netns list`.
     pub fn new(tag: &str) -> Result<Self, LabError> {
+        Netns::with_name(format!(
+            "{}{}-{tag}",
+            sys::NAME_PREFIX,
+            sys::unique_suffix()
+        ))
+    }
+
+    /// Creates a namespace with a full name the caller made unique; it must start with
+    /// [`sys::NAME_PREFIX`] followed by the creator's pid (so `cleanup` can judge it).
+    pub fn with_name(name: String) -> Result<Self, LabError> {
         sys::preflight()?;
-        let name = format!("{}{}-{tag}", sys::NAME_PREFIX, sys::unique_suffix());
         sys::run("ip", &["netns", "add", &name], None).map_err(|e| match e {
             LabError::Command { stderr, .. } => LabError::NetnsUnsupported { detail: stderr },
             other => other,

@@ -68,15 +68,22 @@ pub fn install_outbound_capture(ns: &Netns, port: u16) -> Result<(), LabError> {
 /// path filtering off (the re-routed replies arrive on `lo` from a non-local source).
 pub fn install_return_path(ns: &Netns) -> Result<(), LabError> {
     ns.nft(&return_path(PROXY_MARK, RETURN_MARK))?;
+    install_return_routes(ns)
+}
+
+/// The policy routes and sysctls of the return path (the nft part is separate).
+fn install_return_routes(ns: &Netns) -> Result<(), LabError> {
     let mark = format!("{RETURN_MARK:#x}");
     let table = RETURN_TABLE.to_string();
+    // Idempotent: a pod captured again (deleted and re-added) gets the same routes, not an error.
     for family in ["-4", "-6"] {
+        let _ = ns.ip(&[family, "rule", "del", "fwmark", &mark, "lookup", &table]);
         ns.ip(&[family, "rule", "add", "fwmark", &mark, "lookup", &table])?;
     }
     ns.ip(&[
         "-4",
         "route",
-        "add",
+        "replace",
         "local",
         "0.0.0.0/0",
         "dev",
@@ -85,7 +92,7 @@ pub fn install_return_path(ns: &Netns) -> Result<(), LabError> {
         &table,
     ])?;
     ns.ip(&[
-        "-6", "route", "add", "local", "::/0", "dev", "lo", "table", &table,
+        "-6", "route", "replace", "local", "::/0", "dev", "lo", "table", &table,
     ])?;
     for key in [
         "net.ipv4.conf.all.rp_filter",
@@ -95,4 +102,70 @@ pub fn install_return_path(ns: &Netns) -> Result<(), LabError> {
         ns.sysctl(key, "0")?;
     }
     Ok(())
+}
+
+/// The node agent's in-pod rule set for a captured pod (what istio-cni writes in shared mode):
+/// - outbound: TCP not from the proxy (socket mark `proxy_mark` under mask 0xfff) and not to
+///   loopback goes to 15001; with `dns`, port 53 (UDP and TCP) goes to 15053 first;
+/// - inbound: TCP arriving from outside, except to the HBONE port 15008, goes to 15006;
+/// - the original-source return path of [`return_path`] (connmark on the proxy's connections,
+///   the app's replies re-routed locally).
+pub fn inpod_rules(proxy_mark: u32, return_mark: u32, dns: bool) -> String {
+    let dns_rules = if dns {
+        "    udp dport 53 redirect to :15053\n    tcp dport 53 redirect to :15053\n"
+    } else {
+        ""
+    };
+    format!(
+        "table inet ambit_inpod
+delete table inet ambit_inpod
+table inet ambit_inpod {{
+  chain output_nat {{
+    type nat hook output priority -100; policy accept;
+    meta mark & 0xfff == {proxy_mark:#x} return
+{dns_rules}    oifname \"lo\" return
+    ip daddr 127.0.0.0/8 return
+    ip6 daddr ::1 return
+    meta l4proto tcp redirect to :15001
+  }}
+  chain prerouting_nat {{
+    type nat hook prerouting priority -100; policy accept;
+    iifname \"lo\" return
+    meta mark & 0xfff == {proxy_mark:#x} return
+    tcp dport 15008 return
+    meta l4proto tcp redirect to :15006
+  }}
+  chain output_route {{
+    type route hook output priority -150; policy accept;
+    meta mark & 0xfff == {proxy_mark:#x} ct mark set {return_mark:#x} return
+    ct mark {return_mark:#x} meta mark set {return_mark:#x}
+  }}
+}}
+"
+    )
+}
+
+/// Installs [`inpod_rules`] in a captured pod, with the return path's policy routes.
+pub fn install_inpod(ns: &Netns, dns: bool) -> Result<(), LabError> {
+    ns.nft(&inpod_rules(PROXY_MARK, RETURN_MARK, dns))?;
+    install_return_routes(ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inpod_rules_capture_both_ways_and_dns_only_when_asked() {
+        let plain = inpod_rules(PROXY_MARK, RETURN_MARK, false);
+        assert!(plain.contains("meta l4proto tcp redirect to :15001"));
+        assert!(plain.contains("tcp dport 15008 return\n    meta l4proto tcp redirect to :15006"));
+        assert!(plain.contains("meta mark & 0xfff == 0x539 return"));
+        assert!(plain.contains("ct mark set 0x111"));
+        assert!(!plain.contains("15053"));
+        let dns = inpod_rules(PROXY_MARK, RETURN_MARK, true);
+        assert!(dns.contains("udp dport 53 redirect to :15053"));
+        // DNS is redirected before the loopback exemptions (resolvers often live on 127.0.0.x).
+        assert!(dns.find("15053").unwrap() < dns.find("oifname").unwrap());
+    }
 }

@@ -1,0 +1,165 @@
+//! The seam where node proxies get their workloads, services, policies and certificates.
+//!
+//! Today: [`LocalFiles`] writes one local config file (ztunnel's `LOCAL_XDS_PATH` format, wire.md
+//! §3) from the topology and points every node proxy at it, with the built-in CA sharing one root
+//! directory (`FAKE_CA=true`, `AMBIT_CA_DIR`). The control-plane issue replaces it with an
+//! implementation of [`ControlPlane`] that serves xDS and the CA and hands out `XDS_ADDRESS` /
+//! `CA_ADDRESS`; nothing else in the lab changes.
+
+use std::path::{Path, PathBuf};
+
+use std::collections::BTreeMap;
+
+use serde_yaml::{Mapping, Value};
+
+use crate::LabError;
+use crate::topology::Topology;
+
+/// Where node proxies get their configuration from.
+pub trait ControlPlane: Send + Sync + std::fmt::Debug {
+    /// The environment that points the node proxy of `node` at this control plane.
+    fn proxy_env(&self, node: &str) -> Vec<(String, String)>;
+}
+
+/// A local config file plus the built-in CA's shared root directory.
+#[derive(Debug, Clone)]
+pub struct LocalFiles {
+    pub config: PathBuf,
+    pub ca_dir: PathBuf,
+}
+
+// === impl LocalFiles ===
+
+impl LocalFiles {
+    /// Writes `<dir>/local-config.yaml` from `topology`; the CA root lives in `<dir>/ca`.
+    pub fn write(topology: &Topology, dir: &Path) -> Result<LocalFiles, LabError> {
+        let config = dir.join("local-config.yaml");
+        let text = local_config(topology);
+        std::fs::write(&config, text).map_err(|source| LabError::File {
+            path: config.display().to_string(),
+            source,
+        })?;
+        Ok(LocalFiles {
+            config,
+            ca_dir: dir.join("ca"),
+        })
+    }
+}
+
+impl ControlPlane for LocalFiles {
+    fn proxy_env(&self, _node: &str) -> Vec<(String, String)> {
+        [
+            ("FAKE_CA", "true".to_string()),
+            ("CA_ADDRESS", String::new()),
+            ("XDS_ADDRESS", String::new()),
+            ("LOCAL_XDS_PATH", self.config.display().to_string()),
+            ("AMBIT_CA_DIR", self.ca_dir.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// The local config (YAML) for `topology`: every pod as a workload (HBONE when captured, TCP when
+/// not), with the services it backs; every service with its VIPs and ports; the policies as given.
+pub fn local_config(topology: &Topology) -> String {
+    let workloads: Vec<Value> = topology
+        .pods
+        .iter()
+        .map(|p| {
+            let mut services = Mapping::new();
+            for s in topology
+                .services
+                .iter()
+                .filter(|s| s.namespace == p.namespace && s.endpoints.contains(&p.name))
+            {
+                services.insert(
+                    format!("{}/{}", s.namespace, s.hostname).into(),
+                    ports(&s.ports),
+                );
+            }
+            map([
+                ("uid", p.uid().into()),
+                ("name", p.name.clone().into()),
+                ("namespace", p.namespace.clone().into()),
+                ("serviceAccount", p.service_account.clone().into()),
+                (
+                    "workloadIps",
+                    Value::Sequence(vec![p.ip.to_string().into()]),
+                ),
+                ("protocol", if p.captured { "HBONE" } else { "TCP" }.into()),
+                ("node", p.node.clone().into()),
+                ("services", Value::Mapping(services)),
+            ])
+        })
+        .collect();
+    let services: Vec<Value> = topology
+        .services
+        .iter()
+        .map(|s| {
+            map([
+                ("name", s.name.clone().into()),
+                ("namespace", s.namespace.clone().into()),
+                ("hostname", s.hostname.clone().into()),
+                (
+                    "vips",
+                    Value::Sequence(s.vips.iter().map(|v| format!("/{v}").into()).collect()),
+                ),
+                ("ports", ports(&s.ports)),
+            ])
+        })
+        .collect();
+    let doc = map([
+        ("workloads", Value::Sequence(workloads)),
+        ("services", Value::Sequence(services)),
+        ("policies", Value::Sequence(topology.policies.clone())),
+    ]);
+    // Serialising a plain mapping of strings, numbers and lists does not fail.
+    serde_yaml::to_string(&doc).unwrap_or_default()
+}
+
+/// Port maps keep numeric keys (`80: 8080`), as the local config format has them.
+fn ports(ports: &BTreeMap<u16, u16>) -> Value {
+    Value::Mapping(
+        ports
+            .iter()
+            .map(|(p, t)| (Value::from(*p), Value::from(*t)))
+            .collect(),
+    )
+}
+
+fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    Value::Mapping(entries.into_iter().map(|(k, v)| (k.into(), v)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workloads_services_and_policies() {
+        let t = Topology::from_yaml(
+            "nodes: [{name: n1}]
+pods:
+  - {name: a, node: n1, serviceAccount: sa, labels: {app: x}}
+  - {name: b, node: n1, captured: false}
+services: [{name: s, ports: {80: 8080}, selector: {app: x}, vips: [10.96.0.1]}]
+policies: [{name: p, namespace: default, scope: Namespace, action: Allow}]
+",
+        )
+        .unwrap();
+        let v: serde_yaml::Value = serde_yaml::from_str(&local_config(&t)).unwrap();
+        let a = &v["workloads"][0];
+        assert_eq!(a["uid"], "Kubernetes//Pod/default/a");
+        assert_eq!(a["protocol"], "HBONE");
+        assert_eq!(a["workloadIps"][0], "10.244.1.2");
+        assert_eq!(
+            a["services"]["default/s.default.svc.cluster.local"][80],
+            8080
+        );
+        assert_eq!(v["workloads"][1]["protocol"], "TCP");
+        assert_eq!(v["services"][0]["vips"][0], "/10.96.0.1");
+        assert_eq!(v["policies"][0]["name"], "p");
+    }
+}

@@ -1,0 +1,520 @@
+//! [`Lab`]: a topology built as network namespaces, with a node agent per node and (optionally)
+//! the node proxies running. Layout, for run id `R` (`<pid>-<rand>-<n>`):
+//! - `ambit-lab-R-u`: the underlay, with bridge `br0`; node `i` joins it through veth `n<i>`;
+//! - `ambit-lab-R-n-<node>`: a node; `eth0` on the underlay, forwarding on, a route to every
+//!   other node's pod CIDR via that node's underlay address, and per pod a veth `p<k>` carrying
+//!   the pods' gateway address (/32) and a /32 route to the pod;
+//! - `ambit-lab-R-p-<pod>`: a pod; `eth0` with its /32 address, default route via the gateway.
+//!
+//! Invariants: everything is removed when the `Lab` is dropped (also on error part-way through a
+//! build, and on panic), in reverse order of creation (proxies, agents, pods, nodes, underlay);
+//! nothing is created outside these namespaces except the run directory (logs, config, sockets,
+//! the state file that lets `ambit-lab exec` find the lab; the state file goes on drop, the logs
+//! stay).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::{NodeAgent, PodAnnounce};
+use crate::control::{ControlPlane, LocalFiles};
+use crate::topology::{Pod, Topology, UNDERLAY_PREFIX};
+use crate::{LabError, Netns, Process, ProcessSpec, link, sys, wait_http_ok};
+
+/// Where run directories go unless the options say otherwise.
+pub const RUNS_DIR: &str = "/tmp/ambit-lab";
+
+/// How the node proxies run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// One node proxy per node, in the node's namespace, told about pods over ZDS (`PROXY_MODE=shared`).
+    Shared,
+    /// One proxy per captured pod, inside the pod (`PROXY_MODE=dedicated`); no ZDS client.
+    Dedicated,
+}
+
+/// How to run a lab.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// The node proxy binary; `None` builds only the network and the agents.
+    pub proxy: Option<PathBuf>,
+    pub mode: ProxyMode,
+    /// The run directory; default `/tmp/ambit-lab/<run id>`.
+    pub run_dir: Option<PathBuf>,
+    /// `RUST_LOG` of the node proxies (access log lines are at `info`).
+    pub rust_log: String,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            proxy: None,
+            mode: ProxyMode::Shared,
+            run_dir: None,
+            rust_log: "info".into(),
+        }
+    }
+}
+
+/// What `ambit-lab exec` reads to find a running lab's namespaces.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    pub run_id: String,
+    pub pid: u32,
+    pub underlay: String,
+    pub nodes: BTreeMap<String, String>,
+    pub pods: BTreeMap<String, String>,
+}
+
+/// A running lab. Field order is drop order.
+#[derive(Debug)]
+pub struct Lab {
+    /// Node proxies: by node name (shared) or pod name (dedicated).
+    proxies: BTreeMap<String, Process>,
+    agents: BTreeMap<String, NodeAgent>,
+    pods: BTreeMap<String, Netns>,
+    nodes: BTreeMap<String, Netns>,
+    underlay: Netns,
+    topology: Topology,
+    run_id: String,
+    run_dir: PathBuf,
+    control: Box<dyn ControlPlane>,
+    opts: LabOptions,
+    /// Proxy restarts so far (names the new logs).
+    restarts: u32,
+}
+
+// === impl Lab ===
+
+impl Lab {
+    /// Builds `topology`, starts the agents and, when configured, the node proxies (waiting for
+    /// their readiness). Needs a tokio runtime.
+    pub async fn start(topology: Topology, opts: LabOptions) -> Result<Lab, LabError> {
+        sys::preflight()?;
+        if let Some(p) = &opts.proxy
+            && !p.is_file()
+        {
+            return Err(LabError::ProxyMissing {
+                path: p.display().to_string(),
+            });
+        }
+        let run_id = sys::unique_suffix();
+        let run_dir = opts
+            .run_dir
+            .clone()
+            .unwrap_or_else(|| Path::new(RUNS_DIR).join(&run_id));
+        std::fs::create_dir_all(&run_dir).map_err(|source| LabError::File {
+            path: run_dir.display().to_string(),
+            source,
+        })?;
+        let control = Box::new(LocalFiles::write(&topology, &run_dir)?);
+        let underlay = Netns::with_name(format!("{}{run_id}-u", sys::NAME_PREFIX))?;
+        let mut lab = Lab {
+            proxies: BTreeMap::new(),
+            agents: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            underlay,
+            topology,
+            run_id,
+            run_dir,
+            control,
+            opts,
+            restarts: 0,
+        };
+        lab.build_network()?;
+        lab.start_agents()?;
+        lab.write_state()?;
+        if lab.opts.proxy.is_some() {
+            lab.start_proxies().await?;
+        }
+        Ok(lab)
+    }
+
+    fn ns_name(&self, kind: &str, name: &str) -> String {
+        format!("{}{}-{kind}-{name}", sys::NAME_PREFIX, self.run_id)
+    }
+
+    fn build_network(&mut self) -> Result<(), LabError> {
+        let u = &self.underlay;
+        u.ip(&["link", "add", "br0", "type", "bridge"])?;
+        u.link_up("br0")?;
+        // Bridge netfilter would hand bridged frames to the nodes' tables; keep the underlay a plain
+        // switch (the keys exist only where br_netfilter is built in).
+        let _ = u.sysctl("net.bridge.bridge-nf-call-iptables", "0");
+        let _ = u.sysctl("net.bridge.bridge-nf-call-ip6tables", "0");
+        for (i, node) in self.topology.nodes.clone().iter().enumerate() {
+            let ns = Netns::with_name(self.ns_name("n", &node.name))?;
+            let port = format!("n{i}");
+            link::veth(&self.underlay, &port, &ns, "eth0")?;
+            self.underlay.ip(&["link", "set", &port, "master", "br0"])?;
+            ns.add_addr("eth0", &format!("{}/{UNDERLAY_PREFIX}", node.underlay_ip))?;
+            ns.sysctl("net.ipv4.ip_forward", "1")?;
+            self.nodes.insert(node.name.clone(), ns);
+        }
+        for node in &self.topology.nodes {
+            let ns = &self.nodes[&node.name];
+            for other in self.topology.nodes.iter().filter(|o| o.name != node.name) {
+                let cidr = other.pod_cidr.to_string();
+                let via = other.underlay_ip.to_string();
+                ns.route(&[&cidr, "via", &via])?;
+            }
+        }
+        for pod in self.topology.pods.clone() {
+            self.plug_pod(&pod)?;
+        }
+        Ok(())
+    }
+
+    /// Creates a pod's namespace and wires it to its node.
+    fn plug_pod(&mut self, pod: &Pod) -> Result<(), LabError> {
+        let Some(node) = self.topology.node(&pod.node).cloned() else {
+            return Err(LabError::NoSuchPod {
+                pod: pod.name.clone(),
+                hint: format!(": its node {:?} does not exist", pod.node),
+            });
+        };
+        let ns = Netns::with_name(self.ns_name("p", &pod.name))?;
+        let node_ns = &self.nodes[&node.name];
+        // The pod's index on its node: a stable, short interface name.
+        let k = self.pods.len();
+        let port = format!("p{k}");
+        link::veth(node_ns, &port, &ns, "eth0")?;
+        let gw = node.pod_cidr.gateway().to_string();
+        let ip = pod.ip.to_string();
+        node_ns.add_addr(&port, &format!("{gw}/32"))?;
+        node_ns.route(&[&format!("{ip}/32"), "dev", &port])?;
+        ns.add_addr("eth0", &format!("{ip}/32"))?;
+        ns.route(&[&gw, "dev", "eth0", "scope", "link"])?;
+        ns.route(&["default", "via", &gw, "dev", "eth0"])?;
+        self.pods.insert(pod.name.clone(), ns);
+        Ok(())
+    }
+
+    fn announce(&self, pod: &Pod) -> PodAnnounce {
+        PodAnnounce {
+            uid: pod.uid(),
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            service_account: pod.service_account.clone(),
+            netns: self.pods[&pod.name].name().to_string(),
+        }
+    }
+
+    fn start_agents(&mut self) -> Result<(), LabError> {
+        for node in self.topology.nodes.clone() {
+            let dir = self.run_dir.join(&node.name);
+            std::fs::create_dir_all(&dir).map_err(|source| LabError::File {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            let pods: Vec<(&Netns, PodAnnounce)> = self
+                .topology
+                .pods_on(&node.name)
+                .filter(|p| p.captured)
+                .map(|p| (&self.pods[&p.name], self.announce(p)))
+                .collect();
+            let agent = NodeAgent::start(
+                &node.name,
+                &dir.join("ztunnel.sock"),
+                pods,
+                self.topology.dns_capture,
+            )?;
+            self.agents.insert(node.name.clone(), agent);
+        }
+        Ok(())
+    }
+
+    async fn start_proxies(&mut self) -> Result<(), LabError> {
+        let keys: Vec<String> = match self.opts.mode {
+            ProxyMode::Shared => self.topology.nodes.iter().map(|n| n.name.clone()).collect(),
+            ProxyMode::Dedicated => self
+                .topology
+                .pods
+                .iter()
+                .filter(|p| p.captured)
+                .map(|p| p.name.clone())
+                .collect(),
+        };
+        // Start them all, then wait: they come up in parallel.
+        for key in &keys {
+            self.spawn_proxy(key, "")?;
+        }
+        for key in &keys {
+            self.wait_proxy_ready(key).await?;
+        }
+        Ok(())
+    }
+
+    /// The namespace a proxy runs in and its spec (name suffixed, so a restart keeps the old log).
+    fn proxy_spec(&self, key: &str, suffix: &str) -> Option<(String, ProcessSpec)> {
+        let binary = self.opts.proxy.as_ref()?;
+        let name = format!("proxy-{key}{suffix}");
+        let (ns, node, spec) = match self.opts.mode {
+            ProxyMode::Shared => {
+                let spec = ProcessSpec::new(name, binary)
+                    .env("PROXY_MODE", "shared")
+                    .env(
+                        "INPOD_UDS",
+                        self.agents.get(key)?.socket().display().to_string(),
+                    );
+                (self.nodes.get(key)?, key.to_string(), spec)
+            }
+            ProxyMode::Dedicated => {
+                let pod = self.topology.pod(key)?;
+                let info = format!("{}/{}/{}", pod.namespace, pod.name, pod.service_account);
+                let spec = ProcessSpec::new(name, binary)
+                    .env("PROXY_MODE", "dedicated")
+                    .env("PROXY_WORKLOAD_INFO", info)
+                    .env("PACKET_MARK", "1337");
+                (self.pods.get(key)?, pod.node.clone(), spec)
+            }
+        };
+        let mut spec = spec;
+        for (k, v) in self.control.proxy_env(&node) {
+            spec = spec.env(k, v);
+        }
+        let spec = spec
+            .env("NODE_NAME", node)
+            .env("RUST_LOG", self.opts.rust_log.clone());
+        Some((ns.name().to_string(), spec))
+    }
+
+    fn spawn_proxy(&mut self, key: &str, suffix: &str) -> Result<(), LabError> {
+        let Some((ns_name, spec)) = self.proxy_spec(key, suffix) else {
+            return Err(LabError::NoSuchPod {
+                pod: key.to_string(),
+                hint: " (no node proxy runs for it)".into(),
+            });
+        };
+        let p = Process::spawn(self.netns_by_name(&ns_name), &spec, &self.run_dir)?;
+        self.proxies.insert(key.to_string(), p);
+        Ok(())
+    }
+
+    async fn wait_proxy_ready(&mut self, key: &str) -> Result<(), LabError> {
+        let ready = SocketAddr::from(([127, 0, 0, 1], 15021));
+        let ns = match self.opts.mode {
+            ProxyMode::Shared => self.nodes.get(key),
+            ProxyMode::Dedicated => self.pods.get(key),
+        };
+        let (Some(ns), Some(proc)) = (ns, self.proxies.get_mut(key)) else {
+            return Ok(());
+        };
+        let per_try = Duration::from_secs(1);
+        wait_http_ok(ns, ready, "/healthz/ready", 150, per_try, Some(proc)).await
+    }
+
+    /// The node proxy run under `key` (a node in shared mode, a pod in dedicated mode).
+    pub fn proxy(&self, key: &str) -> Option<&Process> {
+        self.proxies.get(key)
+    }
+
+    /// Kills the node proxy under `key` (for failure tests); true if one was running.
+    pub fn kill_proxy(&mut self, key: &str) -> bool {
+        self.proxies.remove(key).is_some()
+    }
+
+    /// Kills (if running) and starts again the node proxy under `key`, waiting for readiness. Its
+    /// new log is `proxy-<key>.<n>.log`; the old one is kept.
+    pub async fn restart_proxy(&mut self, key: &str) -> Result<(), LabError> {
+        self.proxies.remove(key);
+        self.restarts += 1;
+        let suffix = format!(".{}", self.restarts);
+        self.spawn_proxy(key, &suffix)?;
+        self.wait_proxy_ready(key).await
+    }
+
+    /// Replaces a node's agent with a fresh one (same socket path, same pods): a connected node
+    /// proxy loses its ZDS connection, reconnects and gets a new snapshot.
+    pub async fn restart_agent(&mut self, node: &str) -> Result<(), LabError> {
+        let Some(old) = self.agents.remove(node) else {
+            return Err(LabError::Agent {
+                node: node.to_string(),
+                detail: "no such node".into(),
+            });
+        };
+        let socket = old.socket().to_path_buf();
+        old.stop().await;
+        let pods: Vec<(&Netns, PodAnnounce)> = self
+            .topology
+            .pods_on(node)
+            .filter(|p| p.captured)
+            .map(|p| (&self.pods[&p.name], self.announce(p)))
+            .collect();
+        let agent = NodeAgent::start(node, &socket, pods, self.topology.dns_capture)?;
+        self.agents.insert(node.to_string(), agent);
+        Ok(())
+    }
+
+    fn netns_by_name(&self, name: &str) -> Option<&Netns> {
+        self.nodes
+            .values()
+            .chain(self.pods.values())
+            .find(|n| n.name() == name)
+    }
+
+    fn write_state(&self) -> Result<(), LabError> {
+        let state = self.state();
+        let path = self.run_dir.join("state.json");
+        let text = serde_json::to_string_pretty(&state).unwrap_or_default();
+        std::fs::write(&path, text).map_err(|source| LabError::File {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// The names a second `ambit-lab` process needs.
+    pub fn state(&self) -> LabState {
+        LabState {
+            run_id: self.run_id.clone(),
+            pid: std::process::id(),
+            underlay: self.underlay.name().to_string(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.name().to_string()))
+                .collect(),
+            pods: self
+                .pods
+                .iter()
+                .map(|(k, v)| (k.clone(), v.name().to_string()))
+                .collect(),
+        }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    pub fn underlay(&self) -> &Netns {
+        &self.underlay
+    }
+
+    /// A pod's namespace by pod name.
+    pub fn pod_ns(&self, pod: &str) -> Result<&Netns, LabError> {
+        self.pods.get(pod).ok_or_else(|| LabError::NoSuchPod {
+            pod: pod.to_string(),
+            hint: format!(" in lab {}", self.run_id),
+        })
+    }
+
+    /// A node's namespace by node name.
+    pub fn node_ns(&self, node: &str) -> Option<&Netns> {
+        self.nodes.get(node)
+    }
+
+    /// The node agent of a node.
+    pub fn agent(&self, node: &str) -> Option<&NodeAgent> {
+        self.agents.get(node)
+    }
+
+    /// The proxy that serves `pod` (its node's in shared mode, its own in dedicated mode), if any.
+    pub fn proxy_for(&self, pod: &str) -> Option<&Process> {
+        let p = self.topology.pod(pod)?;
+        match self.opts.mode {
+            ProxyMode::Shared => self.proxies.get(&p.node),
+            ProxyMode::Dedicated => self.proxies.get(&p.name),
+        }
+    }
+
+    /// Adds a pod while the lab runs: namespace, links and routes, then (when captured) the node
+    /// agent's rules and its ZDS announcement. The local config file is rewritten too, but node
+    /// proxies read it only at start: until the control plane serves xDS, running proxies learn of
+    /// the new workload only when restarted ([`Lab::restart_proxy`]).
+    pub async fn add_pod(&mut self, pod: Pod) -> Result<(), LabError> {
+        if self.pods.contains_key(&pod.name) {
+            return Err(LabError::Agent {
+                node: pod.node.clone(),
+                detail: format!("pod {:?} exists already", pod.name),
+            });
+        }
+        self.plug_pod(&pod)?;
+        self.topology.pods.push(pod.clone());
+        self.control = Box::new(LocalFiles::write(&self.topology, &self.run_dir)?);
+        self.write_state()?;
+        if pod.captured
+            && let Some(agent) = self.agents.get(&pod.node)
+        {
+            agent
+                .add_pod(&self.pods[&pod.name], self.announce(&pod))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a pod: the node agent announces it gone first, then its namespace is removed.
+    pub async fn del_pod(&mut self, name: &str) -> Result<(), LabError> {
+        let pod = self
+            .topology
+            .pod(name)
+            .cloned()
+            .ok_or_else(|| LabError::NoSuchPod {
+                pod: name.to_string(),
+                hint: String::new(),
+            })?;
+        if pod.captured
+            && let Some(agent) = self.agents.get(&pod.node)
+        {
+            agent.del_pod(&pod.uid()).await?;
+        }
+        self.proxies.remove(&pod.name);
+        self.pods.remove(&pod.name);
+        self.topology.pods.retain(|p| p.name != pod.name);
+        self.write_state()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.run_dir.join("state.json"));
+    }
+}
+
+/// Finds the running lab that has `pod` (or the one with run id `run`), by the state files in
+/// [`RUNS_DIR`] whose writer is still alive.
+pub fn find_running(pod: &str, run: Option<&str>) -> Result<LabState, LabError> {
+    let mut found = Vec::new();
+    if let Ok(dirs) = std::fs::read_dir(RUNS_DIR) {
+        for d in dirs.flatten() {
+            let Ok(text) = std::fs::read_to_string(d.path().join("state.json")) else {
+                continue;
+            };
+            let Ok(state) = serde_json::from_str::<LabState>(&text) else {
+                continue;
+            };
+            let alive = Path::new(&format!("/proc/{}", state.pid)).exists();
+            let wanted = run.is_none_or(|r| r == state.run_id);
+            if alive && wanted && state.pods.contains_key(pod) {
+                found.push(state);
+            }
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(LabError::NoSuchPod {
+            pod: pod.to_string(),
+            hint: " (start one with `ambit-lab up <topology>` or `ambit-lab demo --keep`)".into(),
+        }),
+        count => Err(LabError::AmbiguousPod {
+            pod: pod.to_string(),
+            count,
+            runs: found
+                .iter()
+                .map(|s| s.run_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
