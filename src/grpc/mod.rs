@@ -158,9 +158,11 @@ impl GrpcTarget {
                 path: path.clone(),
                 source: Arc::new(e),
             })?;
-            let value = AsciiMetadataValue::try_from(format!("Bearer {}", token.trim()))
-                .map_err(|_| GrpcError::BadHeader {
-                    name: "authorization",
+            let value =
+                AsciiMetadataValue::try_from(format!("Bearer {}", token.trim())).map_err(|_| {
+                    GrpcError::BadHeader {
+                        name: "authorization",
+                    }
                 })?;
             metadata.insert("authorization", value);
         }

@@ -4,8 +4,10 @@
 //!
 //! Generated protobuf types never leave this module: [`convert`] turns them into domain types.
 
+pub mod client;
 pub mod convert;
 pub mod local;
 
+pub use client::{NodeInfo, XdsClient, XdsConfig, XdsError};
 pub use convert::{ConvertError, Problem, decode_resource};
 pub use local::{LocalConfig, LocalConfigError};

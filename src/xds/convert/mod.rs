@@ -181,10 +181,7 @@ fn workload(p: pw::Workload) -> Res<Workload> {
         Ok(pw::TunnelProtocol::None) => TunnelProtocol::None,
         Ok(pw::TunnelProtocol::Hbone) => TunnelProtocol::Hbone,
         Ok(pw::TunnelProtocol::LegacyIstioMtls) => {
-            return err(
-                "tunnelProtocol",
-                Problem::Unsupported("LEGACY_ISTIO_MTLS"),
-            );
+            return err("tunnelProtocol", Problem::Unsupported("LEGACY_ISTIO_MTLS"));
         }
         Err(_) => return err("tunnelProtocol", Problem::UnknownEnum(p.tunnel_protocol)),
     };
@@ -397,7 +394,10 @@ fn policy(p: ps::Authorization) -> Res<Authorization> {
         for (c, clause) in rule.clauses.into_iter().enumerate() {
             let mut matches = Vec::with_capacity(clause.matches.len());
             for (m, raw) in clause.matches.into_iter().enumerate() {
-                matches.push(rbac_match(&format!("rules[{r}].clauses[{c}].matches[{m}]"), raw)?);
+                matches.push(rbac_match(
+                    &format!("rules[{r}].clauses[{c}].matches[{m}]"),
+                    raw,
+                )?);
             }
             out.clauses.push(rbac::Clause { matches });
         }

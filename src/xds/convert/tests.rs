@@ -68,12 +68,8 @@ fn workload_errors_name_resource_and_field() {
     );
 
     let mut p = proto_workload("w1", [10, 0, 0, 1]);
-    p.services.insert(
-        "nohost".into(),
-        pw::PortList {
-            ports: vec![],
-        },
-    );
+    p.services
+        .insert("nohost".into(), pw::PortList { ports: vec![] });
     assert!(matches!(
         Workload::try_from(p).unwrap_err().problem,
         Problem::BadKey { .. }
@@ -194,5 +190,8 @@ fn decode_resource_by_type() {
     assert_eq!(e.resource, "resource \"x\"");
     assert!(matches!(e.problem, Problem::Decode(_)));
     let e = decode_resource(ADDRESS_TYPE_URL, "empty", &[]).unwrap_err();
-    assert_eq!(e.to_string(), "address \"empty\": type: required field is missing or empty");
+    assert_eq!(
+        e.to_string(),
+        "address \"empty\": type: required field is missing or empty"
+    );
 }
