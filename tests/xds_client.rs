@@ -295,3 +295,58 @@ async fn reconnect_resubscribes_with_known_versions_and_a_fresh_token() {
     wait_state(&h.view, "w2 removed", |v| v.workload_by_uid("w2").is_none()).await;
     assert!(h.view.workload_by_uid("w1").is_some());
 }
+
+/// A root and a server certificate for `istiod.istio-system.svc`, as PEM.
+fn istiod_tls() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let root_key = KeyPair::generate().unwrap();
+    let mut root_params = CertificateParams::default();
+    root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let root = root_params.self_signed(&root_key).unwrap();
+    let issuer = Issuer::new(root_params, root_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["istiod.istio-system.svc".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (root.pem(), leaf.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn tls_with_an_inline_root_and_the_alternate_hostname() {
+    let (root, cert, key) = istiod_tls();
+    let mut server = FakeAds::start_tls("127.0.0.1:0".parse().unwrap(), &cert, &key).await;
+    let target = |alt: &str| GrpcTarget {
+        address: format!("https://127.0.0.1:{}", server.addr.port()),
+        root_cert: RootCert::Pem(root.clone()),
+        alt_hostname: Some(alt.to_string()),
+        auth_token: None,
+        cluster_id: "Kubernetes".into(),
+    };
+
+    // The wrong verified name fails the handshake.
+    let wrong = tokio::time::timeout(WAIT, target("other.example").endpoint().unwrap().connect())
+        .await
+        .unwrap();
+    assert!(wrong.is_err(), "connected with a wrong server name");
+    let (writer, view) = StateWriter::new();
+    let readiness = Readiness::new();
+    let cfg = XdsConfig {
+        target: target("istiod.istio-system.svc"),
+        node: NodeInfo::ztunnel("", "ztunnel", "istio-system", "node"),
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(200),
+    };
+    let (_trigger, drain) = drain_channel();
+    tokio::spawn(XdsClient::new(cfg, writer, &readiness).run(drain));
+    let mut conn = server.next_conn().await;
+    conn.initial_requests().await;
+    conn.push(response(
+        ADDRESS_TYPE_URL,
+        "n1",
+        vec![resource("w1", "1", &workload("w1", [10, 0, 0, 1], None))],
+        &[],
+    ));
+    assert!(conn.next_request().await.error_detail.is_none());
+    assert!(view.workload_by_uid("w1").is_some());
+}

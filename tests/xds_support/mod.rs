@@ -89,12 +89,30 @@ impl AggregatedDiscoveryService for Svc {
 
 impl FakeAds {
     pub async fn start(addr: SocketAddr) -> FakeAds {
+        FakeAds::start_with(addr, None).await
+    }
+
+    /// Serves over TLS with this certificate and key (PEM).
+    pub async fn start_tls(addr: SocketAddr, cert_pem: &str, key_pem: &str) -> FakeAds {
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+        FakeAds::start_with(addr, Some(tls)).await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> FakeAds {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (conns_tx, conns) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).unwrap();
+        }
         let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = builder
                 .add_service(AggregatedDiscoveryServiceServer::new(Svc {
                     conns: conns_tx,
                 }))
