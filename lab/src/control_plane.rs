@@ -263,6 +263,15 @@ impl LabControlPlane {
         info!(addr = %self.shared.addr, "lab control plane stopped");
     }
 
+    /// Stops at once without waiting (for `Drop`): streams end, the server task is aborted.
+    pub fn abort(&self) {
+        self.shared.generation.send_modify(|g| *g += 1);
+        if let Some(h) = lock(&self.server).take() {
+            let _ = h.shutdown.send(());
+            h.task.abort();
+        }
+    }
+
     /// Serves again on the same address (inside `netns`, the underlay it was started in), with
     /// the same store, root and tokens.
     pub fn restart(&self, netns: &Netns) -> Result<(), LabError> {

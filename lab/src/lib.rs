@@ -49,7 +49,7 @@ pub mod zds;
 pub use control_plane::LabControlPlane;
 pub use error::LabError;
 pub use http::{HttpResponse, http_get, wait_http_ok};
-pub use lab::{Lab, LabOptions, ProxyMode};
+pub use lab::{ControlMode, Lab, LabOptions, ProxyMode};
 pub use link::veth;
 pub use netns::Netns;
 pub use process::{Process, ProcessSpec};
