@@ -143,38 +143,59 @@ async fn cp_workload_added_is_reachable_and_removed_stops_routing() {
     let server_proxy = lab.proxy("node-2").unwrap();
     wait_log(
         server_proxy,
-        &["direction=inbound", "src.identity=spiffe://cluster.local/ns/default/sa/client"],
+        &[
+            "direction=inbound",
+            "src.identity=spiffe://cluster.local/ns/default/sa/client",
+        ],
     )
     .await;
-    let issued = cp
-        .ca_records()
-        .into_iter()
-        .any(|r| r.identity == pod.spiffe() && r.outcome.is_ok() && r.node.as_deref() == Some("node-2"));
-    assert!(issued, "no certificate for the new pod: {:?}", cp.ca_records());
+    let issued = cp.ca_records().into_iter().any(|r| {
+        r.identity == pod.spiffe() && r.outcome.is_ok() && r.node.as_deref() == Some("node-2")
+    });
+    assert!(
+        issued,
+        "no certificate for the new pod: {:?}",
+        cp.ca_records()
+    );
     for (i, n) in ["node-1", "node-2"].iter().enumerate() {
         assert_eq!(lab.proxy(n).unwrap().pid(), pids[i], "{n} was restarted");
     }
 
     // The service's endpoints removed: the VIP is no longer routed, with the documented error.
     let vip = SocketAddr::from(([10, 96, 0, 10], 80));
-    let _web = Server::start(lab.pod_ns("web-1").unwrap(), ServerKind::Sink, 8080).unwrap();
+    let _web1 = Server::start(lab.pod_ns("web-1").unwrap(), ServerKind::Sink, 8080).unwrap();
+    let _web2 = Server::start(lab.pod_ns("web-2").unwrap(), ServerKind::Sink, 8080).unwrap();
     assert_eq!(send(&lab, "client", vip).await.unwrap(), 100_000);
+    let skip = cp.requests().len();
     cp.remove(
         ADDRESS_TYPE_URL,
-        &["Kubernetes//Pod/default/web-1", "Kubernetes//Pod/default/web-2"],
+        &[
+            "Kubernetes//Pod/default/web-1",
+            "Kubernetes//Pod/default/web-2",
+        ],
     );
-    let mut failed = None;
-    for _ in 0..50 {
-        match send(&lab, "client", vip).await {
-            Err(e) => {
-                failed = Some(e);
-                break;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
+    // Applied once ACKed (the client applies a response before answering it).
+    for node in ["node-1", "node-2"] {
+        cp.wait_request(skip, STEP, |r| {
+            r.node == node && r.type_url == ADDRESS_TYPE_URL && !r.response_nonce.is_empty()
+        })
+        .await
+        .unwrap();
     }
-    let err = failed.expect("the VIP kept working after its endpoints were removed");
+    let err = send(&lab, "client", vip)
+        .await
+        .expect_err("the VIP kept working after its endpoints were removed");
     println!("client-side failure: {err}");
+    // The proxy accepted (the connection was redirected to it) and then closed it: the client
+    // sees its stream end with a reset or a broken pipe, never a reply from a backend.
+    let msg = err.to_string();
+    assert!(
+        msg.contains("bulk send to 10.96.0.10:80")
+            && ["reset", "Broken pipe", "unexpected sink reply", "early eof"]
+                .iter()
+                .any(|k| msg.contains(k)),
+        "{msg}"
+    );
     wait_log(
         lab.proxy("node-1").unwrap(),
         &["service default/web.default.svc.cluster.local has no healthy endpoint for port 80"],
@@ -199,7 +220,8 @@ async fn cp_malformed_resource_is_nacked_and_the_rest_applies() {
     round_trip(&mut flow, 1).await;
 
     let skip = cp.requests().len();
-    let mut extra = control_resources::workload(lab.topology().pod("web-2").unwrap(), lab.topology());
+    let mut extra =
+        control_resources::workload(lab.topology().pod("web-2").unwrap(), lab.topology());
     extra.uid = "Kubernetes//Pod/default/extra".into();
     extra.name = "extra".into();
     extra.addresses = vec![vec![10, 244, 2, 77]];
@@ -212,22 +234,39 @@ async fn cp_malformed_resource_is_nacked_and_the_rest_applies() {
             .unwrap();
         let detail = nack.error_detail.unwrap();
         assert!(detail.starts_with("broken-workload: "), "{detail}");
-        assert!(!detail.contains("extra"), "the good resource was rejected: {detail}");
+        assert!(
+            !detail.contains("extra"),
+            "the good resource was rejected: {detail}"
+        );
     }
     // The good resource of the same push applied; the old state still serves.
     let mut found = false;
     for _ in 0..50 {
-        if uids(&config_dump(&lab, "node-1").await).contains(&"Kubernetes//Pod/default/extra".into()) {
+        if uids(&config_dump(&lab, "node-1").await)
+            .contains(&"Kubernetes//Pod/default/extra".into())
+        {
             found = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(found, "the good resource of the NACKed push was not applied");
+    assert!(
+        found,
+        "the good resource of the NACKed push was not applied"
+    );
     round_trip(&mut flow, 2).await;
     let _sink = Server::start(lab.pod_ns("web-1").unwrap(), ServerKind::Sink, 8080).unwrap();
-    assert_eq!(send(&lab, "client", target(&lab, "web-1", 8080)).await.unwrap(), 100_000);
-    wait_log(lab.proxy("node-1").unwrap(), &["NACKing xDS response", "broken-workload"]).await;
+    assert_eq!(
+        send(&lab, "client", target(&lab, "web-1", 8080))
+            .await
+            .unwrap(),
+        100_000
+    );
+    wait_log(
+        lab.proxy("node-1").unwrap(),
+        &["NACKing xDS response", "broken-workload"],
+    )
+    .await;
 
     // /config_dump lists what the control plane sent: every workload and the service.
     let dump = config_dump(&lab, "node-2").await;
@@ -235,7 +274,10 @@ async fn cp_malformed_resource_is_nacked_and_the_rest_applies() {
         assert!(uids(&dump).contains(&pod.uid()), "{} missing", pod.uid());
     }
     let services = dump["services"].to_string();
-    assert!(services.contains("web.default.svc.cluster.local"), "{services}");
+    assert!(
+        services.contains("web.default.svc.cluster.local"),
+        "{services}"
+    );
 }
 
 #[tokio::test]
@@ -256,7 +298,12 @@ async fn cp_killed_during_traffic_then_resync() {
     assert!(lab.stop_control_plane().await);
     // Established flows continue; new connections to known workloads work on the last state.
     round_trip(&mut flow, 2).await;
-    assert_eq!(send(&lab, "client", target(&lab, "web-2", 8080)).await.unwrap(), 100_000);
+    assert_eq!(
+        send(&lab, "client", target(&lab, "web-2", 8080))
+            .await
+            .unwrap(),
+        100_000
+    );
     let proxy = lab.proxy("node-1").unwrap();
     wait_log(proxy, &["xDS stream ended; reconnecting", "retry_in"]).await;
     // Let at least one reconnect attempt fail against the closed port (the backoff grows).
@@ -290,7 +337,12 @@ async fn cp_killed_during_traffic_then_resync() {
     .await
     .unwrap();
     round_trip(&mut flow, 3).await;
-    assert_eq!(send(&lab, "client", target(&lab, "web-2", 8080)).await.unwrap(), 100_000);
+    assert_eq!(
+        send(&lab, "client", target(&lab, "web-2", 8080))
+            .await
+            .unwrap(),
+        100_000
+    );
 }
 
 #[tokio::test]
@@ -300,32 +352,55 @@ async fn cp_ca_down_at_rotation_keeps_the_old_certificate() {
     let cp = lab.control_plane().unwrap().clone();
     let web = "spiffe://cluster.local/ns/default/sa/web";
     let first = cp
-        .wait_ca(0, STEP, |r| r.identity == web && r.node.as_deref() == Some("node-2") && r.outcome.is_ok())
+        .wait_ca(0, STEP, |r| {
+            r.identity == web && r.node.as_deref() == Some("node-2") && r.outcome.is_ok()
+        })
         .await
         .unwrap();
     cp.set_ca_refusing(true);
     let skip = cp.ca_records().len();
     // The refresh comes and is refused.
     let refused = cp
-        .wait_ca(skip, STEP, |r| r.identity == web && r.node.as_deref() == Some("node-2"))
+        .wait_ca(skip, STEP, |r| {
+            r.identity == web && r.node.as_deref() == Some("node-2")
+        })
         .await
         .unwrap();
     assert!(
-        refused.outcome.as_ref().is_err_and(|e| e.contains("Unavailable")),
+        refused
+            .outcome
+            .as_ref()
+            .is_err_and(|e| e.contains("Unavailable")),
         "{refused:?}"
     );
     // The old certificate keeps serving (it expires 20 s after issue; we are past 10 s).
     let _sink = Server::start(lab.pod_ns("web-2").unwrap(), ServerKind::Sink, 8080).unwrap();
-    assert_eq!(send(&lab, "client", target(&lab, "web-2", 8080)).await.unwrap(), 100_000);
-    wait_log(lab.proxy("node-2").unwrap(), &["certificate issuance failed; will retry"]).await;
+    assert_eq!(
+        send(&lab, "client", target(&lab, "web-2", 8080))
+            .await
+            .unwrap(),
+        100_000
+    );
+    wait_log(
+        lab.proxy("node-2").unwrap(),
+        &["certificate issuance failed; will retry"],
+    )
+    .await;
 
     cp.set_ca_refusing(false);
     let renewed: CaRecord = cp
-        .wait_ca(skip, STEP, |r| r.identity == web && r.node.as_deref() == Some("node-2") && r.outcome.is_ok())
+        .wait_ca(skip, STEP, |r| {
+            r.identity == web && r.node.as_deref() == Some("node-2") && r.outcome.is_ok()
+        })
         .await
         .unwrap();
     assert_ne!(renewed.outcome, first.outcome, "the serial did not change");
-    assert_eq!(send(&lab, "client", target(&lab, "web-2", 8080)).await.unwrap(), 100_000);
+    assert_eq!(
+        send(&lab, "client", target(&lab, "web-2", 8080))
+            .await
+            .unwrap(),
+        100_000
+    );
 }
 
 const TWO_PODS: &str = "nodes: [{name: node-1}, {name: node-2}]
@@ -339,7 +414,10 @@ fn rogue_proxy(lab: &Lab, name: &str, token: &std::path::Path) -> Process {
     let cp = lab.control_plane().unwrap();
     let mut spec = ProcessSpec::new(name, proxy_binary())
         .env("PROXY_MODE", "shared")
-        .env("INPOD_UDS", lab.agent("node-2").unwrap().socket().display().to_string())
+        .env(
+            "INPOD_UDS",
+            lab.agent("node-2").unwrap().socket().display().to_string(),
+        )
         .env("NODE_NAME", "node-2")
         .env("RUST_LOG", "info");
     for (k, v) in ambit_lab::control::ControlPlane::proxy_env(cp, "node-2") {
@@ -361,27 +439,44 @@ async fn cp_wrong_token_or_foreign_identity_gets_no_certificate() {
     std::fs::write(&bad, "not-a-token\n").unwrap();
     let skip = cp.ca_records().len();
     let rogue = rogue_proxy(&lab, "rogue-token", &bad);
-    let rec = cp.wait_ca(skip, STEP, |r| r.identity == server_id).await.unwrap();
+    let rec = cp
+        .wait_ca(skip, STEP, |r| r.identity == server_id)
+        .await
+        .unwrap();
     assert_eq!(rec.node, None);
-    assert!(rec.outcome.as_ref().is_err_and(|e| e.contains("Unauthenticated")), "{rec:?}");
+    assert!(
+        rec.outcome
+            .as_ref()
+            .is_err_and(|e| e.contains("Unauthenticated")),
+        "{rec:?}"
+    );
     wait_log(&rogue, &["certificate issuance failed", "Unauthenticated"]).await;
-    wait_log(&rogue, &["xDS stream ended", "Unauthenticated"]).await;
+    wait_log(
+        &rogue,
+        &["xDS stream ended", "missing or unknown bearer token"],
+    )
+    .await;
     drop(rogue);
 
     // Node-1's valid token, asking for node-2's pod: PermissionDenied, no certificate.
     let skip = cp.ca_records().len();
     let rogue = rogue_proxy(&lab, "rogue-node", &cp.token_path("node-1"));
-    let rec = cp.wait_ca(skip, STEP, |r| r.identity == server_id).await.unwrap();
+    let rec = cp
+        .wait_ca(skip, STEP, |r| r.identity == server_id)
+        .await
+        .unwrap();
     assert_eq!(rec.node.as_deref(), Some("node-1"));
     assert!(
-        rec.outcome.as_ref().is_err_and(|e| e.contains("PermissionDenied") && e.contains("node node-1 has no pod with identity")),
+        rec.outcome
+            .as_ref()
+            .is_err_and(|e| e.contains("PermissionDenied")
+                && e.contains("node node-1 has no pod with identity")),
         "{rec:?}"
     );
     wait_log(&rogue, &["certificate issuance failed", "PermissionDenied"]).await;
     drop(rogue);
-    let leaked = cp
-        .ca_records()
-        .into_iter()
-        .any(|r| r.identity == server_id && r.outcome.is_ok() && r.node.as_deref() != Some("node-2"));
+    let leaked = cp.ca_records().into_iter().any(|r| {
+        r.identity == server_id && r.outcome.is_ok() && r.node.as_deref() != Some("node-2")
+    });
     assert!(!leaked, "{:?}", cp.ca_records());
 }

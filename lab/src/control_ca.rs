@@ -73,7 +73,8 @@ impl LabCa {
         let issuer = Issuer::new(root, root_key);
 
         let server_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(e("server key"))?;
-        let mut server = CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(e("server"))?;
+        let mut server =
+            CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(e("server"))?;
         server.subject_alt_names.push(SanType::IpAddress(server_ip));
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -102,7 +103,9 @@ impl LabCa {
     }
 
     /// The SPIFFE id a CSR asks for (its one URI SAN), after checking its signature.
-    pub fn csr_identity(csr_pem: &str) -> Result<(String, CertificateSigningRequestParams), String> {
+    pub fn csr_identity(
+        csr_pem: &str,
+    ) -> Result<(String, CertificateSigningRequestParams), String> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| format!("CSR does not parse: {e}"))?;
         let uris: Vec<String> = csr
@@ -177,6 +180,11 @@ mod tests {
         let issued = ca.sign(id, &parsed, Duration::from_secs(60)).unwrap();
         assert_eq!(issued.chain.len(), 2);
         assert_eq!(issued.serial.len(), 32);
-        assert!(LabCa::csr_identity("-----BEGIN CERTIFICATE REQUEST-----\nAA==\n-----END CERTIFICATE REQUEST-----\n").is_err());
+        assert!(
+            LabCa::csr_identity(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAA==\n-----END CERTIFICATE REQUEST-----\n"
+            )
+            .is_err()
+        );
     }
 }

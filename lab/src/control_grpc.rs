@@ -124,9 +124,11 @@ impl AggregatedDiscoveryService for Ads {
             subscribed: BTreeMap::new(),
         };
         tokio::spawn(stream.run(request.into_inner()));
-        let out = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|r| (r, rx))
-        });
+        let out =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            );
         Ok(Response::new(Box::pin(out)))
     }
 }

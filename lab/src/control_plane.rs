@@ -180,14 +180,13 @@ impl LabControlPlane {
         for r in resources {
             store.version += 1;
             let version = store.version.to_string();
-            store
-                .resources
-                .entry(r.type_url())
-                .or_default()
-                .insert(r.name().to_string(), Stored {
+            store.resources.entry(r.type_url()).or_default().insert(
+                r.name().to_string(),
+                Stored {
                     version,
                     resource: r,
-                });
+                },
+            );
         }
         let shared = Arc::new(Shared {
             ca,
@@ -341,14 +340,13 @@ impl LabControlPlane {
                 resource: Some(r.to_any()),
                 ..Default::default()
             });
-            store
-                .resources
-                .entry(r.type_url())
-                .or_default()
-                .insert(r.name().to_string(), Stored {
+            store.resources.entry(r.type_url()).or_default().insert(
+                r.name().to_string(),
+                Stored {
                     version,
                     resource: r,
-                });
+                },
+            );
         }
         for (t, name) in removals {
             if let Some(m) = store.resources.get_mut(t)

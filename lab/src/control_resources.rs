@@ -21,8 +21,14 @@ pub const CLUSTER_ID: &str = "Kubernetes";
 /// A named resource of one xDS type, ready to store and send.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CpResource {
-    Address { name: String, address: pw::Address },
-    Policy { name: String, policy: ps::Authorization },
+    Address {
+        name: String,
+        address: pw::Address,
+    },
+    Policy {
+        name: String,
+        policy: ps::Authorization,
+    },
 }
 
 // === impl CpResource ===
@@ -198,7 +204,11 @@ pub fn policy(v: &Value) -> Result<ps::Authorization, String> {
         "Global" => ps::Scope::Global,
         "Namespace" => ps::Scope::Namespace,
         "WorkloadSelector" => ps::Scope::WorkloadSelector,
-        other => return Err(format!("`scope`: {other:?} is not Global|Namespace|WorkloadSelector")),
+        other => {
+            return Err(format!(
+                "`scope`: {other:?} is not Global|Namespace|WorkloadSelector"
+            ));
+        }
     };
     let action = match text("action")?.as_str() {
         "Allow" => ps::Action::Allow,

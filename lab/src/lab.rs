@@ -167,12 +167,13 @@ impl Lab {
             let (cidr, via) = (node.pod_cidr.to_string(), node.underlay_ip.to_string());
             self.underlay.route(&[&cidr, "via", &via])?;
         }
-        let resources = control_resources::topology_resources(&self.topology).map_err(|detail| {
-            LabError::ControlPlane {
-                what: "topology".into(),
-                detail,
-            }
-        })?;
+        let resources =
+            control_resources::topology_resources(&self.topology).map_err(|detail| {
+                LabError::ControlPlane {
+                    what: "topology".into(),
+                    detail,
+                }
+            })?;
         let nodes: Vec<String> = self.topology.nodes.iter().map(|n| n.name.clone()).collect();
         let cp = LabControlPlane::start(
             &self.underlay,

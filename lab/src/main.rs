@@ -13,7 +13,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use ambit_lab::{ControlMode, Lab, LabError, LabOptions, ProxyMode, Topology, demo, lab, netns, nft, sys};
+use ambit_lab::{
+    ControlMode, Lab, LabError, LabOptions, ProxyMode, Topology, demo, lab, netns, nft, sys,
+};
 
 /// The demo topology, built in so `ambit-lab demo` works from any directory.
 const DEMO_TOPOLOGY: &str = include_str!("../../examples/demo.yaml");
