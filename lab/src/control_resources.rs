@@ -19,6 +19,8 @@ use crate::topology::{Pod, Service, TRUST_DOMAIN, Topology};
 pub const CLUSTER_ID: &str = "Kubernetes";
 
 /// A named resource of one xDS type, ready to store and send.
+// A control plane holds a few hundred of these in a lab; boxing the larger variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum CpResource {
     Address {
