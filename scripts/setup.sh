@@ -3,7 +3,7 @@
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
 
-packages=(nftables iproute2 curl iperf3 netcat-openbsd socat iputils-ping procps ca-certificates)
+packages=(nftables iproute2 curl iperf3 netcat-openbsd socat iputils-ping procps ca-certificates dnsutils)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -21,7 +21,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-for tool in nft ip curl iperf3 nc socat sysctl; do
+for tool in nft ip curl iperf3 nc socat sysctl dig; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing after install" >&2; exit 1; }
 done
 echo "setup: ok"

@@ -16,6 +16,7 @@
 //! | 4 | [`metrics`] | the metric registry and the data path's counters |
 //! | 5 | [`hbone`] | HTTP/2 CONNECT: client, connection pool, server side, headers |
 //! | 6 | [`proxy`] | listeners and per-connection flows (outbound, inbound HBONE, inbound plaintext) |
+//! | 6 | [`dns`] | the pod DNS proxy: mesh names from the state, the rest forwarded upstream |
 //! | 7 | [`identity`] | certificate manager with rotation; the built-in CA |
 //! | 7 | [`xds`] | configuration sources: the local config file |
 //! | 7 | [`inpod`] | in-pod mode: the ZDS client and per-pod proxies inside pod namespaces |
@@ -32,6 +33,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod core;
+pub mod dns;
 pub mod hbone;
 pub mod identity;
 pub mod inpod;
