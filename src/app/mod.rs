@@ -14,7 +14,9 @@ use tracing::{info, warn};
 use crate::config::{Config, LocalConfigSource, ProxyMode};
 use crate::core::Identity;
 use crate::identity::{BuiltinCa, SecretManager, SecretManagerConfig};
-use crate::inpod::{HostNetns, InpodConfig, WorkloadManager, WorkloadManagerInputs};
+use crate::inpod::{
+    DnsSettings, HostNetns, InpodConfig, PodExtras, WorkloadManager, WorkloadManagerInputs,
+};
 use crate::lifecycle::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::proxy::{self, LocalWorkload, Proxy, ProxyConfig, ProxyInputs};
@@ -85,7 +87,12 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
     let certs_ready = readiness.block("certificates");
     let proxy_ready = readiness.block("listeners");
     // In shared mode the workload manager blocks readiness until the node agent's snapshot.
-    let metrics = Arc::new(Metrics::new());
+    let dns_metrics = crate::dns::DnsMetrics::default();
+    let metrics = {
+        let mut m = Metrics::new();
+        dns_metrics.register(m.registry_mut());
+        Arc::new(m)
+    };
     let (drain_trigger, drain) = lifecycle::drain_channel();
 
     // Certificates live on the control runtime: issuance and refresh never run on data workers.
@@ -131,19 +138,24 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
         },
         hbone_port: 15008,
     };
+    let extras = pod_extras(&config, dns_metrics);
     // Dedicated: bind now, in our own namespace. Shared: the workload manager binds per pod.
     let (proxy, identity, manager) = match (local, host_netns) {
         (Some(local), _) => {
             let identity = local.identity.clone();
+            let (ns, name) = (local.namespace.clone(), local.name.clone());
+            let proxy_cfg = Arc::new(proxy_cfg);
             let proxy = {
                 let _enter = data.enter();
-                Proxy::bind(ProxyInputs {
-                    cfg: Arc::new(proxy_cfg),
+                let proxy = Proxy::bind(ProxyInputs {
+                    cfg: proxy_cfg.clone(),
                     local,
-                    state: view,
+                    state: view.clone(),
                     certs: certs.clone(),
                     metrics: metrics.proxy.clone(),
-                })?
+                })?;
+                let bound = extras.bind(&proxy, &proxy_cfg, &view, &ns, &name)?;
+                (proxy, bound)
             };
             (Some(proxy), Some(identity), None)
         }
@@ -154,6 +166,7 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
                 proxy_cfg,
             );
             inpod.drain_deadline = config.connection_termination_deadline;
+            inpod.extras = extras;
             let manager = WorkloadManager::new(WorkloadManagerInputs {
                 cfg: inpod,
                 state: view,
@@ -216,7 +229,11 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
             readiness.clone(),
             drain.clone(),
         ));
-        let proxy_task = proxy.map(|p| tokio::spawn(p.run(drain)));
+        let proxy_task = proxy.map(|(p, extras)| {
+            tokio::spawn(async move {
+                tokio::join!(p.run(drain.clone()), extras.run(drain));
+            })
+        });
         info!("ambit is running");
         let signal = lifecycle::shutdown_signal().await;
         match signal {
@@ -233,6 +250,37 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
     drop(secrets);
     info!(?outcome, "ambit stopped");
     Ok(())
+}
+
+/// The DNS proxy and SOCKS5 listeners each proxy gets, from the configuration. The upstream
+/// resolvers are read once, from ambit's own namespace.
+fn pod_extras(config: &Config, metrics: crate::dns::DnsMetrics) -> PodExtras {
+    let dns = config.dns.enabled.then(|| {
+        let timeout = Duration::from_secs(5);
+        let forwarder = crate::dns::Forwarder::from_resolv_conf(
+            &config.dns.resolv_conf,
+            timeout,
+            config.packet_mark,
+        )
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "dns proxy: no upstream resolvers; non-mesh names will fail");
+            crate::dns::Forwarder::new(Vec::new(), timeout, config.packet_mark)
+        });
+        info!(upstream = ?forwarder.servers(), addr = %config.dns.addr, "dns proxy enabled");
+        DnsSettings {
+            addr: config.dns.addr,
+            cluster_domain: config.dns.cluster_domain.clone(),
+            ipv6: config.ipv6_enabled,
+            forwarder: Arc::new(forwarder),
+            metrics,
+        }
+    });
+    PodExtras {
+        dns,
+        socks5: config
+            .enable_socks5
+            .then_some(crate::proxy::socks5::SOCKS5_ADDR),
+    }
 }
 
 /// The workload a dedicated-mode proxy serves, from `PROXY_WORKLOAD_INFO`.

@@ -64,7 +64,10 @@ pub enum DnsError {
         source: std::io::Error,
     },
     #[error("upstream {server} did not answer within {timeout:?}")]
-    UpstreamTimeout { server: SocketAddr, timeout: Duration },
+    UpstreamTimeout {
+        server: SocketAddr,
+        timeout: Duration,
+    },
     #[error("malformed DNS message: {0}")]
     Malformed(&'static str),
     #[error("invalid name {name:?}")]
@@ -163,7 +166,11 @@ impl Resolver {
         Ok(addrs)
     }
 
-    async fn upstream_lookup(&self, host: &str, qtype: RecordType) -> Result<Vec<IpAddr>, DnsError> {
+    async fn upstream_lookup(
+        &self,
+        host: &str,
+        qtype: RecordType,
+    ) -> Result<Vec<IpAddr>, DnsError> {
         let mut name = Name::from_ascii(host).map_err(|_| DnsError::InvalidName {
             name: host.to_string(),
         })?;

@@ -61,8 +61,8 @@ impl LookupScope {
         }
         let mut out: Vec<String> = Vec::with_capacity(bases.len() * 4);
         for base in &bases {
-            let expanded = std::iter::once(base.clone())
-                .chain(search.iter().map(|d| format!("{base}.{d}")));
+            let expanded =
+                std::iter::once(base.clone()).chain(search.iter().map(|d| format!("{base}.{d}")));
             for name in expanded {
                 if !out.contains(&name) {
                     out.push(name);
@@ -109,12 +109,8 @@ fn wildcard(state: &StateView, scope: &LookupScope, query: &str) -> Option<Arc<S
 fn visible_service(state: &StateView, scope: &LookupScope, hostname: &str) -> Option<Arc<Service>> {
     let services = state.services_by_hostname(hostname);
     let own = services.iter().find(|s| s.namespace == scope.namespace);
-    own.or_else(|| {
-        services
-            .iter()
-            .find(|s| s.visibility == Visibility::Public)
-    })
-    .cloned()
+    own.or_else(|| services.iter().find(|s| s.visibility == Visibility::Public))
+        .cloned()
 }
 
 fn addresses(state: &StateView, scope: &LookupScope, svc: &Service) -> Vec<IpAddr> {

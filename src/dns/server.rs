@@ -152,7 +152,11 @@ async fn serve_tcp_conn(inputs: &DnsInputs, mut stream: TcpStream) -> std::io::R
 }
 
 /// The answer to one query, as bytes; `None` when not even the query id is readable.
-pub(super) async fn respond(inputs: &DnsInputs, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+pub(super) async fn respond(
+    inputs: &DnsInputs,
+    query: &[u8],
+    transport: Transport,
+) -> Option<Vec<u8>> {
     let req = match Message::from_vec(query) {
         Ok(m) => m,
         Err(e) => {
@@ -206,7 +210,11 @@ pub(super) async fn respond(inputs: &DnsInputs, query: &[u8], transport: Transpo
         return encode(&req, resp, transport);
     }
 
-    inputs.metrics.upstream_requests.get_or_create(&labels).inc();
+    inputs
+        .metrics
+        .upstream_requests
+        .get_or_create(&labels)
+        .inc();
     let start = Instant::now();
     match inputs.resolver.forwarder().forward(query, transport).await {
         Ok(answer) => {
@@ -218,7 +226,11 @@ pub(super) async fn respond(inputs: &DnsInputs, query: &[u8], transport: Transpo
             Some(answer)
         }
         Err(e) => {
-            inputs.metrics.upstream_failures.get_or_create(&labels).inc();
+            inputs
+                .metrics
+                .upstream_failures
+                .get_or_create(&labels)
+                .inc();
             warn!(id, name = %q.name, error = %e, "dns: upstream failed");
             error(&req, ResponseCode::ServFail)
         }

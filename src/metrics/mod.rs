@@ -103,6 +103,12 @@ impl Metrics {
         }
     }
 
+    /// The registry, for components above this level that register their own families at
+    /// startup (the DNS proxy's `istio_dns_*`).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The Prometheus text exposition of every registered metric.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
