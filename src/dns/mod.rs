@@ -196,9 +196,9 @@ impl Resolver {
         Ok(answer
             .answers
             .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            .filter_map(|r| match (&r.data, qtype) {
+                (RData::A(a), RecordType::A) => Some(IpAddr::V4(a.0)),
+                (RData::AAAA(a), RecordType::AAAA) => Some(IpAddr::V6(a.0)),
                 _ => None,
             })
             .collect())
