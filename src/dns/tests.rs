@@ -89,7 +89,10 @@ fn candidates_follow_the_search_domains() {
     );
     let c = s.candidates("Server.B.a.svc.cluster.local");
     assert_eq!(c[0], "server.b.a.svc.cluster.local");
-    assert!(c.contains(&"server.b.svc.cluster.local".to_string()), "{c:?}");
+    assert!(
+        c.contains(&"server.b.svc.cluster.local".to_string()),
+        "{c:?}"
+    );
 }
 
 #[test]
@@ -97,7 +100,12 @@ fn mesh_names_resolve_to_vips_endpoints_or_nothing() {
     let (_w, view) = mesh();
     let s = scope("a");
     let full = "server.b.svc.cluster.local";
-    for q in ["server.b", "server.b.svc", full, "SERVER.b.svc.cluster.local."] {
+    for q in [
+        "server.b",
+        "server.b.svc",
+        full,
+        "SERVER.b.svc.cluster.local.",
+    ] {
         let m = lookup(&view, &s, q).unwrap_or_else(|| panic!("{q}"));
         assert_eq!(m.hostname, full, "{q}");
         assert_eq!(m.addrs, ips(&["10.96.0.10", "fd00:96::10"]), "{q}");
@@ -223,7 +231,10 @@ async fn mesh_answers_carry_cname_and_ttl_30() {
         text.contains("istio_dns_requests_total{request_query_type=\"A\",request_protocol=\"udp\",source_canonical_service=\"unknown\",source_canonical_revision=\"unknown\"} 1"),
         "{text}"
     );
-    assert!(!text.contains("istio_dns_upstream_requests_total{"), "{text}");
+    assert!(
+        !text.contains("istio_dns_upstream_requests_total{"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -265,8 +276,22 @@ async fn other_names_are_forwarded_and_failures_are_servfail() {
         source_canonical_service: "unknown".into(),
         source_canonical_revision: "unknown".into(),
     };
-    assert_eq!(inputs.metrics.upstream_requests.get_or_create(&labels).get(), 1);
-    assert_eq!(inputs.metrics.upstream_failures.get_or_create(&labels).get(), 1);
+    assert_eq!(
+        inputs
+            .metrics
+            .upstream_requests
+            .get_or_create(&labels)
+            .get(),
+        1
+    );
+    assert_eq!(
+        inputs
+            .metrics
+            .upstream_failures
+            .get_or_create(&labels)
+            .get(),
+        1
+    );
 }
 
 fn inputs_with(view: StateView, upstream: Vec<SocketAddr>) -> DnsInputs {
@@ -313,9 +338,12 @@ async fn servers_answer_over_udp_and_tcp() {
         let got: Vec<String> = msg.answers.iter().map(|r| r.data.to_string()).collect();
         assert_eq!(got, ["10.1.0.5", "10.1.0.6"]);
     }
-    tokio::time::timeout(Duration::from_secs(5), trigger.drain(Duration::from_secs(1)))
-        .await
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        trigger.drain(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .unwrap()
