@@ -4,6 +4,10 @@
 //! machine).
 
 mod common;
+// Only the node and agent helpers are used here.
+#[allow(dead_code)]
+#[path = "common/zds.rs"]
+mod zds;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,7 +19,7 @@ use hickory_proto::rr::{RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::mesh::{self, Mesh, MeshOpts, metric, wait_log_line};
-use common::{STEP, servers};
+use common::{STEP, TempDir, servers};
 
 /// The resolver the pod's `resolv.conf` would name: the server pod, where the test's upstream
 /// listens. Queries from the app to it are captured; ambit's own (marked) ones are not.
@@ -381,4 +385,88 @@ async fn socks5_connect(ns: &Netns, target: &Target<'_>) -> u8 {
         .unwrap();
     assert_eq!(reply[0], 5);
     reply[1]
+}
+
+/// In-pod mode: the DNS and SOCKS5 listeners live inside each pod's namespace, the upstream
+/// is the node's resolver (here a server in the node namespace, on its loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inpod_pods_get_dns_and_socks5_in_their_namespace() {
+    const A: (&str, &str, &str) = ("a", "client", "client");
+    const B: (&str, &str, &str) = ("b", "server", "server");
+    let dir = TempDir::new("inpod_dns");
+    let node = zds::Node::new(&[A, B]);
+    let agent = zds::Agent::listen(&dir.path().join("ztunnel.sock"));
+    let mut config = node.config();
+    config.push_str("  services:\n    b/server.b.svc.cluster.local: {80: 8080}\n");
+    config.push_str("services:\n");
+    config.push_str(SERVICES.split("- name: echo").next().unwrap());
+    let config_path = dir.path().join("local.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
+    let spec = ambit_lab::ProcessSpec::new("ambit", mesh::AMBIT)
+        .env("PROXY_MODE", "shared")
+        .env("INPOD_UDS", agent.path.display().to_string())
+        .env("FAKE_CA", "true")
+        .env("CA_ADDRESS", "")
+        .env("XDS_ADDRESS", "")
+        .env("LOCAL_XDS_PATH", config_path.display().to_string())
+        .env("AMBIT_CA_DIR", dir.path().join("ca").display().to_string())
+        .env("AMBIT_DNS_RESOLV_CONF", resolv.display().to_string())
+        .env("UNSTABLE_ENABLE_SOCKS5", "true")
+        .env("RUST_LOG", "info");
+    let ambit = ambit_lab::Process::spawn(Some(&node.ns), &spec, dir.path()).unwrap();
+    let conn = agent.accept(Duration::from_secs(20)).await;
+    let _upstream = upstream(&node.ns);
+    let (a, b) = (&node.pods[0], &node.pods[1]);
+    assert_eq!(conn.add(a).await, zds::Answer::Ack, "{}", ambit.tail(30));
+    assert_eq!(conn.add(b).await, zds::Answer::Ack, "{}", ambit.tail(30));
+    assert_eq!(conn.snapshot().await, zds::Answer::Ack);
+    install_dns_capture(&a.ns);
+    let mut app = servers::http(&b.ns, common::APP_PORT);
+
+    // The pod's resolver address is the node's side of its veth; the query is captured.
+    let fqdn = "server.b.svc.cluster.local.";
+    let d = dig(&a.ns, &["@10.1.1.1", "server.b", "A"]).await;
+    assert_eq!(
+        d.answers,
+        [
+            rec("server.b.", 30, "CNAME", fqdn),
+            rec(fqdn, 30, "A", "10.96.0.10")
+        ],
+        "{}",
+        d.text
+    );
+    let d = dig(&a.ns, &["@10.1.1.1", "+tcp", fqdn, "A"]).await;
+    assert_eq!(d.answers, [rec(fqdn, 30, "A", "10.96.0.10")], "{}", d.text);
+    let d = dig(&a.ns, &["@10.1.1.1", EXTERNAL, "A"]).await;
+    assert_eq!(
+        d.answers,
+        [rec(&format!("{EXTERNAL}."), 120, "A", EXTERNAL_IP)],
+        "{}",
+        d.text
+    );
+
+    let out = common::curl(
+        &a.ns,
+        &["--socks5-hostname", "127.0.0.1:15080", "http://server.b/"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "curl: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ambit.tail(30)
+    );
+    assert_eq!(app.next_seen().await.peer.ip(), a.ip);
+    let line = wait_log_line(
+        &ambit,
+        &["access", "direction=inbound", "dst.addr=10.1.2.2:8080"],
+    )
+    .await;
+    assert!(
+        line.contains(&format!("src.identity={}", a.spiffe())),
+        "{line}"
+    );
+    assert_eq!(metric(&node.ns, "istio_dns_requests_total").await, 3.0);
 }

@@ -85,7 +85,8 @@ pub(super) async fn handle(
 /// The far side of an outbound connection, connected and ready for bytes.
 pub(super) enum Upstream {
     Plain(TcpStream),
-    Hbone(H2Stream),
+    /// Boxed: an h2 stream is several times the size of a socket.
+    Hbone(Box<H2Stream>),
 }
 
 /// Why an outbound connection could not be set up.
@@ -144,7 +145,7 @@ pub(super) async fn connect(
             };
             pool.send(&key, &req)
                 .await
-                .map(Upstream::Hbone)
+                .map(|t| Upstream::Hbone(Box::new(t)))
                 .map_err(OutboundError::Hbone)
         }
     }
@@ -165,7 +166,7 @@ pub(super) async fn relay(
             run_until_forced(copy, drain).await
         }
         Upstream::Hbone(tunnel) => {
-            let copy = copy_bidirectional(tcp_halves(stream), tunnel.split(), stats);
+            let copy = copy_bidirectional(tcp_halves(stream), (*tunnel).split(), stats);
             run_until_forced(copy, drain).await
         }
     };
