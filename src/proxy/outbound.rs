@@ -15,7 +15,7 @@ use crate::hbone::{
 use crate::lifecycle::DrainWatcher;
 use crate::state::{TunnelProtocol, Workload};
 
-use super::accesslog::{ConnectionLog, Direction};
+use super::accesslog::{ConnectionLog, Direction, outbound_labels};
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::{ILLEGAL_PORTS, ProxyInputs, same_family_ip, socket};
 
@@ -74,15 +74,30 @@ pub(super) async fn handle(
     if let Err(e) = socket::tune(&stream, &pi.cfg.socket) {
         return log.fail(&format_args!("socket options: {e}"));
     }
-    let route = match route(&pi, orig) {
+    let route = route(&pi, orig);
+    let labels = match &route {
+        Ok(Route::Hbone {
+            target, expected, ..
+        }) => outbound_labels(&pi, orig, Some(*target), expected.first()),
+        Ok(Route::Plain(target)) => outbound_labels(&pi, orig, Some(*target), None),
+        Err(_) => outbound_labels(&pi, orig, None, None),
+    };
+    log.open(&pi, labels);
+    let route = match route {
         Ok(r) => r,
-        Err(e) => return log.fail(&e),
+        Err(e) => {
+            log.response_flags = Some("CONNECT");
+            return log.fail(&e);
+        }
     };
     let copied = match route {
         Route::Plain(dst) => {
             let upstream = match socket::connect(dst, None, &pi.cfg.socket).await {
                 Ok(s) => s,
-                Err(e) => return log.fail(&e),
+                Err(e) => {
+                    log.response_flags = Some("CONNECT");
+                    return log.fail(&e);
+                }
             };
             let stats = log.stats.clone();
             let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), stats);
@@ -112,7 +127,10 @@ pub(super) async fn handle(
             };
             let tunnel = match pool.send(&key, &req).await {
                 Ok(t) => t,
-                Err(e) => return log.fail(&e),
+                Err(e) => {
+                    log.response_flags = Some("CONNECT");
+                    return log.fail(&e);
+                }
             };
             let stats = log.stats.clone();
             let copy = copy_bidirectional(tcp_halves(stream), tunnel.split(), stats);
