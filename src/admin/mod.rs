@@ -1,4 +1,5 @@
-//! The operator-facing HTTP servers: readiness (15021) and metrics (15020).
+//! The operator-facing HTTP servers: readiness (15021), metrics (15020) and admin (15000,
+//! loopback only; the operating endpoints are in [`ops`]).
 //!
 //! Each is a small HTTP/1.1 server (hyper) whose handler is a pure function of shared state,
 //! so a slow scrape never touches the data path's locks.
@@ -9,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -19,6 +20,11 @@ use tracing::{debug, warn};
 
 use crate::lifecycle::{DrainWatcher, Readiness};
 use crate::metrics::Metrics;
+
+pub mod ops;
+mod scrape;
+
+pub use ops::{AdminOps, bind_loopback, serve_ops};
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +43,10 @@ pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, B
         .map_err(|source| BindError { what, addr, source })
 }
 
-/// `GET /healthz/ready`: `200 ready`, or `503` naming what is still pending.
+/// `GET /healthz/ready`: `200 ready`, or `503` naming what is still pending (`draining` once a
+/// drain started: the caller blocks readiness then). `drain` only ends the server, so the
+/// caller passes a watcher that outlives the proxy's drain, keeping readiness answerable (and
+/// false) while connections finish.
 pub async fn serve_readiness(listener: TcpListener, readiness: Readiness, drain: DrainWatcher) {
     serve(listener, drain, move |req| {
         let readiness = readiness.clone();
@@ -68,22 +77,7 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, drain: 
             if req.method() != Method::GET || (path != "/metrics" && path != "/stats/prometheus") {
                 return text(StatusCode::NOT_FOUND, "not found\n".into());
             }
-            match metrics.encode() {
-                Ok(body) => {
-                    let mut resp = text(StatusCode::OK, body);
-                    resp.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        header::HeaderValue::from_static(
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        ),
-                    );
-                    resp
-                }
-                Err(e) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("encoding metrics: {e}\n"),
-                ),
-            }
+            scrape::respond(&metrics, req.headers())
         }
     })
     .await

@@ -25,7 +25,7 @@ use crate::xds;
 
 /// Runs the node proxy until SIGTERM/SIGINT, then drains. Returns an error for anything that
 /// stops it from starting.
-pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
+pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
     // Configuration first: a bad file must stop us before anything listens.
     let (writer, view) = StateWriter::new();
     let local_config = match &config.local_config {
@@ -87,6 +87,9 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
     // In shared mode the workload manager blocks readiness until the node agent's snapshot.
     let metrics = Arc::new(Metrics::new());
     let (drain_trigger, drain) = lifecycle::drain_channel();
+    // The readiness server outlives the proxies' drain, so it can answer "draining" meanwhile.
+    let (readiness_trigger, readiness_drain) = lifecycle::drain_channel();
+    let (shutdown, shutdown_requested) = lifecycle::shutdown_channel();
 
     // Certificates live on the control runtime: issuance and refresh never run on data workers.
     let ca = BuiltinCa::load_or_create(&config.ca_dir, config.secret_ttl)
@@ -101,6 +104,12 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
         control.block_on(crate::admin::bind("metrics", config.listeners.stats))?;
     let readiness_listener =
         data.block_on(crate::admin::bind("readiness", config.listeners.readiness))?;
+    let admin_listener = control.block_on(crate::admin::bind_loopback(config.listeners.admin))?;
+    let admin_ops = crate::admin::AdminOps {
+        initial_filter: log.current(),
+        log,
+        shutdown,
+    };
 
     let proxy_cfg = ProxyConfig {
         outbound_addr: config.listeners.outbound,
@@ -183,6 +192,11 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
                     control_metrics,
                     control_drain.clone(),
                 ));
+                let admin = tokio::spawn(crate::admin::serve_ops(
+                    admin_listener,
+                    admin_ops,
+                    control_drain.clone(),
+                ));
                 let manager = manager.map(|m| tokio::spawn(m.run(control_drain.clone())));
                 match identity {
                     Some(identity) => match certs.fetch(&identity).await {
@@ -205,28 +219,37 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
                     let _ = m.await;
                 }
                 let _ = server.await;
+                let _ = admin.await;
             })
         })
         .context("control thread")?;
 
     let deadline = config.connection_termination_deadline;
     let outcome = data.block_on(async move {
-        tokio::spawn(crate::admin::serve_readiness(
+        let readiness_server = tokio::spawn(crate::admin::serve_readiness(
             readiness_listener,
             readiness.clone(),
-            drain.clone(),
+            readiness_drain,
         ));
         let proxy_task = proxy.map(|p| tokio::spawn(p.run(drain)));
         info!("ambit is running");
-        let signal = lifecycle::shutdown_signal().await;
-        match signal {
-            Ok(name) => info!(signal = name, deadline = ?deadline, "draining"),
-            Err(e) => warn!(error = %e, "cannot wait for signals; draining now"),
+        tokio::select! {
+            signal = lifecycle::shutdown_signal() => match signal {
+                Ok(name) => info!(signal = name, deadline = ?deadline, "draining"),
+                Err(e) => warn!(error = %e, "cannot wait for signals; draining now"),
+            },
+            _ = shutdown_requested.wait() => {
+                info!(deadline = ?deadline, "draining: requested through the admin server");
+            }
         }
+        // Not ready from the first moment of the drain until the process is gone.
+        let _draining = readiness.block("draining");
         let outcome = drain_trigger.drain(deadline).await;
         if let Some(task) = proxy_task {
             let _ = task.await;
         }
+        readiness_trigger.drain_immediately().await;
+        let _ = readiness_server.await;
         outcome
     });
     let _ = control_thread.join();
