@@ -132,9 +132,112 @@ pub async fn serve_ops(listener: TcpListener, ops: AdminOps, drain: DrainWatcher
     super::serve(listener, drain, move |req| {
         let ops = ops.clone();
         async move {
-            route(&ops, &req)
-                .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n".into()))
+            route(&ops, &req).unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n".into()))
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn request(addr: SocketAddr, method: &str, path: &str, headers: &str) -> Vec<u8> {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req =
+            format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{headers}\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn logging_and_quitquitquit() {
+        let (_sub, log) =
+            crate::telemetry::subscriber(crate::telemetry::LogFormat::Plain, "info", std::io::sink)
+                .unwrap();
+        let (shutdown, requested) = crate::lifecycle::shutdown_channel();
+        let ops = AdminOps {
+            log: log.clone(),
+            initial_filter: "info".into(),
+            shutdown,
+        };
+        let (_trigger, drain) = crate::lifecycle::drain_channel();
+        let l = bind_loopback("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve_ops(l, ops, drain));
+        let s = |b: Vec<u8>| String::from_utf8(b).unwrap();
+
+        let resp = s(request(addr, "GET", "/", "").await);
+        assert!(
+            resp.starts_with("HTTP/1.1 200") && resp.contains("/quitquitquit"),
+            "{resp}"
+        );
+        let resp = s(request(addr, "POST", "/logging?level=access%3Ddebug,warn", "").await);
+        assert!(
+            resp.ends_with("current log level is access=debug,warn\n"),
+            "{resp}"
+        );
+        assert_eq!(log.current(), "access=debug,warn");
+        let resp = s(request(addr, "POST", "/logging?level=%3D%5B", "").await);
+        assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+        assert_eq!(log.current(), "access=debug,warn");
+        let resp = s(request(addr, "POST", "/logging?reset", "").await);
+        assert!(resp.ends_with("current log level is info\n"), "{resp}");
+        let resp = s(request(addr, "GET", "/quitquitquit", "").await);
+        assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
+        let resp = s(request(addr, "POST", "/quitquitquit", "").await);
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        tokio::time::timeout(Duration::from_secs(5), requested.wait())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn admin_refuses_non_loopback() {
+        let err = bind_loopback("0.0.0.0:0".parse().unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(err.source.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(bind_loopback("[::1]:0".parse().unwrap()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn metrics_negotiate_and_gzip() {
+        let (_trigger, drain) = crate::lifecycle::drain_channel();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let l = super::super::bind("metrics", "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(super::super::serve_metrics(l, metrics, drain));
+        let resp = request(
+            addr,
+            "GET",
+            "/metrics",
+            "accept: application/openmetrics-text; version=1.0.0\r\naccept-encoding: gzip\r\n",
+        )
+        .await;
+        let split = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&resp[..split]).to_lowercase();
+        assert!(
+            head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+            "{head}"
+        );
+        assert!(head.contains("content-encoding: gzip"), "{head}");
+        let mut body = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(&resp[split + 4..]),
+            &mut body,
+        )
+        .unwrap();
+        assert!(body.contains("istio_build{component=\"ambit\""), "{body}");
+        assert!(body.ends_with("# EOF\n"), "{body}");
+    }
 }

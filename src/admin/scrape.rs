@@ -38,7 +38,10 @@ pub(super) fn respond(metrics: &Metrics, headers: &HeaderMap) -> Response<Full<B
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(format.content_type()),
     );
-    h.insert(header::VARY, header::HeaderValue::from_static("accept, accept-encoding"));
+    h.insert(
+        header::VARY,
+        header::HeaderValue::from_static("accept, accept-encoding"),
+    );
     if encoded {
         h.insert(
             header::CONTENT_ENCODING,

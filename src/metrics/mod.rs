@@ -16,8 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub use traffic::{
-    ConnectionMetrics, Reporter, SecurityPolicy, TrafficLabels, TrafficMetrics, UNKNOWN,
-    or_unknown,
+    ConnectionMetrics, Reporter, SecurityPolicy, TrafficLabels, TrafficMetrics, UNKNOWN, or_unknown,
 };
 
 /// Labels of `istio_build`.

@@ -104,7 +104,9 @@ impl ConnectionLog {
         let hbone = self.hbone_addr.map(tracing::field::display);
         let l = self.metrics.as_ref().map(ConnectionMetrics::labels);
         let known = |f: fn(&TrafficLabels) -> &str| {
-            l.map(f).filter(|v| *v != UNKNOWN).map(tracing::field::display)
+            l.map(f)
+                .filter(|v| *v != UNKNOWN)
+                .map(tracing::field::display)
         };
         let src_workload = known(|l| &l.source_workload);
         let src_namespace = known(|l| &l.source_workload_namespace);
