@@ -1,8 +1,11 @@
 //! The operator-facing HTTP servers: readiness (15021), metrics (15020) and admin (15000,
-//! loopback only; the operating endpoints are in [`ops`]).
+//! loopback only: `/config_dump` here, the operating endpoints `/`, `/logging` and
+//! `/quitquitquit` in [`ops`]).
 //!
 //! Each is a small HTTP/1.1 server (hyper) whose handler is a pure function of shared state,
 //! so a slow scrape never touches the data path's locks.
+
+mod config_dump;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -24,7 +27,8 @@ use crate::metrics::Metrics;
 pub mod ops;
 mod scrape;
 
-pub use ops::{AdminOps, bind_loopback, serve_ops};
+pub use config_dump::{DumpSources, config_dump};
+pub use ops::AdminOps;
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,59 @@ pub struct BindError {
     pub addr: SocketAddr,
     #[source]
     pub source: std::io::Error,
+}
+
+/// Binds the admin listener; refuses any address that is not loopback, since the admin port
+/// reveals the whole configuration.
+pub async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    if !addr.ip().is_loopback() {
+        return Err(BindError {
+            what: "admin",
+            addr,
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the admin server only listens on loopback (127.0.0.1 or ::1)",
+            ),
+        });
+    }
+    bind("admin", addr).await
+}
+
+/// `GET /` (the endpoint list), `POST /logging`, `POST /quitquitquit` (see [`ops`]) and
+/// `GET /config_dump` (JSON).
+pub async fn serve_admin(
+    listener: TcpListener,
+    sources: DumpSources,
+    ops: AdminOps,
+    drain: DrainWatcher,
+) {
+    let shared = Arc::new((sources, ops));
+    serve(listener, drain, move |req| {
+        let shared = shared.clone();
+        async move {
+            let (sources, ops) = (&shared.0, &shared.1);
+            if let Some(resp) = ops::route(ops, &req) {
+                return resp;
+            }
+            if req.method() != Method::GET {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+            }
+            match req.uri().path() {
+                "/config_dump" => {
+                    let body = serde_json::to_string_pretty(&config_dump(sources))
+                        .unwrap_or_else(|e| format!("{{\"error\": {:?}}}", e.to_string()));
+                    let mut resp = text(StatusCode::OK, body);
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("application/json"),
+                    );
+                    resp
+                }
+                _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+            }
+        }
+    })
+    .await
 }
 
 /// Binds a server's listener, naming it in the error.

@@ -1,20 +1,16 @@
 //! The operating endpoints of the admin server (localhost:15000): the index, `/logging` (read
 //! or change the log filter at run time) and `/quitquitquit` (drain, then exit 0).
 //!
-//! Invariant: the admin server listens on loopback only ([`bind_loopback`] refuses anything
+//! Invariant: the admin server listens on loopback only (`admin::bind_admin` refuses anything
 //! else), since it can stop the process and change what it logs.
-
-use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use tokio::net::TcpListener;
 use tracing::info;
 
-use super::{BindError, text};
-use crate::lifecycle::{DrainWatcher, ShutdownHandle};
+use super::text;
+use crate::lifecycle::ShutdownHandle;
 use crate::telemetry::LogHandle;
 
 /// What the operating endpoints act on.
@@ -31,21 +27,6 @@ const INDEX: &str = "ambit admin\n\
   /config_dump      workloads, services, policies, certificates, version, config (JSON)\n\
   /logging          POST: list the log filter; ?level=<filter> sets it (e.g. info or access=debug,warn); ?reset restores the initial one\n\
   /quitquitquit     POST: drain (readiness false, stop accepting, deadline), then exit 0\n";
-
-/// Binds `addr` if it is a loopback address.
-pub async fn bind_loopback(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    if !addr.ip().is_loopback() {
-        return Err(BindError {
-            what: "admin",
-            addr,
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the admin server only listens on loopback (127.0.0.1 or ::1)",
-            ),
-        });
-    }
-    super::bind("admin", addr).await
-}
 
 /// Answers `/`, `/logging` and `/quitquitquit`; `None` for any other path.
 pub fn route<B>(ops: &AdminOps, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
@@ -125,22 +106,11 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Serves the admin endpoints of this module until a drain starts. (The `/config_dump`
-/// endpoint is served by the same server once it exists; see `admin::serve_admin`.)
-pub async fn serve_ops(listener: TcpListener, ops: AdminOps, drain: DrainWatcher) {
-    let ops = Arc::new(ops);
-    super::serve(listener, drain, move |req| {
-        let ops = ops.clone();
-        async move {
-            route(&ops, &req).unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n".into()))
-        }
-    })
-    .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -169,9 +139,17 @@ mod tests {
             shutdown,
         };
         let (_trigger, drain) = crate::lifecycle::drain_channel();
-        let l = bind_loopback("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let l = super::super::bind_admin("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let addr = l.local_addr().unwrap();
-        tokio::spawn(serve_ops(l, ops, drain));
+        let sources = crate::admin::DumpSources {
+            state: crate::state::StateWriter::new().1,
+            certificates: None,
+            config: serde_json::Value::Null,
+            static_config: None,
+        };
+        tokio::spawn(super::super::serve_admin(l, sources, ops, drain));
         let s = |b: Vec<u8>| String::from_utf8(b).unwrap();
 
         let resp = s(request(addr, "GET", "/", "").await);
@@ -201,11 +179,15 @@ mod tests {
 
     #[tokio::test]
     async fn admin_refuses_non_loopback() {
-        let err = bind_loopback("0.0.0.0:0".parse().unwrap())
+        let err = super::super::bind_admin("0.0.0.0:0".parse().unwrap())
             .await
             .unwrap_err();
         assert_eq!(err.source.kind(), std::io::ErrorKind::InvalidInput);
-        assert!(bind_loopback("[::1]:0".parse().unwrap()).await.is_ok());
+        assert!(
+            super::super::bind_admin("[::1]:0".parse().unwrap())
+                .await
+                .is_ok()
+        );
     }
 
     #[tokio::test]
