@@ -29,7 +29,7 @@ use crate::xds;
 
 /// Runs the node proxy until SIGTERM/SIGINT, then drains. Returns an error for anything that
 /// stops it from starting.
-pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
+pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
     // Configuration first: a bad file must stop us before anything listens.
     let (writer, view) = StateWriter::new();
     let local_config = match &config.local_config {
@@ -104,6 +104,9 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
         Arc::new(m)
     };
     let (drain_trigger, drain) = lifecycle::drain_channel();
+    // The readiness server outlives the proxies' drain, so it can answer "draining" meanwhile.
+    let (readiness_trigger, readiness_drain) = lifecycle::drain_channel();
+    let (shutdown, shutdown_requested) = lifecycle::shutdown_channel();
 
     // Control-plane clients (control_plane.rs) and certificates live on the control runtime:
     // xDS, issuance and refresh never run on data workers.
@@ -129,6 +132,11 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
     let admin_listener = control.block_on(crate::admin::bind_admin(config.listeners.admin))?;
     let readiness_listener =
         data.block_on(crate::admin::bind("readiness", config.listeners.readiness))?;
+    let admin_ops = crate::admin::AdminOps {
+        initial_filter: log.current(),
+        log,
+        shutdown,
+    };
 
     let proxy_cfg = ProxyConfig {
         outbound_addr: config.listeners.outbound,
@@ -220,6 +228,7 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
                 let admin = tokio::spawn(crate::admin::serve_admin(
                     admin_listener,
                     dump_sources,
+                    admin_ops,
                     control_drain.clone(),
                 ));
                 let xds = xds_client.map(|c| tokio::spawn(c.run(control_drain.clone())));
@@ -255,10 +264,10 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
 
     let deadline = config.connection_termination_deadline;
     let outcome = data.block_on(async move {
-        tokio::spawn(crate::admin::serve_readiness(
+        let readiness_server = tokio::spawn(crate::admin::serve_readiness(
             readiness_listener,
             readiness.clone(),
-            drain.clone(),
+            readiness_drain,
         ));
         let proxy_task = proxy.map(|(p, extras)| {
             tokio::spawn(async move {
@@ -266,15 +275,23 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
             })
         });
         info!("ambit is running");
-        let signal = lifecycle::shutdown_signal().await;
-        match signal {
-            Ok(name) => info!(signal = name, deadline = ?deadline, "draining"),
-            Err(e) => warn!(error = %e, "cannot wait for signals; draining now"),
+        tokio::select! {
+            signal = lifecycle::shutdown_signal() => match signal {
+                Ok(name) => info!(signal = name, deadline = ?deadline, "draining"),
+                Err(e) => warn!(error = %e, "cannot wait for signals; draining now"),
+            },
+            _ = shutdown_requested.wait() => {
+                info!(deadline = ?deadline, "draining: requested through the admin server");
+            }
         }
+        // Not ready from the first moment of the drain until the process is gone.
+        let _draining = readiness.block("draining");
         let outcome = drain_trigger.drain(deadline).await;
         if let Some(task) = proxy_task {
             let _ = task.await;
         }
+        readiness_trigger.drain_immediately().await;
+        let _ = readiness_server.await;
         outcome
     });
     let _ = control_thread.join();

@@ -16,7 +16,7 @@ use crate::hbone::{
 use crate::lifecycle::DrainWatcher;
 use crate::state::{TunnelProtocol, Workload};
 
-use super::accesslog::{ConnectionLog, Direction};
+use super::accesslog::{ConnectionLog, Direction, outbound_labels};
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::{ILLEGAL_PORTS, ProxyInputs, same_family_ip, socket};
 
@@ -116,7 +116,33 @@ pub(super) async fn connect(
     orig: SocketAddr,
     log: &mut ConnectionLog,
 ) -> Result<Upstream, OutboundError> {
-    match route(pi, orig).map_err(OutboundError::Route)? {
+    let route = route(pi, orig);
+    let labels = match &route {
+        Ok(Route::Hbone {
+            target, expected, ..
+        }) => outbound_labels(pi, orig, Some(*target), expected.first()),
+        Ok(Route::Plain(target)) => outbound_labels(pi, orig, Some(*target), None),
+        Err(_) => outbound_labels(pi, orig, None, None),
+    };
+    log.open(pi, labels);
+    let connected = match route {
+        Ok(route) => connect_route(pi, pool, peer, route, log).await,
+        Err(e) => Err(OutboundError::Route(e)),
+    };
+    if connected.is_err() {
+        log.response_flags = Some("CONNECT");
+    }
+    connected
+}
+
+async fn connect_route(
+    pi: &ProxyInputs,
+    pool: &Pool,
+    peer: SocketAddr,
+    route: Route,
+    log: &mut ConnectionLog,
+) -> Result<Upstream, OutboundError> {
+    match route {
         Route::Plain(dst) => socket::connect(dst, None, &pi.cfg.socket)
             .await
             .map(Upstream::Plain)
