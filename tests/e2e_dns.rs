@@ -182,6 +182,8 @@ async fn dns_mesh(test: &str) -> Mesh {
         },
     )
     .await;
+    // ambit reads its resolvers once, at startup.
+    let _ = std::fs::remove_file(&dir_conf);
     install_dns_capture(&mesh.pair.client);
     mesh
 }
