@@ -150,7 +150,9 @@ impl LabCa {
         serial[0] = (serial[0] & 0x7f) | 0x40;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - CLOCK_SKEW;
+        // Backdated by a second only: a larger allowance would shift a short certificate's
+        // half-life (when node proxies refresh) into the past.
+        params.not_before = now - Duration::from_secs(1);
         params.not_after = now + ttl.clamp(Duration::from_secs(1), MAX_TTL);
         let leaf = params
             .signed_by(&csr.public_key, &self.issuer)
