@@ -260,11 +260,14 @@ pub(super) fn inbound_labels(
     let mut l = TrafficLabels::unknown(Reporter::Destination);
     fill_destination(&mut l, local);
     if let Some(host) = service_host.filter(|h| !h.is_empty()) {
-        let svc = pi.state.service_by_host(local.namespace(), host).or_else(|| {
-            let all = pi.state.services_by_hostname(host);
-            // Ambiguous host names (one per namespace) name no service in particular.
-            (all.len() == 1).then(|| all[0].clone())
-        });
+        let svc = pi
+            .state
+            .service_by_host(local.namespace(), host)
+            .or_else(|| {
+                let all = pi.state.services_by_hostname(host);
+                // Ambiguous host names (one per namespace) name no service in particular.
+                (all.len() == 1).then(|| all[0].clone())
+            });
         match svc {
             Some(svc) => fill_service(&mut l, &svc),
             // Unknown to this node's state: the host name is still the best label we have.
