@@ -15,6 +15,7 @@
 //! | 4 | [`tls`] | rustls configurations, SPIFFE verification, the certificate-provider seam |
 //! | 4 | [`metrics`] | the metric registry and the data path's counters |
 //! | 5 | [`hbone`] | HTTP/2 CONNECT: client, connection pool, server side, headers |
+//! | 5 | [`quic`] | HBONE over QUIC (HTTP/3 CONNECT on quinn): endpoints, client pool, server side |
 //! | 6 | [`proxy`] | listeners and per-connection flows (outbound, inbound HBONE, inbound plaintext) |
 //! | 7 | [`identity`] | certificate manager with rotation; the built-in CA |
 //! | 7 | [`xds`] | configuration sources: the local config file |
@@ -23,7 +24,7 @@
 //! | 8 | [`config`] | configuration from the environment |
 //! | 9 | [`app`] | the composition root |
 //!
-//! The data path (`tls`, `hbone`, `proxy`) never imports control-plane or admin code: it is
+//! The data path (`tls`, `hbone`, `quic`, `proxy`) never imports control-plane or admin code: it is
 //! handed a state view, a certificate provider and its own configuration.
 
 #![deny(unsafe_code)]
@@ -38,6 +39,7 @@ pub mod inpod;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
+pub mod quic;
 pub mod rbac;
 pub mod state;
 pub mod telemetry;
