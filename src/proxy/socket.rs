@@ -15,6 +15,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 /// in-pod mode a factory creates them inside the pod's namespace.
 pub trait SocketFactory: Send + Sync + 'static {
     fn tcp_socket(&self, domain: Domain) -> io::Result<Socket>;
+    /// A UDP socket, for HBONE over QUIC.
+    fn udp_socket(&self, domain: Domain) -> io::Result<Socket>;
 }
 
 /// Sockets in the process's own network namespace.
@@ -24,6 +26,10 @@ pub struct CurrentNetns;
 impl SocketFactory for CurrentNetns {
     fn tcp_socket(&self, domain: Domain) -> io::Result<Socket> {
         Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+    }
+
+    fn udp_socket(&self, domain: Domain) -> io::Result<Socket> {
+        Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
     }
 }
 
@@ -126,6 +132,16 @@ pub fn listen(
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
+}
+
+/// A UDP socket from the factory (so in the pod's namespace in in-pod mode) with the proxy's
+/// mark, not yet bound: HBONE over QUIC binds and sizes it.
+pub fn udp(addr: SocketAddr, opts: &SocketOptions) -> io::Result<Socket> {
+    let socket = opts.factory.udp_socket(Domain::for_address(addr))?;
+    if let Some(mark) = opts.mark {
+        socket.set_mark(mark)?;
+    }
+    Ok(socket)
 }
 
 /// The destination the client originally asked for, before nftables redirected it to us.

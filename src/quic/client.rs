@@ -53,8 +53,18 @@ struct PoolInner {
 
 #[derive(Default)]
 struct KeyEntry {
-    connect: tokio::sync::Mutex<()>,
+    /// Held while opening a connection; guards `attempts` and `last_failure`.
+    connect: tokio::sync::Mutex<Attempts>,
     conn: Mutex<Option<Arc<Conn>>>,
+}
+
+/// Handshake attempts of one key. A request that waited for someone else's handshake and saw it
+/// fail gets that failure at once instead of waiting out its own timeout: towards a peer whose
+/// UDP is dropped, a burst of requests costs one timeout, not one each.
+#[derive(Default)]
+struct Attempts {
+    count: u64,
+    last_failure: Option<String>,
 }
 
 struct Conn {
@@ -173,12 +183,29 @@ impl QuicPool {
         if let Some(c) = entry.live() {
             return Ok((c, false));
         }
-        let _opening = entry.connect.lock().await;
+        let seen = entry.connect.try_lock().map(|a| a.count).ok();
+        let mut attempts = entry.connect.lock().await;
         // Someone else may have opened it while we waited.
         if let Some(c) = entry.live() {
             return Ok((c, false));
         }
-        let conn = Arc::new(self.open(key).await?);
+        if seen.is_none_or(|n| n != attempts.count)
+            && let Some(reason) = &attempts.last_failure
+        {
+            return Err(QuicError::Handshake {
+                dst: key.dst,
+                reason: reason.clone(),
+            });
+        }
+        attempts.count += 1;
+        let conn = match self.open(key).await {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                attempts.last_failure = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        attempts.last_failure = None;
         *lock(&entry.conn) = Some(conn.clone());
         self.inner.opened.fetch_add(1, Ordering::Relaxed);
         spawn_reaper(conn.clone(), self.inner.cfg.pool_idle_timeout);

@@ -56,15 +56,27 @@ fn size_buffers(socket: &Socket, size: usize) {
     }
 }
 
-/// A server endpoint on `socket`. Its server configuration is `initial`; every accepted
-/// connection gets the then-current one through [`server_config`].
+/// A server endpoint on `socket`. Its server configuration is `initial` (without one it drops
+/// incoming connections until [`enable_server`]); every accepted connection gets the
+/// then-current certificate through [`accept`].
 pub fn server_endpoint(
     socket: std::net::UdpSocket,
-    initial: Arc<rustls::ServerConfig>,
+    initial: Option<Arc<rustls::ServerConfig>>,
     cfg: &QuicConfig,
 ) -> Result<quinn::Endpoint, QuicError> {
-    let server = server_config(initial, cfg)?;
-    endpoint(socket, Some(server))
+    let server = initial.map(|tls| server_config(tls, cfg)).transpose()?;
+    endpoint(socket, server)
+}
+
+/// Starts (or, with `None`, stops) taking new connections on a server endpoint.
+pub fn enable_server(
+    endpoint: &quinn::Endpoint,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    cfg: &QuicConfig,
+) -> Result<(), QuicError> {
+    let server = tls.map(|tls| server_config(tls, cfg)).transpose()?;
+    endpoint.set_server_config(server);
+    Ok(())
 }
 
 /// A client-only endpoint on `socket` (never accepts connections).

@@ -34,7 +34,9 @@ mod stream;
 mod tests;
 
 pub use client::{QuicKey, QuicPool};
-pub use endpoint::{accept, bind_udp, client_endpoint, peer_identity, server_endpoint};
+pub use endpoint::{
+    accept, bind_udp, client_endpoint, enable_server, peer_identity, server_endpoint,
+};
 pub use server::{InboundRequest, serve};
 pub use stream::{H3Recv, H3Send};
 

@@ -113,7 +113,7 @@ struct TestServer {
 /// A server that echoes every stream whose authority port is not 9 (which it answers `401`).
 fn server(cert: Arc<WorkloadCertificate>) -> TestServer {
     let cfg = QuicConfig::default();
-    let endpoint = server_endpoint(udp(), cert.server_config_h3(), &cfg).unwrap();
+    let endpoint = server_endpoint(udp(), Some(cert.server_config_h3()), &cfg).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let (tx, seen) = mpsc::unbounded_channel();
     let errors = Arc::new(Mutex::new(Vec::new()));
