@@ -14,13 +14,14 @@
 //! | 3 | [`state`] | workloads, services and policies, indexed; a read-only view for the data path |
 //! | 4 | [`tls`] | rustls configurations, SPIFFE verification, the certificate-provider seam |
 //! | 4 | [`metrics`] | the metric registry and the data path's counters |
+//! | 4 | [`grpc`] | control-plane gRPC channels: TLS roots, keepalives, auth metadata |
 //! | 5 | [`hbone`] | HTTP/2 CONNECT: client, connection pool, server side, headers |
 //! | 5 | [`quic`] | HBONE over QUIC (HTTP/3 CONNECT on quinn): endpoints, client pool, server side |
 //! | 6 | [`proxy`] | listeners and per-connection flows (outbound, inbound HBONE, inbound plaintext) |
-//! | 7 | [`identity`] | certificate manager with rotation; the built-in CA |
-//! | 7 | [`xds`] | configuration sources: the local config file |
+//! | 7 | [`identity`] | certificate manager with rotation; the Istio CA client; the built-in CA |
+//! | 7 | [`xds`] | configuration sources: the delta ADS client, the local config file |
 //! | 7 | [`inpod`] | in-pod mode: the ZDS client and per-pod proxies inside pod namespaces |
-//! | 8 | [`admin`] | readiness and metrics HTTP servers |
+//! | 8 | [`admin`] | readiness, metrics and admin (`/config_dump`) HTTP servers |
 //! | 8 | [`config`] | configuration from the environment |
 //! | 9 | [`app`] | the composition root |
 //!
@@ -33,6 +34,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod core;
+pub mod grpc;
 pub mod hbone;
 pub mod identity;
 pub mod inpod;

@@ -14,6 +14,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("state", 3),
     ("tls", 4),
     ("metrics", 4),
+    ("grpc", 4),
     ("hbone", 5),
     ("quic", 5),
     ("proxy", 6),

@@ -1,7 +1,10 @@
-//! The operator-facing HTTP servers: readiness (15021) and metrics (15020).
+//! The operator-facing HTTP servers: readiness (15021), metrics (15020) and admin (15000,
+//! loopback only: `/` and `/config_dump`).
 //!
 //! Each is a small HTTP/1.1 server (hyper) whose handler is a pure function of shared state,
 //! so a slow scrape never touches the data path's locks.
+
+mod config_dump;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,6 +23,8 @@ use tracing::{debug, warn};
 use crate::lifecycle::{DrainWatcher, Readiness};
 use crate::metrics::Metrics;
 
+pub use config_dump::{DumpSources, config_dump};
+
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("bind {what} server on {addr}: {source}")]
@@ -28,6 +33,53 @@ pub struct BindError {
     pub addr: SocketAddr,
     #[source]
     pub source: std::io::Error,
+}
+
+/// Binds the admin listener; refuses any address that is not loopback, since the admin port
+/// reveals the whole configuration.
+pub async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    if !addr.ip().is_loopback() {
+        return Err(BindError {
+            what: "admin",
+            addr,
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the admin server only listens on loopback (127.0.0.1 or ::1)",
+            ),
+        });
+    }
+    bind("admin", addr).await
+}
+
+/// `GET /` (the endpoint list) and `GET /config_dump` (JSON).
+pub async fn serve_admin(listener: TcpListener, sources: DumpSources, drain: DrainWatcher) {
+    let sources = Arc::new(sources);
+    serve(listener, drain, move |req| {
+        let sources = sources.clone();
+        async move {
+            if req.method() != Method::GET {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+            }
+            match req.uri().path() {
+                "/" => text(
+                    StatusCode::OK,
+                    "ambit admin\n  /             this list\n  /config_dump  workloads, services, policies, certificates, version, config (JSON)\n".into(),
+                ),
+                "/config_dump" => {
+                    let body = serde_json::to_string_pretty(&config_dump(&sources))
+                        .unwrap_or_else(|e| format!("{{\"error\": {:?}}}", e.to_string()));
+                    let mut resp = text(StatusCode::OK, body);
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("application/json"),
+                    );
+                    resp
+                }
+                _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+            }
+        }
+    })
+    .await
 }
 
 /// Binds a server's listener, naming it in the error.

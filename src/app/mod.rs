@@ -5,6 +5,8 @@
 //! (certificates, metrics) and a multi-thread data runtime (listeners, connections, readiness),
 //! so control work never stalls traffic.
 
+mod control_plane;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, LocalConfigSource, ProxyMode};
 use crate::core::Identity;
-use crate::identity::{BuiltinCa, SecretManager, SecretManagerConfig};
+use crate::identity::{SecretManager, SecretManagerConfig};
 use crate::inpod::{HostNetns, InpodConfig, WorkloadManager, WorkloadManagerInputs};
 use crate::lifecycle::{self, Readiness};
 use crate::metrics::Metrics;
@@ -33,17 +35,24 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
         Some(LocalConfigSource::Inline(text)) => Some(xds::local::parse(text, "LOCAL_XDS")?),
         None => None,
     };
+    let static_config = local_config.as_ref().map(|lc| lc.source.clone());
     match local_config {
-        Some(lc) => writer.apply(lc.into_update()),
-        None => bail!("no configuration source: set LOCAL_XDS_PATH or LOCAL_XDS"),
+        Some(lc) => {
+            writer.apply(lc.into_update());
+        }
+        None if config.xds_address.is_some() => {}
+        None => bail!("no configuration source: set XDS_ADDRESS, LOCAL_XDS_PATH or LOCAL_XDS"),
     };
     info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting ambit");
-    // A local config file is watched for changes and reloaded on the control runtime.
-    let reloader = match &config.local_config {
-        Some(LocalConfigSource::File(path)) => {
-            Some(xds::local::Reloader::new(path.clone(), Arc::new(writer)))
-        }
-        _ => None,
+    // The writer goes to the xDS client when there is a control plane; otherwise a local config
+    // file is watched for changes and reloaded on the control runtime.
+    let (reloader, xds_writer) = match (&config.xds_address, &config.local_config) {
+        (Some(_), _) => (None, Some(writer)),
+        (None, Some(LocalConfigSource::File(path))) => (
+            Some(xds::local::Reloader::new(path.clone(), Arc::new(writer))),
+            None,
+        ),
+        (None, _) => (None, None),
     };
 
     // Dedicated: one proxy for the configured workload, in our own namespace. Shared: proxies
@@ -52,7 +61,8 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
         ProxyMode::Dedicated => Some(dedicated_workload(&config)?),
         ProxyMode::Shared => None,
     };
-    if let Some(local) = &local
+    // With a control plane the state fills in after start-up; only a local config is final.
+    if let Some(local) = local.as_ref().filter(|_| config.xds_address.is_none())
         && view
             .workload_by_name(&local.namespace, &local.name)
             .is_none()
@@ -88,17 +98,28 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let (drain_trigger, drain) = lifecycle::drain_channel();
 
-    // Certificates live on the control runtime: issuance and refresh never run on data workers.
-    let ca = BuiltinCa::load_or_create(&config.ca_dir, config.secret_ttl)
-        .with_context(|| format!("built-in CA in {}", config.ca_dir.display()))?;
-    let secrets = {
+    // Control-plane clients (control_plane.rs) and certificates live on the control runtime:
+    // xDS, issuance and refresh never run on data workers.
+    let (secrets, xds_client) = {
         let _enter = control.enter();
-        SecretManager::new(Arc::new(ca), SecretManagerConfig::default())
+        let ca = control_plane::ca_client(&config)?;
+        let xds_client = xds_writer.and_then(|w| control_plane::xds_client(&config, w, &readiness));
+        (
+            SecretManager::new(ca, SecretManagerConfig::default()),
+            xds_client,
+        )
+    };
+    let dump_sources = crate::admin::DumpSources {
+        state: view.clone(),
+        certificates: Some(secrets.clone()),
+        config: serde_json::to_value(&config).unwrap_or_default(),
+        static_config,
     };
     let certs: Arc<dyn CertProvider> = secrets.clone();
 
     let metrics_listener =
         control.block_on(crate::admin::bind("metrics", config.listeners.stats))?;
+    let admin_listener = control.block_on(crate::admin::bind_admin(config.listeners.admin))?;
     let readiness_listener =
         data.block_on(crate::admin::bind("readiness", config.listeners.readiness))?;
 
@@ -183,7 +204,16 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
                     control_metrics,
                     control_drain.clone(),
                 ));
+                let admin = tokio::spawn(crate::admin::serve_admin(
+                    admin_listener,
+                    dump_sources,
+                    control_drain.clone(),
+                ));
+                let xds = xds_client.map(|c| tokio::spawn(c.run(control_drain.clone())));
                 let manager = manager.map(|m| tokio::spawn(m.run(control_drain.clone())));
+                if let Some(r) = reloader {
+                    tokio::spawn(r.run(xds::local::DEFAULT_POLL_INTERVAL, control_drain.clone()));
+                }
                 match identity {
                     Some(identity) => match certs.fetch(&identity).await {
                         Ok(cert) => {
@@ -197,14 +227,15 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
                     // Shared mode: certificates are per pod, fetched as pods arrive.
                     None => drop(certs_ready),
                 }
-                if let Some(r) = reloader {
-                    tokio::spawn(r.run(xds::local::DEFAULT_POLL_INTERVAL, control_drain.clone()));
-                }
                 control_drain.draining().await;
                 if let Some(m) = manager {
                     let _ = m.await;
                 }
                 let _ = server.await;
+                let _ = admin.await;
+                if let Some(xds) = xds {
+                    let _ = xds.await;
+                }
             })
         })
         .context("control thread")?;

@@ -4,7 +4,7 @@
 //! serializable data, built once through a seam ([`Config::from_source`]) so tests never touch
 //! the process environment. Invariants: every bad value is a [`ConfigError`] naming the
 //! variable and the value; a returned `Config` also satisfies the cross-field rules (dedicated
-//! mode has a workload, the configuration source and CA are ones ambit supports today).
+//! mode has a workload).
 //! Empty values count as unset, except `XDS_ADDRESS` and `CA_ADDRESS`, where `""` disables.
 
 mod parse;
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+use crate::grpc::RootCert;
 use crate::telemetry::LogFormat;
 
 pub const DEFAULT_CA_DIR: &str = "/var/run/ambit/ca";
@@ -22,6 +23,8 @@ const DEFAULT_INPOD_UDS: &str = "/var/run/ztunnel/ztunnel.sock";
 const DEFAULT_PACKET_MARK: u32 = 1337;
 const ISTIOD_IN_CLUSTER: &str = "https://istiod.istio-system.svc:15012";
 const ISTIOD_LOCAL: &str = "https://localhost:15012";
+const DEFAULT_ROOT_CERT: &str = "./var/run/secrets/istio/root-cert.pem";
+const DEFAULT_AUTH_TOKEN: &str = "./var/run/secrets/tokens/istio-token";
 
 /// Everything the node proxy is configured with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -37,6 +40,19 @@ pub struct Config {
     pub ca_address: Option<String>,
     /// `None` when `XDS_ADDRESS=""`.
     pub xds_address: Option<String>,
+    /// Control-plane trust (`XDS_ROOT_CA`, `CA_ROOT_CA`): a PEM file, inline PEM, or `SYSTEM`.
+    pub xds_root_ca: RootCert,
+    pub ca_root_ca: RootCert,
+    /// Names to verify in the control plane's certificates instead of the address's host.
+    pub alt_xds_hostname: Option<String>,
+    pub alt_ca_hostname: Option<String>,
+    /// Bearer token file (`AUTH_TOKEN`; default istio-token path when it exists), re-read per
+    /// connection.
+    pub auth_token: Option<PathBuf>,
+    /// This proxy's own pod, for the xDS node id (`POD_NAME`, `POD_NAMESPACE`, `INSTANCE_IP`).
+    pub pod_name: String,
+    pub pod_namespace: String,
+    pub instance_ip: String,
     pub local_config: Option<LocalConfigSource>,
     /// Root directory of the built-in CA (`AMBIT_CA_DIR`).
     pub ca_dir: PathBuf,
@@ -131,16 +147,6 @@ pub enum ConfigError {
     },
     #[error("PROXY_MODE=dedicated requires PROXY_WORKLOAD_INFO (namespace/name/service-account)")]
     DedicatedWithoutWorkload,
-    #[error(
-        "XDS_ADDRESS={address:?}: connecting to an xDS control plane is not supported yet; \
-         give a local config with LOCAL_XDS_PATH (a file) or LOCAL_XDS (inline YAML)"
-    )]
-    XdsNotSupported { address: String },
-    #[error(
-        "CA_ADDRESS={address:?}: an external CA is not supported yet; use the built-in CA \
-         with FAKE_CA=true or CA_ADDRESS=\"\" (its root lives in AMBIT_CA_DIR, default {DEFAULT_CA_DIR})"
-    )]
-    CaNotSupported { address: String },
 }
 
 // === impl Config ===
@@ -196,6 +202,17 @@ impl Config {
             fake_ca,
             ca_address,
             xds_address,
+            xds_root_ca: root_cert(&env, "XDS_ROOT_CA"),
+            ca_root_ca: root_cert(&env, "CA_ROOT_CA"),
+            alt_xds_hostname: env.get("ALT_XDS_HOSTNAME"),
+            alt_ca_hostname: env.get("ALT_CA_HOSTNAME"),
+            auth_token: env.get("AUTH_TOKEN").map(PathBuf::from).or_else(|| {
+                let default = PathBuf::from(DEFAULT_AUTH_TOKEN);
+                default.exists().then_some(default)
+            }),
+            pod_name: env.get("POD_NAME").unwrap_or_default(),
+            pod_namespace: env.get("POD_NAMESPACE").unwrap_or_default(),
+            instance_ip: env.get("INSTANCE_IP").unwrap_or_default(),
             local_config,
             ca_dir: env
                 .get("AMBIT_CA_DIR")
@@ -272,16 +289,6 @@ impl Config {
         if self.proxy_mode == ProxyMode::Dedicated && self.proxy_workload_info.is_none() {
             return Err(ConfigError::DedicatedWithoutWorkload);
         }
-        if let (Some(address), None) = (&self.xds_address, &self.local_config) {
-            return Err(ConfigError::XdsNotSupported {
-                address: address.clone(),
-            });
-        }
-        if let (false, Some(address)) = (self.fake_ca, &self.ca_address) {
-            return Err(ConfigError::CaNotSupported {
-                address: address.clone(),
-            });
-        }
         Ok(())
     }
 }
@@ -338,6 +345,10 @@ impl Env<'_> {
             Some(v) => Some(v),
         }
     }
+}
+
+fn root_cert(env: &Env<'_>, var: &str) -> RootCert {
+    RootCert::from_setting(&env.get(var).unwrap_or_else(|| DEFAULT_ROOT_CERT.into()))
 }
 
 fn workload_info(s: &str) -> Result<WorkloadInfo, String> {

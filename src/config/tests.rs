@@ -267,45 +267,50 @@ fn cross_field_rules() {
         with(&[("PROXY_MODE", "dedicated")]).unwrap_err(),
         ConfigError::DedicatedWithoutWorkload
     );
-    // Nothing set: the default control plane address is not supported without a local config.
-    let e = bare(&[("FAKE_CA", "true")]).unwrap_err();
+    // Nothing set: the default control plane and CA, with the default root file.
+    let c = bare(&[]).unwrap();
+    assert_eq!(c.xds_address.as_deref(), Some("https://localhost:15012"));
+    assert_eq!(c.ca_address.as_deref(), Some("https://localhost:15012"));
     assert_eq!(
-        e,
-        ConfigError::XdsNotSupported {
-            address: "https://localhost:15012".into()
-        }
+        c.xds_root_ca,
+        RootCert::File("./var/run/secrets/istio/root-cert.pem".into())
     );
-    assert!(e.to_string().contains("not supported yet"), "{e}");
-    assert!(e.to_string().contains("LOCAL_XDS_PATH"), "{e}");
     // XDS_ADDRESS="" without a local config is fine (an empty mesh).
     assert!(bare(&[("XDS_ADDRESS", ""), ("FAKE_CA", "true")]).is_ok());
-    // A remote CA is not supported; FAKE_CA or CA_ADDRESS="" select the built-in one.
-    let e = bare(&[("LOCAL_XDS", "{}"), ("CA_ADDRESS", "https://ca:15012")]).unwrap_err();
-    assert_eq!(
-        e,
-        ConfigError::CaNotSupported {
-            address: "https://ca:15012".into()
-        }
-    );
-    assert!(
-        e.to_string().contains("FAKE_CA=true or CA_ADDRESS=\"\""),
-        "{e}"
-    );
     let c = bare(&[("LOCAL_XDS", "{}"), ("CA_ADDRESS", "")]).unwrap();
     assert_eq!((c.ca_address, c.fake_ca), (None, false));
-    assert!(
-        bare(&[
-            ("LOCAL_XDS", "{}"),
-            ("CA_ADDRESS", "https://ca:15012"),
-            ("FAKE_CA", "true")
-        ])
-        .is_ok()
-    );
+    // The control-plane connection settings.
+    let pem = "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n";
+    let c = bare(&[
+        ("XDS_ADDRESS", "https://istiod:15012"),
+        ("CA_ADDRESS", "https://ca:15012"),
+        ("XDS_ROOT_CA", "/etc/roots.pem"),
+        ("CA_ROOT_CA", pem),
+        ("ALT_XDS_HOSTNAME", "istiod.istio-system.svc"),
+        ("ALT_CA_HOSTNAME", "ca.istio-system.svc"),
+        ("AUTH_TOKEN", "/var/run/token"),
+        ("POD_NAME", "ztunnel-1"),
+        ("POD_NAMESPACE", "istio-system"),
+        ("INSTANCE_IP", "10.0.0.7"),
+    ])
+    .unwrap();
+    assert_eq!(c.xds_address.as_deref(), Some("https://istiod:15012"));
+    assert_eq!(c.ca_address.as_deref(), Some("https://ca:15012"));
+    assert_eq!(c.xds_root_ca, RootCert::File("/etc/roots.pem".into()));
+    assert_eq!(c.ca_root_ca, RootCert::Pem(pem.into()));
     assert_eq!(
-        bare(&[("LOCAL_XDS", "{}")]).unwrap_err(),
-        ConfigError::CaNotSupported {
-            address: "https://localhost:15012".into()
-        }
+        c.alt_xds_hostname.as_deref(),
+        Some("istiod.istio-system.svc")
+    );
+    assert_eq!(c.alt_ca_hostname.as_deref(), Some("ca.istio-system.svc"));
+    assert_eq!(c.auth_token, Some(PathBuf::from("/var/run/token")));
+    assert_eq!(
+        (
+            c.pod_name.as_str(),
+            c.pod_namespace.as_str(),
+            c.instance_ip.as_str()
+        ),
+        ("ztunnel-1", "istio-system", "10.0.0.7")
     );
 }
 

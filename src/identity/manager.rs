@@ -151,6 +151,12 @@ impl SecretManager {
         out
     }
 
+    /// The certificate currently served for `id`, if any. Read-only: unlike
+    /// [`SecretManager::fetch_certificate`] it never starts an issuance (for `/config_dump`).
+    pub fn current_certificate(&self, id: &Identity) -> Option<Arc<WorkloadCertificate>> {
+        self.lock().get(id)?.slot.borrow().cert.clone()
+    }
+
     /// Issuances started so far (successful or not), across identities.
     pub fn issuance_count(&self) -> u64 {
         self.shared.issuances.load(Ordering::Relaxed)

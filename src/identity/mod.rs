@@ -1,10 +1,12 @@
 //! Workload certificates for the local node: the issuer seam ([`CaClient`]), the embedded CA used
-//! when no mesh CA is configured ([`BuiltinCa`], `FAKE_CA=true`), and the certificate manager
+//! when no mesh CA is configured ([`BuiltinCa`], `FAKE_CA=true`), the Istio CA client
+//! ([`IstioCaClient`], `CA_ADDRESS`), and the certificate manager
 //! ([`SecretManager`]) that caches one certificate per identity and rotates it at half-life.
 //!
 //! This is control-side code (level 7); the data path sees it only through [`crate::tls::CertProvider`].
 
 mod builtin_ca;
+mod caclient;
 mod manager;
 
 #[cfg(test)]
@@ -20,6 +22,7 @@ use crate::core::Identity;
 use crate::tls::{TlsError, WorkloadCertificate};
 
 pub use builtin_ca::BuiltinCa;
+pub use caclient::{CaClientConfig, CaClientError, IstioCaClient};
 pub use manager::{CertificateState, CertificateStatus, SecretManager, SecretManagerConfig};
 
 /// The issuer seam: something that can mint a certificate for a workload identity (the mesh CA
@@ -59,6 +62,9 @@ pub enum IdentityError {
     /// The CA refused or could not be reached.
     #[error("CA could not issue a certificate for {identity}: {reason}")]
     Ca { identity: Identity, reason: String },
+    /// The Istio CA client failed (setup, transport, refusal, or an unusable response).
+    #[error(transparent)]
+    CaClient(#[from] CaClientError),
     /// The identity was forgotten while a caller waited for its certificate.
     #[error("certificate for {identity} was forgotten while being fetched")]
     Forgotten { identity: Identity },

@@ -1,7 +1,13 @@
-//! Configuration sources that feed the state store. For now: [`local`], the local config file
-//! (ztunnel's `LOCAL_XDS_PATH` / `LOCAL_XDS`). The delta-xDS client will live here too, and
-//! drive the same [`crate::state::StateWriter::apply`] with [`crate::state::Update`]s.
+//! Configuration sources that feed the state store: the delta-ADS client ([`client`]) talking to
+//! istiod, and the local config file ([`local`], ztunnel's `LOCAL_XDS_PATH` / `LOCAL_XDS`). Both
+//! drive [`crate::state::StateWriter::apply`] with [`crate::state::Update`]s.
+//!
+//! Generated protobuf types never leave this module: [`convert`] turns them into domain types.
 
+pub mod client;
+pub mod convert;
 pub mod local;
 
+pub use client::{NodeInfo, XdsClient, XdsConfig, XdsError};
+pub use convert::{ConvertError, Problem, decode_resource};
 pub use local::{LocalConfig, LocalConfigError};

@@ -1,0 +1,208 @@
+//! `GET /config_dump`: everything this proxy was told and holds, as JSON in ztunnel's shape
+//! (wire.md §4): `workloads`, `services`, `policies`, `stagedServices`, `staticConfig`,
+//! `version`, `config`, `certificates`.
+//!
+//! Invariants: built from a single state snapshot, so the lists are mutually consistent; lists
+//! are in key order so two dumps of the same state are byte-identical; reading it never changes
+//! anything (certificates are read, never fetched). Private keys are never included.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::identity::{CertificateState, SecretManager};
+use crate::state::StateView;
+
+/// What the dump reads. The config arrives already serialized: `admin` sits beside `config`
+/// and may not import it.
+#[derive(Clone)]
+pub struct DumpSources {
+    pub state: StateView,
+    pub certificates: Option<Arc<SecretManager>>,
+    /// The process configuration, serialized (camelCase).
+    pub config: Value,
+    /// The local config YAML, when one was loaded.
+    pub static_config: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CertDump {
+    identity: String,
+    state: String,
+    cert_chain: Vec<CertEntry>,
+    root_certs: Vec<CertEntry>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CertEntry {
+    /// Base64 of the PEM text, as ztunnel shows it.
+    pem: String,
+    serial_number: String,
+    valid_from: String,
+    expiration_time: String,
+}
+
+/// The whole dump.
+pub fn config_dump(src: &DumpSources) -> Value {
+    let snap = src.state.snapshot();
+    let mut state = serde_json::to_value(&*snap).unwrap_or(Value::Null);
+    // Services that workloads name but the control plane has not sent yet: key → workload uids.
+    let mut staged: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for w in snap.workloads() {
+        for key in w.services.keys() {
+            let (ns, host) = key.split_once('/').unwrap_or(("", key));
+            if snap.service_by_host(ns, host).is_none() {
+                staged.entry(key.clone()).or_default().push(w.uid.clone());
+            }
+        }
+    }
+    for uids in staged.values_mut() {
+        uids.sort();
+    }
+    let certificates: Vec<CertDump> = src
+        .certificates
+        .as_ref()
+        .map(|m| certificates(m))
+        .unwrap_or_default();
+    let obj = state.as_object_mut();
+    json!({
+        "workloads": obj.as_ref().and_then(|o| o.get("workloads")).cloned().unwrap_or(json!([])),
+        "services": obj.as_ref().and_then(|o| o.get("services")).cloned().unwrap_or(json!([])),
+        "policies": obj.as_ref().and_then(|o| o.get("policies")).cloned().unwrap_or(json!([])),
+        "stagedServices": staged,
+        "staticConfig": src.static_config,
+        "version": version(snap.version()),
+        "config": src.config,
+        "certificates": certificates,
+    })
+}
+
+fn version(state_version: u64) -> Value {
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "gitRevision": option_env!("AMBIT_GIT_REVISION").unwrap_or("unknown"),
+        "rustVersion": option_env!("CARGO_PKG_RUST_VERSION").unwrap_or("unknown"),
+        "buildProfile": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "buildStatus": "unknown",
+        "istioVersion": "unknown",
+        "cryptoProvider": "aws-lc-rs",
+        "stateVersion": state_version,
+    })
+}
+
+fn certificates(manager: &SecretManager) -> Vec<CertDump> {
+    manager
+        .certificates()
+        .into_iter()
+        .map(|status| {
+            let state = match &status.state {
+                CertificateState::Initializing => "Initializing".to_string(),
+                CertificateState::Available => "Available".to_string(),
+                CertificateState::Unavailable(why) => format!("Unavailable: {why}"),
+            };
+            let cert = manager.current_certificate(&status.identity);
+            let (cert_chain, root_certs) = match cert {
+                Some(c) => (
+                    c.chain().iter().map(cert_entry).collect(),
+                    c.roots().iter().map(cert_entry).collect(),
+                ),
+                None => (Vec::new(), Vec::new()),
+            };
+            CertDump {
+                identity: status.identity.to_string(),
+                state,
+                cert_chain,
+                root_certs,
+            }
+        })
+        .collect()
+}
+
+fn cert_entry(der: &CertificateDer<'_>) -> CertEntry {
+    let (serial_number, valid_from, expiration_time) =
+        match x509_parser::parse_x509_certificate(der) {
+            Ok((_, c)) => (
+                c.tbs_certificate.raw_serial_as_string().replace(':', ""),
+                rfc3339(c.validity().not_before.timestamp()),
+                rfc3339(c.validity().not_after.timestamp()),
+            ),
+            Err(_) => Default::default(),
+        };
+    CertEntry {
+        pem: base64(pem(der).as_bytes()),
+        serial_number,
+        valid_from,
+        expiration_time,
+    }
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn pem(der: &[u8]) -> String {
+    let body = base64(der);
+    let mut out = String::with_capacity(body.len() + body.len() / 64 + 64);
+    out.push_str("-----BEGIN CERTIFICATE-----\n");
+    for chunk in body.as_bytes().chunks(64) {
+        // base64 output is ASCII, so every chunk is valid UTF-8.
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Standard base64 with padding (RFC 4648 §4).
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), want);
+        }
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    }
+}

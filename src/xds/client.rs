@@ -1,0 +1,397 @@
+//! The delta ADS client: one gRPC stream to istiod carrying both WDS types
+//! (`istio.workload.Address`, `istio.security.Authorization`), applied to the state store.
+//!
+//! Invariants:
+//! - Every response is answered: an ACK (`type_url` + `response_nonce`), or a NACK whose
+//!   `error_detail.message` names each rejected resource (`<name>: <why>`, joined by `; `).
+//!   The good resources of a partly bad response are applied in one batch; a rejected resource
+//!   keeps its previous state (and version), so the last good state keeps serving.
+//! - `known` (type → resource name → version and state key) survives reconnects and is sent as
+//!   `initial_resource_versions`, so the server only resends what changed.
+//! - Readiness: one [`BlockReady`] per type, dropped on the first ACK of that type.
+//! - Reconnects back off exponentially (10 ms → 15 s) unless the server merely closed the stream
+//!   (then at once); a response received resets the backoff. The token file is re-read on every
+//!   connect. The client stops as soon as a drain starts.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ambit_proto::envoy::config::core::v3::Node;
+use ambit_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use ambit_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use ambit_proto::google::rpc::Status as RpcStatus;
+use prost_types::value::Kind;
+use tokio::sync::mpsc;
+use tonic::Code;
+use tracing::{debug, info, warn};
+
+use super::convert::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, ConvertError, Problem};
+use crate::grpc::{GrpcError, GrpcTarget};
+use crate::lifecycle::{BlockReady, DrainWatcher, Readiness};
+use crate::state::{Resource, ResourceKey, StateWriter, Update};
+
+/// The types this client subscribes to, both as wildcards.
+pub const TYPE_URLS: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
+/// Largest response accepted (a full push of a big mesh).
+const MAX_DECODE_BYTES: usize = 200 << 20;
+/// `google.rpc.Code.INVALID_ARGUMENT`, the code of a NACK's `error_detail`.
+const INVALID_ARGUMENT: i32 = 3;
+
+/// What the client needs to know.
+#[derive(Clone, Debug)]
+pub struct XdsConfig {
+    pub target: GrpcTarget,
+    pub node: NodeInfo,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// The `Node` sent on the first request of each type, in ztunnel's format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// `ztunnel~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`.
+    pub id: String,
+    /// String-valued metadata (`NAME`, `NAMESPACE`, `INSTANCE_IPS`, `NODE_NAME`, …).
+    pub metadata: Vec<(String, String)>,
+}
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum XdsError {
+    #[error(transparent)]
+    Setup(#[from] GrpcError),
+    #[error("connecting to {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("xDS stream: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("xDS stream closed by the server")]
+    Closed,
+}
+
+/// The delta ADS client. Run it with [`XdsClient::run`] on the control runtime.
+pub struct XdsClient {
+    cfg: XdsConfig,
+    writer: StateWriter,
+    known: HashMap<&'static str, HashMap<String, Known>>,
+    not_ready: HashMap<&'static str, BlockReady>,
+}
+
+/// What the client remembers about one accepted resource.
+struct Known {
+    version: String,
+    /// Where the state keeps it (an Address name may be a workload or a service).
+    key: ResourceKey,
+}
+
+/// How a session ended, for the reconnect policy.
+struct SessionEnd {
+    /// At least one response arrived: the server was healthy, so the backoff starts over.
+    got_response: bool,
+    error: XdsError,
+}
+
+// === impl NodeInfo ===
+
+impl NodeInfo {
+    /// ztunnel's node id and metadata. An empty `instance_ip` becomes `1.1.1.1`, as in ztunnel.
+    pub fn ztunnel(
+        instance_ip: &str,
+        pod_name: &str,
+        pod_namespace: &str,
+        node_name: &str,
+    ) -> Self {
+        let ip = if instance_ip.is_empty() {
+            "1.1.1.1"
+        } else {
+            instance_ip
+        };
+        NodeInfo {
+            id: format!(
+                "ztunnel~{ip}~{pod_name}.{pod_namespace}~{pod_namespace}.svc.cluster.local"
+            ),
+            metadata: vec![
+                ("NAME".into(), pod_name.into()),
+                ("NAMESPACE".into(), pod_namespace.into()),
+                ("INSTANCE_IPS".into(), instance_ip.into()),
+                ("NODE_NAME".into(), node_name.into()),
+            ],
+        }
+    }
+
+    fn to_proto(&self) -> Node {
+        let fields = self
+            .metadata
+            .iter()
+            .map(|(k, v)| {
+                let value = prost_types::Value {
+                    kind: Some(Kind::StringValue(v.clone())),
+                };
+                (k.clone(), value)
+            })
+            .collect();
+        Node {
+            id: self.id.clone(),
+            metadata: Some(prost_types::Struct { fields }),
+            ..Default::default()
+        }
+    }
+}
+
+// === impl XdsClient ===
+
+impl XdsClient {
+    /// A client that will write into `writer`; registers one readiness blocker per type.
+    pub fn new(cfg: XdsConfig, writer: StateWriter, readiness: &Readiness) -> Self {
+        let not_ready = TYPE_URLS
+            .iter()
+            .map(|t| (*t, readiness.block(format!("xds {}", short_type(t)))))
+            .collect();
+        XdsClient {
+            cfg,
+            writer,
+            known: TYPE_URLS.iter().map(|t| (*t, HashMap::new())).collect(),
+            not_ready,
+        }
+    }
+
+    /// Connects, streams, reconnects with backoff, until a drain starts.
+    pub async fn run(mut self, drain: DrainWatcher) {
+        let mut backoff = self.cfg.initial_backoff;
+        loop {
+            let end = tokio::select! {
+                _ = drain.draining() => return,
+                end = self.session() => end,
+            };
+            if end.got_response {
+                backoff = self.cfg.initial_backoff;
+            }
+            let delay = if reconnect_at_once(&end.error) {
+                Duration::ZERO
+            } else {
+                let d = backoff;
+                backoff = (backoff * 2).min(self.cfg.max_backoff);
+                d
+            };
+            warn!(error = %end.error, retry_in = ?delay, "xDS stream ended; reconnecting");
+            tokio::select! {
+                _ = drain.draining() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One stream: subscribe to every type, then answer each response until the stream ends.
+    async fn session(&mut self) -> SessionEnd {
+        let mut got_response = false;
+        let error = match self.stream(&mut got_response).await {
+            Ok(()) => XdsError::Closed,
+            Err(e) => e,
+        };
+        SessionEnd {
+            got_response,
+            error,
+        }
+    }
+
+    async fn stream(&mut self, got_response: &mut bool) -> Result<(), XdsError> {
+        let target = &self.cfg.target;
+        let channel = target
+            .endpoint()?
+            .connect()
+            .await
+            .map_err(|e| XdsError::Connect {
+                address: target.address.clone(),
+                reason: error_chain(&e),
+            })?;
+        let mut client = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(MAX_DECODE_BYTES);
+
+        // Requests go out through a channel the response loop feeds; the initial subscriptions
+        // are queued before the call so they lead the stream.
+        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(TYPE_URLS.len() + 4);
+        for type_url in TYPE_URLS {
+            let initial = self.initial_request(type_url);
+            // The receiver is alive (held below) and the buffer fits every initial request.
+            let _ = tx.try_send(initial);
+        }
+        let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|req| (req, rx))
+        });
+        let mut request = tonic::Request::new(outbound);
+        target.add_metadata(request.metadata_mut())?;
+        let mut inbound = client
+            .delta_aggregated_resources(request)
+            .await?
+            .into_inner();
+        info!(address = %target.address, "xDS stream established");
+
+        while let Some(response) = inbound.message().await? {
+            *got_response = true;
+            let answer = self.handle(response);
+            if tx.send(answer).await.is_err() {
+                // The request stream is gone: tonic ended the call; its status follows.
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn initial_request(&self, type_url: &'static str) -> DeltaDiscoveryRequest {
+        let initial_resource_versions = self
+            .known
+            .get(type_url)
+            .map(|m| {
+                m.iter()
+                    .map(|(name, k)| (name.clone(), k.version.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        DeltaDiscoveryRequest {
+            node: Some(self.cfg.node.to_proto()),
+            type_url: type_url.to_string(),
+            resource_names_subscribe: vec!["*".to_string()],
+            initial_resource_versions,
+            ..Default::default()
+        }
+    }
+
+    /// Applies one response and builds its ACK or NACK.
+    fn handle(&mut self, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+        let DeltaDiscoveryResponse {
+            type_url,
+            nonce,
+            resources,
+            removed_resources,
+            ..
+        } = response;
+        let Some(type_url) = TYPE_URLS.iter().copied().find(|t| *t == type_url) else {
+            warn!(%type_url, "xDS response of an unknown type; acknowledging and ignoring it");
+            return ack(type_url, nonce, Vec::new());
+        };
+        let known = self.known.entry(type_url).or_default();
+        let mut update = Update::default();
+        let mut accepted = Vec::with_capacity(resources.len());
+        let mut errors = Vec::new();
+
+        for removed in removed_resources {
+            let key = match known.remove(&removed) {
+                Some(k) => k.key,
+                None if type_url == ADDRESS_TYPE_URL => ResourceKey::Address(removed),
+                None => ResourceKey::Policy(removed),
+            };
+            update.removals.push(key);
+        }
+        for r in resources {
+            let name = r.name;
+            let converted = match r.resource {
+                None => Err(ConvertError {
+                    resource: format!("resource {name:?}"),
+                    field: "resource".into(),
+                    problem: Problem::Missing,
+                }),
+                Some(any) if any.type_url != type_url => Err(ConvertError {
+                    resource: format!("resource {name:?}"),
+                    field: "resource.typeUrl".into(),
+                    problem: Problem::WrongType {
+                        got: any.type_url,
+                        want: type_url,
+                    },
+                }),
+                Some(any) => super::convert::decode_resource(type_url, &name, &any.value),
+            };
+            match converted {
+                Ok(resource) => {
+                    let key = state_key(&resource);
+                    // Same name, different identity (e.g. a changed uid): drop the old entry.
+                    if let Some(old) = known.get(&name).filter(|k| k.key != key) {
+                        update.removals.push(old.key.clone());
+                    }
+                    update.upserts.push(resource);
+                    accepted.push((name, r.version, key));
+                }
+                Err(e) => errors.push(format!("{name}: {e}")),
+            }
+        }
+
+        let (upserts, removals) = (update.upserts.len(), update.removals.len());
+        if !update.is_empty() {
+            let applied = self.writer.apply(update);
+            debug!(
+                type_url,
+                upserts,
+                removals,
+                version = applied.version,
+                "xDS update applied"
+            );
+        }
+        for (name, version, key) in accepted {
+            known.insert(name, Known { version, key });
+        }
+
+        if errors.is_empty() {
+            if self.not_ready.remove(type_url).is_some() {
+                info!(type_url, "first xDS response of this type acknowledged");
+            }
+            ack(type_url.to_string(), nonce, Vec::new())
+        } else {
+            warn!(type_url, rejected = errors.len(), errors = %errors.join("; "), "NACKing xDS response");
+            ack(type_url.to_string(), nonce, errors)
+        }
+    }
+}
+
+/// An ACK, or a NACK when `errors` is non-empty.
+fn ack(type_url: String, nonce: String, errors: Vec<String>) -> DeltaDiscoveryRequest {
+    let error_detail = (!errors.is_empty()).then(|| RpcStatus {
+        code: INVALID_ARGUMENT,
+        message: errors.join("; "),
+        details: Vec::new(),
+    });
+    DeltaDiscoveryRequest {
+        type_url,
+        response_nonce: nonce,
+        error_detail,
+        ..Default::default()
+    }
+}
+
+/// The key the state stores a resource under.
+fn state_key(r: &Resource) -> ResourceKey {
+    match r {
+        Resource::Workload(w) => ResourceKey::Workload(w.uid.clone()),
+        Resource::Service(s) => ResourceKey::Service(s.key()),
+        Resource::Policy(p) => ResourceKey::Policy(p.key()),
+    }
+}
+
+/// Stream endings that are the server's normal housekeeping (restart, GOAWAY, idle timeout):
+/// reconnect without waiting.
+fn reconnect_at_once(e: &XdsError) -> bool {
+    match e {
+        XdsError::Stream(s) => match s.code() {
+            Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => true,
+            Code::Unavailable => {
+                let m = s.message();
+                m.contains("transport is closing") || m.contains("received prior goaway")
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+fn short_type(type_url: &str) -> &str {
+    type_url.rsplit('.').next().unwrap_or(type_url)
+}
+
+/// `e: cause: cause…`, since tonic's transport errors hide the useful part in their sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

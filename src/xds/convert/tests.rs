@@ -1,0 +1,197 @@
+use super::*;
+
+use ambit_proto::istio::workload::address::Type;
+
+pub(crate) fn proto_workload(uid: &str, ip: [u8; 4]) -> pw::Workload {
+    pw::Workload {
+        uid: uid.into(),
+        name: format!("{uid}-name"),
+        namespace: "default".into(),
+        service_account: "sa".into(),
+        addresses: vec![ip.to_vec()],
+        tunnel_protocol: pw::TunnelProtocol::Hbone as i32,
+        services: [(
+            "default/svc.default.svc.cluster.local".to_string(),
+            pw::PortList {
+                ports: vec![pw::Port {
+                    service_port: 80,
+                    target_port: 8080,
+                    app_protocol: 0,
+                }],
+            },
+        )]
+        .into(),
+        workload_type: pw::WorkloadType::Pod as i32,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn workload_converts() {
+    let w = Workload::try_from(proto_workload("w1", [10, 0, 0, 1])).unwrap();
+    assert_eq!(w.uid, "w1");
+    assert_eq!(
+        w.identity().to_string(),
+        "spiffe://cluster.local/ns/default/sa/sa"
+    );
+    assert_eq!(w.workload_ips, vec![IpAddr::from([10, 0, 0, 1])]);
+    assert_eq!(w.protocol, TunnelProtocol::Hbone);
+    assert_eq!(w.workload_type, "pod");
+    assert_eq!(w.capacity, 1);
+    assert_eq!(
+        w.services["default/svc.default.svc.cluster.local"][&80],
+        8080
+    );
+}
+
+#[test]
+fn workload_errors_name_resource_and_field() {
+    let mut p = proto_workload("w1", [10, 0, 0, 1]);
+    p.addresses.push(vec![1, 2, 3]);
+    let e = Workload::try_from(p).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "workload \"w1\": addresses[1]: IP address must be 4 or 16 bytes, got 3"
+    );
+
+    let mut p = proto_workload("", [10, 0, 0, 1]);
+    p.name = "pod".into();
+    let e = Workload::try_from(p).unwrap_err();
+    assert_eq!(e.resource, "workload \"default/pod\"");
+    assert_eq!((e.field.as_str(), &e.problem), ("uid", &Problem::Missing));
+
+    let mut p = proto_workload("w1", [10, 0, 0, 1]);
+    p.status = 7;
+    assert_eq!(
+        Workload::try_from(p).unwrap_err().to_string(),
+        "workload \"w1\": status: unknown enum value 7"
+    );
+
+    let mut p = proto_workload("w1", [10, 0, 0, 1]);
+    p.services
+        .insert("nohost".into(), pw::PortList { ports: vec![] });
+    assert!(matches!(
+        Workload::try_from(p).unwrap_err().problem,
+        Problem::BadKey { .. }
+    ));
+
+    let mut p = proto_workload("w1", [10, 0, 0, 1]);
+    p.services.values_mut().next().unwrap().ports[0].service_port = 70000;
+    let e = Workload::try_from(p).unwrap_err();
+    assert_eq!(e.problem, Problem::Port(70000));
+    assert!(e.field.ends_with("ports[0].servicePort"), "{}", e.field);
+}
+
+#[test]
+fn service_and_gateway() {
+    let p = pw::Service {
+        name: "svc".into(),
+        namespace: "default".into(),
+        hostname: "svc.default.svc.cluster.local".into(),
+        addresses: vec![pw::NetworkAddress {
+            network: "".into(),
+            address: vec![10, 96, 0, 1],
+            length: None,
+        }],
+        ports: vec![pw::Port {
+            service_port: 80,
+            target_port: 0,
+            app_protocol: 0,
+        }],
+        waypoint: Some(pw::GatewayAddress {
+            destination: Some(pw::gateway_address::Destination::Hostname(
+                pw::NamespacedHostname {
+                    namespace: "default".into(),
+                    hostname: "wp.default.svc.cluster.local".into(),
+                },
+            )),
+            hbone_mtls_port: 0,
+        }),
+        ..Default::default()
+    };
+    let s = Service::try_from(p.clone()).unwrap();
+    assert_eq!(s.key(), "default/svc.default.svc.cluster.local");
+    assert_eq!(s.vips[0].to_string(), "/10.96.0.1");
+    assert_eq!(s.ports[&80], 0);
+    assert_eq!(s.waypoint.unwrap().hbone_mtls_port, 15008);
+
+    let mut bad = p;
+    bad.addresses[0].length = Some(33);
+    let e = Service::try_from(bad).unwrap_err();
+    assert_eq!(e.field, "addresses[0].length");
+    assert!(matches!(e.problem, Problem::BadCidr(_)));
+}
+
+fn proto_policy() -> ps::Authorization {
+    ps::Authorization {
+        name: "allow".into(),
+        namespace: "default".into(),
+        scope: ps::Scope::Namespace as i32,
+        action: ps::Action::Allow as i32,
+        rules: vec![ps::Rule {
+            clauses: vec![ps::Clause {
+                matches: vec![ps::Match {
+                    source_ips: vec![ps::Address {
+                        address: vec![10, 0, 0, 0],
+                        length: 8,
+                    }],
+                    destination_ports: vec![80],
+                    principals: vec![ps::StringMatch {
+                        match_type: Some(ps::string_match::MatchType::Presence(())),
+                    }],
+                    ..Default::default()
+                }],
+            }],
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn authorization_converts_and_rejects() {
+    let a = Authorization::try_from(proto_policy()).unwrap();
+    assert_eq!(a.key(), "default/allow");
+    let m = &a.rules[0].clauses[0].matches[0];
+    assert_eq!(m.source_ips[0].to_string(), "10.0.0.0/8");
+    assert_eq!(m.principals, vec![StringMatch::Presence]);
+
+    let mut p = proto_policy();
+    p.rules[0].clauses[0].matches[0].source_ips[0].length = 40;
+    let e = Authorization::try_from(p).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "authorization \"default/allow\": rules[0].clauses[0].matches[0].sourceIps[0]: \
+         prefix length 40 is too long for 10.0.0.0 (max 32)"
+    );
+
+    let mut p = proto_policy();
+    p.action = 9;
+    assert_eq!(
+        Authorization::try_from(p).unwrap_err().problem,
+        Problem::UnknownEnum(9)
+    );
+}
+
+#[test]
+fn decode_resource_by_type() {
+    let addr = pw::Address {
+        r#type: Some(Type::Workload(proto_workload("w1", [10, 0, 0, 1]))),
+    };
+    let r = decode_resource(ADDRESS_TYPE_URL, "w1", &addr.encode_to_vec()).unwrap();
+    assert!(matches!(r, Resource::Workload(w) if w.uid == "w1"));
+    let r = decode_resource(
+        AUTHORIZATION_TYPE_URL,
+        "default/allow",
+        &proto_policy().encode_to_vec(),
+    )
+    .unwrap();
+    assert!(matches!(r, Resource::Policy(_)));
+    let e = decode_resource(ADDRESS_TYPE_URL, "x", &[0xff, 0xff]).unwrap_err();
+    assert_eq!(e.resource, "resource \"x\"");
+    assert!(matches!(e.problem, Problem::Decode(_)));
+    let e = decode_resource(ADDRESS_TYPE_URL, "empty", &[]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "address \"empty\": type: required field is missing or empty"
+    );
+}
