@@ -150,6 +150,11 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
             pool_idle_timeout: config.pool_unused_release_timeout,
             ..Default::default()
         },
+        transport: proxy::TransportConfig {
+            mode: config.hbone_transport,
+            fallback_ttl: config.hbone_quic_fallback,
+            ..Default::default()
+        },
         hbone_port: 15008,
     };
     // Dedicated: bind now, in our own namespace. Shared: the workload manager binds per pod.

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::copy::CopyStats;
 use crate::core::Identity;
+use crate::metrics::HboneTransportLabel;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -36,6 +37,8 @@ pub struct ConnectionLog {
     pub dst_identity: Option<Identity>,
     /// Istio's response flag, e.g. `DENY` when authorization refused or closed the connection.
     pub response_flags: Option<&'static str>,
+    /// The HBONE transport (`h2` or `h3`), for tunnelled connections.
+    pub transport: Option<HboneTransportLabel>,
     pub stats: Arc<CopyStats>,
     done: bool,
 }
@@ -51,6 +54,7 @@ impl ConnectionLog {
             hbone_addr: None,
             dst_identity: None,
             response_flags: None,
+            transport: None,
             stats: Arc::new(CopyStats::default()),
             done: false,
         }
@@ -76,6 +80,7 @@ impl ConnectionLog {
         let dst = self.dst.map(tracing::field::display);
         let hbone = self.hbone_addr.map(tracing::field::display);
         let flags = self.response_flags;
+        let transport = self.transport.map(tracing::field::debug);
         match error {
             None => tracing::event!(
                 target: "access",
@@ -87,6 +92,7 @@ impl ConnectionLog {
                 dst.identity = dst_identity,
                 direction = %direction,
                 response_flags = flags,
+                transport = transport,
                 bytes_sent = sent,
                 bytes_recv = recv,
                 duration = %duration,
@@ -102,6 +108,7 @@ impl ConnectionLog {
                 dst.identity = dst_identity,
                 direction = %direction,
                 response_flags = flags,
+                transport = transport,
                 bytes_sent = sent,
                 bytes_recv = recv,
                 duration = %duration,

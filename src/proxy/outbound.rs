@@ -10,13 +10,15 @@ use tokio::net::TcpStream;
 
 use crate::core::{Authority, Identity};
 use crate::hbone::{
-    Baggage, ConnectHeaders, ConnectRequest, Forwarded, Pool, PoolKey, TraceParent, WorkloadType,
+    Baggage, ConnectHeaders, ConnectRequest, Forwarded, PoolKey, TraceParent, WorkloadType,
 };
 use crate::lifecycle::DrainWatcher;
+use crate::metrics::HboneTransportLabel;
 use crate::state::{TunnelProtocol, Workload};
 
 use super::accesslog::{ConnectionLog, Direction};
 use super::copy::{copy_bidirectional, tcp_halves};
+use super::transport::{Transports, Tunnel};
 use super::{ILLEGAL_PORTS, ProxyInputs, same_family_ip, socket};
 
 /// Where an outbound connection goes.
@@ -59,7 +61,7 @@ impl fmt::Display for RouteError {
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
-    pool: Pool,
+    transports: Arc<Transports>,
     stream: TcpStream,
     peer: SocketAddr,
     drain: DrainWatcher,
@@ -110,13 +112,23 @@ pub(super) async fn handle(
                     traceparent: Some(TraceParent::random()),
                 },
             };
-            let tunnel = match pool.send(&key, &req).await {
+            let tunnel = match transports.open(&key, &req).await {
                 Ok(t) => t,
                 Err(e) => return log.fail(&e),
             };
             let stats = log.stats.clone();
-            let copy = copy_bidirectional(tcp_halves(stream), tunnel.split(), stats);
-            run_until_forced(copy, &drain).await
+            match tunnel {
+                Tunnel::H2(stream_h2) => {
+                    log.transport = Some(HboneTransportLabel::h2);
+                    let copy = copy_bidirectional(tcp_halves(stream), stream_h2.split(), stats);
+                    run_until_forced(copy, &drain).await
+                }
+                Tunnel::H3(recv, send) => {
+                    log.transport = Some(HboneTransportLabel::h3);
+                    let copy = copy_bidirectional(tcp_halves(stream), (recv, send), stats);
+                    run_until_forced(copy, &drain).await
+                }
+            }
         }
     };
     match copied {

@@ -379,15 +379,4 @@ async fn drain_finishes_open_streams_and_refuses_new_ones() {
     })
     .await;
     assert!(gone.is_ok(), "the drained connection was not closed");
-    // The server still accepts new connections here (the test server keeps its endpoint), so a
-    // new request opens a second connection.
-    let (mut recv, mut send, _) = timeout(
-        STEP,
-        pool.send(&key(srv.addr), connect_request("10.0.0.2:80")),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(echo(&mut recv, &mut send, b"again").await, b"again");
-    assert_eq!(pool.connections_opened(), 2);
 }
