@@ -116,8 +116,11 @@ impl Default for QuicConfig {
             connection_window: 16 * MIB,
             send_window: 16 * MIB as u64,
             max_concurrent_streams: 200,
-            idle_timeout: Duration::from_secs(30),
-            keepalive_interval: Duration::from_secs(10),
+            // A peer is declared gone after 5 s of silence (1 s keep-alives keep a healthy
+            // connection well inside that); `auto` then notices a path that started dropping
+            // UDP within seconds and moves new connections to h2.
+            idle_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(1),
             handshake_timeout: Duration::from_millis(1500),
             pool_idle_timeout: Duration::from_secs(5 * 60),
             udp_buffer: 8 * MIB as usize,
