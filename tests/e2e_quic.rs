@@ -206,7 +206,10 @@ async fn curl_nc_and_iperf3_cross_pods_over_quic_only() {
         m.pair.dir.path(),
     )
     .unwrap();
-    let mut out = None;
+    // The client may start before the server listens (then its connection through the tunnel
+    // is refused at the far end): retry, bounded.
+    let mut received = None;
+    let mut last = String::new();
     for _ in 0..50 {
         let o = m
             .pair
@@ -226,15 +229,16 @@ async fn curl_nc_and_iperf3_cross_pods_over_quic_only() {
             )
             .await
             .unwrap();
-        if o.status.success() {
-            out = Some(o);
+        let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if let Some(bytes) = json["end"]["sum_received"]["bytes"].as_f64() {
+            received = Some(bytes);
             break;
         }
+        last = String::from_utf8_lossy(&o.stdout).into_owned();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let out = out.unwrap_or_else(|| panic!("iperf3 failed: {}", iperf_server.tail(20)));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let received = json["end"]["sum_received"]["bytes"].as_f64().unwrap();
+    let received =
+        received.unwrap_or_else(|| panic!("iperf3 failed: {last}\n{}", iperf_server.tail(20)));
     assert!(received > 1e6, "iperf3 moved {received} bytes");
     iperf_server.kill();
 
