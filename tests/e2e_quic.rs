@@ -254,6 +254,16 @@ async fn curl_nc_and_iperf3_cross_pods_over_quic_only() {
         .await
             >= 4.0
     );
+    // One pooled QUIC connection per peer address (IPv4 and IPv6) carried every stream.
+    assert_eq!(
+        labeled_metric(
+            &m.pair.client,
+            "ambit_hbone_transport_connections_total",
+            &["transport=\"h3\"", "direction=\"outbound\""]
+        )
+        .await,
+        2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

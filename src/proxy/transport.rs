@@ -15,6 +15,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -82,6 +83,8 @@ pub(super) struct Transports {
     /// Peers (their HBONE address) that get h2 until the instant stored. Locked only for map
     /// operations.
     fallbacks: Mutex<HashMap<SocketAddr, Instant>>,
+    /// The QUIC pool's opened-connection count already added to the metrics.
+    h3_opened_counted: AtomicU64,
     metrics: ProxyMetrics,
 }
 
@@ -144,6 +147,7 @@ impl Transports {
             mode: cfg.mode,
             fallback_ttl: cfg.fallback_ttl,
             fallbacks: Mutex::new(HashMap::new()),
+            h3_opened_counted: AtomicU64::new(0),
             metrics,
         }
     }
@@ -168,7 +172,9 @@ impl Transports {
         };
         let qkey = QuicKey::new(key.src_id.clone(), key.dst, key.expected.clone());
         let request = h3_request(req).map_err(QuicError::from)?;
-        match quic.send(&qkey, request).await {
+        let sent = quic.send(&qkey, request).await;
+        self.count_h3_connections(quic);
+        match sent {
             Ok((recv, send, _headers)) => {
                 self.count_stream(HboneTransportLabel::h3);
                 Ok(Tunnel::H3(recv, send))
@@ -185,6 +191,22 @@ impl Transports {
         let stream = self.h2.send(key, req).await?;
         self.count_stream(HboneTransportLabel::h2);
         Ok(Tunnel::H2(stream))
+    }
+
+    /// Adds the QUIC connections opened since the last call (exact over time, whichever
+    /// request's call sees them).
+    fn count_h3_connections(&self, quic: &QuicPool) {
+        let now = quic.connections_opened();
+        let before = self.h3_opened_counted.fetch_max(now, Ordering::AcqRel);
+        if now > before {
+            self.metrics
+                .hbone_connections
+                .get_or_create(&TransportLabels {
+                    transport: HboneTransportLabel::h3,
+                    direction: DirectionLabel::outbound,
+                })
+                .inc_by(now - before);
+        }
     }
 
     fn count_stream(&self, transport: HboneTransportLabel) {
