@@ -22,7 +22,7 @@ use crate::metrics::{DirectionLabel, HboneTransportLabel, TransportLabels};
 use crate::rbac::ConnFacts;
 use crate::tls;
 
-use super::accesslog::{ConnectionLog, Direction};
+use super::accesslog::{ConnectionLog, Direction, inbound_labels};
 use super::connections::ConnectionTracker;
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::transport::InboundTunnel;
@@ -129,6 +129,10 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
             .workload_by_addr(&pi.cfg.network, target.ip())
             .filter(|wl| pi.local.is(wl))
             .map(|local| {
+                log.open(
+                    &pi,
+                    inbound_labels(&pi, local, peer, log.src_identity.as_ref()),
+                );
                 let facts = ConnFacts {
                     src: peer,
                     dst: target,
@@ -156,6 +160,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
         Ok(s) => s,
         Err(e) => {
             req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
+            log.response_flags = Some("CONNECT");
             return log.fail(&e);
         }
     };

@@ -16,6 +16,7 @@ mod inbound_quic;
 mod outbound;
 mod passthrough;
 pub mod socket;
+pub mod socks5;
 mod transport;
 
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +35,7 @@ use crate::tls::CertProvider;
 
 pub use connections::ConnectionTracker;
 pub use socket::{Keepalive, SocketOptions};
+pub use socks5::{HostResolver, ResolveFuture, Socks5, SystemResolver};
 pub use transport::{HboneTransport, TransportConfig, TransportError, UnknownTransport};
 
 use connections::run_authorized;
@@ -170,6 +172,30 @@ impl Proxy {
             inbound: addr(&self.inbound, self.inputs.cfg.inbound_addr),
             inbound_plaintext: addr(&self.plaintext, self.inputs.cfg.inbound_plaintext_addr),
         }
+    }
+
+    /// Binds a SOCKS5 listener on `addr` (with this proxy's socket options, so inside the
+    /// pod's namespace in in-pod mode) that feeds this proxy's outbound path.
+    pub fn socks5(
+        &self,
+        addr: SocketAddr,
+        resolver: Arc<dyn HostResolver>,
+    ) -> Result<Socks5, ProxyError> {
+        let cfg = &self.inputs.cfg;
+        let listener =
+            socket::listen(addr, &cfg.socket, false, cfg.reuse_port).map_err(|source| {
+                ProxyError::Bind {
+                    what: "socks5",
+                    addr,
+                    source,
+                }
+            })?;
+        Ok(Socks5 {
+            inputs: self.inputs.clone(),
+            transports: self.transports.clone(),
+            resolver,
+            listener,
+        })
     }
 
     /// The outbound h2 connection pool (tests read its counters).

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 /// in-pod mode a factory creates them inside the pod's namespace.
 pub trait SocketFactory: Send + Sync + 'static {
     fn tcp_socket(&self, domain: Domain) -> io::Result<Socket>;
-    /// A UDP socket, for HBONE over QUIC.
+    /// A UDP socket (the pod's DNS proxy; HBONE over QUIC).
     fn udp_socket(&self, domain: Domain) -> io::Result<Socket>;
 }
 
@@ -142,6 +142,29 @@ pub fn udp(addr: SocketAddr, opts: &SocketOptions) -> io::Result<Socket> {
         socket.set_mark(mark)?;
     }
     Ok(socket)
+}
+
+/// Binds a UDP socket through the factory, with the proxy's mark. IPv6 addresses are bound
+/// v6-only, so `127.0.0.1` and `::1` can share a port.
+pub fn bind_udp(
+    addr: SocketAddr,
+    opts: &SocketOptions,
+    reuse_port: bool,
+) -> io::Result<tokio::net::UdpSocket> {
+    let socket = opts.factory.udp_socket(Domain::for_address(addr))?;
+    socket.set_nonblocking(true)?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if let Some(mark) = opts.mark {
+        socket.set_mark(mark)?;
+    }
+    socket.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
 }
 
 /// The destination the client originally asked for, before nftables redirected it to us.
