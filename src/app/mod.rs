@@ -167,6 +167,11 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
             pool_idle_timeout: config.pool_unused_release_timeout,
             ..Default::default()
         },
+        transport: proxy::TransportConfig {
+            mode: config.hbone_transport,
+            fallback_ttl: config.hbone_quic_fallback,
+            ..Default::default()
+        },
         hbone_port: 15008,
     };
     let extras = pod_extras(&config, dns_metrics);

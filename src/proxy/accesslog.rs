@@ -14,7 +14,8 @@ use super::ProxyInputs;
 use super::copy::CopyStats;
 use crate::core::Identity;
 use crate::metrics::{
-    ConnectionMetrics, Reporter, SecurityPolicy, TrafficLabels, UNKNOWN, or_unknown,
+    ConnectionMetrics, HboneTransportLabel, Reporter, SecurityPolicy, TrafficLabels, UNKNOWN,
+    or_unknown,
 };
 use crate::state::{Service, Workload};
 
@@ -44,6 +45,8 @@ pub struct ConnectionLog {
     pub dst_identity: Option<Identity>,
     /// Istio's response flag, e.g. `DENY` when authorization refused or closed the connection.
     pub response_flags: Option<&'static str>,
+    /// The HBONE transport (`h2` or `h3`), for tunnelled connections.
+    pub transport: Option<HboneTransportLabel>,
     pub stats: Arc<CopyStats>,
     /// Set once the connection's labels are known (see [`ConnectionLog::open`]).
     metrics: Option<ConnectionMetrics>,
@@ -61,6 +64,7 @@ impl ConnectionLog {
             hbone_addr: None,
             dst_identity: None,
             response_flags: None,
+            transport: None,
             stats: Arc::new(CopyStats::default()),
             metrics: None,
             done: false,
@@ -102,6 +106,7 @@ impl ConnectionLog {
         let dst_identity = self.dst_identity.as_ref().map(tracing::field::display);
         let dst = self.dst.map(tracing::field::display);
         let hbone = self.hbone_addr.map(tracing::field::display);
+        let transport = self.transport.map(tracing::field::debug);
         let l = self.metrics.as_ref().map(ConnectionMetrics::labels);
         let known = |f: fn(&TrafficLabels) -> &str| {
             l.map(f)
@@ -129,6 +134,7 @@ impl ConnectionLog {
                 dst.identity = dst_identity,
                 direction = %direction,
                 response_flags = flags,
+                transport = transport,
                 bytes_sent = sent,
                 bytes_recv = recv,
                 duration = %duration,
@@ -149,6 +155,7 @@ impl ConnectionLog {
                 dst.identity = dst_identity,
                 direction = %direction,
                 response_flags = flags,
+                transport = transport,
                 bytes_sent = sent,
                 bytes_recv = recv,
                 duration = %duration,

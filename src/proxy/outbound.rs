@@ -10,14 +10,15 @@ use tokio::net::TcpStream;
 
 use crate::core::{Authority, Identity};
 use crate::hbone::{
-    Baggage, ConnectHeaders, ConnectRequest, Forwarded, H2Stream, HboneError, Pool, PoolKey,
-    TraceParent, WorkloadType,
+    Baggage, ConnectHeaders, ConnectRequest, Forwarded, PoolKey, TraceParent, WorkloadType,
 };
 use crate::lifecycle::DrainWatcher;
+use crate::metrics::HboneTransportLabel;
 use crate::state::{TunnelProtocol, Workload};
 
 use super::accesslog::{ConnectionLog, Direction, outbound_labels};
 use super::copy::{copy_bidirectional, tcp_halves};
+use super::transport::{TransportError, Transports, Tunnel};
 use super::{ILLEGAL_PORTS, ProxyInputs, same_family_ip, socket};
 
 /// Where an outbound connection goes.
@@ -60,7 +61,7 @@ impl fmt::Display for RouteError {
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
-    pool: Pool,
+    transports: Arc<Transports>,
     stream: TcpStream,
     peer: SocketAddr,
     drain: DrainWatcher,
@@ -75,7 +76,7 @@ pub(super) async fn handle(
     if let Err(e) = socket::tune(&stream, &pi.cfg.socket) {
         return log.fail(&format_args!("socket options: {e}"));
     }
-    let upstream = match connect(&pi, &pool, peer, orig, &mut log).await {
+    let upstream = match connect(&pi, &transports, peer, orig, &mut log).await {
         Ok(u) => u,
         Err(e) => return log.fail(&e),
     };
@@ -85,8 +86,8 @@ pub(super) async fn handle(
 /// The far side of an outbound connection, connected and ready for bytes.
 pub(super) enum Upstream {
     Plain(TcpStream),
-    /// Boxed: an h2 stream is several times the size of a socket.
-    Hbone(Box<H2Stream>),
+    /// Boxed: a tunnel (h2 or h3) is several times the size of a socket.
+    Hbone(Box<Tunnel>),
 }
 
 /// Why an outbound connection could not be set up.
@@ -94,7 +95,7 @@ pub(super) enum Upstream {
 pub(super) enum OutboundError {
     Route(RouteError),
     Connect(socket::ConnectError),
-    Hbone(HboneError),
+    Hbone(TransportError),
 }
 
 impl fmt::Display for OutboundError {
@@ -111,7 +112,7 @@ impl fmt::Display for OutboundError {
 /// tunnel from the pool. Fills in what the access log learns on the way.
 pub(super) async fn connect(
     pi: &ProxyInputs,
-    pool: &Pool,
+    transports: &Transports,
     peer: SocketAddr,
     orig: SocketAddr,
     log: &mut ConnectionLog,
@@ -126,7 +127,7 @@ pub(super) async fn connect(
     };
     log.open(pi, labels);
     let connected = match route {
-        Ok(route) => connect_route(pi, pool, peer, route, log).await,
+        Ok(route) => connect_route(pi, transports, peer, route, log).await,
         Err(e) => Err(OutboundError::Route(e)),
     };
     if connected.is_err() {
@@ -137,7 +138,7 @@ pub(super) async fn connect(
 
 async fn connect_route(
     pi: &ProxyInputs,
-    pool: &Pool,
+    transports: &Transports,
     peer: SocketAddr,
     route: Route,
     log: &mut ConnectionLog,
@@ -169,10 +170,15 @@ async fn connect_route(
                     traceparent: Some(TraceParent::random()),
                 },
             };
-            pool.send(&key, &req)
+            let tunnel = transports
+                .open(&key, &req)
                 .await
-                .map(|t| Upstream::Hbone(Box::new(t)))
-                .map_err(OutboundError::Hbone)
+                .map_err(OutboundError::Hbone)?;
+            log.transport = Some(match tunnel {
+                Tunnel::H2(_) => HboneTransportLabel::h2,
+                Tunnel::H3(..) => HboneTransportLabel::h3,
+            });
+            Ok(Upstream::Hbone(Box::new(tunnel)))
         }
     }
 }
@@ -191,10 +197,16 @@ pub(super) async fn relay(
             let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), stats);
             run_until_forced(copy, drain).await
         }
-        Upstream::Hbone(tunnel) => {
-            let copy = copy_bidirectional(tcp_halves(stream), (*tunnel).split(), stats);
-            run_until_forced(copy, drain).await
-        }
+        Upstream::Hbone(tunnel) => match *tunnel {
+            Tunnel::H2(h2) => {
+                let copy = copy_bidirectional(tcp_halves(stream), h2.split(), stats);
+                run_until_forced(copy, drain).await
+            }
+            Tunnel::H3(recv, send) => {
+                let copy = copy_bidirectional(tcp_halves(stream), (recv, send), stats);
+                run_until_forced(copy, drain).await
+            }
+        },
     };
     match copied {
         Some(Ok(())) => log.complete(),
