@@ -7,6 +7,8 @@
 
 mod control_plane;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +19,8 @@ use crate::config::{Config, LocalConfigSource, ProxyMode};
 use crate::core::Identity;
 use crate::identity::{SecretManager, SecretManagerConfig};
 use crate::inpod::{
-    DnsSettings, HostNetns, InpodConfig, PodExtras, WorkloadManager, WorkloadManagerInputs,
+    CertificateSource, DnsSettings, HostNetns, InpodConfig, PodExtras, WorkloadManager,
+    WorkloadManagerInputs,
 };
 use crate::lifecycle::{self, Readiness};
 use crate::metrics::Metrics;
@@ -207,6 +210,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                 cfg: inpod,
                 state: view,
                 certs: certs.clone(),
+                pod_certs: secrets.clone(),
                 proxy_metrics: metrics.proxy.clone(),
                 metrics: metrics.workload_manager.clone(),
                 readiness: readiness.clone(),
@@ -253,7 +257,8 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                             warn!(identity = %identity, error = %e, "certificate not available yet");
                         }
                     },
-                    // Shared mode: certificates are per pod, fetched as pods arrive.
+                    // Shared mode: the workload manager blocks readiness per pod identity
+                    // until its certificate is served.
                     None => drop(certs_ready),
                 }
                 control_drain.draining().await;
@@ -343,6 +348,27 @@ fn pod_extras(config: &Config, metrics: crate::dns::DnsMetrics) -> PodExtras {
         socks5: config
             .enable_socks5
             .then_some(crate::proxy::socks5::SOCKS5_ADDR),
+    }
+}
+
+/// In shared mode the workload manager prefetches and forgets pod certificates through this
+/// seam (it cannot name the certificate manager: both sit on one module level).
+impl CertificateSource for SecretManager {
+    fn wait_available(
+        &self,
+        id: &Identity,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        let id = id.clone();
+        Box::pin(async move {
+            self.wait_available(&id)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn forget(&self, id: &Identity) {
+        SecretManager::forget(self, id);
     }
 }
 

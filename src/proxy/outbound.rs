@@ -126,8 +126,17 @@ pub(super) async fn connect(
         Err(_) => outbound_labels(pi, orig, None, None),
     };
     log.open(pi, labels);
+    // A service-addressed tunnel names the service in `forwarded` `host=` (wire.md §2.1): the
+    // peer takes its `destination_service` label from it.
+    let service_host = match &route {
+        Ok(Route::Hbone { .. }) => pi
+            .state
+            .service_by_vip(&pi.cfg.network, orig.ip())
+            .map(|svc| svc.hostname.clone()),
+        _ => None,
+    };
     let connected = match route {
-        Ok(route) => connect_route(pi, transports, peer, route, log).await,
+        Ok(route) => connect_route(pi, transports, peer, route, service_host, log).await,
         Err(e) => Err(OutboundError::Route(e)),
     };
     if connected.is_err() {
@@ -141,6 +150,7 @@ async fn connect_route(
     transports: &Transports,
     peer: SocketAddr,
     route: Route,
+    service_host: Option<String>,
     log: &mut ConnectionLog,
 ) -> Result<Upstream, OutboundError> {
     match route {
@@ -165,7 +175,7 @@ async fn connect_route(
                         .map(|wl| baggage(&wl)),
                     forwarded: Some(Forwarded {
                         for_addr: peer,
-                        host: None,
+                        host: service_host,
                     }),
                     traceparent: Some(TraceParent::random()),
                 },
