@@ -3,7 +3,8 @@
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
 
-packages=(nftables iproute2 curl iperf3 netcat-openbsd socat iputils-ping procps ca-certificates)
+packages=(nftables iproute2 curl iperf3 netcat-openbsd socat iputils-ping procps ca-certificates
+  prometheus kubectl python3-pip dnsutils)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -21,7 +22,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-for tool in nft ip curl iperf3 nc socat sysctl; do
+# The deploy check validates manifests against the Kubernetes schemas (PyPI package).
+if ! command -v kubernetes-validate >/dev/null; then
+  echo "setup: installing kubernetes-validate"
+  pip3 install -q kubernetes-validate 2>/dev/null || pip3 install -q --break-system-packages kubernetes-validate
+fi
+
+for tool in nft ip curl iperf3 nc socat sysctl promtool prometheus kubectl kubernetes-validate dig; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing after install" >&2; exit 1; }
 done
 echo "setup: ok"

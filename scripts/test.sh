@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 
+echo "== deploy (chart renders to the plain manifests; Kubernetes schema validation)"
+bash deploy/check.sh
+
 echo "== cargo fmt"
 cargo fmt --all -- --check
 

@@ -17,6 +17,7 @@
 //! | 4 | [`grpc`] | control-plane gRPC channels: TLS roots, keepalives, auth metadata |
 //! | 5 | [`hbone`] | HTTP/2 CONNECT: client, connection pool, server side, headers |
 //! | 6 | [`proxy`] | listeners and per-connection flows (outbound, inbound HBONE, inbound plaintext) |
+//! | 6 | [`dns`] | the pod DNS proxy: mesh names from the state, the rest forwarded upstream |
 //! | 7 | [`identity`] | certificate manager with rotation; the Istio CA client; the built-in CA |
 //! | 7 | [`xds`] | configuration sources: the delta ADS client, the local config file |
 //! | 7 | [`inpod`] | in-pod mode: the ZDS client and per-pod proxies inside pod namespaces |
@@ -33,6 +34,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod core;
+pub mod dns;
 pub mod grpc;
 pub mod hbone;
 pub mod identity;

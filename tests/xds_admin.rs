@@ -117,6 +117,7 @@ async fn config_dump_lists_what_the_control_plane_sent() {
             config: serde_json::json!({"proxyMode": "shared"}),
             static_config: None,
         },
+        admin_ops(),
         drain,
     ));
 
@@ -196,6 +197,7 @@ async fn the_admin_port_answers_only_on_loopback() {
             config: serde_json::Value::Null,
             static_config: None,
         },
+        admin_ops(),
         drain,
     ));
     assert!(
@@ -212,5 +214,17 @@ async fn the_admin_port_answers_only_on_loopback() {
             assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
         }
         None => eprintln!("no non-loopback IPv4 address here; only the bind refusal was checked"),
+    }
+}
+
+/// The operating endpoints' inputs (`/logging`, `/quitquitquit`), unused by these tests.
+fn admin_ops() -> ambit::admin::AdminOps {
+    let (_sub, log) =
+        ambit::telemetry::subscriber(ambit::telemetry::LogFormat::Plain, "info", std::io::sink)
+            .unwrap();
+    ambit::admin::AdminOps {
+        log,
+        initial_filter: "info".into(),
+        shutdown: ambit::lifecycle::shutdown_channel().0,
     }
 }

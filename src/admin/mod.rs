@@ -1,5 +1,6 @@
 //! The operator-facing HTTP servers: readiness (15021), metrics (15020) and admin (15000,
-//! loopback only: `/` and `/config_dump`).
+//! loopback only: `/config_dump` here, the operating endpoints `/`, `/logging` and
+//! `/quitquitquit` in [`ops`]).
 //!
 //! Each is a small HTTP/1.1 server (hyper) whose handler is a pure function of shared state,
 //! so a slow scrape never touches the data path's locks.
@@ -23,7 +24,11 @@ use tracing::{debug, warn};
 use crate::lifecycle::{DrainWatcher, Readiness};
 use crate::metrics::Metrics;
 
+pub mod ops;
+mod scrape;
+
 pub use config_dump::{DumpSources, config_dump};
+pub use ops::AdminOps;
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,22 +56,28 @@ pub async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, BindError> {
     bind("admin", addr).await
 }
 
-/// `GET /` (the endpoint list) and `GET /config_dump` (JSON).
-pub async fn serve_admin(listener: TcpListener, sources: DumpSources, drain: DrainWatcher) {
-    let sources = Arc::new(sources);
+/// `GET /` (the endpoint list), `POST /logging`, `POST /quitquitquit` (see [`ops`]) and
+/// `GET /config_dump` (JSON).
+pub async fn serve_admin(
+    listener: TcpListener,
+    sources: DumpSources,
+    ops: AdminOps,
+    drain: DrainWatcher,
+) {
+    let shared = Arc::new((sources, ops));
     serve(listener, drain, move |req| {
-        let sources = sources.clone();
+        let shared = shared.clone();
         async move {
+            let (sources, ops) = (&shared.0, &shared.1);
+            if let Some(resp) = ops::route(ops, &req) {
+                return resp;
+            }
             if req.method() != Method::GET {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
             }
             match req.uri().path() {
-                "/" => text(
-                    StatusCode::OK,
-                    "ambit admin\n  /             this list\n  /config_dump  workloads, services, policies, certificates, version, config (JSON)\n".into(),
-                ),
                 "/config_dump" => {
-                    let body = serde_json::to_string_pretty(&config_dump(&sources))
+                    let body = serde_json::to_string_pretty(&config_dump(sources))
                         .unwrap_or_else(|e| format!("{{\"error\": {:?}}}", e.to_string()));
                     let mut resp = text(StatusCode::OK, body);
                     resp.headers_mut().insert(
@@ -89,7 +100,10 @@ pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, B
         .map_err(|source| BindError { what, addr, source })
 }
 
-/// `GET /healthz/ready`: `200 ready`, or `503` naming what is still pending.
+/// `GET /healthz/ready`: `200 ready`, or `503` naming what is still pending (`draining` once a
+/// drain started: the caller blocks readiness then). `drain` only ends the server, so the
+/// caller passes a watcher that outlives the proxy's drain, keeping readiness answerable (and
+/// false) while connections finish.
 pub async fn serve_readiness(listener: TcpListener, readiness: Readiness, drain: DrainWatcher) {
     serve(listener, drain, move |req| {
         let readiness = readiness.clone();
@@ -120,22 +134,7 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, drain: 
             if req.method() != Method::GET || (path != "/metrics" && path != "/stats/prometheus") {
                 return text(StatusCode::NOT_FOUND, "not found\n".into());
             }
-            match metrics.encode() {
-                Ok(body) => {
-                    let mut resp = text(StatusCode::OK, body);
-                    resp.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        header::HeaderValue::from_static(
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        ),
-                    );
-                    resp
-                }
-                Err(e) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("encoding metrics: {e}\n"),
-                ),
-            }
+            scrape::respond(&metrics, req.headers())
         }
     })
     .await

@@ -16,7 +16,9 @@ use tracing::{info, warn};
 use crate::config::{Config, LocalConfigSource, ProxyMode};
 use crate::core::Identity;
 use crate::identity::{SecretManager, SecretManagerConfig};
-use crate::inpod::{HostNetns, InpodConfig, WorkloadManager, WorkloadManagerInputs};
+use crate::inpod::{
+    DnsSettings, HostNetns, InpodConfig, PodExtras, WorkloadManager, WorkloadManagerInputs,
+};
 use crate::lifecycle::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::proxy::{self, LocalWorkload, Proxy, ProxyConfig, ProxyInputs};
@@ -27,7 +29,7 @@ use crate::xds;
 
 /// Runs the node proxy until SIGTERM/SIGINT, then drains. Returns an error for anything that
 /// stops it from starting.
-pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
+pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
     // Configuration first: a bad file must stop us before anything listens.
     let (writer, view) = StateWriter::new();
     let local_config = match &config.local_config {
@@ -95,8 +97,16 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
     let certs_ready = readiness.block("certificates");
     let proxy_ready = readiness.block("listeners");
     // In shared mode the workload manager blocks readiness until the node agent's snapshot.
-    let metrics = Arc::new(Metrics::new());
+    let dns_metrics = crate::dns::DnsMetrics::default();
+    let metrics = {
+        let mut m = Metrics::new();
+        dns_metrics.register(m.registry_mut());
+        Arc::new(m)
+    };
     let (drain_trigger, drain) = lifecycle::drain_channel();
+    // The readiness server outlives the proxies' drain, so it can answer "draining" meanwhile.
+    let (readiness_trigger, readiness_drain) = lifecycle::drain_channel();
+    let (shutdown, shutdown_requested) = lifecycle::shutdown_channel();
 
     // Control-plane clients (control_plane.rs) and certificates live on the control runtime:
     // xDS, issuance and refresh never run on data workers.
@@ -122,6 +132,11 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
     let admin_listener = control.block_on(crate::admin::bind_admin(config.listeners.admin))?;
     let readiness_listener =
         data.block_on(crate::admin::bind("readiness", config.listeners.readiness))?;
+    let admin_ops = crate::admin::AdminOps {
+        initial_filter: log.current(),
+        log,
+        shutdown,
+    };
 
     let proxy_cfg = ProxyConfig {
         outbound_addr: config.listeners.outbound,
@@ -152,19 +167,24 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
         },
         hbone_port: 15008,
     };
+    let extras = pod_extras(&config, dns_metrics);
     // Dedicated: bind now, in our own namespace. Shared: the workload manager binds per pod.
     let (proxy, identity, manager) = match (local, host_netns) {
         (Some(local), _) => {
             let identity = local.identity.clone();
+            let (ns, name) = (local.namespace.clone(), local.name.clone());
+            let proxy_cfg = Arc::new(proxy_cfg);
             let proxy = {
                 let _enter = data.enter();
-                Proxy::bind(ProxyInputs {
-                    cfg: Arc::new(proxy_cfg),
+                let proxy = Proxy::bind(ProxyInputs {
+                    cfg: proxy_cfg.clone(),
                     local,
-                    state: view,
+                    state: view.clone(),
                     certs: certs.clone(),
                     metrics: metrics.proxy.clone(),
-                })?
+                })?;
+                let bound = extras.bind(&proxy, &proxy_cfg, &view, &ns, &name)?;
+                (proxy, bound)
             };
             (Some(proxy), Some(identity), None)
         }
@@ -175,6 +195,7 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
                 proxy_cfg,
             );
             inpod.drain_deadline = config.connection_termination_deadline;
+            inpod.extras = extras;
             let manager = WorkloadManager::new(WorkloadManagerInputs {
                 cfg: inpod,
                 state: view,
@@ -207,6 +228,7 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
                 let admin = tokio::spawn(crate::admin::serve_admin(
                     admin_listener,
                     dump_sources,
+                    admin_ops,
                     control_drain.clone(),
                 ));
                 let xds = xds_client.map(|c| tokio::spawn(c.run(control_drain.clone())));
@@ -242,28 +264,71 @@ pub fn run(config: Config, _log: LogHandle) -> anyhow::Result<()> {
 
     let deadline = config.connection_termination_deadline;
     let outcome = data.block_on(async move {
-        tokio::spawn(crate::admin::serve_readiness(
+        let readiness_server = tokio::spawn(crate::admin::serve_readiness(
             readiness_listener,
             readiness.clone(),
-            drain.clone(),
+            readiness_drain,
         ));
-        let proxy_task = proxy.map(|p| tokio::spawn(p.run(drain)));
+        let proxy_task = proxy.map(|(p, extras)| {
+            tokio::spawn(async move {
+                tokio::join!(p.run(drain.clone()), extras.run(drain));
+            })
+        });
         info!("ambit is running");
-        let signal = lifecycle::shutdown_signal().await;
-        match signal {
-            Ok(name) => info!(signal = name, deadline = ?deadline, "draining"),
-            Err(e) => warn!(error = %e, "cannot wait for signals; draining now"),
+        tokio::select! {
+            signal = lifecycle::shutdown_signal() => match signal {
+                Ok(name) => info!(signal = name, deadline = ?deadline, "draining"),
+                Err(e) => warn!(error = %e, "cannot wait for signals; draining now"),
+            },
+            _ = shutdown_requested.wait() => {
+                info!(deadline = ?deadline, "draining: requested through the admin server");
+            }
         }
+        // Not ready from the first moment of the drain until the process is gone.
+        let _draining = readiness.block("draining");
         let outcome = drain_trigger.drain(deadline).await;
         if let Some(task) = proxy_task {
             let _ = task.await;
         }
+        readiness_trigger.drain_immediately().await;
+        let _ = readiness_server.await;
         outcome
     });
     let _ = control_thread.join();
     drop(secrets);
     info!(?outcome, "ambit stopped");
     Ok(())
+}
+
+/// The DNS proxy and SOCKS5 listeners each proxy gets, from the configuration. The upstream
+/// resolvers are read once, from ambit's own namespace.
+fn pod_extras(config: &Config, metrics: crate::dns::DnsMetrics) -> PodExtras {
+    let dns = config.dns.enabled.then(|| {
+        let timeout = Duration::from_secs(5);
+        let forwarder = crate::dns::Forwarder::from_resolv_conf(
+            &config.dns.resolv_conf,
+            timeout,
+            config.packet_mark,
+        )
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "dns proxy: no upstream resolvers; non-mesh names will fail");
+            crate::dns::Forwarder::new(Vec::new(), timeout, config.packet_mark)
+        });
+        info!(upstream = ?forwarder.servers(), addr = %config.dns.addr, "dns proxy enabled");
+        DnsSettings {
+            addr: config.dns.addr,
+            cluster_domain: config.dns.cluster_domain.clone(),
+            ipv6: config.ipv6_enabled,
+            forwarder: Arc::new(forwarder),
+            metrics,
+        }
+    });
+    PodExtras {
+        dns,
+        socks5: config
+            .enable_socks5
+            .then_some(crate::proxy::socks5::SOCKS5_ADDR),
+    }
 }
 
 /// The workload a dedicated-mode proxy serves, from `PROXY_WORKLOAD_INFO`.

@@ -21,6 +21,7 @@ use crate::telemetry::LogFormat;
 pub const DEFAULT_CA_DIR: &str = "/var/run/ambit/ca";
 const DEFAULT_INPOD_UDS: &str = "/var/run/ztunnel/ztunnel.sock";
 const DEFAULT_PACKET_MARK: u32 = 1337;
+const DEFAULT_DNS_PORT: u16 = 15053;
 const ISTIOD_IN_CLUSTER: &str = "https://istiod.istio-system.svc:15012";
 const ISTIOD_LOCAL: &str = "https://localhost:15012";
 const DEFAULT_ROOT_CERT: &str = "./var/run/secrets/istio/root-cert.pem";
@@ -81,6 +82,24 @@ pub struct Config {
     /// `RUST_LOG`-style filter (`RUST_LOG`, default `info`).
     pub log_filter: String,
     pub listeners: Listeners,
+    pub dns: Dns,
+    /// A SOCKS5 listener on 127.0.0.1:15080 in each pod (`UNSTABLE_ENABLE_SOCKS5`).
+    pub enable_socks5: bool,
+}
+
+/// The pod DNS proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dns {
+    /// On unless `ISTIO_META_DNS_CAPTURE` is set to something other than `true`.
+    pub enabled: bool,
+    /// `ISTIO_META_DNS_PROXY_ADDR`, default `127.0.0.1:15053` (then also `[::1]` with IPv6).
+    pub addr: SocketAddr,
+    /// The upstream resolvers (`AMBIT_DNS_RESOLV_CONF`, default `/etc/resolv.conf` of ambit's
+    /// own namespace).
+    pub resolv_conf: PathBuf,
+    /// `CLUSTER_DOMAIN`, default `cluster.local`: the pods' search domains end with it.
+    pub cluster_domain: String,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -279,6 +298,23 @@ impl Config {
                 .unwrap_or_default(),
             log_filter: env.get("RUST_LOG").unwrap_or_else(|| "info".into()),
             listeners: Listeners::new(ipv6_enabled),
+            dns: Dns {
+                enabled: env
+                    .get("ISTIO_META_DNS_CAPTURE")
+                    .is_none_or(|v| v == "true"),
+                addr: env
+                    .parse("ISTIO_META_DNS_PROXY_ADDR", dns_addr)?
+                    .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_DNS_PORT))),
+                resolv_conf: env
+                    .get("AMBIT_DNS_RESOLV_CONF")
+                    .map_or_else(|| PathBuf::from("/etc/resolv.conf"), PathBuf::from),
+                cluster_domain: env
+                    .get("CLUSTER_DOMAIN")
+                    .unwrap_or_else(|| "cluster.local".into()),
+            },
+            enable_socks5: env
+                .parse("UNSTABLE_ENABLE_SOCKS5", parse::boolean)?
+                .unwrap_or(false),
         };
         config.validate()?;
         Ok(config)
@@ -362,6 +398,16 @@ fn workload_info(s: &str) -> Result<WorkloadInfo, String> {
         }
         _ => Err("expected namespace/name/service-account".into()),
     }
+}
+
+/// `ip:port`, or `localhost:port` (loopback IPv4).
+fn dns_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port = parse::number::<u16>(port)?;
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    s.parse()
+        .map_err(|_| "not an address (ip:port or localhost:port)".to_string())
 }
 
 fn positive_duration(s: &str) -> Result<Duration, String> {

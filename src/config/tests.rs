@@ -397,3 +397,49 @@ fn termination_deadline_from_grace_period() {
     .unwrap();
     assert_eq!(c.connection_termination_deadline, Duration::from_secs(2));
 }
+
+#[test]
+fn dns_proxy_and_socks5() {
+    let c = with(&[]).unwrap();
+    assert!(c.dns.enabled);
+    assert_eq!(c.dns.addr, "127.0.0.1:15053".parse().unwrap());
+    assert_eq!(c.dns.resolv_conf, PathBuf::from("/etc/resolv.conf"));
+    assert_eq!(c.dns.cluster_domain, "cluster.local");
+    assert!(!c.enable_socks5);
+
+    let c = with(&[
+        ("ISTIO_META_DNS_CAPTURE", "false"),
+        ("ISTIO_META_DNS_PROXY_ADDR", "localhost:5353"),
+        ("UNSTABLE_ENABLE_SOCKS5", "true"),
+        ("CLUSTER_DOMAIN", "corp.local"),
+    ])
+    .unwrap();
+    assert!(!c.dns.enabled);
+    assert_eq!(c.dns.addr, "127.0.0.1:5353".parse().unwrap());
+    assert_eq!(c.dns.cluster_domain, "corp.local");
+    assert!(c.enable_socks5);
+    assert!(
+        with(&[("ISTIO_META_DNS_CAPTURE", "true")])
+            .unwrap()
+            .dns
+            .enabled
+    );
+    assert_eq!(
+        with(&[("ISTIO_META_DNS_PROXY_ADDR", "[::1]:15053")])
+            .unwrap()
+            .dns
+            .addr,
+        "[::1]:15053".parse().unwrap()
+    );
+    let err = with(&[("ISTIO_META_DNS_PROXY_ADDR", "nowhere")]).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("ISTIO_META_DNS_PROXY_ADDR=\"nowhere\""),
+        "{err}"
+    );
+    let err = with(&[("UNSTABLE_ENABLE_SOCKS5", "yes")]).unwrap_err();
+    assert!(
+        err.to_string().starts_with("UNSTABLE_ENABLE_SOCKS5="),
+        "{err}"
+    );
+}

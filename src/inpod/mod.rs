@@ -5,17 +5,20 @@
 //! | file | owns |
 //! |---|---|
 //! | [`protocol`] | framing over the `SOCK_SEQPACKET` socket, descriptor passing |
+//! | [`extras`] | the optional per-pod DNS proxy and SOCKS5 listeners beside a proxy |
 //! | [`netns`] | validated pod namespace handles; creating sockets inside one |
 //! | [`statemanager`] | the pure state machine: which pods should have a proxy |
 //! | [`workloadmanager`] | the I/O loop: connect, answer, start and drain pod proxies |
 //!
 //! Generated proto types stay inside this module; the rest of ambit sees [`WorkloadManager`].
 
+pub mod extras;
 pub mod netns;
 pub mod protocol;
 pub mod statemanager;
 pub mod workloadmanager;
 
+pub use extras::{BoundExtras, DnsSettings, PodExtras};
 pub use netns::{HostNetns, InpodSocketFactory, NetnsError, NetnsId, PodNetns};
 pub use statemanager::WorkloadInfo;
 pub use workloadmanager::{InpodConfig, WorkloadManager, WorkloadManagerInputs};

@@ -163,6 +163,11 @@ impl SocketFactory for InpodSocketFactory {
         self.netns
             .run_in(|| Socket::new(domain, Type::STREAM, Some(Protocol::TCP)))
     }
+
+    fn udp_socket(&self, domain: Domain) -> io::Result<Socket> {
+        self.netns
+            .run_in(|| Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)))
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use crate::proxy::{LocalWorkload, Proxy, ProxyConfig, ProxyInputs};
 use crate::state::StateView;
 use crate::tls::CertProvider;
 
+use super::extras::PodExtras;
 use super::netns::{HostNetns, InpodSocketFactory, PodNetns};
 use super::protocol::{self, Packet, ProtocolError, ZdsConnection};
 use super::statemanager::{Next, Reply, Request, Start, StateManager, Violation, WorkloadInfo};
@@ -53,6 +54,8 @@ pub struct InpodConfig {
     pub backoff_max: Duration,
     /// Graceful drain of the pods' proxies when the process shuts down.
     pub drain_deadline: Duration,
+    /// The DNS proxy and SOCKS5 listeners each pod gets beside its proxy.
+    pub extras: PodExtras,
 }
 
 impl InpodConfig {
@@ -66,6 +69,7 @@ impl InpodConfig {
             backoff_initial: Duration::from_millis(10),
             backoff_max: Duration::from_secs(15),
             drain_deadline: Duration::from_secs(5),
+            extras: PodExtras::default(),
         }
     }
 }
@@ -347,14 +351,24 @@ impl WorkloadManager {
             metrics: self.proxy_metrics.clone(),
         };
         // Listeners register with the reactor of the runtime they are created on.
-        let proxy = self
+        let extras = self.cfg.extras.clone();
+        let (ns, name) = (info.namespace.clone(), info.name.clone());
+        let (proxy, extras) = self
             .data
-            .spawn(async move { Proxy::bind(inputs) })
+            .spawn(async move {
+                let cfg = inputs.cfg.clone();
+                let state = inputs.state.clone();
+                let proxy = Proxy::bind(inputs)?;
+                let extras = extras.bind(&proxy, &cfg, &state, &ns, &name)?;
+                Ok::<_, crate::proxy::ProxyError>((proxy, extras))
+            })
             .await
             .map_err(|e| format!("bind task: {e}"))?
             .map_err(|e| e.to_string())?;
         let (trigger, watcher) = lifecycle::drain_channel();
-        let task = self.data.spawn(proxy.run(watcher));
+        let task = self.data.spawn(async move {
+            tokio::join!(proxy.run(watcher.clone()), extras.run(watcher));
+        });
         // Warm the certificate so the pod's first connection does not wait for issuance.
         let certs = self.certs.clone();
         tokio::spawn(async move {

@@ -1,4 +1,5 @@
-//! Process lifecycle: graceful drain with a deadline, readiness guards, and OS signals.
+//! Process lifecycle: graceful drain with a deadline, readiness guards, OS signals and
+//! in-process shutdown requests (`/quitquitquit`).
 //!
 //! These are level-1 building blocks: every accept loop and connection task holds a
 //! [`DrainWatcher`]; every startup task that must finish before traffic is accepted holds a
@@ -6,8 +7,10 @@
 
 mod drain;
 mod readiness;
+mod shutdown;
 mod signal;
 
 pub use drain::{DrainOutcome, DrainTrigger, DrainWatcher, channel as drain_channel};
 pub use readiness::{BlockReady, Readiness};
+pub use shutdown::{ShutdownHandle, ShutdownRequested, shutdown_channel};
 pub use signal::shutdown_signal;

@@ -1,12 +1,30 @@
 //! The metric registry and the data path's counters.
 //!
 //! The registry is filled once at startup and then only read (scrapes encode it); counters are
-//! atomics, so the data path records without locks.
+//! atomics, so the data path records without locks. Istio's L4 families live in [`traffic`];
+//! the two exposition formats (OpenMetrics and Prometheus text) in [`exposition`].
 
+pub mod exposition;
+mod process;
+pub mod traffic;
+
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+pub use traffic::{
+    ConnectionMetrics, Reporter, SecurityPolicy, TrafficLabels, TrafficMetrics, UNKNOWN, or_unknown,
+};
+
+/// Labels of `istio_build`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    component: &'static str,
+    tag: String,
+}
 
 /// Counters the proxy records. Cloning shares the underlying counters.
 #[derive(Clone, Default, Debug)]
@@ -21,6 +39,8 @@ pub struct ProxyMetrics {
     pub connections_denied: Counter,
     /// Live inbound connections closed because a state change made authorization deny them.
     pub connections_closed_by_policy: Counter,
+    /// Istio's `istio_tcp_*` families.
+    pub traffic: TrafficMetrics,
 }
 
 /// The in-pod workload manager's view of its per-pod proxies (shared mode).
@@ -39,14 +59,57 @@ pub struct Metrics {
     registry: Registry,
     pub proxy: ProxyMetrics,
     pub workload_manager: WorkloadManagerMetrics,
+    process: process::ProcessMetrics,
 }
 
 // === impl Metrics ===
 
 impl Metrics {
+    /// The registry with `istio_build` tagged with this crate's version.
     pub fn new() -> Self {
+        Self::with_build_tag(env!("CARGO_PKG_VERSION"))
+    }
+
+    /// The registry with `istio_build{component="ambit",tag=<tag>}`.
+    pub fn with_build_tag(tag: &str) -> Self {
         let mut registry = Registry::default();
         let proxy = ProxyMetrics::default();
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                component: "ambit",
+                tag: tag.to_string(),
+            })
+            .set(1);
+        let istio = registry.sub_registry_with_prefix("istio");
+        istio.register("build", "Istio component build info", build);
+        let t = &proxy.traffic;
+        istio.register(
+            "tcp_connections_opened",
+            "The total number of TCP connections opened",
+            t.opened.clone(),
+        );
+        istio.register(
+            "tcp_connections_closed",
+            "The total number of TCP connections closed",
+            t.closed.clone(),
+        );
+        istio.register(
+            "tcp_connections_failed",
+            "The total number of TCP connections that failed, by response flag",
+            t.failed.clone(),
+        );
+        istio.register(
+            "tcp_sent_bytes",
+            "The size of total bytes sent during response in case of a TCP connection",
+            t.sent_bytes.clone(),
+        );
+        istio.register(
+            "tcp_received_bytes",
+            "The size of total bytes received during request in case of a TCP connection",
+            t.received_bytes.clone(),
+        );
+        let process = process::ProcessMetrics::register(&mut registry);
         let ambit = registry.sub_registry_with_prefix("ambit");
         ambit.register(
             "hbone_connections_opened",
@@ -100,14 +163,32 @@ impl Metrics {
             registry,
             proxy,
             workload_manager,
+            process,
         }
     }
 
-    /// The Prometheus text exposition of every registered metric.
+    /// The registry, for components above this level that register their own families at
+    /// startup (the DNS proxy's `istio_dns_*`).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// The OpenMetrics 1.0 exposition of every registered metric (what prometheus-client
+    /// writes). Process gauges are sampled first, so they are as fresh as the scrape.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        self.process.sample();
         let mut out = String::new();
         encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+
+    /// The exposition in the format a scraper asked for.
+    pub fn encode_as(&self, format: exposition::Format) -> Result<String, std::fmt::Error> {
+        let open = self.encode()?;
+        Ok(match format {
+            exposition::Format::OpenMetrics => open,
+            exposition::Format::Text => exposition::to_prometheus_text(&open),
+        })
     }
 }
 
@@ -118,47 +199,4 @@ impl Default for Metrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_are_exposed_with_their_names() {
-        let m = Metrics::new();
-        m.proxy.hbone_connections_opened.inc();
-        m.proxy.inbound_handshakes.inc_by(3);
-        let text = m.encode().unwrap();
-        assert!(
-            text.contains("ambit_hbone_connections_opened_total 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("ambit_hbone_inbound_handshakes_total 3\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("ambit_hbone_inbound_handshake_failures_total 0\n"),
-            "{text}"
-        );
-        m.proxy.connections_closed_by_policy.inc();
-        let text = m.encode().unwrap();
-        assert!(
-            text.contains("ambit_connections_closed_by_policy_total 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("ambit_connections_denied_total 0\n"),
-            "{text}"
-        );
-        m.workload_manager.active_proxies.set(2);
-        m.workload_manager.proxies_started.inc();
-        let text = m.encode().unwrap();
-        for line in [
-            "workload_manager_active_proxy_count 2\n",
-            "workload_manager_pending_proxy_count 0\n",
-            "workload_manager_proxies_started_total 1\n",
-            "workload_manager_proxies_stopped_total 0\n",
-        ] {
-            assert!(text.contains(line), "{line}: {text}");
-        }
-    }
-}
+mod tests;

@@ -4,6 +4,9 @@
 //! HTTP/2 DATA frame (and the reverse) without another copy. The TCP read buffer starts small and
 //! doubles while reads keep filling it, so idle connections stay cheap and bulk flows get big
 //! reads; it is reclaimed, not reallocated, once the previous chunk has been written.
+//!
+//! Byte counts are kept live per direction (for the access log) and, when the connection has
+//! Prometheus byte counters, added to those per chunk: both are plain atomic adds.
 
 use std::future::Future;
 use std::io;
@@ -11,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -37,9 +41,19 @@ pub struct CopyStats {
     pub a_to_b: AtomicU64,
     /// Bytes from the second stream to the first.
     pub b_to_a: AtomicU64,
+    /// Exported counters moved with `a_to_b` and `b_to_a`, resolved once per connection.
+    live: Option<(Counter, Counter)>,
 }
 
 impl CopyStats {
+    /// Stats that also add each chunk to `a_to_b` / `b_to_a` exported counters.
+    pub fn with_counters(a_to_b: Counter, b_to_a: Counter) -> Self {
+        CopyStats {
+            live: Some((a_to_b, b_to_a)),
+            ..Default::default()
+        }
+    }
+
     pub fn totals(&self) -> (u64, u64) {
         (
             self.a_to_b.load(Ordering::Relaxed),
@@ -64,8 +78,12 @@ where
 {
     let (a_src, a_sink) = a;
     let (b_src, b_sink) = b;
-    let forward = pump(a_src, b_sink, &stats.a_to_b);
-    let backward = pump(b_src, a_sink, &stats.b_to_a);
+    let (live_ab, live_ba) = match &stats.live {
+        Some((ab, ba)) => (Some(ab), Some(ba)),
+        None => (None, None),
+    };
+    let forward = pump(a_src, b_sink, &stats.a_to_b, live_ab);
+    let backward = pump(b_src, a_sink, &stats.b_to_a, live_ba);
     tokio::try_join!(forward, backward).map(|_| ())
 }
 
@@ -73,11 +91,15 @@ async fn pump<S: ChunkSource, K: ChunkSink>(
     mut src: S,
     mut sink: K,
     counter: &AtomicU64,
+    live: Option<&Counter>,
 ) -> io::Result<()> {
     while let Some(chunk) = src.read_chunk().await? {
         let n = chunk.len() as u64;
         sink.write_chunk(chunk).await?;
         counter.fetch_add(n, Ordering::Relaxed);
+        if let Some(c) = live {
+            c.inc_by(n);
+        }
     }
     sink.finish().await
 }
@@ -182,7 +204,8 @@ mod tests {
         // client <-> [a | proxy | b] <-> server
         let (mut client, a) = pair().await;
         let (b, mut server) = pair().await;
-        let stats = Arc::new(CopyStats::default());
+        let (ab, ba) = (Counter::default(), Counter::default());
+        let stats = Arc::new(CopyStats::with_counters(ab.clone(), ba.clone()));
         let proxy = tokio::spawn(copy_bidirectional(
             tcp_halves(a),
             tcp_halves(b),
@@ -207,5 +230,6 @@ mod tests {
         assert_eq!(writer.await.unwrap(), b"done");
         proxy.await.unwrap().unwrap();
         assert_eq!(stats.totals(), (payload.len() as u64, 4));
+        assert_eq!((ab.get(), ba.get()), (payload.len() as u64, 4));
     }
 }

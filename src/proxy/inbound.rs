@@ -20,7 +20,7 @@ use crate::lifecycle::DrainWatcher;
 use crate::rbac::ConnFacts;
 use crate::tls;
 
-use super::accesslog::{ConnectionLog, Direction};
+use super::accesslog::{ConnectionLog, Direction, inbound_labels};
 use super::connections::ConnectionTracker;
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::{ILLEGAL_PORTS, ProxyInputs, authz, run_authorized, socket};
@@ -119,6 +119,10 @@ async fn serve_stream(
                 pi.local.namespace, pi.local.name
             ));
         };
+        log.open(
+            &pi,
+            inbound_labels(&pi, local, peer, log.src_identity.as_ref()),
+        );
         let facts = ConnFacts {
             src: peer,
             dst: target,
@@ -138,6 +142,7 @@ async fn serve_stream(
         Ok(s) => s,
         Err(e) => {
             req.reject(StatusCode::SERVICE_UNAVAILABLE);
+            log.response_flags = Some("CONNECT");
             return log.fail(&e);
         }
     };

@@ -15,6 +15,7 @@ mod inbound;
 mod outbound;
 mod passthrough;
 pub mod socket;
+pub mod socks5;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::tls::CertProvider;
 
 pub use connections::ConnectionTracker;
 pub use socket::{Keepalive, SocketOptions};
+pub use socks5::{HostResolver, ResolveFuture, Socks5, SystemResolver};
 
 use connections::run_authorized;
 
@@ -143,6 +145,30 @@ impl Proxy {
             inbound: addr(&self.inbound, self.inputs.cfg.inbound_addr),
             inbound_plaintext: addr(&self.plaintext, self.inputs.cfg.inbound_plaintext_addr),
         }
+    }
+
+    /// Binds a SOCKS5 listener on `addr` (with this proxy's socket options, so inside the
+    /// pod's namespace in in-pod mode) that feeds this proxy's outbound path.
+    pub fn socks5(
+        &self,
+        addr: SocketAddr,
+        resolver: Arc<dyn HostResolver>,
+    ) -> Result<Socks5, ProxyError> {
+        let cfg = &self.inputs.cfg;
+        let listener =
+            socket::listen(addr, &cfg.socket, false, cfg.reuse_port).map_err(|source| {
+                ProxyError::Bind {
+                    what: "socks5",
+                    addr,
+                    source,
+                }
+            })?;
+        Ok(Socks5 {
+            inputs: self.inputs.clone(),
+            pool: self.pool.clone(),
+            resolver,
+            listener,
+        })
     }
 
     /// The outbound connection pool (tests read its counters).

@@ -10,12 +10,13 @@ use tokio::net::TcpStream;
 
 use crate::core::{Authority, Identity};
 use crate::hbone::{
-    Baggage, ConnectHeaders, ConnectRequest, Forwarded, Pool, PoolKey, TraceParent, WorkloadType,
+    Baggage, ConnectHeaders, ConnectRequest, Forwarded, H2Stream, HboneError, Pool, PoolKey,
+    TraceParent, WorkloadType,
 };
 use crate::lifecycle::DrainWatcher;
 use crate::state::{TunnelProtocol, Workload};
 
-use super::accesslog::{ConnectionLog, Direction};
+use super::accesslog::{ConnectionLog, Direction, outbound_labels};
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::{ILLEGAL_PORTS, ProxyInputs, same_family_ip, socket};
 
@@ -74,20 +75,78 @@ pub(super) async fn handle(
     if let Err(e) = socket::tune(&stream, &pi.cfg.socket) {
         return log.fail(&format_args!("socket options: {e}"));
     }
-    let route = match route(&pi, orig) {
-        Ok(r) => r,
+    let upstream = match connect(&pi, &pool, peer, orig, &mut log).await {
+        Ok(u) => u,
         Err(e) => return log.fail(&e),
     };
-    let copied = match route {
-        Route::Plain(dst) => {
-            let upstream = match socket::connect(dst, None, &pi.cfg.socket).await {
-                Ok(s) => s,
-                Err(e) => return log.fail(&e),
-            };
-            let stats = log.stats.clone();
-            let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), stats);
-            run_until_forced(copy, &drain).await
+    relay(stream, upstream, log, &drain).await;
+}
+
+/// The far side of an outbound connection, connected and ready for bytes.
+pub(super) enum Upstream {
+    Plain(TcpStream),
+    /// Boxed: an h2 stream is several times the size of a socket.
+    Hbone(Box<H2Stream>),
+}
+
+/// Why an outbound connection could not be set up.
+#[derive(Debug)]
+pub(super) enum OutboundError {
+    Route(RouteError),
+    Connect(socket::ConnectError),
+    Hbone(HboneError),
+}
+
+impl fmt::Display for OutboundError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutboundError::Route(e) => e.fmt(f),
+            OutboundError::Connect(e) => e.fmt(f),
+            OutboundError::Hbone(e) => e.fmt(f),
         }
+    }
+}
+
+/// Routes `orig` (where the app at `peer` wants to go) and connects: plain TCP or an HBONE
+/// tunnel from the pool. Fills in what the access log learns on the way.
+pub(super) async fn connect(
+    pi: &ProxyInputs,
+    pool: &Pool,
+    peer: SocketAddr,
+    orig: SocketAddr,
+    log: &mut ConnectionLog,
+) -> Result<Upstream, OutboundError> {
+    let route = route(pi, orig);
+    let labels = match &route {
+        Ok(Route::Hbone {
+            target, expected, ..
+        }) => outbound_labels(pi, orig, Some(*target), expected.first()),
+        Ok(Route::Plain(target)) => outbound_labels(pi, orig, Some(*target), None),
+        Err(_) => outbound_labels(pi, orig, None, None),
+    };
+    log.open(pi, labels);
+    let connected = match route {
+        Ok(route) => connect_route(pi, pool, peer, route, log).await,
+        Err(e) => Err(OutboundError::Route(e)),
+    };
+    if connected.is_err() {
+        log.response_flags = Some("CONNECT");
+    }
+    connected
+}
+
+async fn connect_route(
+    pi: &ProxyInputs,
+    pool: &Pool,
+    peer: SocketAddr,
+    route: Route,
+    log: &mut ConnectionLog,
+) -> Result<Upstream, OutboundError> {
+    match route {
+        Route::Plain(dst) => socket::connect(dst, None, &pi.cfg.socket)
+            .await
+            .map(Upstream::Plain)
+            .map_err(OutboundError::Connect),
         Route::Hbone {
             hbone,
             target,
@@ -110,13 +169,31 @@ pub(super) async fn handle(
                     traceparent: Some(TraceParent::random()),
                 },
             };
-            let tunnel = match pool.send(&key, &req).await {
-                Ok(t) => t,
-                Err(e) => return log.fail(&e),
-            };
-            let stats = log.stats.clone();
-            let copy = copy_bidirectional(tcp_halves(stream), tunnel.split(), stats);
-            run_until_forced(copy, &drain).await
+            pool.send(&key, &req)
+                .await
+                .map(|t| Upstream::Hbone(Box::new(t)))
+                .map_err(OutboundError::Hbone)
+        }
+    }
+}
+
+/// Copies both ways between the app and `upstream` until both sides finish or the drain
+/// deadline passes, then writes the access log.
+pub(super) async fn relay(
+    stream: TcpStream,
+    upstream: Upstream,
+    log: ConnectionLog,
+    drain: &DrainWatcher,
+) {
+    let stats = log.stats.clone();
+    let copied = match upstream {
+        Upstream::Plain(upstream) => {
+            let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), stats);
+            run_until_forced(copy, drain).await
+        }
+        Upstream::Hbone(tunnel) => {
+            let copy = copy_bidirectional(tcp_halves(stream), (*tunnel).split(), stats);
+            run_until_forced(copy, drain).await
         }
     };
     match copied {

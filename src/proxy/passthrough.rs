@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use crate::lifecycle::DrainWatcher;
 use crate::rbac::ConnFacts;
 
-use super::accesslog::{ConnectionLog, Direction};
+use super::accesslog::{ConnectionLog, Direction, inbound_labels};
 use super::connections::ConnectionTracker;
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::{ILLEGAL_PORTS, ProxyInputs, authz, run_authorized, socket};
@@ -47,6 +47,7 @@ pub(super) async fn handle(
                 pi.local.namespace, pi.local.name
             ));
         };
+        log.open(&pi, inbound_labels(&pi, local, peer, None));
         let facts = ConnFacts {
             src: peer,
             dst: target,
@@ -66,7 +67,10 @@ pub(super) async fn handle(
     let src = (pi.cfg.orig_src && peer.is_ipv4() == target.is_ipv4()).then(|| peer.ip());
     let upstream = match socket::connect(target, src, &pi.cfg.socket).await {
         Ok(s) => s,
-        Err(e) => return log.fail(&e),
+        Err(e) => {
+            log.response_flags = Some("CONNECT");
+            return log.fail(&e);
+        }
     };
     let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), log.stats.clone());
     run_authorized(&pi, copy, &drain, &mut registration, log).await;

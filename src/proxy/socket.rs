@@ -15,6 +15,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 /// in-pod mode a factory creates them inside the pod's namespace.
 pub trait SocketFactory: Send + Sync + 'static {
     fn tcp_socket(&self, domain: Domain) -> io::Result<Socket>;
+    /// A UDP socket (the pod's DNS proxy).
+    fn udp_socket(&self, domain: Domain) -> io::Result<Socket>;
 }
 
 /// Sockets in the process's own network namespace.
@@ -24,6 +26,10 @@ pub struct CurrentNetns;
 impl SocketFactory for CurrentNetns {
     fn tcp_socket(&self, domain: Domain) -> io::Result<Socket> {
         Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+    }
+
+    fn udp_socket(&self, domain: Domain) -> io::Result<Socket> {
+        Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
     }
 }
 
@@ -126,6 +132,29 @@ pub fn listen(
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
+}
+
+/// Binds a UDP socket through the factory, with the proxy's mark. IPv6 addresses are bound
+/// v6-only, so `127.0.0.1` and `::1` can share a port.
+pub fn bind_udp(
+    addr: SocketAddr,
+    opts: &SocketOptions,
+    reuse_port: bool,
+) -> io::Result<tokio::net::UdpSocket> {
+    let socket = opts.factory.udp_socket(Domain::for_address(addr))?;
+    socket.set_nonblocking(true)?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if let Some(mark) = opts.mark {
+        socket.set_mark(mark)?;
+    }
+    socket.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
 }
 
 /// The destination the client originally asked for, before nftables redirected it to us.

@@ -205,6 +205,31 @@ impl StateView {
             .cloned()
     }
 
+    /// Services named `hostname` in any namespace (case-insensitive), in `namespace/hostname`
+    /// order: the DNS view of the mesh.
+    pub fn services_by_hostname(&self, hostname: &str) -> Vec<Arc<Service>> {
+        let snap = self.shared.load();
+        if hostname.bytes().any(|b| b.is_ascii_uppercase()) {
+            snap.services_by_hostname(&hostname.to_ascii_lowercase())
+                .to_vec()
+        } else {
+            snap.services_by_hostname(hostname).to_vec()
+        }
+    }
+
+    /// The workloads backing `svc` on any port, healthy ones only unless the service allows
+    /// all: what a headless service's name resolves to.
+    pub fn service_workloads(&self, svc: &Service) -> Vec<Arc<Workload>> {
+        let allow_unhealthy = svc.allows_unhealthy();
+        self.shared
+            .load()
+            .service_workloads(svc)
+            .iter()
+            .filter(|w| allow_unhealthy || w.status == HealthStatus::Healthy)
+            .cloned()
+            .collect()
+    }
+
     /// Endpoints of a service for a service port: (workload, target port) pairs. The target
     /// port is the workload's own mapping, else the service's (0 ⇒ the service port); a
     /// workload with neither mapping for this port is not an endpoint. Unhealthy workloads

@@ -29,6 +29,9 @@ pub struct Snapshot {
     workloads_by_name: HashMap<String, HashMap<String, Arc<Workload>>>,
     /// network → VIP → service.
     services_by_vip: HashMap<String, HashMap<IpAddr, Arc<Service>>>,
+    /// lowercase hostname → services of that name (one per namespace that defines it), in key
+    /// order. DNS answers by name, without knowing the namespace.
+    services_by_hostname: HashMap<String, Vec<Arc<Service>>>,
     /// service key → workloads whose `services` name it, in uid order.
     service_workloads: HashMap<String, Vec<Arc<Workload>>>,
     /// Keys of global policies, and of namespace-scoped policies per namespace.
@@ -78,6 +81,23 @@ impl Snapshot {
 
     pub fn service_by_host(&self, namespace: &str, hostname: &str) -> Option<&Arc<Service>> {
         self.services.get(&service_key(namespace, hostname))
+    }
+
+    /// Services named `hostname` (any namespace), in key order. `hostname` must be lowercase.
+    pub fn services_by_hostname(&self, hostname: &str) -> &[Arc<Service>] {
+        self.services_by_hostname
+            .get(hostname)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// The workloads that name `svc` among their services, in uid order, whatever their
+    /// health or ports.
+    pub fn service_workloads(&self, svc: &Service) -> &[Arc<Workload>] {
+        self.service_workloads
+            .get(&svc.key())
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     /// See [`super::StateView::endpoints`].
@@ -247,6 +267,13 @@ impl Snapshot {
                     .or_default()
                     .insert(vip.address, s.clone());
             }
+            snap.services_by_hostname
+                .entry(s.hostname.to_ascii_lowercase())
+                .or_default()
+                .push(s.clone());
+        }
+        for list in snap.services_by_hostname.values_mut() {
+            list.reverse();
         }
         for p in policies.values() {
             match p.scope {

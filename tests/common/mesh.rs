@@ -95,6 +95,13 @@ pub struct MeshOpts {
     /// Run the server ambit as this service account instead of the configured one.
     pub server_sa: Option<&'static str>,
     pub secret_ttl: Option<&'static str>,
+    /// Services (the YAML list items) appended to the local config under `services:`.
+    pub services_yaml: Option<String>,
+    /// Extra lines appended to each pod's workload entry (e.g. its `services:` map), server
+    /// pod only.
+    pub server_workload_extra: Option<String>,
+    /// Extra environment of the client pod's ambit.
+    pub client_env: Vec<(&'static str, String)>,
 }
 
 /// Two pods with redirection, each with its ambit, sharing one built-in CA directory.
@@ -112,7 +119,15 @@ impl Mesh {
         pair.install_redirection();
         let dir = pair.dir.path().to_path_buf();
         let config = dir.join("local.yaml");
-        std::fs::write(&config, pair_config()).unwrap();
+        let mut text = pair_config();
+        if let Some(extra) = &opts.server_workload_extra {
+            text.push_str(extra);
+        }
+        if let Some(services) = &opts.services_yaml {
+            text.push_str("services:\n");
+            text.push_str(services);
+        }
+        std::fs::write(&config, text).unwrap();
         let ca_dir = dir.join("ca");
         let (c_ns, c_name, c_sa) = CLIENT_WL;
         let (s_ns, s_name, s_sa) = SERVER_WL;
@@ -125,13 +140,16 @@ impl Mesh {
             &ca_dir,
             opts.secret_ttl,
         );
-        let client_spec = spec(
+        let mut client_spec = spec(
             "client-ambit",
             &client_info,
             &config,
             &ca_dir,
             opts.secret_ttl,
         );
+        for (k, v) in &opts.client_env {
+            client_spec = client_spec.env(*k, v.clone());
+        }
         let server_ambit = start(&pair.server, &server_spec, &dir).await;
         let client_ambit = start(&pair.client, &client_spec, &dir).await;
         Mesh {

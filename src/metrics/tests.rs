@@ -1,0 +1,158 @@
+//! Unit tests of the registry: names, label sets and both exposition formats.
+
+use super::*;
+
+#[test]
+fn counters_are_exposed_with_their_names() {
+    let m = Metrics::new();
+    m.proxy.hbone_connections_opened.inc();
+    m.proxy.inbound_handshakes.inc_by(3);
+    let text = m.encode().unwrap();
+    assert!(
+        text.contains("ambit_hbone_connections_opened_total 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ambit_hbone_inbound_handshakes_total 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ambit_hbone_inbound_handshake_failures_total 0\n"),
+        "{text}"
+    );
+    m.proxy.connections_closed_by_policy.inc();
+    let text = m.encode().unwrap();
+    assert!(
+        text.contains("ambit_connections_closed_by_policy_total 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ambit_connections_denied_total 0\n"),
+        "{text}"
+    );
+    m.workload_manager.active_proxies.set(2);
+    m.workload_manager.proxies_started.inc();
+    let text = m.encode().unwrap();
+    for line in [
+        "workload_manager_active_proxy_count 2\n",
+        "workload_manager_pending_proxy_count 0\n",
+        "workload_manager_proxies_started_total 1\n",
+        "workload_manager_proxies_stopped_total 0\n",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+}
+
+fn labels(reporter: Reporter) -> TrafficLabels {
+    let mut l = TrafficLabels::unknown(reporter);
+    l.source_workload = "client".into();
+    l.destination_workload = "server".into();
+    l
+}
+
+#[test]
+fn connection_metrics_balance_and_count_bytes_live() {
+    let m = Metrics::with_build_tag("1.2.3");
+    {
+        let mut c = ConnectionMetrics::open(&m.proxy.traffic, labels(Reporter::Source));
+        let (req, resp) = c.byte_counters();
+        req.inc_by(100);
+        resp.inc_by(7);
+        // Visible before the connection closes.
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains(
+                "istio_tcp_connections_opened_total{reporter=\"source\",source_workload=\"client\""
+            ),
+            "{text}"
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("istio_tcp_received_bytes_total{"))
+            .unwrap();
+        assert!(line.ends_with(" 100"), "{line}");
+        assert!(
+            !text.contains("istio_tcp_connections_closed_total{"),
+            "{text}"
+        );
+        c.close(None);
+        c.close(Some("DENY")); // a second close is ignored
+    }
+    {
+        // Dropped without an explicit close (a cancelled task): still closed once.
+        let _c = ConnectionMetrics::open(&m.proxy.traffic, labels(Reporter::Destination));
+    }
+    {
+        let mut c = ConnectionMetrics::open(&m.proxy.traffic, labels(Reporter::Destination));
+        c.close(Some("DENY"));
+    }
+    let text = m.encode().unwrap();
+    let sum = |prefix: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("istio_tcp_connections_opened_total{"), 3);
+    assert_eq!(sum("istio_tcp_connections_closed_total{"), 3);
+    assert_eq!(sum("istio_tcp_connections_failed_total{"), 1);
+    let failed = text
+        .lines()
+        .find(|l| l.starts_with("istio_tcp_connections_failed_total{"))
+        .unwrap();
+    assert!(failed.contains("reporter=\"destination\""), "{failed}");
+    assert!(failed.contains("response_flags=\"DENY\""), "{failed}");
+    assert!(
+        failed.contains("connection_security_policy=\"unknown\""),
+        "{failed}"
+    );
+    assert!(
+        text.contains("istio_build{component=\"ambit\",tag=\"1.2.3\"} 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("process_open_fds "), "{text}");
+    assert!(text.contains("process_max_fds "), "{text}");
+}
+
+#[test]
+fn text_format_renames_counter_families() {
+    let m = Metrics::new();
+    m.proxy.inbound_handshakes.inc();
+    let open = m.encode_as(exposition::Format::OpenMetrics).unwrap();
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert!(open.contains("# TYPE ambit_hbone_inbound_handshakes counter\n"));
+    let text = m.encode_as(exposition::Format::Text).unwrap();
+    assert!(!text.contains("# EOF"), "{text}");
+    assert!(!text.contains("# UNIT"), "{text}");
+    assert!(
+        text.contains("# TYPE ambit_hbone_inbound_handshakes_total counter\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ambit_hbone_inbound_handshakes_total 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE istio_build gauge\n"), "{text}");
+}
+
+#[test]
+fn negotiation() {
+    use exposition::{Format, accepts_gzip};
+    assert_eq!(Format::negotiate(None), Format::Text);
+    assert_eq!(
+        Format::negotiate(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+        )),
+        Format::OpenMetrics
+    );
+    assert_eq!(
+        Format::negotiate(Some("application/openmetrics-text;q=0, text/plain")),
+        Format::Text
+    );
+    assert_eq!(Format::negotiate(Some("text/plain")), Format::Text);
+    assert!(accepts_gzip(Some("gzip, deflate")));
+    assert!(accepts_gzip(Some("br;q=1, GZIP;q=0.5")));
+    assert!(!accepts_gzip(Some("gzip;q=0")));
+    assert!(!accepts_gzip(Some("identity")));
+    assert!(!accepts_gzip(None));
+}
