@@ -29,7 +29,10 @@ use report::{ConnRow, ControlPlane, LatRow, MemRow, ProxyRef, Report, TputRow};
 use scenarios::{PathKind, Subject};
 
 #[derive(Parser, Debug)]
-#[command(name = "ambit-bench", about = "Benchmarks node proxies on the ambit lab")]
+#[command(
+    name = "ambit-bench",
+    about = "Benchmarks node proxies on the ambit lab"
+)]
 struct Cli {
     #[command(subcommand)]
     pod: Option<PodCmd>,
@@ -111,7 +114,12 @@ fn main() -> Result<()> {
 async fn pod(cmd: PodWork) -> Result<()> {
     match cmd {
         PodWork::Serve => {
-            workload::serve(scenarios::RR_PORT, scenarios::CONN_PORT, scenarios::HOLD_PORT).await
+            workload::serve(
+                scenarios::RR_PORT,
+                scenarios::CONN_PORT,
+                scenarios::HOLD_PORT,
+            )
+            .await
         }
         PodWork::Latency {
             addr,
@@ -155,7 +163,9 @@ fn proxies(cli: &Cli) -> Result<Vec<(String, PathBuf)>> {
             Some((l, p)) => (l.to_string(), PathBuf::from(p)),
             None => {
                 let p = PathBuf::from(&spec);
-                let name = p.file_name().map_or("proxy".into(), |n| n.to_string_lossy().into_owned());
+                let name = p
+                    .file_name()
+                    .map_or("proxy".into(), |n| n.to_string_lossy().into_owned());
                 (name, p)
             }
         };
@@ -190,13 +200,24 @@ async fn run(cli: &Cli) -> Result<Report> {
     let exe = std::env::current_exe()?;
     let binaries = proxies(cli)?;
     let rounds = cli.rounds.unwrap_or(if cli.quick { 1 } else { 2 }).max(1);
-    let (tput_secs, lat_secs, rate_secs) = if cli.quick { (2, 1.0, 2.0) } else { (10, 5.0, 10.0) };
-    let hold_counts: [u32; 2] = if cli.quick { [100, 1000] } else { [1000, 10_000] };
+    let (tput_secs, lat_secs, rate_secs) = if cli.quick {
+        (2, 1.0, 2.0)
+    } else {
+        (10, 5.0, 10.0)
+    };
+    let hold_counts: [u32; 2] = if cli.quick {
+        [100, 1000]
+    } else {
+        [1000, 10_000]
+    };
     let rate = cli.rate.max(10);
 
     let mut subjects: Vec<Subject> = Vec::new();
     for (label, bin) in &binaries {
-        eprintln!("ambit-bench: starting a lab for {label} ({})", bin.display());
+        eprintln!(
+            "ambit-bench: starting a lab for {label} ({})",
+            bin.display()
+        );
         subjects.push(scenarios::start(label, bin, &exe, &cli.proxy_log).await?);
     }
     let n = subjects.len();
@@ -207,13 +228,22 @@ async fn run(cli: &Cli) -> Result<Report> {
         BTreeMap::new();
     for r in 0..rounds {
         for streams in [1u32, 4] {
-            eprintln!("ambit-bench: throughput, {streams} stream(s), round {}", r + 1);
-            let t = subjects[0].iperf(PathKind::Direct, streams, tput_secs).await?;
-            tput.entry((streams, PathKind::Direct, None)).or_default().push(t);
+            eprintln!(
+                "ambit-bench: throughput, {streams} stream(s), round {}",
+                r + 1
+            );
+            let t = subjects[0]
+                .iperf(PathKind::Direct, streams, tput_secs)
+                .await?;
+            tput.entry((streams, PathKind::Direct, None))
+                .or_default()
+                .push(t);
             for i in order(n, r) {
                 for kind in [PathKind::Hbone, PathKind::Plain] {
                     let t = subjects[i].iperf(kind, streams, tput_secs).await?;
-                    tput.entry((streams, kind, Some(label(i)))).or_default().push(t);
+                    tput.entry((streams, kind, Some(label(i))))
+                        .or_default()
+                        .push(t);
                 }
             }
         }
@@ -248,7 +278,11 @@ async fn run(cli: &Cli) -> Result<Report> {
         for (k, (name, size, newconn, rate)) in kinds.iter().enumerate() {
             eprintln!("ambit-bench: latency, {name}, round {}", r + 1);
             let mut runs = vec![(0usize, PathKind::Direct, None)];
-            runs.extend(order(n, r).into_iter().map(|i| (i, PathKind::Hbone, Some(label(i)))));
+            runs.extend(
+                order(n, r)
+                    .into_iter()
+                    .map(|i| (i, PathKind::Hbone, Some(label(i)))),
+            );
             for (i, kind, proxy) in runs {
                 let out = subjects[i]
                     .latency(&exe, kind, *size, *rate, lat_secs, *newconn)
@@ -275,7 +309,11 @@ async fn run(cli: &Cli) -> Result<Report> {
     for r in 0..rounds {
         eprintln!("ambit-bench: connection rate, round {}", r + 1);
         let mut runs = vec![(0usize, PathKind::Direct, None)];
-        runs.extend(order(n, r).into_iter().map(|i| (i, PathKind::Hbone, Some(label(i)))));
+        runs.extend(
+            order(n, r)
+                .into_iter()
+                .map(|i| (i, PathKind::Hbone, Some(label(i)))),
+        );
         for (i, kind, proxy) in runs {
             let out = subjects[i].connrate(&exe, kind, rate_secs, 16).await?;
             let e = conns.entry((kind, proxy)).or_insert((0, 0, 0.0));
@@ -316,7 +354,10 @@ async fn run(cli: &Cli) -> Result<Report> {
     }
     drop(subjects);
 
-    let xds = cli.xds.clone().unwrap_or_else(|| if cli.quick { "debug" } else { "release" }.into());
+    let xds = cli
+        .xds
+        .clone()
+        .unwrap_or_else(|| if cli.quick { "debug" } else { "release" }.into());
     let control_plane = control_plane(&xds).await?;
 
     let mut machine = machine;
@@ -361,23 +402,41 @@ fn write_outputs(report: &Report, out: &Path) -> Result<()> {
         println!("- `{}`: {}", p.label, p.binary);
     }
     println!("\n{}", report.markdown());
-    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(report)?)?;
-    std::fs::write(out.join("throughput.svg"), svg::throughput(&report.throughput))?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    std::fs::write(
+        out.join("throughput.svg"),
+        svg::throughput(&report.throughput),
+    )?;
     let mut scenarios: Vec<&str> = report.latency.iter().map(|r| r.scenario.as_str()).collect();
     scenarios.dedup();
     for sc in scenarios {
         let rows: Vec<&LatRow> = report.latency.iter().filter(|r| r.scenario == sc).collect();
         let file: String = sc
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
             .collect::<String>()
             .split('-')
             .filter(|p| !p.is_empty())
             .collect::<Vec<_>>()
             .join("-");
-        std::fs::write(out.join(format!("latency-{file}.svg")), svg::latency(sc, &rows))?;
+        std::fs::write(
+            out.join(format!("latency-{file}.svg")),
+            svg::latency(sc, &rows),
+        )?;
     }
-    eprintln!("ambit-bench: wrote {}/results.json and charts", out.display());
+    eprintln!(
+        "ambit-bench: wrote {}/results.json and charts",
+        out.display()
+    );
     Ok(())
 }
 
@@ -390,18 +449,23 @@ async fn control_plane(mode: &str) -> Result<Option<ControlPlane>> {
         other => bail!("--xds {other:?}: expected release, debug or skip"),
     };
     eprintln!("ambit-bench: control plane, cargo {}", args.join(" "));
-    let run = tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(args)
-        .current_dir(workspace())
-        .env("CARGO_INCREMENTAL", "0")
-        .kill_on_drop(true)
-        .output();
+    let run =
+        tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(args)
+            .current_dir(workspace())
+            .env("CARGO_INCREMENTAL", "0")
+            .kill_on_drop(true)
+            .output();
     let out = tokio::time::timeout(std::time::Duration::from_secs(1200), run)
         .await
         .context("xds_apply: not done within 20 minutes")??;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
-        bail!("xds_apply ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "xds_apply ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let figure = |key: &str| {
         text.lines()

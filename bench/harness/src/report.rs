@@ -176,7 +176,11 @@ impl Report {
                 who(r.path, &r.proxy),
                 r.gbps,
                 ratio(Some(r.gbps), direct),
-                if r.proxy.is_some() { ratio(Some(r.gbps), base) } else { "–".into() },
+                if r.proxy.is_some() {
+                    ratio(Some(r.gbps), base)
+                } else {
+                    "–".into()
+                },
                 opt(r.cpu_s_per_gb, 2)
             );
         }
@@ -215,7 +219,11 @@ impl Report {
                 r.p999_us,
                 r.max_us,
                 ratio(Some(r.p99_us), direct.map(|d| d.p99_us)),
-                if r.proxy.is_some() { ratio(Some(r.p99_us), base.map(|b| b.p99_us)) } else { "–".into() },
+                if r.proxy.is_some() {
+                    ratio(Some(r.p99_us), base.map(|b| b.p99_us))
+                } else {
+                    "–".into()
+                },
             );
         }
         let _ = writeln!(
@@ -245,7 +253,11 @@ impl Report {
                 r.ok,
                 r.errors,
                 ratio(Some(r.per_sec), direct),
-                if r.proxy.is_some() { ratio(Some(r.per_sec), base) } else { "–".into() },
+                if r.proxy.is_some() {
+                    ratio(Some(r.per_sec), base)
+                } else {
+                    "–".into()
+                },
             );
         }
         let _ = writeln!(
@@ -298,11 +310,17 @@ impl Report {
         let mut m = Vec::new();
         let want_tput = 2 * (1 + 2 * proxies);
         if self.throughput.len() != want_tput || self.throughput.iter().any(|r| r.gbps <= 0.0) {
-            m.push(format!("throughput: {} of {want_tput} rows with numbers", self.throughput.len()));
+            m.push(format!(
+                "throughput: {} of {want_tput} rows with numbers",
+                self.throughput.len()
+            ));
         }
         let want_lat = 3 * (1 + proxies);
         if self.latency.len() != want_lat || self.latency.iter().any(|r| r.count == 0) {
-            m.push(format!("latency: {} of {want_lat} rows with samples", self.latency.len()));
+            m.push(format!(
+                "latency: {} of {want_lat} rows with samples",
+                self.latency.len()
+            ));
         }
         if self.connrate.len() != 1 + proxies || self.connrate.iter().any(|r| r.ok == 0) {
             m.push("connection rate: a path completed no connection".into());

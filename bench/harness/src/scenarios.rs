@@ -98,7 +98,10 @@ pub async fn start(label: &str, binary: &Path, exe: &Path, rust_log: &str) -> Re
         servers.push(server);
         let filter = format!("sport = :{IPERF_PORT}");
         wait_for(
-            || ns.run(&["ss", "-Hltn", &filter]).is_ok_and(|o| !o.trim().is_empty()),
+            || {
+                ns.run(&["ss", "-Hltn", &filter])
+                    .is_ok_and(|o| !o.trim().is_empty())
+            },
             "iperf3 listening",
         )
         .await?;
@@ -225,11 +228,7 @@ impl Subject {
                 .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned());
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        bail!(
-            "{}: iperf3 {} x{streams}: {last}",
-            self.label,
-            kind.name()
-        )
+        bail!("{}: iperf3 {} x{streams}: {last}", self.label, kind.name())
     }
 
     /// Runs `ambit-bench pod <args>` in the path's client pod and parses its last stdout line.

@@ -34,7 +34,9 @@ fn head(title: &str) -> String {
 }
 
 fn esc(t: &str) -> String {
-    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn legend(s: &mut String, names: &[String]) {
@@ -160,7 +162,11 @@ pub fn latency(scenario: &str, rows: &[&LatRow]) -> String {
     axis_frame(&mut s, pw, ph);
     let all = rows.iter().flat_map(|r| r.curve.iter().map(|c| c.1));
     let (lo, hi) = all.fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    let lo = if lo.is_finite() && lo > 0.0 { 10f64.powf(lo.log10().floor()) } else { 1.0 };
+    let lo = if lo.is_finite() && lo > 0.0 {
+        10f64.powf(lo.log10().floor())
+    } else {
+        1.0
+    };
     let hi = nice_ceiling(hi.max(lo * 10.0));
     let (llo, lhi) = (lo.log10(), hi.log10());
     let y_of = |v: f64| TOP + ph - ph * (v.max(lo).log10() - llo) / (lhi - llo).max(1e-9);
@@ -177,7 +183,14 @@ pub fn latency(scenario: &str, rows: &[&LatRow]) -> String {
         );
         d *= 10.0;
     }
-    for (p, label) in [(0.0, "p0"), (90.0, "p90"), (99.0, "p99"), (99.9, "p99.9"), (99.99, "p99.99"), (100.0, "max")] {
+    for (p, label) in [
+        (0.0, "p0"),
+        (90.0, "p90"),
+        (99.0, "p99"),
+        (99.9, "p99.9"),
+        (99.99, "p99.99"),
+        (100.0, "max"),
+    ] {
         let x = x_of(p);
         let _ = writeln!(
             s,

@@ -49,7 +49,8 @@ pub struct ConnRateOut {
 
 /// An empty latency histogram (ns, 3 significant figures).
 pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_NS, 3).expect("constant bounds (1 ns..60 s, 3 figures) are valid")
+    Histogram::new_with_bounds(1, MAX_NS, 3)
+        .expect("constant bounds (1 ns..60 s, 3 figures) are valid")
 }
 
 /// Raises the soft open-file limit to the hard one (10,000 idle connections need it).
