@@ -145,6 +145,9 @@ async fn pod(cmd: PodWork) -> Result<()> {
     }
 }
 
+/// A latency histogram merged over rounds, and the error count.
+type Merged = (Histogram<u64>, u64);
+
 /// The workspace root (this crate lives in `bench/harness`).
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -272,8 +275,7 @@ async fn run(cli: &Cli) -> Result<Report> {
         ("persistent, 1 KiB", 1024, false, rate),
         ("new connection, 1 B", 1, true, (rate / 5).max(10)),
     ];
-    let mut hists: BTreeMap<(usize, PathKind, Option<String>), (Histogram<u64>, u64)> =
-        BTreeMap::new();
+    let mut hists: BTreeMap<(usize, PathKind, Option<String>), Merged> = BTreeMap::new();
     for r in 0..rounds {
         for (k, (name, size, newconn, rate)) in kinds.iter().enumerate() {
             eprintln!("ambit-bench: latency, {name}, round {}", r + 1);
