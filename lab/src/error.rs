@@ -64,4 +64,6 @@ pub enum LabError {
     },
     #[error("file {path}: {source}")]
     File { path: String, source: io::Error },
+    #[error("lab control plane: {what}: {detail}")]
+    ControlPlane { what: String, detail: String },
 }

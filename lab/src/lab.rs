@@ -13,7 +13,7 @@
 //! stay).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::{NodeAgent, PodAnnounce};
 use crate::control::{ControlPlane, LocalFiles};
+use crate::control_plane::{CP_PORT, LabControlPlane};
+use crate::control_resources::{self, CpResource};
 use crate::topology::{Pod, Topology, UNDERLAY_PREFIX};
 use crate::{LabError, Netns, Process, ProcessSpec, link, sys, wait_http_ok};
 
@@ -36,6 +38,16 @@ pub enum ProxyMode {
     Dedicated,
 }
 
+/// Where node proxies get their configuration and certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ControlMode {
+    /// A local config file and the built-in CA ([`LocalFiles`]): no control plane.
+    #[default]
+    LocalFiles,
+    /// The lab's control plane ([`LabControlPlane`]): delta xDS and the CA over TLS.
+    ControlPlane,
+}
+
 /// How to run a lab.
 #[derive(Debug, Clone)]
 pub struct LabOptions {
@@ -46,6 +58,9 @@ pub struct LabOptions {
     pub run_dir: Option<PathBuf>,
     /// `RUST_LOG` of the node proxies (access log lines are at `info`).
     pub rust_log: String,
+    pub control: ControlMode,
+    /// Extra environment for every node proxy (e.g. `SECRET_TTL`), after the lab's own.
+    pub proxy_env: Vec<(String, String)>,
 }
 
 impl Default for LabOptions {
@@ -55,6 +70,8 @@ impl Default for LabOptions {
             mode: ProxyMode::Shared,
             run_dir: None,
             rust_log: "info".into(),
+            control: ControlMode::LocalFiles,
+            proxy_env: Vec::new(),
         }
     }
 }
@@ -82,6 +99,8 @@ pub struct Lab {
     run_id: String,
     run_dir: PathBuf,
     control: Box<dyn ControlPlane>,
+    /// The control plane, in [`ControlMode::ControlPlane`].
+    cp: Option<LabControlPlane>,
     opts: LabOptions,
     /// Proxy restarts so far (names the new logs).
     restarts: u32,
@@ -122,16 +141,78 @@ impl Lab {
             run_id,
             run_dir,
             control,
+            cp: None,
             opts,
             restarts: 0,
         };
         lab.build_network()?;
+        if lab.opts.control == ControlMode::ControlPlane {
+            lab.start_control_plane().await?;
+        }
         lab.start_agents()?;
         lab.write_state()?;
         if lab.opts.proxy.is_some() {
             lab.start_proxies().await?;
         }
         Ok(lab)
+    }
+
+    /// The control plane's address on the underlay: `br0` gets the underlay's first address, and
+    /// routes to every node's pods (so proxies inside pods reach it too, in dedicated mode).
+    async fn start_control_plane(&mut self) -> Result<(), LabError> {
+        let ip = Ipv4Addr::from(u32::from(crate::topology::UNDERLAY_NET) + 1);
+        self.underlay
+            .add_addr("br0", &format!("{ip}/{UNDERLAY_PREFIX}"))?;
+        for node in &self.topology.nodes {
+            let (cidr, via) = (node.pod_cidr.to_string(), node.underlay_ip.to_string());
+            self.underlay.route(&[&cidr, "via", &via])?;
+        }
+        let resources =
+            control_resources::topology_resources(&self.topology).map_err(|detail| {
+                LabError::ControlPlane {
+                    what: "topology".into(),
+                    detail,
+                }
+            })?;
+        let nodes: Vec<String> = self.topology.nodes.iter().map(|n| n.name.clone()).collect();
+        let cp = LabControlPlane::start(
+            &self.underlay,
+            SocketAddr::from((ip, CP_PORT)),
+            &nodes,
+            resources,
+            &self.run_dir.join("control-plane"),
+        )
+        .await?;
+        self.control = Box::new(cp.clone());
+        self.cp = Some(cp);
+        Ok(())
+    }
+
+    /// The control plane, when the lab runs one ([`ControlMode::ControlPlane`]).
+    pub fn control_plane(&self) -> Option<&LabControlPlane> {
+        self.cp.as_ref()
+    }
+
+    /// Kills the control plane (streams end, the listener closes); true if one was running.
+    pub async fn stop_control_plane(&self) -> bool {
+        match &self.cp {
+            Some(cp) if cp.is_serving() => {
+                cp.stop().await;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Brings the control plane back on the same address, with the same state.
+    pub fn restart_control_plane(&self) -> Result<(), LabError> {
+        match &self.cp {
+            Some(cp) => cp.restart(&self.underlay),
+            None => Err(LabError::ControlPlane {
+                what: "restart".into(),
+                detail: "this lab runs without a control plane".into(),
+            }),
+        }
     }
 
     fn ns_name(&self, kind: &str, name: &str) -> String {
@@ -276,6 +357,16 @@ impl Lab {
         let mut spec = spec;
         for (k, v) in self.control.proxy_env(&node) {
             spec = spec.env(k, v);
+        }
+        // The node proxy's own pod, as a DaemonSet pod would be described (xDS node id).
+        if let Some(n) = self.topology.node(&node) {
+            spec = spec
+                .env("POD_NAME", format!("ztunnel-{}", n.name))
+                .env("POD_NAMESPACE", "istio-system")
+                .env("INSTANCE_IP", n.underlay_ip.to_string());
+        }
+        for (k, v) in &self.opts.proxy_env {
+            spec = spec.env(k.clone(), v.clone());
         }
         let spec = spec
             .env("NODE_NAME", node)
@@ -429,10 +520,10 @@ impl Lab {
         }
     }
 
-    /// Adds a pod while the lab runs: namespace, links and routes, then (when captured) the node
-    /// agent's rules and its ZDS announcement. The local config file is rewritten too, but node
-    /// proxies read it only at start: until the control plane serves xDS, running proxies learn of
-    /// the new workload only when restarted ([`Lab::restart_proxy`]).
+    /// Adds a pod while the lab runs: namespace, links and routes; its workload pushed by the
+    /// control plane to every node (when there is one); then (when captured) the node agent's
+    /// rules and its ZDS announcement. Without a control plane the local config file is rewritten,
+    /// but node proxies read it only at start: they learn of the new workload when restarted.
     pub async fn add_pod(&mut self, pod: Pod) -> Result<(), LabError> {
         if self.pods.contains_key(&pod.name) {
             return Err(LabError::Agent {
@@ -442,7 +533,13 @@ impl Lab {
         }
         self.plug_pod(&pod)?;
         self.topology.pods.push(pod.clone());
-        self.control = Box::new(LocalFiles::write(&self.topology, &self.run_dir)?);
+        match &self.cp {
+            Some(cp) => cp.upsert(vec![CpResource::workload(control_resources::workload(
+                &pod,
+                &self.topology,
+            ))]),
+            None => self.control = Box::new(LocalFiles::write(&self.topology, &self.run_dir)?),
+        }
         self.write_state()?;
         if pod.captured
             && let Some(agent) = self.agents.get(&pod.node)
@@ -469,6 +566,9 @@ impl Lab {
         {
             agent.del_pod(&pod.uid()).await?;
         }
+        if let Some(cp) = &self.cp {
+            cp.remove(ambit_proto::ADDRESS_TYPE_URL, &[&pod.uid()]);
+        }
         self.proxies.remove(&pod.name);
         self.pods.remove(&pod.name);
         self.topology.pods.retain(|p| p.name != pod.name);
@@ -478,6 +578,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if let Some(cp) = &self.cp {
+            cp.abort();
+        }
         let _ = std::fs::remove_file(self.run_dir.join("state.json"));
     }
 }

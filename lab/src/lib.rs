@@ -11,7 +11,11 @@
 //! | [`process`] | [`Process`]: a program in a namespace, logged to a file, killed on drop |
 //! | [`http`] | bounded HTTP probes from inside a namespace (readiness, metrics) |
 //! | [`topology`] | the topology YAML: nodes, pods, services, policies; validation, address allocation |
-//! | [`control`] | the seam that configures node proxies (today a local config file + built-in CA) |
+//! | [`control`] | the seam that configures node proxies: [`control::LocalFiles`] (local config file + built-in CA) or the control plane |
+//! | [`control_resources`] | the topology as xDS resources (workloads, services, policies) |
+//! | [`control_ca`] | the lab's root CA: the control plane's TLS certificate and workload certificates |
+//! | [`control_plane`] | [`LabControlPlane`]: the lab's istiod (store, pushes, tokens, records, stop/restart) |
+//! | `control_grpc` | its gRPC services over TLS: delta ADS and `CreateCertificate` |
 //! | [`zds`] | ZDS building blocks: SOCK_SEQPACKET socket, fd passing, messages |
 //! | [`agent`] | the node agent: in-pod nftables rules, ZDS server, add/delete pods |
 //! | [`lab`] | [`Lab`]: a topology built in namespaces, with agents and node proxies |
@@ -25,6 +29,10 @@
 
 pub mod agent;
 pub mod control;
+pub mod control_ca;
+mod control_grpc;
+pub mod control_plane;
+pub mod control_resources;
 pub mod demo;
 mod error;
 pub mod http;
@@ -38,9 +46,10 @@ pub mod topology;
 pub mod traffic;
 pub mod zds;
 
+pub use control_plane::LabControlPlane;
 pub use error::LabError;
 pub use http::{HttpResponse, http_get, wait_http_ok};
-pub use lab::{Lab, LabOptions, ProxyMode};
+pub use lab::{ControlMode, Lab, LabOptions, ProxyMode};
 pub use link::veth;
 pub use netns::Netns;
 pub use process::{Process, ProcessSpec};

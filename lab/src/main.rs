@@ -13,7 +13,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use ambit_lab::{Lab, LabError, LabOptions, ProxyMode, Topology, demo, lab, netns, nft, sys};
+use ambit_lab::{
+    ControlMode, Lab, LabError, LabOptions, ProxyMode, Topology, demo, lab, netns, nft, sys,
+};
 
 /// The demo topology, built in so `ambit-lab demo` works from any directory.
 const DEMO_TOPOLOGY: &str = include_str!("../../examples/demo.yaml");
@@ -37,6 +39,17 @@ struct ProxyArgs {
     /// (one inside each captured pod).
     #[arg(long, value_enum, default_value = "shared")]
     mode: Mode,
+    /// Where node proxies get workloads and certificates: `control-plane` (the lab's delta xDS and
+    /// CA over TLS) or `local` (a local config file and the built-in CA). Default: `control-plane`
+    /// for `up`, `local` for `demo`.
+    #[arg(long, value_enum)]
+    control: Option<Control>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Control {
+    ControlPlane,
+    Local,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -129,7 +142,7 @@ fn main() -> ExitCode {
                 Some(path) => Topology::from_file(&path)?,
                 None => Topology::from_yaml(DEMO_TOPOLOGY)?,
             };
-            let lab = start(topology, Some(&proxy)).await?;
+            let lab = start(topology, Some(&proxy), Control::Local).await?;
             let flows = demo::demo_flows(&lab)?;
             let report = demo::run(&lab, flows).await?;
             println!("{report}");
@@ -151,6 +164,7 @@ fn main() -> ExitCode {
             let lab = start(
                 Topology::from_file(&topology)?,
                 (!no_proxy).then_some(&proxy),
+                proxy.control.unwrap_or(Control::ControlPlane),
             )
             .await?;
             hold(&lab).await;
@@ -208,9 +222,18 @@ async fn signalled() -> &'static str {
     }
 }
 
-async fn start(topology: Topology, proxy: Option<&ProxyArgs>) -> Result<Lab, LabError> {
+async fn start(
+    topology: Topology,
+    proxy: Option<&ProxyArgs>,
+    default_control: Control,
+) -> Result<Lab, LabError> {
     sys::preflight()?;
     let mut opts = LabOptions::default();
+    let control = proxy.and_then(|p| p.control).unwrap_or(default_control);
+    opts.control = match control {
+        Control::ControlPlane => ControlMode::ControlPlane,
+        Control::Local => ControlMode::LocalFiles,
+    };
     if let Some(p) = proxy {
         opts.proxy = Some(p.proxy.clone().unwrap_or_else(default_proxy));
         opts.mode = match p.mode {
@@ -227,6 +250,13 @@ async fn start(topology: Topology, proxy: Option<&ProxyArgs>) -> Result<Lab, Lab
         s.pods.len(),
         lab.run_dir().display()
     );
+    if let Some(cp) = lab.control_plane() {
+        eprintln!(
+            "ambit-lab: control plane (delta xDS + CA) at {}, root {}",
+            cp.url(),
+            cp.root_cert_path().display()
+        );
+    }
     Ok(lab)
 }
 

@@ -106,6 +106,8 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
     let (drain_trigger, drain) = lifecycle::drain_channel();
     // The readiness server outlives the proxies' drain, so it can answer "draining" meanwhile.
     let (readiness_trigger, readiness_drain) = lifecycle::drain_channel();
+    // So does the admin server: `/quitquitquit` answers once the proxies' drain is over.
+    let (admin_trigger, admin_drain) = lifecycle::drain_channel();
     let (shutdown, shutdown_requested) = lifecycle::shutdown_channel();
 
     // Control-plane clients (control_plane.rs) and certificates live on the control runtime:
@@ -229,7 +231,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                     admin_listener,
                     dump_sources,
                     admin_ops,
-                    control_drain.clone(),
+                    admin_drain,
                 ));
                 let xds = xds_client.map(|c| tokio::spawn(c.run(control_drain.clone())));
                 let manager = manager.map(|m| tokio::spawn(m.run(control_drain.clone())));
@@ -254,10 +256,12 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                     let _ = m.await;
                 }
                 let _ = server.await;
-                let _ = admin.await;
                 if let Some(xds) = xds {
                     let _ = xds.await;
                 }
+                // Our part of the proxies' drain is done; the admin server ends after it.
+                drop(control_drain);
+                let _ = admin.await;
             })
         })
         .context("control thread")?;
@@ -290,6 +294,9 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
         if let Some(task) = proxy_task {
             let _ = task.await;
         }
+        // Answer pending `/quitquitquit` requests, then stop the admin server.
+        shutdown_requested.drained();
+        admin_trigger.drain(ADMIN_DRAIN).await;
         readiness_trigger.drain_immediately().await;
         let _ = readiness_server.await;
         outcome
@@ -299,6 +306,9 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
     info!(?outcome, "ambit stopped");
     Ok(())
 }
+
+/// How long the admin server may take to answer its last requests once the proxies drained.
+const ADMIN_DRAIN: Duration = Duration::from_secs(2);
 
 /// The DNS proxy and SOCKS5 listeners each proxy gets, from the configuration. The upstream
 /// resolvers are read once, from ambit's own namespace.

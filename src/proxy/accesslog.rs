@@ -176,6 +176,8 @@ fn fill_source(l: &mut TrafficLabels, wl: &Workload) {
     l.source_app = l.source_canonical_service.clone();
     l.source_version = l.source_canonical_revision.clone();
     l.source_cluster = or_unknown(&wl.cluster_id);
+    l.source_region = or_unknown(&wl.locality.region);
+    l.source_zone = or_unknown(&wl.locality.zone);
 }
 
 /// Fills the `destination_*` workload labels from a workload.
@@ -187,6 +189,8 @@ fn fill_destination(l: &mut TrafficLabels, wl: &Workload) {
     l.destination_app = l.destination_canonical_service.clone();
     l.destination_version = l.destination_canonical_revision.clone();
     l.destination_cluster = or_unknown(&wl.cluster_id);
+    l.destination_region = or_unknown(&wl.locality.region);
+    l.destination_zone = or_unknown(&wl.locality.zone);
 }
 
 /// Fills the `destination_service*` labels when the connection was addressed to a service.
@@ -243,15 +247,33 @@ pub(super) fn outbound_labels(
 
 /// Labels of an inbound connection (reporter `destination`): the local workload as
 /// destination; the workload at the peer's address as source. `peer_id` is the TLS peer's
-/// identity (HBONE), `None` for plaintext.
+/// identity (HBONE), `None` for plaintext. `service_host` is the `host=` of the HBONE
+/// `forwarded` header: the service the client side resolved, looked up first in the local
+/// workload's namespace (the usual case), then by host name alone.
 pub(super) fn inbound_labels(
     pi: &ProxyInputs,
     local: &Workload,
     peer: SocketAddr,
     peer_id: Option<&Identity>,
+    service_host: Option<&str>,
 ) -> TrafficLabels {
     let mut l = TrafficLabels::unknown(Reporter::Destination);
     fill_destination(&mut l, local);
+    if let Some(host) = service_host.filter(|h| !h.is_empty()) {
+        let svc = pi
+            .state
+            .service_by_host(local.namespace(), host)
+            .or_else(|| {
+                let all = pi.state.services_by_hostname(host);
+                // Ambiguous host names (one per namespace) name no service in particular.
+                (all.len() == 1).then(|| all[0].clone())
+            });
+        match svc {
+            Some(svc) => fill_service(&mut l, &svc),
+            // Unknown to this node's state: the host name is still the best label we have.
+            None => l.destination_service = host.to_string(),
+        }
+    }
     l.destination_principal = pi.local.identity.to_string();
     if let Some(wl) = pi.state.workload_by_addr(&pi.cfg.network, peer.ip()) {
         fill_source(&mut l, &wl);

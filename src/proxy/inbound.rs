@@ -121,7 +121,16 @@ async fn serve_stream(
         };
         log.open(
             &pi,
-            inbound_labels(&pi, local, peer, log.src_identity.as_ref()),
+            inbound_labels(
+                &pi,
+                local,
+                peer,
+                log.src_identity.as_ref(),
+                req.headers
+                    .forwarded
+                    .as_ref()
+                    .and_then(|f| f.host.as_deref()),
+            ),
         );
         let facts = ConnFacts {
             src: peer,
