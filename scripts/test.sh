@@ -20,3 +20,6 @@ echo "== cargo test"
 # Leftovers of a crashed earlier run would not collide (names are unique) but waste memory.
 cargo run -q -p ambit-lab -- cleanup
 cargo test --workspace
+
+echo "== benchmark smoke (ambit-bench --quick, against the debug ambit that cargo test built: a release build would double CI time)"
+cargo run -q -p ambit-bench -- --quick --proxy-binary "${CARGO_TARGET_DIR:-target}/debug/ambit" --out "${CARGO_TARGET_DIR:-target}/bench-quick"

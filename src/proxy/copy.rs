@@ -21,7 +21,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use crate::hbone::{H2Recv, H2Send};
 
 const INITIAL_BUFFER: usize = 16 * 1024;
+#[cfg(not(feature = "bench-small-buffers"))]
 const MAX_BUFFER: usize = 256 * 1024;
+/// A build for the benchmark's A/B comparison (`bench/README.md`): reads capped at 16 KiB.
+#[cfg(feature = "bench-small-buffers")]
+const MAX_BUFFER: usize = 16 * 1024;
 
 /// Something chunks can be read from. `Ok(None)` is a clean end of stream.
 pub trait ChunkSource: Send {
