@@ -14,7 +14,7 @@ use crate::hbone::{
     TraceParent, WorkloadType,
 };
 use crate::lifecycle::DrainWatcher;
-use crate::state::{TunnelProtocol, Workload};
+use crate::state::{ClientLocality, TunnelProtocol, Workload};
 
 use super::accesslog::{ConnectionLog, Direction, outbound_labels};
 use super::copy::{copy_bidirectional, tcp_halves};
@@ -222,9 +222,15 @@ pub(super) fn route(pi: &ProxyInputs, orig: SocketAddr) -> Result<Route, RouteEr
     }
     let state = &pi.state;
     let network = &pi.cfg.network;
-    let (wl, port, mut expected) = if let Some(svc) = state.service_by_vip(network, orig.ip()) {
+    let me = state.workload_by_name(&pi.local.namespace, &pi.local.name);
+    let client = match &me {
+        Some(wl) => ClientLocality::of(wl),
+        None => ClientLocality::on_network(network),
+    };
+    let svc = state.service_by_vip_for(network, orig.ip(), &pi.local.namespace);
+    let (wl, port, mut expected) = if let Some(svc) = svc {
         let (wl, port) = state
-            .pick_endpoint(&svc, orig.port(), network)
+            .pick_endpoint_for(&svc, orig.port(), &client, |_, _| false)
             .ok_or_else(|| RouteError::NoEndpoint {
                 service: format!("{}/{}", svc.namespace, svc.hostname),
                 port: orig.port(),
