@@ -13,6 +13,7 @@ mod connector;
 pub mod copy;
 mod inbound;
 mod outbound;
+pub mod outlier;
 mod passthrough;
 pub mod socket;
 pub mod socks5;
@@ -31,6 +32,7 @@ use crate::state::{StateView, Workload};
 use crate::tls::CertProvider;
 
 pub use connections::ConnectionTracker;
+pub use outlier::{OutlierConfig, Outliers};
 pub use socket::{Keepalive, SocketOptions};
 pub use socks5::{HostResolver, ResolveFuture, Socks5, SystemResolver};
 
@@ -55,6 +57,8 @@ pub struct ProxyConfig {
     pub h2: H2Config,
     /// The HBONE port of peers.
     pub hbone_port: u16,
+    /// Passive outlier ejection of service endpoints, and connect retries.
+    pub outlier: OutlierConfig,
 }
 
 /// The workload a proxy serves.
@@ -97,6 +101,8 @@ pub enum ProxyError {
 pub struct Proxy {
     inputs: Arc<ProxyInputs>,
     pool: Pool,
+    /// Service endpoints whose connects keep failing (shared by outbound and SOCKS5).
+    outliers: Arc<Outliers>,
     /// Live inbound connections, re-authorized on every state change.
     tracker: ConnectionTracker,
     outbound: TcpListener,
@@ -128,9 +134,11 @@ impl Proxy {
         let inputs = Arc::new(inputs);
         let connector = connector::TlsConnector::new(inputs.clone());
         let pool = Pool::new(cfg.h2.clone(), Arc::new(connector));
+        let outliers = Arc::new(Outliers::new(cfg.outlier.clone()));
         Ok(Proxy {
             inputs,
             pool,
+            outliers,
             tracker: ConnectionTracker::default(),
             outbound,
             inbound,
@@ -166,6 +174,7 @@ impl Proxy {
         Ok(Socks5 {
             inputs: self.inputs.clone(),
             pool: self.pool.clone(),
+            outliers: self.outliers.clone(),
             resolver,
             listener,
         })
@@ -174,6 +183,11 @@ impl Proxy {
     /// The outbound connection pool (tests read its counters).
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The outlier table (tests read it).
+    pub fn outliers(&self) -> &Outliers {
+        &self.outliers
     }
 
     /// The live inbound connections (tests read their count).
@@ -193,11 +207,15 @@ impl Proxy {
         );
         let out = {
             let (pi, pool) = (self.inputs.clone(), self.pool.clone());
+            let outliers = self.outliers.clone();
             accept_loop(
                 "outbound",
                 self.outbound,
                 drain.clone(),
-                move |s, peer, d| outbound::handle(pi.clone(), pool.clone(), s, peer, d),
+                move |s, peer, d| {
+                    let out = (pool.clone(), outliers.clone());
+                    outbound::handle(pi.clone(), out, s, peer, d)
+                },
             )
         };
         let inb = {
@@ -266,5 +284,7 @@ fn same_family_ip(wl: &Workload, like: IpAddr) -> Option<IpAddr> {
         .copied()
 }
 
+#[cfg(test)]
+mod outlier_tests;
 #[cfg(test)]
 mod tests;

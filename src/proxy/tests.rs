@@ -95,6 +95,7 @@ fn inputs() -> ProxyInputs {
             reuse_port: false,
             h2: Default::default(),
             hbone_port: 15008,
+            outlier: Default::default(),
         }),
         local: LocalWorkload {
             namespace: "a".into(),
