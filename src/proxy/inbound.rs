@@ -23,7 +23,8 @@ use crate::tls;
 use super::accesslog::{ConnectionLog, Direction, inbound_labels};
 use super::connections::ConnectionTracker;
 use super::copy::{copy_bidirectional, tcp_halves};
-use super::{ILLEGAL_PORTS, ProxyInputs, authz, run_authorized, socket};
+use super::{ILLEGAL_PORTS, ProxyInputs, authz, run_authorized, same_family_ip, socket, waypoint};
+use crate::state::{GatewayAddress, Snapshot, Workload};
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
@@ -109,13 +110,11 @@ async fn serve_stream(
     let mut registration = tracker.register(peer, target, log.src_identity.as_ref());
     let decision = {
         let snapshot = pi.state.snapshot();
-        let Some(local) = snapshot
-            .workload_by_addr(&pi.cfg.network, target.ip())
-            .filter(|wl| pi.local.is(wl))
-        else {
+        let Some((local, upstream)) = local_destination(&pi, &snapshot, target) else {
             req.reject(StatusCode::BAD_REQUEST);
             return log.fail(&format_args!(
-                "CONNECT to {target}: not an address of the local workload {}/{}",
+                "CONNECT to {target}: not an address of the local workload {}/{} nor a \
+                 destination it is the waypoint of",
                 pi.local.namespace, pi.local.name
             ));
         };
@@ -125,11 +124,12 @@ async fn serve_stream(
         );
         let facts = ConnFacts {
             src: peer,
-            dst: target,
+            dst: upstream,
             identity: log.src_identity.as_ref(),
         };
-        authz::decide(&snapshot, local, &facts)
+        (authz::decide(&snapshot, local, &facts), upstream)
     };
+    let (decision, target) = decision;
     if !decision.is_allow() {
         pi.metrics.connections_denied.inc();
         req.reject(StatusCode::UNAUTHORIZED);
@@ -152,4 +152,39 @@ async fn serve_stream(
     };
     let copy = copy_bidirectional(tunnel.split(), tcp_halves(upstream), log.stats.clone());
     run_authorized(&pi, copy, &drain, &mut registration, log).await;
+}
+
+/// Where a CONNECT to `target` is delivered on this pod, and the local workload it is for
+/// (wire.md §2.1): an address of the local workload as is; or, when the local workload is the
+/// waypoint of the service VIP or workload address `target` names (sandwich mode), the local
+/// workload's address with the same port.
+pub(super) fn local_destination<'s>(
+    pi: &ProxyInputs,
+    snapshot: &'s Snapshot,
+    target: SocketAddr,
+) -> Option<(&'s Arc<Workload>, SocketAddr)> {
+    let network = &pi.cfg.network;
+    if let Some(wl) = snapshot
+        .workload_by_addr(network, target.ip())
+        .filter(|wl| pi.local.is(wl))
+    {
+        return Some((wl, target));
+    }
+    let local = snapshot.workload_by_name(&pi.local.namespace, &pi.local.name)?;
+    let served =
+        |gw: Option<&GatewayAddress>| gw.is_some_and(|gw| waypoint::is_instance(local, gw));
+    let for_us = served(
+        snapshot
+            .service_by_vip(network, target.ip())
+            .and_then(|s| s.waypoint.as_ref()),
+    ) || served(
+        snapshot
+            .workload_by_addr(network, target.ip())
+            .and_then(|w| w.waypoint.as_ref()),
+    );
+    if !for_us {
+        return None;
+    }
+    let ip = same_family_ip(local, target.ip())?;
+    Some((local, SocketAddr::new(ip, target.port())))
 }

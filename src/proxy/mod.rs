@@ -17,6 +17,7 @@ pub mod outlier;
 mod passthrough;
 pub mod socket;
 pub mod socks5;
+mod waypoint;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -288,3 +289,5 @@ fn same_family_ip(wl: &Workload, like: IpAddr) -> Option<IpAddr> {
 mod outlier_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod waypoint_tests;

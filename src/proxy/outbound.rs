@@ -16,11 +16,12 @@ use crate::hbone::{
     TraceParent, WorkloadType,
 };
 use crate::lifecycle::DrainWatcher;
-use crate::state::{ClientLocality, TunnelProtocol, Workload};
+use crate::state::{ClientLocality, GatewayAddress, TunnelProtocol, Workload};
 
 use super::accesslog::{ConnectionLog, Direction, outbound_labels};
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::outlier::Outliers;
+use super::waypoint::{self, WaypointError};
 use super::{ILLEGAL_PORTS, ProxyInputs, same_family_ip, socket};
 
 /// Where an outbound connection goes.
@@ -41,6 +42,7 @@ pub(super) enum RouteError {
     SelfCall(SocketAddr),
     NoEndpoint { service: String, port: u16 },
     NoAddress(String),
+    Waypoint(WaypointError),
 }
 
 impl fmt::Display for RouteError {
@@ -57,6 +59,7 @@ impl fmt::Display for RouteError {
                 )
             }
             RouteError::NoAddress(wl) => write!(f, "workload {wl} has no address"),
+            RouteError::Waypoint(e) => e.fmt(f),
         }
     }
 }
@@ -330,6 +333,22 @@ pub(super) fn route_avoiding(
     };
     let svc = state.service_by_vip_for(network, orig.ip(), &pi.local.namespace);
     let from_service = svc.is_some();
+    // A waypoint's own traffic is not sent back to it: that is the waypoint forwarding.
+    let is_waypoint =
+        |gw: &GatewayAddress| me.as_deref().is_some_and(|m| waypoint::is_instance(m, gw));
+    if let Some(gw) = svc.as_ref().and_then(|s| s.waypoint.as_ref())
+        && !is_waypoint(gw)
+    {
+        let hop = waypoint::resolve(state, network, gw, orig.ip()).map_err(RouteError::Waypoint)?;
+        return Ok(Routed {
+            route: Route::Hbone {
+                hbone: hop.hbone,
+                target: orig,
+                expected: hop.expected,
+            },
+            endpoint: None,
+        });
+    }
     let (wl, port, mut expected) = if let Some(svc) = svc {
         let skip = |w: &Workload, port: u16| {
             same_family_ip(w, orig.ip()).is_some_and(|ip| avoid(SocketAddr::new(ip, port)))
@@ -358,6 +377,19 @@ pub(super) fn route_avoiding(
         .ok_or_else(|| RouteError::NoAddress(format!("{}/{}", wl.namespace(), wl.name)))?;
     let target = SocketAddr::new(ip, port);
     let endpoint = from_service.then_some(target);
+    if let Some(gw) = wl.waypoint.as_ref()
+        && !is_waypoint(gw)
+    {
+        let hop = waypoint::resolve(state, network, gw, ip).map_err(RouteError::Waypoint)?;
+        return Ok(Routed {
+            route: Route::Hbone {
+                hbone: hop.hbone,
+                target,
+                expected: hop.expected,
+            },
+            endpoint,
+        });
+    }
     if wl.protocol != TunnelProtocol::Hbone {
         return Ok(Routed {
             route: Route::Plain(target),

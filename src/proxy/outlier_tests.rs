@@ -13,7 +13,7 @@ use super::outbound::{Upstream, connect};
 use super::*;
 use crate::state::{NetworkAddress, Service, StateWriter, Update};
 
-struct NoCerts;
+pub(super) struct NoCerts;
 
 impl CertProvider for NoCerts {
     fn fetch(
