@@ -8,7 +8,7 @@
 //! before sending data. Every stream is tracked while it lives and closed if a later state
 //! change denies it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use http::StatusCode;
@@ -23,8 +23,10 @@ use crate::tls;
 use super::accesslog::{ConnectionLog, Direction, inbound_labels};
 use super::connections::ConnectionTracker;
 use super::copy::{copy_bidirectional, tcp_halves};
-use super::{ILLEGAL_PORTS, ProxyInputs, authz, run_authorized, same_family_ip, socket, waypoint};
-use crate::state::{GatewayAddress, Snapshot, Workload};
+use super::{
+    ILLEGAL_PORTS, ProxyInputs, authz, proxyproto, run_authorized, same_family_ip, socket, waypoint,
+};
+use crate::state::{AppTunnelProtocol, ApplicationTunnel, GatewayAddress, Snapshot, Workload};
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
@@ -127,18 +129,23 @@ async fn serve_stream(
             dst: upstream,
             identity: log.src_identity.as_ref(),
         };
-        (authz::decide(&snapshot, local, &facts), upstream)
+        let delivery = delivery(upstream, target, local.application_tunnel.as_ref());
+        (authz::decide(&snapshot, local, &facts), delivery)
     };
-    let (decision, target) = decision;
+    let (decision, delivery) = decision;
     if !decision.is_allow() {
         pi.metrics.connections_denied.inc();
         req.reject(StatusCode::UNAUTHORIZED);
         log.response_flags = Some("DENY");
         return log.fail(&decision);
     }
-    // Keep the client's address as the source when the families match and we may.
-    let src = (pi.cfg.orig_src && peer.is_ipv4() == target.is_ipv4()).then(|| peer.ip());
-    let upstream = match socket::connect(target, src, &pi.cfg.socket).await {
+    // Keep the client's address as the source when the families match and we may; never
+    // for an application tunnel, which goes over loopback and names the client in its header.
+    let src = (pi.cfg.orig_src
+        && delivery.proxy_dst.is_none()
+        && peer.is_ipv4() == delivery.upstream.is_ipv4())
+    .then(|| peer.ip());
+    let mut upstream = match socket::connect(delivery.upstream, src, &pi.cfg.socket).await {
         Ok(s) => s,
         Err(e) => {
             req.reject(StatusCode::SERVICE_UNAVAILABLE);
@@ -146,6 +153,15 @@ async fn serve_stream(
             return log.fail(&e);
         }
     };
+    if let Some(dst) = delivery.proxy_dst {
+        // Before the 200, so an app that cannot take the header fails the CONNECT.
+        if let Err(e) = proxyproto::write(&mut upstream, peer, dst, log.src_identity.as_ref()).await
+        {
+            req.reject(StatusCode::SERVICE_UNAVAILABLE);
+            log.response_flags = Some("CONNECT");
+            return log.fail(&e);
+        }
+    }
     let tunnel = match req.accept(None) {
         Ok(t) => t,
         Err(e) => return log.fail(&e),
@@ -187,4 +203,46 @@ pub(super) fn local_destination<'s>(
     }
     let ip = same_family_ip(local, target.ip())?;
     Some((local, SocketAddr::new(ip, target.port())))
+}
+
+/// How a stream reaches the app.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Delivery {
+    /// Where to connect.
+    pub upstream: SocketAddr,
+    /// For a PROXY application tunnel: the destination the header names (the CONNECT target).
+    pub proxy_dst: Option<SocketAddr>,
+}
+
+/// Applies the local workload's application tunnel to a resolved `upstream`: a port override,
+/// and for `PROXY` a loopback connection that starts with a header naming `target`.
+pub(super) fn delivery(
+    upstream: SocketAddr,
+    target: SocketAddr,
+    tunnel: Option<&ApplicationTunnel>,
+) -> Delivery {
+    let Some(t) = tunnel else {
+        return Delivery {
+            upstream,
+            proxy_dst: None,
+        };
+    };
+    let port = t.port.unwrap_or(upstream.port());
+    match t.protocol {
+        AppTunnelProtocol::Proxy => {
+            let lo: IpAddr = if upstream.is_ipv4() {
+                Ipv4Addr::LOCALHOST.into()
+            } else {
+                Ipv6Addr::LOCALHOST.into()
+            };
+            Delivery {
+                upstream: SocketAddr::new(lo, port),
+                proxy_dst: Some(target),
+            }
+        }
+        AppTunnelProtocol::None => Delivery {
+            upstream: SocketAddr::new(upstream.ip(), port),
+            proxy_dst: None,
+        },
+    }
 }

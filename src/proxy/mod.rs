@@ -15,6 +15,7 @@ mod inbound;
 mod outbound;
 pub mod outlier;
 mod passthrough;
+pub mod proxyproto;
 pub mod socket;
 pub mod socks5;
 mod waypoint;

@@ -1,6 +1,7 @@
 //! Waypoint routing (outbound) and sandwich-mode destination acceptance (inbound), on a state
 //! with a service waypoint, a workload waypoint and the waypoint's own service.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::inbound::local_destination;
@@ -205,4 +206,99 @@ fn inbound_on_a_waypoint_accepts_what_it_serves() {
     let snap = pi.state.snapshot();
     assert!(local_destination(&pi, &snap, "10.96.0.1:80".parse().unwrap()).is_none());
     assert!(local_destination(&pi, &snap, "10.0.0.2:8080".parse().unwrap()).is_some());
+}
+
+#[test]
+fn application_tunnels_redirect_to_loopback_with_a_proxy_header() {
+    use super::inbound::{Delivery, delivery};
+    use crate::state::{AppTunnelProtocol, ApplicationTunnel};
+    let up: SocketAddr = "10.0.0.9:80".parse().unwrap();
+    let target: SocketAddr = "10.96.0.1:80".parse().unwrap();
+    assert_eq!(
+        delivery(up, target, None),
+        Delivery {
+            upstream: up,
+            proxy_dst: None
+        }
+    );
+    let proxy = ApplicationTunnel {
+        protocol: AppTunnelProtocol::Proxy,
+        port: Some(15088),
+    };
+    assert_eq!(
+        delivery(up, target, Some(&proxy)),
+        Delivery {
+            upstream: "127.0.0.1:15088".parse().unwrap(),
+            proxy_dst: Some(target),
+        }
+    );
+    let v6 = delivery(
+        "[fd00::9]:80".parse().unwrap(),
+        "[fd00::3]:80".parse().unwrap(),
+        Some(&ApplicationTunnel {
+            protocol: AppTunnelProtocol::Proxy,
+            port: None,
+        }),
+    );
+    assert_eq!(v6.upstream, "[::1]:80".parse().unwrap());
+    let port_only = ApplicationTunnel {
+        protocol: AppTunnelProtocol::None,
+        port: Some(9090),
+    };
+    assert_eq!(
+        delivery(up, target, Some(&port_only)),
+        Delivery {
+            upstream: "10.0.0.9:9090".parse().unwrap(),
+            proxy_dst: None
+        }
+    );
+}
+
+#[tokio::test]
+async fn proxy_header_reaches_an_app_over_a_real_socket() {
+    use tokio::io::AsyncReadExt;
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = app.local_addr().unwrap();
+    let id = id("a", "client");
+    let src: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+    let dst: SocketAddr = "10.96.0.1:80".parse().unwrap();
+    let sender = {
+        let id = id.clone();
+        tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            proxyproto::write(&mut s, src, dst, Some(&id))
+                .await
+                .unwrap();
+            use tokio::io::AsyncWriteExt;
+            s.write_all(b"hello").await.unwrap();
+        })
+    };
+    let (mut conn, _) = tokio::time::timeout(std::time::Duration::from_secs(5), app.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        conn.read_to_end(&mut buf),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    sender.await.unwrap();
+    // The app parses the header, then sees its payload right after it.
+    let h = ppp::v2::Header::try_from(buf.as_slice()).unwrap();
+    let len = h.len();
+    match h.addresses {
+        ppp::v2::Addresses::IPv4(a) => {
+            assert_eq!(a.source_port, 40000);
+            assert_eq!(a.destination_port, 80);
+            assert_eq!(a.destination_address.to_string(), "10.96.0.1");
+        }
+        other => panic!("{other:?}"),
+    }
+    let tlv = h.tlvs().next().unwrap().unwrap();
+    assert_eq!(tlv.kind, proxyproto::SOURCE_IDENTITY_TLV);
+    assert_eq!(tlv.value.as_ref(), id.to_string().as_bytes());
+    assert_eq!(&buf[len..], b"hello");
 }
