@@ -16,6 +16,7 @@
 //! | 4 | [`metrics`] | the metric registry and the data path's counters |
 //! | 4 | [`grpc`] | control-plane gRPC channels: TLS roots, keepalives, auth metadata |
 //! | 5 | [`hbone`] | HTTP/2 CONNECT: client, connection pool, server side, headers |
+//! | 5 | [`quic`] | HBONE over QUIC (HTTP/3 CONNECT on quinn): endpoints, client pool, server side |
 //! | 6 | [`proxy`] | listeners and per-connection flows (outbound, inbound HBONE, inbound plaintext) |
 //! | 6 | [`dns`] | the pod DNS proxy: mesh names from the state, the rest forwarded upstream |
 //! | 7 | [`identity`] | certificate manager with rotation; the Istio CA client; the built-in CA |
@@ -25,7 +26,7 @@
 //! | 8 | [`config`] | configuration from the environment |
 //! | 9 | [`app`] | the composition root |
 //!
-//! The data path (`tls`, `hbone`, `proxy`) never imports control-plane or admin code: it is
+//! The data path (`tls`, `hbone`, `quic`, `proxy`) never imports control-plane or admin code: it is
 //! handed a state view, a certificate provider and its own configuration.
 
 #![deny(unsafe_code)]
@@ -42,6 +43,7 @@ pub mod inpod;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
+pub mod quic;
 pub mod rbac;
 pub mod state;
 pub mod telemetry;

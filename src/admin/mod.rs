@@ -57,7 +57,8 @@ pub async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, BindError> {
 }
 
 /// `GET /` (the endpoint list), `POST /logging`, `POST /quitquitquit` (see [`ops`]) and
-/// `GET /config_dump` (JSON).
+/// `GET /config_dump` (JSON). `drain` must outlive the proxies' drain: `/quitquitquit` answers
+/// once that drain is over.
 pub async fn serve_admin(
     listener: TcpListener,
     sources: DumpSources,
@@ -69,7 +70,7 @@ pub async fn serve_admin(
         let shared = shared.clone();
         async move {
             let (sources, ops) = (&shared.0, &shared.1);
-            if let Some(resp) = ops::route(ops, &req) {
+            if let Some(resp) = ops::route(ops, &req).await {
                 return resp;
             }
             if req.method() != Method::GET {
@@ -146,7 +147,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     resp
 }
 
-/// Serves HTTP/1.1 until a drain starts.
+/// Serves HTTP/1.1 until a drain starts; connections then finish their request in flight.
 async fn serve<H, F>(listener: TcpListener, drain: DrainWatcher, handler: H)
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
@@ -166,15 +167,29 @@ where
             }
         };
         let handler = handler.clone();
+        // Each connection holds a watcher, so the drain waits for answers in flight (a
+        // `/quitquitquit` reply is written before the process goes), and forced ends it.
+        let conn_drain = drain.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let h = handler.clone();
                 async move { Ok::<_, Infallible>(h(req).await) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = conn_drain.draining() => {
+                    // Finish the request in flight, then close; idle keep-alives close now.
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = conn_drain.forced() => Ok(()),
+                    }
+                }
+            };
+            if let Err(e) = result {
                 debug!(%peer, error = %e, "admin connection error");
             }
         });

@@ -26,10 +26,11 @@ const INDEX: &str = "ambit admin\n\
   /                 this list\n\
   /config_dump      workloads, services, policies, certificates, version, config (JSON)\n\
   /logging          POST: list the log filter; ?level=<filter> sets it (e.g. info or access=debug,warn); ?reset restores the initial one\n\
-  /quitquitquit     POST: drain (readiness false, stop accepting, deadline), then exit 0\n";
+  /quitquitquit     POST: drain (readiness false, stop accepting, deadline); answers once drained, then exit 0\n";
 
-/// Answers `/`, `/logging` and `/quitquitquit`; `None` for any other path.
-pub fn route<B>(ops: &AdminOps, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+/// Answers `/`, `/logging` and `/quitquitquit`; `None` for any other path. `/quitquitquit`
+/// answers only once the drain it started is over (the admin server outlives that drain).
+pub async fn route<B>(ops: &AdminOps, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
     let post = req.method() == Method::POST;
     Some(match req.uri().path() {
         "/" if req.method() == Method::GET => text(StatusCode::OK, INDEX.into()),
@@ -38,7 +39,8 @@ pub fn route<B>(ops: &AdminOps, req: &Request<B>) -> Option<Response<Full<Bytes>
             if ops.shutdown.request() {
                 info!("shutdown requested through /quitquitquit");
             }
-            text(StatusCode::OK, "draining\n".into())
+            ops.shutdown.drained().await;
+            text(StatusCode::OK, "drained\n".into())
         }
         "/logging" | "/quitquitquit" => text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n".into()),
         _ => return None,
@@ -170,11 +172,21 @@ mod tests {
         assert!(resp.ends_with("current log level is info\n"), "{resp}");
         let resp = s(request(addr, "GET", "/quitquitquit", "").await);
         assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
-        let resp = s(request(addr, "POST", "/quitquitquit", "").await);
-        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        // The answer waits for the end of the drain the request started.
+        let quit = tokio::spawn(request(addr, "POST", "/quitquitquit", ""));
         tokio::time::timeout(Duration::from_secs(5), requested.wait())
             .await
             .unwrap();
+        assert!(!quit.is_finished());
+        requested.drained();
+        let resp = s(tokio::time::timeout(Duration::from_secs(5), quit)
+            .await
+            .unwrap()
+            .unwrap());
+        assert!(
+            resp.starts_with("HTTP/1.1 200") && resp.ends_with("drained\n"),
+            "{resp}"
+        );
     }
 
     #[tokio::test]

@@ -7,6 +7,8 @@
 
 mod control_plane;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +19,8 @@ use crate::config::{Config, LocalConfigSource, ProxyMode};
 use crate::core::Identity;
 use crate::identity::{SecretManager, SecretManagerConfig};
 use crate::inpod::{
-    DnsSettings, HostNetns, InpodConfig, PodExtras, WorkloadManager, WorkloadManagerInputs,
+    CertificateSource, DnsSettings, HostNetns, InpodConfig, PodExtras, WorkloadManager,
+    WorkloadManagerInputs,
 };
 use crate::lifecycle::{self, Readiness};
 use crate::metrics::Metrics;
@@ -106,6 +109,8 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
     let (drain_trigger, drain) = lifecycle::drain_channel();
     // The readiness server outlives the proxies' drain, so it can answer "draining" meanwhile.
     let (readiness_trigger, readiness_drain) = lifecycle::drain_channel();
+    // So does the admin server: `/quitquitquit` answers once the proxies' drain is over.
+    let (admin_trigger, admin_drain) = lifecycle::drain_channel();
     let (shutdown, shutdown_requested) = lifecycle::shutdown_channel();
 
     // Control-plane clients (control_plane.rs) and certificates live on the control runtime:
@@ -165,6 +170,11 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
             pool_idle_timeout: config.pool_unused_release_timeout,
             ..Default::default()
         },
+        transport: proxy::TransportConfig {
+            mode: config.hbone_transport,
+            fallback_ttl: config.hbone_quic_fallback,
+            ..Default::default()
+        },
         hbone_port: 15008,
         outlier: proxy::OutlierConfig {
             enabled: config.outlier.enabled,
@@ -207,6 +217,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                 cfg: inpod,
                 state: view,
                 certs: certs.clone(),
+                pod_certs: secrets.clone(),
                 proxy_metrics: metrics.proxy.clone(),
                 metrics: metrics.workload_manager.clone(),
                 readiness: readiness.clone(),
@@ -236,7 +247,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                     admin_listener,
                     dump_sources,
                     admin_ops,
-                    control_drain.clone(),
+                    admin_drain,
                 ));
                 let xds = xds_client.map(|c| tokio::spawn(c.run(control_drain.clone())));
                 let manager = manager.map(|m| tokio::spawn(m.run(control_drain.clone())));
@@ -253,7 +264,8 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                             warn!(identity = %identity, error = %e, "certificate not available yet");
                         }
                     },
-                    // Shared mode: certificates are per pod, fetched as pods arrive.
+                    // Shared mode: the workload manager blocks readiness per pod identity
+                    // until its certificate is served.
                     None => drop(certs_ready),
                 }
                 control_drain.draining().await;
@@ -261,10 +273,12 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                     let _ = m.await;
                 }
                 let _ = server.await;
-                let _ = admin.await;
                 if let Some(xds) = xds {
                     let _ = xds.await;
                 }
+                // Our part of the proxies' drain is done; the admin server ends after it.
+                drop(control_drain);
+                let _ = admin.await;
             })
         })
         .context("control thread")?;
@@ -297,6 +311,9 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
         if let Some(task) = proxy_task {
             let _ = task.await;
         }
+        // Answer pending `/quitquitquit` requests, then stop the admin server.
+        shutdown_requested.drained();
+        admin_trigger.drain(ADMIN_DRAIN).await;
         readiness_trigger.drain_immediately().await;
         let _ = readiness_server.await;
         outcome
@@ -306,6 +323,9 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
     info!(?outcome, "ambit stopped");
     Ok(())
 }
+
+/// How long the admin server may take to answer its last requests once the proxies drained.
+const ADMIN_DRAIN: Duration = Duration::from_secs(2);
 
 /// The DNS proxy and SOCKS5 listeners each proxy gets, from the configuration. The upstream
 /// resolvers are read once, from ambit's own namespace.
@@ -335,6 +355,27 @@ fn pod_extras(config: &Config, metrics: crate::dns::DnsMetrics) -> PodExtras {
         socks5: config
             .enable_socks5
             .then_some(crate::proxy::socks5::SOCKS5_ADDR),
+    }
+}
+
+/// In shared mode the workload manager prefetches and forgets pod certificates through this
+/// seam (it cannot name the certificate manager: both sit on one module level).
+impl CertificateSource for SecretManager {
+    fn wait_available(
+        &self,
+        id: &Identity,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        let id = id.clone();
+        Box::pin(async move {
+            self.wait_available(&id)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn forget(&self, id: &Identity) {
+        SecretManager::forget(self, id);
     }
 }
 

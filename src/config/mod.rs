@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 
 use crate::grpc::RootCert;
+use crate::proxy::HboneTransport;
 use crate::telemetry::LogFormat;
 
 pub const DEFAULT_CA_DIR: &str = "/var/run/ambit/ca";
@@ -72,6 +73,13 @@ pub struct Config {
     pub http2_stream_window_size: u32,
     pub http2_connection_window_size: u32,
     pub http2_frame_size: u32,
+    /// `AMBIT_HBONE_TRANSPORT`: `h2` (default, ztunnel's wire protocol), `h3` (HBONE over QUIC
+    /// only) or `auto` (QUIC, falling back to h2 per peer when no QUIC handshake completes).
+    pub hbone_transport: HboneTransport,
+    /// `AMBIT_HBONE_QUIC_FALLBACK`: how long `auto` keeps a peer on h2 after a failed QUIC
+    /// handshake before trying QUIC again.
+    #[serde(serialize_with = "ser_duration")]
+    pub hbone_quic_fallback: Duration,
     pub keepalive: Keepalive,
     #[serde(serialize_with = "ser_duration")]
     pub connection_termination_deadline: Duration,
@@ -291,6 +299,14 @@ impl Config {
             http2_frame_size: env
                 .parse("HTTP2_FRAME_SIZE", frame_size)?
                 .unwrap_or(1 << 20),
+            hbone_transport: env
+                .parse("AMBIT_HBONE_TRANSPORT", |s| {
+                    s.parse::<HboneTransport>().map_err(|e| e.to_string())
+                })?
+                .unwrap_or_default(),
+            hbone_quic_fallback: env
+                .parse("AMBIT_HBONE_QUIC_FALLBACK", positive_duration)?
+                .unwrap_or(Duration::from_secs(60)),
             keepalive: Keepalive {
                 enabled: env
                     .parse("KEEPALIVE_ENABLED", parse::boolean)?

@@ -135,6 +135,27 @@ impl SecretManager {
         }
     }
 
+    /// Waits until a certificate for `id` is being served, starting its issuance if needed.
+    /// Unlike [`SecretManager::fetch_certificate`] a failed issuance does not end the wait: the
+    /// worker retries with its backoff and this resolves on the first success. It fails only when
+    /// `id` is forgotten meanwhile (in-pod readiness waits on this for each local pod).
+    pub async fn wait_available(
+        &self,
+        id: &Identity,
+    ) -> Result<Arc<WorkloadCertificate>, IdentityError> {
+        let mut slot = self.subscribe(id);
+        let cert = slot
+            .wait_for(|s| s.cert.is_some())
+            .await
+            .map(|s| s.cert.clone());
+        match cert {
+            Ok(Some(cert)) => Ok(cert),
+            Ok(None) | Err(_) => Err(IdentityError::Forgotten {
+                identity: id.clone(),
+            }),
+        }
+    }
+
     /// Stops refreshing `id` and drops its certificate.
     pub fn forget(&self, id: &Identity) {
         self.lock().remove(id);

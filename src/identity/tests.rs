@@ -402,3 +402,44 @@ async fn forget_stops_refreshing() {
     assert_ne!(again.serial_hex(), first.serial_hex());
     assert_eq!(mgr.issuance_count(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn wait_available_outlasts_failures_and_ends_when_forgotten() {
+    let ca = FakeCa::new(HOUR);
+    ca.fail.store(true, Ordering::SeqCst);
+    let mgr = SecretManager::new(ca.clone(), SecretManagerConfig::default());
+    let web_id = web();
+    let waiting = mgr.wait_available(&web_id);
+    tokio::pin!(waiting);
+    // Three failed issuances (retried by the worker's backoff) do not end the wait.
+    tokio::select! {
+        r = &mut waiting => panic!("resolved while the CA fails: {:?}", r.map(|c| c.serial_hex())),
+        _ = ca.wait_calls(3, Duration::from_secs(60)) => {}
+    }
+    ca.fail.store(false, Ordering::SeqCst);
+    let cert = timeout(Duration::from_secs(60), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        mgr.current_certificate(&web()).unwrap().serial_hex(),
+        cert.serial_hex()
+    );
+
+    // A wait on an identity that is forgotten meanwhile ends with `Forgotten`.
+    ca.fail.store(true, Ordering::SeqCst);
+    let other = id("spiffe://cluster.local/ns/apps/sa/other");
+    let mgr2 = mgr.clone();
+    let other2 = other.clone();
+    let task = tokio::spawn(async move { mgr2.wait_available(&other2).await.map(|_| ()) });
+    ca.wait_calls(5, Duration::from_secs(60)).await;
+    mgr.forget(&other);
+    match timeout(Duration::from_secs(60), task)
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Err(IdentityError::Forgotten { identity }) => assert_eq!(identity, other),
+        r => panic!("unexpected: {r:?}"),
+    }
+}

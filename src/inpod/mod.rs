@@ -5,6 +5,7 @@
 //! | file | owns |
 //! |---|---|
 //! | [`protocol`] | framing over the `SOCK_SEQPACKET` socket, descriptor passing |
+//! | [`certs`] | the local pods' certificates: prefetch, readiness, forget |
 //! | [`extras`] | the optional per-pod DNS proxy and SOCKS5 listeners beside a proxy |
 //! | [`netns`] | validated pod namespace handles; creating sockets inside one |
 //! | [`statemanager`] | the pure state machine: which pods should have a proxy |
@@ -12,12 +13,14 @@
 //!
 //! Generated proto types stay inside this module; the rest of ambit sees [`WorkloadManager`].
 
+pub mod certs;
 pub mod extras;
 pub mod netns;
 pub mod protocol;
 pub mod statemanager;
 pub mod workloadmanager;
 
+pub use certs::CertificateSource;
 pub use extras::{BoundExtras, DnsSettings, PodExtras};
 pub use netns::{HostNetns, InpodSocketFactory, NetnsError, NetnsId, PodNetns};
 pub use statemanager::WorkloadInfo;

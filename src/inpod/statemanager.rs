@@ -307,6 +307,11 @@ impl<N: Clone + PartialEq> StateManager<N> {
             .collect()
     }
 
+    /// The workload info of every pod that should have a proxy (running or pending).
+    pub fn workloads(&self) -> impl Iterator<Item = &WorkloadInfo> {
+        self.pods.values().map(|p| &p.info)
+    }
+
     /// Ready: a snapshot was processed once, and no pod is pending.
     pub fn is_ready(&self) -> bool {
         self.snapshot_ever && self.pending_count() == 0

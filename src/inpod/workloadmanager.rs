@@ -8,11 +8,13 @@
 //!   connection is dropped for a protocol violation);
 //! - a pod's proxy runs on the data runtime with its own drain trigger, so stopping one pod
 //!   never touches another pod's flows; a deleted pod's listeners are closed before its ACK;
-//! - readiness is blocked until the first snapshot has been processed and while any pod is
-//!   pending; failed starts are retried every `retry_interval`;
+//! - readiness is blocked until the first snapshot has been processed, while any pod is
+//!   pending, and until every announced pod's certificate is served ([`PodCertificates`]);
+//!   failed starts are retried every `retry_interval`;
+//! - a certificate no announced pod uses any more is forgotten;
 //! - this loop runs on the control runtime; listeners are bound and served on the data runtime.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use crate::proxy::{LocalWorkload, Proxy, ProxyConfig, ProxyInputs};
 use crate::state::StateView;
 use crate::tls::CertProvider;
 
+use super::certs::{CertificateSource, PodCertificates};
 use super::extras::PodExtras;
 use super::netns::{HostNetns, InpodSocketFactory, PodNetns};
 use super::protocol::{self, Packet, ProtocolError, ZdsConnection};
@@ -79,6 +82,8 @@ pub struct WorkloadManagerInputs {
     pub cfg: InpodConfig,
     pub state: StateView,
     pub certs: Arc<dyn CertProvider>,
+    /// The certificate manager's control side: prefetch and forget per pod identity.
+    pub pod_certs: Arc<dyn CertificateSource>,
     /// Shared by every pod proxy.
     pub proxy_metrics: ProxyMetrics,
     pub metrics: WorkloadManagerMetrics,
@@ -94,6 +99,7 @@ pub struct WorkloadManager {
     cfg: InpodConfig,
     state: StateView,
     certs: Arc<dyn CertProvider>,
+    pod_certs: Arc<dyn CertificateSource>,
     proxy_metrics: ProxyMetrics,
     metrics: WorkloadManagerMetrics,
     readiness: Readiness,
@@ -119,6 +125,8 @@ struct Pods {
     sm: StateManager<PodNetns>,
     proxies: HashMap<String, PodProxy>,
     not_ready: Option<BlockReady>,
+    /// The certificates of the announced pods.
+    certs: PodCertificates,
 }
 
 impl WorkloadManager {
@@ -127,6 +135,7 @@ impl WorkloadManager {
             cfg,
             state,
             certs,
+            pod_certs,
             proxy_metrics,
             metrics,
             readiness,
@@ -137,6 +146,7 @@ impl WorkloadManager {
             cfg,
             state,
             certs,
+            pod_certs,
             proxy_metrics,
             metrics,
             readiness,
@@ -151,6 +161,7 @@ impl WorkloadManager {
             sm: StateManager::new(),
             proxies: HashMap::new(),
             not_ready: Some(self.readiness.block("inpod: ZDS snapshot")),
+            certs: PodCertificates::new(self.pod_certs.clone(), self.readiness.clone()),
         };
         let mut backoff = self.cfg.backoff_initial;
         loop {
@@ -344,7 +355,7 @@ impl WorkloadManager {
             local: LocalWorkload {
                 namespace: info.namespace.clone(),
                 name: info.name.clone(),
-                identity: identity.clone(),
+                identity,
             },
             state: self.state.clone(),
             certs: self.certs.clone(),
@@ -369,18 +380,26 @@ impl WorkloadManager {
         let task = self.data.spawn(async move {
             tokio::join!(proxy.run(watcher.clone()), extras.run(watcher));
         });
-        // Warm the certificate so the pod's first connection does not wait for issuance.
-        let certs = self.certs.clone();
-        tokio::spawn(async move {
-            if let Err(e) = certs.fetch(&identity).await {
-                warn!(identity = %identity, error = %e, "certificate not available yet");
-            }
-        });
         Ok(PodProxy { trigger, task })
     }
 
-    /// Publishes gauges and readiness from the state machine.
+    /// Publishes gauges and readiness from the state machine, and prefetches (or forgets) the
+    /// certificates of the pods it holds.
     fn sync_status(&self, pods: &mut Pods) {
+        let identities: BTreeSet<Identity> = pods
+            .sm
+            .workloads()
+            .filter_map(|info| {
+                // An invalid identity fails the pod's start, which reports it; nothing to fetch.
+                Identity::new(
+                    &self.cfg.trust_domain,
+                    &info.namespace,
+                    &info.service_account,
+                )
+                .ok()
+            })
+            .collect();
+        pods.certs.sync(&identities);
         self.metrics
             .active_proxies
             .set(pods.sm.active_count() as i64);

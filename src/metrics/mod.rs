@@ -8,8 +8,8 @@ pub mod exposition;
 mod process;
 pub mod traffic;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -43,8 +43,36 @@ pub struct ProxyMetrics {
     pub outlier_ejections: Counter,
     /// Outbound connects retried on another endpoint after one failed before any byte was sent.
     pub connect_retries: Counter,
+    /// HBONE connections opened (outbound) or accepted (inbound), by transport (h2 or h3).
+    pub hbone_connections: Family<TransportLabels, Counter>,
+    /// HBONE streams (tunnelled connections) set up, by transport and direction.
+    pub hbone_streams: Family<TransportLabels, Counter>,
+    /// Outbound connections that `auto` moved from QUIC to h2 because no QUIC handshake
+    /// completed with the peer.
+    pub hbone_transport_fallbacks: Counter,
     /// Istio's `istio_tcp_*` families.
     pub traffic: TrafficMetrics,
+}
+
+/// The labels that tell HBONE over TCP (h2) and over QUIC (h3) apart.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub transport: HboneTransportLabel,
+    pub direction: DirectionLabel,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum HboneTransportLabel {
+    h2,
+    h3,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DirectionLabel {
+    inbound,
+    outbound,
 }
 
 /// The in-pod workload manager's view of its per-pod proxies (shared mode).
@@ -149,6 +177,21 @@ impl Metrics {
             "connect_retries",
             "Outbound connects retried on another endpoint after a connect failure",
             proxy.connect_retries.clone(),
+        );
+        ambit.register(
+            "hbone_transport_connections",
+            "HBONE connections opened or accepted, by transport (h2: TCP, h3: QUIC)",
+            proxy.hbone_connections.clone(),
+        );
+        ambit.register(
+            "hbone_transport_streams",
+            "HBONE streams set up, by transport (h2: TCP, h3: QUIC) and direction",
+            proxy.hbone_streams.clone(),
+        );
+        ambit.register(
+            "hbone_transport_fallbacks",
+            "Outbound connections moved from QUIC to h2 because no QUIC handshake completed",
+            proxy.hbone_transport_fallbacks.clone(),
         );
         let workload_manager = WorkloadManagerMetrics::default();
         // ztunnel's names (wire.md §4): `workload_manager_active_proxy_count` and friends.

@@ -14,7 +14,8 @@ use super::ProxyInputs;
 use super::copy::CopyStats;
 use crate::core::Identity;
 use crate::metrics::{
-    ConnectionMetrics, Reporter, SecurityPolicy, TrafficLabels, UNKNOWN, or_unknown,
+    ConnectionMetrics, HboneTransportLabel, Reporter, SecurityPolicy, TrafficLabels, UNKNOWN,
+    or_unknown,
 };
 use crate::state::{Service, Workload};
 
@@ -44,6 +45,8 @@ pub struct ConnectionLog {
     pub dst_identity: Option<Identity>,
     /// Istio's response flag, e.g. `DENY` when authorization refused or closed the connection.
     pub response_flags: Option<&'static str>,
+    /// The HBONE transport (`h2` or `h3`), for tunnelled connections.
+    pub transport: Option<HboneTransportLabel>,
     pub stats: Arc<CopyStats>,
     /// Set once the connection's labels are known (see [`ConnectionLog::open`]).
     metrics: Option<ConnectionMetrics>,
@@ -61,6 +64,7 @@ impl ConnectionLog {
             hbone_addr: None,
             dst_identity: None,
             response_flags: None,
+            transport: None,
             stats: Arc::new(CopyStats::default()),
             metrics: None,
             done: false,
@@ -102,6 +106,7 @@ impl ConnectionLog {
         let dst_identity = self.dst_identity.as_ref().map(tracing::field::display);
         let dst = self.dst.map(tracing::field::display);
         let hbone = self.hbone_addr.map(tracing::field::display);
+        let transport = self.transport.map(tracing::field::debug);
         let l = self.metrics.as_ref().map(ConnectionMetrics::labels);
         let known = |f: fn(&TrafficLabels) -> &str| {
             l.map(f)
@@ -129,6 +134,7 @@ impl ConnectionLog {
                 dst.identity = dst_identity,
                 direction = %direction,
                 response_flags = flags,
+                transport = transport,
                 bytes_sent = sent,
                 bytes_recv = recv,
                 duration = %duration,
@@ -149,6 +155,7 @@ impl ConnectionLog {
                 dst.identity = dst_identity,
                 direction = %direction,
                 response_flags = flags,
+                transport = transport,
                 bytes_sent = sent,
                 bytes_recv = recv,
                 duration = %duration,
@@ -176,6 +183,8 @@ fn fill_source(l: &mut TrafficLabels, wl: &Workload) {
     l.source_app = l.source_canonical_service.clone();
     l.source_version = l.source_canonical_revision.clone();
     l.source_cluster = or_unknown(&wl.cluster_id);
+    l.source_region = or_unknown(&wl.locality.region);
+    l.source_zone = or_unknown(&wl.locality.zone);
 }
 
 /// Fills the `destination_*` workload labels from a workload.
@@ -187,6 +196,8 @@ fn fill_destination(l: &mut TrafficLabels, wl: &Workload) {
     l.destination_app = l.destination_canonical_service.clone();
     l.destination_version = l.destination_canonical_revision.clone();
     l.destination_cluster = or_unknown(&wl.cluster_id);
+    l.destination_region = or_unknown(&wl.locality.region);
+    l.destination_zone = or_unknown(&wl.locality.zone);
 }
 
 /// Fills the `destination_service*` labels when the connection was addressed to a service.
@@ -243,15 +254,33 @@ pub(super) fn outbound_labels(
 
 /// Labels of an inbound connection (reporter `destination`): the local workload as
 /// destination; the workload at the peer's address as source. `peer_id` is the TLS peer's
-/// identity (HBONE), `None` for plaintext.
+/// identity (HBONE), `None` for plaintext. `service_host` is the `host=` of the HBONE
+/// `forwarded` header: the service the client side resolved, looked up first in the local
+/// workload's namespace (the usual case), then by host name alone.
 pub(super) fn inbound_labels(
     pi: &ProxyInputs,
     local: &Workload,
     peer: SocketAddr,
     peer_id: Option<&Identity>,
+    service_host: Option<&str>,
 ) -> TrafficLabels {
     let mut l = TrafficLabels::unknown(Reporter::Destination);
     fill_destination(&mut l, local);
+    if let Some(host) = service_host.filter(|h| !h.is_empty()) {
+        let svc = pi
+            .state
+            .service_by_host(local.namespace(), host)
+            .or_else(|| {
+                let all = pi.state.services_by_hostname(host);
+                // Ambiguous host names (one per namespace) name no service in particular.
+                (all.len() == 1).then(|| all[0].clone())
+            });
+        match svc {
+            Some(svc) => fill_service(&mut l, &svc),
+            // Unknown to this node's state: the host name is still the best label we have.
+            None => l.destination_service = host.to_string(),
+        }
+    }
     l.destination_principal = pi.local.identity.to_string();
     if let Some(wl) = pi.state.workload_by_addr(&pi.cfg.network, peer.ip()) {
         fill_source(&mut l, &wl);

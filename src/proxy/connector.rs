@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::hbone::{BoxedIo, Connector, HboneError, PoolKey};
+use crate::metrics::{DirectionLabel, HboneTransportLabel, TransportLabels};
 use crate::tls;
 
 use super::{ProxyInputs, socket};
@@ -41,6 +42,13 @@ impl Connector for TlsConnector {
                 .await
                 .map_err(|e| HboneError::connect(key.dst, format!("TLS: {e}")))?;
             pi.metrics.hbone_connections_opened.inc();
+            pi.metrics
+                .hbone_connections
+                .get_or_create(&TransportLabels {
+                    transport: HboneTransportLabel::h2,
+                    direction: DirectionLabel::outbound,
+                })
+                .inc();
             Ok(Box::new(tls) as BoxedIo)
         })
     }

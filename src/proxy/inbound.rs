@@ -1,5 +1,6 @@
 //! Inbound HBONE (15008): mutual TLS with the local workload's certificate, then HTTP/2 CONNECT
-//! streams, each delivered to the local app.
+//! streams, each delivered to the local app. HBONE over QUIC (UDP 15008, `inbound_quic.rs`)
+//! hands its HTTP/3 CONNECT streams to the same [`serve_stream`].
 //!
 //! Statuses: `400` when the target is not a local workload address (or not an address at all),
 //! `401` when authorization denies the stream (decided before the app is dialled, so a denied
@@ -15,14 +16,16 @@ use http::StatusCode;
 use tokio::net::TcpStream;
 
 use crate::core::{Authority, Identity};
-use crate::hbone::{self, InboundRequest};
+use crate::hbone;
 use crate::lifecycle::DrainWatcher;
+use crate::metrics::{DirectionLabel, HboneTransportLabel, TransportLabels};
 use crate::rbac::ConnFacts;
 use crate::tls;
 
 use super::accesslog::{ConnectionLog, Direction, inbound_labels};
 use super::connections::ConnectionTracker;
 use super::copy::{copy_bidirectional, tcp_halves};
+use super::transport::InboundTunnel;
 use super::{
     ILLEGAL_PORTS, ProxyInputs, authz, proxyproto, run_authorized, same_family_ip, socket, waypoint,
 };
@@ -57,6 +60,7 @@ pub(super) async fn handle(
         }
     };
     pi.metrics.inbound_handshakes.inc();
+    count_connection(&pi, HboneTransportLabel::h2);
     let shutdown = {
         let d = drain.clone();
         async move { d.draining().await }
@@ -79,63 +83,83 @@ pub(super) async fn handle(
     }
 }
 
-async fn serve_stream(
+/// Counts an accepted HBONE connection (after its handshake) under its transport.
+pub(super) fn count_connection(pi: &ProxyInputs, transport: HboneTransportLabel) {
+    pi.metrics
+        .hbone_connections
+        .get_or_create(&TransportLabels {
+            transport,
+            direction: DirectionLabel::inbound,
+        })
+        .inc();
+}
+
+/// Serves one CONNECT stream of either transport (h2 or h3): the same checks, statuses,
+/// authorization, tracking and logs.
+pub(super) async fn serve_stream<R: InboundTunnel>(
     pi: Arc<ProxyInputs>,
     tracker: ConnectionTracker,
     peer: SocketAddr,
     peer_id: Identity,
-    req: InboundRequest,
+    req: R,
     drain: DrainWatcher,
 ) {
     let mut log = ConnectionLog::new(Direction::Inbound, peer);
     log.src_identity = Some(peer_id);
     log.dst_identity = Some(pi.local.identity.clone());
-    let target = match &req.authority {
+    log.transport = Some(R::TRANSPORT);
+    let target = match req.authority() {
         Authority::Addr(a) => socket::canonical(*a),
-        Authority::Host(..) => {
-            let msg = format!(
-                "CONNECT to {}: host name targets are not supported",
-                req.authority
-            );
-            req.reject(StatusCode::BAD_REQUEST);
+        authority @ Authority::Host(..) => {
+            let msg = format!("CONNECT to {authority}: host name targets are not supported");
+            req.reject(StatusCode::BAD_REQUEST).await;
             return log.fail(&msg);
         }
     };
     log.dst = Some(target);
     if ILLEGAL_PORTS.contains(&target.port()) {
-        req.reject(StatusCode::SERVICE_UNAVAILABLE);
+        req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
         return log.fail(&format_args!(
             "CONNECT to {target}: refusing a target that would loop into the proxy"
         ));
     }
     // Tracked before the first decision, so no state change can fall between the two.
     let mut registration = tracker.register(peer, target, log.src_identity.as_ref());
-    let decision = {
+    let forwarded_host = req.forwarded_host();
+    // Decided without holding the snapshot across an `.await` (rejecting is async on h3).
+    let decided = {
         let snapshot = pi.state.snapshot();
-        let Some((local, upstream)) = local_destination(&pi, &snapshot, target) else {
-            req.reject(StatusCode::BAD_REQUEST);
-            return log.fail(&format_args!(
-                "CONNECT to {target}: not an address of the local workload {}/{} nor a \
-                 destination it is the waypoint of",
-                pi.local.namespace, pi.local.name
-            ));
-        };
-        log.open(
-            &pi,
-            inbound_labels(&pi, local, peer, log.src_identity.as_ref()),
-        );
-        let facts = ConnFacts {
-            src: peer,
-            dst: upstream,
-            identity: log.src_identity.as_ref(),
-        };
-        let delivery = delivery(upstream, target, local.application_tunnel.as_ref());
-        (authz::decide(&snapshot, local, &facts), delivery)
+        local_destination(&pi, &snapshot, target).map(|(local, upstream)| {
+            log.open(
+                &pi,
+                inbound_labels(
+                    &pi,
+                    local,
+                    peer,
+                    log.src_identity.as_ref(),
+                    forwarded_host.as_deref(),
+                ),
+            );
+            let facts = ConnFacts {
+                src: peer,
+                dst: upstream,
+                identity: log.src_identity.as_ref(),
+            };
+            let delivery = delivery(upstream, target, local.application_tunnel.as_ref());
+            (authz::decide(&snapshot, local, &facts), delivery)
+        })
     };
-    let (decision, delivery) = decision;
+    let Some((decision, delivery)) = decided else {
+        req.reject(StatusCode::BAD_REQUEST).await;
+        return log.fail(&format_args!(
+            "CONNECT to {target}: not an address of the local workload {}/{} nor a destination \
+             it is the waypoint of",
+            pi.local.namespace, pi.local.name
+        ));
+    };
     if !decision.is_allow() {
         pi.metrics.connections_denied.inc();
-        req.reject(StatusCode::UNAUTHORIZED);
+        req.reject(StatusCode::UNAUTHORIZED).await;
         log.response_flags = Some("DENY");
         return log.fail(&decision);
     }
@@ -148,7 +172,7 @@ async fn serve_stream(
     let mut upstream = match socket::connect(delivery.upstream, src, &pi.cfg.socket).await {
         Ok(s) => s,
         Err(e) => {
-            req.reject(StatusCode::SERVICE_UNAVAILABLE);
+            req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
             log.response_flags = Some("CONNECT");
             return log.fail(&e);
         }
@@ -157,16 +181,23 @@ async fn serve_stream(
         // Before the 200, so an app that cannot take the header fails the CONNECT.
         if let Err(e) = proxyproto::write(&mut upstream, peer, dst, log.src_identity.as_ref()).await
         {
-            req.reject(StatusCode::SERVICE_UNAVAILABLE);
+            req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
             log.response_flags = Some("CONNECT");
             return log.fail(&e);
         }
     }
-    let tunnel = match req.accept(None) {
+    let tunnel = match req.accept().await {
         Ok(t) => t,
         Err(e) => return log.fail(&e),
     };
-    let copy = copy_bidirectional(tunnel.split(), tcp_halves(upstream), log.stats.clone());
+    pi.metrics
+        .hbone_streams
+        .get_or_create(&TransportLabels {
+            transport: R::TRANSPORT,
+            direction: DirectionLabel::inbound,
+        })
+        .inc();
+    let copy = copy_bidirectional(tunnel, tcp_halves(upstream), log.stats.clone());
     run_authorized(&pi, copy, &drain, &mut registration, log).await;
 }
 

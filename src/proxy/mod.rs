@@ -12,12 +12,14 @@ mod connections;
 mod connector;
 pub mod copy;
 mod inbound;
+mod inbound_quic;
 mod outbound;
 pub mod outlier;
 mod passthrough;
 pub mod proxyproto;
 pub mod socket;
 pub mod socks5;
+mod transport;
 mod waypoint;
 
 use std::net::{IpAddr, SocketAddr};
@@ -30,6 +32,7 @@ use crate::core::Identity;
 use crate::hbone::{H2Config, Pool};
 use crate::lifecycle::DrainWatcher;
 use crate::metrics::ProxyMetrics;
+use crate::quic::QuicPool;
 use crate::state::{StateView, Workload};
 use crate::tls::CertProvider;
 
@@ -37,6 +40,7 @@ pub use connections::ConnectionTracker;
 pub use outlier::{OutlierConfig, Outliers};
 pub use socket::{Keepalive, SocketOptions};
 pub use socks5::{HostResolver, ResolveFuture, Socks5, SystemResolver};
+pub use transport::{HboneTransport, TransportConfig, TransportError, UnknownTransport};
 
 use connections::run_authorized;
 
@@ -57,6 +61,8 @@ pub struct ProxyConfig {
     /// `SO_REUSEPORT` on listeners, so an old and a new proxy can overlap.
     pub reuse_port: bool,
     pub h2: H2Config,
+    /// HBONE over h2, QUIC, or QUIC with fallback to h2 (`AMBIT_HBONE_TRANSPORT`).
+    pub transport: TransportConfig,
     /// The HBONE port of peers.
     pub hbone_port: u16,
     /// Passive outlier ejection of service endpoints, and connect retries.
@@ -97,14 +103,23 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    #[error("QUIC endpoint on {addr}: {source}")]
+    Quic {
+        addr: SocketAddr,
+        #[source]
+        source: crate::quic::QuicError,
+    },
 }
 
 /// Bound listeners, ready to serve.
 pub struct Proxy {
     inputs: Arc<ProxyInputs>,
-    pool: Pool,
+    /// Outbound transports: the h2 pool and, when QUIC is on, the QUIC pool.
+    transports: Arc<transport::Transports>,
     /// Service endpoints whose connects keep failing (shared by outbound and SOCKS5).
     outliers: Arc<Outliers>,
+    /// The UDP 15008 endpoint, when QUIC is on.
+    quic_server: Option<quinn::Endpoint>,
     /// Live inbound connections, re-authorized on every state change.
     tracker: ConnectionTracker,
     outbound: TcpListener,
@@ -133,14 +148,25 @@ impl Proxy {
         let outbound = bind("outbound", cfg.outbound_addr, false)?;
         let inbound = bind("inbound HBONE", cfg.inbound_addr, false)?;
         let plaintext = bind("inbound plaintext", cfg.inbound_plaintext_addr, false)?;
+        let (quic_server, quic_client) = if cfg.transport.mode.quic_enabled() {
+            let (s, c) = bind_quic(&cfg)?;
+            (Some(s), Some(c))
+        } else {
+            (None, None)
+        };
         let inputs = Arc::new(inputs);
         let connector = connector::TlsConnector::new(inputs.clone());
         let pool = Pool::new(cfg.h2.clone(), Arc::new(connector));
-        let outliers = Arc::new(Outliers::new(cfg.outlier.clone()));
+        let quic_pool = quic_client.map(|endpoint| {
+            QuicPool::new(cfg.transport.quic.clone(), endpoint, inputs.certs.clone())
+        });
+        let transports =
+            transport::Transports::new(pool, quic_pool, &cfg.transport, inputs.metrics.clone());
         Ok(Proxy {
             inputs,
-            pool,
-            outliers,
+            transports: Arc::new(transports),
+            outliers: Arc::new(Outliers::new(cfg.outlier.clone())),
+            quic_server,
             tracker: ConnectionTracker::default(),
             outbound,
             inbound,
@@ -175,16 +201,21 @@ impl Proxy {
             })?;
         Ok(Socks5 {
             inputs: self.inputs.clone(),
-            pool: self.pool.clone(),
+            transports: self.transports.clone(),
             outliers: self.outliers.clone(),
             resolver,
             listener,
         })
     }
 
-    /// The outbound connection pool (tests read its counters).
+    /// The outbound h2 connection pool (tests read its counters).
     pub fn pool(&self) -> &Pool {
-        &self.pool
+        self.transports.h2_pool()
+    }
+
+    /// The UDP address of the HBONE-over-QUIC endpoint, when QUIC is on.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic_server.as_ref().and_then(|e| e.local_addr().ok())
     }
 
     /// The outlier table (tests read it).
@@ -208,17 +239,27 @@ impl Proxy {
             "proxy listening"
         );
         let out = {
-            let (pi, pool) = (self.inputs.clone(), self.pool.clone());
+            let (pi, tr) = (self.inputs.clone(), self.transports.clone());
             let outliers = self.outliers.clone();
             accept_loop(
                 "outbound",
                 self.outbound,
                 drain.clone(),
                 move |s, peer, d| {
-                    let out = (pool.clone(), outliers.clone());
+                    let out = (tr.clone(), outliers.clone());
                     outbound::handle(pi.clone(), out, s, peer, d)
                 },
             )
+        };
+        let quic_in = {
+            let (pi, t, d) = (self.inputs.clone(), self.tracker.clone(), drain.clone());
+            let server = self.quic_server;
+            async move {
+                if let Some(endpoint) = server {
+                    info!(addr = ?endpoint.local_addr().ok(), "HBONE over QUIC listening");
+                    inbound_quic::run(pi, t, endpoint, d).await;
+                }
+            }
         };
         let inb = {
             let (pi, t) = (self.inputs.clone(), self.tracker.clone());
@@ -242,8 +283,34 @@ impl Proxy {
             self.inputs.local.clone(),
             drain,
         );
-        tokio::join!(out, inb, plain, policies);
+        tokio::join!(out, inb, plain, quic_in, policies);
     }
+}
+
+/// Binds the QUIC server (UDP on the inbound HBONE address) and the client endpoint (an
+/// ephemeral UDP port), both through the socket factory, with the proxy's mark.
+fn bind_quic(cfg: &ProxyConfig) -> Result<(quinn::Endpoint, quinn::Endpoint), ProxyError> {
+    let qcfg = &cfg.transport.quic;
+    let bind = |what, addr: SocketAddr| {
+        let socket = socket::udp(addr, &cfg.socket)
+            .and_then(|s| crate::quic::bind_udp(s, addr, qcfg))
+            .map_err(|source| ProxyError::Bind { what, addr, source })?;
+        Ok::<_, ProxyError>(socket)
+    };
+    let server_addr = cfg.inbound_addr;
+    let server = bind("inbound QUIC", server_addr)?;
+    let server =
+        crate::quic::server_endpoint(server, None, qcfg).map_err(|source| ProxyError::Quic {
+            addr: server_addr,
+            source,
+        })?;
+    let client_addr = SocketAddr::new(cfg.inbound_addr.ip(), 0);
+    let client = bind("outbound QUIC", client_addr)?;
+    let client = crate::quic::client_endpoint(client).map_err(|source| ProxyError::Quic {
+        addr: client_addr,
+        source,
+    })?;
+    Ok((server, client))
 }
 
 /// Accepts until a drain starts, spawning one task per connection; each task holds a drain

@@ -12,15 +12,17 @@ use tracing::{debug, warn};
 
 use crate::core::{Authority, Identity};
 use crate::hbone::{
-    Baggage, ConnectHeaders, ConnectRequest, Forwarded, H2Stream, HboneError, Pool, PoolKey,
-    TraceParent, WorkloadType,
+    Baggage, ConnectHeaders, ConnectRequest, Forwarded, HboneError, PoolKey, TraceParent,
+    WorkloadType,
 };
 use crate::lifecycle::DrainWatcher;
+use crate::metrics::HboneTransportLabel;
 use crate::state::{ClientLocality, GatewayAddress, TunnelProtocol, Workload};
 
 use super::accesslog::{ConnectionLog, Direction, outbound_labels};
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::outlier::Outliers;
+use super::transport::{TransportError, Transports, Tunnel};
 use super::waypoint::{self, WaypointError};
 use super::{ILLEGAL_PORTS, ProxyInputs, same_family_ip, socket};
 
@@ -66,7 +68,7 @@ impl fmt::Display for RouteError {
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
-    (pool, outliers): (Pool, Arc<Outliers>),
+    (transports, outliers): (Arc<Transports>, Arc<Outliers>),
     stream: TcpStream,
     peer: SocketAddr,
     drain: DrainWatcher,
@@ -81,7 +83,7 @@ pub(super) async fn handle(
     if let Err(e) = socket::tune(&stream, &pi.cfg.socket) {
         return log.fail(&format_args!("socket options: {e}"));
     }
-    let upstream = match connect(&pi, &pool, &outliers, peer, orig, &mut log).await {
+    let upstream = match connect(&pi, &transports, &outliers, peer, orig, &mut log).await {
         Ok(u) => u,
         Err(e) => return log.fail(&e),
     };
@@ -91,8 +93,8 @@ pub(super) async fn handle(
 /// The far side of an outbound connection, connected and ready for bytes.
 pub(super) enum Upstream {
     Plain(TcpStream),
-    /// Boxed: an h2 stream is several times the size of a socket.
-    Hbone(Box<H2Stream>),
+    /// Boxed: a tunnel (h2 or h3) is several times the size of a socket.
+    Hbone(Box<Tunnel>),
 }
 
 /// Why an outbound connection could not be set up.
@@ -100,7 +102,7 @@ pub(super) enum Upstream {
 pub(super) enum OutboundError {
     Route(RouteError),
     Connect(socket::ConnectError),
-    Hbone(HboneError),
+    Hbone(TransportError),
 }
 
 impl OutboundError {
@@ -109,7 +111,8 @@ impl OutboundError {
     fn is_endpoint_failure(&self) -> bool {
         match self {
             OutboundError::Connect(_) => true,
-            OutboundError::Hbone(e) => match e {
+            OutboundError::Hbone(TransportError::H3(_)) => true,
+            OutboundError::Hbone(TransportError::H2(e)) => match e {
                 HboneError::Connect { .. }
                 | HboneError::Io(_)
                 | HboneError::Handshake(_)
@@ -144,7 +147,7 @@ impl fmt::Display for OutboundError {
 /// retried on another endpoint, up to the configured number of attempts.
 pub(super) async fn connect(
     pi: &ProxyInputs,
-    pool: &Pool,
+    transports: &Transports,
     outliers: &Outliers,
     peer: SocketAddr,
     orig: SocketAddr,
@@ -191,7 +194,16 @@ pub(super) async fn connect(
             pi.metrics.connect_retries.inc();
         }
         let endpoint = routed.endpoint;
-        let result = connect_route(pi, pool, peer, routed.route, log).await;
+        // A service-addressed tunnel names the service in `forwarded` `host=` (wire.md §2.1):
+        // the peer takes its `destination_service` label from it.
+        let service_host = match &routed.route {
+            Route::Hbone { .. } => pi
+                .state
+                .service_by_vip_for(&pi.cfg.network, orig.ip(), &pi.local.namespace)
+                .map(|svc| svc.hostname.clone()),
+            Route::Plain(_) => None,
+        };
+        let result = connect_route(pi, transports, peer, routed.route, service_host, log).await;
         let err = match (result, endpoint) {
             (Ok(up), ep) => {
                 if let Some(ep) = ep {
@@ -223,9 +235,10 @@ pub(super) async fn connect(
 
 async fn connect_route(
     pi: &ProxyInputs,
-    pool: &Pool,
+    transports: &Transports,
     peer: SocketAddr,
     route: Route,
+    service_host: Option<String>,
     log: &mut ConnectionLog,
 ) -> Result<Upstream, OutboundError> {
     match route {
@@ -250,15 +263,20 @@ async fn connect_route(
                         .map(|wl| baggage(&wl)),
                     forwarded: Some(Forwarded {
                         for_addr: peer,
-                        host: None,
+                        host: service_host,
                     }),
                     traceparent: Some(TraceParent::random()),
                 },
             };
-            pool.send(&key, &req)
+            let tunnel = transports
+                .open(&key, &req)
                 .await
-                .map(|t| Upstream::Hbone(Box::new(t)))
-                .map_err(OutboundError::Hbone)
+                .map_err(OutboundError::Hbone)?;
+            log.transport = Some(match tunnel {
+                Tunnel::H2(_) => HboneTransportLabel::h2,
+                Tunnel::H3(..) => HboneTransportLabel::h3,
+            });
+            Ok(Upstream::Hbone(Box::new(tunnel)))
         }
     }
 }
@@ -277,10 +295,16 @@ pub(super) async fn relay(
             let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), stats);
             run_until_forced(copy, drain).await
         }
-        Upstream::Hbone(tunnel) => {
-            let copy = copy_bidirectional(tcp_halves(stream), (*tunnel).split(), stats);
-            run_until_forced(copy, drain).await
-        }
+        Upstream::Hbone(tunnel) => match *tunnel {
+            Tunnel::H2(h2) => {
+                let copy = copy_bidirectional(tcp_halves(stream), h2.split(), stats);
+                run_until_forced(copy, drain).await
+            }
+            Tunnel::H3(recv, send) => {
+                let copy = copy_bidirectional(tcp_halves(stream), (recv, send), stats);
+                run_until_forced(copy, drain).await
+            }
+        },
     };
     match copied {
         Some(Ok(())) => log.complete(),

@@ -87,6 +87,7 @@ fn inputs(good: u16, bad: u16, outlier: OutlierConfig) -> Arc<ProxyInputs> {
             orig_src: false,
             reuse_port: false,
             h2: Default::default(),
+            transport: Default::default(),
             hbone_port: 15008,
             outlier: outlier.clone(),
         }),
@@ -102,7 +103,11 @@ fn inputs(good: u16, bad: u16, outlier: OutlierConfig) -> Arc<ProxyInputs> {
 }
 
 /// Connects through the outbound path to the VIP and checks the far end echoes.
-async fn connect_once(pi: &Arc<ProxyInputs>, pool: &Pool, outliers: &Outliers) -> bool {
+async fn connect_once(
+    pi: &Arc<ProxyInputs>,
+    pool: &transport::Transports,
+    outliers: &Outliers,
+) -> bool {
     let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let mut log = ConnectionLog::new(Direction::Outbound, peer);
     let up = connect(pi, pool, outliers, peer, VIP.parse().unwrap(), &mut log).await;
@@ -118,6 +123,15 @@ async fn connect_once(pi: &Arc<ProxyInputs>, pool: &Pool, outliers: &Outliers) -
         Ok(Upstream::Hbone(_)) => panic!("plain endpoints must not be tunneled"),
         Err(_) => false,
     }
+}
+
+/// The outbound transports (h2 only; never used by these plain-TCP endpoints).
+fn transports(pi: &Arc<ProxyInputs>) -> transport::Transports {
+    let pool = Pool::new(
+        Default::default(),
+        Arc::new(connector::TlsConnector::new(pi.clone())),
+    );
+    transport::Transports::new(pool, None, &pi.cfg.transport, pi.metrics.clone())
 }
 
 async fn echo_server() -> (u16, tokio::task::JoinHandle<()>) {
@@ -149,10 +163,7 @@ async fn failed_connects_are_retried_and_the_dead_endpoint_is_ejected() {
         ..Default::default()
     };
     let pi = inputs(good, bad, cfg.clone());
-    let pool = Pool::new(
-        Default::default(),
-        Arc::new(connector::TlsConnector::new(pi.clone())),
-    );
+    let pool = transports(&pi);
     let outliers = Outliers::new(cfg);
     let dead: SocketAddr = SocketAddr::new("127.0.0.2".parse().unwrap(), bad);
     for i in 0..40 {
@@ -177,10 +188,7 @@ async fn without_a_healthy_endpoint_the_last_failure_is_reported() {
     let bad = dead_port().await;
     let also_bad = dead_port().await;
     let pi = inputs(also_bad, bad, OutlierConfig::default());
-    let pool = Pool::new(
-        Default::default(),
-        Arc::new(connector::TlsConnector::new(pi.clone())),
-    );
+    let pool = transports(&pi);
     let outliers = Outliers::new(OutlierConfig::default());
     let ok = tokio::time::timeout(Duration::from_secs(5), connect_once(&pi, &pool, &outliers))
         .await

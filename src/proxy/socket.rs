@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 /// in-pod mode a factory creates them inside the pod's namespace.
 pub trait SocketFactory: Send + Sync + 'static {
     fn tcp_socket(&self, domain: Domain) -> io::Result<Socket>;
-    /// A UDP socket (the pod's DNS proxy).
+    /// A UDP socket (the pod's DNS proxy; HBONE over QUIC).
     fn udp_socket(&self, domain: Domain) -> io::Result<Socket>;
 }
 
@@ -132,6 +132,16 @@ pub fn listen(
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
+}
+
+/// A UDP socket from the factory (so in the pod's namespace in in-pod mode) with the proxy's
+/// mark, not yet bound: HBONE over QUIC binds and sizes it.
+pub fn udp(addr: SocketAddr, opts: &SocketOptions) -> io::Result<Socket> {
+    let socket = opts.factory.udp_socket(Domain::for_address(addr))?;
+    if let Some(mark) = opts.mark {
+        socket.set_mark(mark)?;
+    }
+    Ok(socket)
 }
 
 /// Binds a UDP socket through the factory, with the proxy's mark. IPv6 addresses are bound

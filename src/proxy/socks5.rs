@@ -20,12 +20,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::hbone::Pool;
 use crate::lifecycle::DrainWatcher;
 
 use super::accesslog::{ConnectionLog, Direction};
 use super::outbound::{self, OutboundError, RouteError};
 use super::outlier::Outliers;
+use super::transport::Transports;
 use super::{ProxyInputs, accept_loop, same_family_ip, socket};
 
 /// The default listener (loopback only: the port is the pod's own business).
@@ -117,10 +117,10 @@ pub enum Socks5Error {
     Resolve { host: String, reason: String },
 }
 
-/// A bound SOCKS5 listener sharing a proxy's inputs and HBONE pool.
+/// A bound SOCKS5 listener sharing a proxy's inputs and HBONE transports (h2 and QUIC pools).
 pub struct Socks5 {
     pub(super) inputs: Arc<ProxyInputs>,
-    pub(super) pool: Pool,
+    pub(super) transports: Arc<Transports>,
     pub(super) outliers: Arc<Outliers>,
     pub(super) resolver: Arc<dyn HostResolver>,
     pub(super) listener: TcpListener,
@@ -134,10 +134,10 @@ impl Socks5 {
     /// Serves until a drain starts.
     pub async fn run(self, drain: DrainWatcher) {
         tracing::info!(addr = ?self.listener.local_addr().ok(), "socks5 listening");
-        let (pi, pool, resolver) = (self.inputs, self.pool, self.resolver);
+        let (pi, transports, resolver) = (self.inputs, self.transports, self.resolver);
         let outliers = self.outliers;
         accept_loop("socks5", self.listener, drain, move |s, peer, d| {
-            let out = (pool.clone(), outliers.clone());
+            let out = (transports.clone(), outliers.clone());
             handle(pi.clone(), out, resolver.clone(), s, peer, d)
         })
         .await;
@@ -146,7 +146,7 @@ impl Socks5 {
 
 async fn handle(
     pi: Arc<ProxyInputs>,
-    (pool, outliers): (Pool, Arc<Outliers>),
+    (transports, outliers): (Arc<Transports>, Arc<Outliers>),
     resolver: Arc<dyn HostResolver>,
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -168,7 +168,7 @@ async fn handle(
         .workload_by_name(&pi.local.namespace, &pi.local.name)
         .and_then(|wl| same_family_ip(&wl, dst.ip()))
         .map_or(peer, |ip| SocketAddr::new(ip, peer.port()));
-    match outbound::connect(&pi, &pool, &outliers, src, dst, &mut log).await {
+    match outbound::connect(&pi, &transports, &outliers, src, dst, &mut log).await {
         Ok(upstream) => {
             if let Err(e) = reply(&mut stream, Reply::Succeeded).await {
                 return log.fail(&format_args!("socks5 reply: {e}"));

@@ -94,6 +94,7 @@ fn inputs() -> ProxyInputs {
             orig_src: false,
             reuse_port: false,
             h2: Default::default(),
+            transport: Default::default(),
             hbone_port: 15008,
             outlier: Default::default(),
         }),

@@ -86,6 +86,7 @@ fn inputs(local_ns: &str, local_name: &str) -> ProxyInputs {
             orig_src: false,
             reuse_port: false,
             h2: Default::default(),
+            transport: Default::default(),
             hbone_port: 15008,
             outlier: Default::default(),
         }),

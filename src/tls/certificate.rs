@@ -19,7 +19,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use super::verify::{
     ServerIdentityVerifier, TrustDomainVerifier, TrustRoots, provider, spiffe_identities,
 };
-use super::{ALPN_H2, TlsError};
+use super::{ALPN_H2, ALPN_H3, TlsError};
 use crate::core::Identity;
 
 /// How many distinct expected-identity sets keep a cached client configuration. A node talks to a
@@ -39,9 +39,13 @@ pub struct WorkloadCertificate {
     certified: Arc<CertifiedKey>,
     trust: Arc<TrustRoots>,
     server_config: Arc<ServerConfig>,
+    /// The same server configuration with ALPN `h3` (HBONE over QUIC).
+    server_config_h3: Arc<ServerConfig>,
     /// Keyed by the sorted, deduplicated expected identities. Locked only briefly, never across
     /// an `.await`.
     client_configs: Mutex<HashMap<Vec<Identity>, Arc<ClientConfig>>>,
+    /// The same client configurations with ALPN `h3`, cached the same way.
+    client_configs_h3: Mutex<HashMap<Vec<Identity>, Arc<ClientConfig>>>,
 }
 
 // === impl WorkloadCertificate ===
@@ -82,6 +86,7 @@ impl WorkloadCertificate {
         let certified = Arc::new(certified);
         let trust = Arc::new(TrustRoots::new(&roots)?);
         let server_config = build_server_config(&identity, &certified, &trust)?;
+        let server_config_h3 = with_alpn_server(&server_config, ALPN_H3);
 
         Ok(WorkloadCertificate {
             identity,
@@ -94,7 +99,9 @@ impl WorkloadCertificate {
             certified,
             trust,
             server_config,
+            server_config_h3,
             client_configs: Mutex::new(HashMap::new()),
+            client_configs_h3: Mutex::new(HashMap::new()),
         })
     }
 
@@ -142,20 +149,37 @@ impl WorkloadCertificate {
     /// (serverAuth, names not checked) and carries one of `expected` as a SPIFFE URI SAN. No SNI,
     /// no session resumption. Cached per set of expected identities (order does not matter).
     pub fn client_config(&self, expected: &[Identity]) -> Result<Arc<ClientConfig>, TlsError> {
+        self.cached_client_config(&self.client_configs, expected, ALPN_H2)
+    }
+
+    /// [`WorkloadCertificate::server_config`] with ALPN `h3`, for HBONE over QUIC. Built once.
+    pub fn server_config_h3(&self) -> Arc<ServerConfig> {
+        self.server_config_h3.clone()
+    }
+
+    /// [`WorkloadCertificate::client_config`] with ALPN `h3`, for HBONE over QUIC: the same
+    /// suites, chain and SPIFFE verification. Cached per set of expected identities.
+    pub fn client_config_h3(&self, expected: &[Identity]) -> Result<Arc<ClientConfig>, TlsError> {
+        self.cached_client_config(&self.client_configs_h3, expected, ALPN_H3)
+    }
+
+    fn cached_client_config(
+        &self,
+        cache: &Mutex<HashMap<Vec<Identity>, Arc<ClientConfig>>>,
+        expected: &[Identity],
+        alpn: &[u8],
+    ) -> Result<Arc<ClientConfig>, TlsError> {
         if expected.is_empty() {
             return Err(TlsError::NoExpectedIdentities);
         }
         let mut key = expected.to_vec();
         key.sort();
         key.dedup();
-        let mut cache = self
-            .client_configs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(cfg) = cache.get(&key) {
             return Ok(cfg.clone());
         }
-        let cfg = build_client_config(&self.certified, &self.trust, key.clone())?;
+        let cfg = build_client_config(&self.certified, &self.trust, key.clone(), alpn)?;
         if cache.len() >= CLIENT_CONFIG_CACHE {
             cache.clear();
         }
@@ -199,6 +223,7 @@ fn build_client_config(
     certified: &Arc<CertifiedKey>,
     trust: &Arc<TrustRoots>,
     expected: Vec<Identity>,
+    alpn: &[u8],
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let verifier = ServerIdentityVerifier::new(trust.clone(), expected);
     let mut cfg = ClientConfig::builder_with_provider(provider().clone())
@@ -207,10 +232,17 @@ fn build_client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified.clone())));
-    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     cfg.enable_sni = false;
     cfg.resumption = Resumption::disabled();
     Ok(Arc::new(cfg))
+}
+
+/// A copy of `cfg` that advertises only `alpn`.
+fn with_alpn_server(cfg: &ServerConfig, alpn: &[u8]) -> Arc<ServerConfig> {
+    let mut cfg = cfg.clone();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(cfg)
 }
 
 /// Converts an X.509 time (seconds since the epoch, possibly before it) to a `SystemTime`.

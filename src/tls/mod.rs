@@ -2,7 +2,8 @@
 //!
 //! Invariants (wire.md §2.1):
 //! - TLS 1.3 only; cipher suites exactly `TLS13_AES_256_GCM_SHA384` then `TLS13_AES_128_GCM_SHA256`
-//!   (aws-lc-rs); ALPN exactly `h2`, offered by clients and advertised by servers.
+//!   (aws-lc-rs); ALPN exactly `h2`, offered by clients and advertised by servers (exactly `h3` on the
+//!   `*_h3` configurations that HBONE over QUIC uses).
 //! - Clients send no SNI, never resume sessions, always present their chain, and accept a server only
 //!   if its chain reaches our roots (serverAuth) and one of its SPIFFE URI SANs is an expected identity.
 //! - Servers require a client certificate chaining to the same roots (clientAuth) whose first URI SAN
@@ -31,10 +32,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::core::{Identity, IdentityError};
 
 pub use certificate::WorkloadCertificate;
-pub use verify::peer_identity;
+pub use verify::{chain_identity, peer_identity};
 
-/// The only ALPN protocol HBONE speaks.
+/// The ALPN protocol of HBONE over TCP.
 pub const ALPN_H2: &[u8] = b"h2";
+/// The ALPN protocol of HBONE over QUIC (HTTP/3); only on the configurations built for QUIC.
+pub const ALPN_H3: &[u8] = b"h3";
 
 /// Why a TLS configuration could not be built, or a handshake or peer was refused.
 ///

@@ -144,10 +144,13 @@ fn first_uri_identity(der: &[u8]) -> Result<Identity, TlsError> {
 
 /// The identity of the peer of an established connection: the first URI SAN of its leaf.
 pub fn peer_identity(conn: &CommonState) -> Result<Identity, TlsError> {
-    let leaf = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or(TlsError::NoPeerCertificate)?;
+    chain_identity(conn.peer_certificates().unwrap_or_default())
+}
+
+/// The identity a verified peer chain names: the first URI SAN of its leaf (QUIC hands the
+/// chain out on its own, without a rustls `CommonState`).
+pub fn chain_identity(chain: &[CertificateDer<'_>]) -> Result<Identity, TlsError> {
+    let leaf = chain.first().ok_or(TlsError::NoPeerCertificate)?;
     first_uri_identity(leaf)
 }
 

@@ -102,6 +102,8 @@ pub struct MeshOpts {
     pub server_workload_extra: Option<String>,
     /// Extra environment of the client pod's ambit.
     pub client_env: Vec<(&'static str, String)>,
+    /// Extra environment of the server pod's ambit.
+    pub server_env: Vec<(&'static str, String)>,
 }
 
 /// Two pods with redirection, each with its ambit, sharing one built-in CA directory.
@@ -133,7 +135,7 @@ impl Mesh {
         let (s_ns, s_name, s_sa) = SERVER_WL;
         let server_info = format!("{s_ns}/{s_name}/{}", opts.server_sa.unwrap_or(s_sa));
         let client_info = format!("{c_ns}/{c_name}/{c_sa}");
-        let server_spec = spec(
+        let mut server_spec = spec(
             "server-ambit",
             &server_info,
             &config,
@@ -147,6 +149,9 @@ impl Mesh {
             &ca_dir,
             opts.secret_ttl,
         );
+        for (k, v) in &opts.server_env {
+            server_spec = server_spec.env(*k, v.clone());
+        }
         for (k, v) in &opts.client_env {
             client_spec = client_spec.env(*k, v.clone());
         }

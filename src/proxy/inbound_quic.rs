@@ -1,0 +1,124 @@
+//! Inbound HBONE over QUIC (UDP 15008, next to the TCP listener): each incoming QUIC connection
+//! is accepted with the local workload's current certificate (ALPN `h3`), and its HTTP/3 CONNECT
+//! streams go to `inbound::serve_stream`, the h2 path's own handling.
+//!
+//! Drain: on drain the endpoint stops taking connections and each connection sends GOAWAY; at
+//! the forced deadline every connection still open is closed (CONNECTION_CLOSE).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::lifecycle::DrainWatcher;
+use crate::metrics::HboneTransportLabel;
+use crate::quic;
+
+use super::accesslog::{ConnectionLog, Direction};
+use super::connections::ConnectionTracker;
+use super::inbound::{count_connection, serve_stream};
+use super::{ProxyInputs, socket};
+
+/// How long to wait before asking again for the certificate the endpoint starts with.
+const CERT_RETRY: Duration = Duration::from_millis(500);
+
+/// Serves the QUIC endpoint until the drain is forced.
+pub(super) async fn run(
+    pi: Arc<ProxyInputs>,
+    tracker: ConnectionTracker,
+    endpoint: quinn::Endpoint,
+    drain: DrainWatcher,
+) {
+    let qcfg = &pi.cfg.transport.quic;
+    // The endpoint drops connection attempts until it has a server configuration; each accepted
+    // connection then takes the current certificate itself.
+    loop {
+        let started = match pi.certs.fetch(&pi.local.identity).await {
+            Ok(cert) => quic::enable_server(&endpoint, Some(cert.server_config_h3()), qcfg)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match started {
+            Ok(()) => break,
+            Err(e) => {
+                warn!(error = %e, "HBONE over QUIC not serving yet");
+                tokio::select! {
+                    _ = drain.draining() => return,
+                    () = tokio::time::sleep(CERT_RETRY) => {}
+                }
+            }
+        }
+    }
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = drain.draining() => break,
+            i = endpoint.accept() => i,
+        };
+        let Some(incoming) = incoming else { break };
+        tokio::spawn(handle(pi.clone(), tracker.clone(), incoming, drain.clone()));
+    }
+    info!(listener = "inbound QUIC", "stopped accepting: draining");
+    if let Err(e) = quic::enable_server(&endpoint, None, qcfg) {
+        warn!(error = %e, "cannot stop the QUIC endpoint");
+    }
+    drain.forced().await;
+    endpoint.close(0u32.into(), b"drain deadline");
+}
+
+async fn handle(
+    pi: Arc<ProxyInputs>,
+    tracker: ConnectionTracker,
+    incoming: quinn::Incoming,
+    drain: DrainWatcher,
+) {
+    let peer: SocketAddr = socket::canonical(incoming.remote_address());
+    let cert = match pi.certs.fetch(&pi.local.identity).await {
+        Ok(c) => c,
+        Err(e) => {
+            incoming.refuse();
+            return ConnectionLog::new(Direction::Inbound, peer).fail(&format_args!(
+                "no certificate for {}: {e}",
+                pi.local.identity
+            ));
+        }
+    };
+    let (conn, peer_id) =
+        match quic::accept(incoming, cert.server_config_h3(), &pi.cfg.transport.quic).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                pi.metrics.inbound_handshake_failures.inc();
+                let mut log = ConnectionLog::new(Direction::Inbound, peer);
+                log.transport = Some(HboneTransportLabel::h3);
+                return log.fail(&e);
+            }
+        };
+    pi.metrics.inbound_handshakes.inc();
+    count_connection(&pi, HboneTransportLabel::h3);
+    let shutdown = {
+        let d = drain.clone();
+        async move { d.draining().await }
+    };
+    let handler = {
+        let (pi, drain) = (pi.clone(), drain.clone());
+        move |req| {
+            serve_stream(
+                pi.clone(),
+                tracker.clone(),
+                peer,
+                peer_id.clone(),
+                req,
+                drain.clone(),
+            )
+        }
+    };
+    tokio::select! {
+        r = quic::serve(conn.clone(), shutdown, handler) => {
+            if let Err(e) = r {
+                tracing::debug!(src = %peer, error = %e, "QUIC HBONE connection ended with an error");
+            }
+        }
+        _ = drain.forced() => conn.close(0u32.into(), b"drain deadline"),
+    }
+}

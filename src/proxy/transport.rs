@@ -1,0 +1,369 @@
+//! The HBONE transport choice: HTTP/2 over TLS/TCP (the default, what ztunnel speaks) or
+//! HTTP/3 over QUIC, per node (`AMBIT_HBONE_TRANSPORT=h2|h3|auto`).
+//!
+//! Outbound, [`Transports::open`] picks the transport for a peer. In `auto` it tries QUIC first;
+//! when no QUIC handshake completes (UDP dropped, or a peer without QUIC such as ztunnel) it
+//! remembers the peer for `fallback_ttl`, logs that once and counts it, and uses h2; while
+//! remembered, the peer gets h2 straight away. A `200`-less answer (401, 503...) is the peer's
+//! answer and is never retried on the other transport.
+//!
+//! Inbound, both transports' CONNECT requests are [`InboundTunnel`]s, so `inbound::serve_stream`
+//! (authority checks, authorization, tracking, the app connection) is one code path for both.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri};
+use tokio::time::Instant;
+
+use crate::core::Authority;
+use crate::hbone::{self, ConnectRequest, H2Recv, H2Send, H2Stream, HboneError, Pool, PoolKey};
+use crate::metrics::{DirectionLabel, HboneTransportLabel, ProxyMetrics, TransportLabels};
+use crate::quic::{self, H3Recv, H3Send, QuicConfig, QuicError, QuicKey, QuicPool};
+
+use super::copy::{ChunkSink, ChunkSource};
+
+/// Which transport a node uses for outbound HBONE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HboneTransport {
+    /// HTTP/2 over TLS/TCP only (ztunnel's wire protocol).
+    #[default]
+    H2,
+    /// HTTP/3 over QUIC only.
+    H3,
+    /// QUIC first, h2 when no QUIC handshake completes.
+    Auto,
+}
+
+/// The proxy's transport settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportConfig {
+    pub mode: HboneTransport,
+    /// How long a peer that did not complete a QUIC handshake gets h2 without another try.
+    pub fallback_ttl: Duration,
+    pub quic: QuicConfig,
+}
+
+/// A value of `AMBIT_HBONE_TRANSPORT` that is none of `h2`, `h3`, `auto`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown HBONE transport {0:?} (expected h2, h3 or auto)")]
+pub struct UnknownTransport(pub String);
+
+/// Why an outbound tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(transparent)]
+    H2(#[from] HboneError),
+    #[error(transparent)]
+    H3(#[from] QuicError),
+}
+
+/// An open outbound tunnel on either transport. Lives on the connection task's stack only until
+/// it is split into the copy, so the size difference between variants costs nothing lasting.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Tunnel {
+    H2(H2Stream),
+    H3(H3Recv, H3Send),
+}
+
+/// Outbound transport selection: the two pools and the peers `auto` fell back for.
+pub(super) struct Transports {
+    h2: Pool,
+    h3: Option<QuicPool>,
+    mode: HboneTransport,
+    fallback_ttl: Duration,
+    /// Peers (their HBONE address) that get h2 until the instant stored. Locked only for map
+    /// operations.
+    fallbacks: Mutex<HashMap<SocketAddr, Instant>>,
+    /// The QUIC pool's opened-connection count already added to the metrics.
+    h3_opened_counted: AtomicU64,
+    metrics: ProxyMetrics,
+}
+
+/// A CONNECT request received on either transport, as `inbound::serve_stream` handles it.
+pub(super) trait InboundTunnel: Send + 'static {
+    type Recv: ChunkSource + 'static;
+    type Send: ChunkSink + 'static;
+    const TRANSPORT: HboneTransportLabel;
+    fn authority(&self) -> &Authority;
+    /// The `host=` of the request's `forwarded` header: the service a client addressed.
+    fn forwarded_host(&self) -> Option<String>;
+    fn reject(self, status: StatusCode) -> impl Future<Output = ()> + Send;
+    fn accept(self) -> impl Future<Output = Result<(Self::Recv, Self::Send), String>> + Send;
+}
+
+// === impl HboneTransport ===
+
+impl FromStr for HboneTransport {
+    type Err = UnknownTransport;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "h2" | "" => Ok(HboneTransport::H2),
+            "h3" | "quic" => Ok(HboneTransport::H3),
+            "auto" => Ok(HboneTransport::Auto),
+            _ => Err(UnknownTransport(s.to_string())),
+        }
+    }
+}
+
+impl HboneTransport {
+    /// Whether this node runs QUIC at all (client and the UDP 15008 server).
+    pub fn quic_enabled(self) -> bool {
+        self != HboneTransport::H2
+    }
+}
+
+// === impl TransportConfig ===
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            mode: HboneTransport::H2,
+            fallback_ttl: Duration::from_secs(60),
+            quic: QuicConfig::default(),
+        }
+    }
+}
+
+// === impl Transports ===
+
+impl Transports {
+    pub(super) fn new(
+        h2: Pool,
+        h3: Option<QuicPool>,
+        cfg: &TransportConfig,
+        metrics: ProxyMetrics,
+    ) -> Self {
+        Transports {
+            h2,
+            h3,
+            mode: cfg.mode,
+            fallback_ttl: cfg.fallback_ttl,
+            fallbacks: Mutex::new(HashMap::new()),
+            h3_opened_counted: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    pub(super) fn h2_pool(&self) -> &Pool {
+        &self.h2
+    }
+
+    /// Opens a tunnel for `req` to the peer of `key` on the transport chosen for it.
+    pub(super) async fn open(
+        &self,
+        key: &PoolKey,
+        req: &ConnectRequest,
+    ) -> Result<Tunnel, TransportError> {
+        let quic = match (&self.h3, self.mode) {
+            (Some(q), HboneTransport::H3) => Some(q),
+            (Some(q), HboneTransport::Auto) if !self.remembered(key.dst) => Some(q),
+            _ => None,
+        };
+        let Some(quic) = quic else {
+            return self.open_h2(key, req).await;
+        };
+        let qkey = QuicKey::new(key.src_id.clone(), key.dst, key.expected.clone());
+        let request = h3_request(req).map_err(QuicError::from)?;
+        let sent = quic.send(&qkey, request).await;
+        self.count_h3_connections(quic);
+        match sent {
+            Ok((recv, send, _headers)) => {
+                self.count_stream(HboneTransportLabel::h3);
+                Ok(Tunnel::H3(recv, send))
+            }
+            Err(e) if self.mode == HboneTransport::Auto && e.is_handshake_failure() => {
+                self.fall_back(key.dst, &e);
+                self.open_h2(key, req).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn open_h2(&self, key: &PoolKey, req: &ConnectRequest) -> Result<Tunnel, TransportError> {
+        let stream = self.h2.send(key, req).await?;
+        self.count_stream(HboneTransportLabel::h2);
+        Ok(Tunnel::H2(stream))
+    }
+
+    /// Adds the QUIC connections opened since the last call (exact over time, whichever
+    /// request's call sees them).
+    fn count_h3_connections(&self, quic: &QuicPool) {
+        let now = quic.connections_opened();
+        let before = self.h3_opened_counted.fetch_max(now, Ordering::AcqRel);
+        if now > before {
+            self.metrics
+                .hbone_connections
+                .get_or_create(&TransportLabels {
+                    transport: HboneTransportLabel::h3,
+                    direction: DirectionLabel::outbound,
+                })
+                .inc_by(now - before);
+        }
+    }
+
+    fn count_stream(&self, transport: HboneTransportLabel) {
+        self.metrics
+            .hbone_streams
+            .get_or_create(&TransportLabels {
+                transport,
+                direction: DirectionLabel::outbound,
+            })
+            .inc();
+    }
+
+    fn remembered(&self, peer: SocketAddr) -> bool {
+        let mut map = self
+            .fallbacks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match map.get(&peer) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                map.remove(&peer);
+                tracing::info!(%peer, "trying HBONE over QUIC again");
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Remembers `peer` for h2; logs only when the peer was not already remembered, so a burst
+    /// of connections that all saw the same failed handshake logs once.
+    fn fall_back(&self, peer: SocketAddr, e: &QuicError) {
+        let until = Instant::now() + self.fallback_ttl;
+        let fresh = self
+            .fallbacks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer, until)
+            .is_none_or(|old| old <= Instant::now());
+        self.metrics.hbone_transport_fallbacks.inc();
+        if fresh {
+            tracing::warn!(
+                %peer,
+                error = %e,
+                remember = ?self.fallback_ttl,
+                "no QUIC handshake with peer, falling back to HBONE over h2"
+            );
+        }
+    }
+}
+
+/// The HTTP/3 form of an HBONE CONNECT: `:authority` is the target, headers as on h2.
+fn h3_request(req: &ConnectRequest) -> Result<Request<()>, http::Error> {
+    let uri = Uri::builder()
+        .authority(req.authority.to_string().as_str())
+        .build()?;
+    let mut request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(uri)
+        .body(())?;
+    req.headers.write_to(request.headers_mut())?;
+    Ok(request)
+}
+
+// === impl InboundTunnel ===
+
+impl InboundTunnel for hbone::InboundRequest {
+    type Recv = H2Recv;
+    type Send = H2Send;
+    const TRANSPORT: HboneTransportLabel = HboneTransportLabel::h2;
+
+    fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    fn forwarded_host(&self) -> Option<String> {
+        self.headers.forwarded.as_ref().and_then(|f| f.host.clone())
+    }
+
+    async fn reject(self, status: StatusCode) {
+        hbone::InboundRequest::reject(self, status)
+    }
+
+    async fn accept(self) -> Result<(H2Recv, H2Send), String> {
+        hbone::InboundRequest::accept(self, None)
+            .map(H2Stream::split)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl InboundTunnel for quic::InboundRequest {
+    type Recv = H3Recv;
+    type Send = H3Send;
+    const TRANSPORT: HboneTransportLabel = HboneTransportLabel::h3;
+
+    fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    fn forwarded_host(&self) -> Option<String> {
+        hbone::ConnectHeaders::from_map(&self.headers)
+            .forwarded
+            .and_then(|f| f.host)
+    }
+
+    async fn reject(self, status: StatusCode) {
+        quic::InboundRequest::reject(self, status).await
+    }
+
+    async fn accept(self) -> Result<(H3Recv, H3Send), String> {
+        quic::InboundRequest::accept(self, None)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+// === copy: QUIC halves ===
+
+impl ChunkSource for H3Recv {
+    async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        match self.recv().await {
+            None => Ok(None),
+            Some(Ok(b)) => Ok(Some(b)),
+            Some(Err(e)) => Err(io::Error::other(e)),
+        }
+    }
+}
+
+impl ChunkSink for H3Send {
+    async fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.send(chunk).await.map_err(io::Error::other)
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        H3Send::finish(self).await.map_err(io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_transport_names() {
+        assert_eq!("h2".parse::<HboneTransport>().unwrap(), HboneTransport::H2);
+        assert_eq!("H3".parse::<HboneTransport>().unwrap(), HboneTransport::H3);
+        assert_eq!(
+            " auto ".parse::<HboneTransport>().unwrap(),
+            HboneTransport::Auto
+        );
+        let err = "tcp".parse::<HboneTransport>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown HBONE transport \"tcp\" (expected h2, h3 or auto)"
+        );
+        assert!(!HboneTransport::H2.quic_enabled());
+        assert!(HboneTransport::Auto.quic_enabled());
+    }
+}

@@ -1,0 +1,382 @@
+//! HBONE over QUIC on real loopback UDP with real TLS: tunnels, identities, pooling, refusals
+//! (another CA, wrong ALPN, malformed CONNECT), the handshake timeout and drain.
+//!
+//! Certificates come from a small rcgen CA made here (`quic` sits below `identity`).
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+};
+use rustls_pki_types::PrivatePkcs8KeyDer;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout;
+
+use super::*;
+use crate::core::Identity;
+use crate::tls::{CertProvider, TlsError, WorkloadCertificate};
+
+const STEP: Duration = Duration::from_secs(10);
+const CLIENT: &str = "spiffe://cluster.local/ns/a/sa/client";
+const SERVER: &str = "spiffe://cluster.local/ns/b/sa/server";
+
+struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    root: rustls_pki_types::CertificateDer<'static>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let root = params.self_signed(&key).unwrap().der().clone();
+        TestCa {
+            issuer: Issuer::new(params, key),
+            root,
+        }
+    }
+
+    fn leaf(&self, uri: &str) -> Arc<WorkloadCertificate> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let key = PrivatePkcs8KeyDer::from(key.serialize_der());
+        Arc::new(
+            WorkloadCertificate::new(vec![cert.der().clone()], key, vec![self.root.clone()])
+                .unwrap(),
+        )
+    }
+}
+
+/// Hands out one fixed certificate, whatever the identity asked for.
+struct Fixed(Arc<WorkloadCertificate>);
+
+impl CertProvider for Fixed {
+    fn fetch(
+        &self,
+        _id: &Identity,
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<WorkloadCertificate>, TlsError>> + Send + '_>> {
+        let c = self.0.clone();
+        Box::pin(async move { Ok(c) })
+    }
+}
+
+fn id(s: &str) -> Identity {
+    s.parse().unwrap()
+}
+
+fn udp() -> UdpSocket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    bind_udp(s, (Ipv4Addr::LOCALHOST, 0).into(), &QuicConfig::default()).unwrap()
+}
+
+fn connect_request(authority: &str) -> Request<()> {
+    let uri = Uri::builder().authority(authority).build().unwrap();
+    Request::builder()
+        .method(Method::CONNECT)
+        .uri(uri)
+        .header("baggage", "k8s.namespace.name=a")
+        .body(())
+        .unwrap()
+}
+
+/// What the test server saw of each accepted stream.
+#[derive(Debug)]
+struct Seen {
+    peer: Identity,
+    authority: String,
+    baggage: Option<String>,
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    handshake_errors: Arc<Mutex<Vec<String>>>,
+    drain: Option<oneshot::Sender<()>>,
+}
+
+/// A server that echoes every stream whose authority port is not 9 (which it answers `401`).
+fn server(cert: Arc<WorkloadCertificate>) -> TestServer {
+    let cfg = QuicConfig::default();
+    let endpoint = server_endpoint(udp(), Some(cert.server_config_h3()), &cfg).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (tx, seen) = mpsc::unbounded_channel();
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let (drain_tx, drain_rx) = oneshot::channel::<()>();
+    let shutdown = futures_util::future::FutureExt::shared(async move {
+        let _ = drain_rx.await;
+    });
+    let errs = errors.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let (conn, peer) = match accept(incoming, cert.server_config_h3(), &cfg).await {
+                Ok(ok) => ok,
+                Err(e) => {
+                    errs.lock().unwrap().push(e.to_string());
+                    continue;
+                }
+            };
+            let tx = tx.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(serve(conn, shutdown, move |req: InboundRequest| {
+                let tx = tx.clone();
+                let peer = peer.clone();
+                async move {
+                    let _ = tx.send(Seen {
+                        peer,
+                        authority: req.authority.to_string(),
+                        baggage: req
+                            .headers
+                            .get("baggage")
+                            .map(|v| v.to_str().unwrap().to_string()),
+                    });
+                    if req.authority.to_string().ends_with(":9") {
+                        return req.reject(StatusCode::UNAUTHORIZED).await;
+                    }
+                    let (mut recv, mut send) = req.accept(None).await.unwrap();
+                    while let Some(Ok(chunk)) = recv.recv().await {
+                        send.send(chunk).await.unwrap();
+                    }
+                    send.finish().await.unwrap();
+                }
+            }));
+        }
+    });
+    TestServer {
+        addr,
+        seen,
+        handshake_errors: errors,
+        drain: Some(drain_tx),
+    }
+}
+
+fn pool(cert: Arc<WorkloadCertificate>) -> QuicPool {
+    let endpoint = client_endpoint(udp()).unwrap();
+    QuicPool::new(QuicConfig::default(), endpoint, Arc::new(Fixed(cert)))
+}
+
+fn key(dst: SocketAddr) -> QuicKey {
+    QuicKey::new(id(CLIENT), dst, vec![id(SERVER)])
+}
+
+async fn echo(recv: &mut H3Recv, send: &mut H3Send, payload: &[u8]) -> Vec<u8> {
+    send.send(Bytes::copy_from_slice(payload)).await.unwrap();
+    send.finish().await.unwrap();
+    let mut got = Vec::new();
+    while let Some(chunk) = timeout(STEP, recv.recv()).await.unwrap() {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    got
+}
+
+#[tokio::test]
+async fn tunnels_bytes_with_identities_and_headers_and_reuses_the_connection() {
+    let ca = TestCa::new("ca");
+    let mut srv = server(ca.leaf(SERVER));
+    let pool = pool(ca.leaf(CLIENT));
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    for _ in 0..2 {
+        let (mut recv, mut send, _) = timeout(
+            STEP,
+            pool.send(&key(srv.addr), connect_request("10.0.0.2:80")),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(echo(&mut recv, &mut send, &payload).await, payload);
+        let seen = srv.seen.recv().await.unwrap();
+        assert_eq!(seen.peer, id(CLIENT));
+        assert_eq!(seen.authority, "10.0.0.2:80");
+        assert_eq!(seen.baggage.as_deref(), Some("k8s.namespace.name=a"));
+    }
+    assert_eq!(pool.connections_opened(), 1);
+    assert_eq!(pool.connections_open(), 1);
+}
+
+#[tokio::test]
+async fn a_rejected_connect_reports_the_status() {
+    let ca = TestCa::new("ca");
+    let srv = server(ca.leaf(SERVER));
+    let pool = pool(ca.leaf(CLIENT));
+    let err = timeout(
+        STEP,
+        pool.send(&key(srv.addr), connect_request("10.0.0.2:9")),
+    )
+    .await
+    .unwrap()
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, QuicError::Status(StatusCode::UNAUTHORIZED)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400() {
+    let ca = TestCa::new("ca");
+    let mut srv = server(ca.leaf(SERVER));
+    let pool = pool(ca.leaf(CLIENT));
+    let get = Request::builder()
+        .method(Method::GET)
+        .uri("https://10.0.0.2:80/")
+        .body(())
+        .unwrap();
+    let bad_authority = connect_request("not-a-port:xx");
+    for req in [get, bad_authority] {
+        let err = timeout(STEP, pool.send(&key(srv.addr), req))
+            .await
+            .unwrap()
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, QuicError::Status(StatusCode::BAD_REQUEST)),
+            "{err}"
+        );
+    }
+    // Neither reached the handler.
+    assert!(srv.seen.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_client_from_another_ca_is_refused() {
+    let srv = server(TestCa::new("ca").leaf(SERVER));
+    let pool = pool(TestCa::new("other").leaf(CLIENT));
+    let err = timeout(
+        STEP,
+        pool.send(&key(srv.addr), connect_request("10.0.0.2:80")),
+    )
+    .await
+    .unwrap()
+    .err()
+    .unwrap();
+    assert!(matches!(err, QuicError::Handshake { .. }), "{err}");
+    assert!(err.is_handshake_failure());
+    let errors = timeout(STEP, async {
+        loop {
+            let e = srv.handshake_errors.lock().unwrap().clone();
+            if !e.is_empty() {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(errors[0].contains("QUIC handshake"), "{errors:?}");
+}
+
+#[tokio::test]
+async fn a_server_with_an_unexpected_identity_is_refused() {
+    let ca = TestCa::new("ca");
+    let srv = server(ca.leaf("spiffe://cluster.local/ns/b/sa/other"));
+    let pool = pool(ca.leaf(CLIENT));
+    let err = timeout(
+        STEP,
+        pool.send(&key(srv.addr), connect_request("10.0.0.2:80")),
+    )
+    .await
+    .unwrap()
+    .err()
+    .unwrap();
+    // quinn carries rustls' error as text, so the typed `TlsError` shows in its debug form.
+    assert!(
+        err.to_string().contains("UnexpectedServerIdentity"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_offering_h2_alpn_is_refused() {
+    let ca = TestCa::new("ca");
+    let srv = server(ca.leaf(SERVER));
+    let client = ca.leaf(CLIENT);
+    let endpoint = client_endpoint(udp()).unwrap();
+    let h2 = endpoint::client_config(
+        client.client_config(&[id(SERVER)]).unwrap(),
+        &QuicConfig::default(),
+    )
+    .unwrap();
+    let err = timeout(
+        STEP,
+        endpoint.connect_with(h2, srv.addr, "127.0.0.1").unwrap(),
+    )
+    .await
+    .unwrap()
+    .err()
+    .unwrap();
+    // TLS alert 120, no_application_protocol, as rustls refuses h2 on an h3 listener.
+    assert!(err.to_string().contains("error 120"), "{err}");
+}
+
+#[tokio::test]
+async fn a_silent_peer_times_out_the_handshake() {
+    let ca = TestCa::new("ca");
+    let silent = udp();
+    let dst = silent.local_addr().unwrap();
+    let cfg = QuicConfig {
+        handshake_timeout: Duration::from_millis(200),
+        ..QuicConfig::default()
+    };
+    let pool = QuicPool::new(
+        cfg,
+        client_endpoint(udp()).unwrap(),
+        Arc::new(Fixed(ca.leaf(CLIENT))),
+    );
+    let err = timeout(STEP, pool.send(&key(dst), connect_request("10.0.0.2:80")))
+        .await
+        .unwrap()
+        .err()
+        .unwrap();
+    assert!(matches!(err, QuicError::HandshakeTimeout { .. }), "{err}");
+    assert!(err.is_handshake_failure());
+}
+
+#[tokio::test]
+async fn drain_finishes_open_streams_and_refuses_new_ones() {
+    let ca = TestCa::new("ca");
+    let mut srv = server(ca.leaf(SERVER));
+    let pool = pool(ca.leaf(CLIENT));
+    let (mut recv, mut send, _) = timeout(
+        STEP,
+        pool.send(&key(srv.addr), connect_request("10.0.0.2:80")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    srv.seen.recv().await.unwrap();
+    srv.drain.take().unwrap().send(()).unwrap();
+    // The open stream still works after the GOAWAY.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        echo(&mut recv, &mut send, b"still here").await,
+        b"still here"
+    );
+    drop((recv, send));
+    // Once its last stream ended, the server closes the drained connection.
+    let gone = timeout(STEP, async {
+        loop {
+            if pool.connections_open() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the drained connection was not closed");
+}
