@@ -266,6 +266,7 @@ async fn connect_route(
                         host: service_host,
                     }),
                     traceparent: Some(TraceParent::random()),
+                    forwarded_network: None,
                 },
             };
             let tunnel = transports
