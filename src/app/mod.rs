@@ -176,6 +176,13 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
             ..Default::default()
         },
         hbone_port: 15008,
+        outlier: proxy::OutlierConfig {
+            enabled: config.outlier.enabled,
+            consecutive_failures: config.outlier.consecutive_failures,
+            base_ejection: config.outlier.base_ejection,
+            max_ejection: config.outlier.max_ejection,
+            max_connect_attempts: config.outlier.connect_attempts,
+        },
     };
     let extras = pod_extras(&config, dns_metrics);
     // Dedicated: bind now, in our own namespace. Shared: the workload manager binds per pod.

@@ -93,6 +93,25 @@ pub struct Config {
     pub dns: Dns,
     /// A SOCKS5 listener on 127.0.0.1:15080 in each pod (`UNSTABLE_ENABLE_SOCKS5`).
     pub enable_socks5: bool,
+    pub outlier: Outlier,
+}
+
+/// Passive outlier ejection of service endpoints (ambit's own; ztunnel has none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outlier {
+    /// `AMBIT_OUTLIER_DETECTION` (default on).
+    pub enabled: bool,
+    /// `AMBIT_OUTLIER_CONSECUTIVE_FAILURES` (default 3).
+    pub consecutive_failures: u32,
+    /// `AMBIT_OUTLIER_BASE_EJECTION_TIME` (default 10s), doubled per repeated ejection.
+    #[serde(serialize_with = "ser_duration")]
+    pub base_ejection: Duration,
+    /// `AMBIT_OUTLIER_MAX_EJECTION_TIME` (default 300s).
+    #[serde(serialize_with = "ser_duration")]
+    pub max_ejection: Duration,
+    /// `AMBIT_CONNECT_ATTEMPTS`: endpoints one connection may try (default 3).
+    pub connect_attempts: u32,
 }
 
 /// The pod DNS proxy.
@@ -331,6 +350,23 @@ impl Config {
             enable_socks5: env
                 .parse("UNSTABLE_ENABLE_SOCKS5", parse::boolean)?
                 .unwrap_or(false),
+            outlier: Outlier {
+                enabled: env
+                    .parse("AMBIT_OUTLIER_DETECTION", parse::boolean)?
+                    .unwrap_or(true),
+                consecutive_failures: env
+                    .parse("AMBIT_OUTLIER_CONSECUTIVE_FAILURES", positive_u32)?
+                    .unwrap_or(3),
+                base_ejection: env
+                    .parse("AMBIT_OUTLIER_BASE_EJECTION_TIME", positive_duration)?
+                    .unwrap_or(Duration::from_secs(10)),
+                max_ejection: env
+                    .parse("AMBIT_OUTLIER_MAX_EJECTION_TIME", positive_duration)?
+                    .unwrap_or(Duration::from_secs(300)),
+                connect_attempts: env
+                    .parse("AMBIT_CONNECT_ATTEMPTS", positive_u32)?
+                    .unwrap_or(3),
+            },
         };
         config.validate()?;
         Ok(config)

@@ -20,6 +20,10 @@ pub static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// The `traceparent` header (W3C trace context).
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// The `x-forwarded-network` header: the sender's network, on the inner CONNECT of double
+/// HBONE only (an inbound proxy seeing another network than its own knows the source came
+/// through a gateway and does not look the source address up).
+pub static X_FORWARDED_NETWORK: HeaderName = HeaderName::from_static("x-forwarded-network");
 
 /// A CONNECT request as the pool and client send it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +38,8 @@ pub struct ConnectHeaders {
     pub baggage: Option<Baggage>,
     pub forwarded: Option<Forwarded>,
     pub traceparent: Option<TraceParent>,
+    /// `x-forwarded-network` (double HBONE's inner request only).
+    pub forwarded_network: Option<String>,
 }
 
 /// Facts about a workload, as sent in `baggage`. An empty string means "not known" and is left
@@ -98,6 +104,12 @@ impl ConnectHeaders {
         if let Some(t) = &self.traceparent {
             map.insert(TRACEPARENT.clone(), HeaderValue::try_from(t.to_string())?);
         }
+        if let Some(n) = &self.forwarded_network {
+            map.insert(
+                X_FORWARDED_NETWORK.clone(),
+                HeaderValue::try_from(n.as_str())?,
+            );
+        }
         Ok(())
     }
 
@@ -118,6 +130,13 @@ impl ConnectHeaders {
             baggage: get(map, &BAGGAGE),
             forwarded: get(map, &FORWARDED),
             traceparent: get(map, &TRACEPARENT),
+            // Any visible-ASCII value names a network; an empty one names none.
+            forwarded_network: map
+                .get(&X_FORWARDED_NETWORK)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
         }
     }
 }

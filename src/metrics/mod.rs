@@ -39,6 +39,10 @@ pub struct ProxyMetrics {
     pub connections_denied: Counter,
     /// Live inbound connections closed because a state change made authorization deny them.
     pub connections_closed_by_policy: Counter,
+    /// Service endpoints ejected by passive outlier detection (each ejection counts).
+    pub outlier_ejections: Counter,
+    /// Outbound connects retried on another endpoint after one failed before any byte was sent.
+    pub connect_retries: Counter,
     /// HBONE connections opened (outbound) or accepted (inbound), by transport (h2 or h3).
     pub hbone_connections: Family<TransportLabels, Counter>,
     /// HBONE streams (tunnelled connections) set up, by transport and direction.
@@ -163,6 +167,16 @@ impl Metrics {
             "connections_closed_by_policy",
             "Live inbound connections closed because a policy change denied them",
             proxy.connections_closed_by_policy.clone(),
+        );
+        ambit.register(
+            "outlier_ejections",
+            "Service endpoints ejected after consecutive connect failures",
+            proxy.outlier_ejections.clone(),
+        );
+        ambit.register(
+            "connect_retries",
+            "Outbound connects retried on another endpoint after a connect failure",
+            proxy.connect_retries.clone(),
         );
         ambit.register(
             "hbone_transport_connections",

@@ -9,7 +9,7 @@
 //! before sending data. Every stream is tracked while it lives and closed if a later state
 //! change denies it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use http::StatusCode;
@@ -26,7 +26,10 @@ use super::accesslog::{ConnectionLog, Direction, inbound_labels};
 use super::connections::ConnectionTracker;
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::transport::InboundTunnel;
-use super::{ILLEGAL_PORTS, ProxyInputs, authz, run_authorized, socket};
+use super::{
+    ILLEGAL_PORTS, ProxyInputs, authz, proxyproto, run_authorized, same_family_ip, socket, waypoint,
+};
+use crate::state::{AppTunnelProtocol, ApplicationTunnel, GatewayAddress, Snapshot, Workload};
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
@@ -124,34 +127,33 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
     let mut registration = tracker.register(peer, target, log.src_identity.as_ref());
     let forwarded_host = req.forwarded_host();
     // Decided without holding the snapshot across an `.await` (rejecting is async on h3).
-    let decision = {
+    let decided = {
         let snapshot = pi.state.snapshot();
-        snapshot
-            .workload_by_addr(&pi.cfg.network, target.ip())
-            .filter(|wl| pi.local.is(wl))
-            .map(|local| {
-                log.open(
+        local_destination(&pi, &snapshot, target).map(|(local, upstream)| {
+            log.open(
+                &pi,
+                inbound_labels(
                     &pi,
-                    inbound_labels(
-                        &pi,
-                        local,
-                        peer,
-                        log.src_identity.as_ref(),
-                        forwarded_host.as_deref(),
-                    ),
-                );
-                let facts = ConnFacts {
-                    src: peer,
-                    dst: target,
-                    identity: log.src_identity.as_ref(),
-                };
-                authz::decide(&snapshot, local, &facts)
-            })
+                    local,
+                    peer,
+                    log.src_identity.as_ref(),
+                    forwarded_host.as_deref(),
+                ),
+            );
+            let facts = ConnFacts {
+                src: peer,
+                dst: upstream,
+                identity: log.src_identity.as_ref(),
+            };
+            let delivery = delivery(upstream, target, local.application_tunnel.as_ref());
+            (authz::decide(&snapshot, local, &facts), delivery)
+        })
     };
-    let Some(decision) = decision else {
+    let Some((decision, delivery)) = decided else {
         req.reject(StatusCode::BAD_REQUEST).await;
         return log.fail(&format_args!(
-            "CONNECT to {target}: not an address of the local workload {}/{}",
+            "CONNECT to {target}: not an address of the local workload {}/{} nor a destination \
+             it is the waypoint of",
             pi.local.namespace, pi.local.name
         ));
     };
@@ -161,9 +163,13 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
         log.response_flags = Some("DENY");
         return log.fail(&decision);
     }
-    // Keep the client's address as the source when the families match and we may.
-    let src = (pi.cfg.orig_src && peer.is_ipv4() == target.is_ipv4()).then(|| peer.ip());
-    let upstream = match socket::connect(target, src, &pi.cfg.socket).await {
+    // Keep the client's address as the source when the families match and we may; never
+    // for an application tunnel, which goes over loopback and names the client in its header.
+    let src = (pi.cfg.orig_src
+        && delivery.proxy_dst.is_none()
+        && peer.is_ipv4() == delivery.upstream.is_ipv4())
+    .then(|| peer.ip());
+    let mut upstream = match socket::connect(delivery.upstream, src, &pi.cfg.socket).await {
         Ok(s) => s,
         Err(e) => {
             req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
@@ -171,6 +177,15 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
             return log.fail(&e);
         }
     };
+    if let Some(dst) = delivery.proxy_dst {
+        // Before the 200, so an app that cannot take the header fails the CONNECT.
+        if let Err(e) = proxyproto::write(&mut upstream, peer, dst, log.src_identity.as_ref()).await
+        {
+            req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
+            log.response_flags = Some("CONNECT");
+            return log.fail(&e);
+        }
+    }
     let tunnel = match req.accept().await {
         Ok(t) => t,
         Err(e) => return log.fail(&e),
@@ -184,4 +199,81 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
         .inc();
     let copy = copy_bidirectional(tunnel, tcp_halves(upstream), log.stats.clone());
     run_authorized(&pi, copy, &drain, &mut registration, log).await;
+}
+
+/// Where a CONNECT to `target` is delivered on this pod, and the local workload it is for
+/// (wire.md §2.1): an address of the local workload as is; or, when the local workload is the
+/// waypoint of the service VIP or workload address `target` names (sandwich mode), the local
+/// workload's address with the same port.
+pub(super) fn local_destination<'s>(
+    pi: &ProxyInputs,
+    snapshot: &'s Snapshot,
+    target: SocketAddr,
+) -> Option<(&'s Arc<Workload>, SocketAddr)> {
+    let network = &pi.cfg.network;
+    if let Some(wl) = snapshot
+        .workload_by_addr(network, target.ip())
+        .filter(|wl| pi.local.is(wl))
+    {
+        return Some((wl, target));
+    }
+    let local = snapshot.workload_by_name(&pi.local.namespace, &pi.local.name)?;
+    let served =
+        |gw: Option<&GatewayAddress>| gw.is_some_and(|gw| waypoint::is_instance(local, gw));
+    let for_us = served(
+        snapshot
+            .service_by_vip(network, target.ip())
+            .and_then(|s| s.waypoint.as_ref()),
+    ) || served(
+        snapshot
+            .workload_by_addr(network, target.ip())
+            .and_then(|w| w.waypoint.as_ref()),
+    );
+    if !for_us {
+        return None;
+    }
+    let ip = same_family_ip(local, target.ip())?;
+    Some((local, SocketAddr::new(ip, target.port())))
+}
+
+/// How a stream reaches the app.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Delivery {
+    /// Where to connect.
+    pub upstream: SocketAddr,
+    /// For a PROXY application tunnel: the destination the header names (the CONNECT target).
+    pub proxy_dst: Option<SocketAddr>,
+}
+
+/// Applies the local workload's application tunnel to a resolved `upstream`: a port override,
+/// and for `PROXY` a loopback connection that starts with a header naming `target`.
+pub(super) fn delivery(
+    upstream: SocketAddr,
+    target: SocketAddr,
+    tunnel: Option<&ApplicationTunnel>,
+) -> Delivery {
+    let Some(t) = tunnel else {
+        return Delivery {
+            upstream,
+            proxy_dst: None,
+        };
+    };
+    let port = t.port.unwrap_or(upstream.port());
+    match t.protocol {
+        AppTunnelProtocol::Proxy => {
+            let lo: IpAddr = if upstream.is_ipv4() {
+                Ipv4Addr::LOCALHOST.into()
+            } else {
+                Ipv6Addr::LOCALHOST.into()
+            };
+            Delivery {
+                upstream: SocketAddr::new(lo, port),
+                proxy_dst: Some(target),
+            }
+        }
+        AppTunnelProtocol::None => Delivery {
+            upstream: SocketAddr::new(upstream.ip(), port),
+            proxy_dst: None,
+        },
+    }
 }

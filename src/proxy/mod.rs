@@ -14,10 +14,13 @@ pub mod copy;
 mod inbound;
 mod inbound_quic;
 mod outbound;
+pub mod outlier;
 mod passthrough;
+pub mod proxyproto;
 pub mod socket;
 pub mod socks5;
 mod transport;
+mod waypoint;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -34,6 +37,7 @@ use crate::state::{StateView, Workload};
 use crate::tls::CertProvider;
 
 pub use connections::ConnectionTracker;
+pub use outlier::{OutlierConfig, Outliers};
 pub use socket::{Keepalive, SocketOptions};
 pub use socks5::{HostResolver, ResolveFuture, Socks5, SystemResolver};
 pub use transport::{HboneTransport, TransportConfig, TransportError, UnknownTransport};
@@ -61,6 +65,8 @@ pub struct ProxyConfig {
     pub transport: TransportConfig,
     /// The HBONE port of peers.
     pub hbone_port: u16,
+    /// Passive outlier ejection of service endpoints, and connect retries.
+    pub outlier: OutlierConfig,
 }
 
 /// The workload a proxy serves.
@@ -110,6 +116,8 @@ pub struct Proxy {
     inputs: Arc<ProxyInputs>,
     /// Outbound transports: the h2 pool and, when QUIC is on, the QUIC pool.
     transports: Arc<transport::Transports>,
+    /// Service endpoints whose connects keep failing (shared by outbound and SOCKS5).
+    outliers: Arc<Outliers>,
     /// The UDP 15008 endpoint, when QUIC is on.
     quic_server: Option<quinn::Endpoint>,
     /// Live inbound connections, re-authorized on every state change.
@@ -157,6 +165,7 @@ impl Proxy {
         Ok(Proxy {
             inputs,
             transports: Arc::new(transports),
+            outliers: Arc::new(Outliers::new(cfg.outlier.clone())),
             quic_server,
             tracker: ConnectionTracker::default(),
             outbound,
@@ -193,6 +202,7 @@ impl Proxy {
         Ok(Socks5 {
             inputs: self.inputs.clone(),
             transports: self.transports.clone(),
+            outliers: self.outliers.clone(),
             resolver,
             listener,
         })
@@ -206,6 +216,11 @@ impl Proxy {
     /// The UDP address of the HBONE-over-QUIC endpoint, when QUIC is on.
     pub fn quic_addr(&self) -> Option<SocketAddr> {
         self.quic_server.as_ref().and_then(|e| e.local_addr().ok())
+    }
+
+    /// The outlier table (tests read it).
+    pub fn outliers(&self) -> &Outliers {
+        &self.outliers
     }
 
     /// The live inbound connections (tests read their count).
@@ -225,11 +240,15 @@ impl Proxy {
         );
         let out = {
             let (pi, tr) = (self.inputs.clone(), self.transports.clone());
+            let outliers = self.outliers.clone();
             accept_loop(
                 "outbound",
                 self.outbound,
                 drain.clone(),
-                move |s, peer, d| outbound::handle(pi.clone(), tr.clone(), s, peer, d),
+                move |s, peer, d| {
+                    let out = (tr.clone(), outliers.clone());
+                    outbound::handle(pi.clone(), out, s, peer, d)
+                },
             )
         };
         let quic_in = {
@@ -335,4 +354,8 @@ fn same_family_ip(wl: &Workload, like: IpAddr) -> Option<IpAddr> {
 }
 
 #[cfg(test)]
+mod outlier_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod waypoint_tests;

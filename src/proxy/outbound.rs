@@ -6,19 +6,24 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::StatusCode;
 use tokio::net::TcpStream;
+use tracing::{debug, warn};
 
 use crate::core::{Authority, Identity};
 use crate::hbone::{
-    Baggage, ConnectHeaders, ConnectRequest, Forwarded, PoolKey, TraceParent, WorkloadType,
+    Baggage, ConnectHeaders, ConnectRequest, Forwarded, HboneError, PoolKey, TraceParent,
+    WorkloadType,
 };
 use crate::lifecycle::DrainWatcher;
 use crate::metrics::HboneTransportLabel;
-use crate::state::{TunnelProtocol, Workload};
+use crate::state::{ClientLocality, GatewayAddress, TunnelProtocol, Workload};
 
 use super::accesslog::{ConnectionLog, Direction, outbound_labels};
 use super::copy::{copy_bidirectional, tcp_halves};
+use super::outlier::Outliers;
 use super::transport::{TransportError, Transports, Tunnel};
+use super::waypoint::{self, WaypointError};
 use super::{ILLEGAL_PORTS, ProxyInputs, same_family_ip, socket};
 
 /// Where an outbound connection goes.
@@ -39,6 +44,7 @@ pub(super) enum RouteError {
     SelfCall(SocketAddr),
     NoEndpoint { service: String, port: u16 },
     NoAddress(String),
+    Waypoint(WaypointError),
 }
 
 impl fmt::Display for RouteError {
@@ -55,13 +61,14 @@ impl fmt::Display for RouteError {
                 )
             }
             RouteError::NoAddress(wl) => write!(f, "workload {wl} has no address"),
+            RouteError::Waypoint(e) => e.fmt(f),
         }
     }
 }
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
-    transports: Arc<Transports>,
+    (transports, outliers): (Arc<Transports>, Arc<Outliers>),
     stream: TcpStream,
     peer: SocketAddr,
     drain: DrainWatcher,
@@ -76,7 +83,7 @@ pub(super) async fn handle(
     if let Err(e) = socket::tune(&stream, &pi.cfg.socket) {
         return log.fail(&format_args!("socket options: {e}"));
     }
-    let upstream = match connect(&pi, &transports, peer, orig, &mut log).await {
+    let upstream = match connect(&pi, &transports, &outliers, peer, orig, &mut log).await {
         Ok(u) => u,
         Err(e) => return log.fail(&e),
     };
@@ -98,6 +105,30 @@ pub(super) enum OutboundError {
     Hbone(TransportError),
 }
 
+impl OutboundError {
+    /// Whether the endpoint itself failed (it did not accept a connection, or its proxy could
+    /// not reach the app), as opposed to a policy refusal or a local problem.
+    fn is_endpoint_failure(&self) -> bool {
+        match self {
+            OutboundError::Connect(_) => true,
+            OutboundError::Hbone(TransportError::H3(_)) => true,
+            OutboundError::Hbone(TransportError::H2(e)) => match e {
+                HboneError::Connect { .. }
+                | HboneError::Io(_)
+                | HboneError::Handshake(_)
+                | HboneError::ConnectionClosed => true,
+                HboneError::Status(s) => {
+                    *s == StatusCode::SERVICE_UNAVAILABLE
+                        || *s == StatusCode::BAD_GATEWAY
+                        || *s == StatusCode::GATEWAY_TIMEOUT
+                }
+                _ => false,
+            },
+            OutboundError::Route(_) => false,
+        }
+    }
+}
+
 impl fmt::Display for OutboundError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -110,39 +141,96 @@ impl fmt::Display for OutboundError {
 
 /// Routes `orig` (where the app at `peer` wants to go) and connects: plain TCP or an HBONE
 /// tunnel from the pool. Fills in what the access log learns on the way.
+///
+/// A service endpoint whose connect fails is reported to `outliers`, and, since no byte of
+/// the app's has been sent yet (the copy starts only after this returns), the connection is
+/// retried on another endpoint, up to the configured number of attempts.
 pub(super) async fn connect(
     pi: &ProxyInputs,
     transports: &Transports,
+    outliers: &Outliers,
     peer: SocketAddr,
     orig: SocketAddr,
     log: &mut ConnectionLog,
 ) -> Result<Upstream, OutboundError> {
-    let route = route(pi, orig);
-    let labels = match &route {
-        Ok(Route::Hbone {
-            target, expected, ..
-        }) => outbound_labels(pi, orig, Some(*target), expected.first()),
-        Ok(Route::Plain(target)) => outbound_labels(pi, orig, Some(*target), None),
-        Err(_) => outbound_labels(pi, orig, None, None),
-    };
-    log.open(pi, labels);
-    // A service-addressed tunnel names the service in `forwarded` `host=` (wire.md §2.1): the
-    // peer takes its `destination_service` label from it.
-    let service_host = match &route {
-        Ok(Route::Hbone { .. }) => pi
-            .state
-            .service_by_vip(&pi.cfg.network, orig.ip())
-            .map(|svc| svc.hostname.clone()),
-        _ => None,
-    };
-    let connected = match route {
-        Ok(route) => connect_route(pi, transports, peer, route, service_host, log).await,
-        Err(e) => Err(OutboundError::Route(e)),
-    };
-    if connected.is_err() {
+    let max_attempts = outliers.config().max_connect_attempts.max(1);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last_err = None;
+    loop {
+        let routed = route_avoiding(pi, orig, &|ep| {
+            tried.contains(&ep) || outliers.is_ejected(ep)
+        });
+        let labels = match &routed {
+            Ok(Routed {
+                route: Route::Hbone {
+                    target, expected, ..
+                },
+                ..
+            }) => outbound_labels(pi, orig, Some(*target), expected.first()),
+            Ok(Routed {
+                route: Route::Plain(target),
+                ..
+            }) => outbound_labels(pi, orig, Some(*target), None),
+            Err(_) => outbound_labels(pi, orig, None, None),
+        };
+        let routed = match routed {
+            Ok(r) => r,
+            Err(e) => {
+                log.open(pi, labels);
+                log.response_flags = Some("CONNECT");
+                return Err(OutboundError::Route(e));
+            }
+        };
+        // Every endpoint tried already (the choice fell back to one of them): report the
+        // last failure rather than hammer an endpoint twice for one connection.
+        if let Some(e) = last_err.take()
+            && routed.endpoint.is_none_or(|ep| tried.contains(&ep))
+        {
+            log.open(pi, labels);
+            log.response_flags = Some("CONNECT");
+            return Err(e);
+        }
+        if !tried.is_empty() {
+            pi.metrics.connect_retries.inc();
+        }
+        let endpoint = routed.endpoint;
+        // A service-addressed tunnel names the service in `forwarded` `host=` (wire.md §2.1):
+        // the peer takes its `destination_service` label from it.
+        let service_host = match &routed.route {
+            Route::Hbone { .. } => pi
+                .state
+                .service_by_vip_for(&pi.cfg.network, orig.ip(), &pi.local.namespace)
+                .map(|svc| svc.hostname.clone()),
+            Route::Plain(_) => None,
+        };
+        let result = connect_route(pi, transports, peer, routed.route, service_host, log).await;
+        let err = match (result, endpoint) {
+            (Ok(up), ep) => {
+                if let Some(ep) = ep {
+                    outliers.success(ep);
+                }
+                log.open(pi, labels);
+                return Ok(up);
+            }
+            (Err(e), Some(ep)) if e.is_endpoint_failure() => {
+                if let Some(backoff) = outliers.failure(ep) {
+                    pi.metrics.outlier_ejections.inc();
+                    warn!(endpoint = %ep, ?backoff, error = %e, "endpoint ejected after repeated connect failures");
+                }
+                tried.push(ep);
+                if tried.len() < max_attempts as usize {
+                    debug!(endpoint = %ep, error = %e, "connect failed before any byte was sent; trying another endpoint");
+                    last_err = Some(e);
+                    continue;
+                }
+                e
+            }
+            (Err(e), _) => e,
+        };
+        log.open(pi, labels);
         log.response_flags = Some("CONNECT");
+        return Err(err);
     }
-    connected
 }
 
 async fn connect_route(
@@ -178,6 +266,7 @@ async fn connect_route(
                         host: service_host,
                     }),
                     traceparent: Some(TraceParent::random()),
+                    forwarded_network: None,
                 },
             };
             let tunnel = transports
@@ -236,17 +325,61 @@ pub(super) async fn run_until_forced<F: std::future::Future>(
     }
 }
 
+/// A route, and the service endpoint it was picked as (`ip:target port`), if it was.
+#[derive(Debug, PartialEq)]
+pub(super) struct Routed {
+    pub route: Route,
+    pub endpoint: Option<SocketAddr>,
+}
+
 /// Decides where `orig` goes: a service VIP picks one of its endpoints; a workload address is
 /// tunneled when the workload speaks HBONE; anything else passes through.
+#[cfg(test)]
 pub(super) fn route(pi: &ProxyInputs, orig: SocketAddr) -> Result<Route, RouteError> {
+    route_avoiding(pi, orig, &|_| false).map(|r| r.route)
+}
+
+/// [`route`], choosing among a service's endpoints only those `avoid` does not name (unless
+/// it names them all).
+pub(super) fn route_avoiding(
+    pi: &ProxyInputs,
+    orig: SocketAddr,
+    avoid: &dyn Fn(SocketAddr) -> bool,
+) -> Result<Routed, RouteError> {
     if ILLEGAL_PORTS.contains(&orig.port()) {
         return Err(RouteError::SelfCall(orig));
     }
     let state = &pi.state;
     let network = &pi.cfg.network;
-    let (wl, port, mut expected) = if let Some(svc) = state.service_by_vip(network, orig.ip()) {
+    let me = state.workload_by_name(&pi.local.namespace, &pi.local.name);
+    let client = match &me {
+        Some(wl) => ClientLocality::of(wl),
+        None => ClientLocality::on_network(network),
+    };
+    let svc = state.service_by_vip_for(network, orig.ip(), &pi.local.namespace);
+    let from_service = svc.is_some();
+    // A waypoint's own traffic is not sent back to it: that is the waypoint forwarding.
+    let is_waypoint =
+        |gw: &GatewayAddress| me.as_deref().is_some_and(|m| waypoint::is_instance(m, gw));
+    if let Some(gw) = svc.as_ref().and_then(|s| s.waypoint.as_ref())
+        && !is_waypoint(gw)
+    {
+        let hop = waypoint::resolve(state, network, gw, orig.ip()).map_err(RouteError::Waypoint)?;
+        return Ok(Routed {
+            route: Route::Hbone {
+                hbone: hop.hbone,
+                target: orig,
+                expected: hop.expected,
+            },
+            endpoint: None,
+        });
+    }
+    let (wl, port, mut expected) = if let Some(svc) = svc {
+        let skip = |w: &Workload, port: u16| {
+            same_family_ip(w, orig.ip()).is_some_and(|ip| avoid(SocketAddr::new(ip, port)))
+        };
         let (wl, port) = state
-            .pick_endpoint(&svc, orig.port(), network)
+            .pick_endpoint_for(&svc, orig.port(), &client, skip)
             .ok_or_else(|| RouteError::NoEndpoint {
                 service: format!("{}/{}", svc.namespace, svc.hostname),
                 port: orig.port(),
@@ -260,19 +393,42 @@ pub(super) fn route(pi: &ProxyInputs, orig: SocketAddr) -> Result<Route, RouteEr
     } else if let Some(wl) = state.workload_by_addr(network, orig.ip()) {
         (wl, orig.port(), Vec::new())
     } else {
-        return Ok(Route::Plain(orig));
+        return Ok(Routed {
+            route: Route::Plain(orig),
+            endpoint: None,
+        });
     };
     let ip = same_family_ip(&wl, orig.ip())
         .ok_or_else(|| RouteError::NoAddress(format!("{}/{}", wl.namespace(), wl.name)))?;
     let target = SocketAddr::new(ip, port);
+    let endpoint = from_service.then_some(target);
+    if let Some(gw) = wl.waypoint.as_ref()
+        && !is_waypoint(gw)
+    {
+        let hop = waypoint::resolve(state, network, gw, ip).map_err(RouteError::Waypoint)?;
+        return Ok(Routed {
+            route: Route::Hbone {
+                hbone: hop.hbone,
+                target,
+                expected: hop.expected,
+            },
+            endpoint,
+        });
+    }
     if wl.protocol != TunnelProtocol::Hbone {
-        return Ok(Route::Plain(target));
+        return Ok(Routed {
+            route: Route::Plain(target),
+            endpoint,
+        });
     }
     expected.insert(0, wl.identity());
-    Ok(Route::Hbone {
-        hbone: SocketAddr::new(ip, pi.cfg.hbone_port),
-        target,
-        expected,
+    Ok(Routed {
+        route: Route::Hbone {
+            hbone: SocketAddr::new(ip, pi.cfg.hbone_port),
+            target,
+            expected,
+        },
+        endpoint,
     })
 }
 

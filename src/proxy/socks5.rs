@@ -24,6 +24,7 @@ use crate::lifecycle::DrainWatcher;
 
 use super::accesslog::{ConnectionLog, Direction};
 use super::outbound::{self, OutboundError, RouteError};
+use super::outlier::Outliers;
 use super::transport::Transports;
 use super::{ProxyInputs, accept_loop, same_family_ip, socket};
 
@@ -120,6 +121,7 @@ pub enum Socks5Error {
 pub struct Socks5 {
     pub(super) inputs: Arc<ProxyInputs>,
     pub(super) transports: Arc<Transports>,
+    pub(super) outliers: Arc<Outliers>,
     pub(super) resolver: Arc<dyn HostResolver>,
     pub(super) listener: TcpListener,
 }
@@ -133,8 +135,10 @@ impl Socks5 {
     pub async fn run(self, drain: DrainWatcher) {
         tracing::info!(addr = ?self.listener.local_addr().ok(), "socks5 listening");
         let (pi, transports, resolver) = (self.inputs, self.transports, self.resolver);
+        let outliers = self.outliers;
         accept_loop("socks5", self.listener, drain, move |s, peer, d| {
-            handle(pi.clone(), transports.clone(), resolver.clone(), s, peer, d)
+            let out = (transports.clone(), outliers.clone());
+            handle(pi.clone(), out, resolver.clone(), s, peer, d)
         })
         .await;
     }
@@ -142,7 +146,7 @@ impl Socks5 {
 
 async fn handle(
     pi: Arc<ProxyInputs>,
-    transports: Arc<Transports>,
+    (transports, outliers): (Arc<Transports>, Arc<Outliers>),
     resolver: Arc<dyn HostResolver>,
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -164,7 +168,7 @@ async fn handle(
         .workload_by_name(&pi.local.namespace, &pi.local.name)
         .and_then(|wl| same_family_ip(&wl, dst.ip()))
         .map_or(peer, |ip| SocketAddr::new(ip, peer.port()));
-    match outbound::connect(&pi, &transports, src, dst, &mut log).await {
+    match outbound::connect(&pi, &transports, &outliers, src, dst, &mut log).await {
         Ok(upstream) => {
             if let Err(e) = reply(&mut stream, Reply::Succeeded).await {
                 return log.fail(&format_args!("socks5 reply: {e}"));

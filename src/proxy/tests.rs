@@ -96,6 +96,7 @@ fn inputs() -> ProxyInputs {
             h2: Default::default(),
             transport: Default::default(),
             hbone_port: 15008,
+            outlier: Default::default(),
         }),
         local: LocalWorkload {
             namespace: "a".into(),

@@ -8,6 +8,7 @@
 //! `namespace/hostname`, policies by `namespace/name`), and the `changes()` version is bumped
 //! after the swap, so a woken watcher always reads the new snapshot.
 
+mod lb;
 mod snapshot;
 mod types;
 
@@ -15,14 +16,14 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use rand::Rng;
 use tokio::sync::watch;
 
 use crate::rbac::Authorization;
 
+pub use lb::{ClientLocality, select as select_endpoint};
 pub use snapshot::Snapshot;
 pub use types::{
-    AppTunnelProtocol, ApplicationTunnel, DEFAULT_HBONE_MTLS_PORT, GatewayAddress,
+    AppTunnelProtocol, ApplicationTunnel, CidrVip, DEFAULT_HBONE_MTLS_PORT, GatewayAddress,
     GatewayDestination, HealthPolicy, HealthStatus, IpFamilies, LoadBalancer, LoadBalancerMode,
     Locality, LocalityScope, NetworkAddress, NetworkMode, Service, TunnelProtocol, Visibility,
     Workload, service_key,
@@ -198,6 +199,20 @@ impl StateView {
         self.shared.load().service_by_vip(network, ip).cloned()
     }
 
+    /// The service `ip` means to a client in `client_ns` (visibility, namespace preference,
+    /// exact then longest-prefix CIDR VIPs): see [`Snapshot::service_by_vip_for`].
+    pub fn service_by_vip_for(
+        &self,
+        network: &str,
+        ip: IpAddr,
+        client_ns: &str,
+    ) -> Option<Arc<Service>> {
+        self.shared
+            .load()
+            .service_by_vip_for(network, ip, Some(client_ns))
+            .cloned()
+    }
+
     pub fn service_by_host(&self, namespace: &str, hostname: &str) -> Option<Arc<Service>> {
         self.shared
             .load()
@@ -239,19 +254,32 @@ impl StateView {
     }
 
     /// One endpoint at random, weighted by capacity, among those on `network` if there are
-    /// any, else among all.
+    /// any, else among all (the service's routing preference still applies).
     pub fn pick_endpoint(
         &self,
         svc: &Service,
         svc_port: u16,
         network: &str,
     ) -> Option<(Arc<Workload>, u16)> {
-        let mut candidates = self.endpoints(svc, svc_port);
-        // Narrow in place (no second list) when the preferred network has any endpoint.
-        if candidates.iter().any(|(w, _)| w.network == network) {
-            candidates.retain(|(w, _)| w.network == network);
-        }
-        pick_weighted(candidates, &mut rand::rng())
+        self.pick_endpoint_for(
+            svc,
+            svc_port,
+            &ClientLocality::on_network(network),
+            |_, _| false,
+        )
+    }
+
+    /// One endpoint of `svc` for `svc_port`, chosen for `client` (routing preference, then
+    /// capacity), avoiding those `skip` names unless that leaves none: see [`lb`].
+    pub fn pick_endpoint_for(
+        &self,
+        svc: &Service,
+        svc_port: u16,
+        client: &ClientLocality<'_>,
+        skip: impl Fn(&Workload, u16) -> bool,
+    ) -> Option<(Arc<Workload>, u16)> {
+        let candidates = self.endpoints(svc, svc_port);
+        lb::select(svc, candidates, client, skip, &mut rand::rng())
     }
 
     /// Policies that apply to `workload`: global ones, its namespace's, and the ones it names
@@ -264,32 +292,6 @@ impl StateView {
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.version.clone()
     }
-}
-
-/// Weighted random choice by capacity; when every weight is 0 the choice is uniform, so a
-/// service whose endpoints all report no capacity still works.
-fn pick_weighted(
-    mut candidates: Vec<(Arc<Workload>, u16)>,
-    rng: &mut impl Rng,
-) -> Option<(Arc<Workload>, u16)> {
-    if candidates.is_empty() {
-        return None;
-    }
-    let total: u64 = candidates.iter().map(|(w, _)| u64::from(w.capacity)).sum();
-    if total == 0 {
-        let i = rng.random_range(0..candidates.len());
-        return Some(candidates.swap_remove(i));
-    }
-    let mut point = rng.random_range(0..total);
-    for (i, (w, _)) in candidates.iter().enumerate() {
-        let weight = u64::from(w.capacity);
-        if point < weight {
-            return Some(candidates.swap_remove(i));
-        }
-        point -= weight;
-    }
-    // Unreachable in arithmetic terms (point < total); keep a sane answer anyway.
-    candidates.pop()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use serde::ser::SerializeStruct;
 
 use super::types::{HealthStatus, NetworkMode, Service, Workload, service_key};
 use super::{Resource, ResourceKey, Update};
-use crate::rbac::{Authorization, Scope};
+use crate::rbac::{Authorization, IpNet, Scope};
 
 /// An immutable state version. Read it through [`super::StateView`].
 #[derive(Debug, Default)]
@@ -27,8 +27,11 @@ pub struct Snapshot {
     workloads_by_addr: HashMap<String, HashMap<IpAddr, Arc<Workload>>>,
     /// namespace → name → workload.
     workloads_by_name: HashMap<String, HashMap<String, Arc<Workload>>>,
-    /// network → VIP → service.
-    services_by_vip: HashMap<String, HashMap<IpAddr, Arc<Service>>>,
+    /// network → VIP → services with that VIP, in key order (a VIP may be shared, e.g. by
+    /// services in different namespaces; the client's namespace decides).
+    services_by_vip: HashMap<String, HashMap<IpAddr, Vec<Arc<Service>>>>,
+    /// network → VIP ranges, longest prefix first, then in service key order.
+    services_by_cidr: HashMap<String, Vec<(IpNet, Arc<Service>)>>,
     /// lowercase hostname → services of that name (one per namespace that defines it), in key
     /// order. DNS answers by name, without knowing the namespace.
     services_by_hostname: HashMap<String, Vec<Arc<Service>>>,
@@ -75,8 +78,45 @@ impl Snapshot {
         self.workloads_by_name.get(namespace)?.get(name)
     }
 
+    /// The service a connection to `ip` on `network` means, as any client sees it: the first
+    /// exact VIP match in key order, else the longest CIDR VIP containing `ip`.
     pub fn service_by_vip(&self, network: &str, ip: IpAddr) -> Option<&Arc<Service>> {
-        self.services_by_vip.get(network)?.get(&ip)
+        self.service_by_vip_for(network, ip, None)
+    }
+
+    /// The service a connection to `ip` on `network` means to a client in `client_ns`
+    /// (`None`: no visibility filter). Exact VIPs beat CIDR VIPs, a longer prefix beats a
+    /// shorter one; among equals, services visible to the client only, preferring the
+    /// client's own namespace, then `canonical` ones, then key order.
+    pub fn service_by_vip_for(
+        &self,
+        network: &str,
+        ip: IpAddr,
+        client_ns: Option<&str>,
+    ) -> Option<&Arc<Service>> {
+        if let Some(found) = self
+            .services_by_vip
+            .get(network)
+            .and_then(|m| m.get(&ip))
+            .and_then(|list| best_service(list.iter(), client_ns))
+        {
+            return Some(found);
+        }
+        let ranges = self.services_by_cidr.get(network)?;
+        let visible = |s: &Service| client_ns.is_none_or(|ns| s.visible_to(ns));
+        // The list is longest-prefix first, so the first visible match fixes the length.
+        let len = ranges
+            .iter()
+            .find(|(net, s)| net.contains(ip) && visible(s))?
+            .0
+            .prefix_len();
+        best_service(
+            ranges
+                .iter()
+                .filter(|(net, _)| net.prefix_len() == len && net.contains(ip))
+                .map(|(_, s)| s),
+            client_ns,
+        )
     }
 
     pub fn service_by_host(&self, namespace: &str, hostname: &str) -> Option<&Arc<Service>> {
@@ -265,7 +305,15 @@ impl Snapshot {
                 snap.services_by_vip
                     .entry(vip.network.clone())
                     .or_default()
-                    .insert(vip.address, s.clone());
+                    .entry(vip.address)
+                    .or_default()
+                    .push(s.clone());
+            }
+            for c in &s.cidr_vips {
+                snap.services_by_cidr
+                    .entry(c.network.clone())
+                    .or_default()
+                    .push((c.net, s.clone()));
             }
             snap.services_by_hostname
                 .entry(s.hostname.to_ascii_lowercase())
@@ -274,6 +322,16 @@ impl Snapshot {
         }
         for list in snap.services_by_hostname.values_mut() {
             list.reverse();
+        }
+        for by_ip in snap.services_by_vip.values_mut() {
+            for list in by_ip.values_mut() {
+                list.reverse();
+            }
+        }
+        for list in snap.services_by_cidr.values_mut() {
+            list.reverse();
+            // Stable: equal prefixes keep key order.
+            list.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
         }
         for p in policies.values() {
             match p.scope {
@@ -291,6 +349,26 @@ impl Snapshot {
         snap.policies = policies;
         snap
     }
+}
+
+/// The best of several services sharing a VIP for a client in `client_ns` (see
+/// [`Snapshot::service_by_vip_for`]); `list` is in key order.
+fn best_service<'a>(
+    list: impl Iterator<Item = &'a Arc<Service>>,
+    client_ns: Option<&str>,
+) -> Option<&'a Arc<Service>> {
+    let mut best: Option<(&'a Arc<Service>, (bool, bool))> = None;
+    for s in list {
+        if client_ns.is_some_and(|ns| !s.visible_to(ns)) {
+            continue;
+        }
+        let score = (client_ns == Some(s.namespace.as_str()), s.canonical);
+        // Strictly better only, so key order breaks ties.
+        if best.is_none_or(|(_, b)| score > b) {
+            best = Some((s, score));
+        }
+    }
+    best.map(|(s, _)| s)
 }
 
 /// `{version, workloads, services, policies}`, each list in key order, for `/config_dump`.

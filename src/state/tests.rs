@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use super::*;
@@ -35,6 +35,7 @@ fn service(ns: &str, host: &str, vips: &[(&str, &str)], ports: &[(u16, u16)]) ->
             })
             .collect(),
         ports: ports.iter().copied().collect::<BTreeMap<_, _>>(),
+        cidr_vips: vec![],
         subject_alt_names: vec![],
         waypoint: None,
         load_balancer: None,
@@ -192,6 +193,19 @@ fn pick_prefers_network_and_weights_capacity() {
     assert!(v.pick_endpoint(&s, 9999, "").is_none());
 }
 
+fn pick_weighted(
+    c: Vec<(Arc<Workload>, u16)>,
+    rng: &mut impl rand::Rng,
+) -> Option<(Arc<Workload>, u16)> {
+    select_endpoint(
+        &Service::default(),
+        c,
+        &ClientLocality::default(),
+        |_, _| false,
+        rng,
+    )
+}
+
 #[test]
 fn weighted_pick_uses_capacity_and_all_zero_is_uniform() {
     let mut heavy = workload("heavy", "default", &[]);
@@ -326,4 +340,186 @@ fn readers_never_see_half_a_batch() {
         );
     }
     assert!(reader.join().unwrap(), "reader never saw the final version");
+}
+
+// === services: CIDR VIPs, visibility, locality ===
+
+fn cidr(net: &str, addr: &str, len: u8) -> CidrVip {
+    CidrVip {
+        network: net.into(),
+        net: crate::rbac::IpNet::new(ip(addr), len).unwrap(),
+    }
+}
+
+#[test]
+fn cidr_vips_longest_prefix_and_exact_first() {
+    let (w, v) = StateWriter::new();
+    let mut wide = service("default", "wide.example", &[], &[(80, 0)]);
+    wide.cidr_vips = vec![cidr("", "10.100.0.0", 16)];
+    let mut narrow = service("default", "narrow.example", &[], &[(80, 0)]);
+    narrow.cidr_vips = vec![cidr("", "10.100.7.0", 24), cidr("", "fd10::", 64)];
+    let exact = service(
+        "default",
+        "exact.example",
+        &[("", "10.100.7.7")],
+        &[(80, 0)],
+    );
+    w.apply(Update::default().upsert(wide).upsert(narrow).upsert(exact));
+    let host = |a: &str| v.service_by_vip("", ip(a)).map(|s| s.hostname.clone());
+    assert_eq!(host("10.100.7.7").as_deref(), Some("exact.example"));
+    assert_eq!(host("10.100.7.8").as_deref(), Some("narrow.example"));
+    assert_eq!(host("10.100.8.1").as_deref(), Some("wide.example"));
+    assert_eq!(host("fd10::5").as_deref(), Some("narrow.example"));
+    assert_eq!(host("10.101.0.1"), None);
+    assert!(v.service_by_vip("net2", ip("10.100.7.8")).is_none());
+}
+
+#[test]
+fn vip_lookup_honours_visibility_and_prefers_own_namespace() {
+    let (w, v) = StateWriter::new();
+    let mut private = service("team", "db.team", &[("", "10.96.5.5")], &[(80, 0)]);
+    private.visibility = Visibility::Namespace;
+    let mut shared_a = service("a", "x.a", &[("", "10.96.6.6")], &[(80, 0)]);
+    shared_a.canonical = false;
+    let shared_b = service("b", "x.b", &[("", "10.96.6.6")], &[(80, 0)]);
+    let mut private_range = service("team", "r.team", &[], &[(80, 0)]);
+    private_range.visibility = Visibility::Namespace;
+    private_range.cidr_vips = vec![cidr("", "10.97.0.0", 24)];
+    let mut public_range = service("other", "r.other", &[], &[(80, 0)]);
+    public_range.cidr_vips = vec![cidr("", "10.97.0.0", 16)];
+    w.apply(
+        Update::default()
+            .upsert(private)
+            .upsert(shared_a)
+            .upsert(shared_b)
+            .upsert(private_range)
+            .upsert(public_range),
+    );
+    let host = |a: &str, ns: &str| {
+        v.service_by_vip_for("", ip(a), ns)
+            .map(|s| s.hostname.clone())
+    };
+    assert_eq!(host("10.96.5.5", "team").as_deref(), Some("db.team"));
+    assert_eq!(host("10.96.5.5", "elsewhere"), None);
+    // Own namespace first, even when not canonical; otherwise the canonical one.
+    assert_eq!(host("10.96.6.6", "a").as_deref(), Some("x.a"));
+    assert_eq!(host("10.96.6.6", "c").as_deref(), Some("x.b"));
+    // A hidden longer prefix gives way to a visible shorter one.
+    assert_eq!(host("10.97.0.9", "team").as_deref(), Some("r.team"));
+    assert_eq!(host("10.97.0.9", "elsewhere").as_deref(), Some("r.other"));
+}
+
+/// A service with endpoints spread over localities: uid → (region, zone, subzone, node).
+fn spread(mode: LoadBalancerMode, prefs: &[LocalityScope]) -> (StateWriter, StateView, Service) {
+    let (w, v) = StateWriter::new();
+    let mut u = Update::default();
+    for (uid, region, zone, node) in [
+        ("same-zone", "r1", "z1", "n1"),
+        ("same-region", "r1", "z2", "n2"),
+        ("far", "r2", "z1", "n3"),
+    ] {
+        let mut wl = backing(workload(uid, "default", &[]), SVC, &[(80, 0)]);
+        wl.locality = Locality {
+            region: region.into(),
+            zone: zone.into(),
+            subzone: String::new(),
+        };
+        wl.node = node.into();
+        u = u.upsert(wl);
+    }
+    let mut s = service("default", "web.default.svc.cluster.local", &[], &[(80, 0)]);
+    s.load_balancer = Some(LoadBalancer {
+        routing_preference: prefs.to_vec(),
+        mode,
+        health_policy: HealthPolicy::OnlyHealthy,
+    });
+    w.apply(u.upsert(s.clone()));
+    (w, v, s)
+}
+
+fn client_in_z1() -> Workload {
+    let mut c = workload("client", "default", &[]);
+    c.locality = Locality {
+        region: "r1".into(),
+        zone: "z1".into(),
+        subzone: String::new(),
+    };
+    c.node = "n9".into();
+    c
+}
+
+fn picks(v: &StateView, s: &Service, c: &Workload, skip: &[&str]) -> BTreeSet<String> {
+    (0..60)
+        .filter_map(|_| {
+            v.pick_endpoint_for(s, 80, &ClientLocality::of(c), |w, _| {
+                skip.contains(&w.uid.as_str())
+            })
+        })
+        .map(|(w, _)| w.uid.clone())
+        .collect()
+}
+
+fn set(v: &[&str]) -> BTreeSet<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn failover_prefers_closest_locality_then_fails_over() {
+    let prefs = [LocalityScope::Region, LocalityScope::Zone];
+    let (w, v, s) = spread(LoadBalancerMode::Failover, &prefs);
+    let c = client_in_z1();
+    assert_eq!(picks(&v, &s, &c, &[]), set(&["same-zone"]));
+    // The zone's endpoint goes unhealthy: the region is next, then anywhere.
+    let mut z = (*v.workload_by_uid("same-zone").unwrap()).clone();
+    z.status = HealthStatus::Unhealthy;
+    w.apply(Update::default().upsert(z));
+    assert_eq!(picks(&v, &s, &c, &[]), set(&["same-region"]));
+    assert_eq!(picks(&v, &s, &c, &["same-region"]), set(&["far"]));
+    // Everything skipped: skipping is ignored rather than failing.
+    assert_eq!(
+        picks(&v, &s, &c, &["same-region", "far"]),
+        set(&["same-region"])
+    );
+}
+
+#[test]
+fn strict_never_leaves_the_locality() {
+    let prefs = [LocalityScope::Region, LocalityScope::Zone];
+    let (w, v, s) = spread(LoadBalancerMode::Strict, &prefs);
+    let c = client_in_z1();
+    assert_eq!(picks(&v, &s, &c, &[]), set(&["same-zone"]));
+    w.apply(Update::default().remove(ResourceKey::Workload("same-zone".into())));
+    assert!(picks(&v, &s, &c, &[]).is_empty());
+    // Node scope: only endpoints on the client's node.
+    let (_w, v, s) = spread(LoadBalancerMode::Strict, &[LocalityScope::Node]);
+    let mut on_n2 = client_in_z1();
+    on_n2.node = "n2".into();
+    assert_eq!(picks(&v, &s, &on_n2, &[]), set(&["same-region"]));
+}
+
+#[test]
+fn standard_mode_without_preference_spreads_by_capacity() {
+    let (_w, v, s) = spread(LoadBalancerMode::Standard, &[]);
+    let c = client_in_z1();
+    assert_eq!(
+        picks(&v, &s, &c, &[]),
+        set(&["same-zone", "same-region", "far"])
+    );
+    assert_eq!(
+        picks(&v, &s, &c, &["far"]),
+        set(&["same-region", "same-zone"])
+    );
+}
+
+#[test]
+fn per_endpoint_port_override_wins() {
+    let (_w, v) = populated();
+    let s = v.service_by_vip("", ip("10.96.0.1")).unwrap();
+    // a maps 80 → 8081 itself; b (net2) falls back to the service's 8080.
+    let (wl, port) = v.pick_endpoint(&s, 80, "").unwrap();
+    assert_eq!((wl.uid.as_str(), port), ("a", 8081));
+    let (wl, port) = v.pick_endpoint(&s, 80, "net2").unwrap();
+    assert_eq!((wl.uid.as_str(), port), ("b", 8080));
+    // 443 maps to itself (target 0).
+    assert_eq!(v.pick_endpoint(&s, 443, "").unwrap().1, 443);
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde::ser::SerializeStruct;
 
 use crate::core::Identity;
+use crate::rbac::IpNet;
 
 /// The HBONE port a gateway listens on unless told otherwise.
 pub const DEFAULT_HBONE_MTLS_PORT: u16 = 15008;
@@ -128,6 +129,10 @@ pub struct Service {
     pub namespace: String,
     pub hostname: String,
     pub vips: Vec<NetworkAddress>,
+    /// Address ranges on a network that all mean this service (a `NetworkAddress` with a
+    /// prefix shorter than a host). Exact `vips` win over ranges; among ranges the longest
+    /// prefix wins.
+    pub cidr_vips: Vec<CidrVip>,
     /// Service port → target port (0 ⇒ same as the service port).
     pub ports: BTreeMap<u16, u16>,
     pub subject_alt_names: Vec<String>,
@@ -136,6 +141,13 @@ pub struct Service {
     pub ip_families: IpFamilies,
     pub canonical: bool,
     pub visibility: Visibility,
+}
+
+/// A VIP range of a service on one network. Displayed as `network/addr/len`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CidrVip {
+    pub network: String,
+    pub net: IpNet,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -257,6 +269,11 @@ impl Service {
         service_key(&self.namespace, &self.hostname)
     }
 
+    /// Whether a client in `namespace` may see this service (by VIP, host name or DNS).
+    pub fn visible_to(&self, namespace: &str) -> bool {
+        self.visibility == Visibility::Public || self.namespace == namespace
+    }
+
     /// Whether endpoints that report themselves unhealthy are still used.
     pub fn allows_unhealthy(&self) -> bool {
         self.load_balancer
@@ -293,6 +310,24 @@ impl Serialize for GatewayDestination {
 impl fmt::Display for NetworkAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.network, self.address)
+    }
+}
+
+impl fmt::Display for CidrVip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}",
+            self.network,
+            self.net.addr(),
+            self.net.prefix_len()
+        )
+    }
+}
+
+impl Serialize for CidrVip {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

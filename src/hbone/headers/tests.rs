@@ -220,16 +220,19 @@ fn connect_headers_write_and_read_back() {
             host: Some("reviews.default.svc.cluster.local".into()),
         }),
         traceparent: Some(TraceParent::random()),
+        forwarded_network: Some("network-1".into()),
     };
     let mut map = HeaderMap::new();
     headers.write_to(&mut map).unwrap();
-    assert_eq!(map.len(), 3);
+    assert_eq!(map.len(), 4);
+    assert_eq!(map[&X_FORWARDED_NETWORK], "network-1");
     assert_eq!(ConnectHeaders::from_map(&map), headers);
 
     // Absent and malformed headers read as None rather than failing.
     let mut bad = HeaderMap::new();
     bad.insert(FORWARDED.clone(), HeaderValue::from_static("for=nowhere"));
     bad.insert(TRACEPARENT.clone(), HeaderValue::from_static("00-zz"));
+    bad.insert(X_FORWARDED_NETWORK.clone(), HeaderValue::from_static(" "));
     assert_eq!(ConnectHeaders::from_map(&bad), ConnectHeaders::default());
 }
 

@@ -62,6 +62,7 @@ async fn connect_round_trip_with_headers_and_half_close() {
             host: Some("reviews.default.svc.cluster.local".into()),
         }),
         traceparent: Some(TraceParent::random()),
+        forwarded_network: None,
     };
     let req = ConnectRequest {
         authority: "[fd00::5]:9080".parse().unwrap(),

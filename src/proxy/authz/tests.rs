@@ -146,6 +146,7 @@ fn destination_port_is_the_target_port_resolved_through_a_service() {
             address: "10.96.0.10".parse().unwrap(),
         }],
         ports: [(80, 8080)].into_iter().collect(),
+        cidr_vips: vec![],
         subject_alt_names: vec![],
         waypoint: None,
         load_balancer: None,

@@ -18,7 +18,7 @@ use prost::Message;
 use crate::core::Identity;
 use crate::rbac::{self, Authorization, IpNet, ServiceAccountMatch, StringMatch};
 use crate::state::{
-    AppTunnelProtocol, ApplicationTunnel, DEFAULT_HBONE_MTLS_PORT, GatewayAddress,
+    AppTunnelProtocol, ApplicationTunnel, CidrVip, DEFAULT_HBONE_MTLS_PORT, GatewayAddress,
     GatewayDestination, HealthPolicy, HealthStatus, IpFamilies, LoadBalancer, LoadBalancerMode,
     Locality, LocalityScope, NetworkAddress, NetworkMode, Resource, Service, TunnelProtocol,
     Visibility, Workload,
@@ -275,12 +275,25 @@ fn service(p: pw::Service) -> Res<Service> {
             return err(field, Problem::Missing);
         }
     }
-    let vips = p
-        .addresses
-        .iter()
-        .enumerate()
-        .map(|(i, a)| network_address(&format!("addresses[{i}]"), a))
-        .collect::<Res<_>>()?;
+    // A prefix shorter than a host makes the address a CIDR VIP (a range of VIPs).
+    let mut vips = Vec::with_capacity(p.addresses.len());
+    let mut cidr_vips = Vec::new();
+    for (i, a) in p.addresses.iter().enumerate() {
+        let field = format!("addresses[{i}]");
+        let na = network_address(&field, a)?;
+        let host_len = if na.address.is_ipv4() { 32 } else { 128 };
+        match a.length.map(|l| u8::try_from(l).unwrap_or(u8::MAX)) {
+            Some(len) if len < host_len => {
+                let net = IpNet::new(na.address, len)
+                    .map_err(|e| FieldError(format!("{field}.length"), Problem::BadCidr(e)))?;
+                cidr_vips.push(CidrVip {
+                    network: na.network,
+                    net,
+                });
+            }
+            _ => vips.push(na),
+        }
+    }
     let mut ports = BTreeMap::new();
     for (i, pt) in p.ports.iter().enumerate() {
         let (svc, target) = port_pair(&format!("ports[{i}]"), pt)?;
@@ -305,6 +318,7 @@ fn service(p: pw::Service) -> Res<Service> {
         namespace: p.namespace,
         hostname: p.hostname,
         vips,
+        cidr_vips,
         ports,
         subject_alt_names: p.subject_alt_names,
         load_balancer,

@@ -115,6 +115,24 @@ fn service_and_gateway() {
     assert_eq!(s.ports[&80], 0);
     assert_eq!(s.waypoint.unwrap().hbone_mtls_port, 15008);
 
+    // A prefix shorter than a host makes a CIDR VIP; a host-length one stays exact.
+    let mut ranged = p.clone();
+    ranged.addresses[0].length = Some(16);
+    ranged.addresses.push(pw::NetworkAddress {
+        network: "net2".into(),
+        address: vec![10, 96, 0, 2],
+        length: Some(32),
+    });
+    let r = Service::try_from(ranged).unwrap();
+    assert_eq!(
+        r.cidr_vips
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>(),
+        vec!["/10.96.0.1/16"]
+    );
+    assert_eq!(r.vips[0].to_string(), "net2/10.96.0.2");
+
     let mut bad = p;
     bad.addresses[0].length = Some(33);
     let e = Service::try_from(bad).unwrap_err();

@@ -189,6 +189,8 @@ pub(super) fn service(raw: RawService) -> Result<Service, FieldError> {
         namespace: raw.namespace,
         hostname: raw.hostname,
         vips,
+        // The local config lists exact VIPs only.
+        cidr_vips: Vec::new(),
         subject_alt_names: raw.subject_alt_names,
         load_balancer,
         ip_families: match raw.ip_families {
