@@ -263,7 +263,7 @@ fn tokio_runtime_families_are_read_at_scrape_time() {
     );
     // The task ran on a worker, so the busy time across workers turns non-zero (a worker
     // publishes its counters when it parks, which nothing signals).
-    eventually(&m, "busy time", |text| {
+    eventually(&rt, &m, "busy time", |text| {
         (0..2)
             .map(|w| {
                 sample(
@@ -293,20 +293,24 @@ fn tokio_runtime_families_are_read_at_scrape_time() {
             .unwrap();
     });
     // The runtime forgets a task just after its output is handed over.
-    eventually(&m, "no alive task", |text| {
+    eventually(&rt, &m, "no alive task", |text| {
         sample(text, "tokio_num_alive_tasks") == 0.0
     });
 }
 
-/// Scrapes until `done` holds, for at most five seconds.
-fn eventually(m: &Metrics, what: &str, done: impl Fn(&str) -> bool) {
-    let mut text = String::new();
-    for _ in 0..500 {
-        text = m.encode().unwrap();
-        if done(&text) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("never reached: {what}: {text}");
+/// Scrapes until `done` holds, for at most five seconds, waiting on `rt`'s timer in between.
+fn eventually(rt: &tokio::runtime::Runtime, m: &Metrics, what: &str, done: impl Fn(&str) -> bool) {
+    let reached = rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !done(&m.encode().unwrap()) {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    });
+    assert!(
+        reached.is_ok(),
+        "never reached: {what}: {}",
+        m.encode().unwrap()
+    );
 }
