@@ -1,7 +1,8 @@
 //! The delta ADS client against a fake istiod on loopback (see `xds_support`): pushes land in
 //! the state, removals remove, a bad resource is NACKed by name while the rest applies, a
 //! reconnect resubscribes with `initial_resource_versions`, auth headers arrive, and readiness
-//! waits for the first ACK of each type.
+//! waits for the first ACK of each type, and the `istio_xds_*` metrics count responses and
+//! stream endings.
 
 mod xds_support;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use ambit::grpc::{GrpcTarget, RootCert};
 use ambit::lifecycle::{DrainTrigger, Readiness, drain_channel};
+use ambit::metrics::{Metrics, TerminationReason, XdsMetrics};
 use ambit::state::{StateView, StateWriter};
 use ambit::xds::{NodeInfo, XdsClient, XdsConfig};
 use ambit_proto::istio::security as ps;
@@ -35,6 +37,10 @@ fn token_file(test: &str, token: &str) -> PathBuf {
 }
 
 fn start_client(test: &str, addr: std::net::SocketAddr) -> Harness {
+    start_client_with(test, addr, XdsMetrics::default())
+}
+
+fn start_client_with(test: &str, addr: std::net::SocketAddr, metrics: XdsMetrics) -> Harness {
     let token = token_file(test, "token-1\n");
     let (writer, view) = StateWriter::new();
     let readiness = Readiness::new();
@@ -50,7 +56,7 @@ fn start_client(test: &str, addr: std::net::SocketAddr) -> Harness {
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(200),
     };
-    let client = XdsClient::new(cfg, writer, &readiness);
+    let client = XdsClient::new(cfg, writer, &readiness).with_metrics(metrics);
     let (trigger, drain) = drain_channel();
     tokio::spawn(client.run(drain));
     Harness {
@@ -349,4 +355,124 @@ async fn tls_with_an_inline_root_and_the_alternate_hostname() {
     ));
     assert!(conn.next_request().await.error_detail.is_none());
     assert!(view.workload_by_uid("w1").is_some());
+}
+
+/// Waits (bounded) until the client has counted `want` stream endings for `reason`; the count
+/// moves after the stream ended, which nothing signals to the test.
+async fn wait_terminations(m: &XdsMetrics, reason: TerminationReason, want: u64) {
+    let res = tokio::time::timeout(WAIT, async {
+        while m.terminations(reason) < want {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        res.is_ok(),
+        "{reason:?}: {} of {want}",
+        m.terminations(reason)
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_responses_and_stream_endings() {
+    use prost::Message;
+    let metrics = Metrics::new();
+    let xds = metrics.xds.clone();
+    let mut server = FakeAds::start("127.0.0.1:0".parse().unwrap()).await;
+    let _h = start_client_with("metrics", server.addr, xds.clone());
+    let mut conn = server.next_conn().await;
+    conn.initial_requests().await;
+
+    // A push of each type (one of them two responses): counted by type URL, with the size of
+    // each response as encoded on the wire.
+    let pushes = [
+        response(
+            ADDRESS_TYPE_URL,
+            "n1",
+            vec![resource("w1", "1", &workload("w1", [10, 0, 0, 1], None))],
+            &[],
+        ),
+        response(
+            ADDRESS_TYPE_URL,
+            "n2",
+            vec![resource("w2", "1", &workload("w2", [10, 0, 0, 2], None))],
+            &["w1"],
+        ),
+        response(AUTHORIZATION_TYPE_URL, "p1", vec![], &[]),
+    ];
+    let size = |t: &str| -> u64 {
+        pushes
+            .iter()
+            .filter(|r| r.type_url == t)
+            .map(|r| r.encoded_len() as u64)
+            .sum()
+    };
+    let (addr_bytes, authz_bytes) = (size(ADDRESS_TYPE_URL), size(AUTHORIZATION_TYPE_URL));
+    assert!(addr_bytes > 0 && authz_bytes > 0);
+    for r in pushes {
+        conn.push(r);
+        // The ACK is sent after the response was counted.
+        assert!(conn.next_request().await.error_detail.is_none());
+    }
+    assert_eq!(xds.messages(ADDRESS_TYPE_URL), (2, addr_bytes));
+    assert_eq!(xds.messages(AUTHORIZATION_TYPE_URL), (1, authz_bytes));
+    let text = metrics.encode().unwrap();
+    for line in [
+        format!("istio_xds_message_total{{url=\"{ADDRESS_TYPE_URL}\"}} 2\n"),
+        format!("istio_xds_message_bytes_total{{url=\"{ADDRESS_TYPE_URL}\"}} {addr_bytes}\n"),
+        format!("istio_xds_message_total{{url=\"{AUTHORIZATION_TYPE_URL}\"}} 1\n"),
+        format!(
+            "istio_xds_message_bytes_total{{url=\"{AUTHORIZATION_TYPE_URL}\"}} {authz_bytes}\n"
+        ),
+    ] {
+        assert!(text.contains(&line), "{line}: {text}");
+    }
+    assert!(
+        !text.contains("istio_xds_connection_terminations_total{"),
+        "{text}"
+    );
+
+    // The server fails the stream: an Error; the client comes back.
+    conn.responses
+        .send(Err(tonic::Status::invalid_argument("test failure")))
+        .unwrap();
+    wait_terminations(&xds, TerminationReason::Error, 1).await;
+    let mut conn = server.next_conn().await;
+    conn.initial_requests().await;
+
+    // Routine housekeeping (a cancelled stream, as on an istiod restart): a Reconnect.
+    conn.responses
+        .send(Err(tonic::Status::cancelled("server shutting down")))
+        .unwrap();
+    wait_terminations(&xds, TerminationReason::Reconnect, 1).await;
+    let mut conn = server.next_conn().await;
+    conn.initial_requests().await;
+
+    // The server ends the stream cleanly: Complete.
+    drop(conn);
+    wait_terminations(&xds, TerminationReason::Complete, 1).await;
+    let conn = server.next_conn().await;
+
+    // The server dies: its last stream ends and reconnecting fails while nobody listens.
+    drop(server);
+    drop(conn);
+    wait_terminations(&xds, TerminationReason::ConnectionError, 1).await;
+    // The last stream was counted once, whichever way it ended (cleanly, or with a transport
+    // error if the dying server took it down).
+    let streams: u64 = [
+        TerminationReason::Complete,
+        TerminationReason::Error,
+        TerminationReason::Reconnect,
+    ]
+    .iter()
+    .map(|r| xds.terminations(*r))
+    .sum();
+    assert_eq!(streams, 4, "{}", metrics.encode().unwrap());
+    // No response arrived since the first stream.
+    assert_eq!(xds.messages(ADDRESS_TYPE_URL), (2, addr_bytes));
+    let text = metrics.encode().unwrap();
+    for reason in ["ConnectionError", "Error", "Reconnect", "Complete"] {
+        let prefix = format!("istio_xds_connection_terminations_total{{reason=\"{reason}\"}} ");
+        assert!(text.contains(&prefix), "{reason}: {text}");
+    }
 }

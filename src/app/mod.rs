@@ -104,6 +104,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
     let metrics = {
         let mut m = Metrics::new();
         dns_metrics.register(m.registry_mut());
+        m.register_tokio_runtime(data.handle().clone());
         Arc::new(m)
     };
     let (drain_trigger, drain) = lifecycle::drain_channel();
@@ -118,7 +119,9 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
     let (secrets, xds_client) = {
         let _enter = control.enter();
         let ca = control_plane::ca_client(&config)?;
-        let xds_client = xds_writer.and_then(|w| control_plane::xds_client(&config, w, &readiness));
+        let xds_client = xds_writer
+            .and_then(|w| control_plane::xds_client(&config, w, &readiness))
+            .map(|c| c.with_metrics(metrics.xds.clone()));
         (
             SecretManager::new(ca, SecretManagerConfig::default()),
             xds_client,

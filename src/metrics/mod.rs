@@ -2,11 +2,15 @@
 //!
 //! The registry is filled once at startup and then only read (scrapes encode it); counters are
 //! atomics, so the data path records without locks. Istio's L4 families live in [`traffic`];
-//! the two exposition formats (OpenMetrics and Prometheus text) in [`exposition`].
+//! the xDS client's in [`xds`]; the data runtime's scheduler families are read at scrape time
+//! ([`Metrics::register_tokio_runtime`]); the two exposition formats (OpenMetrics and
+//! Prometheus text) in [`exposition`].
 
 pub mod exposition;
 mod process;
+mod tokio_runtime;
 pub mod traffic;
+pub mod xds;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -18,6 +22,7 @@ use prometheus_client::registry::Registry;
 pub use traffic::{
     ConnectionMetrics, Reporter, SecurityPolicy, TrafficLabels, TrafficMetrics, UNKNOWN, or_unknown,
 };
+pub use xds::{TerminationReason, XdsMetrics};
 
 /// Labels of `istio_build`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -91,6 +96,8 @@ pub struct Metrics {
     registry: Registry,
     pub proxy: ProxyMetrics,
     pub workload_manager: WorkloadManagerMetrics,
+    /// The delta ADS client's `istio_xds_*` families.
+    pub xds: XdsMetrics,
     process: process::ProcessMetrics,
 }
 
@@ -141,6 +148,8 @@ impl Metrics {
             "The size of total bytes received during request in case of a TCP connection",
             t.received_bytes.clone(),
         );
+        let xds = XdsMetrics::default();
+        xds.register(istio);
         let process = process::ProcessMetrics::register(&mut registry);
         let ambit = registry.sub_registry_with_prefix("ambit");
         ambit.register(
@@ -220,8 +229,17 @@ impl Metrics {
             registry,
             proxy,
             workload_manager,
+            xds,
             process,
         }
+    }
+
+    /// Adds the `tokio_*` scheduler families of the runtime behind `handle` (the data runtime),
+    /// read from it on every scrape. Register one runtime only: the families carry no runtime
+    /// label, so a second would repeat their names.
+    pub fn register_tokio_runtime(&mut self, handle: tokio::runtime::Handle) {
+        self.registry
+            .register_collector(Box::new(tokio_runtime::RuntimeCollector::new(handle)));
     }
 
     /// The registry, for components above this level that register their own families at

@@ -156,3 +156,161 @@ fn negotiation() {
     assert!(!accepts_gzip(Some("identity")));
     assert!(!accepts_gzip(None));
 }
+
+/// The sample value of the line that starts with `prefix` (name and labels, up to the space).
+fn sample(text: &str, prefix: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no sample {prefix}: {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn xds_families_count_by_reason_and_type_url() {
+    let m = Metrics::new();
+    let x = m.xds.clone();
+    x.record_message("type.googleapis.com/istio.workload.Address", 120);
+    x.record_message("type.googleapis.com/istio.workload.Address", 30);
+    x.record_message("type.googleapis.com/istio.security.Authorization", 5);
+    x.record_termination(TerminationReason::ConnectionError);
+    x.record_termination(TerminationReason::ConnectionError);
+    x.record_termination(TerminationReason::Complete);
+    let text = m.encode().unwrap();
+    let addr = "{url=\"type.googleapis.com/istio.workload.Address\"}";
+    let authz = "{url=\"type.googleapis.com/istio.security.Authorization\"}";
+    assert_eq!(
+        sample(&text, &format!("istio_xds_message_total{addr}")),
+        2.0
+    );
+    assert_eq!(
+        sample(&text, &format!("istio_xds_message_bytes_total{addr}")),
+        150.0
+    );
+    assert_eq!(
+        sample(&text, &format!("istio_xds_message_total{authz}")),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "istio_xds_connection_terminations_total{reason=\"ConnectionError\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "istio_xds_connection_terminations_total{reason=\"Complete\"}"
+        ),
+        1.0
+    );
+    assert!(
+        text.contains("# TYPE istio_xds_connection_terminations counter\n"),
+        "{text}"
+    );
+    assert_eq!(x.terminations(TerminationReason::Complete), 1);
+    assert_eq!(
+        x.messages("type.googleapis.com/istio.workload.Address"),
+        (2, 150)
+    );
+}
+
+#[test]
+fn tokio_runtime_families_are_read_at_scrape_time() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut m = Metrics::new();
+    m.register_tokio_runtime(rt.handle().clone());
+    let text = m.encode().unwrap();
+    assert_eq!(sample(&text, "tokio_num_workers"), 2.0);
+    assert_eq!(sample(&text, "tokio_num_alive_tasks"), 0.0);
+    assert_eq!(sample(&text, "tokio_global_queue_depth"), 0.0);
+
+    // A task that stays alive until told to finish, after it ran on a worker.
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(async move {
+        started_tx.send(()).unwrap();
+        let _ = stop_rx.await;
+    });
+    started_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    let text = m.encode().unwrap();
+    assert_eq!(sample(&text, "tokio_num_alive_tasks"), 1.0, "{text}");
+    for worker in 0..2 {
+        for family in [
+            "tokio_worker_total_busy_duration_seconds_total",
+            "tokio_worker_park_count_total",
+            "tokio_worker_park_unpark_count_total",
+        ] {
+            let v = sample(&text, &format!("{family}{{worker=\"{worker}\"}}"));
+            assert!(v >= 0.0, "{family} {worker}: {v}");
+        }
+    }
+    assert!(!text.contains("worker=\"2\""), "{text}");
+    assert!(
+        text.contains("# TYPE tokio_worker_park_count counter\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# UNIT tokio_worker_total_busy_duration_seconds seconds\n"),
+        "{text}"
+    );
+    // The task ran on a worker, so the busy time across workers turns non-zero (a worker
+    // publishes its counters when it parks, which nothing signals).
+    eventually(&rt, &m, "busy time", |text| {
+        (0..2)
+            .map(|w| {
+                sample(
+                    text,
+                    &format!("tokio_worker_total_busy_duration_seconds_total{{worker=\"{w}\"}}"),
+                )
+            })
+            .sum::<f64>()
+            > 0.0
+    });
+
+    let plain = m.encode_as(exposition::Format::Text).unwrap();
+    assert!(
+        plain.contains("# TYPE tokio_worker_park_count_total counter\n"),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("# TYPE tokio_num_workers gauge\n"),
+        "{plain}"
+    );
+
+    stop_tx.send(()).unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+    });
+    // The runtime forgets a task just after its output is handed over.
+    eventually(&rt, &m, "no alive task", |text| {
+        sample(text, "tokio_num_alive_tasks") == 0.0
+    });
+}
+
+/// Scrapes until `done` holds, for at most five seconds, waiting on `rt`'s timer in between.
+fn eventually(rt: &tokio::runtime::Runtime, m: &Metrics, what: &str, done: impl Fn(&str) -> bool) {
+    let reached = rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !done(&m.encode().unwrap()) {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    });
+    assert!(
+        reached.is_ok(),
+        "never reached: {what}: {}",
+        m.encode().unwrap()
+    );
+}

@@ -12,6 +12,10 @@
 //! - Reconnects back off exponentially (10 ms → 15 s) unless the server merely closed the stream
 //!   (then at once); a response received resets the backoff. The token file is re-read on every
 //!   connect. The client stops as soon as a drain starts.
+//! - Metrics ([`XdsMetrics`]): every response counts once in `istio_xds_message_total` and its
+//!   encoded size in `istio_xds_message_bytes_total`, by type URL, before it is applied; every
+//!   ended stream counts once in `istio_xds_connection_terminations_total` by reason (a drain
+//!   cancels the stream and is not counted).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,6 +24,7 @@ use ambit_proto::envoy::config::core::v3::Node;
 use ambit_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use ambit_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use ambit_proto::google::rpc::Status as RpcStatus;
+use prost::Message;
 use prost_types::value::Kind;
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -28,6 +33,7 @@ use tracing::{debug, info, warn};
 use super::convert::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, ConvertError, Problem};
 use crate::grpc::{GrpcError, GrpcTarget};
 use crate::lifecycle::{BlockReady, DrainWatcher, Readiness};
+use crate::metrics::{TerminationReason, XdsMetrics};
 use crate::state::{Resource, ResourceKey, StateWriter, Update};
 
 /// The types this client subscribes to, both as wildcards.
@@ -74,6 +80,7 @@ pub struct XdsClient {
     writer: StateWriter,
     known: HashMap<&'static str, HashMap<String, Known>>,
     not_ready: HashMap<&'static str, BlockReady>,
+    metrics: XdsMetrics,
 }
 
 /// What the client remembers about one accepted resource.
@@ -151,7 +158,15 @@ impl XdsClient {
             writer,
             known: TYPE_URLS.iter().map(|t| (*t, HashMap::new())).collect(),
             not_ready,
+            metrics: XdsMetrics::default(),
         }
+    }
+
+    /// Records into `metrics` (normally the registry's [`crate::metrics::Metrics::xds`]); without
+    /// it the client counts into a handle nobody scrapes.
+    pub fn with_metrics(mut self, metrics: XdsMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Connects, streams, reconnects with backoff, until a drain starts.
@@ -162,6 +177,8 @@ impl XdsClient {
                 _ = drain.draining() => return,
                 end = self.session() => end,
             };
+            self.metrics
+                .record_termination(termination_reason(&end.error));
             if end.got_response {
                 backoff = self.cfg.initial_backoff;
             }
@@ -227,6 +244,8 @@ impl XdsClient {
 
         while let Some(response) = inbound.message().await? {
             *got_response = true;
+            let bytes = u64::try_from(response.encoded_len()).unwrap_or(u64::MAX);
+            self.metrics.record_message(&response.type_url, bytes);
             let answer = self.handle(response);
             if tx.send(answer).await.is_err() {
                 // The request stream is gone: tonic ended the call; its status follows.
@@ -361,6 +380,17 @@ fn state_key(r: &Resource) -> ResourceKey {
         Resource::Workload(w) => ResourceKey::Workload(w.uid.clone()),
         Resource::Service(s) => ResourceKey::Service(s.key()),
         Resource::Policy(p) => ResourceKey::Policy(p.key()),
+    }
+}
+
+/// The `reason` label of a stream ending: setup failures are `ConnectionError`, routine server
+/// housekeeping `Reconnect`, a clean close by the server `Complete`, any other status `Error`.
+fn termination_reason(e: &XdsError) -> TerminationReason {
+    match e {
+        XdsError::Setup(_) | XdsError::Connect { .. } => TerminationReason::ConnectionError,
+        XdsError::Closed => TerminationReason::Complete,
+        XdsError::Stream(_) if reconnect_at_once(e) => TerminationReason::Reconnect,
+        XdsError::Stream(_) => TerminationReason::Error,
     }
 }
 
