@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::hbone::{H2Recv, H2Send};
@@ -129,31 +129,16 @@ impl TcpSource {
 
 impl ChunkSource for TcpSource {
     async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        loop {
-            // Wait for data before taking memory: an idle connection then holds no read buffer
-            // (the buffer goes out with the chunk), which is most of a held connection's cost.
-            self.read.readable().await?;
-            self.buf.reserve(self.size);
-            let spare = self.buf.capacity() - self.buf.len();
-            match self.read.try_read_buf(&mut self.buf) {
-                Ok(0) => return Ok(None),
-                Ok(n) => {
-                    if n == spare && self.size < MAX_BUFFER {
-                        self.size *= 2;
-                    }
-                    let chunk = self.buf.split().freeze();
-                    if n < spare {
-                        // A partial read: the flow is not filling the buffer, so let the spare go
-                        // rather than hold it while the connection waits.
-                        self.buf = BytesMut::new();
-                    }
-                    return Ok(Some(chunk));
-                }
-                // Readiness was spurious (another waker consumed it): wait again.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
+        self.buf.reserve(self.size);
+        let spare = self.buf.capacity() - self.buf.len();
+        let n = self.read.read_buf(&mut self.buf).await?;
+        if n == 0 {
+            return Ok(None);
         }
+        if n == spare && self.size < MAX_BUFFER {
+            self.size *= 2;
+        }
+        Ok(Some(self.buf.split().freeze()))
     }
 }
 
@@ -209,7 +194,6 @@ impl ChunkSink for H2Send {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
 
     async fn pair() -> (TcpStream, TcpStream) {
