@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde_yaml::{Mapping, Value};
 
 use crate::LabError;
-use crate::topology::Topology;
+use crate::topology::{LoadBalancing, Locality, PodStatus, Topology};
 
 /// Where node proxies get their configuration from.
 pub trait ControlPlane: Send + Sync + std::fmt::Debug {
@@ -79,7 +79,7 @@ pub fn local_config(topology: &Topology) -> String {
                     ports(&s.ports),
                 );
             }
-            map([
+            let mut w = map([
                 ("uid", p.uid().into()),
                 ("name", p.name.clone().into()),
                 ("namespace", p.namespace.clone().into()),
@@ -91,14 +91,25 @@ pub fn local_config(topology: &Topology) -> String {
                 ("protocol", if p.captured { "HBONE" } else { "TCP" }.into()),
                 ("node", p.node.clone().into()),
                 ("services", Value::Mapping(services)),
-            ])
+            ]);
+            // Health and locality only when set, so a plain topology's config stays as it was.
+            if let Value::Mapping(m) = &mut w {
+                if p.status() != PodStatus::Healthy {
+                    m.insert("status".into(), p.status().as_str().into());
+                }
+                let l = p.locality();
+                if !l.is_empty() {
+                    m.insert("locality".into(), locality(&l));
+                }
+            }
+            w
         })
         .collect();
     let services: Vec<Value> = topology
         .services
         .iter()
         .map(|s| {
-            map([
+            let mut svc = map([
                 ("name", s.name.clone().into()),
                 ("namespace", s.namespace.clone().into()),
                 ("hostname", s.hostname.clone().into()),
@@ -107,7 +118,11 @@ pub fn local_config(topology: &Topology) -> String {
                     Value::Sequence(s.vips.iter().map(|v| format!("/{v}").into()).collect()),
                 ),
                 ("ports", ports(&s.ports)),
-            ])
+            ]);
+            if let (Value::Mapping(m), Some(lb)) = (&mut svc, &s.load_balancing) {
+                m.insert("loadBalancer".into(), load_balancer(lb));
+            }
+            svc
         })
         .collect();
     let doc = map([
@@ -127,6 +142,31 @@ fn ports(ports: &BTreeMap<u16, u16>) -> Value {
             .map(|(p, t)| (Value::from(*p), Value::from(*t)))
             .collect(),
     )
+}
+
+fn locality(l: &Locality) -> Value {
+    map([
+        ("region", l.region.clone().into()),
+        ("zone", l.zone.clone().into()),
+        ("subzone", l.subzone.clone().into()),
+    ])
+}
+
+/// The local config's `loadBalancer` block (wire.md §3 spellings).
+fn load_balancer(lb: &LoadBalancing) -> Value {
+    map([
+        (
+            "routingPreference",
+            Value::Sequence(
+                lb.routing_preference
+                    .iter()
+                    .map(|s| s.as_str().into())
+                    .collect(),
+            ),
+        ),
+        ("mode", lb.mode.as_str().into()),
+        ("healthPolicy", lb.health_policy.as_str().into()),
+    ])
 }
 
 fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
@@ -161,5 +201,38 @@ policies: [{name: p, namespace: default, scope: Namespace, action: Allow}]
         assert_eq!(v["workloads"][1]["protocol"], "TCP");
         assert_eq!(v["services"][0]["vips"][0], "/10.96.0.1");
         assert_eq!(v["policies"][0]["name"], "p");
+        // Nothing about health or locality unless the topology says so.
+        assert!(a.get("status").is_none() && a.get("locality").is_none());
+        assert!(v["services"][0].get("loadBalancer").is_none());
+    }
+
+    #[test]
+    fn health_locality_and_load_balancing_pass_through() {
+        let t = Topology::from_yaml(
+            "nodes: [{name: n1}]
+pods:
+  - {name: a, node: n1, labels: {app: x}, locality: {region: r1, zone: z1}}
+  - {name: b, node: n1, labels: {app: x}, status: Unhealthy}
+services:
+  - name: s
+    ports: {80: 8080}
+    selector: {app: x}
+    loadBalancing: {routingPreference: [Region, Zone], mode: Failover}
+",
+        )
+        .unwrap();
+        let v: serde_yaml::Value = serde_yaml::from_str(&local_config(&t)).unwrap();
+        let (a, b) = (&v["workloads"][0], &v["workloads"][1]);
+        assert_eq!(a["locality"]["region"], "r1");
+        assert_eq!(a["locality"]["zone"], "z1");
+        assert_eq!(a["locality"]["subzone"], "");
+        assert!(a.get("status").is_none());
+        assert_eq!(b["status"], "Unhealthy");
+        assert!(b.get("locality").is_none());
+        let lb = &v["services"][0]["loadBalancer"];
+        assert_eq!(lb["routingPreference"][0], "Region");
+        assert_eq!(lb["routingPreference"][1], "Zone");
+        assert_eq!(lb["mode"], "Failover");
+        assert_eq!(lb["healthPolicy"], "OnlyHealthy");
     }
 }

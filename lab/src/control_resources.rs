@@ -13,7 +13,10 @@ use ambit_proto::istio::security as ps;
 use ambit_proto::istio::workload as pw;
 use serde_yaml::Value;
 
-use crate::topology::{Pod, Service, TRUST_DOMAIN, Topology};
+use crate::topology::{
+    HealthPolicy, LbMode, LoadBalancing, LocalityScope, Pod, PodStatus, Service, TRUST_DOMAIN,
+    Topology,
+};
 
 /// The cluster id the lab's workloads and node proxies share.
 pub const CLUSTER_ID: &str = "Kubernetes";
@@ -153,6 +156,17 @@ pub fn workload(pod: &Pod, topology: &Topology) -> pw::Workload {
         workload_type: pw::WorkloadType::Pod as i32,
         services,
         cluster_id: CLUSTER_ID.to_string(),
+        status: match pod.status() {
+            PodStatus::Healthy => pw::WorkloadStatus::Healthy,
+            PodStatus::Unhealthy => pw::WorkloadStatus::Unhealthy,
+        } as i32,
+        locality: Some(pod.locality())
+            .filter(|l| !l.is_empty())
+            .map(|l| pw::Locality {
+                region: l.region,
+                zone: l.zone,
+                subzone: l.subzone,
+            }),
         ..Default::default()
     }
 }
@@ -181,7 +195,33 @@ pub fn service(s: &Service) -> pw::Service {
                 app_protocol: 0,
             })
             .collect(),
+        load_balancing: s.load_balancing.as_ref().map(load_balancing),
         ..Default::default()
+    }
+}
+
+/// A topology `loadBalancing` block as istiod sends it.
+fn load_balancing(lb: &LoadBalancing) -> pw::LoadBalancing {
+    use pw::load_balancing::{HealthPolicy as PH, Mode as PM, Scope as PS};
+    let scope = |s: &LocalityScope| match s {
+        LocalityScope::Region => PS::Region,
+        LocalityScope::Zone => PS::Zone,
+        LocalityScope::Subzone => PS::Subzone,
+        LocalityScope::Node => PS::Node,
+        LocalityScope::Cluster => PS::Cluster,
+        LocalityScope::Network => PS::Network,
+    } as i32;
+    pw::LoadBalancing {
+        routing_preference: lb.routing_preference.iter().map(scope).collect(),
+        mode: match lb.mode {
+            LbMode::Standard => PM::UnspecifiedMode,
+            LbMode::Strict => PM::Strict,
+            LbMode::Failover => PM::Failover,
+        } as i32,
+        health_policy: match lb.health_policy {
+            HealthPolicy::OnlyHealthy => PH::OnlyHealthy,
+            HealthPolicy::AllowAll => PH::AllowAll,
+        } as i32,
     }
 }
 
@@ -452,6 +492,35 @@ policies:
             ]
         );
         assert!(policy_err("{scope: Nope, action: Allow}").contains("scope"));
+    }
+
+    #[test]
+    fn health_locality_and_load_balancing_as_resources() {
+        let t = Topology::from_yaml(
+            "nodes: [{name: n1}]
+pods:
+  - {name: a, node: n1, labels: {app: x}, locality: {region: r1, zone: z1, subzone: s1}}
+  - {name: b, node: n1, labels: {app: x}, status: Unhealthy}
+services:
+  - name: s
+    ports: {80: 8080}
+    selector: {app: x}
+    loadBalancing: {routingPreference: [Zone, Network], mode: Strict}
+",
+        )
+        .unwrap();
+        let a = workload(t.pod("a").unwrap(), &t);
+        let l = a.locality.unwrap();
+        assert_eq!((&*l.region, &*l.zone, &*l.subzone), ("r1", "z1", "s1"));
+        assert_eq!(a.status, pw::WorkloadStatus::Healthy as i32);
+        let b = workload(t.pod("b").unwrap(), &t);
+        assert_eq!(b.status, pw::WorkloadStatus::Unhealthy as i32);
+        assert!(b.locality.is_none());
+        use pw::load_balancing::{HealthPolicy as PH, Mode as PM, Scope as PS};
+        let lb = service(t.service("s").unwrap()).load_balancing.unwrap();
+        assert_eq!(lb.routing_preference, [PS::Zone as i32, PS::Network as i32]);
+        assert_eq!(lb.mode, PM::Strict as i32);
+        assert_eq!(lb.health_policy, PH::OnlyHealthy as i32);
     }
 
     fn policy_err(y: &str) -> String {

@@ -5,7 +5,9 @@
 //!   unique in the lab; every node has a pod CIDR and an underlay address, none overlapping;
 //! - every service has a hostname, at least one VIP and at least one port, and its endpoints name
 //!   existing pods;
-//! - policies are kept as written (they pass through to the node proxies' local config).
+//! - policies are kept as written (they pass through to the node proxies' local config);
+//! - a pod's `locality` and `status` are kept in its labels ([`balancing`] says why), each
+//!   locality part a valid name; a service's `loadBalancing` is kept as written.
 //!
 //! A validation error is one line that names the entry and the field.
 
@@ -13,6 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use serde::Deserialize;
+
+pub mod balancing;
+
+pub use balancing::{HealthPolicy, LbMode, LoadBalancing, Locality, LocalityScope, PodStatus};
 
 /// The underlay network the nodes share (inside the lab's own namespaces only).
 pub const UNDERLAY_NET: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 0);
@@ -76,6 +82,8 @@ struct RawPod {
     ip: Option<Ipv4Addr>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    locality: Option<Locality>,
+    status: Option<PodStatus>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +98,7 @@ struct RawService {
     ports: BTreeMap<u16, u16>,
     selector: Option<BTreeMap<String, String>>,
     endpoints: Option<Vec<String>>,
+    load_balancing: Option<LoadBalancing>,
 }
 
 fn default_namespace() -> String {
@@ -145,6 +154,8 @@ pub struct Service {
     pub ports: BTreeMap<u16, u16>,
     /// Names of the pods behind it (same namespace).
     pub endpoints: Vec<String>,
+    /// Locality preference and health policy; `None` is Istio's default (any healthy endpoint).
+    pub load_balancing: Option<LoadBalancing>,
 }
 
 /// An IPv4 network `addr/prefix` with `addr` its first address.
@@ -226,6 +237,16 @@ impl Pod {
             "spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}",
             self.namespace, self.service_account
         )
+    }
+
+    /// Where it runs (from its labels; empty parts are unknown).
+    pub fn locality(&self) -> Locality {
+        Locality::from_labels(&self.labels)
+    }
+
+    /// Whether its endpoint is healthy (from its labels; healthy unless marked otherwise).
+    pub fn status(&self) -> PodStatus {
+        PodStatus::from_labels(&self.labels)
     }
 }
 
@@ -403,6 +424,22 @@ fn build(raw: RawTopology) -> Result<Topology, TopologyError> {
                 ip
             }
         };
+        let mut labels = p.labels.clone();
+        if let Some(l) = &p.locality {
+            for (field, v) in [
+                ("locality.region", &l.region),
+                ("locality.zone", &l.zone),
+                ("locality.subzone", &l.subzone),
+            ] {
+                if !v.is_empty() {
+                    check_name(&entry, field, v)?;
+                }
+            }
+            l.write_labels(&mut labels);
+        }
+        if let Some(status) = p.status {
+            labels.insert(balancing::STATUS_LABEL.into(), status.as_str().into());
+        }
         pods.push(Pod {
             name: p.name.clone(),
             namespace: p.namespace.clone(),
@@ -413,7 +450,7 @@ fn build(raw: RawTopology) -> Result<Topology, TopologyError> {
             node: p.node.clone(),
             captured: p.captured,
             ip,
-            labels: p.labels.clone(),
+            labels,
         });
     }
 
@@ -499,6 +536,7 @@ fn build(raw: RawTopology) -> Result<Topology, TopologyError> {
             vips,
             ports: s.ports.clone(),
             endpoints,
+            load_balancing: s.load_balancing.clone(),
         });
     }
 

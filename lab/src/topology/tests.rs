@@ -80,3 +80,75 @@ fn cidr_arithmetic() {
     assert_eq!(small.nth(14), Some(Ipv4Addr::new(10, 1, 0, 14)));
     assert_eq!(small.nth(15), None);
 }
+
+#[test]
+fn locality_status_and_load_balancing() {
+    let t = Topology::from_yaml(
+        "
+nodes: [{name: n1}]
+pods:
+  - {name: a, node: n1, labels: {app: x}, locality: {region: r1, zone: z1}, status: Unhealthy}
+  - {name: b, node: n1, labels: {app: x}}
+services:
+  - name: s
+    ports: {80: 8080}
+    selector: {app: x}
+    loadBalancing: {routingPreference: [Region, Zone], mode: Failover, healthPolicy: AllowAll}
+  - {name: plain, ports: {81: 8081}, endpoints: [b]}
+",
+    )
+    .unwrap();
+    let a = t.pod("a").unwrap();
+    assert_eq!(
+        a.locality(),
+        Locality {
+            region: "r1".into(),
+            zone: "z1".into(),
+            subzone: String::new(),
+        }
+    );
+    assert_eq!(a.status(), PodStatus::Unhealthy);
+    // Kept as labels, so the selector still sees the pod's own ones.
+    assert_eq!(a.labels["topology.kubernetes.io/zone"], "z1");
+    assert_eq!(t.service("s").unwrap().endpoints, vec!["a", "b"]);
+    let b = t.pod("b").unwrap();
+    assert!(b.locality().is_empty());
+    assert_eq!(b.status(), PodStatus::Healthy);
+    assert_eq!(
+        t.service("s").unwrap().load_balancing,
+        Some(LoadBalancing {
+            routing_preference: vec![LocalityScope::Region, LocalityScope::Zone],
+            mode: LbMode::Failover,
+            health_policy: HealthPolicy::AllowAll,
+        })
+    );
+    assert_eq!(t.service("plain").unwrap().load_balancing, None);
+}
+
+#[test]
+fn bad_locality_status_and_load_balancing_are_named() {
+    let pod = |extra: &str| {
+        Topology::from_yaml(&format!(
+            "nodes: [{{name: n1}}]\npods: [{{name: a, node: n1, {extra}}}]"
+        ))
+        .unwrap_err()
+        .to_string()
+    };
+    let e = pod("locality: {zone: Z_1}");
+    assert!(e.contains("pods[0]") && e.contains("locality.zone"), "{e}");
+    let e = pod("status: Sick");
+    assert!(e.contains("Sick"), "{e}");
+    let e = pod("locality: {rack: r}");
+    assert!(e.contains("rack"), "{e}");
+    let svc = |lb: &str| {
+        Topology::from_yaml(&format!(
+            "nodes: [{{name: n1}}]\nservices: [{{name: s, ports: {{80: 80}}, loadBalancing: {lb}}}]"
+        ))
+        .unwrap_err()
+        .to_string()
+    };
+    let e = svc("{mode: Sometimes}");
+    assert!(e.contains("Sometimes"), "{e}");
+    let e = svc("{routingPreference: [Continent]}");
+    assert!(e.contains("Continent"), "{e}");
+}
