@@ -44,6 +44,29 @@ struct ProxyArgs {
     /// for `up`, `local` for `demo`.
     #[arg(long, value_enum)]
     control: Option<Control>,
+    /// The HBONE transport between node proxies (`AMBIT_HBONE_TRANSPORT` of every node proxy):
+    /// `h2` (ztunnel's wire protocol), `h3` (QUIC only) or `auto` (QUIC, falling back to h2).
+    /// Default: the proxy's own default (h2).
+    #[arg(long, value_enum)]
+    transport: Option<Transport>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Transport {
+    H2,
+    H3,
+    Auto,
+}
+
+impl Transport {
+    /// The value of `AMBIT_HBONE_TRANSPORT`.
+    fn env_value(self) -> &'static str {
+        match self {
+            Transport::H2 => "h2",
+            Transport::H3 => "h3",
+            Transport::Auto => "auto",
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -240,6 +263,10 @@ async fn start(
             Mode::Shared => ProxyMode::Shared,
             Mode::Dedicated => ProxyMode::Dedicated,
         };
+        if let Some(t) = p.transport {
+            opts.proxy_env
+                .push(("AMBIT_HBONE_TRANSPORT".into(), t.env_value().into()));
+        }
     }
     let lab = Lab::start(topology, opts).await?;
     let s = lab.state();

@@ -2,7 +2,8 @@
 //! lab, plus the control plane's `xds_apply` figures; a markdown table on stdout, a JSON file
 //! and SVG charts in `--out`. Needs root (the lab builds network namespaces).
 //!
-//! `ambit-bench [--quick] [--proxy-binary [LABEL=]PATH]...` — see `bench/README.md`.
+//! `ambit-bench [--quick] [--proxy-binary [LABEL=]PATH]... [--transport h2,h3]
+//! [--proxy-env [LABEL:]KEY=VALUE]...` — see `bench/README.md`.
 //! `ambit-bench pod ...` is internal: the load generator and servers, run inside pods.
 //!
 //! Invariants: every proxy binary gets its own lab, all up at once, and each scenario runs
@@ -13,6 +14,7 @@
 mod procfs;
 mod report;
 mod scenarios;
+mod subjects;
 mod svg;
 mod workload;
 
@@ -43,6 +45,15 @@ struct Cli {
     /// Default: the workspace's release `ambit`.
     #[arg(long = "proxy-binary")]
     proxy_binary: Vec<String>,
+    /// HBONE transports to measure, comma-separated (`h2,h3`; also `auto`): every proxy binary
+    /// runs once per transport (`AMBIT_HBONE_TRANSPORT`), labelled `<label>/<transport>`; the
+    /// first is the baseline of the ratio columns. Default: the proxy's own default, unlabelled.
+    #[arg(long, value_delimiter = ',')]
+    transport: Vec<String>,
+    /// Extra environment for the node proxies of one subject (`LABEL:KEY=VALUE`, LABEL a
+    /// subject's label or its binary's label) or of all (`KEY=VALUE`); repeatable.
+    #[arg(long = "proxy-env")]
+    proxy_env: Vec<String>,
     /// Where the JSON file and the charts go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -153,38 +164,25 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn proxies(cli: &Cli) -> Result<Vec<(String, PathBuf)>> {
+fn proxies(cli: &Cli) -> Result<Vec<subjects::ProxySpec>> {
     let mut specs = cli.proxy_binary.clone();
     if specs.is_empty() {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map_or_else(|| workspace().join("target"), PathBuf::from);
         specs.push(format!("ambit={}", target.join("release/ambit").display()));
     }
-    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    let mut binaries = Vec::new();
     for spec in specs {
-        let (label, path) = match spec.split_once('=') {
-            Some((l, p)) => (l.to_string(), PathBuf::from(p)),
-            None => {
-                let p = PathBuf::from(&spec);
-                let name = p
-                    .file_name()
-                    .map_or("proxy".into(), |n| n.to_string_lossy().into_owned());
-                (name, p)
-            }
-        };
+        let (label, path) = subjects::parse_binary(&spec);
         if !path.is_file() {
             bail!(
                 "proxy binary {} not found (build it: cargo build --release -p ambit)",
                 path.display()
             );
         }
-        let mut label = label;
-        while out.iter().any(|(l, _)| *l == label) {
-            label.push('\'');
-        }
-        out.push((label, std::fs::canonicalize(&path)?));
+        binaries.push((label, std::fs::canonicalize(&path)?));
     }
-    Ok(out)
+    subjects::expand(&binaries, &cli.transport, &cli.proxy_env)
 }
 
 /// The order of the subjects in round `r`: alternating, so neither always goes first.
@@ -216,12 +214,13 @@ async fn run(cli: &Cli) -> Result<Report> {
     let rate = cli.rate.max(10);
 
     let mut subjects: Vec<Subject> = Vec::new();
-    for (label, bin) in &binaries {
+    for spec in &binaries {
         eprintln!(
-            "ambit-bench: starting a lab for {label} ({})",
-            bin.display()
+            "ambit-bench: starting a lab for {} ({})",
+            spec.label,
+            spec.binary.display()
         );
-        subjects.push(scenarios::start(label, bin, &exe, &cli.proxy_log).await?);
+        subjects.push(scenarios::start(spec, &exe, &cli.proxy_log).await?);
     }
     let n = subjects.len();
     let label = |i: usize| subjects[i].label.clone();
@@ -372,9 +371,10 @@ async fn run(cli: &Cli) -> Result<Report> {
         machine,
         proxies: binaries
             .iter()
-            .map(|(l, p)| ProxyRef {
-                label: l.clone(),
-                binary: p.display().to_string(),
+            .map(|p| ProxyRef {
+                label: p.label.clone(),
+                binary: p.binary.display().to_string(),
+                env: p.env.clone(),
             })
             .collect(),
         throughput,
@@ -401,7 +401,12 @@ fn write_outputs(report: &Report, out: &Path) -> Result<()> {
         report.wall_secs
     );
     for p in &report.proxies {
-        println!("- `{}`: {}", p.label, p.binary);
+        let env: Vec<String> = p.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if env.is_empty() {
+            println!("- `{}`: {}", p.label, p.binary);
+        } else {
+            println!("- `{}`: {} with `{}`", p.label, p.binary, env.join(" "));
+        }
     }
     println!("\n{}", report.markdown());
     std::fs::write(
@@ -488,4 +493,47 @@ async fn control_plane(mode: &str) -> Result<Option<ControlPlane>> {
             .and_then(|v| v.parse().ok()),
         output: text,
     }))
+}
+
+#[cfg(test)]
+mod cli_tests {
+    //! The flags reach [`proxies`]'s inputs as documented (the expansion is tested in
+    //! `subjects::tests`).
+    use super::*;
+
+    #[test]
+    fn transport_is_comma_separated_and_env_repeatable() {
+        let cli = Cli::try_parse_from([
+            "ambit-bench",
+            "--quick",
+            "--transport",
+            "h2,h3",
+            "--proxy-env",
+            "ambit/h3:A=1",
+            "--proxy-env",
+            "B=2",
+        ])
+        .unwrap();
+        assert_eq!(cli.transport, ["h2", "h3"]);
+        assert_eq!(cli.proxy_env, ["ambit/h3:A=1", "B=2"]);
+        let cli = Cli::try_parse_from(["ambit-bench", "--transport", "h3", "--transport", "auto"])
+            .unwrap();
+        assert_eq!(cli.transport, ["h3", "auto"]);
+        let cli = Cli::try_parse_from(["ambit-bench"]).unwrap();
+        assert!(cli.transport.is_empty() && cli.proxy_env.is_empty());
+    }
+
+    #[test]
+    fn bad_transport_fails_before_any_lab() {
+        let cli = Cli::try_parse_from([
+            "ambit-bench",
+            "--proxy-binary",
+            "/bin/sh",
+            "--transport",
+            "h4",
+        ])
+        .unwrap();
+        let err = proxies(&cli).unwrap_err().to_string();
+        assert_eq!(err, "--transport \"h4\": expected h2, h3 or auto");
+    }
 }

@@ -29,6 +29,8 @@ pub struct Report {
 pub struct ProxyRef {
     pub label: String,
     pub binary: String,
+    /// Extra environment of its node proxies (`--transport`, `--proxy-env`).
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Serialize)]

@@ -19,6 +19,7 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::procfs;
+use crate::subjects::ProxySpec;
 use crate::workload::{ConnRateOut, LatencyOut};
 
 pub const RR_PORT: u16 = 7001;
@@ -63,12 +64,15 @@ pub struct Subject {
     _servers: Vec<Process>,
 }
 
-/// Starts a lab for `binary` with the servers in both server pods, ready for traffic.
-pub async fn start(label: &str, binary: &Path, exe: &Path, rust_log: &str) -> Result<Subject> {
+/// Starts a lab for `spec` (its binary, with its environment in every node proxy) with the
+/// servers in both server pods, ready for traffic.
+pub async fn start(spec: &ProxySpec, exe: &Path, rust_log: &str) -> Result<Subject> {
+    let (label, binary) = (spec.label.as_str(), spec.binary.as_path());
     let opts = LabOptions {
         proxy: Some(binary.to_path_buf()),
         mode: ProxyMode::Shared,
         rust_log: rust_log.into(),
+        proxy_env: spec.env.clone(),
         ..LabOptions::default()
     };
     let topology = Topology::from_yaml(TOPOLOGY).context("bench topology")?;
