@@ -56,6 +56,9 @@ struct KeyEntry {
     /// Held while opening a connection; guards `attempts` and `last_failure`.
     connect: tokio::sync::Mutex<Attempts>,
     conn: Mutex<Option<Arc<Conn>>>,
+    /// Connections replaced at their stream limit, kept until their last stream ends: dropping
+    /// the last request handle of an HTTP/3 connection closes it.
+    full: Mutex<Vec<Arc<Conn>>>,
 }
 
 /// Handshake attempts of one key. A request that waited for someone else's handshake and saw it
@@ -169,6 +172,9 @@ impl QuicPool {
             if let Some(c) = lock(&entry.conn).take() {
                 c.quic.close(0u32.into(), b"shutdown");
             }
+            for c in lock(&entry.full).drain(..) {
+                c.quic.close(0u32.into(), b"shutdown");
+            }
         }
     }
 
@@ -180,13 +186,14 @@ impl QuicPool {
             .entry(key.clone())
             .or_default()
             .clone();
-        if let Some(c) = entry.live() {
+        let max_streams = self.inner.cfg.max_concurrent_streams.max(1) as usize;
+        if let Some(c) = entry.live(max_streams) {
             return Ok((c, false));
         }
         let seen = entry.connect.try_lock().map(|a| a.count).ok();
         let mut attempts = entry.connect.lock().await;
         // Someone else may have opened it while we waited.
-        if let Some(c) = entry.live() {
+        if let Some(c) = entry.live(max_streams) {
             return Ok((c, false));
         }
         if seen.is_none_or(|n| n != attempts.count)
@@ -206,7 +213,13 @@ impl QuicPool {
             }
         };
         attempts.last_failure = None;
-        *lock(&entry.conn) = Some(conn.clone());
+        if let Some(old) = lock(&entry.conn).replace(conn.clone()) {
+            let mut full = lock(&entry.full);
+            full.retain(|c| c.is_open() && c.usage.streams.load(Ordering::Acquire) > 0);
+            if old.is_open() {
+                full.push(old);
+            }
+        }
         self.inner.opened.fetch_add(1, Ordering::Relaxed);
         spawn_reaper(conn.clone(), self.inner.cfg.pool_idle_timeout);
         Ok((conn, true))
@@ -293,10 +306,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // === impl KeyEntry ===
 
 impl KeyEntry {
-    fn live(&self) -> Option<Arc<Conn>> {
+    /// The key's current connection if it is open and has room for one more stream. A full
+    /// connection stays open for its streams (its reaper closes it once idle) while a new one
+    /// takes its place, as the h2 pool opens another connection at the peer's stream limit.
+    fn live(&self, max_streams: usize) -> Option<Arc<Conn>> {
         let mut slot = lock(&self.conn);
         match slot.as_ref() {
-            Some(c) if c.is_open() => Some(c.clone()),
+            Some(c) if c.is_open() && c.usage.streams.load(Ordering::Acquire) < max_streams => {
+                Some(c.clone())
+            }
+            Some(c) if c.is_open() => None,
             Some(_) => {
                 *slot = None;
                 None

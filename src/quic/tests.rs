@@ -380,3 +380,35 @@ async fn drain_finishes_open_streams_and_refuses_new_ones() {
     .await;
     assert!(gone.is_ok(), "the drained connection was not closed");
 }
+
+#[tokio::test]
+async fn a_connection_at_its_stream_limit_makes_another() {
+    let ca = TestCa::new("ca");
+    let srv = server(ca.leaf(SERVER));
+    let cfg = QuicConfig {
+        max_concurrent_streams: 2,
+        ..QuicConfig::default()
+    };
+    let pool = QuicPool::new(
+        cfg,
+        client_endpoint(udp()).unwrap(),
+        Arc::new(Fixed(ca.leaf(CLIENT))),
+    );
+    // Five tunnels held open at once: two per connection.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let tunnel = timeout(
+            STEP,
+            pool.send(&key(srv.addr), connect_request("10.0.0.2:80")),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        held.push(tunnel);
+    }
+    assert_eq!(pool.connections_opened(), 3);
+    // Every held tunnel still carries bytes.
+    for (recv, send, _) in held.iter_mut() {
+        assert_eq!(echo(recv, send, b"ping").await, b"ping");
+    }
+}
