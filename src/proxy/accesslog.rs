@@ -228,7 +228,7 @@ fn canonical_service(wl: &Workload) -> &str {
 /// service owning the VIP `orig` (if any) and the workload at `target` as destination.
 pub(super) fn outbound_labels(
     pi: &ProxyInputs,
-    orig: SocketAddr,
+    service: Option<&Service>,
     target: Option<SocketAddr>,
     dst_principal: Option<&Identity>,
 ) -> TrafficLabels {
@@ -239,7 +239,7 @@ pub(super) fn outbound_labels(
         fill_source(&mut l, wl);
     }
     l.source_principal = pi.local.identity.to_string();
-    if let Some(svc) = snapshot.service_by_vip(network, orig.ip()) {
+    if let Some(svc) = service {
         fill_service(&mut l, svc);
     }
     if let Some(wl) = target.and_then(|t| snapshot.workload_by_addr(network, t.ip())) {

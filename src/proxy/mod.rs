@@ -356,6 +356,8 @@ fn same_family_ip(wl: &Workload, like: IpAddr) -> Option<IpAddr> {
 #[cfg(test)]
 mod outlier_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod waypoint_tests;

@@ -17,7 +17,7 @@ use crate::hbone::{
 };
 use crate::lifecycle::DrainWatcher;
 use crate::metrics::HboneTransportLabel;
-use crate::state::{ClientLocality, GatewayAddress, TunnelProtocol, Workload};
+use crate::state::{ClientLocality, GatewayAddress, Service, TunnelProtocol, Workload};
 
 use super::accesslog::{ConnectionLog, Direction, outbound_labels};
 use super::copy::{copy_bidirectional, tcp_halves};
@@ -165,13 +165,15 @@ pub(super) async fn connect(
                 route: Route::Hbone {
                     target, expected, ..
                 },
+                service,
                 ..
-            }) => outbound_labels(pi, orig, Some(*target), expected.first()),
+            }) => outbound_labels(pi, service.as_deref(), Some(*target), expected.first()),
             Ok(Routed {
                 route: Route::Plain(target),
+                service,
                 ..
-            }) => outbound_labels(pi, orig, Some(*target), None),
-            Err(_) => outbound_labels(pi, orig, None, None),
+            }) => outbound_labels(pi, service.as_deref(), Some(*target), None),
+            Err(_) => outbound_labels(pi, None, None, None),
         };
         let routed = match routed {
             Ok(r) => r,
@@ -197,10 +199,7 @@ pub(super) async fn connect(
         // A service-addressed tunnel names the service in `forwarded` `host=` (wire.md §2.1):
         // the peer takes its `destination_service` label from it.
         let service_host = match &routed.route {
-            Route::Hbone { .. } => pi
-                .state
-                .service_by_vip_for(&pi.cfg.network, orig.ip(), &pi.local.namespace)
-                .map(|svc| svc.hostname.clone()),
+            Route::Hbone { .. } => routed.service.as_ref().map(|svc| svc.hostname.clone()),
             Route::Plain(_) => None,
         };
         let result = connect_route(pi, transports, peer, routed.route, service_host, log).await;
@@ -330,6 +329,9 @@ pub(super) async fn run_until_forced<F: std::future::Future>(
 pub(super) struct Routed {
     pub route: Route,
     pub endpoint: Option<SocketAddr>,
+    /// The service `orig` addressed, when it was a VIP: resolved once, here, for the labels and
+    /// the `forwarded` `host=` as well.
+    pub service: Option<Arc<Service>>,
 }
 
 /// Decides where `orig` goes: a service VIP picks one of its endpoints; a workload address is
@@ -372,14 +374,15 @@ pub(super) fn route_avoiding(
                 expected: hop.expected,
             },
             endpoint: None,
+            service: svc.clone(),
         });
     }
-    let (wl, port, mut expected) = if let Some(svc) = svc {
+    let (wl, port, mut expected) = if let Some(svc) = &svc {
         let skip = |w: &Workload, port: u16| {
             same_family_ip(w, orig.ip()).is_some_and(|ip| avoid(SocketAddr::new(ip, port)))
         };
         let (wl, port) = state
-            .pick_endpoint_for(&svc, orig.port(), &client, skip)
+            .pick_endpoint_for(svc, orig.port(), &client, skip)
             .ok_or_else(|| RouteError::NoEndpoint {
                 service: format!("{}/{}", svc.namespace, svc.hostname),
                 port: orig.port(),
@@ -396,6 +399,7 @@ pub(super) fn route_avoiding(
         return Ok(Routed {
             route: Route::Plain(orig),
             endpoint: None,
+            service: svc.clone(),
         });
     };
     let ip = same_family_ip(&wl, orig.ip())
@@ -413,12 +417,14 @@ pub(super) fn route_avoiding(
                 expected: hop.expected,
             },
             endpoint,
+            service: svc.clone(),
         });
     }
     if wl.protocol != TunnelProtocol::Hbone {
         return Ok(Routed {
             route: Route::Plain(target),
             endpoint,
+            service: svc.clone(),
         });
     }
     expected.insert(0, wl.identity());
@@ -429,6 +435,7 @@ pub(super) fn route_avoiding(
             expected,
         },
         endpoint,
+        service: svc.clone(),
     })
 }
 

@@ -10,39 +10,12 @@ use tokio::net::TcpListener;
 
 use super::accesslog::{ConnectionLog, Direction};
 use super::outbound::{Upstream, connect};
+use super::test_support::{self, id};
 use super::*;
 use crate::state::{NetworkAddress, Service, StateWriter, Update};
 
-pub(super) struct NoCerts;
-
-impl CertProvider for NoCerts {
-    fn fetch(
-        &self,
-        id: &Identity,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<Arc<crate::tls::WorkloadCertificate>, crate::tls::TlsError>,
-                > + Send
-                + '_,
-        >,
-    > {
-        let id = id.clone();
-        Box::pin(async move {
-            Err(crate::tls::TlsError::CertificateUnavailable {
-                identity: id,
-                reason: "plain TCP only in this test".into(),
-            })
-        })
-    }
-}
-
 const SVC: &str = "b/web.b.svc.cluster.local";
 const VIP: &str = "10.96.0.1:80";
-
-fn id(ns: &str, sa: &str) -> Identity {
-    Identity::new("cluster.local", ns, sa).unwrap()
-}
 
 /// A plain-TCP (not meshed) endpoint at `ip`, serving service port 80 on `port`.
 fn endpoint(uid: &str, ip: &str, port: u16) -> Workload {
@@ -77,29 +50,7 @@ fn inputs(good: u16, bad: u16, outlier: OutlierConfig) -> Arc<ProxyInputs> {
                 ..Default::default()
             }),
     );
-    Arc::new(ProxyInputs {
-        cfg: Arc::new(ProxyConfig {
-            outbound_addr: "127.0.0.1:0".parse().unwrap(),
-            inbound_addr: "127.0.0.1:0".parse().unwrap(),
-            inbound_plaintext_addr: "127.0.0.1:0".parse().unwrap(),
-            network: String::new(),
-            socket: SocketOptions::default(),
-            orig_src: false,
-            reuse_port: false,
-            h2: Default::default(),
-            transport: Default::default(),
-            hbone_port: 15008,
-            outlier: outlier.clone(),
-        }),
-        local: LocalWorkload {
-            namespace: "a".into(),
-            name: "client".into(),
-            identity: id("a", "client"),
-        },
-        state: view,
-        certs: Arc::new(NoCerts),
-        metrics: Default::default(),
-    })
+    Arc::new(test_support::inputs(view, "a", "client", outlier))
 }
 
 /// Connects through the outbound path to the VIP and checks the far end echoes.

@@ -1,36 +1,10 @@
 //! Routing decisions of the outbound path, on a state loaded from a local config.
 
-use std::sync::Arc;
-
 use super::outbound::{Route, baggage, route};
+use super::test_support::{self, id};
 use super::*;
 use crate::hbone::WorkloadType;
 use crate::state::{NetworkAddress, Service, StateWriter, TunnelProtocol, Update};
-
-/// A certificate provider that is never asked: routing decides without certificates.
-struct NoCerts;
-
-impl CertProvider for NoCerts {
-    fn fetch(
-        &self,
-        id: &Identity,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<Arc<crate::tls::WorkloadCertificate>, crate::tls::TlsError>,
-                > + Send
-                + '_,
-        >,
-    > {
-        let id = id.clone();
-        Box::pin(async move {
-            Err(crate::tls::TlsError::CertificateUnavailable {
-                identity: id,
-                reason: "not in this test".into(),
-            })
-        })
-    }
-}
 
 fn workload(uid: &str, ns: &str, name: &str, ips: &[&str], hbone: bool) -> Workload {
     let mut wl = Workload::new(uid, name, id(ns, name));
@@ -84,33 +58,7 @@ fn inputs() -> ProxyInputs {
             ))
             .upsert(service("empty", "10.96.0.2", &[])),
     );
-    ProxyInputs {
-        cfg: Arc::new(ProxyConfig {
-            outbound_addr: "[::]:15001".parse().unwrap(),
-            inbound_addr: "[::]:15008".parse().unwrap(),
-            inbound_plaintext_addr: "[::]:15006".parse().unwrap(),
-            network: String::new(),
-            socket: SocketOptions::default(),
-            orig_src: false,
-            reuse_port: false,
-            h2: Default::default(),
-            transport: Default::default(),
-            hbone_port: 15008,
-            outlier: Default::default(),
-        }),
-        local: LocalWorkload {
-            namespace: "a".into(),
-            name: "client".into(),
-            identity: id("a", "client"),
-        },
-        state: view,
-        certs: Arc::new(NoCerts),
-        metrics: Default::default(),
-    }
-}
-
-fn id(ns: &str, sa: &str) -> Identity {
-    Identity::new("cluster.local", ns, sa).unwrap()
+    test_support::inputs(view, "a", "client", Default::default())
 }
 
 #[test]

@@ -2,20 +2,15 @@
 //! with a service waypoint, a workload waypoint and the waypoint's own service.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use super::inbound::local_destination;
 use super::outbound::{Route, route};
-use super::outlier_tests::NoCerts;
+use super::test_support::{self, id};
 use super::*;
 use crate::state::{
     GatewayAddress, GatewayDestination, NetworkAddress, Service, StateWriter, TunnelProtocol,
     Update,
 };
-
-fn id(ns: &str, sa: &str) -> Identity {
-    Identity::new("cluster.local", ns, sa).unwrap()
-}
 
 fn workload(ns: &str, name: &str, ip: &str) -> Workload {
     let mut wl = Workload::new(format!("{ns}/{name}"), name, id(ns, name));
@@ -76,29 +71,7 @@ fn inputs(local_ns: &str, local_name: &str) -> ProxyInputs {
             .upsert(web)
             .upsert(service("wp", "10.96.0.9", (15008, 15008))),
     );
-    ProxyInputs {
-        cfg: Arc::new(ProxyConfig {
-            outbound_addr: "[::]:15001".parse().unwrap(),
-            inbound_addr: "[::]:15008".parse().unwrap(),
-            inbound_plaintext_addr: "[::]:15006".parse().unwrap(),
-            network: String::new(),
-            socket: SocketOptions::default(),
-            orig_src: false,
-            reuse_port: false,
-            h2: Default::default(),
-            transport: Default::default(),
-            hbone_port: 15008,
-            outlier: Default::default(),
-        }),
-        local: LocalWorkload {
-            namespace: local_ns.into(),
-            name: local_name.into(),
-            identity: id(local_ns, local_name),
-        },
-        state: view,
-        certs: Arc::new(NoCerts),
-        metrics: Default::default(),
-    }
+    test_support::inputs(view, local_ns, local_name, Default::default())
 }
 
 #[test]
