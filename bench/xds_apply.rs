@@ -43,6 +43,7 @@ async fn main() {
                 alt_hostname: None,
                 auth_token: None,
                 cluster_id: "Kubernetes".into(),
+                headers: Vec::new(),
             },
             node: NodeInfo::ztunnel("10.0.0.1", "ztunnel", "istio-system", "node"),
             initial_backoff: Duration::from_millis(10),

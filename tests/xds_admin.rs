@@ -48,6 +48,7 @@ async fn config_dump_lists_what_the_control_plane_sent() {
                 alt_hostname: None,
                 auth_token: None,
                 cluster_id: "Kubernetes".into(),
+                headers: Vec::new(),
             },
             node: NodeInfo::ztunnel("", "ztunnel", "istio-system", "node-1"),
             initial_backoff: Duration::from_millis(10),

@@ -191,6 +191,7 @@ fn client(test: &str, addr: SocketAddr) -> IstioCaClient {
             alt_hostname: None,
             auth_token: Some(token(test)),
             cluster_id: "cluster-a".into(),
+            headers: vec![("x-ca-tenant".into(), "blue".into())],
         },
         secret_ttl: Duration::from_secs(3600),
         impersonate: true,
@@ -246,6 +247,7 @@ async fn a_signed_csr_becomes_a_usable_certificate() {
     let (headers, req) = seen.recv().await.unwrap();
     assert_eq!(headers.get("authorization").unwrap(), "Bearer ca-token");
     assert_eq!(headers.get("clusterid").unwrap(), "cluster-a");
+    assert_eq!(headers.get("x-ca-tenant").unwrap(), "blue");
     assert_eq!(req.validity_duration, 3600);
     server.stop().await;
 }

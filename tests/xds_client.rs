@@ -51,8 +51,17 @@ fn start_client_with(test: &str, addr: std::net::SocketAddr, metrics: XdsMetrics
             alt_hostname: None,
             auth_token: Some(token.clone()),
             cluster_id: "cluster-a".into(),
+            headers: vec![("x-tenant".into(), "blue".into())],
         },
-        node: NodeInfo::ztunnel("10.1.0.5", "ztunnel-x", "istio-system", "node-1"),
+        node: NodeInfo::ztunnel("10.1.0.5", "ztunnel-x", "istio-system", "node-1")
+            .with_proxy_metadata(&[
+                (
+                    "LABELS".into(),
+                    serde_json::json!({"app": "ztunnel", "replicas": 2}),
+                ),
+                // ztunnel's own keys are not overridden by the environment.
+                ("NAME".into(), serde_json::json!("impostor")),
+            ]),
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(200),
     };
@@ -94,6 +103,7 @@ async fn pushes_apply_removals_remove_and_readiness_follows_acks() {
     // Metadata and the subscriptions as ztunnel sends them.
     assert_eq!(conn.headers.get("authorization").unwrap(), "Bearer token-1");
     assert_eq!(conn.headers.get("clusterid").unwrap(), "cluster-a");
+    assert_eq!(conn.headers.get("x-tenant").unwrap(), "blue");
     let initial = conn.initial_requests().await;
     for t in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL] {
         let r = by_type(&initial, t);
@@ -104,7 +114,21 @@ async fn pushes_apply_removals_remove_and_readiness_follows_acks() {
             node.id,
             "ztunnel~10.1.0.5~ztunnel-x.istio-system~istio-system.svc.cluster.local"
         );
-        assert!(node.metadata.unwrap().fields.contains_key("NODE_NAME"));
+        let fields = node.metadata.unwrap().fields;
+        assert!(fields.contains_key("NODE_NAME"));
+        use prost_types::value::Kind;
+        assert_eq!(
+            fields["NAME"].kind,
+            Some(Kind::StringValue("ztunnel-x".into()))
+        );
+        let Some(Kind::StructValue(labels)) = &fields["LABELS"].kind else {
+            panic!("LABELS is not a struct: {:?}", fields["LABELS"]);
+        };
+        assert_eq!(
+            labels.fields["app"].kind,
+            Some(Kind::StringValue("ztunnel".into()))
+        );
+        assert_eq!(labels.fields["replicas"].kind, Some(Kind::NumberValue(2.0)));
     }
     assert_eq!(
         h.readiness.pending(),
@@ -328,6 +352,7 @@ async fn tls_with_an_inline_root_and_the_alternate_hostname() {
         alt_hostname: Some(alt.to_string()),
         auth_token: None,
         cluster_id: "Kubernetes".into(),
+        headers: Vec::new(),
     };
 
     // The wrong verified name fails the handshake.

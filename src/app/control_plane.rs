@@ -31,13 +31,15 @@ pub fn xds_client(
             alt_hostname: config.alt_xds_hostname.clone(),
             auth_token: config.auth_token.clone(),
             cluster_id: config.cluster_id.clone(),
+            headers: config.xds_headers.clone(),
         },
         node: NodeInfo::ztunnel(
             &config.instance_ip,
             &config.pod_name,
             &config.pod_namespace,
             &config.node_name,
-        ),
+        )
+        .with_proxy_metadata(&config.proxy_metadata),
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_secs(15),
     };
@@ -55,6 +57,7 @@ pub fn ca_client(config: &Config) -> anyhow::Result<Arc<dyn CaClient>> {
                     alt_hostname: config.alt_ca_hostname.clone(),
                     auth_token: config.auth_token.clone(),
                     cluster_id: config.cluster_id.clone(),
+                    headers: config.ca_headers.clone(),
                 },
                 secret_ttl: config.secret_ttl,
                 impersonate: config.proxy_mode == ProxyMode::Shared,

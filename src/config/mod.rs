@@ -8,6 +8,7 @@
 //! Empty values count as unset, except `XDS_ADDRESS` and `CA_ADDRESS`, where `""` disables.
 
 mod parse;
+mod prefixed;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -94,6 +95,16 @@ pub struct Config {
     /// A SOCKS5 listener on 127.0.0.1:15080 in each pod (`UNSTABLE_ENABLE_SOCKS5`).
     pub enable_socks5: bool,
     pub outlier: Outlier,
+    /// Extra headers on every xDS request (`XDS_HEADER_<name>`), names lowercased. Values
+    /// may be credentials, so the config dump shows names only.
+    #[serde(serialize_with = "ser_header_names")]
+    pub xds_headers: Vec<(String, String)>,
+    /// Extra headers on every CA request (`CA_HEADER_<name>`), names lowercased.
+    #[serde(serialize_with = "ser_header_names")]
+    pub ca_headers: Vec<(String, String)>,
+    /// Node metadata sent to the control plane besides ztunnel's own four keys
+    /// (`ISTIO_META_<key>` as strings, `ISTIO_METAJSON_<key>` as JSON).
+    pub proxy_metadata: Vec<(String, serde_json::Value)>,
 }
 
 /// Passive outlier ejection of service endpoints (ambit's own; ztunnel has none).
@@ -191,6 +202,12 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error("{var}={value:?}: {reason}")]
+    InvalidPrefixed {
+        var: String,
+        value: String,
+        reason: String,
+    },
     #[error("PROXY_MODE=dedicated requires PROXY_WORKLOAD_INFO (namespace/name/service-account)")]
     DedicatedWithoutWorkload,
 }
@@ -198,12 +215,29 @@ pub enum ConfigError {
 // === impl Config ===
 
 impl Config {
-    /// Reads the process environment.
+    /// Reads the process environment. Variables whose name or value is not UTF-8 are ignored
+    /// (none of ours can be).
     pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_source(&|name| std::env::var(name).ok())
+        let vars: std::collections::BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        Config::from_vars(&vars)
     }
 
-    /// Reads variables through `source` (a map in tests).
+    /// Reads every setting, prefixed ones included, from a full set of variables.
+    pub fn from_vars(
+        vars: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = Config::from_source(&|name| vars.get(name).cloned())?;
+        let prefixed = prefixed::parse(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        config.xds_headers = prefixed.xds_headers;
+        config.ca_headers = prefixed.ca_headers;
+        config.proxy_metadata = prefixed.proxy_metadata;
+        Ok(config)
+    }
+
+    /// Reads variables looked up by name through `source` (a map in tests); prefixed
+    /// variables need the whole set, see [`Config::from_vars`].
     pub fn from_source(source: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         Config::from_source_with_cpus(source, cpus)
@@ -367,6 +401,9 @@ impl Config {
                     .parse("AMBIT_CONNECT_ATTEMPTS", positive_u32)?
                     .unwrap_or(3),
             },
+            xds_headers: Vec::new(),
+            ca_headers: Vec::new(),
+            proxy_metadata: Vec::new(),
         };
         config.validate()?;
         Ok(config)
@@ -511,6 +548,10 @@ fn termination_deadline(env: &Env<'_>) -> Result<Duration, ConfigError> {
         return Ok(Duration::from_secs(secs.max(1)));
     }
     Ok(Duration::from_secs(5))
+}
+
+fn ser_header_names<S: Serializer>(h: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(h.iter().map(|(name, _)| name))
 }
 
 fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

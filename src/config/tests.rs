@@ -443,3 +443,36 @@ fn dns_proxy_and_socks5() {
         "{err}"
     );
 }
+
+#[test]
+fn prefixed_variables_reach_the_config_and_the_dump_hides_header_values() {
+    let vars: std::collections::BTreeMap<String, String> = [
+        ("LOCAL_XDS_PATH", "/etc/ambit/local.yaml"),
+        ("FAKE_CA", "true"),
+        ("XDS_HEADER_X-Tenant", "blue"),
+        ("CA_HEADER_X-Ca-Key", "secret-value"),
+        ("ISTIO_META_DNS_CAPTURE", "true"),
+        ("ISTIO_METAJSON_LABELS", r#"{"app":"ztunnel"}"#),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let c = Config::from_vars(&vars).unwrap();
+    assert_eq!(c.xds_headers, vec![("x-tenant".into(), "blue".into())]);
+    assert_eq!(
+        c.ca_headers,
+        vec![("x-ca-key".into(), "secret-value".into())]
+    );
+    assert_eq!(c.proxy_metadata.len(), 2);
+    assert!(c.dns.enabled);
+    let dump = serde_json::to_string(&c).unwrap();
+    assert!(dump.contains("x-ca-key"), "{dump}");
+    assert!(!dump.contains("secret-value"), "{dump}");
+
+    let mut bad = vars.clone();
+    bad.insert("XDS_HEADER_bad name".into(), "v".into());
+    assert_eq!(
+        Config::from_vars(&bad).unwrap_err().to_string(),
+        "XDS_HEADER_bad name=\"v\": the name after the prefix is not a header name"
+    );
+}

@@ -1,5 +1,6 @@
 //! gRPC channels to the control plane (istiod's xDS and CA endpoints): TLS trust, verified host
-//! name, keepalives, and the per-request metadata (`authorization: Bearer <token>`, `clusterid`).
+//! name, keepalives, and the per-request metadata (`authorization: Bearer <token>`, `clusterid`, and the
+//! configured extra headers).
 //!
 //! Shared by the xDS client and the CA client, which sit on one level and may not import each
 //! other. Invariants: TLS is server-authenticated only and trusts exactly the configured roots
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 /// How long to wait for a TCP+TLS connection to the control plane.
@@ -37,6 +38,8 @@ pub struct GrpcTarget {
     pub auth_token: Option<PathBuf>,
     /// Sent as the `clusterid` header.
     pub cluster_id: String,
+    /// Further headers sent on every request (`XDS_HEADER_*` / `CA_HEADER_*`), lowercase names.
+    pub headers: Vec<(String, String)>,
 }
 
 /// Where the control plane's root certificates come from (`XDS_ROOT_CA`, `CA_ROOT_CA`).
@@ -76,6 +79,8 @@ pub enum GrpcError {
     },
     #[error("header {name}: value is not valid ASCII header text")]
     BadHeader { name: &'static str },
+    #[error("extra header {name}: not a valid gRPC ASCII header name and value")]
+    BadExtraHeader { name: String },
 }
 
 // === impl RootCert ===
@@ -171,6 +176,12 @@ impl GrpcTarget {
                 .map_err(|_| GrpcError::BadHeader { name: "clusterid" })?;
             metadata.insert("clusterid", value);
         }
+        for (name, value) in &self.headers {
+            let bad = || GrpcError::BadExtraHeader { name: name.clone() };
+            let key = AsciiMetadataKey::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+            let value = AsciiMetadataValue::try_from(value.as_str()).map_err(|_| bad())?;
+            metadata.insert(key, value);
+        }
         Ok(())
     }
 }
@@ -186,6 +197,21 @@ mod tests {
             alt_hostname: None,
             auth_token: None,
             cluster_id: "Kubernetes".into(),
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn extra_headers_are_sent_and_bad_ones_named() {
+        let mut t = target("http://127.0.0.1:1");
+        t.headers = vec![("x-tenant".into(), "blue".into())];
+        let mut md = MetadataMap::new();
+        t.add_metadata(&mut md).unwrap();
+        assert_eq!(md.get("x-tenant").unwrap(), "blue");
+        t.headers = vec![("bad name".into(), "v".into())];
+        match t.add_metadata(&mut md) {
+            Err(GrpcError::BadExtraHeader { name }) => assert_eq!(name, "bad name"),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -42,7 +42,7 @@ impl Default for SecretManagerConfig {
         SecretManagerConfig {
             max_in_flight: 8,
             initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(150),
         }
     }
 }

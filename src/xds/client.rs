@@ -59,6 +59,8 @@ pub struct NodeInfo {
     pub id: String,
     /// String-valued metadata (`NAME`, `NAMESPACE`, `INSTANCE_IPS`, `NODE_NAME`, …).
     pub metadata: Vec<(String, String)>,
+    /// Proxy metadata from the environment, sent as typed protobuf values.
+    pub json_metadata: Vec<(String, serde_json::Value)>,
 }
 
 /// Why a stream ended.
@@ -122,26 +124,60 @@ impl NodeInfo {
                 ("INSTANCE_IPS".into(), instance_ip.into()),
                 ("NODE_NAME".into(), node_name.into()),
             ],
+            json_metadata: Vec::new(),
         }
     }
 
+    /// Adds proxy metadata (`ISTIO_META_*`, `ISTIO_METAJSON_*`). ztunnel's own four keys keep
+    /// their values: they name this node to the control plane.
+    pub fn with_proxy_metadata(mut self, extra: &[(String, serde_json::Value)]) -> Self {
+        for (k, v) in extra {
+            if !self.metadata.iter().any(|(own, _)| own == k) {
+                self.json_metadata.push((k.clone(), v.clone()));
+            }
+        }
+        self
+    }
+
     fn to_proto(&self) -> Node {
-        let fields = self
-            .metadata
+        let strings = self.metadata.iter().map(|(k, v)| {
+            let value = prost_types::Value {
+                kind: Some(Kind::StringValue(v.clone())),
+            };
+            (k.clone(), value)
+        });
+        let json = self
+            .json_metadata
             .iter()
-            .map(|(k, v)| {
-                let value = prost_types::Value {
-                    kind: Some(Kind::StringValue(v.clone())),
-                };
-                (k.clone(), value)
-            })
-            .collect();
+            .map(|(k, v)| (k.clone(), json_value(v)));
+        let fields = json.chain(strings).collect();
         Node {
             id: self.id.clone(),
             metadata: Some(prost_types::Struct { fields }),
             ..Default::default()
         }
     }
+}
+
+/// JSON as a protobuf `Value` (what `google.protobuf.Struct` holds).
+fn json_value(v: &serde_json::Value) -> prost_types::Value {
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_value).collect(),
+        }),
+        J::Object(map) => Kind::StructValue(prost_types::Struct {
+            fields: map
+                .iter()
+                .map(|(k, v)| (k.clone(), json_value(v)))
+                .collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
 }
 
 // === impl XdsClient ===
