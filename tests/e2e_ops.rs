@@ -7,31 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ambit_lab::http_get;
-use common::mesh::{Mesh, MeshOpts, wait_log_line};
+use common::mesh::{Mesh, MeshOpts, sample, scrape, wait_log_line};
 use common::{STEP, servers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// The metrics text served in `ns`.
-async fn scrape(ns: &ambit_lab::Netns) -> String {
-    let resp = http_get(
-        ns,
-        SocketAddr::from(([127, 0, 0, 1], 15020)),
-        "/stats/prometheus",
-        STEP,
-    )
-    .await
-    .unwrap();
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    resp.body
-}
-
-/// The value of the one sample of `family` whose labels contain every one of `labels`.
-fn sample(text: &str, family: &str, labels: &[&str]) -> Option<u64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")))
-        .find(|l| labels.iter().all(|want| l.contains(want)))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn byte_counters_match_a_known_transfer_from_both_reporters() {

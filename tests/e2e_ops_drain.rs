@@ -11,28 +11,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ambit_lab::{Netns, Process, http_get};
-use common::mesh::{Mesh, MeshOpts, pair_config, wait_log_line};
+use common::mesh::{Mesh, MeshOpts, echo_once, pair_config, sample, scrape, wait_log_line};
 use common::{STEP, servers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The drain deadline the draining ambit runs with.
 const DEADLINE: Duration = Duration::from_secs(3);
-
-/// The value of the one sample of `family` whose labels contain every one of `labels`.
-fn sample(text: &str, family: &str, labels: &[&str]) -> Option<u64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")))
-        .find(|l| labels.iter().all(|want| l.contains(want)))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-async fn scrape(ns: &Netns) -> String {
-    let addr = SocketAddr::from(([127, 0, 0, 1], 15020));
-    let resp = http_get(ns, addr, "/stats/prometheus", STEP).await.unwrap();
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    resp.body
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_connection_is_counted_as_failed_with_deny_and_logged() {
@@ -124,16 +109,6 @@ async fn denied_connection_is_counted_as_failed_with_deny_and_logged() {
 struct Flows {
     short: TcpStream,
     long: TcpStream,
-}
-
-async fn echo_once(s: &mut TcpStream, data: &[u8]) {
-    s.write_all(data).await.unwrap();
-    let mut back = vec![0u8; data.len()];
-    tokio::time::timeout(STEP, s.read_exact(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(back, data);
 }
 
 async fn open_flows(mesh: &Mesh) -> Flows {

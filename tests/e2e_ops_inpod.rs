@@ -21,10 +21,9 @@ use ambit_lab::topology::Pod;
 use ambit_lab::{
     ControlMode, Lab, LabOptions, Netns, Process, ProcessSpec, ProxyMode, Topology, http_get,
 };
-use common::mesh::AMBIT;
+use common::mesh::{AMBIT, echo_once};
 use common::{STEP, TempDir, servers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use zds::{Agent, Node};
 
 const DEMO: &str = include_str!("../examples/demo.yaml");
@@ -178,16 +177,6 @@ fn start_ambit(node: &Node, dir: &Path, uds: &Path) -> Process {
         .env("CONNECTION_TERMINATION_DEADLINE", "3s")
         .env("RUST_LOG", "info");
     Process::spawn(Some(&node.ns), &spec, dir).unwrap()
-}
-
-async fn echo_once(s: &mut TcpStream, data: &[u8]) {
-    s.write_all(data).await.unwrap();
-    let mut back = vec![0u8; data.len()];
-    tokio::time::timeout(STEP, s.read_exact(&mut back))
-        .await
-        .expect("echo within the step")
-        .expect("echo flow alive");
-    assert_eq!(back, data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

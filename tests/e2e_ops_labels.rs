@@ -9,8 +9,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ambit_lab::{Netns, Process, http_get};
-use common::mesh::{CLIENT_WL, Mesh, MeshOpts, SERVER_WL, wait_log_line, workload_yaml};
+use ambit_lab::{Netns, Process};
+use common::mesh::{
+    CLIENT_WL, Mesh, MeshOpts, SERVER_WL, sample, scrape, wait_log_line, workload_yaml,
+};
 use common::{STEP, servers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -29,21 +31,6 @@ fn config() -> String {
         workload_yaml(CLIENT_WL, &[common::client_ip(false)]),
         workload_yaml(SERVER_WL, &[common::server_ip(false)]),
     )
-}
-
-/// The value of the one sample of `family` whose labels contain every one of `labels`.
-fn sample(text: &str, family: &str, labels: &[&str]) -> Option<u64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")))
-        .find(|l| labels.iter().all(|want| l.contains(want)))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-async fn scrape(ns: &Netns) -> String {
-    let addr = SocketAddr::from(([127, 0, 0, 1], 15020));
-    let resp = http_get(ns, addr, "/stats/prometheus", STEP).await.unwrap();
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    resp.body
 }
 
 /// Polls (bounded) until `family` has a sample with `labels` equal to `want`; returns the text.

@@ -166,6 +166,34 @@ impl Mesh {
     }
 }
 
+/// The Prometheus text served on 127.0.0.1:15020 inside `ns` (asserts a 200).
+pub async fn scrape(ns: &Netns) -> String {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 15020));
+    let resp = http_get(ns, addr, "/stats/prometheus", STEP).await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    resp.body
+}
+
+/// The value of the one sample of `family` whose labels contain every one of `labels`.
+pub fn sample(text: &str, family: &str, labels: &[&str]) -> Option<u64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Writes `data` on an echo flow and asserts the same bytes come back within [`STEP`].
+pub async fn echo_once(s: &mut tokio::net::TcpStream, data: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(data).await.expect("echo flow writable");
+    let mut back = vec![0u8; data.len()];
+    tokio::time::timeout(STEP, s.read_exact(&mut back))
+        .await
+        .expect("echo within the step")
+        .expect("echo flow alive");
+    assert_eq!(back, data);
+}
+
 /// The sum of all samples of metric `name` served on 127.0.0.1:15020 inside `ns` (0 if absent).
 pub async fn metric(ns: &Netns, name: &str) -> f64 {
     let addr = SocketAddr::from(([127, 0, 0, 1], 15020));
