@@ -11,6 +11,7 @@ mod authz;
 mod connections;
 mod connector;
 pub mod copy;
+mod gateway;
 mod inbound;
 mod inbound_quic;
 mod outbound;
