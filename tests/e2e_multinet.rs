@@ -4,7 +4,7 @@
 //! - the bytes arrive (an HTTP answer, an echo);
 //! - the gateway's log shows the outer authority `hostname:port` and the client's identity;
 //! - the final server's node proxy logs the client's SPIFFE identity (the inner TLS is the
-//!   client's own, end to end through the gateway);
+//!   client's own, end to end through the gateway), and every connection completes cleanly;
 //! - a direct connection from network 1 to the network-2 pod's address fails (the networks are
 //!   isolated; only the gateway joins them).
 //!
@@ -148,6 +148,21 @@ async fn double_hbone_through_the_gateway(control: ControlMode) {
         lab.proxy_for("web-2").unwrap().tail(30)
     );
     println!("server node: {}", line.unwrap_or_default());
+    let echo_line = proxy_line(
+        &lab,
+        "web-2",
+        &["direction=inbound", &format!("dst.addr={web_ip}:8081")],
+    )
+    .await;
+    assert!(echo_line.is_some(), "no inbound log line for the echo connection");
+    // Both connections closed cleanly end to end: the client's side of the outer stream is
+    // finished, not reset, so the gateway delivers the inner TLS close to the server.
+    let log = lab.proxy_for("web-2").unwrap().log();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("direction=inbound") && l.contains("connection failed"))
+        .collect();
+    assert!(failed.is_empty(), "inbound connections failed: {failed:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -250,7 +250,7 @@ async fn forward(ctx: Arc<Context>, peer: SocketAddr, peer_id: Identity, req: In
     };
     let ip = ips[rand::random_range(0..ips.len())];
     let upstream = SocketAddr::from((ip, GATEWAY_HBONE_PORT));
-    let mut up = match ctx.netns.connect(upstream, CONNECT_TIMEOUT).await {
+    let up = match ctx.netns.connect(upstream, CONNECT_TIMEOUT).await {
         Ok(s) => s,
         Err(e) => {
             ctx.log.write(format!(
@@ -260,7 +260,7 @@ async fn forward(ctx: Arc<Context>, peer: SocketAddr, peer_id: Identity, req: In
             return req.reject(StatusCode::SERVICE_UNAVAILABLE);
         }
     };
-    let mut down = match req.accept(None) {
+    let down = match req.accept(None) {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(error = %e, "east-west gateway: client went away");
@@ -268,7 +268,25 @@ async fn forward(ctx: Arc<Context>, peer: SocketAddr, peer_id: Identity, req: In
         }
     };
     ctx.log.write(line(StatusCode::OK, &upstream));
-    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+    pipe(down, up).await;
+}
+
+/// Copies both ways until both directions end. Unlike `copy_bidirectional`, a direction that
+/// fails (the client reset its stream, say) does not cut the other short: bytes already
+/// received from one side are still delivered to the other, as a TCP proxy would.
+async fn pipe(down: hbone::H2Stream, up: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let (mut down_r, mut down_w) = tokio::io::split(down);
+    let (mut up_r, mut up_w) = up.into_split();
+    let to_endpoint = async {
+        let _ = tokio::io::copy(&mut down_r, &mut up_w).await;
+        let _ = up_w.shutdown().await;
+    };
+    let to_client = async {
+        let _ = tokio::io::copy(&mut up_r, &mut down_w).await;
+        let _ = down_w.shutdown().await;
+    };
+    tokio::join!(to_endpoint, to_client);
 }
 
 // === impl GatewayLog ===

@@ -13,10 +13,23 @@
 //! `subject_alt_names` is refused before anything is dialled, a gateway we cannot identify is an
 //! error); inner connections are never pooled (one per downstream connection, closed with it);
 //! the outer tunnel is h2 (what Istio's gateways speak), whatever transport the node prefers.
+//!
+//! Closing: when the inner connection ends, h2 sends GOAWAY and TLS its `close_notify`, then the
+//! outer stream is finished. Dropping the outer stream right away would reset it (`RST_STREAM`
+//! while the peer's side is open), and a gateway may then drop the inner bytes it had not
+//! forwarded yet, so the final server sees the connection cut short. [`OuterStream`] therefore
+//! waits, bounded by [`OUTER_DRAIN`], for the far end to finish its side too.
 
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 use crate::core::{Authority, Identity};
 use crate::hbone::{self, ConnectHeaders, ConnectRequest, H2Stream, HboneError, Pool, PoolKey};
@@ -26,6 +39,10 @@ use crate::state::{
 use crate::tls::{self, TlsError};
 
 use super::{ProxyInputs, same_family_ip};
+
+/// How long a closed inner connection waits for the far end to finish the outer stream before
+/// the stream is dropped (and so reset).
+const OUTER_DRAIN: Duration = Duration::from_secs(5);
 
 /// How to reach a remote-network endpoint: the gateway hop and what the final server must be.
 #[derive(Clone, Debug, PartialEq)]
@@ -275,6 +292,10 @@ pub(super) async fn connect(
         source,
     };
     let config = cert.client_config(&via.final_expected).map_err(inner_tls)?;
+    let outer = OuterStream {
+        inner: outer,
+        drain: None,
+    };
     let tls = tls::connect(config, outer).await.map_err(inner_tls)?;
     req.headers.forwarded_network = Some(pi.cfg.network.clone());
     hbone::connect_once(tls, &pi.cfg.h2, &req)
@@ -284,4 +305,59 @@ pub(super) async fn connect(
             authority: via.authority.clone(),
             source,
         })
+}
+
+/// The outer tunnel under the inner TLS: a plain [`H2Stream`] whose shutdown, after finishing
+/// our side, reads (and discards) until the far end finishes its side or [`OUTER_DRAIN`]
+/// passes, so the stream ends cleanly instead of being reset (see the module doc).
+struct OuterStream {
+    inner: H2Stream,
+    /// Set on the first shutdown poll.
+    drain: Option<Pin<Box<Sleep>>>,
+}
+
+impl AsyncRead for OuterStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for OuterStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+        let drain = this
+            .drain
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(OUTER_DRAIN)));
+        if drain.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut scratch = [0u8; 1024];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                // End of stream (or the peer reset it): nothing left to wait for.
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
