@@ -184,3 +184,115 @@ pub fn plug_gateway(
     }
     Ok(ns)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::control::local_config;
+    use crate::control_resources::{self, CpResource};
+
+    const TWO_NETWORKS: &str = "
+nodes:
+  - {name: n1, network: net1}
+  - {name: n2, network: net2}
+  - {name: n3}
+eastWestGateways: [{network: net2}]
+pods:
+  - {name: client, node: n1, serviceAccount: client}
+  - {name: web, node: n2, serviceAccount: web, labels: {app: web}}
+services: [{name: web, ports: {80: 8080}, selector: {app: web}, vips: [10.96.0.10]}]
+";
+
+    #[test]
+    fn nodes_default_to_the_first_network_and_gateways_get_the_top_addresses() {
+        let t = Topology::from_yaml(TWO_NETWORKS).unwrap();
+        assert_eq!(t.network_of_node("n3"), "net1");
+        assert_eq!(t.network_of(t.pod("web").unwrap()), "net2");
+        let gw = t.gateway_into("net2").unwrap();
+        assert_eq!(gw.ip, Ipv4Addr::new(172, 30, 0, 254));
+        assert_eq!(gw.name, "eastwest-net2");
+        assert_eq!(
+            gw.spiffe(),
+            "spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway"
+        );
+        assert!(t.gateway_into("net1").is_none());
+        let err = Topology::from_yaml(
+            "nodes: [{name: n1}]\neastWestGateways: [{network: elsewhere}]",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "topology: eastWestGateways[0] (\"elsewhere\"): field `network`: no node is on \
+             network \"elsewhere\""
+        );
+    }
+
+    #[test]
+    fn xds_resources_carry_networks_gateways_and_sans() {
+        let t = Topology::from_yaml(TWO_NETWORKS).unwrap();
+        let web = control_resources::workload(t.pod("web").unwrap(), &t);
+        assert_eq!(web.network, "net2");
+        let gw = web.network_gateway.unwrap();
+        assert_eq!(gw.hbone_mtls_port, 15008);
+        assert_eq!(
+            gw.destination,
+            Some(pw::gateway_address::Destination::Address(pw::NetworkAddress {
+                network: "net2".into(),
+                address: vec![172, 30, 0, 254],
+                length: None,
+            }))
+        );
+        let client = control_resources::workload(t.pod("client").unwrap(), &t);
+        assert_eq!(client.network, "net1");
+        assert!(client.network_gateway.is_none());
+        let all = control_resources::topology_resources(&t).unwrap();
+        let svc = all
+            .iter()
+            .find_map(|r| match r {
+                CpResource::Address {
+                    address:
+                        pw::Address {
+                            r#type: Some(pw::address::Type::Service(s)),
+                        },
+                    ..
+                } => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let vips: Vec<&str> = svc.addresses.iter().map(|a| a.network.as_str()).collect();
+        assert_eq!(vips, ["net1", "net2"]);
+        assert_eq!(
+            svc.subject_alt_names,
+            ["spiffe://cluster.local/ns/default/sa/web"]
+        );
+        assert!(all.iter().any(|r| r.name() == "Kubernetes//Pod/istio-system/eastwest-net2"));
+    }
+
+    #[test]
+    fn local_config_carries_the_same_and_one_network_stays_as_it_was() {
+        let t = Topology::from_yaml(TWO_NETWORKS).unwrap();
+        let v: Value = serde_yaml::from_str(&local_config(&t)).unwrap();
+        let web = &v["workloads"][1];
+        assert_eq!(web["network"], "net2");
+        assert_eq!(web["networkGateway"]["destination"], "net2/172.30.0.254");
+        assert_eq!(v["workloads"][2]["name"], "eastwest-net2");
+        assert_eq!(v["services"][0]["vips"][1], "net2/10.96.0.10");
+        assert_eq!(
+            v["services"][0]["subjectAltNames"][0],
+            "spiffe://cluster.local/ns/default/sa/web"
+        );
+
+        let one = Topology::from_yaml(
+            "nodes: [{name: n1}]\npods: [{name: a, node: n1, labels: {app: a}}]\n\
+             services: [{name: a, ports: {80: 80}, selector: {app: a}, vips: [10.96.0.1]}]",
+        )
+        .unwrap();
+        let v: Value = serde_yaml::from_str(&local_config(&one)).unwrap();
+        assert!(v["workloads"][0].get("network").is_none());
+        assert!(v["workloads"][0].get("networkGateway").is_none());
+        assert_eq!(v["services"][0]["vips"], Value::Sequence(vec!["/10.96.0.1".into()]));
+        assert!(v["services"][0].get("subjectAltNames").is_none());
+    }
+}
