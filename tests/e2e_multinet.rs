@@ -122,11 +122,17 @@ async fn double_hbone_through_the_gateway(control: ControlMode) {
 
     // The gateway saw the service's hostname:port and the client's identity.
     let line = gw
-        .wait_line(&[&format!("authority={AUTHORITY}"), CLIENT_ID, "status=200"], STEP)
+        .wait_line(
+            &[&format!("authority={AUTHORITY}"), CLIENT_ID, "status=200"],
+            STEP,
+        )
         .await;
     assert!(line.is_some(), "gateway log: {:?}", gw.lines());
     let line = gw
-        .wait_line(&["authority=web.default.svc.cluster.local:81", CLIENT_ID], STEP)
+        .wait_line(
+            &["authority=web.default.svc.cluster.local:81", CLIENT_ID],
+            STEP,
+        )
         .await;
     assert!(line.is_some(), "gateway log: {:?}", gw.lines());
     println!("gateway: {}", line.unwrap_or_default());
@@ -154,7 +160,10 @@ async fn double_hbone_through_the_gateway(control: ControlMode) {
         &["direction=inbound", &format!("dst.addr={web_ip}:8081")],
     )
     .await;
-    assert!(echo_line.is_some(), "no inbound log line for the echo connection");
+    assert!(
+        echo_line.is_some(),
+        "no inbound log line for the echo connection"
+    );
     // Both connections closed cleanly end to end: the client's side of the outer stream is
     // finished, not reset, so the gateway delivers the inner TLS close to the server.
     let log = lab.proxy_for("web-2").unwrap().log();

@@ -32,6 +32,22 @@ pub struct LabCa {
     server_key_pem: String,
 }
 
+/// A certificate with its key, all DER: for a lab process holding an identity of its own.
+#[derive(Clone)]
+pub struct KeyedCert {
+    pub leaf: Vec<u8>,
+    /// PKCS#8.
+    pub key: Vec<u8>,
+    pub root: Vec<u8>,
+}
+
+impl std::fmt::Debug for KeyedCert {
+    // The key is left out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedCert").finish_non_exhaustive()
+    }
+}
+
 /// A signed workload certificate.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -128,16 +144,16 @@ impl LabCa {
     }
 
     /// A certificate for `identity` over a key made here, for lab processes that hold an
-    /// identity of their own (the east-west gateway): `(leaf DER, PKCS#8 key DER, root DER)`.
-    pub fn issue_with_key(
-        &self,
-        identity: &str,
-        ttl: Duration,
-    ) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), String> {
+    /// identity of their own (the east-west gateway).
+    pub fn issue_with_key(&self, identity: &str, ttl: Duration) -> Result<KeyedCert, String> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| format!("key for {identity}: {e}"))?;
         let leaf = self.sign_key(identity, &key, ttl)?;
-        Ok((leaf.der().to_vec(), key.serialize_der(), self.root_der.clone()))
+        Ok(KeyedCert {
+            leaf: leaf.der().to_vec(),
+            key: key.serialize_der(),
+            root: self.root_der.clone(),
+        })
     }
 
     /// Signs a certificate for `identity` over the CSR's key, valid for `ttl` (capped).

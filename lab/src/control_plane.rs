@@ -237,8 +237,8 @@ impl LabControlPlane {
     }
 
     /// A certificate from the lab CA for a lab process with an identity of its own (the
-    /// east-west gateway): `(leaf DER, PKCS#8 key DER, root DER)`, valid for a day.
-    pub fn issue_with_key(&self, identity: &str) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), LabError> {
+    /// east-west gateway), valid for a day.
+    pub fn issue_with_key(&self, identity: &str) -> Result<crate::control_ca::KeyedCert, LabError> {
         self.shared
             .ca
             .issue_with_key(identity, std::time::Duration::from_secs(24 * 3600))

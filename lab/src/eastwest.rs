@@ -24,6 +24,7 @@ use ambit::tls::WorkloadCertificate;
 use http::StatusCode;
 use tokio::task::JoinHandle;
 
+use crate::control_ca::KeyedCert;
 use crate::topology::networks::GATEWAY_HBONE_PORT;
 use crate::topology::{EastWestGateway, Topology};
 use crate::{LabError, Netns};
@@ -157,16 +158,12 @@ pub fn routes(topology: &Topology, network: &str) -> Routes {
 }
 
 /// A certificate for the gateway's identity from its parts (DER).
-pub fn certificate(
-    leaf: Vec<u8>,
-    key: Vec<u8>,
-    root: Vec<u8>,
-) -> Result<Arc<WorkloadCertificate>, LabError> {
+pub fn certificate(c: KeyedCert) -> Result<Arc<WorkloadCertificate>, LabError> {
     use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
     WorkloadCertificate::new(
-        vec![CertificateDer::from(leaf)],
-        PrivatePkcs8KeyDer::from(key),
-        vec![CertificateDer::from(root)],
+        vec![CertificateDer::from(c.leaf)],
+        PrivatePkcs8KeyDer::from(c.key),
+        vec![CertificateDer::from(c.root)],
     )
     .map(Arc::new)
     .map_err(|e| LabError::ControlPlane {
@@ -324,8 +321,7 @@ pub fn gateway_certificate(
     ca_dir: &Path,
 ) -> Result<Arc<WorkloadCertificate>, LabError> {
     if let Some(cp) = cp {
-        let (leaf, key, root) = cp.issue_with_key(&gw.spiffe())?;
-        return certificate(leaf, key, root);
+        return certificate(cp.issue_with_key(&gw.spiffe())?);
     }
     let err = |detail: String| LabError::ControlPlane {
         what: "east-west gateway certificate".into(),
@@ -334,5 +330,7 @@ pub fn gateway_certificate(
     let id: Identity = gw.spiffe().parse().map_err(|e| err(format!("{e}")))?;
     let ca = ambit::identity::BuiltinCa::load_or_create(ca_dir, Duration::from_secs(24 * 3600))
         .map_err(|e| err(e.to_string()))?;
-    ca.issue_now(&id).map(Arc::new).map_err(|e| err(e.to_string()))
+    ca.issue_now(&id)
+        .map(Arc::new)
+        .map_err(|e| err(e.to_string()))
 }

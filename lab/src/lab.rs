@@ -258,8 +258,10 @@ impl Lab {
     fn start_gateways(&mut self) -> Result<(), LabError> {
         for (i, gw) in self.topology.east_west_gateways.iter().enumerate() {
             let name = self.ns_name("g", &gw.name);
-            let ns = multinet::plug_gateway(&self.underlay, name, &format!("g{i}"), gw, &self.topology)?;
-            let cert = eastwest::gateway_certificate(gw, self.cp.as_ref(), &self.run_dir.join("ca"))?;
+            let ns =
+                multinet::plug_gateway(&self.underlay, name, &format!("g{i}"), gw, &self.topology)?;
+            let cert =
+                eastwest::gateway_certificate(gw, self.cp.as_ref(), &self.run_dir.join("ca"))?;
             let routes = eastwest::routes(&self.topology, &gw.network);
             let server = GatewayServer::start(ns, gw.clone(), cert, routes, &self.run_dir)?;
             self.gateways.insert(gw.network.clone(), server);

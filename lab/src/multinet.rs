@@ -113,7 +113,11 @@ pub fn local_service(m: &mut Mapping, svc: &Service, topology: &Topology) {
     let vips: Vec<Value> = topology
         .networks()
         .into_iter()
-        .flat_map(|network| svc.vips.iter().map(move |v| format!("{network}/{v}").into()))
+        .flat_map(|network| {
+            svc.vips
+                .iter()
+                .map(move |v| format!("{network}/{v}").into())
+        })
         .collect();
     m.insert("vips".into(), Value::Sequence(vips));
     if !topology.east_west_gateways.is_empty() {
@@ -218,10 +222,9 @@ services: [{name: web, ports: {80: 8080}, selector: {app: web}, vips: [10.96.0.1
             "spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway"
         );
         assert!(t.gateway_into("net1").is_none());
-        let err = Topology::from_yaml(
-            "nodes: [{name: n1}]\neastWestGateways: [{network: elsewhere}]",
-        )
-        .unwrap_err();
+        let err =
+            Topology::from_yaml("nodes: [{name: n1}]\neastWestGateways: [{network: elsewhere}]")
+                .unwrap_err();
         assert_eq!(
             err.to_string(),
             "topology: eastWestGateways[0] (\"elsewhere\"): field `network`: no node is on \
@@ -238,11 +241,13 @@ services: [{name: web, ports: {80: 8080}, selector: {app: web}, vips: [10.96.0.1
         assert_eq!(gw.hbone_mtls_port, 15008);
         assert_eq!(
             gw.destination,
-            Some(pw::gateway_address::Destination::Address(pw::NetworkAddress {
-                network: "net2".into(),
-                address: vec![172, 30, 0, 254],
-                length: None,
-            }))
+            Some(pw::gateway_address::Destination::Address(
+                pw::NetworkAddress {
+                    network: "net2".into(),
+                    address: vec![172, 30, 0, 254],
+                    length: None,
+                }
+            ))
         );
         let client = control_resources::workload(t.pod("client").unwrap(), &t);
         assert_eq!(client.network, "net1");
@@ -267,7 +272,10 @@ services: [{name: web, ports: {80: 8080}, selector: {app: web}, vips: [10.96.0.1
             svc.subject_alt_names,
             ["spiffe://cluster.local/ns/default/sa/web"]
         );
-        assert!(all.iter().any(|r| r.name() == "Kubernetes//Pod/istio-system/eastwest-net2"));
+        assert!(
+            all.iter()
+                .any(|r| r.name() == "Kubernetes//Pod/istio-system/eastwest-net2")
+        );
     }
 
     #[test]
@@ -292,7 +300,10 @@ services: [{name: web, ports: {80: 8080}, selector: {app: web}, vips: [10.96.0.1
         let v: Value = serde_yaml::from_str(&local_config(&one)).unwrap();
         assert!(v["workloads"][0].get("network").is_none());
         assert!(v["workloads"][0].get("networkGateway").is_none());
-        assert_eq!(v["services"][0]["vips"], Value::Sequence(vec!["/10.96.0.1".into()]));
+        assert_eq!(
+            v["services"][0]["vips"],
+            Value::Sequence(vec!["/10.96.0.1".into()])
+        );
         assert!(v["services"][0].get("subjectAltNames").is_none());
     }
 }

@@ -87,27 +87,27 @@ pub(super) enum GatewayError {
         gateway: SocketAddr,
         authority: Authority,
         #[source]
-        source: HboneError,
+        source: Box<HboneError>,
     },
     #[error("certificate for {identity}: {source}")]
     Certificate {
         identity: Identity,
         #[source]
-        source: TlsError,
+        source: Box<TlsError>,
     },
     #[error("inner TLS to {authority} through gateway {gateway}: {source}")]
     InnerTls {
         gateway: SocketAddr,
         authority: Authority,
         #[source]
-        source: TlsError,
+        source: Box<TlsError>,
     },
     #[error("inner CONNECT to {authority} through gateway {gateway}: {source}")]
     Inner {
         gateway: SocketAddr,
         authority: Authority,
         #[source]
-        source: HboneError,
+        source: Box<HboneError>,
     },
 }
 
@@ -119,27 +119,21 @@ impl GatewayError {
     /// the connect retry act on.
     pub(super) fn is_endpoint_failure(&self) -> bool {
         match self {
-            GatewayError::Inner { source, .. } => match source {
+            GatewayError::Inner { source, .. } => match &**source {
                 HboneError::Status(s) => {
                     *s == StatusCode::SERVICE_UNAVAILABLE
                         || *s == StatusCode::BAD_GATEWAY
                         || *s == StatusCode::GATEWAY_TIMEOUT
                 }
-                HboneError::Io(_) | HboneError::Handshake(_) | HboneError::ConnectionClosed => {
-                    true
-                }
+                HboneError::Io(_) | HboneError::Handshake(_) | HboneError::ConnectionClosed => true,
                 _ => false,
             },
             // The gateway could not reach the endpoint's proxy: it answers the outer CONNECT
             // with a 503, or cuts the stream during the inner handshake.
-            GatewayError::Outer {
-                source: HboneError::Status(s),
-                ..
-            } => *s == StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::InnerTls {
-                source: TlsError::Io(_),
-                ..
-            } => true,
+            GatewayError::Outer { source, .. } => {
+                matches!(&**source, HboneError::Status(s) if *s == StatusCode::SERVICE_UNAVAILABLE)
+            }
+            GatewayError::InnerTls { source, .. } => matches!(&**source, TlsError::Io(_)),
             _ => false,
         }
     }
@@ -196,12 +190,12 @@ fn resolve(
     match &gw.destination {
         GatewayDestination::Address(a) => {
             // The gateway must be known (as a workload on its network) to be verified.
-            let wl = state.workload_by_addr(&a.network, a.address).ok_or_else(|| {
-                GatewayError::UnknownGatewayAddress {
+            let wl = state
+                .workload_by_addr(&a.network, a.address)
+                .ok_or_else(|| GatewayError::UnknownGatewayAddress {
                     gateway: a.to_string(),
                     network: remote.to_string(),
-                }
-            })?;
+                })?;
             Ok((
                 SocketAddr::new(a.address, gw.hbone_mtls_port),
                 vec![wl.identity()],
@@ -276,7 +270,7 @@ pub(super) async fn connect(
         .map_err(|source| GatewayError::Outer {
             gateway: via.gateway,
             authority: via.authority.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let cert = pi
         .certs
@@ -284,12 +278,12 @@ pub(super) async fn connect(
         .await
         .map_err(|source| GatewayError::Certificate {
             identity: src.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let inner_tls = |source| GatewayError::InnerTls {
         gateway: via.gateway,
         authority: via.authority.clone(),
-        source,
+        source: Box::new(source),
     };
     let config = cert.client_config(&via.final_expected).map_err(inner_tls)?;
     let outer = OuterStream {
@@ -303,7 +297,7 @@ pub(super) async fn connect(
         .map_err(|source| GatewayError::Inner {
             gateway: via.gateway,
             authority: via.authority.clone(),
-            source,
+            source: Box::new(source),
         })
 }
 

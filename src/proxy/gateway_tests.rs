@@ -98,7 +98,10 @@ fn a_remote_endpoint_is_reached_through_its_network_gateway() {
         panic!("expected a gateway route");
     };
     assert_eq!(target, Some("10.2.0.5:9090".parse().unwrap()));
-    assert_eq!(via.gateway, "172.30.9.9:15009".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        via.gateway,
+        "172.30.9.9:15009".parse::<SocketAddr>().unwrap()
+    );
     assert_eq!(via.gateway_expected, vec![id("istio-system", "eastwest")]);
     // The authority names the service and its *service* port, not the endpoint.
     assert_eq!(via.authority, Authority::Host(WEB.into(), 80));
@@ -205,5 +208,8 @@ fn host_targets_that_are_not_ours_are_refused_with_their_status() {
     let snap = client.state.snapshot();
     let err = host_target(&client, &snap, WEB, 80).unwrap_err();
     assert_eq!(err.status(), StatusCode::BAD_REQUEST);
-    assert!(matches!(err, HostTargetError::NotAnEndpoint { .. }), "{err}");
+    assert!(
+        matches!(err, HostTargetError::NotAnEndpoint { .. }),
+        "{err}"
+    );
 }

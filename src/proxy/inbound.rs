@@ -133,9 +133,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
         }
     };
     // Through a network gateway the TCP peer is the gateway, not the source workload.
-    let from_gateway = req
-        .forwarded_network()
-        .is_some_and(|n| n != pi.cfg.network);
+    let from_gateway = req.forwarded_network().is_some_and(|n| n != pi.cfg.network);
     log.dst = Some(target);
     if ILLEGAL_PORTS.contains(&target.port()) {
         req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
@@ -260,7 +258,9 @@ pub(super) fn local_destination<'s>(
 pub(super) enum HostTargetError {
     #[error("CONNECT to {host}:{port}: no service has host name {host}")]
     UnknownService { host: String, port: u16 },
-    #[error("CONNECT to {host}:{port}: the local workload {workload} does not back service {service}")]
+    #[error(
+        "CONNECT to {host}:{port}: the local workload {workload} does not back service {service}"
+    )]
     NotAnEndpoint {
         host: String,
         port: u16,

@@ -300,7 +300,11 @@ async fn connect_route(
 }
 
 /// The metadata headers of an outbound CONNECT from the app at `peer` (wire.md §2.1).
-fn connect_headers(pi: &ProxyInputs, peer: SocketAddr, service_host: Option<String>) -> ConnectHeaders {
+fn connect_headers(
+    pi: &ProxyInputs,
+    peer: SocketAddr,
+    service_host: Option<String>,
+) -> ConnectHeaders {
     ConnectHeaders {
         baggage: pi
             .state

@@ -140,10 +140,11 @@ pub(super) fn gateways(
         if out.iter().any(|o| o.network == g.network) {
             return Err(invalid(entry, "network", "one gateway per network"));
         }
-        let name = g
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("eastwest-{}", g.network).trim_end_matches('-').into());
+        let name = g.name.clone().unwrap_or_else(|| {
+            format!("eastwest-{}", g.network)
+                .trim_end_matches('-')
+                .into()
+        });
         check_name(&entry, "name", &name)?;
         let ip = underlay
             .nth(top - i as u32)
