@@ -233,6 +233,16 @@ services: [{name: web, ports: {80: 8080}, selector: {app: web}, vips: [10.96.0.1
     }
 
     #[test]
+    fn the_example_topology_is_valid() {
+        let t = Topology::from_yaml(include_str!("../../examples/multinet.yaml")).unwrap();
+        assert_eq!(
+            t.networks().into_iter().collect::<Vec<_>>(),
+            ["net1", "net2"]
+        );
+        assert_eq!(t.gateway_into("net2").unwrap().name, "eastwest-net2");
+    }
+
+    #[test]
     fn xds_resources_carry_networks_gateways_and_sans() {
         let t = Topology::from_yaml(TWO_NETWORKS).unwrap();
         let web = control_resources::workload(t.pod("web").unwrap(), &t);

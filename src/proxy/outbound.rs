@@ -293,6 +293,8 @@ async fn connect_route(
             let inner = gateway::connect(pi, transports.h2_pool(), peer, &via, headers)
                 .await
                 .map_err(OutboundError::Gateway)?;
+            // One stream on a pooled connection (the outer one); the inner connection is ours.
+            transports.count_stream(HboneTransportLabel::h2);
             log.transport = Some(HboneTransportLabel::h2);
             Ok(Upstream::Hbone(Box::new(Tunnel::H2(inner))))
         }

@@ -213,7 +213,7 @@ impl Transports {
         }
     }
 
-    fn count_stream(&self, transport: HboneTransportLabel) {
+    pub(super) fn count_stream(&self, transport: HboneTransportLabel) {
         self.metrics
             .hbone_streams
             .get_or_create(&TransportLabels {
