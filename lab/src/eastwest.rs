@@ -297,7 +297,8 @@ impl GatewayLog {
             .open(&self.path)
             .and_then(|mut f| writeln!(f, "{line}"));
         if let Err(e) = appended {
-            tracing::warn!(path = %self.path.display(), error = %e, "east-west gateway: log write failed");
+            let path = self.path.display();
+            tracing::warn!(%path, error = %e, "east-west gateway: log write failed");
         }
         self.lines
             .lock()

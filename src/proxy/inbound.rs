@@ -12,9 +12,9 @@
 //! Statuses: `400` when the target is not a local workload address nor a service it backs,
 //! `401` when authorization denies the stream (decided before the app is dialled, so a denied
 //! client never reaches it), `503` when the app cannot be reached, the target would loop into
-//! the proxy or a host name target has no port mapping; `200` only once the app's connection is open, so a client learns of a failure
-//! before sending data. Every stream is tracked while it lives and closed if a later state
-//! change denies it.
+//! the proxy or a host name target has no port mapping; `200` only once the app's connection
+//! is open, so a client learns of a failure before sending data. Every stream is tracked while
+//! it lives and closed if a later state change denies it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
