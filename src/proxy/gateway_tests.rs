@@ -213,3 +213,19 @@ fn host_targets_that_are_not_ours_are_refused_with_their_status() {
         "{err}"
     );
 }
+
+#[test]
+fn a_source_that_came_through_a_gateway_is_not_looked_up_by_its_address() {
+    use super::accesslog::inbound_labels;
+    let pi = server();
+    let local = pi.state.workload_by_name("b", "server").unwrap();
+    // The TCP peer of a double-HBONE stream is the gateway.
+    let gateway: SocketAddr = "172.30.9.9:40000".parse().unwrap();
+    let client = id("a", "client");
+    let looked_up = inbound_labels(&pi, &local, Some(gateway), Some(&client), None);
+    assert_eq!(looked_up.source_workload, "eastwest", "the mis-attribution avoided");
+    let from_gateway = inbound_labels(&pi, &local, None, Some(&client), Some(WEB));
+    assert_eq!(from_gateway.source_workload, "unknown");
+    assert_eq!(from_gateway.source_principal, client.to_string());
+    assert_eq!(from_gateway.destination_service, WEB);
+}
