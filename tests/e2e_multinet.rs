@@ -9,7 +9,8 @@
 //!   isolated; only the gateway joins them).
 //!
 //! Both ways the lab configures node proxies are covered: its control plane (xDS + CA) and the
-//! local config file with the built-in CA.
+//! local config file with the built-in CA; and both proxy modes (shared node proxies, dedicated
+//! per-pod proxies).
 
 use std::time::Duration;
 
@@ -44,14 +45,14 @@ services:
     selector: {app: web}
 "#;
 
-async fn lab(control: ControlMode) -> Lab {
+async fn lab(control: ControlMode, mode: ProxyMode) -> Lab {
     let opts = LabOptions {
         proxy: Some(
             std::env::var_os("AMBIT_LAB_PROXY")
                 .map(Into::into)
                 .unwrap_or_else(|| AMBIT.into()),
         ),
-        mode: ProxyMode::Shared,
+        mode,
         control,
         ..LabOptions::default()
     };
@@ -72,8 +73,8 @@ async fn proxy_line(lab: &Lab, pod: &str, needles: &[&str]) -> Option<String> {
     None
 }
 
-async fn double_hbone_through_the_gateway(control: ControlMode) {
-    let lab = lab(control).await;
+async fn double_hbone_through_the_gateway(control: ControlMode, mode: ProxyMode) {
+    let lab = lab(control, mode).await;
     let web = lab.pod_ns("web-2").unwrap();
     let _http = Server::start(web, ServerKind::Http, 8080).unwrap();
     let _echo = Server::start(web, ServerKind::Echo, 8081).unwrap();
@@ -176,10 +177,15 @@ async fn double_hbone_through_the_gateway(control: ControlMode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_pod_on_net1_reaches_net2_through_the_eastwest_gateway() {
-    double_hbone_through_the_gateway(ControlMode::ControlPlane).await;
+    double_hbone_through_the_gateway(ControlMode::ControlPlane, ProxyMode::Shared).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_files_pod_on_net1_reaches_net2_through_the_eastwest_gateway() {
-    double_hbone_through_the_gateway(ControlMode::LocalFiles).await;
+    double_hbone_through_the_gateway(ControlMode::LocalFiles, ProxyMode::Shared).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedicated_proxies_pod_on_net1_reaches_net2_through_the_eastwest_gateway() {
+    double_hbone_through_the_gateway(ControlMode::ControlPlane, ProxyMode::Dedicated).await;
 }

@@ -223,7 +223,10 @@ fn a_source_that_came_through_a_gateway_is_not_looked_up_by_its_address() {
     let gateway: SocketAddr = "172.30.9.9:40000".parse().unwrap();
     let client = id("a", "client");
     let looked_up = inbound_labels(&pi, &local, Some(gateway), Some(&client), None);
-    assert_eq!(looked_up.source_workload, "eastwest", "the mis-attribution avoided");
+    assert_eq!(
+        looked_up.source_workload, "eastwest",
+        "the mis-attribution avoided"
+    );
     let from_gateway = inbound_labels(&pi, &local, None, Some(&client), Some(WEB));
     assert_eq!(from_gateway.source_workload, "unknown");
     assert_eq!(from_gateway.source_principal, client.to_string());
