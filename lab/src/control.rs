@@ -101,9 +101,11 @@ pub fn local_config(topology: &Topology) -> String {
                 if !l.is_empty() {
                     m.insert("locality".into(), locality(&l));
                 }
+                crate::multinet::local_workload(m, p, topology);
             }
             w
         })
+        .chain(crate::multinet::local_gateways(topology))
         .collect();
     let services: Vec<Value> = topology
         .services
@@ -121,6 +123,9 @@ pub fn local_config(topology: &Topology) -> String {
             ]);
             if let (Value::Mapping(m), Some(lb)) = (&mut svc, &s.load_balancing) {
                 m.insert("loadBalancer".into(), load_balancer(lb));
+            }
+            if let Value::Mapping(m) = &mut svc {
+                crate::multinet::local_service(m, s, topology);
             }
             svc
         })

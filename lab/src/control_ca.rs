@@ -27,8 +27,25 @@ const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub struct LabCa {
     issuer: Issuer<'static, KeyPair>,
     root_pem: String,
+    root_der: Vec<u8>,
     server_cert_pem: String,
     server_key_pem: String,
+}
+
+/// A certificate with its key, all DER: for a lab process holding an identity of its own.
+#[derive(Clone)]
+pub struct KeyedCert {
+    pub leaf: Vec<u8>,
+    /// PKCS#8.
+    pub key: Vec<u8>,
+    pub root: Vec<u8>,
+}
+
+impl std::fmt::Debug for KeyedCert {
+    // The key is left out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedCert").finish_non_exhaustive()
+    }
 }
 
 /// A signed workload certificate.
@@ -85,6 +102,7 @@ impl LabCa {
             .map_err(e("server certificate"))?;
         Ok(LabCa {
             root_pem: root_cert.pem(),
+            root_der: root_cert.der().to_vec(),
             server_cert_pem: server_cert.pem(),
             server_key_pem: server_key.serialize_pem(),
             issuer,
@@ -125,6 +143,19 @@ impl LabCa {
         }
     }
 
+    /// A certificate for `identity` over a key made here, for lab processes that hold an
+    /// identity of their own (the east-west gateway).
+    pub fn issue_with_key(&self, identity: &str, ttl: Duration) -> Result<KeyedCert, String> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| format!("key for {identity}: {e}"))?;
+        let leaf = self.sign_key(identity, &key, ttl)?;
+        Ok(KeyedCert {
+            leaf: leaf.der().to_vec(),
+            key: key.serialize_der(),
+            root: self.root_der.clone(),
+        })
+    }
+
     /// Signs a certificate for `identity` over the CSR's key, valid for `ttl` (capped).
     pub fn sign(
         &self,
@@ -132,6 +163,29 @@ impl LabCa {
         csr: &CertificateSigningRequestParams,
         ttl: Duration,
     ) -> Result<Issued, String> {
+        let (leaf, serial) = self.sign_key_serial(identity, &csr.public_key, ttl)?;
+        Ok(Issued {
+            chain: vec![leaf.pem(), self.root_pem.clone()],
+            serial,
+            identity: identity.to_string(),
+        })
+    }
+
+    fn sign_key(
+        &self,
+        identity: &str,
+        key: &impl rcgen::PublicKeyData,
+        ttl: Duration,
+    ) -> Result<rcgen::Certificate, String> {
+        self.sign_key_serial(identity, key, ttl).map(|(c, _)| c)
+    }
+
+    fn sign_key_serial(
+        &self,
+        identity: &str,
+        key: &impl rcgen::PublicKeyData,
+        ttl: Duration,
+    ) -> Result<(rcgen::Certificate, String), String> {
         let uri = identity
             .to_string()
             .try_into()
@@ -155,13 +209,9 @@ impl LabCa {
         params.not_before = now - Duration::from_secs(1);
         params.not_after = now + ttl.clamp(Duration::from_secs(1), MAX_TTL);
         let leaf = params
-            .signed_by(&csr.public_key, &self.issuer)
+            .signed_by(key, &self.issuer)
             .map_err(|e| format!("signing for {identity}: {e}"))?;
-        Ok(Issued {
-            chain: vec![leaf.pem(), self.root_pem.clone()],
-            serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
-            identity: identity.to_string(),
-        })
+        Ok((leaf, serial.iter().map(|b| format!("{b:02x}")).collect()))
     }
 }
 

@@ -236,6 +236,18 @@ impl LabControlPlane {
         self.shared.dir.join("root-cert.pem")
     }
 
+    /// A certificate from the lab CA for a lab process with an identity of its own (the
+    /// east-west gateway), valid for a day.
+    pub fn issue_with_key(&self, identity: &str) -> Result<crate::control_ca::KeyedCert, LabError> {
+        self.shared
+            .ca
+            .issue_with_key(identity, std::time::Duration::from_secs(24 * 3600))
+            .map_err(|detail| LabError::ControlPlane {
+                what: "CA".into(),
+                detail,
+            })
+    }
+
     /// The token file of `node` (`AUTH_TOKEN`).
     pub fn token_path(&self, node: &str) -> PathBuf {
         token_path(&self.shared.dir, node)

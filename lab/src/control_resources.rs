@@ -103,11 +103,15 @@ pub fn topology_resources(topology: &Topology) -> Result<Vec<CpResource>, String
         .map(|p| CpResource::workload(workload(p, topology)))
         .collect();
     out.extend(
-        topology
-            .services
-            .iter()
-            .map(|s| CpResource::service(service(s))),
+        crate::multinet::xds_gateways(topology)
+            .into_iter()
+            .map(CpResource::workload),
     );
+    out.extend(topology.services.iter().map(|s| {
+        let mut svc = service(s);
+        crate::multinet::xds_service(&mut svc, s, topology);
+        CpResource::service(svc)
+    }));
     for (i, p) in topology.policies.iter().enumerate() {
         let policy = policy(p).map_err(|e| format!("policies[{i}]: {e}"))?;
         out.push(CpResource::policy(policy));
@@ -142,7 +146,7 @@ pub fn workload(pod: &Pod, topology: &Topology) -> pw::Workload {
     } else {
         pw::TunnelProtocol::None
     };
-    pw::Workload {
+    let mut w = pw::Workload {
         uid: pod.uid(),
         name: pod.name.clone(),
         namespace: pod.namespace.clone(),
@@ -168,7 +172,9 @@ pub fn workload(pod: &Pod, topology: &Topology) -> pw::Workload {
                 subzone: l.subzone,
             }),
         ..Default::default()
-    }
+    };
+    crate::multinet::xds_workload(&mut w, pod, topology);
+    w
 }
 
 /// A topology service: its VIPs (default network) and ports.

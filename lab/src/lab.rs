@@ -4,7 +4,10 @@
 //! - `ambit-lab-R-n-<node>`: a node; `eth0` on the underlay, forwarding on, a route to every
 //!   other node's pod CIDR via that node's underlay address, and per pod a veth `p<k>` carrying
 //!   the pods' gateway address (/32) and a /32 route to the pod;
-//! - `ambit-lab-R-p-<pod>`: a pod; `eth0` with its /32 address, default route via the gateway.
+//! - `ambit-lab-R-p-<pod>`: a pod; `eth0` with its /32 address, default route via the gateway;
+//! - `ambit-lab-R-g-<gateway>`: an east-west gateway (several networks only, [`crate::multinet`]):
+//!   `eth0` on the underlay, routes to every pod network; nodes route only to their own
+//!   network's pods.
 //!
 //! Invariants: everything is removed when the `Lab` is dropped (also on error part-way through a
 //! build, and on panic), in reverse order of creation (proxies, agents, pods, nodes, underlay);
@@ -23,8 +26,9 @@ use crate::agent::{NodeAgent, PodAnnounce};
 use crate::control::{ControlPlane, LocalFiles};
 use crate::control_plane::{CP_PORT, LabControlPlane};
 use crate::control_resources::{self, CpResource};
+use crate::eastwest::{self, GatewayServer};
 use crate::topology::{Pod, Topology, UNDERLAY_PREFIX};
-use crate::{LabError, Netns, Process, ProcessSpec, link, sys, wait_http_ok};
+use crate::{LabError, Netns, Process, ProcessSpec, link, multinet, sys, wait_http_ok};
 
 /// Where run directories go unless the options say otherwise.
 pub const RUNS_DIR: &str = "/tmp/ambit-lab";
@@ -91,6 +95,8 @@ pub struct LabState {
 pub struct Lab {
     /// Node proxies: by node name (shared) or pod name (dedicated).
     proxies: BTreeMap<String, Process>,
+    /// East-west gateways, by the network they lead into.
+    gateways: BTreeMap<String, GatewayServer>,
     agents: BTreeMap<String, NodeAgent>,
     pods: BTreeMap<String, Netns>,
     nodes: BTreeMap<String, Netns>,
@@ -133,6 +139,7 @@ impl Lab {
         let underlay = Netns::with_name(format!("{}{run_id}-u", sys::NAME_PREFIX))?;
         let mut lab = Lab {
             proxies: BTreeMap::new(),
+            gateways: BTreeMap::new(),
             agents: BTreeMap::new(),
             pods: BTreeMap::new(),
             nodes: BTreeMap::new(),
@@ -149,6 +156,7 @@ impl Lab {
         if lab.opts.control == ControlMode::ControlPlane {
             lab.start_control_plane().await?;
         }
+        lab.start_gateways()?;
         lab.start_agents()?;
         lab.write_state()?;
         if lab.opts.proxy.is_some() {
@@ -237,17 +245,33 @@ impl Lab {
             self.nodes.insert(node.name.clone(), ns);
         }
         for node in &self.topology.nodes {
-            let ns = &self.nodes[&node.name];
-            for other in self.topology.nodes.iter().filter(|o| o.name != node.name) {
-                let cidr = other.pod_cidr.to_string();
-                let via = other.underlay_ip.to_string();
-                ns.route(&[&cidr, "via", &via])?;
-            }
+            multinet::node_routes(&self.nodes[&node.name], &node.name, &self.topology)?;
         }
         for pod in self.topology.pods.clone() {
             self.plug_pod(&pod)?;
         }
         Ok(())
+    }
+
+    /// Plugs each east-west gateway into the underlay and starts it (certificate from the
+    /// control plane's CA, or the built-in CA's directory the node proxies share).
+    fn start_gateways(&mut self) -> Result<(), LabError> {
+        for (i, gw) in self.topology.east_west_gateways.iter().enumerate() {
+            let name = self.ns_name("g", &gw.name);
+            let ns =
+                multinet::plug_gateway(&self.underlay, name, &format!("g{i}"), gw, &self.topology)?;
+            let cert =
+                eastwest::gateway_certificate(gw, self.cp.as_ref(), &self.run_dir.join("ca"))?;
+            let routes = eastwest::routes(&self.topology, &gw.network);
+            let server = GatewayServer::start(ns, gw.clone(), cert, routes, &self.run_dir)?;
+            self.gateways.insert(gw.network.clone(), server);
+        }
+        Ok(())
+    }
+
+    /// The east-west gateway into `network`, when the topology has one.
+    pub fn eastwest_gateway(&self, network: &str) -> Option<&GatewayServer> {
+        self.gateways.get(network)
     }
 
     /// Creates a pod's namespace and wires it to its node.
@@ -367,6 +391,10 @@ impl Lab {
         }
         for (k, v) in &self.opts.proxy_env {
             spec = spec.env(k.clone(), v.clone());
+        }
+        let network = self.topology.network_of_node(&node);
+        if !network.is_empty() {
+            spec = spec.env("NETWORK", network);
         }
         let spec = spec
             .env("NODE_NAME", node)

@@ -19,6 +19,8 @@
 //! | [`zds`] | ZDS building blocks: SOCK_SEQPACKET socket, fd passing, messages |
 //! | [`agent`] | the node agent: in-pod nftables rules, ZDS server, add/delete pods |
 //! | [`lab`] | [`Lab`]: a topology built in namespaces, with agents and node proxies |
+//! | [`multinet`] | several networks: what is published about them, and their wiring |
+//! | [`eastwest`] | the east-west gateway stand-in that joins a network to the others |
 //! | [`traffic`] | built-in HTTP, echo, sink (sha256) and request/response servers and clients |
 //! | [`demo`] | the demo scenario and its report |
 //!
@@ -34,10 +36,12 @@ mod control_grpc;
 pub mod control_plane;
 pub mod control_resources;
 pub mod demo;
+pub mod eastwest;
 mod error;
 pub mod http;
 pub mod lab;
 pub mod link;
+pub mod multinet;
 pub mod netns;
 pub mod nft;
 pub mod process;

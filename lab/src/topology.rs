@@ -6,6 +6,8 @@
 //! - every service has a hostname, at least one VIP and at least one port, and its endpoints name
 //!   existing pods;
 //! - policies are kept as written (they pass through to the node proxies' local config);
+//! - every node is on a network (default: the first node's), and east-west gateways join
+//!   networks ([`networks`] says how);
 //! - a pod's `locality` and `status` are kept in its labels ([`balancing`] says why), each
 //!   locality part a valid name; a service's `loadBalancing` is kept as written.
 //!
@@ -17,8 +19,10 @@ use std::net::Ipv4Addr;
 use serde::Deserialize;
 
 pub mod balancing;
+pub mod networks;
 
 pub use balancing::{HealthPolicy, LbMode, LoadBalancing, Locality, LocalityScope, PodStatus};
+pub use networks::EastWestGateway;
 
 /// The underlay network the nodes share (inside the lab's own namespaces only).
 pub const UNDERLAY_NET: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 0);
@@ -60,6 +64,8 @@ struct RawTopology {
     policies: Vec<serde_yaml::Value>,
     #[serde(default)]
     dns_capture: bool,
+    #[serde(default)]
+    east_west_gateways: Vec<networks::RawEastWestGateway>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +73,7 @@ struct RawTopology {
 struct RawNode {
     name: String,
     pod_cidr: Option<String>,
+    network: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +125,8 @@ pub struct Topology {
     pub policies: Vec<serde_yaml::Value>,
     /// Whether captured pods' DNS (port 53) is redirected to the node proxy's 15053.
     pub dns_capture: bool,
+    /// Gateways joining the networks (none in a one-network topology).
+    pub east_west_gateways: Vec<EastWestGateway>,
 }
 
 /// A node: a network namespace on the underlay that routes for its pods and runs a node proxy.
@@ -128,6 +137,8 @@ pub struct Node {
     pub underlay_ip: Ipv4Addr,
     /// Its pods' network (the first address is the pods' gateway).
     pub pod_cidr: Cidr,
+    /// The network it and its pods are on (`""`: Istio's default network).
+    pub network: String,
 }
 
 /// A pod: a network namespace behind its node.
@@ -359,10 +370,13 @@ fn build(raw: RawTopology) -> Result<Topology, TopologyError> {
         let underlay_ip = underlay
             .nth(i as u32 + 2)
             .ok_or_else(|| invalid(entry.clone(), "name", "too many nodes"))?;
+        let first = nodes.first().map(|n| n.network.as_str());
+        let network = networks::node_network(&entry, n.network.as_deref(), first)?;
         nodes.push(Node {
             name: n.name.clone(),
             underlay_ip,
             pod_cidr,
+            network,
         });
     }
 
@@ -540,7 +554,9 @@ fn build(raw: RawTopology) -> Result<Topology, TopologyError> {
         });
     }
 
+    let east_west_gateways = networks::gateways(&raw.east_west_gateways, &nodes, &underlay)?;
     Ok(Topology {
+        east_west_gateways,
         nodes,
         pods,
         services,

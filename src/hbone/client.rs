@@ -4,6 +4,9 @@
 //! Invariants:
 //! - The driver task owns the `h2` connection; it ends when the peer closes, the transport fails,
 //!   a PING goes unanswered, or [`H2Client::close`] is called, and then marks the client closed.
+//! - [`connect_once`] runs the same handshake over any byte stream (for double HBONE, the
+//!   outer tunnel itself) for exactly one CONNECT; that connection is never pooled and closes
+//!   when its one stream ends.
 //! - The live-stream count is a [`StreamSlot`] per stream, taken before the request is sent and
 //!   given back when the stream (both halves) is dropped, so the pool's limits also cover
 //!   requests still in flight.
@@ -82,6 +85,21 @@ where
         state,
         max_streams: cfg.pool_max_streams_per_conn.max(1) as usize,
     })
+}
+
+/// Opens an unpooled HTTP/2 connection over `io` (any byte stream, e.g. an HBONE tunnel) and
+/// sends one CONNECT on it. The returned stream keeps the connection alive: the client handle
+/// is dropped here, so h2 closes the connection (GOAWAY) once the stream has ended.
+pub async fn connect_once<IO>(
+    io: IO,
+    cfg: &H2Config,
+    req: &ConnectRequest,
+) -> Result<H2Stream, HboneError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = handshake(io, cfg).await?;
+    client.connect(req).await
 }
 
 /// h2 panics on a frame size outside the range HTTP/2 allows; configuration must not panic us.

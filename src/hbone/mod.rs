@@ -31,7 +31,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use client::{H2Client, handshake};
+pub use client::{H2Client, connect_once, handshake};
 pub use headers::{
     Baggage, ConnectHeaders, ConnectRequest, Forwarded, HeaderError, TraceParent, WorkloadType,
 };

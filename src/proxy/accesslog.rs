@@ -260,7 +260,7 @@ pub(super) fn outbound_labels(
 pub(super) fn inbound_labels(
     pi: &ProxyInputs,
     local: &Workload,
-    peer: SocketAddr,
+    source_addr: Option<SocketAddr>,
     peer_id: Option<&Identity>,
     service_host: Option<&str>,
 ) -> TrafficLabels {
@@ -282,7 +282,9 @@ pub(super) fn inbound_labels(
         }
     }
     l.destination_principal = pi.local.identity.to_string();
-    if let Some(wl) = pi.state.workload_by_addr(&pi.cfg.network, peer.ip()) {
+    // `None` when the connection came through a network gateway: the address is the
+    // gateway's, so looking it up would name the wrong workload.
+    if let Some(wl) = source_addr.and_then(|a| pi.state.workload_by_addr(&pi.cfg.network, a.ip())) {
         fill_source(&mut l, &wl);
     }
     if let Some(id) = peer_id {

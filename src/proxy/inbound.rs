@@ -2,12 +2,19 @@
 //! streams, each delivered to the local app. HBONE over QUIC (UDP 15008, `inbound_quic.rs`)
 //! hands its HTTP/3 CONNECT streams to the same [`serve_stream`].
 //!
-//! Statuses: `400` when the target is not a local workload address (or not an address at all),
+//! Targets: `IP:port` (an address of the local workload, or of a destination it is the waypoint
+//! of) or, from double HBONE through a network gateway, `hostname:service port`: the service by
+//! host name (the local namespace's first), delivered to the local workload if it backs that
+//! service, on its port mapping for the service port. A request whose `x-forwarded-network`
+//! names another network came through a gateway: its source address is the gateway's, so the
+//! source workload is never looked up by it (the peer identity still authorizes).
+//!
+//! Statuses: `400` when the target is not a local workload address nor a service it backs,
 //! `401` when authorization denies the stream (decided before the app is dialled, so a denied
-//! client never reaches it), `503` when the app cannot be reached or the target would loop into
-//! the proxy; `200` only once the app's connection is open, so a client learns of a failure
-//! before sending data. Every stream is tracked while it lives and closed if a later state
-//! change denies it.
+//! client never reaches it), `503` when the app cannot be reached, the target would loop into
+//! the proxy or a host name target has no port mapping; `200` only once the app's connection
+//! is open, so a client learns of a failure before sending data. Every stream is tracked while
+//! it lives and closed if a later state change denies it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -108,14 +115,25 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
     log.src_identity = Some(peer_id);
     log.dst_identity = Some(pi.local.identity.clone());
     log.transport = Some(R::TRANSPORT);
+    let mut forwarded_host = req.forwarded_host();
     let target = match req.authority() {
         Authority::Addr(a) => socket::canonical(*a),
-        authority @ Authority::Host(..) => {
-            let msg = format!("CONNECT to {authority}: host name targets are not supported");
-            req.reject(StatusCode::BAD_REQUEST).await;
-            return log.fail(&msg);
+        Authority::Host(host, port) => {
+            let resolved = host_target(&pi, &pi.state.snapshot(), host, *port);
+            match resolved {
+                Ok(t) => {
+                    forwarded_host.get_or_insert_with(|| host.clone());
+                    t
+                }
+                Err(e) => {
+                    req.reject(e.status()).await;
+                    return log.fail(&e);
+                }
+            }
         }
     };
+    // Through a network gateway the TCP peer is the gateway, not the source workload.
+    let from_gateway = req.forwarded_network().is_some_and(|n| n != pi.cfg.network);
     log.dst = Some(target);
     if ILLEGAL_PORTS.contains(&target.port()) {
         req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
@@ -125,7 +143,6 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
     }
     // Tracked before the first decision, so no state change can fall between the two.
     let mut registration = tracker.register(peer, target, log.src_identity.as_ref());
-    let forwarded_host = req.forwarded_host();
     // Decided without holding the snapshot across an `.await` (rejecting is async on h3).
     let decided = {
         let snapshot = pi.state.snapshot();
@@ -135,7 +152,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
                 inbound_labels(
                     &pi,
                     local,
-                    peer,
+                    (!from_gateway).then_some(peer),
                     log.src_identity.as_ref(),
                     forwarded_host.as_deref(),
                 ),
@@ -234,6 +251,118 @@ pub(super) fn local_destination<'s>(
     }
     let ip = same_family_ip(local, target.ip())?;
     Some((local, SocketAddr::new(ip, target.port())))
+}
+
+/// Why a `hostname:port` target has no local destination.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum HostTargetError {
+    #[error("CONNECT to {host}:{port}: no service has host name {host}")]
+    UnknownService { host: String, port: u16 },
+    #[error(
+        "CONNECT to {host}:{port}: the local workload {workload} does not back service {service}"
+    )]
+    NotAnEndpoint {
+        host: String,
+        port: u16,
+        service: String,
+        workload: String,
+    },
+    #[error("CONNECT to {host}:{port}: service {service} has no mapping for port {port}")]
+    NoPortMapping {
+        host: String,
+        port: u16,
+        service: String,
+    },
+    #[error("CONNECT to {host}:{port}: the local workload {workload} has no address")]
+    NoAddress {
+        host: String,
+        port: u16,
+        workload: String,
+    },
+}
+
+impl HostTargetError {
+    /// The CONNECT answer (wire.md §2.1): a target that is not ours is a bad request; one that
+    /// is ours but cannot be delivered is unavailable.
+    pub(super) fn status(&self) -> StatusCode {
+        match self {
+            HostTargetError::UnknownService { .. } | HostTargetError::NotAnEndpoint { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            HostTargetError::NoPortMapping { .. } | HostTargetError::NoAddress { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+}
+
+/// Resolves a `hostname:svc_port` target (double HBONE) to the local workload's address and
+/// target port: the service by host name (the local namespace's, else the first in key order
+/// visible to it), which the local workload must back; port = the workload's own mapping for
+/// `svc_port`, else the service's (0 ⇒ the service port).
+pub(super) fn host_target(
+    pi: &ProxyInputs,
+    snapshot: &Snapshot,
+    host: &str,
+    svc_port: u16,
+) -> Result<SocketAddr, HostTargetError> {
+    let ns = &pi.local.namespace;
+    let lower = host.to_ascii_lowercase();
+    let svc = snapshot
+        .service_by_host(ns, &lower)
+        .or_else(|| {
+            snapshot
+                .services_by_hostname(&lower)
+                .iter()
+                .find(|s| s.visible_to(ns))
+        })
+        .ok_or_else(|| HostTargetError::UnknownService {
+            host: host.to_string(),
+            port: svc_port,
+        })?;
+    let key = svc.key();
+    let local = snapshot
+        .workload_by_name(ns, &pi.local.name)
+        .filter(|wl| wl.services.contains_key(&key))
+        .ok_or_else(|| HostTargetError::NotAnEndpoint {
+            host: host.to_string(),
+            port: svc_port,
+            service: key.clone(),
+            workload: format!("{ns}/{}", pi.local.name),
+        })?;
+    let own = local
+        .services
+        .get(&key)
+        .and_then(|ports| ports.get(&svc_port))
+        .copied()
+        .filter(|p| *p != 0);
+    let port = match own {
+        Some(p) => p,
+        None => match svc.ports.get(&svc_port) {
+            Some(0) => svc_port,
+            Some(p) => *p,
+            None => {
+                return Err(HostTargetError::NoPortMapping {
+                    host: host.to_string(),
+                    port: svc_port,
+                    service: key,
+                });
+            }
+        },
+    };
+    // IPv4 first, as the PROXY header's service address is (wire.md §2.1).
+    let ip = local
+        .workload_ips
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| local.workload_ips.first())
+        .copied()
+        .ok_or_else(|| HostTargetError::NoAddress {
+            host: host.to_string(),
+            port: svc_port,
+            workload: format!("{ns}/{}", pi.local.name),
+        })?;
+    Ok(SocketAddr::new(ip, port))
 }
 
 /// How a stream reaches the app.

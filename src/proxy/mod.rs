@@ -11,6 +11,7 @@ mod authz;
 mod connections;
 mod connector;
 pub mod copy;
+mod gateway;
 mod inbound;
 mod inbound_quic;
 mod outbound;
@@ -353,6 +354,10 @@ fn same_family_ip(wl: &Workload, like: IpAddr) -> Option<IpAddr> {
         .copied()
 }
 
+#[cfg(test)]
+mod gateway_loopback_tests;
+#[cfg(test)]
+mod gateway_tests;
 #[cfg(test)]
 mod outlier_tests;
 #[cfg(test)]

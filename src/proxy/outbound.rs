@@ -1,6 +1,7 @@
 //! Outbound: a connection the app made, redirected to 15001. Resolve where it was going, then
-//! tunnel it over HBONE to the destination's proxy, or pass it through as plain TCP when the
-//! destination is not in the mesh.
+//! tunnel it over HBONE to the destination's proxy (through the remote network's gateway, by
+//! double HBONE, when the endpoint is on another network: `gateway.rs`), or pass it through as
+//! plain TCP when the destination is not in the mesh.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use crate::state::{ClientLocality, GatewayAddress, Service, TunnelProtocol, Work
 
 use super::accesslog::{ConnectionLog, Direction, outbound_labels};
 use super::copy::{copy_bidirectional, tcp_halves};
+use super::gateway::{self, GatewayError, GatewayRoute};
 use super::outlier::Outliers;
 use super::transport::{TransportError, Transports, Tunnel};
 use super::waypoint::{self, WaypointError};
@@ -37,6 +39,11 @@ pub(super) enum Route {
     },
     /// Plain TCP: the destination is outside the mesh or does not speak HBONE.
     Plain(SocketAddr),
+    /// Double HBONE through the endpoint's network gateway; `target` is the endpoint.
+    Gateway {
+        via: Box<GatewayRoute>,
+        target: Option<SocketAddr>,
+    },
 }
 
 #[derive(Debug)]
@@ -45,6 +52,7 @@ pub(super) enum RouteError {
     NoEndpoint { service: String, port: u16 },
     NoAddress(String),
     Waypoint(WaypointError),
+    Gateway(GatewayError),
 }
 
 impl fmt::Display for RouteError {
@@ -62,6 +70,7 @@ impl fmt::Display for RouteError {
             }
             RouteError::NoAddress(wl) => write!(f, "workload {wl} has no address"),
             RouteError::Waypoint(e) => e.fmt(f),
+            RouteError::Gateway(e) => e.fmt(f),
         }
     }
 }
@@ -103,6 +112,7 @@ pub(super) enum OutboundError {
     Route(RouteError),
     Connect(socket::ConnectError),
     Hbone(TransportError),
+    Gateway(GatewayError),
 }
 
 impl OutboundError {
@@ -124,6 +134,7 @@ impl OutboundError {
                 }
                 _ => false,
             },
+            OutboundError::Gateway(e) => e.is_endpoint_failure(),
             OutboundError::Route(_) => false,
         }
     }
@@ -135,6 +146,7 @@ impl fmt::Display for OutboundError {
             OutboundError::Route(e) => e.fmt(f),
             OutboundError::Connect(e) => e.fmt(f),
             OutboundError::Hbone(e) => e.fmt(f),
+            OutboundError::Gateway(e) => e.fmt(f),
         }
     }
 }
@@ -173,6 +185,11 @@ pub(super) async fn connect(
                 service,
                 ..
             }) => outbound_labels(pi, service.as_deref(), Some(*target), None),
+            Ok(Routed {
+                route: Route::Gateway { via, target },
+                service,
+                ..
+            }) => outbound_labels(pi, service.as_deref(), *target, via.final_expected.first()),
             Err(_) => outbound_labels(pi, None, None, None),
         };
         let routed = match routed {
@@ -199,7 +216,9 @@ pub(super) async fn connect(
         // A service-addressed tunnel names the service in `forwarded` `host=` (wire.md §2.1):
         // the peer takes its `destination_service` label from it.
         let service_host = match &routed.route {
-            Route::Hbone { .. } => routed.service.as_ref().map(|svc| svc.hostname.clone()),
+            Route::Hbone { .. } | Route::Gateway { .. } => {
+                routed.service.as_ref().map(|svc| svc.hostname.clone())
+            }
             Route::Plain(_) => None,
         };
         let result = connect_route(pi, transports, peer, routed.route, service_host, log).await;
@@ -255,18 +274,7 @@ async fn connect_route(
             let key = PoolKey::new(pi.local.identity.clone(), peer.ip(), hbone, expected);
             let req = ConnectRequest {
                 authority: Authority::Addr(target),
-                headers: ConnectHeaders {
-                    baggage: pi
-                        .state
-                        .workload_by_name(&pi.local.namespace, &pi.local.name)
-                        .map(|wl| baggage(&wl)),
-                    forwarded: Some(Forwarded {
-                        for_addr: peer,
-                        host: service_host,
-                    }),
-                    traceparent: Some(TraceParent::random()),
-                    forwarded_network: None,
-                },
+                headers: connect_headers(pi, peer, service_host),
             };
             let tunnel = transports
                 .open(&key, &req)
@@ -278,6 +286,38 @@ async fn connect_route(
             });
             Ok(Upstream::Hbone(Box::new(tunnel)))
         }
+        Route::Gateway { via, .. } => {
+            log.hbone_addr = Some(via.gateway);
+            log.dst_identity = via.final_expected.first().cloned();
+            let headers = connect_headers(pi, peer, service_host);
+            let inner = gateway::connect(pi, transports.h2_pool(), peer, &via, headers)
+                .await
+                .map_err(OutboundError::Gateway)?;
+            // One stream on a pooled connection (the outer one); the inner connection is ours.
+            transports.count_stream(HboneTransportLabel::h2);
+            log.transport = Some(HboneTransportLabel::h2);
+            Ok(Upstream::Hbone(Box::new(Tunnel::H2(inner))))
+        }
+    }
+}
+
+/// The metadata headers of an outbound CONNECT from the app at `peer` (wire.md §2.1).
+fn connect_headers(
+    pi: &ProxyInputs,
+    peer: SocketAddr,
+    service_host: Option<String>,
+) -> ConnectHeaders {
+    ConnectHeaders {
+        baggage: pi
+            .state
+            .workload_by_name(&pi.local.namespace, &pi.local.name)
+            .map(|wl| baggage(&wl)),
+        forwarded: Some(Forwarded {
+            for_addr: peer,
+            host: service_host,
+        }),
+        traceparent: Some(TraceParent::random()),
+        forwarded_network: None,
     }
 }
 
@@ -387,6 +427,20 @@ pub(super) fn route_avoiding(
                 service: format!("{}/{}", svc.namespace, svc.hostname),
                 port: orig.port(),
             })?;
+        // An endpoint on another network is reached through that network's gateway.
+        if wl.network != *network {
+            let via = gateway::via_gateway(state, network, svc, &wl, orig.port(), orig.ip())
+                .map_err(RouteError::Gateway)?;
+            let target = same_family_ip(&wl, orig.ip()).map(|ip| SocketAddr::new(ip, port));
+            return Ok(Routed {
+                route: Route::Gateway {
+                    via: Box::new(via),
+                    target,
+                },
+                endpoint: target,
+                service: Some(svc.clone()),
+            });
+        }
         let sans: Vec<Identity> = svc
             .subject_alt_names
             .iter()

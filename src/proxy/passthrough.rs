@@ -47,7 +47,7 @@ pub(super) async fn handle(
                 pi.local.namespace, pi.local.name
             ));
         };
-        log.open(&pi, inbound_labels(&pi, local, peer, None, None));
+        log.open(&pi, inbound_labels(&pi, local, Some(peer), None, None));
         let facts = ConnFacts {
             src: peer,
             dst: target,

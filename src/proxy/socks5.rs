@@ -289,8 +289,8 @@ fn reply_for(e: &OutboundError) -> Reply {
             io::ErrorKind::HostUnreachable => Reply::HostUnreachable,
             _ => Reply::GeneralFailure,
         },
-        OutboundError::Connect(socket::ConnectError::Bind { .. }) | OutboundError::Hbone(_) => {
-            Reply::GeneralFailure
-        }
+        OutboundError::Connect(socket::ConnectError::Bind { .. })
+        | OutboundError::Hbone(_)
+        | OutboundError::Gateway(_) => Reply::GeneralFailure,
     }
 }

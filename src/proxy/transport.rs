@@ -96,6 +96,8 @@ pub(super) trait InboundTunnel: Send + 'static {
     fn authority(&self) -> &Authority;
     /// The `host=` of the request's `forwarded` header: the service a client addressed.
     fn forwarded_host(&self) -> Option<String>;
+    /// The request's `x-forwarded-network`: the source's network on double HBONE's inner CONNECT.
+    fn forwarded_network(&self) -> Option<String>;
     fn reject(self, status: StatusCode) -> impl Future<Output = ()> + Send;
     fn accept(self) -> impl Future<Output = Result<(Self::Recv, Self::Send), String>> + Send;
 }
@@ -211,7 +213,7 @@ impl Transports {
         }
     }
 
-    fn count_stream(&self, transport: HboneTransportLabel) {
+    pub(super) fn count_stream(&self, transport: HboneTransportLabel) {
         self.metrics
             .hbone_streams
             .get_or_create(&TransportLabels {
@@ -287,6 +289,10 @@ impl InboundTunnel for hbone::InboundRequest {
         self.headers.forwarded.as_ref().and_then(|f| f.host.clone())
     }
 
+    fn forwarded_network(&self) -> Option<String> {
+        self.headers.forwarded_network.clone()
+    }
+
     async fn reject(self, status: StatusCode) {
         hbone::InboundRequest::reject(self, status)
     }
@@ -311,6 +317,10 @@ impl InboundTunnel for quic::InboundRequest {
         hbone::ConnectHeaders::from_map(&self.headers)
             .forwarded
             .and_then(|f| f.host)
+    }
+
+    fn forwarded_network(&self) -> Option<String> {
+        hbone::ConnectHeaders::from_map(&self.headers).forwarded_network
     }
 
     async fn reject(self, status: StatusCode) {
