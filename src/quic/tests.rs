@@ -112,7 +112,11 @@ struct TestServer {
 
 /// A server that echoes every stream whose authority port is not 9 (which it answers `401`).
 fn server(cert: Arc<WorkloadCertificate>) -> TestServer {
-    let cfg = QuicConfig::default();
+    server_with(cert, QuicConfig::default())
+}
+
+/// [`server`] with its own transport settings (e.g. a small stream limit).
+fn server_with(cert: Arc<WorkloadCertificate>, cfg: QuicConfig) -> TestServer {
     let endpoint = server_endpoint(udp(), Some(cert.server_config_h3()), &cfg).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let (tx, seen) = mpsc::unbounded_channel();
@@ -408,6 +412,53 @@ async fn a_connection_at_its_stream_limit_makes_another() {
     }
     assert_eq!(pool.connections_opened(), 3);
     // Every held tunnel still carries bytes.
+    for (recv, send, _) in held.iter_mut() {
+        assert_eq!(echo(recv, send, b"ping").await, b"ping");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_over_the_stream_limit_opens_enough_connections_without_failures() {
+    // Both sides allow 4 streams per connection, so a request that overshot a connection's
+    // limit would wait for stream credit that the held tunnels never give back.
+    let cfg = QuicConfig {
+        max_concurrent_streams: 4,
+        ..QuicConfig::default()
+    };
+    let ca = TestCa::new("ca");
+    let srv = server_with(ca.leaf(SERVER), cfg.clone());
+    let pool = QuicPool::new(
+        cfg,
+        client_endpoint(udp()).unwrap(),
+        Arc::new(Fixed(ca.leaf(CLIENT))),
+    );
+    const N: usize = 40;
+    let start = Arc::new(tokio::sync::Barrier::new(N));
+    let tasks: Vec<_> = (0..N)
+        .map(|_| {
+            let (pool, start, dst) = (pool.clone(), start.clone(), srv.addr);
+            tokio::spawn(async move {
+                start.wait().await;
+                timeout(
+                    STEP,
+                    pool.send(&key(dst), connect_request("10.0.0.2:80")),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    let mut failures = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Ok(tunnel)) => held.push(tunnel),
+            Ok(Err(e)) => failures.push(e.to_string()),
+            Err(_) => failures.push("timed out waiting for a stream".into()),
+        }
+    }
+    assert!(failures.is_empty(), "{} failed: {failures:?}", failures.len());
+    // Every tunnel is still held, so no connection carries more than its limit.
+    assert_eq!(pool.connections_opened(), (N / 4) as u64);
     for (recv, send, _) in held.iter_mut() {
         assert_eq!(echo(recv, send, b"ping").await, b"ping");
     }
