@@ -27,6 +27,7 @@ use crate::core::Identity;
 use crate::tls::CertProvider;
 
 use super::endpoint::client_config;
+use super::handshake::handshake_error;
 use super::stream::{H3Recv, H3Send, client_halves};
 use super::{QuicConfig, QuicError};
 
@@ -271,7 +272,7 @@ impl QuicPool {
         let timeout = inner.cfg.handshake_timeout;
         let quic = match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(handshake_failed(e.to_string())),
+            Ok(Err(e)) => return Err(handshake_error(key.dst, &e)),
             Err(_) => {
                 return Err(QuicError::HandshakeTimeout {
                     dst: key.dst,
@@ -279,10 +280,24 @@ impl QuicPool {
                 });
             }
         };
-        let (mut driver, send) = h3::client::builder()
+        // With TLS 1.3 our side of the handshake completes before the server has checked our
+        // certificate; its refusal then closes the connection while HTTP/3 starts.
+        let (mut driver, send) = match h3::client::builder()
             .send_grease(false)
             .build::<_, _, Bytes>(h3_quinn::Connection::new(quic.clone()))
-            .await?;
+            .await
+        {
+            Ok(ok) => ok,
+            Err(e) => {
+                return Err(match quic.close_reason() {
+                    Some(reason) => match handshake_error(key.dst, &reason) {
+                        tls @ QuicError::Tls { .. } => tls,
+                        _ => e.into(),
+                    },
+                    None => e.into(),
+                });
+            }
+        };
         let dst = key.dst;
         tokio::spawn(async move {
             let e = poll_fn(|cx| driver.poll_close(cx)).await;
@@ -366,6 +381,18 @@ impl Conn {
         }
     }
 
+    /// `e`, or the TLS refusal that closed the connection under it (a server refusing our
+    /// certificate after our side of the handshake completed).
+    fn typed(&self, e: QuicError) -> QuicError {
+        match self.quic.close_reason() {
+            Some(reason) => match handshake_error(self.quic.remote_address(), &reason) {
+                tls @ QuicError::Tls { .. } => tls,
+                _ => e,
+            },
+            None => e,
+        }
+    }
+
     /// Sends `request` on a stream whose slot `guard` reserved.
     async fn request(
         &self,
@@ -373,8 +400,14 @@ impl Conn {
         guard: StreamGuard,
     ) -> Result<(H3Recv, H3Send, HeaderMap), QuicError> {
         let mut send = self.send.clone();
-        let mut stream = send.send_request(request).await?;
-        let response = stream.recv_response().await?;
+        let mut stream = send
+            .send_request(request)
+            .await
+            .map_err(|e| self.typed(e.into()))?;
+        let response = stream
+            .recv_response()
+            .await
+            .map_err(|e| self.typed(e.into()))?;
         if response.status() != StatusCode::OK {
             return Err(QuicError::Status(response.status()));
         }
