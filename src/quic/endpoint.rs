@@ -114,7 +114,8 @@ pub async fn accept(
     let server = Arc::new(server_config(tls, cfg)?);
     let connecting = incoming
         .accept_with(server)
-        .map_err(|e| handshake_failed(e.to_string()))?;
+        // The ClientHello is read here, so a wrong ALPN is refused at this point.
+        .map_err(|e| handshake_error(remote, &e))?;
     let conn = match tokio::time::timeout(cfg.handshake_timeout * 4, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Err(handshake_error(remote, &e)),
