@@ -279,7 +279,8 @@ async fn a_client_certificate_from_another_ca_is_refused_alike_on_h2_and_h3() {
 
     let h2_err = h2_refusal(
         &mesh.pair.client,
-        cert.client_config(&[server_id.clone()]).unwrap(),
+        cert.client_config(std::slice::from_ref(&server_id))
+            .unwrap(),
     )
     .await;
     let h3_err = quic_refusal(
@@ -362,24 +363,28 @@ async fn a_wrong_alpn_is_refused_with_no_application_protocol() {
     assert_eq!(status, 200);
 }
 
+/// (what, request builder, its target, the status, what every log line about it contains)
+type Case = (
+    &'static str,
+    fn(&str) -> http::Request<()>,
+    String,
+    u16,
+    Vec<String>,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_connects_get_400_and_a_refused_upstream_503_alike_on_h2_and_h3() {
     let mesh = start("qbad_connect").await;
     let mut app = servers::http(&mesh.pair.server, common::APP_PORT);
     let cert = mesh_cert(&mesh).await;
     let server_id = identity(mesh::SERVER_WL);
-    let h2_tls = cert.client_config(&[server_id.clone()]).unwrap();
+    let h2_tls = cert
+        .client_config(std::slice::from_ref(&server_id))
+        .unwrap();
     let h3_tls = cert.client_config_h3(&[server_id]).unwrap();
     let app_addr = common::app_addr(false).to_string();
     let server_v4 = common::server_ip(false);
-    // (what, request, status, a log line that shows why, on the transport)
-    let cases: Vec<(
-        &str,
-        fn(&str) -> http::Request<()>,
-        String,
-        u16,
-        Vec<String>,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             "port 0",
             connect,

@@ -41,7 +41,7 @@ pub(crate) fn handshake_error(peer: SocketAddr, e: &quinn::ConnectionError) -> Q
                 Some(alert) => QuicError::Tls {
                     peer,
                     by: RefusedBy::Peer,
-                    error: TlsError::Handshake(rustls::Error::AlertReceived(alert)),
+                    error: Box::new(TlsError::Handshake(rustls::Error::AlertReceived(alert))),
                 },
                 None => untyped(peer, e),
             }
@@ -50,7 +50,7 @@ pub(crate) fn handshake_error(peer: SocketAddr, e: &quinn::ConnectionError) -> Q
             Some(alert) => QuicError::Tls {
                 peer,
                 by: RefusedBy::Local,
-                error: local_refusal(alert, &t.reason),
+                error: Box::new(local_refusal(alert, &t.reason)),
             },
             None => untyped(peer, e),
         },

@@ -85,12 +85,13 @@ pub enum QuicError {
         reason: String,
     },
     /// TLS refused the handshake with `peer`: `error` is what the h2 path reports for the same
-    /// refusal (a received alert, an unknown issuer, an unexpected server identity...).
+    /// refusal (a received alert, an unknown issuer, an unexpected server identity...). Boxed:
+    /// rustls' error is large and every `Result` of this module would carry its size.
     #[error("TLS handshake with {peer} refused ({by:?} side): {error}")]
     Tls {
         peer: std::net::SocketAddr,
         by: RefusedBy,
-        error: TlsError,
+        error: Box<TlsError>,
     },
     /// The handshake to `dst` failed below TLS (no common version, reset, endpoint closed...).
     #[error("QUIC handshake with {dst} failed: {reason}")]

@@ -281,16 +281,20 @@ async fn a_client_from_another_ca_is_refused() {
     .err()
     .unwrap();
     // The server's alert, typed as tokio-rustls reports it on h2.
+    let QuicError::Tls {
+        by: RefusedBy::Peer,
+        error,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
     assert!(
         matches!(
-            &err,
-            QuicError::Tls {
-                by: RefusedBy::Peer,
-                error: TlsError::Handshake(rustls::Error::AlertReceived(
-                    rustls::AlertDescription::UnknownCA | rustls::AlertDescription::BadCertificate
-                )),
-                ..
-            }
+            **error,
+            TlsError::Handshake(rustls::Error::AlertReceived(
+                rustls::AlertDescription::UnknownCA | rustls::AlertDescription::BadCertificate
+            ))
         ),
         "{err:?}"
     );
@@ -327,15 +331,18 @@ async fn a_server_with_an_unexpected_identity_is_refused() {
     .err()
     .unwrap();
     // Our verifier's refusal comes back as the typed error the h2 path returns.
-    match err {
-        QuicError::Tls {
-            by: RefusedBy::Local,
-            error:
-                TlsError::UnexpectedServerIdentity {
-                    presented,
-                    expected,
-                },
-            ..
+    let QuicError::Tls {
+        by: RefusedBy::Local,
+        error,
+        ..
+    } = err
+    else {
+        panic!("{err:?}");
+    };
+    match *error {
+        TlsError::UnexpectedServerIdentity {
+            presented,
+            expected,
         } => {
             assert_eq!(presented, id("spiffe://cluster.local/ns/b/sa/other"));
             assert_eq!(expected, vec![id(SERVER)]);
