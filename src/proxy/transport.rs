@@ -243,7 +243,15 @@ impl Transports {
                 Probe::Down => h2.await,
                 _ => self.open_h3(quic, key, req).await,
             },
-            tunnel = &mut h2 => tunnel,
+            tunnel = &mut h2 => match tunnel {
+                Ok(t) => Ok(t),
+                // h2 failing (say a QUIC-only peer refusing TCP) says nothing about QUIC: the
+                // probe decides.
+                Err(e) => match settled(&mut probe).await {
+                    Probe::Down => Err(e),
+                    _ => self.open_h3(quic, key, req).await,
+                },
+            },
         }
     }
 
@@ -469,6 +477,10 @@ impl ChunkSink for H3Send {
         H3Send::finish(self).await.map_err(io::Error::other)
     }
 }
+
+#[cfg(test)]
+#[path = "transport_tests.rs"]
+mod race_tests;
 
 #[cfg(test)]
 mod tests {
