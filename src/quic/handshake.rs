@@ -33,6 +33,15 @@ pub enum RefusedBy {
     Peer,
 }
 
+impl std::fmt::Display for RefusedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RefusedBy::Local => "us",
+            RefusedBy::Peer => "the peer",
+        })
+    }
+}
+
 /// The typed error for a failed handshake with `peer`.
 pub(crate) fn handshake_error(peer: SocketAddr, e: &quinn::ConnectionError) -> QuicError {
     match e {

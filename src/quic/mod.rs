@@ -87,7 +87,7 @@ pub enum QuicError {
     /// TLS refused the handshake with `peer`: `error` is what the h2 path reports for the same
     /// refusal (a received alert, an unknown issuer, an unexpected server identity...). Boxed:
     /// rustls' error is large and every `Result` of this module would carry its size.
-    #[error("TLS handshake with {peer} refused ({by:?} side): {error}")]
+    #[error("TLS handshake with {peer} refused by {by}: {error}")]
     Tls {
         peer: std::net::SocketAddr,
         by: RefusedBy,
