@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use nix::sys::socket::{setsockopt, sockopt};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{AckFrequencyConfig, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
+use quinn::{EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 use rustls_pki_types::CertificateDer;
 use socket2::Socket;
 
@@ -175,11 +175,5 @@ fn transport(cfg: &QuicConfig) -> TransportConfig {
         .max_concurrent_uni_streams(VarInt::from_u32(8))
         .max_idle_timeout(IdleTimeout::try_from(cfg.idle_timeout).ok())
         .keep_alive_interval(Some(cfg.keepalive_interval));
-    // Ask the peer to acknowledge every 8th ack-eliciting packet instead of every 2nd: at bulk
-    // rates acknowledgements are a large share of both sides' packets and CPU (the QUIC ACK
-    // frequency extension; quinn peers negotiate it, others ignore the request).
-    let mut ack = AckFrequencyConfig::default();
-    ack.ack_eliciting_threshold(VarInt::from_u32(7));
-    t.ack_frequency_config(Some(ack));
     t
 }
