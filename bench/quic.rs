@@ -11,7 +11,7 @@
 //! Ratios are against direct and h2. Needs root, `iperf3` and `nft`.
 //!
 //! Run: `cargo bench --bench quic` (release). `AMBIT_BENCH_BIN=/path/to/ambit` runs another
-//! build of the node proxy.
+//! build of the node proxy; `AMBIT_BENCH_MODES=h2,h3` runs only the modes named.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,9 +42,13 @@ async fn main() {
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_BIN_EXE_ambit")));
     let dir = std::env::temp_dir().join(format!("ambit-bench-quic-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // `AMBIT_BENCH_MODES=h3` (comma-separated) runs a subset, e.g. under a profiler.
+    let wanted = std::env::var("AMBIT_BENCH_MODES").unwrap_or_default();
     let mut all = Vec::new();
     for mode in ["direct", "h2", "h3"] {
-        all.push(run(mode, &bin, &dir).await);
+        if wanted.is_empty() || wanted.split(',').any(|m| m.trim() == mode) {
+            all.push(run(mode, &bin, &dir).await);
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
     print(&all);

@@ -91,7 +91,14 @@ async fn handle(
                 pi.metrics.inbound_handshake_failures.inc();
                 let mut log = ConnectionLog::new(Direction::Inbound, peer);
                 log.transport = Some(HboneTransportLabel::h3);
-                return log.fail(&e);
+                // A TLS refusal is logged in the h2 listener's words, so one search finds it
+                // on either transport.
+                return match e {
+                    quic::QuicError::Tls { error, .. } => {
+                        log.fail(&format_args!("TLS handshake: {error}"))
+                    }
+                    e => log.fail(&e),
+                };
             }
         };
     pi.metrics.inbound_handshakes.inc();

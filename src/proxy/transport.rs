@@ -7,6 +7,13 @@
 //! remembered, the peer gets h2 straight away. A `200`-less answer (401, 503...) is the peer's
 //! answer and is never retried on the other transport.
 //!
+//! The first connection to a peer in `auto` does not wait for the QUIC handshake timeout: the
+//! handshake runs as a probe task of its own (one per QUIC pool key, shared by every connection
+//! that arrives while it runs), gets `quic_head_start` alone, and then races an h2 attempt; the
+//! connection takes whichever is ready first, QUIC when both are. The probe outlives the
+//! connection that started it, so its outcome (a pooled QUIC connection, or the remembered
+//! fallback, logged and counted once per failed probe) serves the connections after it.
+//!
 //! Inbound, both transports' CONNECT requests are [`InboundTunnel`]s, so `inbound::serve_stream`
 //! (authority checks, authorization, tracking, the app connection) is one code path for both.
 
@@ -16,11 +23,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::core::Authority;
@@ -49,6 +57,9 @@ pub struct TransportConfig {
     pub mode: HboneTransport,
     /// How long a peer that did not complete a QUIC handshake gets h2 without another try.
     pub fallback_ttl: Duration,
+    /// In `auto`, how long a first connection to a peer waits for the QUIC handshake alone
+    /// before it also tries h2 (and takes whichever is ready first).
+    pub quic_head_start: Duration,
     pub quic: QuicConfig,
 }
 
@@ -79,13 +90,35 @@ pub(super) struct Transports {
     h2: Pool,
     h3: Option<QuicPool>,
     mode: HboneTransport,
-    fallback_ttl: Duration,
-    /// Peers (their HBONE address) that get h2 until the instant stored. Locked only for map
-    /// operations.
-    fallbacks: Mutex<HashMap<SocketAddr, Instant>>,
+    quic_head_start: Duration,
+    fallbacks: Arc<Fallbacks>,
+    /// QUIC handshakes `auto` runs in the background, per QUIC pool key; an entry lives until
+    /// its outcome is recorded (a pooled connection or a remembered fallback).
+    probes: Arc<Mutex<HashMap<QuicKey, watch::Receiver<Probe>>>>,
     /// The QUIC pool's opened-connection count already added to the metrics.
     h3_opened_counted: AtomicU64,
     metrics: ProxyMetrics,
+}
+
+/// The peers (their HBONE address) `auto` sends over h2, each until the instant stored.
+struct Fallbacks {
+    /// Locked only for map operations.
+    until: Mutex<HashMap<SocketAddr, Instant>>,
+    ttl: Duration,
+    metrics: ProxyMetrics,
+}
+
+/// Where an `auto` QUIC handshake probe stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Probe {
+    Pending,
+    /// The pool holds a connection to the peer.
+    Up,
+    /// No handshake: the peer is remembered for h2.
+    Down,
+    /// Failed for a reason that says nothing about the peer's QUIC (no certificate...); the
+    /// connection tries QUIC itself and reports what it gets.
+    Failed,
 }
 
 /// A CONNECT request received on either transport, as `inbound::serve_stream` handles it.
@@ -131,6 +164,9 @@ impl Default for TransportConfig {
         TransportConfig {
             mode: HboneTransport::H2,
             fallback_ttl: Duration::from_secs(60),
+            // A few LAN round trips: a QUIC peer completes its handshake well inside it, so h2
+            // is only tried for peers that are slow or not speaking QUIC.
+            quic_head_start: Duration::from_millis(75),
             quic: QuicConfig::default(),
         }
     }
@@ -149,8 +185,13 @@ impl Transports {
             h2,
             h3,
             mode: cfg.mode,
-            fallback_ttl: cfg.fallback_ttl,
-            fallbacks: Mutex::new(HashMap::new()),
+            quic_head_start: cfg.quic_head_start,
+            fallbacks: Arc::new(Fallbacks {
+                until: Mutex::new(HashMap::new()),
+                ttl: cfg.fallback_ttl,
+                metrics: metrics.clone(),
+            }),
+            probes: Arc::default(),
             h3_opened_counted: AtomicU64::new(0),
             metrics,
         }
@@ -166,14 +207,94 @@ impl Transports {
         key: &PoolKey,
         req: &ConnectRequest,
     ) -> Result<Tunnel, TransportError> {
-        let quic = match (&self.h3, self.mode) {
-            (Some(q), HboneTransport::H3) => Some(q),
-            (Some(q), HboneTransport::Auto) if !self.remembered(key.dst) => Some(q),
-            _ => None,
-        };
-        let Some(quic) = quic else {
-            return self.open_h2(key, req).await;
-        };
+        match (&self.h3, self.mode) {
+            (Some(q), HboneTransport::H3) => self.open_h3(q, key, req).await,
+            (Some(q), HboneTransport::Auto) if !self.fallbacks.remembered(key.dst) => {
+                self.open_auto(q, key, req).await
+            }
+            _ => self.open_h2(key, req).await,
+        }
+    }
+
+    /// `auto` towards a peer not remembered for h2: QUIC at once when the pool has a connection,
+    /// else the probe's head start and then the race (see the module doc).
+    async fn open_auto(
+        &self,
+        quic: &QuicPool,
+        key: &PoolKey,
+        req: &ConnectRequest,
+    ) -> Result<Tunnel, TransportError> {
+        let qkey = QuicKey::new(key.src_id.clone(), key.dst, key.expected.clone());
+        if quic.is_ready(&qkey) {
+            return self.open_h3(quic, key, req).await;
+        }
+        let mut probe = self.probe(quic, qkey);
+        if let Ok(outcome) = tokio::time::timeout(self.quic_head_start, settled(&mut probe)).await {
+            return match outcome {
+                Probe::Down => self.open_h2(key, req).await,
+                _ => self.open_h3(quic, key, req).await,
+            };
+        }
+        let h2 = self.open_h2(key, req);
+        tokio::pin!(h2);
+        tokio::select! {
+            // Polled first, so QUIC wins a tie. Dropping an h2 attempt that is still under way
+            // abandons its handshake or cancels its CONNECT (the peer reads a reset).
+            biased;
+            outcome = settled(&mut probe) => match outcome {
+                Probe::Down => h2.await,
+                _ => self.open_h3(quic, key, req).await,
+            },
+            tunnel = &mut h2 => match tunnel {
+                Ok(t) => Ok(t),
+                // h2 failing (say a QUIC-only peer refusing TCP) says nothing about QUIC: the
+                // probe decides.
+                Err(e) => match settled(&mut probe).await {
+                    Probe::Down => Err(e),
+                    _ => self.open_h3(quic, key, req).await,
+                },
+            },
+        }
+    }
+
+    /// The running handshake probe for `qkey`, started if there is none.
+    fn probe(&self, quic: &QuicPool, qkey: QuicKey) -> watch::Receiver<Probe> {
+        let mut probes = lock(&self.probes);
+        if let Some(rx) = probes.get(&qkey) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(Probe::Pending);
+        probes.insert(qkey.clone(), rx.clone());
+        drop(probes);
+        let (quic, probes, fallbacks) = (quic.clone(), self.probes.clone(), self.fallbacks.clone());
+        tokio::spawn(async move {
+            let outcome = match quic.warm(&qkey).await {
+                Ok(()) => Probe::Up,
+                Err(e) if e.is_handshake_failure() => {
+                    fallbacks.fall_back(qkey.dst, &e);
+                    Probe::Down
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %qkey.dst, error = %e, "QUIC probe failed");
+                    Probe::Failed
+                }
+            };
+            // The outcome is recorded (pool or fallback) before the entry goes, so a connection
+            // arriving in between neither starts a second handshake nor misses the result.
+            lock(&probes).remove(&qkey);
+            let _ = tx.send(outcome);
+        });
+        rx
+    }
+
+    /// A tunnel over QUIC; in `auto`, a handshake failure (a pooled connection that died and
+    /// could not be replaced) falls back to h2 as a failed probe does.
+    async fn open_h3(
+        &self,
+        quic: &QuicPool,
+        key: &PoolKey,
+        req: &ConnectRequest,
+    ) -> Result<Tunnel, TransportError> {
         let qkey = QuicKey::new(key.src_id.clone(), key.dst, key.expected.clone());
         let request = h3_request(req).map_err(QuicError::from)?;
         let sent = quic.send(&qkey, request).await;
@@ -184,7 +305,7 @@ impl Transports {
                 Ok(Tunnel::H3(recv, send))
             }
             Err(e) if self.mode == HboneTransport::Auto && e.is_handshake_failure() => {
-                self.fall_back(key.dst, &e);
+                self.fallbacks.fall_back(key.dst, &e);
                 self.open_h2(key, req).await
             }
             Err(e) => Err(e.into()),
@@ -222,12 +343,26 @@ impl Transports {
             })
             .inc();
     }
+}
 
+/// The probe's outcome once it has one; a probe task gone without one (runtime shutdown) counts
+/// as `Failed`.
+async fn settled(probe: &mut watch::Receiver<Probe>) -> Probe {
+    match probe.wait_for(|p| *p != Probe::Pending).await {
+        Ok(p) => *p,
+        Err(_) => Probe::Failed,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// === impl Fallbacks ===
+
+impl Fallbacks {
     fn remembered(&self, peer: SocketAddr) -> bool {
-        let mut map = self
-            .fallbacks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut map = lock(&self.until);
         match map.get(&peer) {
             Some(until) if *until > Instant::now() => true,
             Some(_) => {
@@ -239,14 +374,11 @@ impl Transports {
         }
     }
 
-    /// Remembers `peer` for h2; logs only when the peer was not already remembered, so a burst
-    /// of connections that all saw the same failed handshake logs once.
+    /// Remembers `peer` for h2 and counts it; logs only when the peer was not already
+    /// remembered, so connections that all saw the same failed handshake log once.
     fn fall_back(&self, peer: SocketAddr, e: &QuicError) {
-        let until = Instant::now() + self.fallback_ttl;
-        let fresh = self
-            .fallbacks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let until = Instant::now() + self.ttl;
+        let fresh = lock(&self.until)
             .insert(peer, until)
             .is_none_or(|old| old <= Instant::now());
         self.metrics.hbone_transport_fallbacks.inc();
@@ -254,7 +386,7 @@ impl Transports {
             tracing::warn!(
                 %peer,
                 error = %e,
-                remember = ?self.fallback_ttl,
+                remember = ?self.ttl,
                 "no QUIC handshake with peer, falling back to HBONE over h2"
             );
         }
@@ -355,6 +487,10 @@ impl ChunkSink for H3Send {
         H3Send::finish(self).await.map_err(io::Error::other)
     }
 }
+
+#[cfg(test)]
+#[path = "transport_tests.rs"]
+mod race_tests;
 
 #[cfg(test)]
 mod tests {

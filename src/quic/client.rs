@@ -3,9 +3,12 @@
 //!
 //! Invariants:
 //! - Opening a connection for a key happens under that key's async mutex, so a burst of first
-//!   requests opens one connection, not one each. QUIC multiplexes without head-of-line blocking
-//!   and grants stream credit itself, so one connection per key is enough: a request beyond the
-//!   peer's concurrent-stream limit waits for credit.
+//!   requests opens one connection, not one each.
+//! - A stream slot is reserved when a connection is checked out (a compare-and-increment against
+//!   the stream limit), not when the stream is opened: otherwise a burst of checkouts all see
+//!   room on the same connection, overshoot the peer's limit and wait for stream credit that a
+//!   set of long-lived tunnels never gives back. The reservation ([`StreamGuard`]) is released
+//!   when the request fails or when both halves of its stream are dropped.
 //! - Each connection takes the source identity's current certificate when it is opened, so a
 //!   rotation reaches the next connection; a closed connection is never handed out again.
 //! - A connection with no streams for a whole `pool_idle_timeout` is closed by its reaper.
@@ -24,6 +27,7 @@ use crate::core::Identity;
 use crate::tls::CertProvider;
 
 use super::endpoint::client_config;
+use super::handshake::handshake_error;
 use super::stream::{H3Recv, H3Send, client_halves};
 use super::{QuicConfig, QuicError};
 
@@ -130,15 +134,15 @@ impl QuicPool {
         key: &QuicKey,
         request: Request<()>,
     ) -> Result<(H3Recv, H3Send, HeaderMap), QuicError> {
-        let (conn, fresh) = self.checkout(key).await?;
-        match conn.request(request.clone()).await {
+        let (conn, slot, fresh) = self.checkout(key).await?;
+        match conn.request(request.clone(), slot).await {
             // A reused connection may have died before we noticed; nothing reached the peer's
             // application, so one retry on a new connection is safe.
             Err(e) if !fresh && conn.refused_new_work(&e) => {
                 tracing::debug!(error = %e, dst = %key.dst, "pooled QUIC connection refused a request, retrying");
                 conn.retired.store(true, Ordering::Release);
-                let (conn, _) = self.checkout(key).await?;
-                conn.request(request).await
+                let (conn, slot, _) = self.checkout(key).await?;
+                conn.request(request, slot).await
             }
             r => r,
         }
@@ -148,6 +152,18 @@ impl QuicPool {
     /// `auto` uses to learn whether a peer speaks QUIC.
     pub async fn warm(&self, key: &QuicKey) -> Result<(), QuicError> {
         self.checkout(key).await.map(|_| ())
+    }
+
+    /// Whether the key has an open connection with room for another stream right now, so a
+    /// request would not wait for a handshake.
+    pub fn is_ready(&self, key: &QuicKey) -> bool {
+        let Some(entry) = lock(&self.inner.keys).get(key).cloned() else {
+            return false;
+        };
+        let max_streams = self.inner.cfg.max_concurrent_streams.max(1) as usize;
+        lock(&entry.conn)
+            .as_ref()
+            .is_some_and(|c| c.is_open() && c.usage.streams.load(Ordering::Acquire) < max_streams)
     }
 
     /// Connections ever opened (completed handshakes).
@@ -178,7 +194,9 @@ impl QuicPool {
         }
     }
 
-    async fn checkout(&self, key: &QuicKey) -> Result<(Arc<Conn>, bool), QuicError> {
+    /// The key's connection with one stream slot reserved on it, and whether it was opened for
+    /// this call.
+    async fn checkout(&self, key: &QuicKey) -> Result<(Arc<Conn>, StreamGuard, bool), QuicError> {
         if self.inner.shut.load(Ordering::Acquire) {
             return Err(QuicError::PoolClosed);
         }
@@ -187,14 +205,14 @@ impl QuicPool {
             .or_default()
             .clone();
         let max_streams = self.inner.cfg.max_concurrent_streams.max(1) as usize;
-        if let Some(c) = entry.live(max_streams) {
-            return Ok((c, false));
+        if let Some((c, slot)) = entry.reserve(max_streams) {
+            return Ok((c, slot, false));
         }
         let seen = entry.connect.try_lock().map(|a| a.count).ok();
         let mut attempts = entry.connect.lock().await;
         // Someone else may have opened it while we waited.
-        if let Some(c) = entry.live(max_streams) {
-            return Ok((c, false));
+        if let Some((c, slot)) = entry.reserve(max_streams) {
+            return Ok((c, slot, false));
         }
         if seen.is_none_or(|n| n != attempts.count)
             && let Some(reason) = &attempts.last_failure
@@ -213,6 +231,9 @@ impl QuicPool {
             }
         };
         attempts.last_failure = None;
+        // Reserved before the connection is published, so the requests that waited on this
+        // handshake cannot take the slot this one opened it for.
+        let slot = StreamGuard::first(&conn.usage);
         if let Some(old) = lock(&entry.conn).replace(conn.clone()) {
             let mut full = lock(&entry.full);
             full.retain(|c| c.is_open() && c.usage.streams.load(Ordering::Acquire) > 0);
@@ -222,7 +243,7 @@ impl QuicPool {
         }
         self.inner.opened.fetch_add(1, Ordering::Relaxed);
         spawn_reaper(conn.clone(), self.inner.cfg.pool_idle_timeout);
-        Ok((conn, true))
+        Ok((conn, slot, true))
     }
 
     async fn open(&self, key: &QuicKey) -> Result<Conn, QuicError> {
@@ -251,7 +272,7 @@ impl QuicPool {
         let timeout = inner.cfg.handshake_timeout;
         let quic = match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(handshake_failed(e.to_string())),
+            Ok(Err(e)) => return Err(handshake_error(key.dst, &e)),
             Err(_) => {
                 return Err(QuicError::HandshakeTimeout {
                     dst: key.dst,
@@ -259,10 +280,24 @@ impl QuicPool {
                 });
             }
         };
-        let (mut driver, send) = h3::client::builder()
+        // With TLS 1.3 our side of the handshake completes before the server has checked our
+        // certificate; its refusal then closes the connection while HTTP/3 starts.
+        let (mut driver, send) = match h3::client::builder()
             .send_grease(false)
             .build::<_, _, Bytes>(h3_quinn::Connection::new(quic.clone()))
-            .await?;
+            .await
+        {
+            Ok(ok) => ok,
+            Err(e) => {
+                return Err(match quic.close_reason() {
+                    Some(reason) => match handshake_error(key.dst, &reason) {
+                        tls @ QuicError::Tls { .. } => tls,
+                        _ => e.into(),
+                    },
+                    None => e.into(),
+                });
+            }
+        };
         let dst = key.dst;
         tokio::spawn(async move {
             let e = poll_fn(|cx| driver.poll_close(cx)).await;
@@ -306,18 +341,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // === impl KeyEntry ===
 
 impl KeyEntry {
-    /// The key's current connection if it is open and has room for one more stream. A full
-    /// connection stays open for its streams (its reaper closes it once idle) while a new one
-    /// takes its place, as the h2 pool opens another connection at the peer's stream limit.
-    fn live(&self, max_streams: usize) -> Option<Arc<Conn>> {
-        let mut slot = lock(&self.conn);
-        match slot.as_ref() {
-            Some(c) if c.is_open() && c.usage.streams.load(Ordering::Acquire) < max_streams => {
-                Some(c.clone())
+    /// The key's current connection with a stream slot reserved on it, if it is open and has
+    /// room. A full connection stays open for its streams (its reaper closes it once idle)
+    /// while a new one takes its place, as the h2 pool opens another connection at the peer's
+    /// stream limit.
+    fn reserve(&self, max_streams: usize) -> Option<(Arc<Conn>, StreamGuard)> {
+        let mut current = lock(&self.conn);
+        match current.as_ref() {
+            Some(c) if c.is_open() => {
+                StreamGuard::reserve(&c.usage, max_streams).map(|slot| (c.clone(), slot))
             }
-            Some(c) if c.is_open() => None,
             Some(_) => {
-                *slot = None;
+                *current = None;
                 None
             }
             None => None,
@@ -346,14 +381,33 @@ impl Conn {
         }
     }
 
+    /// `e`, or the TLS refusal that closed the connection under it (a server refusing our
+    /// certificate after our side of the handshake completed).
+    fn typed(&self, e: QuicError) -> QuicError {
+        match self.quic.close_reason() {
+            Some(reason) => match handshake_error(self.quic.remote_address(), &reason) {
+                tls @ QuicError::Tls { .. } => tls,
+                _ => e,
+            },
+            None => e,
+        }
+    }
+
+    /// Sends `request` on a stream whose slot `guard` reserved.
     async fn request(
         &self,
         request: Request<()>,
+        guard: StreamGuard,
     ) -> Result<(H3Recv, H3Send, HeaderMap), QuicError> {
-        let guard = StreamGuard::take(&self.usage);
         let mut send = self.send.clone();
-        let mut stream = send.send_request(request).await?;
-        let response = stream.recv_response().await?;
+        let mut stream = send
+            .send_request(request)
+            .await
+            .map_err(|e| self.typed(e.into()))?;
+        let response = stream
+            .recv_response()
+            .await
+            .map_err(|e| self.typed(e.into()))?;
         if response.status() != StatusCode::OK {
             return Err(QuicError::Status(response.status()));
         }
@@ -365,12 +419,27 @@ impl Conn {
 // === impl StreamGuard ===
 
 impl StreamGuard {
-    fn take(usage: &Arc<Usage>) -> Self {
+    /// The first stream slot of a connection nobody else has seen yet.
+    fn first(usage: &Arc<Usage>) -> Self {
         usage.streams.fetch_add(1, Ordering::AcqRel);
         usage.used.store(true, Ordering::Release);
         StreamGuard {
             usage: usage.clone(),
         }
+    }
+
+    /// Takes one of `max` stream slots, or `None` when all are taken.
+    fn reserve(usage: &Arc<Usage>, max: usize) -> Option<Self> {
+        usage
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        usage.used.store(true, Ordering::Release);
+        Some(StreamGuard {
+            usage: usage.clone(),
+        })
     }
 }
 

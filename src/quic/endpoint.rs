@@ -21,6 +21,7 @@ use quinn::{EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 use rustls_pki_types::CertificateDer;
 use socket2::Socket;
 
+use super::handshake::handshake_error;
 use super::{QuicConfig, QuicError};
 use crate::core::Identity;
 use crate::tls::{TlsError, chain_identity};
@@ -113,10 +114,11 @@ pub async fn accept(
     let server = Arc::new(server_config(tls, cfg)?);
     let connecting = incoming
         .accept_with(server)
-        .map_err(|e| handshake_failed(e.to_string()))?;
+        // The ClientHello is read here, so a wrong ALPN is refused at this point.
+        .map_err(|e| handshake_error(remote, &e))?;
     let conn = match tokio::time::timeout(cfg.handshake_timeout * 4, connecting).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(handshake_failed(e.to_string())),
+        Ok(Err(e)) => return Err(handshake_error(remote, &e)),
         Err(_) => {
             return Err(QuicError::HandshakeTimeout {
                 dst: remote,

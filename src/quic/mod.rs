@@ -9,6 +9,7 @@
 //! | `server.rs` | [`serve`]: the server side of one QUIC connection; CONNECT streams go to a handler |
 //! | `client.rs` | [`QuicPool`]: client connections per [`QuicKey`], CONNECT streams over them |
 //! | `endpoint.rs` | UDP sockets sized for bulk traffic, quinn endpoints and transport settings |
+//! | `handshake.rs` | quinn's handshake failures as typed [`TlsError`]s ([`RefusedBy`]) |
 //!
 //! # Invariants
 //!
@@ -25,8 +26,11 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::tls::TlsError;
+
 mod client;
 mod endpoint;
+mod handshake;
 mod server;
 mod stream;
 
@@ -37,6 +41,7 @@ pub use client::{QuicKey, QuicPool};
 pub use endpoint::{
     accept, bind_udp, client_endpoint, enable_server, peer_identity, server_endpoint,
 };
+pub use handshake::RefusedBy;
 pub use server::{InboundRequest, serve};
 pub use stream::{H3Recv, H3Send};
 
@@ -79,7 +84,16 @@ pub enum QuicError {
         identity: crate::core::Identity,
         reason: String,
     },
-    /// The handshake to `dst` failed (refused, wrong peer identity, wrong ALPN, ...).
+    /// TLS refused the handshake with `peer`: `error` is what the h2 path reports for the same
+    /// refusal (a received alert, an unknown issuer, an unexpected server identity...). Boxed:
+    /// rustls' error is large and every `Result` of this module would carry its size.
+    #[error("TLS handshake with {peer} refused by {by}: {error}")]
+    Tls {
+        peer: std::net::SocketAddr,
+        by: RefusedBy,
+        error: Box<TlsError>,
+    },
+    /// The handshake to `dst` failed below TLS (no common version, reset, endpoint closed...).
     #[error("QUIC handshake with {dst} failed: {reason}")]
     Handshake {
         dst: std::net::SocketAddr,
@@ -136,7 +150,9 @@ impl QuicError {
     pub fn is_handshake_failure(&self) -> bool {
         matches!(
             self,
-            QuicError::HandshakeTimeout { .. } | QuicError::Handshake { .. }
+            QuicError::HandshakeTimeout { .. }
+                | QuicError::Handshake { .. }
+                | QuicError::Tls { .. }
         )
     }
 }

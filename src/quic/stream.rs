@@ -12,7 +12,10 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
 use h3::error::{Code, StreamError};
 
 use super::QuicError;
@@ -23,10 +26,15 @@ type ServerRecv = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 type ClientSend = h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 type ClientRecv = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
 
+/// Most bytes [`H3Recv::recv`] gathers from chunks already received into one.
+const COALESCE: usize = 128 * 1024;
+
 /// The receiving half of a stream.
 pub struct H3Recv {
     inner: RecvInner,
     eof: bool,
+    /// An error met while gathering chunks, returned after the data before it.
+    failed: Option<QuicError>,
     _guard: Option<Arc<StreamGuard>>,
 }
 
@@ -71,6 +79,7 @@ fn halves(recv: RecvInner, send: SendInner, guard: Option<Arc<StreamGuard>>) -> 
         H3Recv {
             inner: recv,
             eof: false,
+            failed: None,
             _guard: guard.clone(),
         },
         H3Send {
@@ -94,25 +103,23 @@ fn is_clean_end(e: &StreamError) -> bool {
 // === impl H3Recv ===
 
 impl H3Recv {
-    /// The next received chunk, or `None` at end of stream.
+    /// The next received data, or `None` at end of stream.
+    ///
+    /// quinn hands out received data about one datagram (~1.2 KB) at a time; written one by
+    /// one, each would cost the sink (a TCP socket) a syscall. So after the first chunk this
+    /// also takes every chunk already received, up to [`COALESCE`] bytes, and returns them as
+    /// one. An end or error met on the way is kept for the next call, after the data before it.
     pub async fn recv(&mut self) -> Option<Result<Bytes, QuicError>> {
+        if let Some(e) = self.failed.take() {
+            return Some(Err(e));
+        }
         if self.eof {
             return None;
         }
-        loop {
-            let received = match &mut self.inner {
-                RecvInner::Server(s) => s
-                    .recv_data()
-                    .await
-                    .map(|o| o.map(|mut b| b.copy_to_bytes(b.remaining()))),
-                RecvInner::Client(s) => s
-                    .recv_data()
-                    .await
-                    .map(|o| o.map(|mut b| b.copy_to_bytes(b.remaining()))),
-            };
-            match received {
+        let first = loop {
+            match poll_fn(|cx| self.inner.poll_chunk(cx)).await {
                 Ok(Some(chunk)) if chunk.is_empty() => continue,
-                Ok(Some(chunk)) => return Some(Ok(chunk)),
+                Ok(Some(chunk)) => break chunk,
                 Ok(None) => {
                     self.eof = true;
                     return None;
@@ -123,6 +130,51 @@ impl H3Recv {
                 }
                 Err(e) => return Some(Err(e.into())),
             }
+        };
+        let mut more: Option<BytesMut> = None;
+        let mut waker = std::task::Context::from_waker(std::task::Waker::noop());
+        while more.as_ref().map_or(first.len(), BytesMut::len) < COALESCE {
+            // A `Pending` here leaves h3-quinn's read future stored in the stream, so the next
+            // call resumes it; nothing is lost by not waiting.
+            let Poll::Ready(next) = self.inner.poll_chunk(&mut waker) else {
+                break;
+            };
+            match next {
+                Ok(Some(chunk)) => {
+                    more.get_or_insert_with(|| {
+                        let mut buf = BytesMut::with_capacity(COALESCE);
+                        buf.extend_from_slice(&first);
+                        buf
+                    })
+                    .extend_from_slice(&chunk);
+                }
+                Ok(None) => {
+                    self.eof = true;
+                    break;
+                }
+                Err(e) if is_clean_end(&e) => {
+                    self.eof = true;
+                    break;
+                }
+                Err(e) => {
+                    self.failed = Some(e.into());
+                    break;
+                }
+            }
+        }
+        Some(Ok(more.map_or(first, BytesMut::freeze)))
+    }
+}
+
+impl RecvInner {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>> {
+        match self {
+            RecvInner::Server(s) => s
+                .poll_recv_data(cx)
+                .map_ok(|o| o.map(|mut b| b.copy_to_bytes(b.remaining()))),
+            RecvInner::Client(s) => s
+                .poll_recv_data(cx)
+                .map_ok(|o| o.map(|mut b| b.copy_to_bytes(b.remaining()))),
         }
     }
 }

@@ -19,6 +19,7 @@ use rustls_pki_types::PrivatePkcs8KeyDer;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 
+use super::handshake::local_refusal;
 use super::*;
 use crate::core::Identity;
 use crate::tls::{CertProvider, TlsError, WorkloadCertificate};
@@ -47,6 +48,15 @@ impl TestCa {
     }
 
     fn leaf(&self, uri: &str) -> Arc<WorkloadCertificate> {
+        self.leaf_trusting(uri, &self.root)
+    }
+
+    /// A leaf signed by this CA whose holder trusts `root` (possibly another CA's).
+    fn leaf_trusting(
+        &self,
+        uri: &str,
+        root: &rustls_pki_types::CertificateDer<'static>,
+    ) -> Arc<WorkloadCertificate> {
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
         params.extended_key_usages = vec![
@@ -57,8 +67,7 @@ impl TestCa {
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let key = PrivatePkcs8KeyDer::from(key.serialize_der());
         Arc::new(
-            WorkloadCertificate::new(vec![cert.der().clone()], key, vec![self.root.clone()])
-                .unwrap(),
+            WorkloadCertificate::new(vec![cert.der().clone()], key, vec![root.clone()]).unwrap(),
         )
     }
 }
@@ -112,7 +121,11 @@ struct TestServer {
 
 /// A server that echoes every stream whose authority port is not 9 (which it answers `401`).
 fn server(cert: Arc<WorkloadCertificate>) -> TestServer {
-    let cfg = QuicConfig::default();
+    server_with(cert, QuicConfig::default())
+}
+
+/// [`server`] with its own transport settings (e.g. a small stream limit).
+fn server_with(cert: Arc<WorkloadCertificate>, cfg: QuicConfig) -> TestServer {
     let endpoint = server_endpoint(udp(), Some(cert.server_config_h3()), &cfg).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let (tx, seen) = mpsc::unbounded_channel();
@@ -255,8 +268,10 @@ async fn malformed_requests_get_400() {
 
 #[tokio::test]
 async fn a_client_from_another_ca_is_refused() {
-    let srv = server(TestCa::new("ca").leaf(SERVER));
-    let pool = pool(TestCa::new("other").leaf(CLIENT));
+    // The client trusts the server's CA, so only the server's check of the client can fail.
+    let ca = TestCa::new("ca");
+    let srv = server(ca.leaf(SERVER));
+    let pool = pool(TestCa::new("other").leaf_trusting(CLIENT, &ca.root));
     let err = timeout(
         STEP,
         pool.send(&key(srv.addr), connect_request("10.0.0.2:80")),
@@ -265,7 +280,24 @@ async fn a_client_from_another_ca_is_refused() {
     .unwrap()
     .err()
     .unwrap();
-    assert!(matches!(err, QuicError::Handshake { .. }), "{err}");
+    // The server's alert, typed as tokio-rustls reports it on h2.
+    let QuicError::Tls {
+        by: RefusedBy::Peer,
+        error,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert!(
+        matches!(
+            **error,
+            TlsError::Handshake(rustls::Error::AlertReceived(
+                rustls::AlertDescription::UnknownCA | rustls::AlertDescription::BadCertificate
+            ))
+        ),
+        "{err:?}"
+    );
     assert!(err.is_handshake_failure());
     let errors = timeout(STEP, async {
         loop {
@@ -278,7 +310,11 @@ async fn a_client_from_another_ca_is_refused() {
     })
     .await
     .unwrap();
-    assert!(errors[0].contains("QUIC handshake"), "{errors:?}");
+    // The server's own refusal, typed as on h2: the issuer is unknown.
+    assert!(
+        errors[0].ends_with("TLS handshake failed: invalid peer certificate: UnknownIssuer"),
+        "{errors:?}"
+    );
 }
 
 #[tokio::test]
@@ -294,11 +330,25 @@ async fn a_server_with_an_unexpected_identity_is_refused() {
     .unwrap()
     .err()
     .unwrap();
-    // quinn carries rustls' error as text, so the typed `TlsError` shows in its debug form.
-    assert!(
-        err.to_string().contains("UnexpectedServerIdentity"),
-        "{err}"
-    );
+    // Our verifier's refusal comes back as the typed error the h2 path returns.
+    let QuicError::Tls {
+        by: RefusedBy::Local,
+        error,
+        ..
+    } = err
+    else {
+        panic!("{err:?}");
+    };
+    match *error {
+        TlsError::UnexpectedServerIdentity {
+            presented,
+            expected,
+        } => {
+            assert_eq!(presented, id("spiffe://cluster.local/ns/b/sa/other"));
+            assert_eq!(expected, vec![id(SERVER)]);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -411,4 +461,102 @@ async fn a_connection_at_its_stream_limit_makes_another() {
     for (recv, send, _) in held.iter_mut() {
         assert_eq!(echo(recv, send, b"ping").await, b"ping");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_over_the_stream_limit_opens_enough_connections_without_failures() {
+    // Both sides allow 4 streams per connection, so a request that overshot a connection's
+    // limit would wait for stream credit that the held tunnels never give back.
+    let cfg = QuicConfig {
+        max_concurrent_streams: 4,
+        ..QuicConfig::default()
+    };
+    let ca = TestCa::new("ca");
+    let srv = server_with(ca.leaf(SERVER), cfg.clone());
+    let pool = QuicPool::new(
+        cfg,
+        client_endpoint(udp()).unwrap(),
+        Arc::new(Fixed(ca.leaf(CLIENT))),
+    );
+    const N: usize = 40;
+    let start = Arc::new(tokio::sync::Barrier::new(N));
+    let tasks: Vec<_> = (0..N)
+        .map(|_| {
+            let (pool, start, dst) = (pool.clone(), start.clone(), srv.addr);
+            tokio::spawn(async move {
+                start.wait().await;
+                timeout(STEP, pool.send(&key(dst), connect_request("10.0.0.2:80"))).await
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    let mut failures = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Ok(tunnel)) => held.push(tunnel),
+            Ok(Err(e)) => failures.push(e.to_string()),
+            Err(_) => failures.push("timed out waiting for a stream".into()),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    // Every tunnel is still held, so no connection carries more than its limit.
+    assert_eq!(pool.connections_opened(), (N / 4) as u64);
+    for (recv, send, _) in held.iter_mut() {
+        assert_eq!(echo(recv, send, b"ping").await, b"ping");
+    }
+}
+
+/// rustls' error as our verifier raises it (`tls::verify::refuse`).
+fn refused(e: TlsError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(e),
+    )))
+}
+
+#[test]
+fn local_refusals_are_rebuilt_from_rustls_text() {
+    use rustls::AlertDescription::{BadCertificate, NoApplicationProtocol, UnknownCA};
+    let unexpected = TlsError::UnexpectedServerIdentity {
+        presented: id("spiffe://cluster.local/ns/b/sa/other"),
+        expected: vec![id(SERVER), id(CLIENT)],
+    };
+    let mismatch = TlsError::TrustDomainMismatch {
+        peer: id("spiffe://other.domain/ns/a/sa/x"),
+        expected: "cluster.local".into(),
+    };
+    let cases = [
+        (
+            UnknownCA,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ),
+        (NoApplicationProtocol, rustls::Error::NoApplicationProtocol),
+        (BadCertificate, rustls::Error::NoCertificatesPresented),
+    ];
+    for (alert, e) in cases {
+        let rebuilt = local_refusal(alert, &e.to_string());
+        assert!(
+            matches!(&rebuilt, TlsError::Handshake(r) if *r == e),
+            "{rebuilt:?}"
+        );
+        assert_eq!(rebuilt.to_string(), TlsError::Handshake(e).to_string());
+    }
+    for ours in [unexpected, mismatch, TlsError::NoSpiffeIdentity] {
+        let text = refused(ours.clone()).to_string();
+        let rebuilt = local_refusal(BadCertificate, &text);
+        assert_eq!(rebuilt.to_string(), ours.to_string(), "{text}");
+        assert_eq!(
+            std::mem::discriminant(&rebuilt),
+            std::mem::discriminant(&ours)
+        );
+    }
+    // Text that names no known error keeps it and the alert, untyped.
+    let other = local_refusal(BadCertificate, "something new");
+    assert_eq!(
+        other.to_string(),
+        "TLS handshake failed: unexpected error: something new (sent BadCertificate)"
+    );
 }
