@@ -393,11 +393,11 @@ async fn malformed_connects_get_400_and_a_refused_upstream_503_alike_on_h2_and_h
             vec!["rejecting CONNECT".into()],
         ),
         (
-            "host name",
+            "unknown host name",
             connect,
             "server.b.svc:8080".into(),
             400,
-            vec!["host name targets are not supported".into()],
+            vec!["no service has host name server.b.svc".into()],
         ),
         (
             "not a local workload",

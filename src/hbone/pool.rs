@@ -131,6 +131,14 @@ impl Pool {
         }
     }
 
+    /// Makes sure `key` has a connection with room for a stream, opening one if needed, and
+    /// sends nothing on it. A caller racing transports warms first and sends its CONNECT only
+    /// on the winner, so the loser never reaches the destination app.
+    pub async fn warm(&self, key: &PoolKey) -> Result<(), HboneError> {
+        // The reserved slot is released on drop; the connection stays pooled.
+        self.checkout(key).await.map(drop)
+    }
+
     /// Connections ever opened (successful handshakes).
     pub fn connections_opened(&self) -> u64 {
         self.inner.opened.load(Ordering::Relaxed)

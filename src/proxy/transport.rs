@@ -9,8 +9,9 @@
 //!
 //! The first connection to a peer in `auto` does not wait for the QUIC handshake timeout: the
 //! handshake runs as a probe task of its own (one per QUIC pool key, shared by every connection
-//! that arrives while it runs), gets `quic_head_start` alone, and then races an h2 attempt; the
-//! connection takes whichever is ready first, QUIC when both are. The probe outlives the
+//! that arrives while it runs), gets `quic_head_start` alone, and then races an h2 connection
+//! handshake; the CONNECT goes on whichever is ready first, QUIC when both are (the race is
+//! between connections, so the loser never reaches the destination app). The probe outlives the
 //! connection that started it, so its outcome (a pooled QUIC connection, or the remembered
 //! fallback, logged and counted once per failed probe) serves the connections after it.
 //!
@@ -235,22 +236,27 @@ impl Transports {
                 _ => self.open_h3(quic, key, req).await,
             };
         }
-        let h2 = self.open_h2(key, req);
-        tokio::pin!(h2);
+        // h2 races at the connection level: the CONNECT is sent only on the winner, so a lost
+        // race never opens (and resets) a connection to the destination app.
+        let h2_ready = self.h2.warm(key);
+        tokio::pin!(h2_ready);
         tokio::select! {
-            // Polled first, so QUIC wins a tie. Dropping an h2 attempt that is still under way
-            // abandons its handshake or cancels its CONNECT (the peer reads a reset).
+            // Polled first, so QUIC wins a tie. Dropping an h2 handshake still under way
+            // abandons it; one that completed stays pooled.
             biased;
             outcome = settled(&mut probe) => match outcome {
-                Probe::Down => h2.await,
+                Probe::Down => {
+                    (&mut h2_ready).await?;
+                    self.open_h2(key, req).await
+                }
                 _ => self.open_h3(quic, key, req).await,
             },
-            tunnel = &mut h2 => match tunnel {
-                Ok(t) => Ok(t),
+            ready = &mut h2_ready => match ready {
+                Ok(()) => self.open_h2(key, req).await,
                 // h2 failing (say a QUIC-only peer refusing TCP) says nothing about QUIC: the
                 // probe decides.
                 Err(e) => match settled(&mut probe).await {
-                    Probe::Down => Err(e),
+                    Probe::Down => Err(e.into()),
                     _ => self.open_h3(quic, key, req).await,
                 },
             },
