@@ -176,7 +176,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
         transport: proxy::TransportConfig {
             mode: config.hbone_transport,
             fallback_ttl: config.hbone_quic_fallback,
-            ..Default::default()
+            quic_head_start: config.hbone_quic_head_start,
         },
         hbone_port: 15008,
         outlier: proxy::OutlierConfig {

@@ -81,6 +81,10 @@ pub struct Config {
     /// handshake before trying QUIC again.
     #[serde(serialize_with = "ser_duration")]
     pub hbone_quic_fallback: Duration,
+    /// `AMBIT_HBONE_QUIC_HEAD_START`: in `auto`, how long a first QUIC handshake to a peer runs
+    /// alone before an h2 connection races it.
+    #[serde(serialize_with = "ser_duration")]
+    pub hbone_quic_head_start: Duration,
     pub keepalive: Keepalive,
     #[serde(serialize_with = "ser_duration")]
     pub connection_termination_deadline: Duration,
@@ -341,6 +345,9 @@ impl Config {
             hbone_quic_fallback: env
                 .parse("AMBIT_HBONE_QUIC_FALLBACK", positive_duration)?
                 .unwrap_or(Duration::from_secs(60)),
+            hbone_quic_head_start: env
+                .parse("AMBIT_HBONE_QUIC_HEAD_START", parse::duration)?
+                .unwrap_or(Duration::from_millis(75)),
             keepalive: Keepalive {
                 enabled: env
                     .parse("KEEPALIVE_ENABLED", parse::boolean)?

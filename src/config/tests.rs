@@ -476,3 +476,14 @@ fn prefixed_variables_reach_the_config_and_the_dump_hides_header_values() {
         "XDS_HEADER_bad name=\"v\": the name after the prefix is not a header name"
     );
 }
+
+#[test]
+fn quic_head_start_defaults_and_may_be_zero() {
+    assert_eq!(
+        with(&[]).unwrap().hbone_quic_head_start,
+        Duration::from_millis(75)
+    );
+    let c = with(&[("AMBIT_HBONE_QUIC_HEAD_START", "0")]).unwrap();
+    assert_eq!(c.hbone_quic_head_start, Duration::ZERO);
+    assert!(with(&[("AMBIT_HBONE_QUIC_HEAD_START", "soon")]).is_err());
+}
