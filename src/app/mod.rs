@@ -177,6 +177,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
             mode: config.hbone_transport,
             fallback_ttl: config.hbone_quic_fallback,
             quic_head_start: config.hbone_quic_head_start,
+            ..Default::default()
         },
         hbone_port: 15008,
         outlier: proxy::OutlierConfig {
