@@ -202,10 +202,12 @@ impl Pool {
         if let Some((c, slot)) = entry.try_reserve() {
             return Ok((c, slot, false));
         }
-        let opened = async {
+        // Boxed: the handshake's state is large and needed once per connection, not in the
+        // task of every stream that goes through here.
+        let opened = Box::pin(async {
             let io = self.inner.connector.connect(key).await?;
             handshake(io, &self.inner.cfg).await
-        };
+        });
         let client = match opened.await {
             Ok(c) => c,
             Err(e) => {

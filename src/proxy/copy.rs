@@ -2,20 +2,25 @@
 //!
 //! Sources hand out owned chunks and sinks take them, so a chunk read from TCP goes into an
 //! HTTP/2 DATA frame (and the reverse) without another copy. The TCP read buffer starts small and
-//! doubles while reads keep filling it, so idle connections stay cheap and bulk flows get big
-//! reads; it is reclaimed, not reallocated, once the previous chunk has been written.
+//! doubles while reads keep filling it, so bulk flows get big reads; it is reclaimed, not
+//! reallocated, once the previous chunk has been written.
+//!
+//! Idle connections hold no read buffer: when a connection that never filled its first buffer
+//! has nothing to read, it drops the buffer, and allocates the next one only once the socket is
+//! readable.
 //!
 //! Byte counts are kept live per direction (for the access log) and, when the connection has
 //! Prometheus byte counters, added to those per chunk: both are plain atomic adds.
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::hbone::{H2Recv, H2Send};
@@ -69,7 +74,25 @@ impl CopyStats {
 /// Copies `a`'s source into `b`'s sink and `b`'s source into `a`'s sink until both directions
 /// have ended. Each direction half-closes its sink when its source ends; an error in either
 /// direction ends the whole copy.
-pub async fn copy_bidirectional<AS, AK, BS, BK>(
+///
+/// The copy's state is boxed: callers move the future through a few wrappers (drain deadline,
+/// policy revocation) and every move of an inline future costs its full size in the task of
+/// every connection, for as long as the connection lives.
+pub fn copy_bidirectional<AS, AK, BS, BK>(
+    a: (AS, AK),
+    b: (BS, BK),
+    stats: Arc<CopyStats>,
+) -> Pin<Box<impl Future<Output = io::Result<()>> + Send>>
+where
+    AS: ChunkSource,
+    AK: ChunkSink,
+    BS: ChunkSource,
+    BK: ChunkSink,
+{
+    Box::pin(copy_both(a, b, stats))
+}
+
+async fn copy_both<AS, AK, BS, BK>(
     a: (AS, AK),
     b: (BS, BK),
     stats: Arc<CopyStats>,
@@ -113,6 +136,7 @@ async fn pump<S: ChunkSource, K: ChunkSink>(
 /// The read half of a TCP stream with an adaptive buffer.
 pub struct TcpSource {
     read: OwnedReadHalf,
+    /// Empty with no capacity while the connection is idle.
     buf: BytesMut,
     size: usize,
 }
@@ -129,16 +153,33 @@ impl TcpSource {
 
 impl ChunkSource for TcpSource {
     async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        self.buf.reserve(self.size);
-        let spare = self.buf.capacity() - self.buf.len();
-        let n = self.read.read_buf(&mut self.buf).await?;
-        if n == 0 {
-            return Ok(None);
+        loop {
+            if self.buf.capacity() == 0 {
+                // No buffer while nothing is there to read: idle connections cost no buffer.
+                self.read.readable().await?;
+            }
+            self.buf.reserve(self.size);
+            let spare = self.buf.capacity() - self.buf.len();
+            match self.read.try_read_buf(&mut self.buf) {
+                Ok(0) => return Ok(None),
+                Ok(n) => {
+                    if n == spare && self.size < MAX_BUFFER {
+                        // Full read: more is likely waiting, so read more at once next time.
+                        self.size *= 2;
+                    }
+                    return Ok(Some(self.buf.split().freeze()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.size == INITIAL_BUFFER {
+                        // Not a bulk flow, and nothing to read: give the buffer back rather
+                        // than hold it while the connection idles.
+                        self.buf = BytesMut::new();
+                    }
+                    self.read.readable().await?;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        if n == spare && self.size < MAX_BUFFER {
-            self.size *= 2;
-        }
-        Ok(Some(self.buf.split().freeze()))
     }
 }
 
@@ -194,7 +235,10 @@ impl ChunkSink for H2Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
+    use tokio::time::timeout;
 
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -235,5 +279,30 @@ mod tests {
         proxy.await.unwrap().unwrap();
         assert_eq!(stats.totals(), (payload.len() as u64, 4));
         assert_eq!((ab.get(), ba.get()), (payload.len() as u64, 4));
+    }
+
+    #[tokio::test]
+    async fn idle_source_gives_its_buffer_back() {
+        let (mut client, server) = pair().await;
+        let (mut src, _sink) = tcp_halves(server);
+        client.write_all(b"x").await.unwrap();
+        let chunk = timeout(Duration::from_secs(5), src.read_chunk())
+            .await
+            .unwrap();
+        assert_eq!(chunk.unwrap().unwrap(), Bytes::from_static(b"x"));
+        // Nothing more to read: one poll finds the socket drained, and the source must not
+        // keep its buffer while it waits.
+        {
+            let mut read = std::pin::pin!(src.read_chunk());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(read.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(src.buf.capacity(), 0);
+        // And it still reads what comes next.
+        client.write_all(b"yz").await.unwrap();
+        let chunk = timeout(Duration::from_secs(5), src.read_chunk())
+            .await
+            .unwrap();
+        assert_eq!(chunk.unwrap().unwrap(), Bytes::from_static(b"yz"));
     }
 }

@@ -92,7 +92,10 @@ pub(super) async fn handle(
     if let Err(e) = socket::tune(&stream, &pi.cfg.socket) {
         return log.fail(&format_args!("socket options: {e}"));
     }
-    let upstream = match connect(&pi, &transports, &outliers, peer, orig, &mut log).await {
+    // Boxed: the set-up state (routing, pool, handshakes) is several KiB that the task of an
+    // established connection would otherwise keep for its whole life.
+    let upstream = match Box::pin(connect(&pi, &transports, &outliers, peer, orig, &mut log)).await
+    {
         Ok(u) => u,
         Err(e) => return log.fail(&e),
     };
