@@ -26,7 +26,7 @@ pub use types::{
     AppTunnelProtocol, ApplicationTunnel, CidrVip, DEFAULT_HBONE_MTLS_PORT, GatewayAddress,
     GatewayDestination, HealthPolicy, HealthStatus, IpFamilies, LoadBalancer, LoadBalancerMode,
     Locality, LocalityScope, NetworkAddress, NetworkMode, Service, TunnelProtocol, Visibility,
-    Workload, service_key,
+    WeightedWaypoint, Workload, service_key,
 };
 
 /// A batch of changes, applied atomically. Shaped like a delta-xDS response: upserts of whole

@@ -38,6 +38,7 @@ fn service(ns: &str, host: &str, vips: &[(&str, &str)], ports: &[(u16, u16)]) ->
         cidr_vips: vec![],
         subject_alt_names: vec![],
         waypoint: None,
+        weighted_waypoints: vec![],
         load_balancer: None,
         ip_families: IpFamilies::Automatic,
         canonical: true,
