@@ -278,8 +278,9 @@ impl StateView {
         client: &ClientLocality<'_>,
         skip: impl Fn(&Workload, u16) -> bool,
     ) -> Option<(Arc<Workload>, u16)> {
-        let candidates = self.endpoints(svc, svc_port);
-        lb::select(svc, candidates, client, skip, &mut rand::rng())
+        self.shared
+            .load()
+            .pick_endpoint(svc, svc_port, client, skip, &mut rand::rng())
     }
 
     /// Policies that apply to `workload`: global ones, its namespace's, and the ones it names

@@ -4,6 +4,8 @@
 //! builds the next one. Indexes are rebuilt from the primary maps on every update, which
 //! keeps them trivially consistent; values are `Arc`s, so a rebuild copies pointers, not
 //! workloads. (An incremental rebuild is a later optimisation for very large meshes.)
+//! Each service port's endpoints are also prepared for picking ([`EndpointTable`]) when the
+//! snapshot is built, so choosing an endpoint per connection does not rebuild the list.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::ser::SerializeStruct;
 
+use super::lb::{ClientLocality, EndpointTable};
 use super::types::{HealthStatus, NetworkMode, Service, Workload, service_key};
 use super::{Resource, ResourceKey, Update};
 use crate::rbac::{Authorization, IpNet, Scope};
@@ -40,6 +43,9 @@ pub struct Snapshot {
     /// Keys of global policies, and of namespace-scoped policies per namespace.
     global_policies: Vec<Arc<Authorization>>,
     namespace_policies: HashMap<String, Vec<Arc<Authorization>>>,
+    /// namespace → hostname → service port → its endpoints prepared for picks. Nested so a
+    /// lookup borrows the service's names and allocates nothing.
+    endpoint_tables: HashMap<String, HashMap<String, HashMap<u16, EndpointTable>>>,
 }
 
 // === impl Snapshot ===
@@ -146,27 +152,30 @@ impl Snapshot {
         let Some(workloads) = self.service_workloads.get(&key) else {
             return Vec::new();
         };
-        let allow_unhealthy = svc.allows_unhealthy();
-        workloads
-            .iter()
-            .filter(|w| allow_unhealthy || w.status == HealthStatus::Healthy)
-            .filter_map(|w| {
-                let own = w
-                    .services
-                    .get(&key)
-                    .and_then(|ports| ports.get(&svc_port))
-                    .copied()
-                    .filter(|p| *p != 0);
-                let target = match own {
-                    Some(p) => p,
-                    None => match svc.ports.get(&svc_port)? {
-                        0 => svc_port,
-                        p => *p,
-                    },
-                };
-                Some((w.clone(), target))
-            })
-            .collect()
+        endpoints_among(svc, &key, workloads, svc_port)
+    }
+
+    /// One endpoint of `svc` for `svc_port`, chosen for `client` (see [`super::lb`]): from the
+    /// prepared table when `svc` is this snapshot's own value of the service, else from a
+    /// freshly built list (same outcome, more work).
+    pub fn pick_endpoint<R: rand::Rng + ?Sized>(
+        &self,
+        svc: &Service,
+        svc_port: u16,
+        client: &ClientLocality<'_>,
+        skip: impl Fn(&Workload, u16) -> bool,
+        rng: &mut R,
+    ) -> Option<(Arc<Workload>, u16)> {
+        let table = self
+            .endpoint_tables
+            .get(&svc.namespace)
+            .and_then(|m| m.get(&svc.hostname))
+            .and_then(|m| m.get(&svc_port))
+            .filter(|t| t.is_for(svc));
+        match table {
+            Some(t) => t.pick(client, skip, rng),
+            None => super::lb::select(svc, self.endpoints(svc, svc_port), client, skip, rng),
+        }
     }
 
     /// The policies that apply to `workload` (global, its namespace's, the ones it names), as
@@ -319,6 +328,15 @@ impl Snapshot {
                 .entry(s.hostname.to_ascii_lowercase())
                 .or_default()
                 .push(s.clone());
+            if let Some(list) = snap.service_workloads.get(key.as_str()) {
+                let tables = endpoint_tables(s, key, list);
+                if !tables.is_empty() {
+                    snap.endpoint_tables
+                        .entry(s.namespace.clone())
+                        .or_default()
+                        .insert(s.hostname.clone(), tables);
+                }
+            }
         }
         for list in snap.services_by_hostname.values_mut() {
             list.reverse();
@@ -349,6 +367,60 @@ impl Snapshot {
         snap.policies = policies;
         snap
     }
+}
+
+/// The endpoints of `svc` (key `key`) for `svc_port` among `workloads` (those naming it):
+/// healthy ones unless the service allows all, each with its target port, the workload's own
+/// mapping first.
+fn endpoints_among(
+    svc: &Service,
+    key: &str,
+    workloads: &[Arc<Workload>],
+    svc_port: u16,
+) -> Vec<(Arc<Workload>, u16)> {
+    let allow_unhealthy = svc.allows_unhealthy();
+    workloads
+        .iter()
+        .filter(|w| allow_unhealthy || w.status == HealthStatus::Healthy)
+        .filter_map(|w| {
+            let own = w
+                .services
+                .get(key)
+                .and_then(|ports| ports.get(&svc_port))
+                .copied()
+                .filter(|p| *p != 0);
+            let target = match own {
+                Some(p) => p,
+                None => match svc.ports.get(&svc_port)? {
+                    0 => svc_port,
+                    p => *p,
+                },
+            };
+            Some((w.clone(), target))
+        })
+        .collect()
+}
+
+/// Every port of `svc` that can have endpoints (its own and any workload's override), each
+/// with its prepared table; ports with no endpoint are left out.
+fn endpoint_tables(
+    svc: &Arc<Service>,
+    key: &str,
+    workloads: &[Arc<Workload>],
+) -> HashMap<u16, EndpointTable> {
+    let mut ports: BTreeSet<u16> = svc.ports.keys().copied().collect();
+    for w in workloads {
+        if let Some(own) = w.services.get(key) {
+            ports.extend(own.iter().filter(|(_, t)| **t != 0).map(|(p, _)| *p));
+        }
+    }
+    ports
+        .into_iter()
+        .filter_map(|port| {
+            let all = endpoints_among(svc, key, workloads, port);
+            (!all.is_empty()).then(|| (port, EndpointTable::new(svc.clone(), all)))
+        })
+        .collect()
 }
 
 /// The best of several services sharing a VIP for a client in `client_ns` (see

@@ -143,3 +143,88 @@ pub(super) fn check(pods: &[Pod], services: &[Service]) -> Result<(), TopologyEr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use ambit_proto::istio::workload as pw;
+
+    use crate::control::local_config;
+    use crate::control_resources::{service_in, workload};
+    use crate::topology::Topology;
+
+    const WAYPOINTED: &str = "
+nodes: [{name: n1}]
+pods:
+  - {name: wp, node: n1, serviceAccount: waypoint, applicationTunnel: {protocol: PROXY, port: 15088}}
+  - {name: web, node: n1, labels: {app: web}}
+  - {name: db, node: n1, waypoint: wp}
+services:
+  - {name: web, ports: {80: 8080}, selector: {app: web}, waypoint: wp}
+";
+
+    #[test]
+    fn waypoints_and_tunnels_as_xds_and_local_config() {
+        let t = Topology::from_yaml(WAYPOINTED).unwrap();
+        let wp_ip = t.pod("wp").unwrap().ip;
+        let gw = pw::GatewayAddress {
+            destination: Some(pw::gateway_address::Destination::Address(
+                pw::NetworkAddress {
+                    network: String::new(),
+                    address: wp_ip.octets().to_vec(),
+                    length: None,
+                },
+            )),
+            hbone_mtls_port: 15008,
+        };
+        let wp = workload(t.pod("wp").unwrap(), &t);
+        let tunnel = wp.application_tunnel.unwrap();
+        assert_eq!(tunnel.protocol, pw::application_tunnel::Protocol::Proxy as i32);
+        assert_eq!(tunnel.port, 15088);
+        assert!(wp.waypoint.is_none());
+        assert_eq!(workload(t.pod("db").unwrap(), &t).waypoint, Some(gw.clone()));
+        assert!(workload(t.pod("web").unwrap(), &t).waypoint.is_none());
+        assert_eq!(service_in(t.service("web").unwrap(), &t).waypoint, Some(gw));
+
+        let v: serde_yaml::Value = serde_yaml::from_str(&local_config(&t)).unwrap();
+        let wl = |name: &str| {
+            v["workloads"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|w| w["name"] == name)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(wl("wp")["applicationTunnel"]["protocol"], "PROXY");
+        assert_eq!(wl("wp")["applicationTunnel"]["port"], 15088);
+        assert_eq!(wl("db")["waypoint"]["destination"], format!("/{wp_ip}"));
+        assert_eq!(wl("db")["waypoint"]["hboneMtlsPort"], 15008);
+        assert!(wl("web").get("waypoint").is_none());
+        assert_eq!(
+            v["services"][0]["waypoint"]["destination"],
+            format!("/{wp_ip}")
+        );
+    }
+
+    #[test]
+    fn bad_waypoint_references_are_named() {
+        let err = |y: &str| Topology::from_yaml(y).unwrap_err().to_string();
+        let base = "nodes: [{name: n1}]\npods:\n  - {name: wp, node: n1}\n  - {name: plain, node: n1, captured: false}\n";
+        let e = err(&format!(
+            "{base}services: [{{name: s, ports: {{80: 80}}, waypoint: nope}}]\n"
+        ));
+        assert!(e.contains("service \"s\": field `waypoint`: no pod named \"nope\""), "{e}");
+        let e = err(&format!("{base}  - {{name: a, node: n1, waypoint: plain}}\n"));
+        assert!(e.contains("is not captured"), "{e}");
+        let e = err(&format!("{base}  - {{name: a, node: n1, waypoint: a}}\n"));
+        assert!(e.contains("own waypoint"), "{e}");
+        let e = err(&format!(
+            "{base}  - {{name: a, node: n1, waypoint: b}}\n  - {{name: b, node: n1, waypoint: wp}}\n"
+        ));
+        assert!(e.contains("has a waypoint itself"), "{e}");
+        let e = err(&format!(
+            "{base}  - {{name: a, node: n1, applicationTunnel: {{protocol: HTTP}}}}\n"
+        ));
+        assert!(e.contains("HTTP"), "{e}");
+    }
+}
