@@ -194,8 +194,12 @@ async fn service_waypoint_sees_the_client_and_forwards_without_a_loop() {
 async fn workload_waypoint_and_plain_proxy_tunnel() {
     let lab = lab(ControlMode::LocalFiles).await;
     let _db = Server::start(lab.pod_ns("db").unwrap(), ServerKind::Echo, 8080).unwrap();
-    let _tunneled =
-        Server::start(lab.pod_ns("tunneled").unwrap(), ServerKind::ProxyHeader, 9000).unwrap();
+    let _tunneled = Server::start(
+        lab.pod_ns("tunneled").unwrap(),
+        ServerKind::ProxyHeader,
+        9000,
+    )
+    .unwrap();
     let wp = WaypointServer::start(lab.pod_ns("waypoint").unwrap(), WAYPOINT_APP_PORT).unwrap();
     let client = lab.pod_ns("client").unwrap();
     let client_ip = ip(&lab, "client");
@@ -208,8 +212,16 @@ async fn workload_waypoint_and_plain_proxy_tunnel() {
     assert_eq!(back, b"hello");
     assert_eq!(info.src.ip().to_string(), client_ip, "{info:?}");
     assert_eq!(info.dst, target, "{info:?}");
-    assert_eq!(info.identity.as_deref(), Some(client_id.as_str()), "{info:?}");
-    assert!(wp.log().is_empty(), "no waypoint on this path: {:?}", wp.log());
+    assert_eq!(
+        info.identity.as_deref(),
+        Some(client_id.as_str()),
+        "{info:?}"
+    );
+    assert!(
+        wp.log().is_empty(),
+        "no waypoint on this path: {:?}",
+        wp.log()
+    );
 
     // A workload with a waypoint: addressed directly, reached through the waypoint.
     let db: SocketAddr = format!("{}:8080", ip(&lab, "db")).parse().unwrap();

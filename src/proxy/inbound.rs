@@ -224,10 +224,10 @@ pub(super) fn local_destination<'s>(
         .service_by_vip(network, target.ip())
         .is_some_and(|s| s.waypoints().any(|gw| waypoint::is_instance(local, gw)))
         || served(
-        snapshot
-            .workload_by_addr(network, target.ip())
-            .and_then(|w| w.waypoint.as_ref()),
-    );
+            snapshot
+                .workload_by_addr(network, target.ip())
+                .and_then(|w| w.waypoint.as_ref()),
+        );
     if !for_us {
         return None;
     }

@@ -276,7 +276,12 @@ impl EndpointTable {
         };
         let best = self.groups.iter().filter_map(rank_of).max()?;
         let in_best = |g: &&Group| rank_of(g) == Some(best);
-        let total: u64 = self.groups.iter().filter(in_best).map(Group::capacity).sum();
+        let total: u64 = self
+            .groups
+            .iter()
+            .filter(in_best)
+            .map(Group::capacity)
+            .sum();
         let count: usize = self
             .groups
             .iter()

@@ -440,7 +440,11 @@ mod weighted_waypoint_tests {
         let c = counts(&weighted(&[1, 3, 0]), 40_000, 7);
         assert!((9_300..=10_700).contains(&c[0]), "{c:?}");
         assert!((29_300..=30_700).contains(&c[1]), "{c:?}");
-        assert_eq!((c[2], c[3]), (0, 0), "weight 0 or the plain waypoint: {c:?}");
+        assert_eq!(
+            (c[2], c[3]),
+            (0, 0),
+            "weight 0 or the plain waypoint: {c:?}"
+        );
     }
 
     #[test]

@@ -120,7 +120,11 @@ pub(super) fn check(pods: &[Pod], services: &[Service]) -> Result<(), TopologyEr
             ));
         }
         if naming == Some(wp) {
-            return Err(invalid(entry, "waypoint", "a pod cannot be its own waypoint"));
+            return Err(invalid(
+                entry,
+                "waypoint",
+                "a pod cannot be its own waypoint",
+            ));
         }
         if let Some(next) = p.waypoint() {
             return Err(invalid(
@@ -178,10 +182,16 @@ services:
         };
         let wp = workload(t.pod("wp").unwrap(), &t);
         let tunnel = wp.application_tunnel.unwrap();
-        assert_eq!(tunnel.protocol, pw::application_tunnel::Protocol::Proxy as i32);
+        assert_eq!(
+            tunnel.protocol,
+            pw::application_tunnel::Protocol::Proxy as i32
+        );
         assert_eq!(tunnel.port, 15088);
         assert!(wp.waypoint.is_none());
-        assert_eq!(workload(t.pod("db").unwrap(), &t).waypoint, Some(gw.clone()));
+        assert_eq!(
+            workload(t.pod("db").unwrap(), &t).waypoint,
+            Some(gw.clone())
+        );
         assert!(workload(t.pod("web").unwrap(), &t).waypoint.is_none());
         assert_eq!(service_in(t.service("web").unwrap(), &t).waypoint, Some(gw));
 
@@ -213,8 +223,13 @@ services:
         let e = err(&format!(
             "{base}services: [{{name: s, ports: {{80: 80}}, waypoint: nope}}]\n"
         ));
-        assert!(e.contains("service \"s\": field `waypoint`: no pod named \"nope\""), "{e}");
-        let e = err(&format!("{base}  - {{name: a, node: n1, waypoint: plain}}\n"));
+        assert!(
+            e.contains("service \"s\": field `waypoint`: no pod named \"nope\""),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{base}  - {{name: a, node: n1, waypoint: plain}}\n"
+        ));
         assert!(e.contains("is not captured"), "{e}");
         let e = err(&format!("{base}  - {{name: a, node: n1, waypoint: a}}\n"));
         assert!(e.contains("own waypoint"), "{e}");

@@ -134,13 +134,18 @@ fn strict_without_a_match_and_zero_capacity() {
     let s = svc(LoadBalancerMode::Strict, &[LocalityScope::Zone]);
     let c = client_in("z9");
     let table = EndpointTable::new(s, endpoints());
-    assert_eq!(table.pick(&ClientLocality::of(&c), |_, _| false, &mut rand::rng()), None);
+    assert_eq!(
+        table.pick(&ClientLocality::of(&c), |_, _| false, &mut rand::rng()),
+        None
+    );
 
     // All capacities zero in the best locality: uniform over it.
     let zero: Vec<_> = (0..3).map(|i| (ep(i, 1, 0), 8080)).collect();
     let table = EndpointTable::new(svc(LoadBalancerMode::Standard, &[]), zero);
     let c = client_in("z1");
-    let got = tally(3_000, |r| table.pick(&ClientLocality::of(&c), |_, _| false, r));
+    let got = tally(3_000, |r| {
+        table.pick(&ClientLocality::of(&c), |_, _| false, r)
+    });
     assert_eq!(got.len(), 3, "{got:?}");
     assert!(got.values().all(|n| *n > 800), "{got:?}");
 }
