@@ -56,7 +56,7 @@ pods:
 services:
   - name: web
     vips: [10.96.0.30]
-    ports: {80: 8080}
+    ports: {80: 8080, 81: 8081}
     selector: {app: web}
     waypoint: waypoint
 policies: []
@@ -116,6 +116,8 @@ async fn service_waypoint_sees_the_client_and_forwards_without_a_loop() {
     let _web = [
         Server::start(lab.pod_ns("web-1").unwrap(), ServerKind::Echo, 8080).unwrap(),
         Server::start(lab.pod_ns("web-2").unwrap(), ServerKind::Echo, 8080).unwrap(),
+        Server::start(lab.pod_ns("web-1").unwrap(), ServerKind::Http, 8081).unwrap(),
+        Server::start(lab.pod_ns("web-2").unwrap(), ServerKind::Http, 8081).unwrap(),
     ];
     let wp = WaypointServer::start(lab.pod_ns("waypoint").unwrap(), WAYPOINT_APP_PORT).unwrap();
     let client = lab.pod_ns("client").unwrap();
@@ -188,6 +190,24 @@ async fn service_waypoint_sees_the_client_and_forwards_without_a_loop() {
     for line in &served {
         assert!(line.contains(&wp_id), "{line}");
     }
+
+    // curl, through the same path: the endpoint's app sees the waypoint pod as the peer.
+    let out = client
+        .exec(&["curl", "-sS", "-m", "10", "http://10.96.0.30:81/"], STEP)
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("peer {wp_ip}")
+    );
+    let log = at_least(N + 1, || wp.log()).await;
+    assert_eq!(log.len(), N + 1, "{log:#?}");
+    assert!(log[N].contains("dst=10.96.0.30:81"), "{}", log[N]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
