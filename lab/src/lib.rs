@@ -19,7 +19,7 @@
 //! | [`zds`] | ZDS building blocks: SOCK_SEQPACKET socket, fd passing, messages |
 //! | [`agent`] | the node agent: in-pod nftables rules, ZDS server, add/delete pods |
 //! | [`lab`] | [`Lab`]: a topology built in namespaces, with agents and node proxies |
-//! | [`traffic`] | built-in HTTP, echo, sink (sha256) and request/response servers and clients |
+//! | [`traffic`] | built-in HTTP, echo, sink (sha256) and request/response servers and clients; the PROXY header echo and the waypoint stand-in |
 //! | [`demo`] | the demo scenario and its report |
 //!
 //! Everything the lab creates is named `ambit-lab-<pid>-<random>-...`, so parallel tests never
