@@ -13,7 +13,8 @@
 //!
 //! Invariant: no allocation beyond one rank per candidate; the candidate list is consumed.
 //!
-//! [`EndpointTable`] is the same choice prepared once per snapshot for one service port: the
+//! [`EndpointTable`] is the same choice prepared once per snapshot for one service port (on the
+//! first pick for the service, see [`super::Snapshot::pick_endpoint`]): the
 //! endpoints grouped by the locality fields the service's routing preference reads, each group
 //! with running capacity totals. A pick ranks the groups (a handful), picks a group by its
 //! capacity and a member by binary search: O(groups + log n), no allocation. When the pick lands

@@ -4,12 +4,13 @@
 //! builds the next one. Indexes are rebuilt from the primary maps on every update, which
 //! keeps them trivially consistent; values are `Arc`s, so a rebuild copies pointers, not
 //! workloads. (An incremental rebuild is a later optimisation for very large meshes.)
-//! Each service port's endpoints are also prepared for picking ([`EndpointTable`]) when the
-//! snapshot is built, so choosing an endpoint per connection does not rebuild the list.
+//! Each service port's endpoints are also prepared for picking ([`EndpointTable`]), once per
+//! snapshot, on the first pick for that service: choosing an endpoint per connection does not
+//! rebuild the list, and an update does not pay for services nobody connects to.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use serde::ser::SerializeStruct;
@@ -43,9 +44,9 @@ pub struct Snapshot {
     /// Keys of global policies, and of namespace-scoped policies per namespace.
     global_policies: Vec<Arc<Authorization>>,
     namespace_policies: HashMap<String, Vec<Arc<Authorization>>>,
-    /// namespace → hostname → service port → its endpoints prepared for picks. Nested so a
-    /// lookup borrows the service's names and allocates nothing.
-    endpoint_tables: HashMap<String, HashMap<String, HashMap<u16, EndpointTable>>>,
+    /// namespace → hostname → service port → its endpoints prepared for picks, filled on the
+    /// first pick. Nested so a lookup borrows the service's names and allocates nothing.
+    endpoint_tables: HashMap<String, HashMap<String, OnceLock<HashMap<u16, EndpointTable>>>>,
 }
 
 // === impl Snapshot ===
@@ -170,6 +171,7 @@ impl Snapshot {
             .endpoint_tables
             .get(&svc.namespace)
             .and_then(|m| m.get(&svc.hostname))
+            .map(|cell| cell.get_or_init(|| self.build_tables(&svc.namespace, &svc.hostname)))
             .and_then(|m| m.get(&svc_port))
             .filter(|t| t.is_for(svc));
         match table {
@@ -223,6 +225,15 @@ impl Snapshot {
         }
         out.sort_by_key(|p| p.key());
         out
+    }
+
+    /// The endpoint tables of the service `namespace/hostname` (this snapshot's value of it).
+    fn build_tables(&self, namespace: &str, hostname: &str) -> HashMap<u16, EndpointTable> {
+        let key = service_key(namespace, hostname);
+        match (self.services.get(&key), self.service_workloads.get(&key)) {
+            (Some(svc), Some(list)) => endpoint_tables(svc, &key, list),
+            _ => HashMap::new(),
+        }
     }
 
     /// The next snapshot: this one with `update` applied, as `version`. Also returns the
@@ -328,15 +339,10 @@ impl Snapshot {
                 .entry(s.hostname.to_ascii_lowercase())
                 .or_default()
                 .push(s.clone());
-            if let Some(list) = snap.service_workloads.get(key.as_str()) {
-                let tables = endpoint_tables(s, key, list);
-                if !tables.is_empty() {
-                    snap.endpoint_tables
-                        .entry(s.namespace.clone())
-                        .or_default()
-                        .insert(s.hostname.clone(), tables);
-                }
-            }
+            snap.endpoint_tables
+                .entry(s.namespace.clone())
+                .or_default()
+                .insert(s.hostname.clone(), OnceLock::new());
         }
         for list in snap.services_by_hostname.values_mut() {
             list.reverse();
