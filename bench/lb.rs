@@ -1,9 +1,11 @@
 //! Endpoint selection time: one pick among a service's endpoints, for services of 10, 1,000 and
 //! 10,000 endpoints, as the outbound path does it per connection (`StateView::
-//! pick_endpoint_for`: collect healthy endpoints with their target ports, locality rank,
-//! capacity-weighted choice). Three cases per size: no routing preference; FAILOVER by
-//! region/zone with endpoints spread over 4 zones; and the same with 10% of endpoints ejected
-//! by the outlier detector (the skip predicate).
+//! pick_endpoint_for` with the state's own service value: a draw from the endpoint table the
+//! snapshot prepared, locality rank, capacity-weighted choice). Four cases per size: no routing
+//! preference; FAILOVER by region/zone with endpoints spread over 4 zones; the same with 10% of
+//! endpoints ejected by the outlier detector (the skip predicate); and FAILOVER asked with a
+//! copy of the service, which the tables do not serve (the list is built per pick: the cost
+//! before the tables).
 //!
 //! Run: `cargo bench --bench lb` (release build, plain `main`, no harness).
 
@@ -55,7 +57,13 @@ fn service(lb: Option<LoadBalancer>) -> Service {
 }
 
 /// ns per pick, over enough iterations for about a quarter second.
-fn measure(label: &str, n: usize, lb: Option<LoadBalancer>, ejected_share: usize) -> f64 {
+fn measure(
+    label: &str,
+    n: usize,
+    lb: Option<LoadBalancer>,
+    ejected_share: usize,
+    copy: bool,
+) -> f64 {
     let (writer, view) = StateWriter::new();
     let mut u = Update::default().upsert(service(lb));
     for i in 0..n {
@@ -65,6 +73,11 @@ fn measure(label: &str, n: usize, lb: Option<LoadBalancer>, ejected_share: usize
     let svc = view
         .service_by_host("b", "web.b.svc.cluster.local")
         .unwrap();
+    let svc = if copy {
+        std::sync::Arc::new(Service::clone(&svc))
+    } else {
+        svc
+    };
     let client = {
         let id = Identity::new("cluster.local", "a", "client").unwrap();
         let mut c = Workload::new("client", "client", id);
@@ -107,8 +120,15 @@ fn main() {
         })
     };
     for n in [10, 1_000, 10_000] {
-        measure("standard (network, capacity)", n, None, 0);
-        measure("failover region/zone", n, failover(), 0);
-        measure("failover, 10% ejected", n, failover(), 10);
+        measure("standard (network, capacity)", n, None, 0, false);
+        measure("failover region/zone", n, failover(), 0, false);
+        measure("failover, 10% ejected", n, failover(), 10, false);
+        measure(
+            "failover, per-pick list (service copy)",
+            n,
+            failover(),
+            0,
+            true,
+        );
     }
 }

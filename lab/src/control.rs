@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use serde_yaml::{Mapping, Value};
 
 use crate::LabError;
-use crate::topology::{LoadBalancing, Locality, PodStatus, Topology};
+use crate::topology::waypoint::{WAYPOINT_HBONE_PORT, waypoint_ip};
+use crate::topology::{AppTunnel, LoadBalancing, Locality, PodStatus, Topology};
 
 /// Where node proxies get their configuration from.
 pub trait ControlPlane: Send + Sync + std::fmt::Debug {
@@ -102,6 +103,12 @@ pub fn local_config(topology: &Topology) -> String {
                     m.insert("locality".into(), locality(&l));
                 }
                 crate::multinet::local_workload(m, p, topology);
+                if let Some(t) = p.app_tunnel() {
+                    m.insert("applicationTunnel".into(), app_tunnel(&t));
+                }
+                if let Some(gw) = p.waypoint().and_then(|wp| waypoint(topology, wp)) {
+                    m.insert("waypoint".into(), gw);
+                }
             }
             w
         })
@@ -126,6 +133,9 @@ pub fn local_config(topology: &Topology) -> String {
             }
             if let Value::Mapping(m) = &mut svc {
                 crate::multinet::local_service(m, s, topology);
+                if let Some(gw) = s.waypoint.as_deref().and_then(|wp| waypoint(topology, wp)) {
+                    m.insert("waypoint".into(), gw);
+                }
             }
             svc
         })
@@ -172,6 +182,24 @@ fn load_balancer(lb: &LoadBalancing) -> Value {
         ("mode", lb.mode.as_str().into()),
         ("healthPolicy", lb.health_policy.as_str().into()),
     ])
+}
+
+/// The local config's `applicationTunnel` block.
+fn app_tunnel(t: &AppTunnel) -> Value {
+    let mut v = map([("protocol", t.protocol.as_str().into())]);
+    if let (Value::Mapping(m), Some(p)) = (&mut v, t.port) {
+        m.insert("port".into(), p.into());
+    }
+    v
+}
+
+/// The waypoint pod `name` as the local config's gateway (`/IP` on the default network).
+fn waypoint(topology: &Topology, name: &str) -> Option<Value> {
+    let ip = waypoint_ip(&topology.pods, name)?;
+    Some(map([
+        ("destination", format!("/{ip}").into()),
+        ("hboneMtlsPort", WAYPOINT_HBONE_PORT.into()),
+    ]))
 }
 
 fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {

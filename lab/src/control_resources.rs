@@ -13,9 +13,10 @@ use ambit_proto::istio::security as ps;
 use ambit_proto::istio::workload as pw;
 use serde_yaml::Value;
 
+use crate::topology::waypoint::{WAYPOINT_HBONE_PORT, waypoint_ip};
 use crate::topology::{
-    HealthPolicy, LbMode, LoadBalancing, LocalityScope, Pod, PodStatus, Service, TRUST_DOMAIN,
-    Topology,
+    AppTunnelProtocol, HealthPolicy, LbMode, LoadBalancing, LocalityScope, Pod, PodStatus, Service,
+    TRUST_DOMAIN, Topology,
 };
 
 /// The cluster id the lab's workloads and node proxies share.
@@ -108,7 +109,7 @@ pub fn topology_resources(topology: &Topology) -> Result<Vec<CpResource>, String
             .map(CpResource::workload),
     );
     out.extend(topology.services.iter().map(|s| {
-        let mut svc = service(s);
+        let mut svc = service_in(s, topology);
         crate::multinet::xds_service(&mut svc, s, topology);
         CpResource::service(svc)
     }));
@@ -171,10 +172,42 @@ pub fn workload(pod: &Pod, topology: &Topology) -> pw::Workload {
                 zone: l.zone,
                 subzone: l.subzone,
             }),
+        waypoint: pod.waypoint().and_then(|wp| waypoint(topology, wp)),
+        application_tunnel: pod.app_tunnel().map(|t| pw::ApplicationTunnel {
+            protocol: match t.protocol {
+                AppTunnelProtocol::None => pw::application_tunnel::Protocol::None,
+                AppTunnelProtocol::Proxy => pw::application_tunnel::Protocol::Proxy,
+            } as i32,
+            port: t.port.map(u32::from).unwrap_or(0),
+        }),
         ..Default::default()
     };
     crate::multinet::xds_workload(&mut w, pod, topology);
     w
+}
+
+/// The waypoint pod `name` as a gateway address: its pod address on the default network and
+/// the HBONE port (the topology checked that the pod exists).
+pub fn waypoint(topology: &Topology, name: &str) -> Option<pw::GatewayAddress> {
+    let ip = waypoint_ip(&topology.pods, name)?;
+    Some(pw::GatewayAddress {
+        destination: Some(pw::gateway_address::Destination::Address(
+            pw::NetworkAddress {
+                network: String::new(),
+                address: ip.octets().to_vec(),
+                length: None,
+            },
+        )),
+        hbone_mtls_port: u32::from(WAYPOINT_HBONE_PORT),
+    })
+}
+
+/// A topology service with its waypoint (which names a pod of `topology`).
+pub fn service_in(s: &Service, topology: &Topology) -> pw::Service {
+    pw::Service {
+        waypoint: s.waypoint.as_deref().and_then(|wp| waypoint(topology, wp)),
+        ..service(s)
+    }
 }
 
 /// A topology service: its VIPs (default network) and ports.

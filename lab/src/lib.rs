@@ -21,7 +21,7 @@
 //! | [`lab`] | [`Lab`]: a topology built in namespaces, with agents and node proxies |
 //! | [`multinet`] | several networks: what is published about them, and their wiring |
 //! | [`eastwest`] | the east-west gateway stand-in that joins a network to the others |
-//! | [`traffic`] | built-in HTTP, echo, sink (sha256) and request/response servers and clients |
+//! | [`traffic`] | built-in HTTP, echo, sink (sha256) and request/response servers and clients; the PROXY header echo and the waypoint stand-in |
 //! | [`demo`] | the demo scenario and its report |
 //!
 //! Everything the lab creates is named `ambit-lab-<pid>-<random>-...`, so parallel tests never

@@ -10,6 +10,8 @@
 //!   networks ([`networks`] says how);
 //! - a pod's `locality` and `status` are kept in its labels ([`balancing`] says why), each
 //!   locality part a valid name; a service's `loadBalancing` is kept as written.
+//! - a pod's `applicationTunnel` and `waypoint` are kept in its labels too; every waypoint a pod
+//!   or service names is a captured pod ([`waypoint`] has the rules).
 //!
 //! A validation error is one line that names the entry and the field.
 
@@ -20,9 +22,11 @@ use serde::Deserialize;
 
 pub mod balancing;
 pub mod networks;
+pub mod waypoint;
 
 pub use balancing::{HealthPolicy, LbMode, LoadBalancing, Locality, LocalityScope, PodStatus};
 pub use networks::EastWestGateway;
+pub use waypoint::{AppTunnel, AppTunnelProtocol};
 
 /// The underlay network the nodes share (inside the lab's own namespaces only).
 pub const UNDERLAY_NET: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 0);
@@ -91,6 +95,9 @@ struct RawPod {
     labels: BTreeMap<String, String>,
     locality: Option<Locality>,
     status: Option<PodStatus>,
+    application_tunnel: Option<AppTunnel>,
+    /// A pod (by name) that is this pod's waypoint.
+    waypoint: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +113,8 @@ struct RawService {
     selector: Option<BTreeMap<String, String>>,
     endpoints: Option<Vec<String>>,
     load_balancing: Option<LoadBalancing>,
+    /// A pod (by name) that is this service's waypoint.
+    waypoint: Option<String>,
 }
 
 fn default_namespace() -> String {
@@ -167,6 +176,8 @@ pub struct Service {
     pub endpoints: Vec<String>,
     /// Locality preference and health policy; `None` is Istio's default (any healthy endpoint).
     pub load_balancing: Option<LoadBalancing>,
+    /// The pod that is its waypoint ([`waypoint`] says how it is described).
+    pub waypoint: Option<String>,
 }
 
 /// An IPv4 network `addr/prefix` with `addr` its first address.
@@ -454,6 +465,12 @@ fn build(raw: RawTopology) -> Result<Topology, TopologyError> {
         if let Some(status) = p.status {
             labels.insert(balancing::STATUS_LABEL.into(), status.as_str().into());
         }
+        if let Some(t) = &p.application_tunnel {
+            t.write_labels(&mut labels);
+        }
+        if let Some(wp) = &p.waypoint {
+            labels.insert(waypoint::WAYPOINT_LABEL.into(), wp.clone());
+        }
         pods.push(Pod {
             name: p.name.clone(),
             namespace: p.namespace.clone(),
@@ -551,8 +568,10 @@ fn build(raw: RawTopology) -> Result<Topology, TopologyError> {
             ports: s.ports.clone(),
             endpoints,
             load_balancing: s.load_balancing.clone(),
+            waypoint: s.waypoint.clone(),
         });
     }
+    waypoint::check(&pods, &services)?;
 
     let east_west_gateways = networks::gateways(&raw.east_west_gateways, &nodes, &underlay)?;
     Ok(Topology {

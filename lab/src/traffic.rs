@@ -4,7 +4,8 @@
 //! - echo: writes back what it reads;
 //! - sink: reads a length-prefixed payload and answers `peer=<addr> bytes=<n> sha256=<hex>`, so a
 //!   client can verify every byte arrived (no reliance on half-close through the proxies);
-//! - request/response: each 4-byte request names a response size, answered with that many bytes.
+//! - request/response: each 4-byte request names a response size, answered with that many bytes;
+//! - PROXY header echo and the waypoint stand-in, behind an application tunnel ([`proxied`]).
 //!
 //! Invariants: a [`Server`] stops (its accept loop and connections) when dropped; every client
 //! call is bounded by its timeout.
@@ -20,6 +21,10 @@ use tokio::task::JoinSet;
 use crate::netns::with_deadline;
 use crate::{LabError, Netns};
 
+pub mod proxied;
+
+pub use proxied::{ProxyInfo, WaypointServer};
+
 /// Chunk size for bulk writes and reads.
 const CHUNK: usize = 64 * 1024;
 
@@ -30,6 +35,8 @@ pub enum ServerKind {
     Echo,
     Sink,
     RequestResponse,
+    /// Behind a PROXY application tunnel: answers the header as one line, then echoes.
+    ProxyHeader,
 }
 
 /// A built-in server in a pod; stops when dropped.
@@ -149,6 +156,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, kind: ServerKind) -> std::io
             s.write_all(reply.as_bytes()).await?;
             s.shutdown().await
         }
+        ServerKind::ProxyHeader => proxied::serve_header_echo(stream).await,
         ServerKind::RequestResponse => {
             let mut s = stream;
             let buf = vec![0x5au8; CHUNK];

@@ -237,15 +237,14 @@ pub(super) fn local_destination<'s>(
     let local = snapshot.workload_by_name(&pi.local.namespace, &pi.local.name)?;
     let served =
         |gw: Option<&GatewayAddress>| gw.is_some_and(|gw| waypoint::is_instance(local, gw));
-    let for_us = served(
-        snapshot
-            .service_by_vip(network, target.ip())
-            .and_then(|s| s.waypoint.as_ref()),
-    ) || served(
-        snapshot
-            .workload_by_addr(network, target.ip())
-            .and_then(|w| w.waypoint.as_ref()),
-    );
+    let for_us = snapshot
+        .service_by_vip(network, target.ip())
+        .is_some_and(|s| s.waypoints().any(|gw| waypoint::is_instance(local, gw)))
+        || served(
+            snapshot
+                .workload_by_addr(network, target.ip())
+                .and_then(|w| w.waypoint.as_ref()),
+        );
     if !for_us {
         return None;
     }

@@ -406,8 +406,11 @@ pub(super) fn route_avoiding(
     // A waypoint's own traffic is not sent back to it: that is the waypoint forwarding.
     let is_waypoint =
         |gw: &GatewayAddress| me.as_deref().is_some_and(|m| waypoint::is_instance(m, gw));
-    if let Some(gw) = svc.as_ref().and_then(|s| s.waypoint.as_ref())
-        && !is_waypoint(gw)
+    // Any of the service's waypoints counts (with weighted waypoints, the one picked for
+    // this connection need not be the one forwarding it).
+    if let Some(s) = svc.as_ref()
+        && !s.waypoints().any(is_waypoint)
+        && let Some(gw) = s.pick_waypoint(&mut rand::rng())
     {
         let hop = waypoint::resolve(state, network, gw, orig.ip()).map_err(RouteError::Waypoint)?;
         return Ok(Routed {

@@ -276,3 +276,83 @@ async fn proxy_header_reaches_an_app_over_a_real_socket() {
     assert_eq!(tlv.value.as_ref(), id.to_string().as_bytes());
     assert_eq!(&buf[len..], b"hello");
 }
+
+/// `web` with weighted waypoints: b/wp (10.0.0.9) weight 1 and b/wp2 (10.0.0.8) weight 3.
+fn weighted_inputs(local_ns: &str, local_name: &str) -> ProxyInputs {
+    let (writer, view) = StateWriter::new();
+    let at = |ip: &str| GatewayAddress {
+        destination: GatewayDestination::Address(NetworkAddress {
+            network: String::new(),
+            address: ip.parse().unwrap(),
+        }),
+        hbone_mtls_port: 15008,
+    };
+    let mut server = workload("b", "server", "10.0.0.2");
+    server
+        .services
+        .insert("b/web.b.svc.cluster.local".into(), [(80, 8080)].into());
+    let mut web = service("web", "10.96.0.1", (80, 8080));
+    web.weighted_waypoints = vec![
+        crate::state::WeightedWaypoint {
+            destination: at("10.0.0.9"),
+            weight: 1,
+        },
+        crate::state::WeightedWaypoint {
+            destination: at("10.0.0.8"),
+            weight: 3,
+        },
+    ];
+    writer.apply(
+        Update::default()
+            .upsert(workload("a", "client", "10.0.0.1"))
+            .upsert(server)
+            .upsert(workload("b", "wp", "10.0.0.9"))
+            .upsert(workload("b", "wp2", "10.0.0.8"))
+            .upsert(web),
+    );
+    test_support::inputs(view, local_ns, local_name, Default::default())
+}
+
+#[test]
+fn weighted_waypoints_split_connections_and_none_of_them_is_looped() {
+    let pi = weighted_inputs("a", "client");
+    let (mut wp, mut wp2) = (0, 0);
+    for _ in 0..400 {
+        match route(&pi, "10.96.0.1:80".parse().unwrap()).unwrap() {
+            Route::Hbone { hbone, target, .. } => {
+                assert_eq!(target, "10.96.0.1:80".parse().unwrap());
+                match hbone.to_string().as_str() {
+                    "10.0.0.9:15008" => wp += 1,
+                    "10.0.0.8:15008" => wp2 += 1,
+                    other => panic!("not a waypoint: {other}"),
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // 1:3 over 400 (expect 100 : 300; sd ≈ 8.7): wide bounds, no flakes.
+    assert!((50..=150).contains(&wp), "{wp} vs {wp2}");
+    assert_eq!(wp + wp2, 400);
+
+    // Either waypoint's own connection goes to the endpoint, never to a waypoint.
+    for me in ["wp", "wp2"] {
+        let pi = weighted_inputs("b", me);
+        for _ in 0..20 {
+            assert_eq!(
+                route(&pi, "10.96.0.1:80".parse().unwrap()).unwrap(),
+                Route::Hbone {
+                    hbone: "10.0.0.2:15008".parse().unwrap(),
+                    target: "10.0.0.2:8080".parse().unwrap(),
+                    expected: vec![id("b", "server")],
+                },
+                "from {me}"
+            );
+        }
+        // And each accepts the VIP inbound, as a waypoint of the service.
+        let snap = pi.state.snapshot();
+        let (local, upstream) =
+            local_destination(&pi, &snap, "10.96.0.1:80".parse().unwrap()).unwrap();
+        assert_eq!(local.name, me);
+        assert_eq!(upstream.port(), 80);
+    }
+}

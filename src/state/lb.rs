@@ -12,12 +12,26 @@
 //! 4. A weighted random pick by `capacity` (all zero ⇒ uniform).
 //!
 //! Invariant: no allocation beyond one rank per candidate; the candidate list is consumed.
+//!
+//! [`EndpointTable`] is the same choice prepared once per snapshot for one service port (on the
+//! first pick for the service, see [`super::Snapshot::pick_endpoint`]): the
+//! endpoints grouped by the locality fields the service's routing preference reads, each group
+//! with running capacity totals. A pick ranks the groups (a handful), picks a group by its
+//! capacity and a member by binary search: O(groups + log n), no allocation. When the pick lands
+//! on an endpoint `skip` names, it draws again a few times and then falls back to [`select`] on
+//! the whole list; conditioned on landing on an endpoint that is not skipped, a draw has exactly
+//! the distribution [`select`] has, so the table changes the cost, never the outcome's odds.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rand::Rng;
 
 use super::types::{LoadBalancerMode, Locality, LocalityScope, Service, Workload};
+
+/// Draws a table makes before falling back to [`select`] (skipped endpoints are rare: ejected
+/// outliers and endpoints already tried for this connection).
+const TABLE_DRAWS: usize = 8;
 
 /// Where the client of a connection sits, for locality-aware endpoint choice.
 #[derive(Clone, Copy, Debug, Default)]
@@ -83,10 +97,7 @@ pub fn select<R: Rng + ?Sized>(
     skip: impl Fn(&Workload, u16) -> bool,
     rng: &mut R,
 ) -> Option<(Arc<Workload>, u16)> {
-    let (mode, prefs): (LoadBalancerMode, &[LocalityScope]) = match &svc.load_balancer {
-        Some(lb) => (lb.mode, &lb.routing_preference),
-        None => (LoadBalancerMode::Standard, &[]),
-    };
+    let (mode, prefs) = mode_and_prefs(svc);
     if mode == LoadBalancerMode::Strict {
         candidates.retain(|(w, _)| {
             prefs
@@ -148,3 +159,171 @@ fn rank(prefs: &[LocalityScope], client: &ClientLocality<'_>, wl: &Workload) -> 
     }
     prefs.iter().take_while(|s| client.matches(**s, wl)).count()
 }
+
+fn mode_and_prefs(svc: &Service) -> (LoadBalancerMode, &[LocalityScope]) {
+    match &svc.load_balancer {
+        Some(lb) => (lb.mode, &lb.routing_preference),
+        None => (LoadBalancerMode::Standard, &[]),
+    }
+}
+
+/// One service port's endpoints, prepared for picks (see the module doc).
+#[derive(Debug)]
+pub(super) struct EndpointTable {
+    /// The service the table was built for: a pick for any other value of it is not served
+    /// from the table.
+    svc: Arc<Service>,
+    /// Every endpoint with its target port, in the order [`super::Snapshot::endpoints`] lists
+    /// them.
+    all: Vec<(Arc<Workload>, u16)>,
+    groups: Vec<Group>,
+}
+
+/// Endpoints that agree on every locality field the routing preference reads.
+#[derive(Debug, Default)]
+struct Group {
+    /// Indexes into `all`, ascending.
+    members: Vec<usize>,
+    /// `running[i]`: the capacity of `members[..=i]`.
+    running: Vec<u64>,
+}
+
+impl Group {
+    fn capacity(&self) -> u64 {
+        self.running.last().copied().unwrap_or(0)
+    }
+}
+
+/// The locality fields of `wl` that `prefs` reads (`None` for the others): endpoints with equal
+/// keys rank equally and pass or fail a `STRICT` filter together, for any client.
+fn locality_key<'a>(prefs: &[LocalityScope], wl: &'a Workload) -> [Option<&'a str>; 6] {
+    let l = &wl.locality;
+    let mut key = [None; 6];
+    let mut read = |slot: usize, v: &'a str| key[slot] = Some(v);
+    if prefs.is_empty() {
+        read(0, &wl.network);
+    }
+    for s in prefs {
+        match s {
+            LocalityScope::Network => read(0, &wl.network),
+            LocalityScope::Region => read(1, &l.region),
+            LocalityScope::Zone => {
+                read(1, &l.region);
+                read(2, &l.zone);
+            }
+            LocalityScope::Subzone => {
+                read(1, &l.region);
+                read(2, &l.zone);
+                read(3, &l.subzone);
+            }
+            LocalityScope::Node => read(4, &wl.node),
+            LocalityScope::Cluster => read(5, &wl.cluster_id),
+        }
+    }
+    key
+}
+
+// === impl EndpointTable ===
+
+impl EndpointTable {
+    /// Prepares `all` (the endpoints of one port of `svc`, health and ports applied).
+    pub(super) fn new(svc: Arc<Service>, all: Vec<(Arc<Workload>, u16)>) -> EndpointTable {
+        let (_, prefs) = mode_and_prefs(&svc);
+        let mut groups: Vec<Group> = Vec::new();
+        {
+            let mut by_key: HashMap<[Option<&str>; 6], usize> = HashMap::new();
+            for (i, (w, _)) in all.iter().enumerate() {
+                let g = *by_key.entry(locality_key(prefs, w)).or_insert_with(|| {
+                    groups.push(Group::default());
+                    groups.len() - 1
+                });
+                let group = &mut groups[g];
+                let before = group.capacity();
+                group.members.push(i);
+                group.running.push(before + u64::from(w.capacity));
+            }
+        }
+        EndpointTable { svc, all, groups }
+    }
+
+    /// Whether this table was built for exactly `svc` (the same shared value).
+    pub(super) fn is_for(&self, svc: &Service) -> bool {
+        std::ptr::eq(Arc::as_ptr(&self.svc), svc)
+    }
+
+    /// A group's first member: it stands for the whole group in locality decisions.
+    fn rep(&self, g: &Group) -> Option<&Workload> {
+        g.members.first().map(|i| self.all[*i].0.as_ref())
+    }
+
+    /// [`select`] over this table's endpoints, with the same outcome odds.
+    pub(super) fn pick<R: Rng + ?Sized>(
+        &self,
+        client: &ClientLocality<'_>,
+        skip: impl Fn(&Workload, u16) -> bool,
+        rng: &mut R,
+    ) -> Option<(Arc<Workload>, u16)> {
+        let (mode, prefs) = mode_and_prefs(&self.svc);
+        let strict = mode == LoadBalancerMode::Strict;
+        // The rank of a group for this client, or `None` when STRICT rules it out.
+        let rank_of = |g: &Group| -> Option<usize> {
+            let w = self.rep(g)?;
+            let allowed = !strict
+                || prefs
+                    .iter()
+                    .filter(|s| **s != LocalityScope::Network)
+                    .all(|s| client.matches(*s, w));
+            allowed.then(|| rank(prefs, client, w))
+        };
+        let best = self.groups.iter().filter_map(rank_of).max()?;
+        let in_best = |g: &&Group| rank_of(g) == Some(best);
+        let total: u64 = self
+            .groups
+            .iter()
+            .filter(in_best)
+            .map(Group::capacity)
+            .sum();
+        let count: usize = self
+            .groups
+            .iter()
+            .filter(in_best)
+            .map(|g| g.members.len())
+            .sum();
+        for _ in 0..TABLE_DRAWS {
+            // Weighted by capacity; all zero ⇒ uniform, as `select` does.
+            let (mut point, weigh) = if total > 0 {
+                (rng.random_range(0..total), true)
+            } else {
+                (rng.random_range(0..count as u64), false)
+            };
+            let mut chosen = None;
+            for g in self.groups.iter().filter(in_best) {
+                let size = if weigh {
+                    g.capacity()
+                } else {
+                    g.members.len() as u64
+                };
+                if point < size {
+                    let at = if weigh {
+                        g.running.partition_point(|r| *r <= point)
+                    } else {
+                        point as usize
+                    };
+                    chosen = g.members.get(at).copied();
+                    break;
+                }
+                point -= size;
+            }
+            let Some((w, port)) = chosen.and_then(|i| self.all.get(i)) else {
+                break;
+            };
+            if !skip(w, *port) {
+                return Some((w.clone(), *port));
+            }
+        }
+        select(&self.svc, self.all.clone(), client, skip, rng)
+    }
+}
+
+#[cfg(test)]
+mod tests;

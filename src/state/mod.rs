@@ -26,7 +26,7 @@ pub use types::{
     AppTunnelProtocol, ApplicationTunnel, CidrVip, DEFAULT_HBONE_MTLS_PORT, GatewayAddress,
     GatewayDestination, HealthPolicy, HealthStatus, IpFamilies, LoadBalancer, LoadBalancerMode,
     Locality, LocalityScope, NetworkAddress, NetworkMode, Service, TunnelProtocol, Visibility,
-    Workload, service_key,
+    WeightedWaypoint, Workload, service_key,
 };
 
 /// A batch of changes, applied atomically. Shaped like a delta-xDS response: upserts of whole
@@ -278,8 +278,9 @@ impl StateView {
         client: &ClientLocality<'_>,
         skip: impl Fn(&Workload, u16) -> bool,
     ) -> Option<(Arc<Workload>, u16)> {
-        let candidates = self.endpoints(svc, svc_port);
-        lb::select(svc, candidates, client, skip, &mut rand::rng())
+        self.shared
+            .load()
+            .pick_endpoint(svc, svc_port, client, skip, &mut rand::rng())
     }
 
     /// Policies that apply to `workload`: global ones, its namespace's, and the ones it names

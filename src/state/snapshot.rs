@@ -4,14 +4,18 @@
 //! builds the next one. Indexes are rebuilt from the primary maps on every update, which
 //! keeps them trivially consistent; values are `Arc`s, so a rebuild copies pointers, not
 //! workloads. (An incremental rebuild is a later optimisation for very large meshes.)
+//! Each service port's endpoints are also prepared for picking ([`EndpointTable`]), once per
+//! snapshot, on the first pick for that service: choosing an endpoint per connection does not
+//! rebuild the list, and an update does not pay for services nobody connects to.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use serde::ser::SerializeStruct;
 
+use super::lb::{ClientLocality, EndpointTable};
 use super::types::{HealthStatus, NetworkMode, Service, Workload, service_key};
 use super::{Resource, ResourceKey, Update};
 use crate::rbac::{Authorization, IpNet, Scope};
@@ -40,6 +44,9 @@ pub struct Snapshot {
     /// Keys of global policies, and of namespace-scoped policies per namespace.
     global_policies: Vec<Arc<Authorization>>,
     namespace_policies: HashMap<String, Vec<Arc<Authorization>>>,
+    /// namespace → hostname → service port → its endpoints prepared for picks, filled on the
+    /// first pick. Nested so a lookup borrows the service's names and allocates nothing.
+    endpoint_tables: HashMap<String, HashMap<String, OnceLock<HashMap<u16, EndpointTable>>>>,
 }
 
 // === impl Snapshot ===
@@ -146,27 +153,31 @@ impl Snapshot {
         let Some(workloads) = self.service_workloads.get(&key) else {
             return Vec::new();
         };
-        let allow_unhealthy = svc.allows_unhealthy();
-        workloads
-            .iter()
-            .filter(|w| allow_unhealthy || w.status == HealthStatus::Healthy)
-            .filter_map(|w| {
-                let own = w
-                    .services
-                    .get(&key)
-                    .and_then(|ports| ports.get(&svc_port))
-                    .copied()
-                    .filter(|p| *p != 0);
-                let target = match own {
-                    Some(p) => p,
-                    None => match svc.ports.get(&svc_port)? {
-                        0 => svc_port,
-                        p => *p,
-                    },
-                };
-                Some((w.clone(), target))
-            })
-            .collect()
+        endpoints_among(svc, &key, workloads, svc_port)
+    }
+
+    /// One endpoint of `svc` for `svc_port`, chosen for `client` (see [`super::lb`]): from the
+    /// prepared table when `svc` is this snapshot's own value of the service, else from a
+    /// freshly built list (same outcome, more work).
+    pub fn pick_endpoint<R: rand::Rng + ?Sized>(
+        &self,
+        svc: &Service,
+        svc_port: u16,
+        client: &ClientLocality<'_>,
+        skip: impl Fn(&Workload, u16) -> bool,
+        rng: &mut R,
+    ) -> Option<(Arc<Workload>, u16)> {
+        let table = self
+            .endpoint_tables
+            .get(&svc.namespace)
+            .and_then(|m| m.get(&svc.hostname))
+            .map(|cell| cell.get_or_init(|| self.build_tables(&svc.namespace, &svc.hostname)))
+            .and_then(|m| m.get(&svc_port))
+            .filter(|t| t.is_for(svc));
+        match table {
+            Some(t) => t.pick(client, skip, rng),
+            None => super::lb::select(svc, self.endpoints(svc, svc_port), client, skip, rng),
+        }
     }
 
     /// The policies that apply to `workload` (global, its namespace's, the ones it names), as
@@ -214,6 +225,15 @@ impl Snapshot {
         }
         out.sort_by_key(|p| p.key());
         out
+    }
+
+    /// The endpoint tables of the service `namespace/hostname` (this snapshot's value of it).
+    fn build_tables(&self, namespace: &str, hostname: &str) -> HashMap<u16, EndpointTable> {
+        let key = service_key(namespace, hostname);
+        match (self.services.get(&key), self.service_workloads.get(&key)) {
+            (Some(svc), Some(list)) => endpoint_tables(svc, &key, list),
+            _ => HashMap::new(),
+        }
     }
 
     /// The next snapshot: this one with `update` applied, as `version`. Also returns the
@@ -319,6 +339,10 @@ impl Snapshot {
                 .entry(s.hostname.to_ascii_lowercase())
                 .or_default()
                 .push(s.clone());
+            snap.endpoint_tables
+                .entry(s.namespace.clone())
+                .or_default()
+                .insert(s.hostname.clone(), OnceLock::new());
         }
         for list in snap.services_by_hostname.values_mut() {
             list.reverse();
@@ -349,6 +373,60 @@ impl Snapshot {
         snap.policies = policies;
         snap
     }
+}
+
+/// The endpoints of `svc` (key `key`) for `svc_port` among `workloads` (those naming it):
+/// healthy ones unless the service allows all, each with its target port, the workload's own
+/// mapping first.
+fn endpoints_among(
+    svc: &Service,
+    key: &str,
+    workloads: &[Arc<Workload>],
+    svc_port: u16,
+) -> Vec<(Arc<Workload>, u16)> {
+    let allow_unhealthy = svc.allows_unhealthy();
+    workloads
+        .iter()
+        .filter(|w| allow_unhealthy || w.status == HealthStatus::Healthy)
+        .filter_map(|w| {
+            let own = w
+                .services
+                .get(key)
+                .and_then(|ports| ports.get(&svc_port))
+                .copied()
+                .filter(|p| *p != 0);
+            let target = match own {
+                Some(p) => p,
+                None => match svc.ports.get(&svc_port)? {
+                    0 => svc_port,
+                    p => *p,
+                },
+            };
+            Some((w.clone(), target))
+        })
+        .collect()
+}
+
+/// Every port of `svc` that can have endpoints (its own and any workload's override), each
+/// with its prepared table; ports with no endpoint are left out.
+fn endpoint_tables(
+    svc: &Arc<Service>,
+    key: &str,
+    workloads: &[Arc<Workload>],
+) -> HashMap<u16, EndpointTable> {
+    let mut ports: BTreeSet<u16> = svc.ports.keys().copied().collect();
+    for w in workloads {
+        if let Some(own) = w.services.get(key) {
+            ports.extend(own.iter().filter(|(_, t)| **t != 0).map(|(p, _)| *p));
+        }
+    }
+    ports
+        .into_iter()
+        .filter_map(|port| {
+            let all = endpoints_among(svc, key, workloads, port);
+            (!all.is_empty()).then(|| (port, EndpointTable::new(svc.clone(), all)))
+        })
+        .collect()
 }
 
 /// The best of several services sharing a VIP for a client in `client_ns` (see

@@ -38,6 +38,7 @@ fn service(ns: &str, host: &str, vips: &[(&str, &str)], ports: &[(u16, u16)]) ->
         cidr_vips: vec![],
         subject_alt_names: vec![],
         waypoint: None,
+        weighted_waypoints: vec![],
         load_balancer: None,
         ip_families: IpFamilies::Automatic,
         canonical: true,
@@ -448,15 +449,24 @@ fn client_in_z1() -> Workload {
     c
 }
 
+/// The endpoints 60 picks land on; the same from the snapshot's prepared table (the state's
+/// own value of the service) as from a list built per pick (a copy of it).
 fn picks(v: &StateView, s: &Service, c: &Workload, skip: &[&str]) -> BTreeSet<String> {
-    (0..60)
-        .filter_map(|_| {
-            v.pick_endpoint_for(s, 80, &ClientLocality::of(c), |w, _| {
-                skip.contains(&w.uid.as_str())
+    let run = |s: &Service| -> BTreeSet<String> {
+        (0..60)
+            .filter_map(|_| {
+                v.pick_endpoint_for(s, 80, &ClientLocality::of(c), |w, _| {
+                    skip.contains(&w.uid.as_str())
+                })
             })
-        })
-        .map(|(w, _)| w.uid.clone())
-        .collect()
+            .map(|(w, _)| w.uid.clone())
+            .collect()
+    };
+    let copied = run(s);
+    if let Some(own) = v.service_by_host(&s.namespace, &s.hostname) {
+        assert_eq!(run(&own), copied, "prepared table vs per-pick list");
+    }
+    copied
 }
 
 fn set(v: &[&str]) -> BTreeSet<String> {

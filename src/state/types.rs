@@ -84,6 +84,15 @@ pub struct GatewayAddress {
     pub hbone_mtls_port: u16,
 }
 
+/// One of a service's weighted waypoints: picked for a connection with probability
+/// `weight / sum of weights` (weight 0: never).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightedWaypoint {
+    pub destination: GatewayAddress,
+    pub weight: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum GatewayDestination {
     Address(NetworkAddress),
@@ -137,6 +146,9 @@ pub struct Service {
     pub ports: BTreeMap<u16, u16>,
     pub subject_alt_names: Vec<String>,
     pub waypoint: Option<GatewayAddress>,
+    /// Waypoints to split connections over by weight; when empty, or when every weight is 0,
+    /// `waypoint` is used.
+    pub weighted_waypoints: Vec<WeightedWaypoint>,
     pub load_balancer: Option<LoadBalancer>,
     pub ip_families: IpFamilies,
     pub canonical: bool,
@@ -287,6 +299,43 @@ pub fn service_key(namespace: &str, hostname: &str) -> String {
     format!("{namespace}/{hostname}")
 }
 
+// === impl Service ===
+
+impl Service {
+    /// The waypoint one connection to this service goes through: a random pick among
+    /// `weighted_waypoints` proportional to weight, or `waypoint` when there is nothing to
+    /// pick from (no entries, or all weights 0).
+    pub fn pick_waypoint<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> Option<&GatewayAddress> {
+        // Summed in u64: a u32 sum could overflow with a few large weights.
+        let total: u64 = self
+            .weighted_waypoints
+            .iter()
+            .map(|w| u64::from(w.weight))
+            .sum();
+        if total == 0 {
+            return self.waypoint.as_ref();
+        }
+        let mut at = rng.random_range(0..total);
+        for w in &self.weighted_waypoints {
+            let weight = u64::from(w.weight);
+            if at < weight {
+                return Some(&w.destination);
+            }
+            at -= weight;
+        }
+        // Unreachable (`at < total`); the plain waypoint is the safe answer anyway.
+        self.waypoint.as_ref()
+    }
+
+    /// Every waypoint this service may send a connection through (`waypoint` and the weighted
+    /// ones, weight 0 included): a connection from any of them is the waypoint forwarding.
+    pub fn waypoints(&self) -> impl Iterator<Item = &GatewayAddress> {
+        self.waypoint
+            .iter()
+            .chain(self.weighted_waypoints.iter().map(|w| &w.destination))
+    }
+}
+
 // === impl GatewayAddress / NetworkAddress ===
 
 impl fmt::Display for GatewayDestination {
@@ -334,5 +383,87 @@ impl Serialize for CidrVip {
 impl Serialize for NetworkAddress {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod weighted_waypoint_tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    fn gw(last: u8) -> GatewayAddress {
+        GatewayAddress {
+            destination: GatewayDestination::Address(NetworkAddress {
+                network: String::new(),
+                address: IpAddr::from([10, 0, 0, last]),
+            }),
+            hbone_mtls_port: DEFAULT_HBONE_MTLS_PORT,
+        }
+    }
+
+    fn weighted(weights: &[u32]) -> Service {
+        Service {
+            waypoint: Some(gw(100)),
+            weighted_waypoints: weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| WeightedWaypoint {
+                    destination: gw(i as u8 + 1),
+                    weight: *w,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// How often each of `gw(1..)` and the plain waypoint (`gw(100)`, last) was picked.
+    fn counts(svc: &Service, n: usize, seed: u64) -> Vec<usize> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let slots = svc.weighted_waypoints.len();
+        let mut out = vec![0; slots + 1];
+        for _ in 0..n {
+            let picked = svc.pick_waypoint(&mut rng).unwrap();
+            let i = (0..slots)
+                .find(|i| *picked == gw(*i as u8 + 1))
+                .unwrap_or(slots);
+            out[i] += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn picks_in_proportion_to_weight() {
+        // Weights 1:3:0 over 40,000 picks: expect 10,000 / 30,000 / 0. Bounds at ~8 standard
+        // deviations (sd ≈ 87), so no seed fails them by chance.
+        let c = counts(&weighted(&[1, 3, 0]), 40_000, 7);
+        assert!((9_300..=10_700).contains(&c[0]), "{c:?}");
+        assert!((29_300..=30_700).contains(&c[1]), "{c:?}");
+        assert_eq!(
+            (c[2], c[3]),
+            (0, 0),
+            "weight 0 or the plain waypoint: {c:?}"
+        );
+    }
+
+    #[test]
+    fn empty_or_zero_sum_falls_back_to_the_plain_waypoint() {
+        for svc in [weighted(&[]), weighted(&[0, 0])] {
+            let c = counts(&svc, 100, 1);
+            assert_eq!(c.last(), Some(&100), "{c:?}");
+        }
+        let none = Service::default();
+        assert_eq!(none.pick_waypoint(&mut StdRng::seed_from_u64(1)), None);
+        // Huge weights do not overflow the sum.
+        let c = counts(&weighted(&[u32::MAX, u32::MAX]), 1_000, 3);
+        assert!(c[0] > 400 && c[1] > 400, "{c:?}");
+    }
+
+    #[test]
+    fn every_waypoint_is_listed_for_the_loop_check() {
+        let svc = weighted(&[0, 5]);
+        let all: Vec<_> = svc.waypoints().cloned().collect();
+        assert_eq!(all, vec![gw(100), gw(1), gw(2)]);
     }
 }

@@ -149,6 +149,7 @@ fn destination_port_is_the_target_port_resolved_through_a_service() {
         cidr_vips: vec![],
         subject_alt_names: vec![],
         waypoint: None,
+        weighted_waypoints: vec![],
         load_balancer: None,
         ip_families: crate::state::IpFamilies::Automatic,
         canonical: true,

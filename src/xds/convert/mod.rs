@@ -21,7 +21,7 @@ use crate::state::{
     AppTunnelProtocol, ApplicationTunnel, CidrVip, DEFAULT_HBONE_MTLS_PORT, GatewayAddress,
     GatewayDestination, HealthPolicy, HealthStatus, IpFamilies, LoadBalancer, LoadBalancerMode,
     Locality, LocalityScope, NetworkAddress, NetworkMode, Resource, Service, TunnelProtocol,
-    Visibility, Workload,
+    Visibility, WeightedWaypoint, Workload,
 };
 
 pub use ambit_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
@@ -312,8 +312,24 @@ fn service(p: pw::Service) -> Res<Service> {
         Ok(pw::ServiceVisibility::Namespace) => Visibility::Namespace,
         Err(_) => return err("visibility", Problem::UnknownEnum(p.visibility)),
     };
+    let weighted_waypoints = p
+        .weighted_waypoints
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let field = format!("weightedWaypoints[{i}].destination");
+            let Some(g) = w.destination else {
+                return err(field, Problem::Missing);
+            };
+            Ok(WeightedWaypoint {
+                destination: gateway(&field, g)?,
+                weight: w.weight,
+            })
+        })
+        .collect::<Res<Vec<_>>>()?;
     Ok(Service {
         waypoint: p.waypoint.map(|g| gateway("waypoint", g)).transpose()?,
+        weighted_waypoints,
         name: p.name,
         namespace: p.namespace,
         hostname: p.hostname,

@@ -213,3 +213,84 @@ fn decode_resource_by_type() {
         "address \"empty\": type: required field is missing or empty"
     );
 }
+
+#[test]
+fn weighted_waypoints_convert_and_bad_entries_are_named() {
+    let addr = |last: u8| pw::GatewayAddress {
+        destination: Some(pw::gateway_address::Destination::Address(
+            pw::NetworkAddress {
+                network: "".into(),
+                address: vec![10, 0, 0, last],
+                length: None,
+            },
+        )),
+        hbone_mtls_port: 15009,
+    };
+    let p = pw::Service {
+        name: "svc".into(),
+        namespace: "default".into(),
+        hostname: "svc.default.svc.cluster.local".into(),
+        weighted_waypoints: vec![
+            pw::WeightedWaypoint {
+                destination: Some(addr(1)),
+                weight: 3,
+            },
+            pw::WeightedWaypoint {
+                destination: Some(addr(2)),
+                weight: 0,
+            },
+        ],
+        ..Default::default()
+    };
+    let s = Service::try_from(p.clone()).unwrap();
+    let got: Vec<(String, u16, u32)> = s
+        .weighted_waypoints
+        .iter()
+        .map(|w| {
+            (
+                w.destination.destination.to_string(),
+                w.destination.hbone_mtls_port,
+                w.weight,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/10.0.0.1".to_string(), 15009, 3),
+            ("/10.0.0.2".to_string(), 15009, 0)
+        ]
+    );
+
+    // An entry without a destination, or with a bad one, is a NACK naming the entry.
+    let mut missing = p.clone();
+    missing.weighted_waypoints[1].destination = None;
+    let e = Service::try_from(missing).unwrap_err();
+    assert_eq!(e.field, "weightedWaypoints[1].destination");
+    assert_eq!(e.problem, Problem::Missing);
+    assert_eq!(
+        e.to_string(),
+        "service \"default/svc.default.svc.cluster.local\": weightedWaypoints[1].destination: \
+         required field is missing or empty"
+    );
+    let mut bad_ip = p.clone();
+    if let Some(g) = bad_ip.weighted_waypoints[0].destination.as_mut() {
+        g.destination = Some(pw::gateway_address::Destination::Address(
+            pw::NetworkAddress {
+                network: "".into(),
+                address: vec![1, 2, 3],
+                length: None,
+            },
+        ));
+    }
+    let e = Service::try_from(bad_ip).unwrap_err();
+    assert_eq!(e.field, "weightedWaypoints[0].destination.address.address");
+    assert_eq!(e.problem, Problem::IpLength(3));
+    let mut bad_port = p;
+    if let Some(g) = bad_port.weighted_waypoints[0].destination.as_mut() {
+        g.hbone_mtls_port = 70_000;
+    }
+    let e = Service::try_from(bad_port).unwrap_err();
+    assert_eq!(e.field, "weightedWaypoints[0].destination.hboneMtlsPort");
+    assert_eq!(e.problem, Problem::Port(70_000));
+}

@@ -14,7 +14,7 @@ use crate::state::{
     AppTunnelProtocol, ApplicationTunnel, DEFAULT_HBONE_MTLS_PORT, GatewayAddress,
     GatewayDestination, HealthPolicy, HealthStatus, IpFamilies, LoadBalancer, LoadBalancerMode,
     Locality, LocalityScope, NetworkAddress, NetworkMode, Service, TunnelProtocol, Visibility,
-    Workload,
+    WeightedWaypoint, Workload,
 };
 
 /// Defaults Istio applies when a workload leaves these out.
@@ -182,9 +182,25 @@ pub(super) fn service(raw: RawService) -> Result<Service, FieldError> {
             RawHealthPolicy::AllowAll => HealthPolicy::AllowAll,
         },
     });
+    let weighted_waypoints = raw
+        .weighted_waypoints
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let g = RawGateway {
+                destination: w.destination,
+                hbone_mtls_port: w.hbone_mtls_port,
+            };
+            Ok(WeightedWaypoint {
+                destination: gateway(&format!("weightedWaypoints[{i}]"), g)?,
+                weight: w.weight,
+            })
+        })
+        .collect::<Result<Vec<_>, FieldError>>()?;
     Ok(Service {
         ports: port_map("ports", raw.ports)?,
         waypoint: raw.waypoint.map(|g| gateway("waypoint", g)).transpose()?,
+        weighted_waypoints,
         name: raw.name,
         namespace: raw.namespace,
         hostname: raw.hostname,

@@ -116,10 +116,21 @@ pub(super) struct RawService {
     pub ports: BTreeMap<u64, u64>,
     pub subject_alt_names: Vec<String>,
     pub waypoint: Option<RawGateway>,
+    pub weighted_waypoints: Vec<RawWeightedWaypoint>,
     pub load_balancer: Option<RawLoadBalancer>,
     pub ip_families: RawIpFamilies,
     pub canonical: bool,
     pub visibility: RawVisibility,
+}
+
+/// A [`RawGateway`] with a weight (`weightedWaypoints` entries).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawWeightedWaypoint {
+    #[serde(default)]
+    pub destination: String,
+    pub hbone_mtls_port: Option<u64>,
+    pub weight: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -223,3 +223,32 @@ fn unreadable_file_is_reported() {
         "{e}"
     );
 }
+
+#[test]
+fn weighted_waypoints_parse_and_bad_entries_are_named() {
+    let cfg = parse(
+        r#"
+services:
+  - name: s
+    namespace: ns
+    hostname: s.ns.svc.cluster.local
+    weightedWaypoints:
+      - {destination: "/10.0.0.1", weight: 3}
+      - {destination: "ns/wp.ns.svc.cluster.local", hboneMtlsPort: 15009, weight: 1}
+"#,
+        "inline",
+    )
+    .unwrap();
+    let ww = &cfg.services[0].weighted_waypoints;
+    assert_eq!(ww.len(), 2);
+    assert_eq!(ww[0].weight, 3);
+    assert_eq!(ww[0].destination.destination.to_string(), "/10.0.0.1");
+    assert_eq!(ww[1].destination.hbone_mtls_port, 15009);
+    let e = err(
+        "services:\n- {name: s, namespace: ns, hostname: h, weightedWaypoints: [{destination: nowhere, weight: 1}]}\n",
+    );
+    assert!(
+        e.contains("weightedWaypoints[0].destination: invalid destination \"nowhere\""),
+        "{e}"
+    );
+}

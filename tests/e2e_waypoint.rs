@@ -1,0 +1,266 @@
+//! Waypoints and application tunnels on the lab, "sandwich" style, with unmodified clients.
+//!
+//! The waypoint is a captured pod whose workload has `application_tunnel {protocol: PROXY}`;
+//! its app is the lab's waypoint stand-in, which reads the PROXY v2 header, logs the original
+//! destination and the client's identity, and connects to that destination itself, from its
+//! own (captured) pod. So every hop is real ambit code:
+//! client → client node proxy (outbound: the service has a waypoint ⇒ HBONE to the waypoint,
+//! authority = the original `VIP:port`) → waypoint node proxy (inbound: accepts the VIP because
+//! its pod is that service's waypoint; PROXY header to the app) → waypoint app → waypoint node
+//! proxy (outbound: the source *is* the waypoint ⇒ not sent back to it, load-balanced to an
+//! endpoint over HBONE) → endpoint node proxy (inbound: the source identity is the waypoint's).
+//!
+//! - service waypoint, configured over the lab's control plane (xDS `GatewayAddress`);
+//! - workload waypoint and a plain PROXY application tunnel, configured from a local file.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ambit_lab::traffic::proxied::header_echo;
+use ambit_lab::traffic::{Server, ServerKind, WaypointServer, echo};
+use ambit_lab::{ControlMode, Lab, LabOptions, ProxyMode, Topology};
+
+const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
+const STEP: Duration = Duration::from_secs(20);
+/// The waypoint app's port (its application tunnel's).
+const WAYPOINT_APP_PORT: u16 = 15088;
+
+const TOPOLOGY: &str = r#"
+nodes:
+  - name: node-1
+  - name: node-2
+pods:
+  - name: client
+    serviceAccount: client
+    node: node-1
+  - name: web-1
+    serviceAccount: web
+    node: node-1
+    labels: {app: web}
+  - name: web-2
+    serviceAccount: web
+    node: node-2
+    labels: {app: web}
+  - name: waypoint
+    serviceAccount: waypoint
+    node: node-2
+    applicationTunnel: {protocol: PROXY, port: 15088}
+  - name: db
+    serviceAccount: db
+    node: node-1
+    waypoint: waypoint
+  - name: tunneled
+    serviceAccount: tunneled
+    node: node-2
+    applicationTunnel: {protocol: PROXY, port: 9000}
+services:
+  - name: web
+    vips: [10.96.0.30]
+    ports: {80: 8080, 81: 8081}
+    selector: {app: web}
+    waypoint: waypoint
+policies: []
+"#;
+
+async fn lab(control: ControlMode) -> Lab {
+    let opts = LabOptions {
+        proxy: Some(
+            std::env::var_os("AMBIT_LAB_PROXY")
+                .map(Into::into)
+                .unwrap_or_else(|| AMBIT.into()),
+        ),
+        mode: ProxyMode::Shared,
+        control,
+        ..LabOptions::default()
+    };
+    Lab::start(Topology::from_yaml(TOPOLOGY).unwrap(), opts)
+        .await
+        .unwrap()
+}
+
+fn ip(lab: &Lab, pod: &str) -> String {
+    lab.topology().pod(pod).unwrap().ip.to_string()
+}
+
+fn spiffe(lab: &Lab, pod: &str) -> String {
+    lab.topology().pod(pod).unwrap().spiffe()
+}
+
+/// Access-log lines of the proxy serving `pod` that contain every one of `parts`.
+fn access(lab: &Lab, pod: &str, parts: &[&str]) -> Vec<String> {
+    lab.proxy_for(pod)
+        .unwrap()
+        .log()
+        .lines()
+        .filter(|l| l.contains(" access: ") && parts.iter().all(|p| l.contains(p)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits (bounded) until `f` returns at least `n` items, and returns them.
+async fn at_least<T>(n: usize, f: impl Fn() -> Vec<T>) -> Vec<T> {
+    let mut got = f();
+    for _ in 0..200 {
+        if got.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        got = f();
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_waypoint_sees_the_client_and_forwards_without_a_loop() {
+    let lab = lab(ControlMode::ControlPlane).await;
+    let _web = [
+        Server::start(lab.pod_ns("web-1").unwrap(), ServerKind::Echo, 8080).unwrap(),
+        Server::start(lab.pod_ns("web-2").unwrap(), ServerKind::Echo, 8080).unwrap(),
+        Server::start(lab.pod_ns("web-1").unwrap(), ServerKind::Http, 8081).unwrap(),
+        Server::start(lab.pod_ns("web-2").unwrap(), ServerKind::Http, 8081).unwrap(),
+    ];
+    let wp = WaypointServer::start(lab.pod_ns("waypoint").unwrap(), WAYPOINT_APP_PORT).unwrap();
+    let client = lab.pod_ns("client").unwrap();
+    let vip: SocketAddr = "10.96.0.30:80".parse().unwrap();
+    const N: usize = 6;
+    for i in 0..N as u8 {
+        let msg = [b'w', i, 0xff, i];
+        let back = echo(client, vip, &msg, STEP).await.unwrap();
+        assert_eq!(back, msg, "connection {i} through the waypoint");
+    }
+
+    // The waypoint saw each client connection once, with the original VIP:port and the
+    // client's identity: exactly one line per connection (a loop would add more).
+    let log = at_least(N, || wp.log()).await;
+    let client_ip = ip(&lab, "client");
+    let client_id = spiffe(&lab, "client");
+    assert_eq!(log.len(), N, "{log:#?}");
+    for line in &log {
+        assert!(line.contains(&format!("src={client_ip}:")), "{line}");
+        assert!(line.contains("dst=10.96.0.30:80"), "{line}");
+        assert!(line.contains(&format!("identity={client_id}")), "{line}");
+        assert!(line.ends_with("upstream=ok"), "{line}");
+    }
+
+    // The client's node sent each connection to the waypoint, asking for the VIP.
+    let wp_ip = ip(&lab, "waypoint");
+    let wp_hbone = format!("dst.hbone_addr={wp_ip}:15008");
+    let to_wp = at_least(N, || {
+        access(
+            &lab,
+            "client",
+            &["direction=outbound", "dst.addr=10.96.0.30:80", &wp_hbone],
+        )
+    })
+    .await;
+    assert_eq!(to_wp.len(), N, "{to_wp:#?}");
+
+    // The waypoint's own outbound went to an endpoint, never back to the waypoint.
+    let wp_src = format!("src.addr={wp_ip}:");
+    let from_wp = at_least(N, || {
+        access(
+            &lab,
+            "waypoint",
+            &["direction=outbound", &wp_src, "dst.addr=10.96.0.30:80"],
+        )
+    })
+    .await;
+    assert_eq!(from_wp.len(), N, "{from_wp:#?}");
+    let endpoints = [
+        format!("dst.hbone_addr={}:15008", ip(&lab, "web-1")),
+        format!("dst.hbone_addr={}:15008", ip(&lab, "web-2")),
+    ];
+    for line in &from_wp {
+        assert!(!line.contains(&wp_hbone), "looped back: {line}");
+        assert!(endpoints.iter().any(|e| line.contains(e)), "{line}");
+    }
+
+    // The endpoints' nodes saw the waypoint as the source identity, N connections in all.
+    let wp_id = format!("src.identity={}", spiffe(&lab, "waypoint"));
+    let served = at_least(N, || {
+        let mut all = Vec::new();
+        for pod in ["web-1", "web-2"] {
+            let dst = format!("dst.addr={}:8080", ip(&lab, pod));
+            all.extend(access(&lab, pod, &["direction=inbound", &dst]));
+        }
+        all
+    })
+    .await;
+    assert_eq!(served.len(), N, "{served:#?}");
+    for line in &served {
+        assert!(line.contains(&wp_id), "{line}");
+    }
+
+    // curl, through the same path: the endpoint's app sees the waypoint pod as the peer.
+    let out = client
+        .exec(&["curl", "-sS", "-m", "10", "http://10.96.0.30:81/"], STEP)
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("peer {wp_ip}")
+    );
+    let log = at_least(N + 1, || wp.log()).await;
+    assert_eq!(log.len(), N + 1, "{log:#?}");
+    assert!(log[N].contains("dst=10.96.0.30:81"), "{}", log[N]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_waypoint_and_plain_proxy_tunnel() {
+    let lab = lab(ControlMode::LocalFiles).await;
+    let _db = Server::start(lab.pod_ns("db").unwrap(), ServerKind::Echo, 8080).unwrap();
+    let _tunneled = Server::start(
+        lab.pod_ns("tunneled").unwrap(),
+        ServerKind::ProxyHeader,
+        9000,
+    )
+    .unwrap();
+    let wp = WaypointServer::start(lab.pod_ns("waypoint").unwrap(), WAYPOINT_APP_PORT).unwrap();
+    let client = lab.pod_ns("client").unwrap();
+    let client_ip = ip(&lab, "client");
+    let client_id = spiffe(&lab, "client");
+
+    // A PROXY application tunnel to an ordinary app: the header names the client, the address
+    // it asked for and its identity; the bytes after it are the client's.
+    let target: SocketAddr = format!("{}:8080", ip(&lab, "tunneled")).parse().unwrap();
+    let (info, back) = header_echo(client, target, b"hello", STEP).await.unwrap();
+    assert_eq!(back, b"hello");
+    assert_eq!(info.src.ip().to_string(), client_ip, "{info:?}");
+    assert_eq!(info.dst, target, "{info:?}");
+    assert_eq!(
+        info.identity.as_deref(),
+        Some(client_id.as_str()),
+        "{info:?}"
+    );
+    assert!(
+        wp.log().is_empty(),
+        "no waypoint on this path: {:?}",
+        wp.log()
+    );
+
+    // A workload with a waypoint: addressed directly, reached through the waypoint.
+    let db: SocketAddr = format!("{}:8080", ip(&lab, "db")).parse().unwrap();
+    const N: usize = 3;
+    for i in 0..N as u8 {
+        let msg = [b'd', i];
+        assert_eq!(echo(client, db, &msg, STEP).await.unwrap(), msg);
+    }
+    let log = at_least(N, || wp.log()).await;
+    assert_eq!(log.len(), N, "{log:#?}");
+    for line in &log {
+        assert!(line.contains(&format!("dst={db}")), "{line}");
+        assert!(line.contains(&format!("identity={client_id}")), "{line}");
+    }
+    let wp_id = format!("src.identity={}", spiffe(&lab, "waypoint"));
+    let db_dst = format!("dst.addr={db}");
+    let served = at_least(N, || access(&lab, "db", &["direction=inbound", &db_dst])).await;
+    assert_eq!(served.len(), N, "{served:#?}");
+    for line in &served {
+        assert!(line.contains(&wp_id), "{line}");
+    }
+}
