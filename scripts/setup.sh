@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(nftables iproute2 curl iperf3 netcat-openbsd socat iputils-ping procps ca-certificates
-  prometheus kubectl python3-pip dnsutils)
+  prometheus kubectl python3-pip dnsutils make gcc)
 
 missing=()
 for p in "${packages[@]}"; do
