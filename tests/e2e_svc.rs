@@ -1,7 +1,8 @@
 //! Services on the lab with unmodified traffic: a VIP in front of three endpoints on two nodes
 //! spreads connections over all of them; when one endpoint's app dies, its connects fail before
 //! any byte is sent, so they are retried on the others (no client connection fails) and the
-//! dead endpoint is ejected (the client node's proxy says so and counts it).
+//! dead endpoint is ejected (the client node's proxy says so and counts it); when its app is
+//! back, the endpoint is probed after its ejection and serves again.
 //!
 //! Health and locality (with the lab's control plane, so a deleted pod's workload is withdrawn
 //! from the node proxies while they run): an endpoint marked unhealthy gets no connection;
@@ -54,6 +55,9 @@ async fn lab() -> Lab {
                 .unwrap_or_else(|| AMBIT.into()),
         ),
         mode: ProxyMode::Shared,
+        // A short first ejection, so the test sees the endpoint come back without waiting the
+        // default 10 s; the doubling keeps a still-dead endpoint out longer each time.
+        proxy_env: vec![("AMBIT_OUTLIER_BASE_EJECTION_TIME".into(), "1s".into())],
         ..LabOptions::default()
     };
     Lab::start(Topology::from_yaml(TOPOLOGY).unwrap(), opts)
@@ -123,6 +127,28 @@ async fn vip_spreads_over_endpoints_and_ejects_a_dead_one() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(seen, "no ejection logged:\n{}", client_proxy.tail(30));
+
+    // web-3's app is back: once its ejection has passed, a connection probes it, succeeds, and
+    // it serves again. Bounded: at most 600 connections, ~15 s (the doubled ejection is 1-4 s).
+    let before = served(&lab, "web-3");
+    let _web3 = Server::start(lab.pod_ns("web-3").unwrap(), ServerKind::Echo, 8080).unwrap();
+    let mut back = false;
+    for i in 0..600u16 {
+        let msg = [b'c', (i % 256) as u8];
+        let echoed = echo(client, vip, &msg, STEP).await.unwrap();
+        assert_eq!(echoed, msg, "connection {i} after the endpoint came back");
+        if served(&lab, "web-3") > before {
+            println!("web-3 served again after {} connections", i + 1);
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        back,
+        "web-3 got no connection after its app came back:\n{}",
+        client_proxy.tail(30)
+    );
 }
 
 /// Client and one endpoint in zone z1 (node-1); two endpoints in zone z2 (node-2), one of them
