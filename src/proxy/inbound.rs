@@ -45,10 +45,7 @@ pub(super) async fn handle(
     peer: SocketAddr,
     drain: DrainWatcher,
 ) {
-    if let Err(e) = socket::tune(&stream, &pi.cfg.socket) {
-        return ConnectionLog::new(Direction::Inbound, peer)
-            .fail(&format_args!("socket options: {e}"));
-    }
+    // No `tune`: the listener is tuned (`socket::listen_tuned`), accepted sockets inherit it.
     let cert = match pi.certs.fetch(&pi.local.identity).await {
         Ok(c) => c,
         Err(e) => {

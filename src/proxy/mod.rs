@@ -142,8 +142,9 @@ impl Proxy {
     /// Binds the three listeners in the current network namespace.
     pub fn bind(inputs: ProxyInputs) -> Result<Proxy, ProxyError> {
         let cfg = inputs.cfg.clone();
+        // Tuned listeners: every accepted connection inherits the per-connection options.
         let bind = |what, addr, transparent| {
-            socket::listen(addr, &cfg.socket, transparent, cfg.reuse_port)
+            socket::listen_tuned(addr, &cfg.socket, transparent, cfg.reuse_port)
                 .map_err(|source| ProxyError::Bind { what, addr, source })
         };
         let outbound = bind("outbound", cfg.outbound_addr, false)?;

@@ -89,9 +89,7 @@ pub(super) async fn handle(
         Err(e) => return log.fail(&format_args!("original destination: {e}")),
     };
     log.dst = Some(orig);
-    if let Err(e) = socket::tune(&stream, &pi.cfg.socket) {
-        return log.fail(&format_args!("socket options: {e}"));
-    }
+    // No `tune`: the listener is tuned (`socket::listen_tuned`), accepted sockets inherit it.
     // Boxed: the set-up state (routing, pool, handshakes) is several KiB that the task of an
     // established connection would otherwise keep for its whole life.
     let upstream = match Box::pin(connect(&pi, &transports, &outliers, peer, orig, &mut log)).await

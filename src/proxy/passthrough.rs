@@ -61,9 +61,7 @@ pub(super) async fn handle(
         log.response_flags = Some("DENY");
         return log.fail(&decision);
     }
-    if let Err(e) = socket::tune(&stream, &pi.cfg.socket) {
-        return log.fail(&format_args!("socket options: {e}"));
-    }
+    // No `tune`: the listener is tuned (`socket::listen_tuned`), accepted sockets inherit it.
     let src = (pi.cfg.orig_src && peer.is_ipv4() == target.is_ipv4()).then(|| peer.ip());
     let upstream = match socket::connect(target, src, &pi.cfg.socket).await {
         Ok(s) => s,
