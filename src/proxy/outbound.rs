@@ -84,7 +84,7 @@ pub(super) async fn handle(
 ) {
     let mut log = ConnectionLog::new(Direction::Outbound, peer);
     log.src_identity = Some(pi.local.identity.clone());
-    let orig = match socket::orig_dst(&stream) {
+    let orig = match socket::orig_dst(&stream, peer) {
         Ok(a) => a,
         Err(e) => return log.fail(&format_args!("original destination: {e}")),
     };

@@ -25,7 +25,7 @@ pub(super) async fn handle(
     drain: DrainWatcher,
 ) {
     let mut log = ConnectionLog::new(Direction::Inbound, peer);
-    let target = match socket::orig_dst(&stream) {
+    let target = match socket::orig_dst(&stream, peer) {
         Ok(a) => a,
         Err(e) => return log.fail(&format_args!("original destination: {e}")),
     };

@@ -197,13 +197,16 @@ pub fn bind_udp(
 ///
 /// Without a redirect (a client that connected to the listener directly) this is the listener's
 /// own address, which callers reject as a loop.
-pub fn orig_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+///
+/// `peer` is the address `accept` reported: both ends of a TCP connection are of one family,
+/// so it tells which query to make without asking the kernel for the local address (one
+/// system call fewer per connection; the local address is only needed without a redirect).
+pub fn orig_dst(stream: &TcpStream, peer: SocketAddr) -> io::Result<SocketAddr> {
     let sock = SockRef::from(stream);
-    let local = stream.local_addr()?;
-    let raw = match local {
-        SocketAddr::V4(_) => sock.original_dst_v4(),
-        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => sock.original_dst_v4(),
-        SocketAddr::V6(_) => sock.original_dst_v6(),
+    let raw = if canonical(peer).is_ipv4() {
+        sock.original_dst_v4()
+    } else {
+        sock.original_dst_v6()
     };
     match raw {
         Ok(addr) => addr
@@ -211,7 +214,7 @@ pub fn orig_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
             .map(canonical)
             .ok_or_else(|| io::Error::other("original destination is not an IP address")),
         // Not redirected (or TPROXY): the local address is the destination.
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(canonical(local)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(canonical(stream.local_addr()?)),
         Err(e) => Err(e),
     }
 }
@@ -311,7 +314,7 @@ mod tests {
         let client = connect(addr, None, &opts).await.unwrap();
         let (server, peer) = l.accept().await.unwrap();
         assert_eq!(peer, client.local_addr().unwrap());
-        assert_eq!(orig_dst(&server).unwrap(), addr);
+        assert_eq!(orig_dst(&server, peer).unwrap(), addr);
     }
 
     #[tokio::test]
@@ -353,6 +356,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn orig_dst_of_an_ipv6_client_without_redirect() {
+        let opts = SocketOptions::default();
+        let Ok(l) = listen("[::1]:0".parse().unwrap(), &opts, false, false) else {
+            return; // no IPv6 on this host: nothing to check
+        };
+        let addr = l.local_addr().unwrap();
+        let _client = connect(addr, None, &opts).await.unwrap();
+        let (server, peer) = l.accept().await.unwrap();
+        assert!(peer.is_ipv6());
+        assert_eq!(orig_dst(&server, peer).unwrap(), addr);
+    }
+
+    #[tokio::test]
     async fn dual_stack_listener_sees_ipv4_clients_as_ipv4() {
         let opts = SocketOptions::default();
         let Ok(l) = listen("[::]:0".parse().unwrap(), &opts, false, false) else {
@@ -363,7 +379,7 @@ mod tests {
         let _client = connect(dst, None, &opts).await.unwrap();
         let (server, peer) = l.accept().await.unwrap();
         assert!(canonical(peer).is_ipv4());
-        assert_eq!(orig_dst(&server).unwrap(), dst);
+        assert_eq!(orig_dst(&server, peer).unwrap(), dst);
     }
 
     #[tokio::test]
