@@ -15,7 +15,7 @@ use ambit::core::Identity;
 use ambit::identity::{BuiltinCa, CaClient};
 use ambit_lab::Netns;
 use ambit_lab::nft::PROXY_MARK;
-use common::mesh::{self, Mesh, MeshOpts, metric};
+use common::mesh::{self, Mesh, MeshOpts, metric, wait_metric};
 use common::{STEP, servers};
 use rustls::AlertDescription;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
@@ -308,9 +308,10 @@ async fn a_client_certificate_from_another_ca_is_refused_alike_on_h2_and_h3() {
     let h3_line = line_on(&mesh, Some("h3"), &["connection failed", reason]).await;
     assert_eq!(error_field(&h2_line), error_field(&h3_line));
     assert_eq!(
-        metric(
+        wait_metric(
             &mesh.pair.server,
-            "ambit_hbone_inbound_handshake_failures_total"
+            "ambit_hbone_inbound_handshake_failures_total",
+            2.0
         )
         .await,
         2.0
@@ -346,9 +347,10 @@ async fn a_wrong_alpn_is_refused_with_no_application_protocol() {
     let line = line_on(&mesh, Some("h3"), &["connection failed", reason]).await;
     assert!(line.contains("direction=inbound"), "{line}");
     assert_eq!(
-        metric(
+        wait_metric(
             &mesh.pair.server,
-            "ambit_hbone_inbound_handshake_failures_total"
+            "ambit_hbone_inbound_handshake_failures_total",
+            2.0
         )
         .await,
         2.0

@@ -210,6 +210,21 @@ pub async fn metric(ns: &Netns, name: &str) -> f64 {
         .sum()
 }
 
+/// Polls (bounded, ~5 s) until metric `name` in `ns` sums to `want`, and returns the last value
+/// read: a counter may be bumped just after the log line or the client's error that a test
+/// waited for.
+pub async fn wait_metric(ns: &Netns, name: &str, want: f64) -> f64 {
+    let mut value = metric(ns, name).await;
+    for _ in 0..50 {
+        if value == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        value = metric(ns, name).await;
+    }
+    value
+}
+
 /// Waits (bounded poll of the log file) until a line of `p`'s log contains every one of
 /// `needles`, and returns that line.
 pub async fn wait_log_line(p: &Process, needles: &[&str]) -> String {
