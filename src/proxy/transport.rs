@@ -208,12 +208,16 @@ impl Transports {
         key: &PoolKey,
         req: &ConnectRequest,
     ) -> Result<Tunnel, TransportError> {
-        match (&self.h3, self.mode) {
-            (Some(q), HboneTransport::H3) => self.open_h3(q, key, req).await,
-            (Some(q), HboneTransport::Auto) if !self.fallbacks.remembered(key.dst) => {
-                self.open_auto(q, key, req).await
-            }
-            _ => self.open_h2(key, req).await,
+        let quic = match (&self.h3, self.mode) {
+            (Some(q), HboneTransport::H3) => q,
+            (Some(q), HboneTransport::Auto) if !self.fallbacks.remembered(key.dst) => q,
+            _ => return self.open_h2(key, req).await,
+        };
+        // Built once per connection: every QUIC step below takes it by reference.
+        let qkey = QuicKey::new(key.src_id.clone(), key.dst, key.expected.clone());
+        match self.mode {
+            HboneTransport::Auto => self.open_auto(quic, &qkey, key, req).await,
+            _ => self.open_h3(quic, &qkey, key, req).await,
         }
     }
 
@@ -222,18 +226,18 @@ impl Transports {
     async fn open_auto(
         &self,
         quic: &QuicPool,
+        qkey: &QuicKey,
         key: &PoolKey,
         req: &ConnectRequest,
     ) -> Result<Tunnel, TransportError> {
-        let qkey = QuicKey::new(key.src_id.clone(), key.dst, key.expected.clone());
-        if quic.is_ready(&qkey) {
-            return self.open_h3(quic, key, req).await;
+        if quic.is_ready(qkey) {
+            return self.open_h3(quic, qkey, key, req).await;
         }
         let mut probe = self.probe(quic, qkey);
         if let Ok(outcome) = tokio::time::timeout(self.quic_head_start, settled(&mut probe)).await {
             return match outcome {
                 Probe::Down => self.open_h2(key, req).await,
-                _ => self.open_h3(quic, key, req).await,
+                _ => self.open_h3(quic, qkey, key, req).await,
             };
         }
         // h2 races at the connection level: the CONNECT is sent only on the winner, so a lost
@@ -249,7 +253,7 @@ impl Transports {
                     (&mut h2_ready).await?;
                     self.open_h2(key, req).await
                 }
-                _ => self.open_h3(quic, key, req).await,
+                _ => self.open_h3(quic, qkey, key, req).await,
             },
             ready = &mut h2_ready => match ready {
                 Ok(()) => self.open_h2(key, req).await,
@@ -257,18 +261,19 @@ impl Transports {
                 // probe decides.
                 Err(e) => match settled(&mut probe).await {
                     Probe::Down => Err(e.into()),
-                    _ => self.open_h3(quic, key, req).await,
+                    _ => self.open_h3(quic, qkey, key, req).await,
                 },
             },
         }
     }
 
     /// The running handshake probe for `qkey`, started if there is none.
-    fn probe(&self, quic: &QuicPool, qkey: QuicKey) -> watch::Receiver<Probe> {
+    fn probe(&self, quic: &QuicPool, qkey: &QuicKey) -> watch::Receiver<Probe> {
         let mut probes = lock(&self.probes);
-        if let Some(rx) = probes.get(&qkey) {
+        if let Some(rx) = probes.get(qkey) {
             return rx.clone();
         }
+        let qkey = qkey.clone();
         let (tx, rx) = watch::channel(Probe::Pending);
         probes.insert(qkey.clone(), rx.clone());
         drop(probes);
@@ -298,12 +303,12 @@ impl Transports {
     async fn open_h3(
         &self,
         quic: &QuicPool,
+        qkey: &QuicKey,
         key: &PoolKey,
         req: &ConnectRequest,
     ) -> Result<Tunnel, TransportError> {
-        let qkey = QuicKey::new(key.src_id.clone(), key.dst, key.expected.clone());
         let request = h3_request(req).map_err(QuicError::from)?;
-        let sent = quic.send(&qkey, request).await;
+        let sent = quic.send(qkey, request).await;
         self.count_h3_connections(quic);
         match sent {
             Ok((recv, send, _headers)) => {

@@ -209,7 +209,7 @@ async fn a_failed_probe_is_remembered_and_counted_once() {
     );
     let mut probe = s.transports.probe(
         &s.quic,
-        QuicKey::new(ID.parse().unwrap(), dst, vec![ID.parse().unwrap()]),
+        &QuicKey::new(ID.parse().unwrap(), dst, vec![ID.parse().unwrap()]),
     );
     assert!(matches!(open(&s, dst).await, Ok(Tunnel::H2(_))));
     // Readiness signal: the probe's outcome.
