@@ -37,7 +37,7 @@ impl QuicMesh {
     async fn start(test: &str, client: Side<'_>, server: Side<'_>) -> QuicMesh {
         let pair = PodPair::new(test);
         pair.install_redirection();
-        install_counters(&pair.server);
+        common::install_port_counters(&pair.server);
         let dir = pair.dir.path().to_path_buf();
         let config = dir.join("local.yaml");
         std::fs::write(&config, pair_config()).unwrap();
@@ -67,35 +67,6 @@ impl QuicMesh {
         let out = common::curl(&self.pair.client, &[&common::url(dst, "/")]).await;
         out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("hello from")
     }
-}
-
-/// Counts packets to 15008 by protocol in the server pod (before any other input rule).
-fn install_counters(ns: &Netns) {
-    ns.nft(
-        "table inet quic_count {
-  chain input {
-    type filter hook input priority -300; policy accept;
-    udp dport 15008 counter name udp15008
-    tcp dport 15008 counter name tcp15008
-  }
-  counter udp15008 { }
-  counter tcp15008 { }
-}
-",
-    )
-    .unwrap();
-}
-
-/// Packets counted by the named counter of `install_counters`.
-fn counter(ns: &Netns, name: &str) -> u64 {
-    let out = ns
-        .run(&["nft", "list", "counter", "inet", "quic_count", name])
-        .unwrap();
-    out.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no packet count in {out}"))
 }
 
 /// The value of the sample of `name` whose labels contain every one of `labels`.
@@ -243,8 +214,8 @@ async fn curl_nc_and_iperf3_cross_pods_over_quic_only() {
     iperf_server.kill();
 
     // The traffic went over UDP 15008; nothing ever reached TCP 15008.
-    assert!(counter(&m.pair.server, "udp15008") > 1000);
-    assert_eq!(counter(&m.pair.server, "tcp15008"), 0);
+    assert!(common::port_counter(&m.pair.server, "udp15008") > 1000);
+    assert_eq!(common::port_counter(&m.pair.server, "tcp15008"), 0);
     assert!(
         labeled_metric(
             &m.pair.server,
@@ -320,7 +291,7 @@ async fn auto_falls_back_to_h2_for_a_peer_without_quic_once() {
         1.0,
         "only the first connection tried QUIC"
     );
-    assert!(counter(&m.pair.server, "tcp15008") > 0);
+    assert!(common::port_counter(&m.pair.server, "tcp15008") > 0);
     assert_eq!(
         labeled_metric(
             &m.pair.client,
@@ -450,7 +421,7 @@ async fn policy_deny_and_a_deny_added_during_a_flow_on_quic() {
         ],
     )
     .await;
-    assert!(counter(&m.pair.server, "tcp15008") == 0);
+    assert!(common::port_counter(&m.pair.server, "tcp15008") == 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,5 +496,5 @@ async fn quic_tunnels_survive_certificate_rotation_and_new_ones_use_the_new_cert
         .await
         .unwrap();
     assert_eq!(ping(&mut s, b"fresh").await.unwrap(), b"fresh");
-    assert_eq!(counter(&m.pair.server, "tcp15008"), 0);
+    assert_eq!(common::port_counter(&m.pair.server, "tcp15008"), 0);
 }

@@ -11,40 +11,13 @@ mod zds;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ambit_lab::{Netns, Process, ProcessSpec};
+use ambit_lab::{Process, ProcessSpec};
 use common::mesh::wait_log_line;
 use common::{TempDir, servers};
 use zds::{Agent, Answer, Node};
 
 const A: (&str, &str, &str) = ("a", "client", "client");
 const B: (&str, &str, &str) = ("b", "server", "server");
-
-fn counters(ns: &Netns) {
-    ns.nft(
-        "table inet quic_count {
-  chain input {
-    type filter hook input priority -300; policy accept;
-    udp dport 15008 counter name udp15008
-    tcp dport 15008 counter name tcp15008
-  }
-  counter udp15008 { }
-  counter tcp15008 { }
-}
-",
-    )
-    .unwrap();
-}
-
-fn packets(ns: &Netns, name: &str) -> u64 {
-    let out = ns
-        .run(&["nft", "list", "counter", "inet", "quic_count", name])
-        .unwrap();
-    out.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no packet count in {out}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_talk_over_quic_from_listeners_inside_their_namespaces() {
@@ -66,7 +39,7 @@ async fn pods_talk_over_quic_from_listeners_inside_their_namespaces() {
     let ambit = Process::spawn(Some(&node.ns), &spec, dir.path()).unwrap();
     let conn = agent.accept(Duration::from_secs(20)).await;
     let (a, b) = (&node.pods[0], &node.pods[1]);
-    counters(&b.ns);
+    common::install_port_counters(&b.ns);
     assert_eq!(conn.add(a).await, Answer::Ack);
     assert_eq!(conn.add(b).await, Answer::Ack);
     assert_eq!(conn.snapshot().await, Answer::Ack);
@@ -93,8 +66,8 @@ async fn pods_talk_over_quic_from_listeners_inside_their_namespaces() {
     .await;
     assert!(line.contains(&a.spiffe()), "{line}");
     assert!(
-        packets(&b.ns, "udp15008") > 0,
+        common::port_counter(&b.ns, "udp15008") > 0,
         "QUIC reached pod B's namespace"
     );
-    assert_eq!(packets(&b.ns, "tcp15008"), 0);
+    assert_eq!(common::port_counter(&b.ns, "tcp15008"), 0);
 }

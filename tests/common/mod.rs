@@ -124,3 +124,33 @@ impl Drop for TempDir {
         }
     }
 }
+
+/// Counts packets arriving in `ns` for port 15008, per protocol (counters `udp15008` and
+/// `tcp15008`, before any other input rule): which transport carried the HBONE traffic.
+pub fn install_port_counters(ns: &Netns) {
+    ns.nft(
+        "table inet quic_count {
+  chain input {
+    type filter hook input priority -300; policy accept;
+    udp dport 15008 counter name udp15008
+    tcp dport 15008 counter name tcp15008
+  }
+  counter udp15008 { }
+  counter tcp15008 { }
+}
+",
+    )
+    .unwrap();
+}
+
+/// Packets counted so far by the named counter of [`install_port_counters`].
+pub fn port_counter(ns: &Netns, name: &str) -> u64 {
+    let out = ns
+        .run(&["nft", "list", "counter", "inet", "quic_count", name])
+        .unwrap();
+    out.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet count in {out}"))
+}
