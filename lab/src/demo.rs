@@ -1,28 +1,29 @@
 //! The demo scenario (`ambit-lab demo`, and the test that runs it): on a running [`Lab`] of
 //! `examples/demo.yaml`, send a sha256-checked payload along every kind of flow the mesh has
 //! (pod→pod across nodes and on one node, pod→service VIP, captured→uncaptured,
-//! uncaptured→captured), and report per flow the path taken (HBONE or plain, read from the node
-//! proxies' access logs), the bytes, the source address and peer identity the server side saw,
-//! and whether all of it is what the mesh should do.
+//! uncaptured→captured), and report per flow the path taken (HBONE or plain, read from the wire),
+//! the bytes, the source address the server saw, the peer identity the server-side proxy reported
+//! in Istio's metrics, and whether all of it is what the mesh should do. Nothing is read from a
+//! proxy's log, so the verdicts hold for any ztunnel-compatible proxy (see [`crate::witness`]).
 //!
 //! Invariant: [`DemoReport::passed`] is true only if every flow met every expectation.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::traffic::{Server, ServerKind, bulk_send};
+use crate::witness::{self, Reading};
 use crate::{Lab, LabError};
 
 /// The port the demo's sink servers listen on in every pod.
 pub const APP_PORT: u16 = 8080;
 /// Bytes sent per flow.
 pub const PAYLOAD: u64 = 1 << 20;
-/// Bound on one flow, and on waiting for its access-log line.
+/// Bound on one flow, and on waiting for a proxy to count it.
 const FLOW_TIMEOUT: Duration = Duration::from_secs(20);
-const LOG_WAIT: Duration = Duration::from_secs(5);
-const LOG_POLL: Duration = Duration::from_millis(50);
+const COUNT_WAIT: Duration = Duration::from_secs(5);
+const COUNT_POLL: Duration = Duration::from_millis(50);
 
 /// How a flow crossed the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +210,7 @@ pub fn demo_flows(lab: &Lab) -> Result<Vec<Flow>, LabError> {
 
 /// Starts a sink on [`APP_PORT`] in every pod, runs `flows` one after another, and reports.
 pub async fn run(lab: &Lab, flows: Vec<Flow>) -> Result<DemoReport, LabError> {
+    witness::install(lab)?;
     let mut servers = Vec::new();
     for pod in &lab.topology().pods {
         servers.push(Server::start(
@@ -228,52 +230,6 @@ pub async fn run(lab: &Lab, flows: Vec<Flow>) -> Result<DemoReport, LabError> {
     })
 }
 
-/// The logs that may record a flow: the server-side proxies (inbound) when the server is
-/// captured, else the client-side proxy (outbound).
-fn witness_logs(lab: &Lab, flow: &Flow) -> (Vec<PathBuf>, &'static str) {
-    let t = lab.topology();
-    let captured_servers: Vec<PathBuf> = flow
-        .servers
-        .iter()
-        .filter(|s| t.pod(s).is_some_and(|p| p.captured))
-        .filter_map(|s| lab.proxy_for(s).map(|p| p.log_path().to_path_buf()))
-        .collect();
-    if !captured_servers.is_empty() {
-        let mut logs = captured_servers;
-        logs.sort();
-        logs.dedup();
-        return (logs, "inbound");
-    }
-    let client = lab
-        .proxy_for(&flow.from)
-        .map(|p| p.log_path().to_path_buf());
-    (client.into_iter().collect(), "outbound")
-}
-
-/// Access-log lines in `logs` of `direction` whose `key` address has IP `ip`.
-fn matching_lines(logs: &[PathBuf], direction: &str, key: &str, ip: &str) -> Vec<String> {
-    let dir = format!("direction={direction}");
-    let (a, b) = (format!("{key}={ip}:"), format!("{key}=[::ffff:{ip}]:"));
-    logs.iter()
-        .filter_map(|l| std::fs::read_to_string(l).ok())
-        .flat_map(|text| {
-            text.lines()
-                .filter(|l| l.contains("access") && l.contains(&dir))
-                .filter(|l| {
-                    l.split_whitespace()
-                        .any(|tok| tok.starts_with(&a) || tok.starts_with(&b))
-                })
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|tok| tok.strip_prefix(key)?.strip_prefix('='))
-}
-
 async fn run_flow(lab: &Lab, flow: Flow) -> Result<FlowResult, LabError> {
     let t = lab.topology();
     let from = t
@@ -283,14 +239,12 @@ async fn run_flow(lab: &Lab, flow: Flow) -> Result<FlowResult, LabError> {
             pod: flow.from.clone(),
             hint: String::new(),
         })?;
-    let (logs, direction) = witness_logs(lab, &flow);
-    // Inbound lines are keyed by the client's address, outbound ones by the destination's.
-    let (key, ip) = if direction == "inbound" {
-        ("src.addr", from.ip.to_string())
-    } else {
-        ("dst.addr", flow.dst.ip().to_string())
-    };
-    let before = matching_lines(&logs, direction, key, &ip).len();
+    let server_captured = flow
+        .servers
+        .iter()
+        .any(|s| t.pod(s).is_some_and(|p| p.captured));
+    let client_captured = from.captured;
+    let before = witness::snapshot(lab).await?;
     let mut r = FlowResult {
         flow: flow.clone(),
         path: None,
@@ -318,43 +272,43 @@ async fn run_flow(lab: &Lab, flow: Flow) -> Result<FlowResult, LabError> {
         }
         Err(e) => r.problems.push(e.to_string()),
     }
-    // Read the proxies' verdict: the access line is written when the connection closes.
-    let mut line = None;
-    if !logs.is_empty() {
-        let deadline = tokio::time::Instant::now() + LOG_WAIT;
-        loop {
-            let lines = matching_lines(&logs, direction, key, &ip);
-            if lines.len() > before {
-                line = lines.last().cloned();
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(LOG_POLL).await;
+    // The proxy that must have counted the flow: the server's (inbound) when it is captured, else
+    // the client's (outbound); a connection is counted when it opens, so the count may trail the
+    // flow's end by a moment: poll, bounded.
+    let reporter = if server_captured {
+        Some("destination")
+    } else if client_captured {
+        Some("source")
+    } else {
+        None
+    };
+    let deadline = tokio::time::Instant::now() + COUNT_WAIT;
+    let reading = loop {
+        let reading = Reading::between(&before, &witness::snapshot(lab).await?);
+        let seen = reporter.is_none_or(|rep| reading.by(rep).next().is_some());
+        if seen || tokio::time::Instant::now() >= deadline {
+            break reading;
         }
+        tokio::time::sleep(COUNT_POLL).await;
+    };
+    r.path = path_of(reading.hbone_bytes);
+    if r.path.is_none() {
+        r.problems.push(format!(
+            "{} bytes crossed port 15008 for a {PAYLOAD}-byte flow: neither tunneled nor plain",
+            reading.hbone_bytes
+        ));
     }
-    match (&line, direction) {
-        (Some(l), "inbound") => {
-            r.identity_seen = field(l, "src.identity").map(str::to_string);
-            r.path = Some(if r.identity_seen.is_some() {
-                PathKind::Hbone
-            } else {
-                PathKind::Plain
-            });
+    if let Some(rep) = reporter {
+        let counted: Vec<_> = reading.by(rep).collect();
+        if counted.is_empty() {
+            r.problems.push(format!(
+                "no node proxy counted the connection as {rep} within {COUNT_WAIT:?}"
+            ));
         }
-        (Some(l), _) => {
-            r.path = Some(if field(l, "dst.hbone_addr").is_some() {
-                PathKind::Hbone
-            } else {
-                PathKind::Plain
-            });
+        // Only the server side knows the identity its peer proved.
+        if rep == "destination" {
+            r.identity_seen = counted.iter().find_map(|c| c.principal.clone());
         }
-        // No proxy on either side: nothing of the mesh was involved.
-        (None, _) if logs.is_empty() => r.path = Some(PathKind::Plain),
-        (None, _) => r.problems.push(format!(
-            "no {direction} access-log line within {LOG_WAIT:?}"
-        )),
     }
     if let Some(p) = r.path
         && p != flow.expect_path
@@ -370,4 +324,29 @@ async fn run_flow(lab: &Lab, flow: Flow) -> Result<FlowResult, LabError> {
         ));
     }
     Ok(r)
+}
+
+/// The path a flow took, from the bytes it put on port 15008: a tunneled flow carries the whole
+/// payload there (plus framing), a plain one nothing but stray pool traffic.
+fn path_of(hbone_bytes: u64) -> Option<PathKind> {
+    if hbone_bytes >= PAYLOAD {
+        Some(PathKind::Hbone)
+    } else if hbone_bytes < PAYLOAD / 16 {
+        Some(PathKind::Plain)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wire_decides_the_path() {
+        assert_eq!(path_of(PAYLOAD + 4096), Some(PathKind::Hbone));
+        assert_eq!(path_of(0), Some(PathKind::Plain));
+        assert_eq!(path_of(600), Some(PathKind::Plain), "a pool ping");
+        assert_eq!(path_of(PAYLOAD / 2), None);
+    }
 }

@@ -66,4 +66,6 @@ pub enum LabError {
     File { path: String, source: io::Error },
     #[error("lab control plane: {what}: {detail}")]
     ControlPlane { what: String, detail: String },
+    #[error("{0}")]
+    Usage(String),
 }

@@ -66,6 +66,9 @@ pub struct LabOptions {
     pub control: ControlMode,
     /// Extra environment for every node proxy (e.g. `SECRET_TTL`), after the lab's own.
     pub proxy_env: Vec<(String, String)>,
+    /// Per-node proxy binaries (node name → binary) that replace `proxy` on those nodes: a mixed
+    /// mesh of ambit and another ztunnel-compatible proxy.
+    pub node_proxies: BTreeMap<String, PathBuf>,
 }
 
 impl Default for LabOptions {
@@ -77,6 +80,7 @@ impl Default for LabOptions {
             rust_log: "info".into(),
             control: ControlMode::LocalFiles,
             proxy_env: Vec::new(),
+            node_proxies: BTreeMap::new(),
         }
     }
 }
@@ -120,12 +124,12 @@ impl Lab {
     /// their readiness). Needs a tokio runtime.
     pub async fn start(topology: Topology, opts: LabOptions) -> Result<Lab, LabError> {
         sys::preflight()?;
-        if let Some(p) = &opts.proxy
-            && !p.is_file()
-        {
-            return Err(LabError::ProxyMissing {
-                path: p.display().to_string(),
-            });
+        for p in opts.proxy.iter().chain(opts.node_proxies.values()) {
+            if !p.is_file() {
+                return Err(LabError::ProxyMissing {
+                    path: p.display().to_string(),
+                });
+            }
         }
         let run_id = sys::unique_suffix();
         let run_dir = opts

@@ -22,6 +22,8 @@
 //! | [`multinet`] | several networks: what is published about them, and their wiring |
 //! | [`eastwest`] | the east-west gateway stand-in that joins a network to the others |
 //! | [`traffic`] | built-in HTTP, echo, sink (sha256) and request/response servers and clients; the PROXY header echo and the waypoint stand-in |
+//! | [`promtext`] | a reader of the Prometheus text format (any proxy's metrics) |
+//! | [`witness`] | what judges a flow for any proxy: 15008 byte counters on the nodes, Istio's connection metrics |
 //! | [`demo`] | the demo scenario and its report |
 //!
 //! Everything the lab creates is named `ambit-lab-<pid>-<random>-...`, so parallel tests never
@@ -45,9 +47,11 @@ pub mod multinet;
 pub mod netns;
 pub mod nft;
 pub mod process;
+pub mod promtext;
 pub mod sys;
 pub mod topology;
 pub mod traffic;
+pub mod witness;
 pub mod zds;
 
 pub use control_plane::LabControlPlane;

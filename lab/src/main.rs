@@ -44,6 +44,10 @@ struct ProxyArgs {
     /// for `up`, `local` for `demo`.
     #[arg(long, value_enum)]
     control: Option<Control>,
+    /// A different proxy binary on one node, as `NODE=BINARY` (repeatable): a mixed mesh, e.g.
+    /// ambit on one node and ztunnel on the other.
+    #[arg(long = "node-proxy", value_name = "NODE=BINARY", value_parser = parse_node_proxy)]
+    node_proxy: Vec<(String, PathBuf)>,
     /// The HBONE transport between node proxies (`AMBIT_HBONE_TRANSPORT` of every node proxy):
     /// `h2` (ztunnel's wire protocol), `h3` (QUIC only) or `auto` (QUIC, falling back to h2).
     /// Default: the proxy's own default (h2).
@@ -263,6 +267,15 @@ async fn start(
             Mode::Shared => ProxyMode::Shared,
             Mode::Dedicated => ProxyMode::Dedicated,
         };
+        for (node, binary) in &p.node_proxy {
+            if topology.node(node).is_none() {
+                return Err(LabError::Usage(format!(
+                    "--node-proxy {node}={}: the topology has no node {node:?}",
+                    binary.display()
+                )));
+            }
+            opts.node_proxies.insert(node.clone(), binary.clone());
+        }
         if let Some(t) = p.transport {
             opts.proxy_env
                 .push(("AMBIT_HBONE_TRANSPORT".into(), t.env_value().into()));
@@ -285,6 +298,16 @@ async fn start(
         );
     }
     Ok(lab)
+}
+
+/// `NODE=BINARY` of `--node-proxy`.
+fn parse_node_proxy(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((node, bin)) if !node.is_empty() && !bin.is_empty() => {
+            Ok((node.to_string(), PathBuf::from(bin)))
+        }
+        _ => Err(format!("expected NODE=BINARY, got {s:?}")),
+    }
 }
 
 /// `ambit` next to this binary (both are built into the same target directory).

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{Lab, ProxyMode};
-use crate::{LabError, Process, ProcessSpec, wait_http_ok};
+use crate::{LabError, Netns, Process, ProcessSpec, wait_http_ok};
 
 impl Lab {
     pub(super) async fn start_proxies(&mut self) -> Result<(), LabError> {
@@ -35,9 +35,18 @@ impl Lab {
 
     /// The namespace a proxy runs in and its spec (name suffixed, so a restart keeps the old log).
     fn proxy_spec(&self, key: &str, suffix: &str) -> Option<(String, ProcessSpec)> {
-        let binary = self.opts.proxy.as_ref()?;
+        let node = match self.opts.mode {
+            ProxyMode::Shared => key.to_string(),
+            ProxyMode::Dedicated => self.topology.pod(key)?.node.clone(),
+        };
+        // A node's own binary (a mixed mesh), else the lab's.
+        let binary = self
+            .opts
+            .node_proxies
+            .get(&node)
+            .or(self.opts.proxy.as_ref())?;
         let name = format!("proxy-{key}{suffix}");
-        let (ns, node, spec) = match self.opts.mode {
+        let (ns, spec) = match self.opts.mode {
             ProxyMode::Shared => {
                 let spec = ProcessSpec::new(name, binary)
                     .env("PROXY_MODE", "shared")
@@ -45,7 +54,7 @@ impl Lab {
                         "INPOD_UDS",
                         self.agents.get(key)?.socket().display().to_string(),
                     );
-                (self.nodes.get(key)?, key.to_string(), spec)
+                (self.nodes.get(key)?, spec)
             }
             ProxyMode::Dedicated => {
                 let pod = self.topology.pod(key)?;
@@ -54,7 +63,7 @@ impl Lab {
                     .env("PROXY_MODE", "dedicated")
                     .env("PROXY_WORKLOAD_INFO", info)
                     .env("PACKET_MARK", "1337");
-                (self.pods.get(key)?, pod.node.clone(), spec)
+                (self.pods.get(key)?, spec)
             }
         };
         let mut spec = spec;
@@ -109,6 +118,29 @@ impl Lab {
     /// The node proxy run under `key` (a node in shared mode, a pod in dedicated mode).
     pub fn proxy(&self, key: &str) -> Option<&Process> {
         self.proxies.get(key)
+    }
+
+    /// Every running node proxy's key and the namespace its ports are in.
+    pub fn proxy_namespaces(&self) -> Vec<(&str, &Netns)> {
+        self.proxies
+            .keys()
+            .filter_map(|key| {
+                let ns = match self.opts.mode {
+                    ProxyMode::Shared => self.nodes.get(key),
+                    ProxyMode::Dedicated => self.pods.get(key),
+                }?;
+                Some((key.as_str(), ns))
+            })
+            .collect()
+    }
+
+    /// The namespace of the node proxy that serves `pod`.
+    pub fn proxy_ns_for(&self, pod: &str) -> Option<&Netns> {
+        let p = self.topology.pod(pod)?;
+        match self.opts.mode {
+            ProxyMode::Shared => self.nodes.get(&p.node),
+            ProxyMode::Dedicated => self.pods.get(&p.name),
+        }
     }
 
     /// Kills the node proxy under `key` (for failure tests); true if one was running.
