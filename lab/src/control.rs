@@ -47,6 +47,25 @@ impl LocalFiles {
     }
 }
 
+impl LocalFiles {
+    /// Puts a given root (certificate and PKCS#8 key, PEM) in the CA directory before any proxy
+    /// starts, so the built-in CA issues from it.
+    pub fn seed_ca(&self, cert: &Path, key: &Path) -> Result<(), LabError> {
+        std::fs::create_dir_all(&self.ca_dir).map_err(|source| LabError::File {
+            path: self.ca_dir.display().to_string(),
+            source,
+        })?;
+        for (from, name) in [(cert, "root-cert.pem"), (key, "root-key.pem")] {
+            let to = self.ca_dir.join(name);
+            std::fs::copy(from, &to).map_err(|source| LabError::File {
+                path: format!("{} -> {}", from.display(), to.display()),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
 impl ControlPlane for LocalFiles {
     fn proxy_env(&self, _node: &str) -> Vec<(String, String)> {
         [

@@ -69,6 +69,9 @@ pub struct LabOptions {
     /// Per-node proxy binaries (node name → binary) that replace `proxy` on those nodes: a mixed
     /// mesh of ambit and another ztunnel-compatible proxy.
     pub node_proxies: BTreeMap<String, PathBuf>,
+    /// Local-files mode: the root certificate and key (PEM) the built-in CA issues from, instead of
+    /// a fresh one; a mixed mesh trusts one root when both proxies are given the same.
+    pub ca_root: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for LabOptions {
@@ -81,6 +84,7 @@ impl Default for LabOptions {
             control: ControlMode::LocalFiles,
             proxy_env: Vec::new(),
             node_proxies: BTreeMap::new(),
+            ca_root: None,
         }
     }
 }
@@ -141,6 +145,9 @@ impl Lab {
             source,
         })?;
         let control = Box::new(LocalFiles::write(&topology, &run_dir)?);
+        if let Some((cert, key)) = &opts.ca_root {
+            control.seed_ca(cert, key)?;
+        }
         let underlay = Netns::with_name(format!("{}{run_id}-u", sys::NAME_PREFIX))?;
         let mut lab = Lab {
             proxies: BTreeMap::new(),

@@ -48,6 +48,13 @@ struct ProxyArgs {
     /// ambit on one node and ztunnel on the other.
     #[arg(long = "node-proxy", value_name = "NODE=BINARY", value_parser = parse_node_proxy)]
     node_proxy: Vec<(String, PathBuf)>,
+    /// With `--control local`: the root certificate (PEM) the built-in CA issues from, instead of
+    /// a fresh one (needs --ca-key). A mixed local mesh trusts one root this way.
+    #[arg(long, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The root's private key (PKCS#8 PEM), with --ca-cert.
+    #[arg(long, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
     /// The HBONE transport between node proxies (`AMBIT_HBONE_TRANSPORT` of every node proxy):
     /// `h2` (ztunnel's wire protocol), `h3` (QUIC only) or `auto` (QUIC, falling back to h2).
     /// Default: the proxy's own default (h2).
@@ -275,6 +282,9 @@ async fn start(
                 )));
             }
             opts.node_proxies.insert(node.clone(), binary.clone());
+        }
+        if let (Some(cert), Some(key)) = (&p.ca_cert, &p.ca_key) {
+            opts.ca_root = Some((cert.clone(), key.clone()));
         }
         if let Some(t) = p.transport {
             opts.proxy_env

@@ -8,8 +8,9 @@
 //!   published, and trust each other.
 //! - The key is published before the certificate; a process that loses the race for the certificate
 //!   re-reads the winner's. A certificate that does not match the key is refused, never overwritten.
-//! - The directory is written only by this code, so the root's subject is always [`root_params`]'s;
-//!   leaves name that subject as their issuer.
+//! - Leaves name the stored root's own subject as their issuer, so a root placed in the directory
+//!   by hand (for example another mesh's test root, to make a mixed mesh trust one root) issues
+//!   leaves that chain to it. The key may be ECDSA or RSA (PKCS#8).
 
 use std::fs;
 use std::io::{self, Write};
@@ -72,8 +73,10 @@ impl BuiltinCa {
         check_root(&root, &key, &cert_path)?;
 
         let root_pem = String::from_utf8_lossy(&cert_pem).into_owned();
+        let issuer = Issuer::from_ca_cert_der(&root, key)
+            .map_err(|e| bad_root(&cert_path, format!("reading the root as an issuer: {e}")))?;
         Ok(BuiltinCa {
-            issuer: Issuer::new(root_params(), key),
+            issuer,
             root,
             root_pem,
             ttl,

@@ -172,6 +172,58 @@ async fn processes_sharing_a_ca_directory_trust_each_other() {
     connected.unwrap();
 }
 
+/// A root put in the directory by hand (another subject, another key type: as a mixed mesh of
+/// ambit and another proxy would share one test root) issues leaves that chain to it.
+#[tokio::test]
+async fn a_hand_placed_root_issues_leaves_that_chain_to_it() {
+    let dir = TempDir::new("ca-foreign");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "cluster.local");
+    let root = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("root-key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("root-cert.pem"), root.pem()).unwrap();
+
+    let ca = BuiltinCa::load_or_create(dir.path(), HOUR).unwrap();
+    assert_eq!(ca.root(), root.der(), "the hand-placed root is kept");
+    let server = ca
+        .issue_now(&id("spiffe://cluster.local/ns/a/sa/server"))
+        .unwrap();
+    let client = ca
+        .issue_now(&id("spiffe://cluster.local/ns/b/sa/client"))
+        .unwrap();
+    let (_, leaf) = x509_parser::parse_x509_certificate(&server.chain()[0]).unwrap();
+    let (_, parsed_root) = x509_parser::parse_x509_certificate(root.der()).unwrap();
+    assert_eq!(leaf.issuer(), parsed_root.subject());
+    assert!(leaf.issuer().to_string().contains("O=cluster.local"));
+
+    let cfg = client.client_config(&[server.identity().clone()]).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_cfg = server.server_config();
+    let (accepted, connected) = timeout(Duration::from_secs(10), async {
+        tokio::join!(
+            async {
+                let (tcp, _) = listener.accept().await.unwrap();
+                tls::accept(server_cfg, tcp).await
+            },
+            async { tls::connect(cfg, TcpStream::connect(addr).await.unwrap()).await }
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(accepted.unwrap().1, *client.identity());
+    connected.unwrap();
+}
+
 // === SecretManager ===
 
 /// A test double for the issuer: signs with a real in-memory CA, but can be made to fail, and
