@@ -57,6 +57,8 @@ pub struct FlowResult {
     pub bytes: u64,
     pub peer_seen: Option<String>,
     pub identity_seen: Option<String>,
+    /// Connections the node proxies counted for this flow (each side that saw it counts one).
+    pub counted: usize,
     pub problems: Vec<String>,
 }
 
@@ -208,8 +210,9 @@ pub fn demo_flows(lab: &Lab) -> Result<Vec<Flow>, LabError> {
     ])
 }
 
-/// Starts a sink on [`APP_PORT`] in every pod, runs `flows` one after another, and reports.
-pub async fn run(lab: &Lab, flows: Vec<Flow>) -> Result<DemoReport, LabError> {
+/// Installs the wire counters and starts a sink on [`APP_PORT`] in every pod; the sinks stop
+/// when the returned servers are dropped.
+pub fn start_servers(lab: &Lab) -> Result<Vec<Server>, LabError> {
     witness::install(lab)?;
     let mut servers = Vec::new();
     for pod in &lab.topology().pods {
@@ -219,6 +222,12 @@ pub async fn run(lab: &Lab, flows: Vec<Flow>) -> Result<DemoReport, LabError> {
             APP_PORT,
         )?);
     }
+    Ok(servers)
+}
+
+/// Starts a sink on [`APP_PORT`] in every pod, runs `flows` one after another, and reports.
+pub async fn run(lab: &Lab, flows: Vec<Flow>) -> Result<DemoReport, LabError> {
+    let servers = start_servers(lab)?;
     let mut results = Vec::new();
     for flow in flows {
         results.push(run_flow(lab, flow).await?);
@@ -230,7 +239,8 @@ pub async fn run(lab: &Lab, flows: Vec<Flow>) -> Result<DemoReport, LabError> {
     })
 }
 
-async fn run_flow(lab: &Lab, flow: Flow) -> Result<FlowResult, LabError> {
+/// Runs one flow (the sink servers must be up: [`start_servers`]) and judges it.
+pub async fn run_flow(lab: &Lab, flow: Flow) -> Result<FlowResult, LabError> {
     let t = lab.topology();
     let from = t
         .pod(&flow.from)
@@ -251,6 +261,7 @@ async fn run_flow(lab: &Lab, flow: Flow) -> Result<FlowResult, LabError> {
         bytes: 0,
         peer_seen: None,
         identity_seen: None,
+        counted: 0,
         problems: Vec::new(),
     };
     match bulk_send(lab.pod_ns(&flow.from)?, flow.dst, PAYLOAD, FLOW_TIMEOUT).await {
@@ -291,6 +302,7 @@ async fn run_flow(lab: &Lab, flow: Flow) -> Result<FlowResult, LabError> {
         }
         tokio::time::sleep(COUNT_POLL).await;
     };
+    r.counted = reading.counted.len();
     r.path = path_of(reading.hbone_bytes);
     if r.path.is_none() {
         r.problems.push(format!(

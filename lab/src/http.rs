@@ -27,10 +27,23 @@ pub async fn http_get(
     path: &str,
     timeout: Duration,
 ) -> Result<HttpResponse, LabError> {
-    let op = format!("GET http://{addr}{path}");
+    http_request(ns, "GET", addr, path, timeout).await
+}
+
+/// `method path` (no body) on `addr` from inside `ns`; otherwise as [`http_get`].
+pub async fn http_request(
+    ns: &Netns,
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<HttpResponse, LabError> {
+    let op = format!("{method} http://{addr}{path}");
     let exchange = async {
         let mut stream = ns.connect(addr, timeout).await.map_err(to_io)?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         stream.write_all(req.as_bytes()).await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;

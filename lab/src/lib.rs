@@ -25,6 +25,7 @@
 //! | [`promtext`] | a reader of the Prometheus text format (any proxy's metrics) |
 //! | [`witness`] | what judges a flow for any proxy: 15008 byte counters on the nodes, Istio's connection metrics |
 //! | [`demo`] | the demo scenario and its report |
+//! | [`compat`] | the differential harness: ambit vs a peer (real ztunnel) on what tools read; recordings for CI |
 //!
 //! Everything the lab creates is named `ambit-lab-<pid>-<random>-...`, so parallel tests never
 //! collide and `ambit-lab cleanup` can find what a crashed run left behind.
@@ -32,6 +33,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod compat;
 pub mod control;
 pub mod control_ca;
 mod control_grpc;
@@ -56,7 +58,7 @@ pub mod zds;
 
 pub use control_plane::LabControlPlane;
 pub use error::LabError;
-pub use http::{HttpResponse, http_get, wait_http_ok};
+pub use http::{HttpResponse, http_get, http_request, wait_http_ok};
 pub use lab::{ControlMode, Lab, LabOptions, ProxyMode};
 pub use link::veth;
 pub use netns::Netns;

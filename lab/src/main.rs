@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use ambit_lab::{
-    ControlMode, Lab, LabError, LabOptions, ProxyMode, Topology, demo, lab, netns, nft, sys,
+    ControlMode, Lab, LabError, LabOptions, ProxyMode, Topology, compat, demo, lab, netns, nft, sys,
 };
 
 /// The demo topology, built in so `ambit-lab demo` works from any directory.
@@ -114,6 +114,29 @@ enum Cmd {
         #[arg(long)]
         no_proxy: bool,
     },
+    /// Compare ambit with a peer (real ztunnel) on what tools read: access logs, /config_dump,
+    /// /logging, metric families, HBONE statuses, readiness. Exit 0 only if every difference is
+    /// listed as deliberate.
+    Compat {
+        /// The peer binary to run (e.g. real ztunnel); without it, the recording is used.
+        #[arg(long)]
+        peer: Option<PathBuf>,
+        /// What to call the peer in the report (with --peer).
+        #[arg(long, default_value = "ztunnel")]
+        peer_name: String,
+        /// The ambit binary; default: `ambit` next to this binary.
+        #[arg(long)]
+        proxy: Option<PathBuf>,
+        /// Write the peer's observation here (with --peer), e.g. tests/data/compat/ztunnel.json.
+        #[arg(long)]
+        record: Option<PathBuf>,
+        /// The recording to compare with when no --peer is given; default: the committed one.
+        #[arg(long)]
+        recorded: Option<PathBuf>,
+        /// Also write the report (Markdown) here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Run a command inside a pod of a running lab: `ambit-lab exec client -- curl ...`.
     Exec {
         /// The run id, when more than one running lab has the pod.
@@ -167,6 +190,51 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Exec { run, pod, command } => report(exec(run.as_deref(), &pod, &command)),
+        Cmd::Compat {
+            peer,
+            peer_name,
+            proxy,
+            record,
+            recorded,
+            report: report_path,
+        } => with_runtime(async move {
+            sys::preflight()?;
+            let recording = match &peer {
+                Some(bin) => {
+                    eprintln!(
+                        "ambit-lab compat: observing {peer_name} ({})",
+                        bin.display()
+                    );
+                    let rec = compat::Recording {
+                        peer: peer_name.clone(),
+                        observation: compat::observe_binary(bin).await?,
+                    };
+                    if let Some(path) = &record {
+                        compat::save(path, &rec)?;
+                        eprintln!("ambit-lab compat: recorded {}", path.display());
+                    }
+                    rec
+                }
+                None => compat::load(&recorded.unwrap_or_else(compat::recording_path))?,
+            };
+            let ambit = proxy.unwrap_or_else(default_proxy);
+            eprintln!("ambit-lab compat: observing ambit ({})", ambit.display());
+            let mine = compat::observe_binary(&ambit).await?;
+            let diffs = compat::diff(&mine, &recording.observation);
+            let text = compat::report(&recording.peer, &diffs);
+            println!("{text}");
+            if let Some(path) = report_path {
+                std::fs::write(&path, &text).map_err(|source| LabError::File {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            }
+            Ok(if diffs.iter().all(|d| d.deliberate().is_some()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }),
         Cmd::Demo {
             topology,
             proxy,
