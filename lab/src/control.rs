@@ -104,6 +104,8 @@ pub fn local_config(topology: &Topology) -> String {
                 ("name", p.name.clone().into()),
                 ("namespace", p.namespace.clone().into()),
                 ("serviceAccount", p.service_account.clone().into()),
+                // ztunnel's local loader has no default trust domain (istiod always sends one).
+                ("trustDomain", "cluster.local".into()),
                 (
                     "workloadIps",
                     Value::Sequence(vec![p.ip.to_string().into()]),
