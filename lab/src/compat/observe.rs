@@ -138,6 +138,10 @@ pub async fn observe(lab: &Lab) -> Result<Observation, LabError> {
         .await?
         .body;
     obs.metrics = families(&text);
+    obs.http.insert(
+        "GET :15020/metrics: counter families are named".into(),
+        counter_naming(&text).into(),
+    );
     // The sinks stay up for the probes: a good CONNECT reaches a listening app.
     obs.hbone = hbone_probe::probe(lab, &node).await?;
     drop(servers);
@@ -309,9 +313,38 @@ fn normalise_body(body: &str) -> String {
     out
 }
 
-/// Metric families with their type and label names.
+/// How the `# TYPE` line names a counter family: after its samples (`x_total`, the classic text
+/// format) or without the suffix (OpenMetrics).
+fn counter_naming(text: &str) -> &'static str {
+    let counters: Vec<String> = promtext::types(text)
+        .into_iter()
+        .filter(|(_, t)| t == "counter")
+        .map(|(n, _)| n)
+        .collect();
+    match (
+        counters.iter().any(|n| n.ends_with("_total")),
+        counters.iter().any(|n| !n.ends_with("_total")),
+    ) {
+        (true, false) => "after their samples (x_total)",
+        (false, true) => "without _total (OpenMetrics style)",
+        (true, true) => "both ways",
+        (false, false) => "(no counters)",
+    }
+}
+
+/// Metric families with their type and label names. Counter families are keyed by their sample
+/// name (`x_total`) whichever way the `# TYPE` line names them; [`counter_naming`] records that.
 pub fn families(text: &str) -> BTreeMap<String, Family> {
-    let types = promtext::types(text);
+    let types: BTreeMap<String, String> = promtext::types(text)
+        .into_iter()
+        .map(|(name, kind)| {
+            if kind == "counter" && !name.ends_with("_total") {
+                (format!("{name}_total"), kind)
+            } else {
+                (name, kind)
+            }
+        })
+        .collect();
     let samples = promtext::samples(text);
     let mut out = BTreeMap::new();
     for (name, kind) in types {
@@ -331,6 +364,9 @@ pub fn families(text: &str) -> BTreeMap<String, Family> {
 
 fn belongs(sample: &str, family: &str) -> bool {
     sample == family
+        || family
+            .strip_suffix("_total")
+            .is_some_and(|base| sample == format!("{base}_created"))
         || sample.strip_prefix(family).is_some_and(|rest| {
             ["_total", "_bucket", "_sum", "_count", "_created", "_info"].contains(&rest)
         })
@@ -401,9 +437,10 @@ mod tests {
             ["component", "tag"]
         );
         assert!(
-            f["istio_tcp_connections_opened"]
+            f["istio_tcp_connections_opened_total"]
                 .labels
                 .contains("reporter")
         );
+        assert_eq!(counter_naming(text), "without _total (OpenMetrics style)");
     }
 }
