@@ -272,3 +272,43 @@ async fn shared_proxy_and_agent_restarts() {
     let client = lab.topology().pod("client").unwrap().spiffe();
     wait_identity(&lab, "web-2", "client", &client).await;
 }
+
+/// A mixed mesh: node-2 runs its own binary (a copy of the workspace's ambit, so the test can tell
+/// the two apart), node-1 the lab's (`AMBIT_LAB_PROXY` when set, e.g. real ztunnel: then this is
+/// ambit and the peer side by side), both configured by the lab's control plane, whose CA gives
+/// both the same trust. Every demo flow, including the cross-node ones, must pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_mesh_runs_each_nodes_own_binary() {
+    let copy = std::env::temp_dir().join(format!("ambit-node-proxy-{}", std::process::id()));
+    std::fs::copy(AMBIT, &copy).unwrap();
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _copy_guard = Remove(copy.clone());
+    let lab_binary: std::path::PathBuf = std::env::var_os("AMBIT_LAB_PROXY")
+        .map(Into::into)
+        .unwrap_or_else(|| AMBIT.into());
+    let opts = LabOptions {
+        proxy: Some(lab_binary.clone()),
+        control: ambit_lab::ControlMode::ControlPlane,
+        node_proxies: [("node-2".to_string(), copy.clone())].into(),
+        ..LabOptions::default()
+    };
+    let lab = Lab::start(Topology::from_yaml(DEMO).unwrap(), opts)
+        .await
+        .unwrap();
+    let exe = |node: &str| {
+        let pid = lab.proxy(node).unwrap().pid();
+        std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
+    };
+    assert_eq!(exe("node-2"), copy);
+    assert_eq!(exe("node-1"), std::fs::canonicalize(&lab_binary).unwrap());
+    let report = demo::run(&lab, demo::demo_flows(&lab).unwrap())
+        .await
+        .unwrap();
+    println!("{report}");
+    assert!(report.passed(), "{report}");
+}
