@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 pub mod ops;
 mod scrape;
 
-pub use config_dump::{DumpSources, config_dump};
+pub use config_dump::{DumpSources, StaticConfig, StaticRecords, config_dump};
 pub use ops::AdminOps;
 
 /// Why a server could not start.
