@@ -25,6 +25,7 @@ use crate::lifecycle::{DrainWatcher, Readiness};
 use crate::metrics::Metrics;
 
 pub mod ops;
+mod pprof;
 mod scrape;
 
 pub use config_dump::{DumpSources, StaticConfig, StaticRecords, config_dump};
@@ -72,6 +73,15 @@ pub async fn serve_admin(
             let (sources, ops) = (&shared.0, &shared.1);
             if let Some(resp) = ops::route(ops, &req).await {
                 return resp;
+            }
+            // Any method, as ztunnel.
+            match req.uri().path() {
+                "/debug/pprof/profile" => return pprof::cpu_profile(req.uri().query()).await,
+                "/debug/pprof/heap" => return pprof::heap_profile().await,
+                "/debug/pprof/heap/profiling" => {
+                    return pprof::heap_toggle(req.uri().query()).await;
+                }
+                _ => {}
             }
             if req.method() != Method::GET {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
