@@ -216,6 +216,8 @@ mod tests {
             certificates: None,
             config: serde_json::Value::Null,
             static_config: None,
+            workload_state: None,
+            istio_version: "unknown".into(),
         };
         tokio::spawn(super::super::serve_admin(l, sources, ops, drain));
         let s = |b: Vec<u8>| String::from_utf8(b).unwrap();

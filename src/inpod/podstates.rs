@@ -47,7 +47,8 @@ impl PodStates {
             .clone()
     }
 
-    pub(super) fn publish(&self, pods: BTreeMap<String, PodState>) {
+    /// Replaces every entry (the workload manager, after each change).
+    pub fn publish(&self, pods: BTreeMap<String, PodState>) {
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = pods;
     }
 }
