@@ -21,7 +21,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// prefixed jemalloc that tikv-jemallocator builds.
 #[allow(unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: MallocConf = MallocConf(c"prof:true,prof_active:false,lg_prof_sample:19".as_ptr());
+static MALLOC_CONF: MallocConf =
+    MallocConf(c"prof:true,prof_active:false,lg_prof_sample:19".as_ptr());
 
 /// A C string pointer jemalloc reads as `const char *malloc_conf`.
 #[repr(transparent)]

@@ -16,7 +16,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[allow(unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: MallocConf = MallocConf(c"prof:true,prof_active:false,lg_prof_sample:19".as_ptr());
+static MALLOC_CONF: MallocConf =
+    MallocConf(c"prof:true,prof_active:false,lg_prof_sample:19".as_ptr());
 
 #[repr(transparent)]
 struct MallocConf(*const std::ffi::c_char);
@@ -33,12 +34,23 @@ async fn admin_answers_as_ztunnel_does() {
     let (addr, _log) = start_admin_with_filter(empty_sources(), ZTUNNEL_INITIAL_FILTER).await;
     let recorded = read_data("ztunnel-admin-responses.jsonl");
     let mut checked = 0;
-    for line in recorded.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in recorded
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let want: Value = serde_json::from_str(line).unwrap();
-        let (method, path) = (want["method"].as_str().unwrap(), want["path"].as_str().unwrap());
+        let (method, path) = (
+            want["method"].as_str().unwrap(),
+            want["path"].as_str().unwrap(),
+        );
         let got = request(addr, method, path).await;
         let what = format!("{method} {path}");
-        assert_eq!(u64::from(got.status), want["status"].as_u64().unwrap(), "{what}: {}", got.text());
+        assert_eq!(
+            u64::from(got.status),
+            want["status"].as_u64().unwrap(),
+            "{what}: {}",
+            got.text()
+        );
         match want["body"].as_str().unwrap() {
             "text" => {
                 let text = got.text();
@@ -49,8 +61,11 @@ async fn admin_answers_as_ztunnel_does() {
             "gzip-pprof" => {
                 assert_eq!(&got.body[..2], b"\x1f\x8b", "{what}: gzip magic");
                 let mut raw = Vec::new();
-                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&got.body[..]), &mut raw)
-                    .unwrap();
+                std::io::Read::read_to_end(
+                    &mut flate2::read::GzDecoder::new(&got.body[..]),
+                    &mut raw,
+                )
+                .unwrap();
                 assert_pprof(&raw, &what);
             }
             other => panic!("unknown body kind {other}"),
@@ -66,5 +81,9 @@ fn assert_pprof(body: &[u8], what: &str) {
     let profile = pprof::protos::Profile::parse_from_bytes(body)
         .unwrap_or_else(|e| panic!("{what}: not a pprof profile: {e}"));
     assert!(!profile.sample_type.is_empty(), "{what}: no sample types");
-    assert_eq!(profile.string_table.first().map(String::as_str), Some(""), "{what}");
+    assert_eq!(
+        profile.string_table.first().map(String::as_str),
+        Some(""),
+        "{what}"
+    );
 }

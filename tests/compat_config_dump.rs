@@ -33,10 +33,7 @@ const DELIBERATE: &[(&str, &str)] = &[
          xDS, but not from a local config file (there they only become endpoints); ambit's \
          records do not say where they came from and always list them",
     ),
-    (
-        "+ workloads[].services[] string",
-        "as workloads[].services",
-    ),
+    ("+ workloads[].services[] string", "as workloads[].services"),
     (
         "+ version.stateVersion number",
         "ambit-only: the state version the dump was built from, to tell two dumps apart",
@@ -86,9 +83,18 @@ async fn config_dump_decodes_as_istioctl_reads_it() {
     let mut errors = Vec::new();
     let mut seen = BTreeSet::new();
     schema.check(&dump, "", &mut seen, &mut errors);
-    assert!(errors.is_empty(), "istioctl would not decode:\n{}", errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "istioctl would not decode:\n{}",
+        errors.join("\n")
+    );
     // A string match's variants count once over the four lists that hold string matches.
-    let lists = [".namespaces[]", ".notNamespaces[]", ".principals[]", ".notPrincipals[]"];
+    let lists = [
+        ".namespaces[]",
+        ".notNamespaces[]",
+        ".principals[]",
+        ".notPrincipals[]",
+    ];
     let generic = |p: &str| {
         lists
             .iter()
@@ -101,7 +107,10 @@ async fn config_dump_decodes_as_istioctl_reads_it() {
         .filter(|p| !seen_generic.contains(&generic(p)))
         .filter(|p| !NOT_PRODUCED.iter().any(|(n, _)| n == p))
         .collect();
-    assert!(missing.is_empty(), "istioctl fields never written: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "istioctl fields never written: {missing:?}"
+    );
 
     // The shapes the issue names, with their values.
     let rules = &dump["policies"][0]["rules"];
@@ -110,7 +119,10 @@ async fn config_dump_decodes_as_istioctl_reads_it() {
         "cluster.local/ns/default/sa/client"
     );
     assert_eq!(rules[0][0][0]["namespaces"][0]["Prefix"], "def");
-    assert_eq!(rules[0][1][0]["serviceAccounts"][0]["serviceAccount"], "client");
+    assert_eq!(
+        rules[0][1][0]["serviceAccounts"][0]["serviceAccount"],
+        "client"
+    );
     assert_eq!(
         dump["policies"][1]["rules"][0][0][0]["notNamespaces"][0]["Presence"],
         serde_json::json!([])
@@ -121,8 +133,8 @@ async fn config_dump_decodes_as_istioctl_reads_it() {
     assert_eq!(ep["port"]["80"], 8080);
     assert_eq!(ep["status"], "Healthy");
     assert_eq!(
-        dump["stagedServices"]["default/pending.default.svc.cluster.local"]
-            ["cluster1//v1/Pod/default/local"]["port"]["90"],
+        dump["stagedServices"]["default/pending.default.svc.cluster.local"]["cluster1//v1/Pod/default/local"]
+            ["port"]["90"],
         9090
     );
     let pod = &dump["workloadState"]["pod-uid-1"];
@@ -265,7 +277,10 @@ fn pod_states() -> (PodStates, (ConnectionTracker, Vec<Box<dyn std::any::Any>>))
             },
         ),
     ]));
-    (states, (tracker, vec![Box::new(inbound), Box::new(outbound)]))
+    (
+        states,
+        (tracker, vec![Box::new(inbound), Box::new(outbound)]),
+    )
 }
 
 fn records_update(r: &StaticRecords) -> ambit::state::Update {

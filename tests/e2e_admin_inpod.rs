@@ -97,17 +97,25 @@ async fn workload_state_lists_pods_and_their_live_connections() {
     let app_src = flow.local_addr().unwrap();
 
     let client = wait_pod(&lab, "node-1", "client", |p| {
-        p["connections"]["outbound"].as_array().is_some_and(|a| !a.is_empty())
+        p["connections"]["outbound"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
     })
     .await;
     let out = &client["connections"]["outbound"][0];
     assert_eq!(out["src"], app_src.to_string(), "{client}");
     assert_eq!(out["originalDst"], target.to_string(), "{client}");
-    assert_eq!(out["actualDst"], SocketAddr::from((web2, 15008)).to_string(), "{client}");
+    assert_eq!(
+        out["actualDst"],
+        SocketAddr::from((web2, 15008)).to_string(),
+        "{client}"
+    );
     assert_eq!(out["protocol"], "HBONE", "{client}");
 
     let server = wait_pod(&lab, "node-2", "web-2", |p| {
-        p["connections"]["inbound"].as_array().is_some_and(|a| !a.is_empty())
+        p["connections"]["inbound"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
     })
     .await;
     let inb = &server["connections"]["inbound"][0];
@@ -128,11 +136,15 @@ async fn workload_state_lists_pods_and_their_live_connections() {
     // Closed: gone from both lists.
     drop(flow);
     wait_pod(&lab, "node-1", "client", |p| {
-        p["connections"]["outbound"].as_array().is_some_and(Vec::is_empty)
+        p["connections"]["outbound"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
     })
     .await;
     wait_pod(&lab, "node-2", "web-2", |p| {
-        p["connections"]["inbound"].as_array().is_some_and(Vec::is_empty)
+        p["connections"]["inbound"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
     })
     .await;
 }

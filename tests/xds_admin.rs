@@ -195,7 +195,11 @@ fn decimal_of_hex(hex: &str) -> String {
     while digits.len() > 1 && digits.last() == Some(&0) {
         digits.pop();
     }
-    digits.iter().rev().map(|d| char::from_digit(*d, 10).unwrap()).collect()
+    digits
+        .iter()
+        .rev()
+        .map(|d| char::from_digit(*d, 10).unwrap())
+        .collect()
 }
 
 /// A local address that is not loopback, if this machine has one.

@@ -106,7 +106,10 @@ pub fn config_dump(src: &DumpSources) -> Value {
         None => Arc::default(),
     };
     dump.insert("staticConfig".into(), static_config(&static_records));
-    dump.insert("version".into(), version(&src.istio_version, snap.version()));
+    dump.insert(
+        "version".into(),
+        version(&src.istio_version, snap.version()),
+    );
     dump.insert("config".into(), src.config.clone());
     dump.insert("certificates".into(), json!(certificates));
     if let Some(pods) = &src.workload_state {

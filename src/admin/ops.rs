@@ -86,7 +86,11 @@ fn logging(log: &LogHandle, initial: &str, query: Option<&str>) -> Response<Full
             format!("Invalid level provided: {level}\n{LOGGING_USAGE}"),
         );
     }
-    let base = if reset { initial.to_string() } else { log.current() };
+    let base = if reset {
+        initial.to_string()
+    } else {
+        log.current()
+    };
     let filter = merge_filters(&base, &level);
     if let Err(e) = log.set_filter(&filter) {
         return text(

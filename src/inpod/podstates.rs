@@ -41,10 +41,7 @@ impl PodStates {
     /// Every pod, by uid.
     pub fn snapshot(&self) -> BTreeMap<String, PodState> {
         // A writer that panicked left a whole map behind (it only ever swaps the map).
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Replaces every entry (the workload manager, after each change).

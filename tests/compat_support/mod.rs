@@ -55,12 +55,9 @@ pub async fn start_admin_with_filter(
     sources: DumpSources,
     filter: &str,
 ) -> (SocketAddr, ambit::telemetry::LogHandle) {
-    let (_sub, log) = ambit::telemetry::subscriber(
-        ambit::telemetry::LogFormat::Plain,
-        filter,
-        std::io::sink,
-    )
-    .unwrap();
+    let (_sub, log) =
+        ambit::telemetry::subscriber(ambit::telemetry::LogFormat::Plain, filter, std::io::sink)
+            .unwrap();
     // The filter can only be changed while the subscriber exists; it lives as long as the test.
     std::mem::forget(_sub);
     let (shutdown, _requested) = ambit::lifecycle::shutdown_channel();
@@ -107,7 +104,8 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
             return out;
         };
-        let len = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        let len =
+            usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
         if len == 0 {
             return out;
         }
@@ -213,7 +211,8 @@ pub struct Schema {
 
 impl Schema {
     pub fn load() -> Schema {
-        let doc: Value = serde_json::from_str(&read_data("istioctl-configdump-schema.json")).unwrap();
+        let doc: Value =
+            serde_json::from_str(&read_data("istioctl-configdump-schema.json")).unwrap();
         let fields = doc["fields"]
             .as_array()
             .unwrap()
@@ -234,7 +233,13 @@ impl Schema {
     }
 
     /// Checks every value of `v` whose path istioctl reads; records the paths seen.
-    pub fn check(&self, v: &Value, at: &str, seen: &mut BTreeSet<String>, errors: &mut Vec<String>) {
+    pub fn check(
+        &self,
+        v: &Value,
+        at: &str,
+        seen: &mut BTreeSet<String>,
+        errors: &mut Vec<String>,
+    ) {
         let field = self.fields.get(at);
         if let Some(f) = field {
             seen.insert(at.to_string());
@@ -242,7 +247,9 @@ impl Schema {
                 errors.push(format!("{at}: {e} (got {v})"));
             }
         }
-        let map_of = |f: Option<&Field>| f.is_some_and(|f| f.ty == "object") && self.fields.contains_key(&format!("{at}{{}}"));
+        let map_of = |f: Option<&Field>| {
+            f.is_some_and(|f| f.ty == "object") && self.fields.contains_key(&format!("{at}{{}}"))
+        };
         match v {
             Value::Array(items) => {
                 for i in items {
@@ -251,7 +258,10 @@ impl Schema {
             }
             Value::Object(m) if map_of(field) => {
                 for (k, child) in m {
-                    if let Some(Err(e)) = field.and_then(|f| f.keys.as_deref()).map(|t| number_fits(k, t)) {
+                    if let Some(Err(e)) = field
+                        .and_then(|f| f.keys.as_deref())
+                        .map(|t| number_fits(k, t))
+                    {
                         errors.push(format!("{at}: key {k:?}: {e}"));
                     }
                     self.check(child, &format!("{at}{{}}"), seen, errors);
@@ -259,7 +269,11 @@ impl Schema {
             }
             Value::Object(m) => {
                 for (k, child) in m {
-                    let next = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                    let next = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}.{k}")
+                    };
                     self.check(child, &next, seen, errors);
                 }
             }
@@ -287,7 +301,9 @@ impl Field {
             return Err(format!("not a {}", self.ty));
         }
         match (self.format.as_deref(), v.as_str()) {
-            (Some("decimal"), Some(s)) if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) => {
+            (Some("decimal"), Some(s))
+                if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 Err("not a decimal number".into())
             }
             (Some("rfc3339"), Some(s)) if !rfc3339(s) => Err("not an RFC 3339 time".into()),
@@ -304,15 +320,27 @@ fn number_fits(s: &str, ty: &str) -> Result<(), String> {
         "int" => s.parse::<i64>().is_ok(),
         _ => false,
     };
-    if fits { Ok(()) } else { Err(format!("{s} is not a {ty}")) }
+    if fits {
+        Ok(())
+    } else {
+        Err(format!("{s} is not a {ty}"))
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS`, optional fraction, then `Z` or `±HH:MM` (what Go's time.RFC3339
 /// layout parses).
 fn rfc3339(s: &str) -> bool {
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
-    if b.len() < 20 || !(digits(0..4) && digits(5..7) && digits(8..10) && digits(11..13) && digits(14..16) && digits(17..19)) {
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    if b.len() < 20
+        || !(digits(0..4)
+            && digits(5..7)
+            && digits(8..10)
+            && digits(11..13)
+            && digits(14..16)
+            && digits(17..19))
+    {
         return false;
     }
     if (b[4], b[7], b[10], b[13], b[16]) != (b'-', b'-', b'T', b':', b':') {
@@ -335,8 +363,9 @@ fn rfc3339(s: &str) -> bool {
 /// Standard base64 whose text starts like a PEM block.
 fn base64_of_pem(s: &str) -> bool {
     // base64("-----BEGIN ") with the alphabet and padding checked over the whole string.
-    s.len() % 4 == 0
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
+    s.len().is_multiple_of(4)
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
         && s.starts_with("LS0tLS1CRUdJTi")
 }
 
@@ -363,7 +392,9 @@ pub fn fixture_records() -> StaticRecords {
         subzone: "s1".into(),
     };
     local.authorization_policies = vec!["default/allow-client".into()];
-    local.services.insert(echo.clone(), BTreeMap::from([(80, 8080)]));
+    local
+        .services
+        .insert(echo.clone(), BTreeMap::from([(80, 8080)]));
     local.services.insert(
         "default/pending.default.svc.cluster.local".into(),
         BTreeMap::from([(90, 9090)]),
@@ -432,7 +463,9 @@ pub fn fixture_records() -> StaticRecords {
             clauses: vec![
                 Clause {
                     matches: vec![Match {
-                        principals: vec![StringMatch::Exact("cluster.local/ns/default/sa/client".into())],
+                        principals: vec![StringMatch::Exact(
+                            "cluster.local/ns/default/sa/client".into(),
+                        )],
                         namespaces: vec![StringMatch::Prefix("def".into())],
                         not_principals: vec![StringMatch::Suffix("/sa/blocked".into())],
                         source_ips: vec![net("10.0.0.0/8")],
