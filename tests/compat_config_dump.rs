@@ -306,3 +306,43 @@ fn records_update(r: &StaticRecords) -> ambit::state::Update {
         removals: Vec::new(),
     }
 }
+
+/// `staticConfig` reads the local config file again for each dump, as ztunnel does, so a
+/// rewritten file shows; a file that no longer parses shows as empty lists.
+#[tokio::test]
+async fn static_config_follows_the_file() {
+    let dir = std::env::temp_dir().join(format!("ambit-static-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("local.yaml");
+    let workload = |uid: &str| {
+        format!(
+            "workloads:\n- uid: {uid}\n  name: one\n  namespace: default\n  serviceAccount: sa\n  \
+             workloadIps: [\"10.0.0.1\"]\n  services:\n    \"default/a.default.svc\":\n      80: 8080\n"
+        )
+    };
+    std::fs::write(&file, workload("first")).unwrap();
+    let mut sources = compat_support::empty_sources();
+    sources.static_config = Some(StaticConfig::File(file.clone()));
+    let (addr, _log) = start_admin(sources).await;
+    let dump = |addr| async move {
+        let a = request(addr, "GET", "/config_dump").await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        serde_json::from_str::<Value>(&a.text()).unwrap()["staticConfig"].clone()
+    };
+
+    let st = dump(addr).await;
+    assert_eq!(st["workloads"][0]["uid"], "first", "{st}");
+    assert_eq!(st["workloads"][0]["services"]["default/a.default.svc"]["80"], 8080, "{st}");
+    assert_eq!(st["policies"], serde_json::json!([]));
+    assert_eq!(st["services"], serde_json::json!([]));
+
+    std::fs::write(&file, workload("second")).unwrap();
+    assert_eq!(dump(addr).await["workloads"][0]["uid"], "second");
+
+    std::fs::write(&file, "workloads: [").unwrap();
+    assert_eq!(
+        dump(addr).await,
+        serde_json::json!({"workloads": [], "policies": [], "services": []})
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
