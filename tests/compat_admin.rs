@@ -58,6 +58,10 @@ async fn admin_answers_as_ztunnel_does() {
                 assert_eq!(first, want["first_line"].as_str().unwrap(), "{what}");
             }
             "pprof" => assert_pprof(&got.body, &what),
+            "json" => {
+                let v: Value = serde_json::from_slice(&got.body).unwrap();
+                assert!(v.is_object(), "{what}");
+            }
             "gzip-pprof" => {
                 assert_eq!(&got.body[..2], b"\x1f\x8b", "{what}: gzip magic");
                 let mut raw = Vec::new();

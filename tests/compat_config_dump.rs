@@ -332,7 +332,10 @@ async fn static_config_follows_the_file() {
 
     let st = dump(addr).await;
     assert_eq!(st["workloads"][0]["uid"], "first", "{st}");
-    assert_eq!(st["workloads"][0]["services"]["default/a.default.svc"]["80"], 8080, "{st}");
+    assert_eq!(
+        st["workloads"][0]["services"]["default/a.default.svc"]["80"], 8080,
+        "{st}"
+    );
     assert_eq!(st["policies"], serde_json::json!([]));
     assert_eq!(st["services"], serde_json::json!([]));
 

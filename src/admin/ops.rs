@@ -51,9 +51,10 @@ pub async fn route<B>(ops: &AdminOps, req: &Request<B>) -> Option<Response<Full<
                 info!("shutdown requested through /quitquitquit");
             }
             ops.shutdown.drained().await;
-            text(StatusCode::OK, "drained\n".into())
+            // ztunnel's words: scripts wait for this answer.
+            text(StatusCode::OK, "shutdown now\n".into())
         }
-        "/quitquitquit" => text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n".into()),
+        "/quitquitquit" => text(StatusCode::METHOD_NOT_ALLOWED, String::new()),
         _ => return None,
     })
 }
@@ -256,7 +257,7 @@ mod tests {
             .unwrap()
             .unwrap());
         assert!(
-            resp.starts_with("HTTP/1.1 200") && resp.ends_with("drained\n"),
+            resp.starts_with("HTTP/1.1 200") && resp.ends_with("shutdown now\n"),
             "{resp}"
         );
     }

@@ -432,7 +432,8 @@ pub(super) fn state(snap: &Snapshot) -> StateDump<'_> {
     let mut workloads: Vec<&Workload> = snap.workloads().map(AsRef::as_ref).collect();
     workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
     let mut services: Vec<&Service> = snap.services().map(AsRef::as_ref).collect();
-    services.sort_by(|a, b| (&a.namespace, &a.hostname).cmp(&(&b.namespace, &b.hostname)));
+    // By host name first, as ztunnel orders them.
+    services.sort_by(|a, b| (&a.hostname, &a.namespace).cmp(&(&b.hostname, &b.namespace)));
     let mut policies: Vec<&Authorization> = snap.policies().map(AsRef::as_ref).collect();
     policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut staged: BTreeMap<&str, BTreeMap<&str, EndpointDump<'_>>> = BTreeMap::new();
