@@ -15,6 +15,23 @@ use ambit::telemetry;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's start-up options (read once, before the first allocation): heap profiling built in
+/// but inactive until `/debug/pprof/heap/profiling?activate=true`, then one sample per 512 KiB
+/// allocated (`lg_prof_sample:19`), as ztunnel. The symbol carries the `_rjem_` prefix of the
+/// prefixed jemalloc that tikv-jemallocator builds.
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: MallocConf =
+    MallocConf(c"prof:true,prof_active:false,lg_prof_sample:19".as_ptr());
+
+/// A C string pointer jemalloc reads as `const char *malloc_conf`.
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to a static, immutable C string literal.
+#[allow(unsafe_code)]
+unsafe impl Sync for MallocConf {}
+
 fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(c) => c,

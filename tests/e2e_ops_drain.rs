@@ -254,7 +254,7 @@ async fn quitquitquit_drains_the_inbound_side_and_answers_when_done() {
     };
     let ((out, answered_after), ()) = tokio::join!(quit, checks);
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "drained\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "shutdown now\n");
     // The answer came once the drain was over: after the long flow's deadline.
     assert!(answered_after >= DEADLINE, "{answered_after:?}");
     wait_exit_0(&mut mesh.server_ambit).await;

@@ -117,6 +117,8 @@ async fn config_dump_lists_what_the_control_plane_sent() {
             certificates: Some(secrets.clone()),
             config: serde_json::json!({"proxyMode": "shared"}),
             static_config: None,
+            workload_state: None,
+            istio_version: "unknown".into(),
         },
         admin_ops(),
         drain,
@@ -142,7 +144,7 @@ async fn config_dump_lists_what_the_control_plane_sent() {
     assert_eq!(dump["policies"][0]["name"], "deny-all");
     assert_eq!(dump["policies"][0]["action"], "Deny");
     assert_eq!(
-        dump["stagedServices"]["default/db.default.svc.cluster.local"][0],
+        dump["stagedServices"]["default/db.default.svc.cluster.local"]["w1"]["workloadUid"],
         "w1"
     );
     assert_eq!(dump["config"]["proxyMode"], "shared");
@@ -150,7 +152,11 @@ async fn config_dump_lists_what_the_control_plane_sent() {
     let c = &dump["certificates"][0];
     assert_eq!(c["identity"], id.to_string());
     assert_eq!(c["state"], "Available");
-    assert_eq!(c["certChain"][0]["serialNumber"], cert.serial_hex());
+    // Decimal, as ztunnel writes it (istioctl parses it in base 10).
+    assert_eq!(
+        c["certChain"][0]["serialNumber"],
+        decimal_of_hex(&cert.serial_hex())
+    );
     // base64 of "-----BEGIN CERTIFICATE-----".
     assert!(
         c["certChain"][0]["pem"]
@@ -168,6 +174,32 @@ async fn config_dump_lists_what_the_control_plane_sent() {
     );
 
     assert!(get(admin, "/nope").await.starts_with("HTTP/1.1 404"));
+}
+
+/// A hex number in decimal, any length (serials run to 20 bytes).
+fn decimal_of_hex(hex: &str) -> String {
+    // Little-endian base-10 digits, multiplied by 16 and added to, one hex digit at a time.
+    let mut digits: Vec<u32> = vec![0];
+    for h in hex.chars() {
+        let mut carry = h.to_digit(16).unwrap();
+        for d in digits.iter_mut() {
+            let v = *d * 16 + carry;
+            *d = v % 10;
+            carry = v / 10;
+        }
+        while carry > 0 {
+            digits.push(carry % 10);
+            carry /= 10;
+        }
+    }
+    while digits.len() > 1 && digits.last() == Some(&0) {
+        digits.pop();
+    }
+    digits
+        .iter()
+        .rev()
+        .map(|d| char::from_digit(*d, 10).unwrap())
+        .collect()
 }
 
 /// A local address that is not loopback, if this machine has one.
@@ -197,6 +229,8 @@ async fn the_admin_port_answers_only_on_loopback() {
             certificates: None,
             config: serde_json::Value::Null,
             static_config: None,
+            workload_state: None,
+            istio_version: "unknown".into(),
         },
         admin_ops(),
         drain,

@@ -1,20 +1,28 @@
 //! `GET /config_dump`: everything this proxy was told and holds, as JSON in ztunnel's shape
 //! (wire.md §4): `workloads`, `services`, `policies`, `stagedServices`, `staticConfig`,
-//! `version`, `config`, `certificates`.
+//! `version`, `config`, `certificates`, and in shared mode `workloadState`. The shapes are the
+//! ones `istioctl ztunnel-config` decodes (`records`, `pods`); `tests/compat_config_dump.rs`
+//! checks them against istioctl's structs and against real ztunnel's output.
 //!
 //! Invariants: built from a single state snapshot, so the lists are mutually consistent; lists
 //! are in key order so two dumps of the same state are byte-identical; reading it never changes
 //! anything (certificates are read, never fetched). Private keys are never included.
 
-use std::collections::BTreeMap;
+mod pods;
+mod records;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 use serde_json::{Value, json};
+use tracing::warn;
 
 use crate::identity::{CertificateState, SecretManager};
-use crate::state::StateView;
+use crate::inpod::PodStates;
+use crate::rbac::Authorization;
+use crate::state::{Service, StateView, Workload};
 
 /// What the dump reads. The config arrives already serialized: `admin` sits beside `config`
 /// and may not import it.
@@ -24,8 +32,29 @@ pub struct DumpSources {
     pub certificates: Option<Arc<SecretManager>>,
     /// The process configuration, serialized (camelCase).
     pub config: Value,
-    /// The local config YAML, when one was loaded.
-    pub static_config: Option<String>,
+    /// The local config, when one was loaded (`staticConfig`).
+    pub static_config: Option<StaticConfig>,
+    /// The pods' proxies, in shared (in-pod) mode (`workloadState`).
+    pub workload_state: Option<PodStates>,
+    /// `ISTIO_META_ISTIO_VERSION`, or `unknown` (`version.istioVersion`).
+    pub istio_version: String,
+}
+
+/// Where `staticConfig` comes from.
+#[derive(Clone)]
+pub enum StaticConfig {
+    /// A local config file, read again for every dump (it may have been rewritten since).
+    File(PathBuf),
+    /// Records parsed once (an inline config).
+    Records(Arc<StaticRecords>),
+}
+
+/// The records of a local config.
+#[derive(Clone, Debug, Default)]
+pub struct StaticRecords {
+    pub workloads: Vec<Workload>,
+    pub services: Vec<Service>,
+    pub policies: Vec<Authorization>,
 }
 
 #[derive(Serialize)]
@@ -42,6 +71,7 @@ struct CertDump {
 struct CertEntry {
     /// Base64 of the PEM text, as ztunnel shows it.
     pem: String,
+    /// In decimal, as ztunnel shows it.
     serial_number: String,
     valid_from: String,
     expiration_time: String,
@@ -50,46 +80,62 @@ struct CertEntry {
 /// The whole dump.
 pub fn config_dump(src: &DumpSources) -> Value {
     let snap = src.state.snapshot();
-    let mut state = serde_json::to_value(&*snap).unwrap_or(Value::Null);
-    // Services that workloads name but the control plane has not sent yet: key → workload uids.
-    let mut staged: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for w in snap.workloads() {
-        for key in w.services.keys() {
-            let (ns, host) = key.split_once('/').unwrap_or(("", key));
-            if snap.service_by_host(ns, host).is_none() {
-                staged.entry(key.clone()).or_default().push(w.uid.clone());
-            }
-        }
-    }
-    for uids in staged.values_mut() {
-        uids.sort();
-    }
+    let mut dump = match serde_json::to_value(records::state(&snap)) {
+        Ok(Value::Object(m)) => m,
+        // Every field serializes to JSON (strings, numbers, maps with integer or string keys).
+        _ => serde_json::Map::new(),
+    };
     let certificates: Vec<CertDump> = src
         .certificates
         .as_ref()
         .map(|m| certificates(m))
         .unwrap_or_default();
-    let obj = state.as_object_mut();
+    let static_records = match &src.static_config {
+        Some(StaticConfig::File(path)) => match crate::xds::local::load_file(path) {
+            Ok(lc) => Arc::new(StaticRecords {
+                workloads: lc.workloads,
+                services: lc.services,
+                policies: lc.policies,
+            }),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "local config for /config_dump");
+                Arc::default()
+            }
+        },
+        Some(StaticConfig::Records(r)) => r.clone(),
+        None => Arc::default(),
+    };
+    dump.insert("staticConfig".into(), static_config(&static_records));
+    dump.insert(
+        "version".into(),
+        version(&src.istio_version, snap.version()),
+    );
+    dump.insert("config".into(), src.config.clone());
+    dump.insert("certificates".into(), json!(certificates));
+    if let Some(pods) = &src.workload_state {
+        dump.insert("workloadState".into(), pods::workload_state(pods));
+    }
+    Value::Object(dump)
+}
+
+/// `{workloads, policies, services}` as the local config declares them.
+fn static_config(r: &StaticRecords) -> Value {
+    let none: &[Arc<Workload>] = &[];
     json!({
-        "workloads": obj.as_ref().and_then(|o| o.get("workloads")).cloned().unwrap_or(json!([])),
-        "services": obj.as_ref().and_then(|o| o.get("services")).cloned().unwrap_or(json!([])),
-        "policies": obj.as_ref().and_then(|o| o.get("policies")).cloned().unwrap_or(json!([])),
-        "stagedServices": staged,
-        "staticConfig": src.static_config,
-        "version": version(snap.version()),
-        "config": src.config,
-        "certificates": certificates,
+        "workloads": r.workloads.iter().map(records::local_workload).collect::<Vec<_>>(),
+        "policies": r.policies.iter().map(records::policy).collect::<Vec<_>>(),
+        "services": r.services.iter().map(|s| records::service(s, none)).collect::<Vec<_>>(),
     })
 }
 
-fn version(state_version: u64) -> Value {
+fn version(istio_version: &str, state_version: u64) -> Value {
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "gitRevision": option_env!("AMBIT_GIT_REVISION").unwrap_or("unknown"),
         "rustVersion": option_env!("CARGO_PKG_RUST_VERSION").unwrap_or("unknown"),
         "buildProfile": if cfg!(debug_assertions) { "debug" } else { "release" },
         "buildStatus": "unknown",
-        "istioVersion": "unknown",
+        "istioVersion": istio_version,
         "cryptoProvider": "aws-lc-rs",
         "stateVersion": state_version,
     })
@@ -127,7 +173,7 @@ fn cert_entry(der: &CertificateDer<'_>) -> CertEntry {
     let (serial_number, valid_from, expiration_time) =
         match x509_parser::parse_x509_certificate(der) {
             Ok((_, c)) => (
-                c.tbs_certificate.raw_serial_as_string().replace(':', ""),
+                c.tbs_certificate.serial.to_string(),
                 rfc3339(c.validity().not_before.timestamp()),
                 rfc3339(c.validity().not_after.timestamp()),
             ),

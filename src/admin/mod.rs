@@ -25,9 +25,10 @@ use crate::lifecycle::{DrainWatcher, Readiness};
 use crate::metrics::Metrics;
 
 pub mod ops;
+mod pprof;
 mod scrape;
 
-pub use config_dump::{DumpSources, config_dump};
+pub use config_dump::{DumpSources, StaticConfig, StaticRecords, config_dump};
 pub use ops::AdminOps;
 
 /// Why a server could not start.
@@ -56,8 +57,8 @@ pub async fn bind_admin(addr: SocketAddr) -> Result<TcpListener, BindError> {
     bind("admin", addr).await
 }
 
-/// `GET /` (the endpoint list), `POST /logging`, `POST /quitquitquit` (see [`ops`]) and
-/// `GET /config_dump` (JSON). `drain` must outlive the proxies' drain: `/quitquitquit` answers
+/// `GET /` (the endpoint list), `POST /logging`, `POST /quitquitquit` (see [`ops`]),
+/// `/config_dump` (JSON) and the profiles ([`pprof`]). `drain` must outlive the proxies' drain: `/quitquitquit` answers
 /// once that drain is over.
 pub async fn serve_admin(
     listener: TcpListener,
@@ -73,10 +74,11 @@ pub async fn serve_admin(
             if let Some(resp) = ops::route(ops, &req).await {
                 return resp;
             }
-            if req.method() != Method::GET {
-                return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
-            }
+            // Any method, as ztunnel.
             match req.uri().path() {
+                "/debug/pprof/profile" => pprof::cpu_profile(req.uri().query()).await,
+                "/debug/pprof/heap" => pprof::heap_profile().await,
+                "/debug/pprof/heap/profiling" => pprof::heap_toggle(req.uri().query()).await,
                 "/config_dump" => {
                     let body = serde_json::to_string_pretty(&config_dump(sources))
                         .unwrap_or_else(|e| format!("{{\"error\": {:?}}}", e.to_string()));
@@ -87,7 +89,8 @@ pub async fn serve_admin(
                     );
                     resp
                 }
-                _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+                // An empty 404, as ztunnel.
+                _ => text(StatusCode::NOT_FOUND, String::new()),
             }
         }
     })

@@ -4,10 +4,14 @@
 //! Invariant: the admin server listens on loopback only (`admin::bind_admin` refuses anything
 //! else), since it can stop the process and change what it logs.
 
+use std::collections::HashMap;
+use std::str::FromStr;
+
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tracing::info;
+use tracing_subscriber::filter::Targets;
 
 use super::text;
 use crate::lifecycle::ShutdownHandle;
@@ -23,10 +27,13 @@ pub struct AdminOps {
 }
 
 const INDEX: &str = "ambit admin\n\
-  /                 this list\n\
-  /config_dump      workloads, services, policies, certificates, version, config (JSON)\n\
-  /logging          POST: list the log filter; ?level=<filter> sets it (e.g. info or access=debug,warn); ?reset restores the initial one\n\
-  /quitquitquit     POST: drain (readiness false, stop accepting, deadline); answers once drained, then exit 0\n";
+  /                            this list\n\
+  /config_dump                 workloads, services, policies, certificates, pods (shared mode), version, config (JSON)\n\
+  /logging                     POST: list the log filter; ?level=<level> or ?level=<target>=<level>,... adds to it; ?reset restores the initial one\n\
+  /quitquitquit                POST: drain (readiness false, stop accepting, deadline); answers once drained, then exit 0\n\
+  /debug/pprof/profile         CPU profile (pprof); ?seconds=1-300 (10), ?frequency=1-1000 Hz (100)\n\
+  /debug/pprof/heap            heap profile (gzipped pprof) of what was allocated while heap profiling was active\n\
+  /debug/pprof/heap/profiling  ?activate=true|false turns heap profiling on or off; without, tells whether it is on\n";
 
 /// Answers `/`, `/logging` and `/quitquitquit`; `None` for any other path. `/quitquitquit`
 /// answers only once the drain it started is over (the admin server outlives that drain).
@@ -35,52 +42,116 @@ pub async fn route<B>(ops: &AdminOps, req: &Request<B>) -> Option<Response<Full<
     Some(match req.uri().path() {
         "/" if req.method() == Method::GET => text(StatusCode::OK, INDEX.into()),
         "/logging" if post => logging(&ops.log, &ops.initial_filter, req.uri().query()),
+        "/logging" => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("Invalid HTTP method\n{LOGGING_USAGE}"),
+        ),
         "/quitquitquit" if post => {
             if ops.shutdown.request() {
                 info!("shutdown requested through /quitquitquit");
             }
             ops.shutdown.drained().await;
-            text(StatusCode::OK, "drained\n".into())
+            // ztunnel's words: scripts wait for this answer.
+            text(StatusCode::OK, "shutdown now\n".into())
         }
-        "/logging" | "/quitquitquit" => text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n".into()),
+        "/quitquitquit" => text(StatusCode::METHOD_NOT_ALLOWED, String::new()),
         _ => return None,
     })
 }
 
-/// `POST /logging`: no query lists the filter; `level=<filter>` replaces it (a bare level like
-/// `debug`, or directives like `access=info,ambit::proxy=debug`); `reset` restores the initial
-/// filter. A rejected filter leaves the current one in force and answers 400.
+/// How `/logging` is used; follows every error and the answer to any method but POST.
+const LOGGING_USAGE: &str = "\
+usage: POST /logging                          list the log filter
+       POST /logging?level=<level>            add a default level (error, warn, info, debug, trace, off)
+       POST /logging?level=<target>=<level>,...  add levels for targets, e.g. ambit::proxy=debug
+       POST /logging?reset[&level=...]        back to the filter the process started with (plus level)
+";
+
+/// `POST /logging`, as ztunnel answers it: no `level` (or an empty one) and no `reset` lists
+/// the filter and changes nothing; `level=<directives>` adds the directives to the filter in
+/// force (a later directive for the same target replaces the earlier one); `reset` starts
+/// again from the initial filter (plus `level`, if any). Every answer that succeeds is the
+/// listing. Each comma-separated directive must be a bare lowercase level or `target=level`;
+/// anything else is refused with 400 and leaves the filter as it was. Unknown parameters are
+/// ignored.
 fn logging(log: &LogHandle, initial: &str, query: Option<&str>) -> Response<Full<Bytes>> {
-    let mut level = None;
-    let mut reset = false;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "level" => level = Some(percent_decode(v)),
-            "reset" => reset = true,
-            other => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown parameter {other:?}: use level=<filter> or reset\n"),
-                );
-            }
-        }
+    let params = query_params(query);
+    let level = params.get("level").cloned().unwrap_or_default();
+    let reset = params.contains_key("reset");
+    if !reset && level.is_empty() {
+        return list_filter(log);
     }
-    let wanted = match (reset, level) {
-        (true, _) => Some(initial.to_string()),
-        (false, Some(l)) => Some(l),
-        (false, None) => None,
+    if !level.is_empty() && !valid_levels(&level) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("Invalid level provided: {level}\n{LOGGING_USAGE}"),
+        );
+    }
+    let base = if reset {
+        initial.to_string()
+    } else {
+        log.current()
     };
-    if let Some(filter) = wanted {
-        if let Err(e) = log.set_filter(&filter) {
-            return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
-        }
-        info!(filter = %filter, "log filter changed");
+    let filter = merge_filters(&base, &level);
+    if let Err(e) = log.set_filter(&filter) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("Failed to set new level: {e}\n{LOGGING_USAGE}"),
+        );
     }
+    info!(filter = %filter, "log filter changed");
+    list_filter(log)
+}
+
+fn list_filter(log: &LogHandle) -> Response<Full<Bytes>> {
     text(
         StatusCode::OK,
-        format!("current log level is {}\n", log.current()),
+        format!("current log level is {}\n", normalized(&log.current())),
     )
+}
+
+/// Each comma-separated directive is a bare level or a `target=level` that parses; a bare
+/// target (which would mean "everything at trace") is refused.
+fn valid_levels(level: &str) -> bool {
+    level.split(',').all(|d| match d {
+        "off" | "error" | "warn" | "info" | "debug" | "trace" => true,
+        d if d.contains('=') => Targets::from_str(d).is_ok(),
+        _ => false,
+    })
+}
+
+/// `base` with `extra` appended, written the way the tracing filter prints it: one directive
+/// per target, the most specific first.
+fn merge_filters(base: &str, extra: &str) -> String {
+    let joined = match (base.is_empty(), extra.is_empty()) {
+        (_, true) => base.to_string(),
+        (true, false) => extra.to_string(),
+        (false, false) => format!("{base},{extra}"),
+    };
+    normalized(&joined)
+}
+
+/// A filter in its canonical form; one that is not a plain target list (span or field
+/// filters) stays as written.
+fn normalized(filter: &str) -> String {
+    match Targets::from_str(filter) {
+        Ok(t) => t.to_string(),
+        Err(_) => filter.to_string(),
+    }
+}
+
+/// A query string's parameters (`application/x-www-form-urlencoded`); for a repeated name the
+/// last value wins, a name without `=` has the empty value.
+pub(super) fn query_params(query: Option<&str>) -> HashMap<String, String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
 }
 
 /// Decodes `%XX` escapes and `+` (query strings from curl and browsers).
@@ -150,6 +221,8 @@ mod tests {
             certificates: None,
             config: serde_json::Value::Null,
             static_config: None,
+            workload_state: None,
+            istio_version: "unknown".into(),
         };
         tokio::spawn(super::super::serve_admin(l, sources, ops, drain));
         let s = |b: Vec<u8>| String::from_utf8(b).unwrap();
@@ -184,7 +257,7 @@ mod tests {
             .unwrap()
             .unwrap());
         assert!(
-            resp.starts_with("HTTP/1.1 200") && resp.ends_with("drained\n"),
+            resp.starts_with("HTTP/1.1 200") && resp.ends_with("shutdown now\n"),
             "{resp}"
         );
     }

@@ -40,7 +40,19 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
         Some(LocalConfigSource::Inline(text)) => Some(xds::local::parse(text, "LOCAL_XDS")?),
         None => None,
     };
-    let static_config = local_config.as_ref().map(|lc| lc.source.clone());
+    let static_config = match (&config.local_config, &local_config) {
+        (Some(LocalConfigSource::File(path)), _) => {
+            Some(crate::admin::StaticConfig::File(path.clone()))
+        }
+        (_, Some(lc)) => Some(crate::admin::StaticConfig::Records(Arc::new(
+            crate::admin::StaticRecords {
+                workloads: lc.workloads.clone(),
+                services: lc.services.clone(),
+                policies: lc.policies.clone(),
+            },
+        ))),
+        _ => None,
+    };
     match local_config {
         Some(lc) => {
             writer.apply(lc.into_update());
@@ -127,11 +139,15 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
             xds_client,
         )
     };
-    let dump_sources = crate::admin::DumpSources {
+    let mut dump_sources = crate::admin::DumpSources {
         state: view.clone(),
         certificates: Some(secrets.clone()),
         config: serde_json::to_value(&config).unwrap_or_default(),
         static_config,
+        workload_state: None,
+        // Shown as ztunnel shows it (`version.istioVersion`).
+        istio_version: std::env::var("ISTIO_META_ISTIO_VERSION")
+            .unwrap_or_else(|_| "unknown".to_string()),
     };
     let certs: Arc<dyn CertProvider> = secrets.clone();
 
@@ -228,6 +244,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                 data: data.handle().clone(),
                 host,
             });
+            dump_sources.workload_state = Some(manager.pod_states());
             (None, None, Some(manager))
         }
         (None, None) => bail!("shared mode without the host network namespace"),

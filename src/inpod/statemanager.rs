@@ -312,6 +312,13 @@ impl<N: Clone + PartialEq> StateManager<N> {
         self.pods.values().map(|p| &p.info)
     }
 
+    /// Every pod that should have a proxy: uid, workload info, and whether its proxy runs.
+    pub fn pods(&self) -> impl Iterator<Item = (&str, &WorkloadInfo, bool)> {
+        self.pods
+            .iter()
+            .map(|(uid, p)| (uid.as_str(), &p.info, p.status == Status::Running))
+    }
+
     /// Ready: a snapshot was processed once, and no pod is pending.
     pub fn is_ready(&self) -> bool {
         self.snapshot_ever && self.pending_count() == 0

@@ -28,13 +28,14 @@ use tracing::{debug, info, warn};
 use crate::core::Identity;
 use crate::lifecycle::{self, BlockReady, DrainTrigger, DrainWatcher, Readiness};
 use crate::metrics::{ProxyMetrics, WorkloadManagerMetrics};
-use crate::proxy::{LocalWorkload, Proxy, ProxyConfig, ProxyInputs};
+use crate::proxy::{ConnectionTracker, LocalWorkload, Proxy, ProxyConfig, ProxyInputs};
 use crate::state::StateView;
 use crate::tls::CertProvider;
 
 use super::certs::{CertificateSource, PodCertificates};
 use super::extras::PodExtras;
 use super::netns::{HostNetns, InpodSocketFactory, PodNetns};
+use super::podstates::{PodPhase, PodState, PodStates};
 use super::protocol::{self, Packet, ProtocolError, ZdsConnection};
 use super::statemanager::{Next, Reply, Request, Start, StateManager, Violation, WorkloadInfo};
 
@@ -105,12 +106,16 @@ pub struct WorkloadManager {
     readiness: Readiness,
     data: Handle,
     host: Arc<HostNetns>,
+    /// What `/config_dump` shows of the pods.
+    published: PodStates,
 }
 
 /// A running pod proxy.
 struct PodProxy {
     trigger: DrainTrigger,
     task: JoinHandle<()>,
+    /// Its live connections.
+    connections: ConnectionTracker,
 }
 
 /// Why a connection to the node agent ended.
@@ -152,7 +157,13 @@ impl WorkloadManager {
             readiness,
             data,
             host,
+            published: PodStates::default(),
         }
+    }
+
+    /// The pods' states as they change (`workloadState` in `/config_dump`).
+    pub fn pod_states(&self) -> PodStates {
+        self.published.clone()
     }
 
     /// Runs until `drain` starts, then drains every pod's proxy (gracefully, with the deadline).
@@ -377,10 +388,15 @@ impl WorkloadManager {
             .map_err(|e| format!("bind task: {e}"))?
             .map_err(|e| e.to_string())?;
         let (trigger, watcher) = lifecycle::drain_channel();
+        let connections = proxy.tracker().clone();
         let task = self.data.spawn(async move {
             tokio::join!(proxy.run(watcher.clone()), extras.run(watcher));
         });
-        Ok(PodProxy { trigger, task })
+        Ok(PodProxy {
+            trigger,
+            task,
+            connections,
+        })
     }
 
     /// Publishes gauges and readiness from the state machine, and prefetches (or forgets) the
@@ -400,6 +416,25 @@ impl WorkloadManager {
             })
             .collect();
         pods.certs.sync(&identities);
+        self.published.publish(
+            pods.sm
+                .pods()
+                .map(|(uid, info, running)| {
+                    let connections = pods.proxies.get(uid).map(|p| p.connections.clone());
+                    let phase = if running && connections.is_some() {
+                        PodPhase::Up
+                    } else {
+                        PodPhase::Pending
+                    };
+                    let state = PodState {
+                        info: info.clone(),
+                        phase,
+                        connections,
+                    };
+                    (uid.to_string(), state)
+                })
+                .collect(),
+        );
         self.metrics
             .active_proxies
             .set(pods.sm.active_count() as i64);

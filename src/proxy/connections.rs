@@ -6,6 +6,10 @@
 //! and tells the ones now denied to close, through a one-shot channel the connection task
 //! `select!`s on; the task then logs and counts the closure.
 //!
+//! Outbound connections register too ([`ConnectionTracker::track_outbound`]), only so that
+//! `/config_dump` can list them ([`ConnectionTracker::inbound`], [`ConnectionTracker::outbound`]:
+//! read-only copies); policy changes never close them.
+//!
 //! Invariants: the registry lock is a plain mutex held only for map operations and pure policy
 //! evaluation, never across `.await`; a connection is told to close at most once; registering
 //! before the first check means a state change can never slip between a connection's first
@@ -37,6 +41,43 @@ pub struct ConnectionTracker {
 struct Registry {
     next_id: u64,
     conns: HashMap<u64, Tracked>,
+    outbound: HashMap<u64, LiveOutbound>,
+}
+
+/// A live inbound connection, as `/config_dump` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LiveInbound {
+    pub src: SocketAddr,
+    /// Where the connection was delivered (the app's address).
+    pub dst: SocketAddr,
+    /// Whether it arrived over mutual TLS (HBONE) rather than plaintext.
+    pub mtls: bool,
+}
+
+/// How an outbound connection leaves the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OutboundProtocol {
+    Tcp,
+    Hbone,
+    /// HBONE inside HBONE, through a remote network's gateway.
+    DoubleHbone,
+}
+
+/// A live outbound connection, as `/config_dump` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LiveOutbound {
+    pub src: SocketAddr,
+    /// Where the app was connecting.
+    pub original_dst: SocketAddr,
+    /// Where the proxy connected: the endpoint (TCP), its proxy or the gateway (HBONE).
+    pub actual_dst: SocketAddr,
+    pub protocol: OutboundProtocol,
+}
+
+/// An outbound connection's entry in the registry; dropping it removes the entry.
+pub struct OutboundRegistration {
+    id: u64,
+    tracker: ConnectionTracker,
 }
 
 /// What a connection was authorized on, kept to authorize it again.
@@ -85,7 +126,42 @@ impl ConnectionTracker {
         }
     }
 
-    /// How many connections are tracked.
+    /// Lists an outbound connection until the returned registration is dropped.
+    pub fn track_outbound(&self, conn: LiveOutbound) -> OutboundRegistration {
+        let mut reg = self.lock();
+        let id = reg.next_id;
+        reg.next_id += 1;
+        reg.outbound.insert(id, conn);
+        OutboundRegistration {
+            id,
+            tracker: self.clone(),
+        }
+    }
+
+    /// The live inbound connections, sorted (a copy: the registry is not held).
+    pub fn inbound(&self) -> Vec<LiveInbound> {
+        let mut out: Vec<LiveInbound> = self
+            .lock()
+            .conns
+            .values()
+            .map(|t| LiveInbound {
+                src: t.src,
+                dst: t.dst,
+                mtls: t.identity.is_some(),
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The live outbound connections, sorted (a copy).
+    pub fn outbound(&self) -> Vec<LiveOutbound> {
+        let mut out: Vec<LiveOutbound> = self.lock().outbound.values().cloned().collect();
+        out.sort();
+        out
+    }
+
+    /// How many inbound connections are tracked.
     pub fn len(&self) -> usize {
         self.lock().conns.len()
     }
@@ -145,6 +221,12 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.tracker.lock().conns.remove(&self.id);
+    }
+}
+
+impl Drop for OutboundRegistration {
+    fn drop(&mut self) {
+        self.tracker.lock().outbound.remove(&self.id);
     }
 }
 

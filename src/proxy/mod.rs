@@ -37,7 +37,7 @@ use crate::quic::QuicPool;
 use crate::state::{StateView, Workload};
 use crate::tls::CertProvider;
 
-pub use connections::ConnectionTracker;
+pub use connections::{ConnectionTracker, LiveInbound, LiveOutbound, OutboundProtocol};
 pub use outlier::{OutlierConfig, Outliers};
 pub use socket::{Keepalive, SocketOptions};
 pub use socks5::{HostResolver, ResolveFuture, Socks5, SystemResolver};
@@ -121,7 +121,8 @@ pub struct Proxy {
     outliers: Arc<Outliers>,
     /// The UDP 15008 endpoint, when QUIC is on.
     quic_server: Option<quinn::Endpoint>,
-    /// Live inbound connections, re-authorized on every state change.
+    /// Live inbound connections, re-authorized on every state change (and the outbound ones,
+    /// listed for `/config_dump`).
     tracker: ConnectionTracker,
     outbound: TcpListener,
     inbound: TcpListener,
@@ -225,7 +226,7 @@ impl Proxy {
         &self.outliers
     }
 
-    /// The live inbound connections (tests read their count).
+    /// The live connections (tests read their count; `/config_dump` lists them).
     pub fn tracker(&self) -> &ConnectionTracker {
         &self.tracker
     }
@@ -242,13 +243,13 @@ impl Proxy {
         );
         let out = {
             let (pi, tr) = (self.inputs.clone(), self.transports.clone());
-            let outliers = self.outliers.clone();
+            let (outliers, tracker) = (self.outliers.clone(), self.tracker.clone());
             accept_loop(
                 "outbound",
                 self.outbound,
                 drain.clone(),
                 move |s, peer, d| {
-                    let out = (tr.clone(), outliers.clone());
+                    let out = (tr.clone(), outliers.clone(), tracker.clone());
                     outbound::handle(pi.clone(), out, s, peer, d)
                 },
             )

@@ -21,6 +21,7 @@ use crate::metrics::HboneTransportLabel;
 use crate::state::{ClientLocality, GatewayAddress, Service, TunnelProtocol, Workload};
 
 use super::accesslog::{ConnectionLog, Direction, outbound_labels};
+use super::connections::{ConnectionTracker, LiveOutbound, OutboundProtocol};
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::gateway::{self, GatewayError, GatewayRoute};
 use super::outlier::Outliers;
@@ -77,7 +78,7 @@ impl fmt::Display for RouteError {
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
-    (transports, outliers): (Arc<Transports>, Arc<Outliers>),
+    (transports, outliers, tracker): (Arc<Transports>, Arc<Outliers>, ConnectionTracker),
     stream: TcpStream,
     peer: SocketAddr,
     drain: DrainWatcher,
@@ -97,14 +98,28 @@ pub(super) async fn handle(
         Ok(u) => u,
         Err(e) => return log.fail(&e),
     };
+    let (protocol, actual_dst) = match &upstream {
+        Upstream::Plain(s) => (OutboundProtocol::Tcp, s.peer_addr().unwrap_or(orig)),
+        Upstream::Hbone(_, via) => (OutboundProtocol::Hbone, *via),
+        Upstream::DoubleHbone(_, via) => (OutboundProtocol::DoubleHbone, *via),
+    };
+    let _listed = tracker.track_outbound(LiveOutbound {
+        src: peer,
+        original_dst: orig,
+        actual_dst,
+        protocol,
+    });
     relay(stream, upstream, log, &drain).await;
 }
 
 /// The far side of an outbound connection, connected and ready for bytes.
 pub(super) enum Upstream {
     Plain(TcpStream),
-    /// Boxed: a tunnel (h2 or h3) is several times the size of a socket.
-    Hbone(Box<Tunnel>),
+    /// A tunnel to the proxy at the address. Boxed: a tunnel (h2 or h3) is several times the
+    /// size of a socket.
+    Hbone(Box<Tunnel>, SocketAddr),
+    /// A tunnel inside a tunnel to the network gateway at the address.
+    DoubleHbone(Box<Tunnel>, SocketAddr),
 }
 
 /// Why an outbound connection could not be set up.
@@ -285,7 +300,7 @@ async fn connect_route(
                 Tunnel::H2(_) => HboneTransportLabel::h2,
                 Tunnel::H3(..) => HboneTransportLabel::h3,
             });
-            Ok(Upstream::Hbone(Box::new(tunnel)))
+            Ok(Upstream::Hbone(Box::new(tunnel), hbone))
         }
         Route::Gateway { via, .. } => {
             log.hbone_addr = Some(via.gateway);
@@ -297,7 +312,10 @@ async fn connect_route(
             // One stream on a pooled connection (the outer one); the inner connection is ours.
             transports.count_stream(HboneTransportLabel::h2);
             log.transport = Some(HboneTransportLabel::h2);
-            Ok(Upstream::Hbone(Box::new(Tunnel::H2(inner))))
+            Ok(Upstream::DoubleHbone(
+                Box::new(Tunnel::H2(inner)),
+                via.gateway,
+            ))
         }
     }
 }
@@ -336,7 +354,7 @@ pub(super) async fn relay(
             let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), stats);
             run_until_forced(copy, drain).await
         }
-        Upstream::Hbone(tunnel) => match *tunnel {
+        Upstream::Hbone(tunnel, _) | Upstream::DoubleHbone(tunnel, _) => match *tunnel {
             Tunnel::H2(h2) => {
                 let copy = copy_bidirectional(tcp_halves(stream), h2.split(), stats);
                 run_until_forced(copy, drain).await

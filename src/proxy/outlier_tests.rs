@@ -71,7 +71,9 @@ async fn connect_once(
             assert_eq!(&buf, b"ping");
             true
         }
-        Ok(Upstream::Hbone(_)) => panic!("plain endpoints must not be tunneled"),
+        Ok(Upstream::Hbone(..) | Upstream::DoubleHbone(..)) => {
+            panic!("plain endpoints must not be tunneled")
+        }
         Err(_) => false,
     }
 }
