@@ -49,6 +49,18 @@ pub const DELIBERATE: &[(&str, &str, &str)] = &[
          values are the same, and both answer OpenMetrics when asked",
     ),
     (
+        "config_dump",
+        "config.",
+        "`config` echoes each proxy's own settings (ambit's names and units, ztunnel's Rust \
+         structs); istioctl does not decode it (tests/data/compat/istioctl-configdump-schema.json) \
+         and the environment variables that set them are the same",
+    ),
+    (
+        "config_dump",
+        "version.stateVersion",
+        "ambit adds the version of the state snapshot it serves, to tell which push a dump shows",
+    ),
+    (
         "hbone",
         "CONNECT to port 0",
         "port 0 is never a destination: ambit answers 400 Bad Request without a connect \

@@ -294,9 +294,11 @@ fn is_data_key(k: &str) -> bool {
     k.contains('/') || k.contains(':') || k.parse::<u64>().is_ok() || k.contains('.')
 }
 
-/// Bodies without run-specific values: digits become `N`.
+/// A body's first line without run-specific values (digits become `N`): the line tools and
+/// people read; what follows (usage text) is each proxy's own wording.
 fn normalise_body(body: &str) -> String {
-    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    let first = body.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let one_line: String = first.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut out = String::new();
     let mut in_digits = false;
     for c in one_line.chars().take(300) {
