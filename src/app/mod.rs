@@ -25,7 +25,7 @@ use crate::inpod::{
 use crate::lifecycle::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::proxy::{self, LocalWorkload, Proxy, ProxyConfig, ProxyInputs};
-use crate::state::StateWriter;
+use crate::state::{StateView, StateWriter};
 use crate::telemetry::LogHandle;
 use crate::tls::CertProvider;
 use crate::xds;
@@ -158,6 +158,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                 interval: config.keepalive.interval,
                 retries: config.keepalive.retries,
             }),
+            user_timeout: config.keepalive.user_timeout(),
             connect_timeout: Duration::from_secs(10),
             ..Default::default()
         },
@@ -187,12 +188,14 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
             max_ejection: config.outlier.max_ejection,
             max_connect_attempts: config.outlier.connect_attempts,
         },
+        localhost_app_tunnel: config.localhost_app_tunnel,
+        authz_info_logging: config.authz_policy_info_logging,
     };
     let extras = pod_extras(&config, dns_metrics);
     // Dedicated: bind now, in our own namespace. Shared: the workload manager binds per pod.
     let (proxy, identity, manager) = match (local, host_netns) {
         (Some(local), _) => {
-            let identity = local.identity.clone();
+            let identity = (local.clone(), view.clone(), config.xds_address.is_some());
             let (ns, name) = (local.namespace.clone(), local.name.clone());
             let proxy_cfg = Arc::new(proxy_cfg);
             let proxy = {
@@ -259,7 +262,9 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                     tokio::spawn(r.run(xds::local::DEFAULT_POLL_INTERVAL, control_drain.clone()));
                 }
                 match identity {
-                    Some(identity) => match certs.fetch(&identity).await {
+                    Some((local, view, from_xds)) => {
+                        let identity = settled_identity(&local, &view, from_xds).await;
+                        match certs.fetch(&identity).await {
                         Ok(cert) => {
                             info!(identity = %identity, serial = %cert.serial_hex(), "certificate ready");
                             drop(certs_ready);
@@ -267,7 +272,8 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                         Err(e) => {
                             warn!(identity = %identity, error = %e, "certificate not available yet");
                         }
-                    },
+                    }
+                    }
                     // Shared mode: the workload manager blocks readiness per pod identity
                     // until its certificate is served.
                     None => drop(certs_ready),
@@ -349,6 +355,7 @@ fn pod_extras(config: &Config, metrics: crate::dns::DnsMetrics) -> PodExtras {
         DnsSettings {
             addr: config.dns.addr,
             cluster_domain: config.dns.cluster_domain.clone(),
+            preferred_namespace: config.prefered_service_namespace.clone(),
             ipv6: config.ipv6_enabled,
             forwarder: Arc::new(forwarder),
             metrics,
@@ -383,7 +390,30 @@ impl CertificateSource for SecretManager {
     }
 }
 
-/// The workload a dedicated-mode proxy serves, from `PROXY_WORKLOAD_INFO`.
+/// How long a dedicated proxy waits for the control plane to describe its workload before it
+/// fetches its certificate with the default trust domain (ztunnel waits as long for a record).
+const RECORD_WAIT: Duration = Duration::from_secs(5);
+
+/// The dedicated workload's identity once its record is known (its trust domain is the
+/// record's), or after [`RECORD_WAIT`] without one; at once without a control plane.
+async fn settled_identity(local: &LocalWorkload, view: &StateView, from_xds: bool) -> Identity {
+    if from_xds {
+        let mut changes = view.changes();
+        let known = || view.workload_by_name(&local.namespace, &local.name).is_some();
+        let _ = tokio::time::timeout(RECORD_WAIT, async {
+            while !known() {
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    local.identity(view)
+}
+
+/// The workload a dedicated-mode proxy serves, from `PROXY_WORKLOAD_INFO`; its trust domain
+/// comes from its record once the control plane (or local config) describes it.
 fn dedicated_workload(config: &Config) -> anyhow::Result<LocalWorkload> {
     let info = config
         .proxy_workload_info
@@ -394,6 +424,6 @@ fn dedicated_workload(config: &Config) -> anyhow::Result<LocalWorkload> {
     Ok(LocalWorkload {
         namespace: info.namespace.clone(),
         name: info.name.clone(),
-        identity,
+        default_identity: identity,
     })
 }

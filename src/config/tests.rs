@@ -15,7 +15,15 @@ fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
     for (k, v) in vars {
         env.insert(k.to_string(), v.to_string());
     }
-    Config::from_source_with_cpus(&|k| env.get(k).cloned(), 8)
+    Config::from_source_on(&|k| env.get(k).cloned(), &host())
+}
+
+/// 8 CPUs, no mesh config file.
+pub(super) fn host() -> Host {
+    Host {
+        cpus: 8,
+        mesh_config: None,
+    }
 }
 
 /// Only `vars`, nothing added.
@@ -24,7 +32,7 @@ fn bare(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Config::from_source_with_cpus(&|k| env.get(k).cloned(), 8)
+    Config::from_source_on(&|k| env.get(k).cloned(), &host())
 }
 
 #[test]
@@ -151,6 +159,10 @@ fn values_are_read() {
         Some(7)
     );
     assert_eq!(
+        with(&[("LOCAL_XDS", "workloads: []")]).unwrap_err(),
+        ConfigError::TwoLocalConfigs
+    );
+    assert_eq!(
         with(&[("LOCAL_XDS_PATH", ""), ("LOCAL_XDS", "workloads: []")])
             .unwrap()
             .local_config,
@@ -180,12 +192,12 @@ fn every_bad_value_names_variable_and_value() {
         (
             "SECRET_TTL",
             "1 day",
-            "not a duration (e.g. 24h, 5m, 90s, 1500ms)",
+            "not a duration (e.g. 500ms, 90s, 3min, 1h 30m, 1d, 1w)",
         ),
         (
             "SECRET_TTL",
             "5x",
-            "not a duration (e.g. 24h, 5m, 90s, 1500ms)",
+            "not a duration (e.g. 500ms, 90s, 3min, 1h 30m, 1d, 1w)",
         ),
         ("SECRET_TTL", "0s", "must be greater than zero"),
         ("INPOD_PORT_REUSE", "1", "not a boolean (true or false)"),
@@ -197,12 +209,12 @@ fn every_bad_value_names_variable_and_value() {
         (
             "ZTUNNEL_WORKER_THREADS",
             "150%",
-            "percentage must be between 1% and 100%",
+            "percentage must be greater than 0% and at most 100%",
         ),
         (
             "ZTUNNEL_WORKER_THREADS",
             "0%",
-            "percentage must be between 1% and 100%",
+            "percentage must be greater than 0% and at most 100%",
         ),
         (
             "POOL_MAX_STREAMS_PER_CONNECTION",
@@ -213,7 +225,7 @@ fn every_bad_value_names_variable_and_value() {
         (
             "POOL_UNUSED_RELEASE_TIMEOUT",
             "soon",
-            "not a duration (e.g. 24h, 5m, 90s, 1500ms)",
+            "not a duration (e.g. 500ms, 90s, 3min, 1h 30m, 1d, 1w)",
         ),
         (
             "HTTP2_STREAM_WINDOW_SIZE",
@@ -230,14 +242,14 @@ fn every_bad_value_names_variable_and_value() {
         (
             "KEEPALIVE_INTERVAL",
             "x",
-            "not a duration (e.g. 24h, 5m, 90s, 1500ms)",
+            "not a duration (e.g. 500ms, 90s, 3min, 1h 30m, 1d, 1w)",
         ),
         ("KEEPALIVE_RETRIES", "nine", "not a number"),
         ("KEEPALIVE_ENABLED", "on", "not a boolean (true or false)"),
         (
             "CONNECTION_TERMINATION_DEADLINE",
             "soon",
-            "not a duration (e.g. 24h, 5m, 90s, 1500ms)",
+            "not a duration (e.g. 500ms, 90s, 3min, 1h 30m, 1d, 1w)",
         ),
         ("TERMINATION_GRACE_PERIOD_SECONDS", "30s", "not a number"),
         ("ENABLE_ORIG_SRC", "auto", "not a boolean (true or false)"),
@@ -288,7 +300,7 @@ fn cross_field_rules() {
         ("CA_ROOT_CA", pem),
         ("ALT_XDS_HOSTNAME", "istiod.istio-system.svc"),
         ("ALT_CA_HOSTNAME", "ca.istio-system.svc"),
-        ("AUTH_TOKEN", "/var/run/token"),
+        ("AUTH_TOKEN", "abc.def"),
         ("POD_NAME", "ztunnel-1"),
         ("POD_NAMESPACE", "istio-system"),
         ("INSTANCE_IP", "10.0.0.7"),
@@ -303,7 +315,7 @@ fn cross_field_rules() {
         Some("istiod.istio-system.svc")
     );
     assert_eq!(c.alt_ca_hostname.as_deref(), Some("ca.istio-system.svc"));
-    assert_eq!(c.auth_token, Some(PathBuf::from("/var/run/token")));
+    assert_eq!(c.auth_token, Some(AuthToken::Static("abc.def".into())));
     assert_eq!(
         (
             c.pod_name.as_str(),
@@ -373,9 +385,6 @@ fn worker_threads_n_and_percent() {
     );
     assert_eq!(parse::worker_threads("30%", 10), Ok(3));
     assert_eq!(parse::worker_threads("33%", 10), Ok(4));
-    assert_eq!(parse::default_worker_threads(1), 2);
-    assert_eq!(parse::default_worker_threads(16), 4);
-    assert_eq!(parse::default_worker_threads(18), 5);
 }
 
 #[test]
