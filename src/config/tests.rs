@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::grpc::AuthToken;
 
 /// Builds a config from `vars` on top of the smallest supported set (a local config and the
 /// built-in CA), with 8 CPUs.
@@ -68,7 +69,8 @@ fn defaults() {
             enabled: true,
             time: Duration::from_secs(180),
             interval: Duration::from_secs(180),
-            retries: 9
+            retries: 9,
+            user_timeout: false,
         }
     );
     assert_eq!(c.connection_termination_deadline, Duration::from_secs(5));
@@ -189,11 +191,6 @@ fn every_bad_value_names_variable_and_value() {
         ("PACKET_MARK", "4294967296", "number too large"),
         ("FAKE_CA", "yes", "not a boolean (true or false)"),
         ("SECRET_TTL", "0", "must be greater than zero"),
-        (
-            "SECRET_TTL",
-            "1 day",
-            "not a duration (e.g. 500ms, 90s, 3min, 1h 30m, 1d, 1w)",
-        ),
         (
             "SECRET_TTL",
             "5x",
@@ -337,10 +334,12 @@ fn durations() {
         ("1h30m", Duration::from_secs(5400)),
         ("2d", Duration::from_secs(172_800)),
         ("10", Duration::from_secs(10)),
+        ("1 day", Duration::from_secs(86_400)),
+        ("5 s", Duration::from_secs(5)),
     ] {
         assert_eq!(parse::duration(s), Ok(want), "{s}");
     }
-    for bad in ["", "h", "1.5s", "-5s", "5 s", "s5", "99999999999999999999h"] {
+    for bad in ["", "h", "-5s", "s5", "99999999999999999999h"] {
         assert!(parse::duration(bad).is_err(), "{bad}");
     }
     assert_eq!(

@@ -301,7 +301,7 @@ mod tests {
         assert_eq!(md.get("authorization").unwrap(), "Bearer static.jwt");
         assert_eq!(
             serde_json::to_string(&t.auth_token).unwrap(),
-            r#"{"static":null}"#
+            r#""static""#
         );
         assert_eq!(format!("{:?}", t.auth_token), "Some(Static(<hidden>))");
         t.auth_token = Some(AuthToken::File(token.clone()));
