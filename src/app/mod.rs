@@ -399,7 +399,10 @@ const RECORD_WAIT: Duration = Duration::from_secs(5);
 async fn settled_identity(local: &LocalWorkload, view: &StateView, from_xds: bool) -> Identity {
     if from_xds {
         let mut changes = view.changes();
-        let known = || view.workload_by_name(&local.namespace, &local.name).is_some();
+        let known = || {
+            view.workload_by_name(&local.namespace, &local.name)
+                .is_some()
+        };
         let _ = tokio::time::timeout(RECORD_WAIT, async {
             while !known() {
                 if changes.changed().await.is_err() {

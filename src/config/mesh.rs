@@ -120,7 +120,10 @@ mod tests {
 
     #[test]
     fn absent_or_empty_sources_give_defaults() {
-        assert_eq!(ProxyConfig::read(None, None).unwrap(), ProxyConfig::default());
+        assert_eq!(
+            ProxyConfig::read(None, None).unwrap(),
+            ProxyConfig::default()
+        );
         assert_eq!(
             ProxyConfig::read(Some(""), Some("")).unwrap(),
             ProxyConfig::default()

@@ -9,8 +9,8 @@
 //! Besides the environment, ztunnel's `ProxyConfig` sources are read ([`mesh`]): the mesh
 //! config file and `PROXY_CONFIG`.
 
-pub mod mesh;
 mod env;
+pub mod mesh;
 mod parse;
 mod prefixed;
 
@@ -212,8 +212,10 @@ pub struct Keepalive {
 impl Keepalive {
     /// The `TCP_USER_TIMEOUT` to set, if enabled.
     pub fn user_timeout(&self) -> Option<Duration> {
-        self.user_timeout
-            .then(|| self.time.saturating_add(self.interval.saturating_mul(self.retries)))
+        self.user_timeout.then(|| {
+            self.time
+                .saturating_add(self.interval.saturating_mul(self.retries))
+        })
     }
 }
 
@@ -315,7 +317,8 @@ impl Config {
         config.ca_headers = prefixed.ca_headers;
         // The proxy config's metadata (already in `config`) under the environment's, as in
         // ztunnel.
-        let from_proxy_config = std::mem::replace(&mut config.proxy_metadata, prefixed.proxy_metadata);
+        let from_proxy_config =
+            std::mem::replace(&mut config.proxy_metadata, prefixed.proxy_metadata);
         for (key, value) in from_proxy_config {
             if !config.proxy_metadata.iter().any(|(k, _)| *k == key) {
                 config.proxy_metadata.push((key, value));
@@ -336,7 +339,10 @@ impl Config {
         host: &Host,
     ) -> Result<Config, ConfigError> {
         let env = Env(source);
-        let pc = ProxyConfig::read(host.mesh_config.as_deref(), env.get("PROXY_CONFIG").as_deref())?;
+        let pc = ProxyConfig::read(
+            host.mesh_config.as_deref(),
+            env.get("PROXY_CONFIG").as_deref(),
+        )?;
         let proxy_mode = env.parse("PROXY_MODE", |s| match s {
             "shared" => Ok(ProxyMode::Shared),
             "dedicated" => Ok(ProxyMode::Dedicated),
@@ -356,8 +362,11 @@ impl Config {
             ISTIOD_LOCAL
         };
         let ca_address = env.address("CA_ADDRESS", None, default_istiod)?;
-        let xds_address =
-            env.address("XDS_ADDRESS", pc.discovery_address.as_deref(), default_istiod)?;
+        let xds_address = env.address(
+            "XDS_ADDRESS",
+            pc.discovery_address.as_deref(),
+            default_istiod,
+        )?;
         let local_config = match (env.get("LOCAL_XDS_PATH"), env.get("LOCAL_XDS")) {
             (Some(_), Some(_)) => return Err(ConfigError::TwoLocalConfigs),
             (Some(path), None) => Some(LocalConfigSource::File(PathBuf::from(path))),
@@ -575,7 +584,6 @@ impl Listeners {
         self
     }
 }
-
 
 fn ser_header_names<S: Serializer>(h: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(h.iter().map(|(name, _)| name))

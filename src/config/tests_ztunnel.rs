@@ -82,11 +82,7 @@ fn durations_in_ztunnel_syntax() {
         ("90", 90),
         ("1hour", 3600),
     ] {
-        assert_eq!(
-            parse::duration(s),
-            Ok(Duration::from_secs(want)),
-            "{s}"
-        );
+        assert_eq!(parse::duration(s), Ok(Duration::from_secs(want)), "{s}");
     }
     assert_eq!(parse::duration("500ms"), Ok(Duration::from_millis(500)));
     let c = with(&[("KEEPALIVE_TIME", "3min"), ("SECRET_TTL", "1w")]).unwrap();
@@ -101,7 +97,11 @@ fn durations_in_ztunnel_syntax() {
          1h 30m, 1d, 1w)"
     );
     // What the config dump writes reads back.
-    for d in [Duration::from_millis(1500), Duration::from_secs(180), Duration::from_secs(86_400)] {
+    for d in [
+        Duration::from_millis(1500),
+        Duration::from_secs(180),
+        Duration::from_secs(86_400),
+    ] {
         assert_eq!(parse::duration(&parse::format_duration(d)), Ok(d));
     }
 }
@@ -149,7 +149,10 @@ fn worker_threads_follow_ztunnels_cpu_rules() {
     vars.push(("ZTUNNEL_WORKER_THREADS", "25%"));
     assert_eq!(threads(&cpus(64), &vars), 3);
     vars.push(("ZTUNNEL_WORKER_THREADS", "0"));
-    assert_eq!(threads(&cpus(64), &[limited[0], ("ZTUNNEL_WORKER_THREADS", "0")]), 10);
+    assert_eq!(
+        threads(&cpus(64), &[limited[0], ("ZTUNNEL_WORKER_THREADS", "0")]),
+        10
+    );
     assert_eq!(threads(&cpus(8), &[("ZTUNNEL_WORKER_THREADS", "12.5%")]), 1);
     assert_eq!(threads(&cpus(8), &[("ZTUNNEL_WORKER_THREADS", "7")]), 7);
 
@@ -203,7 +206,10 @@ fn auth_token_is_a_file_when_it_exists_else_the_token() {
 #[test]
 fn system_roots() {
     let c = with(&[("XDS_ROOT_CA", "SYSTEM"), ("CA_ROOT_CA", "SYSTEM")]).unwrap();
-    assert_eq!((c.xds_root_ca, c.ca_root_ca), (RootCert::System, RootCert::System));
+    assert_eq!(
+        (c.xds_root_ca, c.ca_root_ca),
+        (RootCert::System, RootCert::System)
+    );
 }
 
 #[test]
@@ -248,8 +254,11 @@ fn proxy_config_and_mesh_config_file() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let c = Config::from_vars_on(&vars, &mesh).unwrap();
-    let meta: BTreeMap<&str, &serde_json::Value> =
-        c.proxy_metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let meta: BTreeMap<&str, &serde_json::Value> = c
+        .proxy_metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
     assert_eq!(meta["FOO"], "env");
     assert_eq!(meta["DNS_CAPTURE"], "false");
 
@@ -298,7 +307,10 @@ fn small_switches() {
         ("LOCALHOST_APP_TUNNEL", "false"),
     ])
     .unwrap();
-    assert_eq!(c.prefered_service_namespace.as_deref(), Some("istio-system"));
+    assert_eq!(
+        c.prefered_service_namespace.as_deref(),
+        Some("istio-system")
+    );
     assert!(c.authz_policy_info_logging);
     assert!(!c.localhost_app_tunnel);
     assert_eq!(

@@ -112,14 +112,16 @@ fn wildcard(state: &StateView, scope: &LookupScope, query: &str) -> Option<Arc<S
 fn visible_service(state: &StateView, scope: &LookupScope, hostname: &str) -> Option<Arc<Service>> {
     let services = state.services_by_hostname(hostname);
     let own = services.iter().find(|s| s.namespace == scope.namespace);
-    let public = || services.iter().filter(|s| s.visibility == Visibility::Public);
+    let public = || {
+        services
+            .iter()
+            .filter(|s| s.visibility == Visibility::Public)
+    };
     let preferred = || {
         let ns = scope.preferred_namespace.as_deref()?;
         public().find(|s| s.namespace == ns)
     };
-    own.or_else(preferred)
-        .or_else(|| public().next())
-        .cloned()
+    own.or_else(preferred).or_else(|| public().next()).cloned()
 }
 
 fn addresses(state: &StateView, scope: &LookupScope, svc: &Service) -> Vec<IpAddr> {

@@ -275,7 +275,10 @@ mod tests {
         // This machine's store decides between the two; either way no PEM is returned.
         match RootCert::System.load() {
             Ok(pem) => assert_eq!(pem, None),
-            Err(e) => assert!(e.to_string().starts_with("root certificates SYSTEM: "), "{e}"),
+            Err(e) => assert!(
+                e.to_string().starts_with("root certificates SYSTEM: "),
+                "{e}"
+            ),
         }
     }
 
@@ -299,10 +302,7 @@ mod tests {
         let mut md = MetadataMap::new();
         t.add_metadata(&mut md).unwrap();
         assert_eq!(md.get("authorization").unwrap(), "Bearer static.jwt");
-        assert_eq!(
-            serde_json::to_string(&t.auth_token).unwrap(),
-            r#""static""#
-        );
+        assert_eq!(serde_json::to_string(&t.auth_token).unwrap(), r#""static""#);
         assert_eq!(format!("{:?}", t.auth_token), "Some(Static(<hidden>))");
         t.auth_token = Some(AuthToken::File(token.clone()));
         let mut md = MetadataMap::new();

@@ -386,7 +386,10 @@ impl WorkloadManager {
 
     /// The pod as its proxy serves it; its identity until the control plane describes it uses
     /// the configured trust domain.
-    fn local_workload(&self, info: &WorkloadInfo) -> Result<LocalWorkload, crate::core::IdentityError> {
+    fn local_workload(
+        &self,
+        info: &WorkloadInfo,
+    ) -> Result<LocalWorkload, crate::core::IdentityError> {
         Ok(LocalWorkload {
             namespace: info.namespace.clone(),
             name: info.name.clone(),
