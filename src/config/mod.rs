@@ -422,9 +422,10 @@ impl Config {
             trust_domain: env
                 .get("TRUST_DOMAIN")
                 .unwrap_or_else(|| "cluster.local".into()),
+            // As in ztunnel, the chart's `ISTIO_META_CLUSTER_ID` wins over `CLUSTER_ID`.
             cluster_id: env
-                .get("CLUSTER_ID")
-                .or_else(|| env.get("ISTIO_META_CLUSTER_ID"))
+                .get("ISTIO_META_CLUSTER_ID")
+                .or_else(|| env.get("CLUSTER_ID"))
                 .unwrap_or_else(|| "Kubernetes".into()),
             network: env.get("NETWORK").unwrap_or_default(),
             node_name: env.get("NODE_NAME").unwrap_or_default(),

@@ -324,6 +324,14 @@ fn small_switches() {
 }
 
 #[test]
+fn cluster_id_from_istio_meta_first() {
+    assert_eq!(with(&[]).unwrap().cluster_id, "Kubernetes");
+    assert_eq!(with(&[("CLUSTER_ID", "c1")]).unwrap().cluster_id, "c1");
+    let c = with(&[("CLUSTER_ID", "c1"), ("ISTIO_META_CLUSTER_ID", "c2")]).unwrap();
+    assert_eq!(c.cluster_id, "c2");
+}
+
+#[test]
 fn istio_chart_environment_is_accepted() {
     // What Istio's ztunnel chart sets (a node with 4 CPUs, no limit).
     let c = on(
