@@ -51,19 +51,6 @@ const USAGE: &str = "usage: ambit [proxy [ztunnel] | version | help]
   version          print the version
   help             print this help";
 
-/// Raises the open-file soft limit to the hard limit, as ztunnel does: every proxied
-/// connection holds two descriptors, so a 1024 soft limit stops a busy node at ~500.
-fn raise_open_files_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
-            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
-        },
-        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
-    }
-}
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match command(&args) {
@@ -95,7 +82,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    raise_open_files_limit();
     match ambit::app::run(config, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

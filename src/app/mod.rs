@@ -49,6 +49,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
         None => bail!("no configuration source: set XDS_ADDRESS, LOCAL_XDS_PATH or LOCAL_XDS"),
     };
     info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting ambit");
+    raise_open_files_limit();
     // The writer goes to the xDS client when there is a control plane; otherwise a local config
     // file is watched for changes and reloaded on the control runtime.
     let (reloader, xds_writer) = match (&config.xds_address, &config.local_config) {
@@ -332,6 +333,20 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
     drop(secrets);
     info!(?outcome, "ambit stopped");
     Ok(())
+}
+
+/// Raises the open-file soft limit to the hard limit and logs both, as ztunnel does: every
+/// proxied connection holds two descriptors, so a 1024 soft limit stops a busy node at ~500.
+/// After the configuration is known good, so a bad one is still the only line on stderr.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        },
+        Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
 
 /// How long the admin server may take to answer its last requests once the proxies drained.
