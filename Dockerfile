@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # ambit's container image, a drop-in for Istio's ztunnel image: Istio's ztunnel chart sets only
 # the arguments (`proxy ztunnel`), so the entrypoint is the binary, and the working directory is
 # `/` because ztunnel's default paths are relative (`./var/run/secrets/tokens/istio-token`,
@@ -13,12 +14,12 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY . .
+# The binary is also linked under the name Istio's image has, for tooling that execs it by path.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p ambit --bin ambit \
     && mkdir -p /out/usr/local/bin \
     && cp target/release/ambit /out/usr/local/bin/ambit \
-    # The name Istio's image has, for tooling that execs it by path.
     && ln -s ambit /out/usr/local/bin/ztunnel
 
 # --- runtime: glibc, libgcc and CA certificates (for XDS_ROOT_CA=SYSTEM), nothing else -----
