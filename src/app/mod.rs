@@ -342,10 +342,11 @@ fn raise_open_files_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => info!(from = soft, to = hard, "raised the open-file limit"),
-            Err(e) => warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+            // ztunnel's wording, so log searches find both.
+            Ok(()) => info!("set file descriptor limits from {soft} to {hard}"),
+            Err(e) => warn!("failed to set file descriptor limits: {e}"),
         },
-        Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+        Err(e) => warn!("failed to get file descriptor limits: {e}"),
     }
 }
 
