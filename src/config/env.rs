@@ -1,14 +1,45 @@
-//! Reading variables: lookup with "empty means unset", errors that name the variable, and the
+//! Reading the sources: the machine and the mesh config file ([`Host`]); variables, with "empty
+//! means unset" and errors that name the variable; and the
 //! settings derived from several variables (token, CPUs and threads, drain deadline).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{ConfigError, WorkloadInfo, parse};
+use super::{ConfigError, MESH_CONFIG_PATH, MeshError, WorkloadInfo, parse};
 use crate::grpc::{AuthToken, RootCert};
 
 const DEFAULT_ROOT_CERT: &str = "./var/run/secrets/istio/root-cert.pem";
 const DEFAULT_AUTH_TOKEN: &str = "./var/run/secrets/tokens/istio-token";
+
+/// What the configuration reads besides variables: the machine and the mesh config file.
+#[derive(Clone, Debug, Default)]
+pub struct Host {
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// The mesh config file's text, when the file exists.
+    pub mesh_config: Option<String>,
+}
+
+impl Host {
+    /// This machine, and ztunnel's mesh config file (relative to the working directory).
+    pub fn current() -> Result<Host, ConfigError> {
+        let mesh_config = match std::fs::read_to_string(MESH_CONFIG_PATH) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(MeshError::File {
+                    path: MESH_CONFIG_PATH.into(),
+                    reason: e.to_string(),
+                }
+                .into());
+            }
+        };
+        Ok(Host {
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
+            mesh_config,
+        })
+    }
+}
 
 /// Variable lookup with "empty means unset" and errors that name the variable.
 pub(super) struct Env<'a>(pub(super) &'a dyn Fn(&str) -> Option<String>);

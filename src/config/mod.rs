@@ -24,6 +24,7 @@ use crate::grpc::{AuthToken, RootCert};
 use crate::proxy::HboneTransport;
 use crate::telemetry::LogFormat;
 
+pub use env::Host;
 use env::{
     Env, auth_token, cpu_count, default_worker_threads, root_cert, termination_deadline,
     workload_info,
@@ -255,36 +256,6 @@ pub enum ConfigError {
     TwoLocalConfigs,
     #[error(transparent)]
     ProxyConfig(#[from] MeshError),
-}
-
-/// What the configuration reads besides variables: the machine and the mesh config file.
-#[derive(Clone, Debug, Default)]
-pub struct Host {
-    /// Logical CPUs.
-    pub cpus: usize,
-    /// The mesh config file's text, when the file exists.
-    pub mesh_config: Option<String>,
-}
-
-impl Host {
-    /// This machine, and ztunnel's mesh config file (relative to the working directory).
-    pub fn current() -> Result<Host, ConfigError> {
-        let mesh_config = match std::fs::read_to_string(MESH_CONFIG_PATH) {
-            Ok(text) => Some(text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(MeshError::File {
-                    path: MESH_CONFIG_PATH.into(),
-                    reason: e.to_string(),
-                }
-                .into());
-            }
-        };
-        Ok(Host {
-            cpus: std::thread::available_parallelism().map_or(1, usize::from),
-            mesh_config,
-        })
-    }
 }
 
 // === impl Config ===
