@@ -1,6 +1,6 @@
 //! Reading the sources: the machine and the mesh config file ([`Host`]); variables, with "empty
-//! means unset" and errors that name the variable; and the
-//! settings derived from several variables (token, CPUs and threads, drain deadline).
+//! means unset" and errors that name the variable; and the settings derived from several
+//! variables (token, CPUs and threads, drain deadline).
 
 use std::path::PathBuf;
 use std::time::Duration;
