@@ -1,4 +1,7 @@
 //! The `ambit` binary: configuration from the environment, then the app until shutdown.
+//!
+//! Arguments as ztunnel takes them: none, or `proxy` (Istio's chart runs `proxy ztunnel`);
+//! `version` and `help` print and exit.
 
 #![deny(unsafe_code)]
 
@@ -32,7 +35,56 @@ struct MallocConf(*const std::ffi::c_char);
 #[allow(unsafe_code)]
 unsafe impl Sync for MallocConf {}
 
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    Proxy,
+    Version,
+    Help,
+}
+
+/// `[]`, `[proxy]` and `[proxy, ztunnel]` run the proxy (ztunnel names the proxy kind after
+/// `proxy`; `ztunnel` is the only kind); anything else is a usage error.
+fn command(args: &[String]) -> Result<Command, String> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        [] | ["proxy"] | ["proxy", "ztunnel"] => Ok(Command::Proxy),
+        ["version"] => Ok(Command::Version),
+        ["help"] | ["--help"] | ["-h"] => Ok(Command::Help),
+        ["proxy", "ztunnel", extra, ..] => Err(format!(
+            "unexpected argument {extra:?} after `proxy ztunnel`"
+        )),
+        ["proxy", kind, ..] => Err(format!(
+            "unknown proxy kind {kind:?}: expected `proxy` or `proxy ztunnel`"
+        )),
+        [first, ..] => Err(format!(
+            "unknown command {first:?}: expected `proxy` (default), `version` or `help`"
+        )),
+    }
+}
+
+const USAGE: &str = "usage: ambit [proxy [ztunnel] | version | help]
+  proxy (default)  run the node proxy, configured from the environment (ztunnel's variables)
+  version          print the version
+  help             print this help";
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match command(&args) {
+        Ok(Command::Proxy) => {}
+        Ok(Command::Version) => {
+            println!("ambit {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("ambit: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -54,5 +106,38 @@ fn main() -> ExitCode {
             eprintln!("ambit: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, String> {
+        command(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn ztunnel_arguments_run_the_proxy_and_others_are_refused() {
+        for ok in [&[][..], &["proxy"], &["proxy", "ztunnel"]] {
+            assert_eq!(parse(ok), Ok(Command::Proxy), "{ok:?}");
+        }
+        assert_eq!(parse(&["version"]), Ok(Command::Version));
+        assert_eq!(parse(&["help"]), Ok(Command::Help));
+        assert_eq!(
+            parse(&["proxy", "sidecar"]),
+            Err("unknown proxy kind \"sidecar\": expected `proxy` or `proxy ztunnel`".into())
+        );
+        assert_eq!(
+            parse(&["proxy", "ztunnel", "-v"]),
+            Err("unexpected argument \"-v\" after `proxy ztunnel`".into())
+        );
+        assert_eq!(
+            parse(&["--proxy"]),
+            Err(
+                "unknown command \"--proxy\": expected `proxy` (default), `version` or `help`"
+                    .into()
+            )
+        );
     }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ambit::core::Identity;
-use ambit::grpc::{GrpcTarget, RootCert};
+use ambit::grpc::{AuthToken, GrpcTarget, RootCert};
 use ambit::identity::{
     CaClient, CaClientConfig, CaClientError, IstioCaClient, SecretManager, SecretManagerConfig,
 };
@@ -189,7 +189,7 @@ fn client(test: &str, addr: SocketAddr) -> IstioCaClient {
             address: format!("http://{addr}"),
             root_cert: RootCert::System,
             alt_hostname: None,
-            auth_token: Some(token(test)),
+            auth_token: Some(AuthToken::File(token(test))),
             cluster_id: "cluster-a".into(),
             headers: vec![("x-ca-tenant".into(), "blue".into())],
         },

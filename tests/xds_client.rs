@@ -9,7 +9,7 @@ mod xds_support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ambit::grpc::{GrpcTarget, RootCert};
+use ambit::grpc::{AuthToken, GrpcTarget, RootCert};
 use ambit::lifecycle::{DrainTrigger, Readiness, drain_channel};
 use ambit::metrics::{Metrics, TerminationReason, XdsMetrics};
 use ambit::state::{StateView, StateWriter};
@@ -49,7 +49,7 @@ fn start_client_with(test: &str, addr: std::net::SocketAddr, metrics: XdsMetrics
             address: format!("http://{addr}"),
             root_cert: RootCert::System,
             alt_hostname: None,
-            auth_token: Some(token.clone()),
+            auth_token: Some(AuthToken::File(token.clone())),
             cluster_id: "cluster-a".into(),
             headers: vec![("x-tenant".into(), "blue".into())],
         },

@@ -25,7 +25,7 @@ use crate::inpod::{
 use crate::lifecycle::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::proxy::{self, LocalWorkload, Proxy, ProxyConfig, ProxyInputs};
-use crate::state::StateWriter;
+use crate::state::{StateView, StateWriter};
 use crate::telemetry::LogHandle;
 use crate::tls::CertProvider;
 use crate::xds;
@@ -61,6 +61,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
         None => bail!("no configuration source: set XDS_ADDRESS, LOCAL_XDS_PATH or LOCAL_XDS"),
     };
     info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting ambit");
+    raise_open_files_limit();
     // The writer goes to the xDS client when there is a control plane; otherwise a local config
     // file is watched for changes and reloaded on the control runtime.
     let (reloader, xds_writer) = match (&config.xds_address, &config.local_config) {
@@ -174,6 +175,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                 interval: config.keepalive.interval,
                 retries: config.keepalive.retries,
             }),
+            user_timeout: config.keepalive.user_timeout(),
             connect_timeout: Duration::from_secs(10),
             ..Default::default()
         },
@@ -203,12 +205,14 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
             max_ejection: config.outlier.max_ejection,
             max_connect_attempts: config.outlier.connect_attempts,
         },
+        localhost_app_tunnel: config.localhost_app_tunnel,
+        authz_info_logging: config.authz_policy_info_logging,
     };
     let extras = pod_extras(&config, dns_metrics);
     // Dedicated: bind now, in our own namespace. Shared: the workload manager binds per pod.
     let (proxy, identity, manager) = match (local, host_netns) {
         (Some(local), _) => {
-            let identity = local.identity.clone();
+            let identity = (local.clone(), view.clone(), config.xds_address.is_some());
             let (ns, name) = (local.namespace.clone(), local.name.clone());
             let proxy_cfg = Arc::new(proxy_cfg);
             let proxy = {
@@ -276,7 +280,9 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                     tokio::spawn(r.run(xds::local::DEFAULT_POLL_INTERVAL, control_drain.clone()));
                 }
                 match identity {
-                    Some(identity) => match certs.fetch(&identity).await {
+                    Some((local, view, from_xds)) => {
+                        let identity = settled_identity(&local, &view, from_xds).await;
+                        match certs.fetch(&identity).await {
                         Ok(cert) => {
                             info!(identity = %identity, serial = %cert.serial_hex(), "certificate ready");
                             drop(certs_ready);
@@ -284,7 +290,8 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                         Err(e) => {
                             warn!(identity = %identity, error = %e, "certificate not available yet");
                         }
-                    },
+                    }
+                    }
                     // Shared mode: the workload manager blocks readiness per pod identity
                     // until its certificate is served.
                     None => drop(certs_ready),
@@ -345,6 +352,21 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the open-file soft limit to the hard limit and logs both, as ztunnel does: every
+/// proxied connection holds two descriptors, so a 1024 soft limit stops a busy node at ~500.
+/// After the configuration is known good, so a bad one is still the only line on stderr.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            // ztunnel's wording, so log searches find both.
+            Ok(()) => info!("set file descriptor limits from {soft} to {hard}"),
+            Err(e) => warn!("failed to set file descriptor limits: {e}"),
+        },
+        Err(e) => warn!("failed to get file descriptor limits: {e}"),
+    }
+}
+
 /// How long the admin server may take to answer its last requests once the proxies drained.
 const ADMIN_DRAIN: Duration = Duration::from_secs(2);
 
@@ -366,6 +388,7 @@ fn pod_extras(config: &Config, metrics: crate::dns::DnsMetrics) -> PodExtras {
         DnsSettings {
             addr: config.dns.addr,
             cluster_domain: config.dns.cluster_domain.clone(),
+            preferred_namespace: config.prefered_service_namespace.clone(),
             ipv6: config.ipv6_enabled,
             forwarder: Arc::new(forwarder),
             metrics,
@@ -400,7 +423,33 @@ impl CertificateSource for SecretManager {
     }
 }
 
-/// The workload a dedicated-mode proxy serves, from `PROXY_WORKLOAD_INFO`.
+/// How long a dedicated proxy waits for the control plane to describe its workload before it
+/// fetches its certificate with the default trust domain (ztunnel waits as long for a record).
+const RECORD_WAIT: Duration = Duration::from_secs(5);
+
+/// The dedicated workload's identity once its record is known (its trust domain is the
+/// record's), or after [`RECORD_WAIT`] without one; at once without a control plane.
+async fn settled_identity(local: &LocalWorkload, view: &StateView, from_xds: bool) -> Identity {
+    if from_xds {
+        let mut changes = view.changes();
+        let known = || {
+            view.workload_by_name(&local.namespace, &local.name)
+                .is_some()
+        };
+        let _ = tokio::time::timeout(RECORD_WAIT, async {
+            while !known() {
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    local.identity(view)
+}
+
+/// The workload a dedicated-mode proxy serves, from `PROXY_WORKLOAD_INFO`; its trust domain
+/// comes from its record once the control plane (or local config) describes it.
 fn dedicated_workload(config: &Config) -> anyhow::Result<LocalWorkload> {
     let info = config
         .proxy_workload_info
@@ -411,6 +460,6 @@ fn dedicated_workload(config: &Config) -> anyhow::Result<LocalWorkload> {
     Ok(LocalWorkload {
         namespace: info.namespace.clone(),
         name: info.name.clone(),
-        identity,
+        default_identity: identity,
     })
 }

@@ -6,7 +6,11 @@
 //! variable and the value; a returned `Config` also satisfies the cross-field rules (dedicated
 //! mode has a workload).
 //! Empty values count as unset, except `XDS_ADDRESS` and `CA_ADDRESS`, where `""` disables.
+//! Besides the environment, ztunnel's `ProxyConfig` sources are read ([`mesh`]): the mesh
+//! config file and `PROXY_CONFIG`.
 
+mod env;
+pub mod mesh;
 mod parse;
 mod prefixed;
 
@@ -16,9 +20,16 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-use crate::grpc::RootCert;
+use crate::grpc::{AuthToken, RootCert};
 use crate::proxy::HboneTransport;
 use crate::telemetry::LogFormat;
+
+pub use env::Host;
+use env::{
+    Env, auth_token, cpu_count, default_worker_threads, root_cert, termination_deadline,
+    workload_info,
+};
+pub use mesh::{MESH_CONFIG_PATH, MeshError, ProxyConfig};
 
 pub const DEFAULT_CA_DIR: &str = "/var/run/ambit/ca";
 const DEFAULT_INPOD_UDS: &str = "/var/run/ztunnel/ztunnel.sock";
@@ -26,8 +37,6 @@ const DEFAULT_PACKET_MARK: u32 = 1337;
 const DEFAULT_DNS_PORT: u16 = 15053;
 const ISTIOD_IN_CLUSTER: &str = "https://istiod.istio-system.svc:15012";
 const ISTIOD_LOCAL: &str = "https://localhost:15012";
-const DEFAULT_ROOT_CERT: &str = "./var/run/secrets/istio/root-cert.pem";
-const DEFAULT_AUTH_TOKEN: &str = "./var/run/secrets/tokens/istio-token";
 
 /// Everything the node proxy is configured with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -49,9 +58,10 @@ pub struct Config {
     /// Names to verify in the control plane's certificates instead of the address's host.
     pub alt_xds_hostname: Option<String>,
     pub alt_ca_hostname: Option<String>,
-    /// Bearer token file (`AUTH_TOKEN`; default istio-token path when it exists), re-read per
-    /// connection.
-    pub auth_token: Option<PathBuf>,
+    /// The bearer token (`AUTH_TOKEN`): a file path when that file exists (re-read per
+    /// request), else the token itself, as ztunnel decides; unset, the istio-token file when
+    /// it exists.
+    pub auth_token: Option<AuthToken>,
     /// This proxy's own pod, for the xDS node id (`POD_NAME`, `POD_NAMESPACE`, `INSTANCE_IP`).
     pub pod_name: String,
     pub pod_namespace: String,
@@ -61,12 +71,16 @@ pub struct Config {
     pub ca_dir: PathBuf,
     #[serde(serialize_with = "ser_duration")]
     pub secret_ttl: Duration,
+    /// Trust domain of a workload's identity until the control plane describes the workload
+    /// (then its record's trust domain is used, as in ztunnel).
     pub trust_domain: String,
     pub cluster_id: String,
     pub network: String,
     pub node_name: String,
     pub inpod_uds: PathBuf,
     pub inpod_port_reuse: bool,
+    /// Data-path threads: `ZTUNNEL_WORKER_THREADS`, else the proxy config's `concurrency`, else
+    /// derived from the CPUs (`ZTUNNEL_RESOURCE_CPU_LIMIT` / `_REQUEST`, `ZTUNNEL_CPU_LIMIT`).
     pub worker_threads: usize,
     pub pool_max_streams_per_connection: u32,
     #[serde(serialize_with = "ser_duration")]
@@ -98,6 +112,13 @@ pub struct Config {
     pub dns: Dns,
     /// A SOCKS5 listener on 127.0.0.1:15080 in each pod (`UNSTABLE_ENABLE_SOCKS5`).
     pub enable_socks5: bool,
+    /// DNS answers for a host name defined in several namespaces prefer this namespace after
+    /// the client's own (`PREFERED_SERVICE_NAMESPACE`, ztunnel's spelling).
+    pub prefered_service_namespace: Option<String>,
+    /// Authorization decisions at INFO instead of DEBUG (`AUTHZ_POLICY_INFO_LOGGING`).
+    pub authz_policy_info_logging: bool,
+    /// Application tunnels deliver over loopback (`LOCALHOST_APP_TUNNEL`, default true).
+    pub localhost_app_tunnel: bool,
     pub outlier: Outlier,
     /// Extra headers on every xDS request (`XDS_HEADER_<name>`), names lowercased. Values
     /// may be credentials, so the config dump shows names only.
@@ -183,6 +204,20 @@ pub struct Keepalive {
     #[serde(serialize_with = "ser_duration")]
     pub interval: Duration,
     pub retries: u32,
+    /// `USER_TIMEOUT_ENABLED` (default false): `TCP_USER_TIMEOUT` of
+    /// `time + retries × interval`, so a peer that stops acknowledging is dropped as soon as
+    /// keepalive would have given up.
+    pub user_timeout: bool,
+}
+
+impl Keepalive {
+    /// The `TCP_USER_TIMEOUT` to set, if enabled.
+    pub fn user_timeout(&self) -> Option<Duration> {
+        self.user_timeout.then(|| {
+            self.time
+                .saturating_add(self.interval.saturating_mul(self.retries))
+        })
+    }
 }
 
 /// Listener addresses (ztunnel's fixed ports).
@@ -212,8 +247,15 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    /// A value too sensitive to print (a token).
+    #[error("{var} (value not shown): {reason}")]
+    InvalidSecret { var: &'static str, reason: String },
     #[error("PROXY_MODE=dedicated requires PROXY_WORKLOAD_INFO (namespace/name/service-account)")]
     DedicatedWithoutWorkload,
+    #[error("only one of LOCAL_XDS_PATH and LOCAL_XDS may be set")]
+    TwoLocalConfigs,
+    #[error(transparent)]
+    ProxyConfig(#[from] MeshError),
 }
 
 // === impl Config ===
@@ -232,26 +274,46 @@ impl Config {
     pub fn from_vars(
         vars: &std::collections::BTreeMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        let mut config = Config::from_source(&|name| vars.get(name).cloned())?;
+        Config::from_vars_on(vars, &Host::current()?)
+    }
+
+    /// [`Config::from_vars`] on a given host.
+    pub fn from_vars_on(
+        vars: &std::collections::BTreeMap<String, String>,
+        host: &Host,
+    ) -> Result<Config, ConfigError> {
+        let mut config = Config::from_source_on(&|name| vars.get(name).cloned(), host)?;
         let prefixed = prefixed::parse(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
         config.xds_headers = prefixed.xds_headers;
         config.ca_headers = prefixed.ca_headers;
-        config.proxy_metadata = prefixed.proxy_metadata;
+        // The proxy config's metadata (already in `config`) under the environment's, as in
+        // ztunnel.
+        let from_proxy_config =
+            std::mem::replace(&mut config.proxy_metadata, prefixed.proxy_metadata);
+        for (key, value) in from_proxy_config {
+            if !config.proxy_metadata.iter().any(|(k, _)| *k == key) {
+                config.proxy_metadata.push((key, value));
+            }
+        }
         Ok(config)
     }
 
     /// Reads variables looked up by name through `source` (a map in tests); prefixed
     /// variables need the whole set, see [`Config::from_vars`].
     pub fn from_source(source: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        Config::from_source_with_cpus(source, cpus)
+        Config::from_source_on(source, &Host::current()?)
     }
 
-    fn from_source_with_cpus(
+    /// [`Config::from_source`] on a given host.
+    pub fn from_source_on(
         source: &dyn Fn(&str) -> Option<String>,
-        cpus: usize,
+        host: &Host,
     ) -> Result<Config, ConfigError> {
         let env = Env(source);
+        let pc = ProxyConfig::read(
+            host.mesh_config.as_deref(),
+            env.get("PROXY_CONFIG").as_deref(),
+        )?;
         let proxy_mode = env.parse("PROXY_MODE", |s| match s {
             "shared" => Ok(ProxyMode::Shared),
             "dedicated" => Ok(ProxyMode::Dedicated),
@@ -270,14 +332,41 @@ impl Config {
         } else {
             ISTIOD_LOCAL
         };
-        let ca_address = env.address("CA_ADDRESS", default_istiod);
-        let xds_address = env.address("XDS_ADDRESS", default_istiod);
-        // As in ztunnel, a file wins over inline YAML when both are given.
-        let local_config = env
-            .get("LOCAL_XDS_PATH")
-            .map(|p| LocalConfigSource::File(PathBuf::from(p)))
-            .or_else(|| env.get("LOCAL_XDS").map(LocalConfigSource::Inline));
+        let ca_address = env.address("CA_ADDRESS", None, default_istiod)?;
+        let xds_address = env.address(
+            "XDS_ADDRESS",
+            pc.discovery_address.as_deref(),
+            default_istiod,
+        )?;
+        let local_config = match (env.get("LOCAL_XDS_PATH"), env.get("LOCAL_XDS")) {
+            (Some(_), Some(_)) => return Err(ConfigError::TwoLocalConfigs),
+            (Some(path), None) => Some(LocalConfigSource::File(PathBuf::from(path))),
+            (None, Some(yaml)) => Some(LocalConfigSource::Inline(yaml)),
+            (None, None) => None,
+        };
         let ipv6_enabled = env.parse("IPV6_ENABLED", parse::boolean)?.unwrap_or(true);
+        // `DNS_CAPTURE` and `DNS_PROXY_ADDR` are proxy metadata: the environment's
+        // `ISTIO_META_*` over the proxy config's `proxyMetadata`.
+        let metadata = |key: &str| {
+            env.get(&format!("ISTIO_META_{key}"))
+                .or_else(|| pc.proxy_metadata.get(key).cloned())
+        };
+        let dns_capture = metadata("DNS_CAPTURE");
+        let dns_proxy_addr = metadata("DNS_PROXY_ADDR")
+            .map(|v| {
+                parse::dns_addr(&v).map_err(|reason| ConfigError::Invalid {
+                    var: "ISTIO_META_DNS_PROXY_ADDR",
+                    value: v,
+                    reason,
+                })
+            })
+            .transpose()?;
+        let cpus = cpu_count(&env, host.cpus)?;
+        let default_threads = match pc.concurrency {
+            Some(0) => cpus,
+            Some(n) => usize::from(n),
+            None => default_worker_threads(&env, cpus)?,
+        };
 
         let config = Config {
             proxy_mode,
@@ -290,10 +379,7 @@ impl Config {
             ca_root_ca: root_cert(&env, "CA_ROOT_CA"),
             alt_xds_hostname: env.get("ALT_XDS_HOSTNAME"),
             alt_ca_hostname: env.get("ALT_CA_HOSTNAME"),
-            auth_token: env.get("AUTH_TOKEN").map(PathBuf::from).or_else(|| {
-                let default = PathBuf::from(DEFAULT_AUTH_TOKEN);
-                default.exists().then_some(default)
-            }),
+            auth_token: auth_token(&env)?,
             pod_name: env.get("POD_NAME").unwrap_or_default(),
             pod_namespace: env.get("POD_NAMESPACE").unwrap_or_default(),
             instance_ip: env.get("INSTANCE_IP").unwrap_or_default(),
@@ -302,14 +388,15 @@ impl Config {
                 .get("AMBIT_CA_DIR")
                 .map_or_else(|| PathBuf::from(DEFAULT_CA_DIR), PathBuf::from),
             secret_ttl: env
-                .parse("SECRET_TTL", positive_duration)?
+                .parse("SECRET_TTL", parse::positive_duration)?
                 .unwrap_or(Duration::from_secs(24 * 3600)),
             trust_domain: env
                 .get("TRUST_DOMAIN")
                 .unwrap_or_else(|| "cluster.local".into()),
+            // As in ztunnel, the chart's `ISTIO_META_CLUSTER_ID` wins over `CLUSTER_ID`.
             cluster_id: env
-                .get("CLUSTER_ID")
-                .or_else(|| env.get("ISTIO_META_CLUSTER_ID"))
+                .get("ISTIO_META_CLUSTER_ID")
+                .or_else(|| env.get("CLUSTER_ID"))
                 .unwrap_or_else(|| "Kubernetes".into()),
             network: env.get("NETWORK").unwrap_or_default(),
             node_name: env.get("NODE_NAME").unwrap_or_default(),
@@ -321,21 +408,22 @@ impl Config {
                 .unwrap_or(true),
             worker_threads: env
                 .parse("ZTUNNEL_WORKER_THREADS", |s| parse::worker_threads(s, cpus))?
-                .unwrap_or_else(|| parse::default_worker_threads(cpus)),
+                .unwrap_or(default_threads)
+                .max(1),
             pool_max_streams_per_connection: env
-                .parse("POOL_MAX_STREAMS_PER_CONNECTION", positive_u32)?
+                .parse("POOL_MAX_STREAMS_PER_CONNECTION", parse::positive_u32)?
                 .unwrap_or(100),
             pool_unused_release_timeout: env
                 .parse("POOL_UNUSED_RELEASE_TIMEOUT", parse::duration)?
                 .unwrap_or(Duration::from_secs(300)),
             http2_stream_window_size: env
-                .parse("HTTP2_STREAM_WINDOW_SIZE", window_size)?
+                .parse("HTTP2_STREAM_WINDOW_SIZE", parse::window_size)?
                 .unwrap_or(4 << 20),
             http2_connection_window_size: env
-                .parse("HTTP2_CONNECTION_WINDOW_SIZE", window_size)?
+                .parse("HTTP2_CONNECTION_WINDOW_SIZE", parse::window_size)?
                 .unwrap_or(16 << 20),
             http2_frame_size: env
-                .parse("HTTP2_FRAME_SIZE", frame_size)?
+                .parse("HTTP2_FRAME_SIZE", parse::frame_size)?
                 .unwrap_or(1 << 20),
             hbone_transport: env
                 .parse("AMBIT_HBONE_TRANSPORT", |s| {
@@ -343,7 +431,7 @@ impl Config {
                 })?
                 .unwrap_or_default(),
             hbone_quic_fallback: env
-                .parse("AMBIT_HBONE_QUIC_FALLBACK", positive_duration)?
+                .parse("AMBIT_HBONE_QUIC_FALLBACK", parse::positive_duration)?
                 .unwrap_or(Duration::from_secs(60)),
             hbone_quic_head_start: env
                 .parse("AMBIT_HBONE_QUIC_HEAD_START", parse::duration)?
@@ -353,14 +441,17 @@ impl Config {
                     .parse("KEEPALIVE_ENABLED", parse::boolean)?
                     .unwrap_or(true),
                 time: env
-                    .parse("KEEPALIVE_TIME", positive_duration)?
+                    .parse("KEEPALIVE_TIME", parse::positive_duration)?
                     .unwrap_or(Duration::from_secs(180)),
                 interval: env
-                    .parse("KEEPALIVE_INTERVAL", positive_duration)?
+                    .parse("KEEPALIVE_INTERVAL", parse::positive_duration)?
                     .unwrap_or(Duration::from_secs(180)),
                 retries: env
                     .parse("KEEPALIVE_RETRIES", parse::number::<u32>)?
                     .unwrap_or(9),
+                user_timeout: env
+                    .parse("USER_TIMEOUT_ENABLED", parse::boolean)?
+                    .unwrap_or(false),
             },
             connection_termination_deadline: termination_deadline(&env)?,
             enable_orig_src: env.parse("ENABLE_ORIG_SRC", parse::boolean)?,
@@ -373,13 +464,11 @@ impl Config {
                 })?
                 .unwrap_or_default(),
             log_filter: env.get("RUST_LOG").unwrap_or_else(|| "info".into()),
-            listeners: Listeners::new(ipv6_enabled),
+            listeners: Listeners::new(ipv6_enabled).with_ports(&pc),
             dns: Dns {
-                enabled: env
-                    .get("ISTIO_META_DNS_CAPTURE")
-                    .is_none_or(|v| v == "true"),
-                addr: env
-                    .parse("ISTIO_META_DNS_PROXY_ADDR", dns_addr)?
+                // As in ztunnel: on unless the metadata says something other than `true`.
+                enabled: dns_capture.is_none_or(|v| v.eq_ignore_ascii_case("true")),
+                addr: dns_proxy_addr
                     .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_DNS_PORT))),
                 resolv_conf: env
                     .get("AMBIT_DNS_RESOLV_CONF")
@@ -391,26 +480,37 @@ impl Config {
             enable_socks5: env
                 .parse("UNSTABLE_ENABLE_SOCKS5", parse::boolean)?
                 .unwrap_or(false),
+            prefered_service_namespace: env.get("PREFERED_SERVICE_NAMESPACE"),
+            authz_policy_info_logging: env
+                .parse("AUTHZ_POLICY_INFO_LOGGING", parse::boolean)?
+                .unwrap_or(false),
+            localhost_app_tunnel: env
+                .parse("LOCALHOST_APP_TUNNEL", parse::boolean)?
+                .unwrap_or(true),
             outlier: Outlier {
                 enabled: env
                     .parse("AMBIT_OUTLIER_DETECTION", parse::boolean)?
                     .unwrap_or(true),
                 consecutive_failures: env
-                    .parse("AMBIT_OUTLIER_CONSECUTIVE_FAILURES", positive_u32)?
+                    .parse("AMBIT_OUTLIER_CONSECUTIVE_FAILURES", parse::positive_u32)?
                     .unwrap_or(3),
                 base_ejection: env
-                    .parse("AMBIT_OUTLIER_BASE_EJECTION_TIME", positive_duration)?
+                    .parse("AMBIT_OUTLIER_BASE_EJECTION_TIME", parse::positive_duration)?
                     .unwrap_or(Duration::from_secs(10)),
                 max_ejection: env
-                    .parse("AMBIT_OUTLIER_MAX_EJECTION_TIME", positive_duration)?
+                    .parse("AMBIT_OUTLIER_MAX_EJECTION_TIME", parse::positive_duration)?
                     .unwrap_or(Duration::from_secs(300)),
                 connect_attempts: env
-                    .parse("AMBIT_CONNECT_ATTEMPTS", positive_u32)?
+                    .parse("AMBIT_CONNECT_ATTEMPTS", parse::positive_u32)?
                     .unwrap_or(3),
             },
             xds_headers: Vec::new(),
             ca_headers: Vec::new(),
-            proxy_metadata: Vec::new(),
+            proxy_metadata: pc
+                .proxy_metadata
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
         };
         config.validate()?;
         Ok(config)
@@ -444,117 +544,17 @@ impl Listeners {
             admin: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 15000),
         }
     }
-}
 
-/// Variable lookup with "empty means unset" and errors that name the variable.
-struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
-
-impl Env<'_> {
-    fn get(&self, var: &str) -> Option<String> {
-        (self.0)(var).filter(|v| !v.is_empty())
-    }
-
-    fn parse<T>(
-        &self,
-        var: &'static str,
-        f: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Result<Option<T>, ConfigError> {
-        match self.get(var) {
-            None => Ok(None),
-            Some(value) => {
-                f(&value)
-                    .map(Some)
-                    .map_err(|reason| ConfigError::Invalid { var, value, reason })
-            }
+    /// The proxy config's `proxyAdminPort` and `statsPort`, where set.
+    fn with_ports(mut self, pc: &ProxyConfig) -> Self {
+        if let Some(port) = pc.proxy_admin_port {
+            self.admin.set_port(port);
         }
-    }
-
-    /// Unset ⇒ `default`; `""` ⇒ disabled (`None`).
-    fn address(&self, var: &str, default: &str) -> Option<String> {
-        match (self.0)(var) {
-            None => Some(default.to_string()),
-            Some(v) if v.is_empty() => None,
-            Some(v) => Some(v),
+        if let Some(port) = pc.stats_port {
+            self.stats.set_port(port);
         }
+        self
     }
-}
-
-fn root_cert(env: &Env<'_>, var: &str) -> RootCert {
-    RootCert::from_setting(&env.get(var).unwrap_or_else(|| DEFAULT_ROOT_CERT.into()))
-}
-
-fn workload_info(s: &str) -> Result<WorkloadInfo, String> {
-    match s.split('/').collect::<Vec<_>>().as_slice() {
-        [ns, name, sa] if !ns.is_empty() && !name.is_empty() && !sa.is_empty() => {
-            Ok(WorkloadInfo {
-                namespace: ns.to_string(),
-                name: name.to_string(),
-                service_account: sa.to_string(),
-            })
-        }
-        _ => Err("expected namespace/name/service-account".into()),
-    }
-}
-
-/// `ip:port`, or `localhost:port` (loopback IPv4).
-fn dns_addr(s: &str) -> Result<SocketAddr, String> {
-    if let Some(port) = s.strip_prefix("localhost:") {
-        let port = parse::number::<u16>(port)?;
-        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-    }
-    s.parse()
-        .map_err(|_| "not an address (ip:port or localhost:port)".to_string())
-}
-
-fn positive_duration(s: &str) -> Result<Duration, String> {
-    let d = parse::duration(s)?;
-    if d.is_zero() {
-        return Err("must be greater than zero".into());
-    }
-    Ok(d)
-}
-
-fn positive_u32(s: &str) -> Result<u32, String> {
-    match parse::number::<u32>(s)? {
-        0 => Err("must be greater than zero".into()),
-        n => Ok(n),
-    }
-}
-
-/// HTTP/2 flow-control windows: 65535 ..= 2^31-1 (RFC 9113 §6.9).
-fn window_size(s: &str) -> Result<u32, String> {
-    let n = parse::number::<u32>(s)?;
-    if !(65_535..=(1 << 31) - 1).contains(&n) {
-        return Err("window size must be between 65535 and 2147483647".into());
-    }
-    Ok(n)
-}
-
-/// HTTP/2 SETTINGS_MAX_FRAME_SIZE: 16384 ..= 16777215 (RFC 9113 §6.5.2).
-fn frame_size(s: &str) -> Result<u32, String> {
-    let n = parse::number::<u32>(s)?;
-    if !(16_384..=16_777_215).contains(&n) {
-        return Err("frame size must be between 16384 and 16777215".into());
-    }
-    Ok(n)
-}
-
-/// `CONNECTION_TERMINATION_DEADLINE`, else derived from Kubernetes'
-/// `TERMINATION_GRACE_PERIOD_SECONDS` (leave a margin before the kubelet's SIGKILL: 5 s when
-/// the grace period exceeds 10 s, else 1 s, never below 1 s), else 5 s.
-fn termination_deadline(env: &Env<'_>) -> Result<Duration, ConfigError> {
-    if let Some(d) = env.parse("CONNECTION_TERMINATION_DEADLINE", parse::duration)? {
-        return Ok(d);
-    }
-    if let Some(grace) = env.parse("TERMINATION_GRACE_PERIOD_SECONDS", parse::number::<u64>)? {
-        let secs = if grace > 10 {
-            grace - 5
-        } else {
-            grace.saturating_sub(1)
-        };
-        return Ok(Duration::from_secs(secs.max(1)));
-    }
-    Ok(Duration::from_secs(5))
 }
 
 fn ser_header_names<S: Serializer>(h: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
@@ -567,3 +567,5 @@ fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ztunnel;

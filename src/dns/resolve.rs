@@ -32,6 +32,9 @@ pub struct LookupScope {
     pub namespace: String,
     pub network: String,
     pub cluster_domain: String,
+    /// Where a host name defined in several namespaces resolves when the client's own
+    /// namespace has none (ztunnel's `PREFERED_SERVICE_NAMESPACE`).
+    pub preferred_namespace: Option<String>,
 }
 
 impl LookupScope {
@@ -105,12 +108,20 @@ fn wildcard(state: &StateView, scope: &LookupScope, query: &str) -> Option<Arc<S
 }
 
 /// The service named `hostname` the client may see: its own namespace's first, else the
-/// first public one.
+/// preferred namespace's, else the first public one.
 fn visible_service(state: &StateView, scope: &LookupScope, hostname: &str) -> Option<Arc<Service>> {
     let services = state.services_by_hostname(hostname);
     let own = services.iter().find(|s| s.namespace == scope.namespace);
-    own.or_else(|| services.iter().find(|s| s.visibility == Visibility::Public))
-        .cloned()
+    let public = || {
+        services
+            .iter()
+            .filter(|s| s.visibility == Visibility::Public)
+    };
+    let preferred = || {
+        let ns = scope.preferred_namespace.as_deref()?;
+        public().find(|s| s.namespace == ns)
+    };
+    own.or_else(preferred).or_else(|| public().next()).cloned()
 }
 
 fn addresses(state: &StateView, scope: &LookupScope, svc: &Service) -> Vec<IpAddr> {

@@ -19,6 +19,7 @@ fn scope(ns: &str) -> LookupScope {
         namespace: ns.into(),
         network: String::new(),
         cluster_domain: CD.into(),
+        preferred_namespace: None,
     }
 }
 
@@ -123,6 +124,34 @@ fn mesh_names_resolve_to_vips_endpoints_or_nothing() {
     let ext = lookup(&view, &s, "api.eu.example.com").unwrap();
     assert_eq!(ext.hostname, "*.example.com");
     assert!(lookup(&view, &s, "example.org").is_none());
+}
+
+#[test]
+fn a_host_in_several_namespaces_prefers_own_then_preferred_namespace() {
+    let (writer, view) = StateWriter::new();
+    let mut update = Update::default();
+    for (ns, vip) in [("b", "10.96.1.2"), ("p", "10.96.1.3"), ("z", "10.96.1.4")] {
+        let mut svc = service(ns, "shared", &[vip]);
+        svc.hostname = "shared.example.com".into();
+        update = update.upsert(svc);
+    }
+    writer.apply(update);
+    let q = "shared.example.com";
+    let own = lookup(&view, &scope("z"), q).unwrap();
+    let mut preferring = scope("z");
+    preferring.preferred_namespace = Some("p".into());
+    assert_eq!(own.addrs, ips(&["10.96.1.4"]));
+    assert_eq!(lookup(&view, &preferring, q).unwrap().addrs, own.addrs);
+    let mut preferring = scope("a");
+    preferring.preferred_namespace = Some("p".into());
+    assert_eq!(
+        lookup(&view, &preferring, q).unwrap().addrs,
+        ips(&["10.96.1.3"])
+    );
+    // Without a preference (or an absent one): the first public service.
+    let first = lookup(&view, &scope("a"), q).unwrap().addrs;
+    preferring.preferred_namespace = Some("nowhere".into());
+    assert_eq!(lookup(&view, &preferring, q).unwrap().addrs, first);
 }
 
 /// A resolver for client namespace `a` in front of `upstream`.

@@ -6,7 +6,7 @@
 //! other. Invariants: TLS is server-authenticated only and trusts exactly the configured roots
 //! (`http://` addresses are plaintext, for tests); the token file is read on every call to
 //! [`GrpcTarget::add_metadata`], so a rotated token is picked up on the next request or
-//! reconnect; the token is never logged or serialized.
+//! reconnect; the token (file contents or static value) is never logged or serialized.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,8 +34,8 @@ pub struct GrpcTarget {
     pub root_cert: RootCert,
     /// Name to verify in the server certificate instead of the address's host.
     pub alt_hostname: Option<String>,
-    /// File holding the bearer token; `None` sends no `authorization` header.
-    pub auth_token: Option<PathBuf>,
+    /// The bearer token; `None` sends no `authorization` header.
+    pub auth_token: Option<AuthToken>,
     /// Sent as the `clusterid` header.
     pub cluster_id: String,
     /// Further headers sent on every request (`XDS_HEADER_*` / `CA_HEADER_*`), lowercase names.
@@ -50,8 +50,28 @@ pub enum RootCert {
     File(PathBuf),
     /// PEM text given inline.
     Pem(String),
-    /// The system store (`SYSTEM`): not available in this build; connecting fails clearly.
+    /// The system's trust store (`SYSTEM`), for a control plane with a publicly trusted
+    /// certificate.
     System,
+}
+
+/// Where the bearer token comes from (`AUTH_TOKEN`): a file, re-read on every request (a
+/// projected service-account token rotates), or a value given as is.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AuthToken {
+    File(PathBuf),
+    /// Serialized without its value.
+    Static(#[serde(skip)] String),
+}
+
+impl std::fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthToken::File(path) => f.debug_tuple("File").field(path).finish(),
+            AuthToken::Static(_) => f.write_str("Static(<hidden>)"),
+        }
+    }
 }
 
 /// Why a control-plane channel or request could not be prepared.
@@ -67,8 +87,8 @@ pub enum GrpcError {
     },
     #[error("root certificates from {origin}: no PEM certificate found")]
     NoRoots { origin: String },
-    #[error("root certificates: SYSTEM roots are not supported; give a PEM file or inline PEM")]
-    SystemRootsUnsupported,
+    #[error("root certificates SYSTEM: {reason}")]
+    SystemRoots { reason: String },
     #[error("TLS setup for {address}: {reason}")]
     Tls { address: String, reason: String },
     #[error("auth token file {path}: {source}")]
@@ -97,19 +117,36 @@ impl RootCert {
         }
     }
 
-    /// The PEM bytes, checked to hold at least one certificate.
-    pub fn load(&self) -> Result<Vec<u8>, GrpcError> {
+    /// The PEM bytes, checked to hold at least one certificate; `None` for the system roots.
+    pub fn load(&self) -> Result<Option<Vec<u8>>, GrpcError> {
         let (pem, origin) = match self {
             RootCert::File(path) => (read_file(path)?, path.display().to_string()),
             RootCert::Pem(text) => (text.clone().into_bytes(), "inline PEM".to_string()),
-            RootCert::System => return Err(GrpcError::SystemRootsUnsupported),
+            RootCert::System => {
+                check_system_roots()?;
+                return Ok(None);
+            }
         };
         let found = rustls_pemfile::certs(&mut pem.as_slice()).any(|c| c.is_ok());
         if !found {
             return Err(GrpcError::NoRoots { origin });
         }
-        Ok(pem)
+        Ok(Some(pem))
     }
+}
+
+/// tonic loads the system roots itself and skips what it cannot read; checked here first so an
+/// empty or unreadable store is one clear error instead of failed handshakes.
+fn check_system_roots() -> Result<(), GrpcError> {
+    let found = rustls_native_certs::load_native_certs();
+    if found.certs.is_empty() {
+        let reason = match found.errors.first() {
+            Some(e) => format!("no system root certificates could be loaded ({e})"),
+            None => "the system has no root certificates".to_string(),
+        };
+        return Err(GrpcError::SystemRoots { reason });
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, GrpcError> {
@@ -140,8 +177,10 @@ impl GrpcTarget {
         match scheme.as_str() {
             "http" => Ok(endpoint),
             "https" => {
-                let mut tls = ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(self.root_cert.load()?));
+                let mut tls = match self.root_cert.load()? {
+                    Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                    None => ClientTlsConfig::new().with_native_roots(),
+                };
                 if let Some(name) = &self.alt_hostname {
                     tls = tls.domain_name(name.clone());
                 }
@@ -156,13 +195,18 @@ impl GrpcTarget {
         }
     }
 
-    /// `authorization: Bearer <token>` (token file read now) and `clusterid`.
+    /// `authorization: Bearer <token>` (a token file is read now) and `clusterid`.
     pub fn add_metadata(&self, metadata: &mut MetadataMap) -> Result<(), GrpcError> {
-        if let Some(path) = &self.auth_token {
-            let token = std::fs::read_to_string(path).map_err(|e| GrpcError::ReadToken {
-                path: path.clone(),
-                source: Arc::new(e),
-            })?;
+        if let Some(source) = &self.auth_token {
+            let token = match source {
+                AuthToken::File(path) => {
+                    std::fs::read_to_string(path).map_err(|e| GrpcError::ReadToken {
+                        path: path.clone(),
+                        source: Arc::new(e),
+                    })?
+                }
+                AuthToken::Static(token) => token.clone(),
+            };
             let value =
                 AsciiMetadataValue::try_from(format!("Bearer {}", token.trim())).map_err(|_| {
                     GrpcError::BadHeader {
@@ -228,10 +272,14 @@ mod tests {
             RootCert::Pem("garbage".into()).load(),
             Err(GrpcError::NoRoots { .. })
         ));
-        assert!(matches!(
-            RootCert::System.load(),
-            Err(GrpcError::SystemRootsUnsupported)
-        ));
+        // This machine's store decides between the two; either way no PEM is returned.
+        match RootCert::System.load() {
+            Ok(pem) => assert_eq!(pem, None),
+            Err(e) => assert!(
+                e.to_string().starts_with("root certificates SYSTEM: "),
+                "{e}"
+            ),
+        }
     }
 
     #[test]
@@ -250,7 +298,13 @@ mod tests {
         let token = dir.join("token");
         std::fs::write(&token, "abc\n").unwrap();
         let mut t = target("http://127.0.0.1:1");
-        t.auth_token = Some(token.clone());
+        t.auth_token = Some(AuthToken::Static("static.jwt".into()));
+        let mut md = MetadataMap::new();
+        t.add_metadata(&mut md).unwrap();
+        assert_eq!(md.get("authorization").unwrap(), "Bearer static.jwt");
+        assert_eq!(serde_json::to_string(&t.auth_token).unwrap(), r#""static""#);
+        assert_eq!(format!("{:?}", t.auth_token), "Some(Static(<hidden>))");
+        t.auth_token = Some(AuthToken::File(token.clone()));
         let mut md = MetadataMap::new();
         t.add_metadata(&mut md).unwrap();
         assert_eq!(md.get("authorization").unwrap(), "Bearer abc");

@@ -31,6 +31,8 @@ pub struct DnsSettings {
     /// Where to listen; `127.0.0.1:p` also listens on `[::1]:p` when `ipv6` is on.
     pub addr: SocketAddr,
     pub cluster_domain: String,
+    /// `PREFERED_SERVICE_NAMESPACE`.
+    pub preferred_namespace: Option<String>,
     pub ipv6: bool,
     pub forwarder: Arc<Forwarder>,
     pub metrics: DnsMetrics,
@@ -59,6 +61,7 @@ impl PodExtras {
                 namespace: namespace.to_string(),
                 network: cfg.network.clone(),
                 cluster_domain: d.cluster_domain.clone(),
+                preferred_namespace: d.preferred_namespace.clone(),
             };
             Resolver::new(state.clone(), scope, d.ipv6, d.forwarder.clone())
         });

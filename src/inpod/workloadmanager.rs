@@ -47,7 +47,8 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 pub struct InpodConfig {
     /// The node agent's socket (`INPOD_UDS`).
     pub uds: PathBuf,
-    /// Trust domain of the pods' identities (`TRUST_DOMAIN`).
+    /// Trust domain of a pod's identity until the control plane describes the pod; then its
+    /// record's trust domain is used, as in ztunnel (`TRUST_DOMAIN`, default `cluster.local`).
     pub trust_domain: String,
     /// The per-pod proxy configuration; its socket factory is replaced by the pod's namespace.
     pub proxy: ProxyConfig,
@@ -226,6 +227,9 @@ impl WorkloadManager {
         let retry_at = tokio::time::Instant::now() + self.cfg.retry_interval;
         let mut retry = tokio::time::interval_at(retry_at, self.cfg.retry_interval);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A pod's identity follows its record's trust domain, so the prefetched certificates
+        // are re-synced when the control plane's view changes.
+        let mut state_changes = self.state.changes();
         loop {
             let packet = tokio::select! {
                 biased;
@@ -233,6 +237,10 @@ impl WorkloadManager {
                 p = conn.recv() => p,
                 _ = retry.tick() => {
                     self.retry_pending(pods).await;
+                    continue;
+                }
+                Ok(()) = state_changes.changed() => {
+                    self.sync_status(pods);
                     continue;
                 }
             };
@@ -351,23 +359,16 @@ impl WorkloadManager {
     /// Binds the pod's listeners inside its namespace (on the data runtime) and serves them.
     async fn spawn_proxy(&self, start: &Start<PodNetns>) -> Result<PodProxy, String> {
         let info = &start.info;
-        let identity = Identity::new(
-            &self.cfg.trust_domain,
-            &info.namespace,
-            &info.service_account,
-        )
-        .map_err(|e| format!("identity of {}/{}: {e}", info.namespace, info.name))?;
+        let local = self
+            .local_workload(info)
+            .map_err(|e| format!("identity of {}/{}: {e}", info.namespace, info.name))?;
         let mut cfg = self.cfg.proxy.clone();
         cfg.socket.factory = Arc::new(InpodSocketFactory {
             netns: start.netns.clone(),
         });
         let inputs = ProxyInputs {
             cfg: Arc::new(cfg),
-            local: LocalWorkload {
-                namespace: info.namespace.clone(),
-                name: info.name.clone(),
-                identity,
-            },
+            local,
             state: self.state.clone(),
             certs: self.certs.clone(),
             metrics: self.proxy_metrics.clone(),
@@ -399,6 +400,23 @@ impl WorkloadManager {
         })
     }
 
+    /// The pod as its proxy serves it; its identity until the control plane describes it uses
+    /// the configured trust domain.
+    fn local_workload(
+        &self,
+        info: &WorkloadInfo,
+    ) -> Result<LocalWorkload, crate::core::IdentityError> {
+        Ok(LocalWorkload {
+            namespace: info.namespace.clone(),
+            name: info.name.clone(),
+            default_identity: Identity::new(
+                &self.cfg.trust_domain,
+                &info.namespace,
+                &info.service_account,
+            )?,
+        })
+    }
+
     /// Publishes gauges and readiness from the state machine, and prefetches (or forgets) the
     /// certificates of the pods it holds.
     fn sync_status(&self, pods: &mut Pods) {
@@ -407,12 +425,7 @@ impl WorkloadManager {
             .workloads()
             .filter_map(|info| {
                 // An invalid identity fails the pod's start, which reports it; nothing to fetch.
-                Identity::new(
-                    &self.cfg.trust_domain,
-                    &info.namespace,
-                    &info.service_account,
-                )
-                .ok()
+                Some(self.local_workload(info).ok()?.identity(&self.state))
             })
             .collect();
         pods.certs.sync(&identities);

@@ -238,7 +238,7 @@ pub(super) fn outbound_labels(
     if let Some(wl) = snapshot.workload_by_name(&pi.local.namespace, &pi.local.name) {
         fill_source(&mut l, wl);
     }
-    l.source_principal = pi.local.identity.to_string();
+    l.source_principal = pi.local.identity(&pi.state).to_string();
     if let Some(svc) = service {
         fill_service(&mut l, svc);
     }
@@ -281,7 +281,7 @@ pub(super) fn inbound_labels(
             None => l.destination_service = host.to_string(),
         }
     }
-    l.destination_principal = pi.local.identity.to_string();
+    l.destination_principal = pi.local.identity(&pi.state).to_string();
     // `None` when the connection came through a network gateway: the address is the
     // gateway's, so looking it up would name the wrong workload.
     if let Some(wl) = source_addr.and_then(|a| pi.state.workload_by_addr(&pi.cfg.network, a.ip())) {

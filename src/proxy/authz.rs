@@ -28,6 +28,36 @@ pub(super) fn decide(snapshot: &Snapshot, wl: &Workload, facts: &ConnFacts<'_>) 
     verdict.decision
 }
 
+/// [`decide`] for a new connection, with the decision logged as ztunnel logs its policy
+/// matches: at DEBUG, or at INFO with `info` (`AUTHZ_POLICY_INFO_LOGGING=true`).
+pub(super) fn decide_logged(
+    info: bool,
+    snapshot: &Snapshot,
+    wl: &Workload,
+    facts: &ConnFacts<'_>,
+) -> Decision {
+    let decision = decide(snapshot, wl, facts);
+    macro_rules! log_at {
+        ($level:expr) => {
+            tracing::event!(
+                target: "rbac",
+                $level,
+                src.addr = %facts.src,
+                dst.addr = %facts.dst,
+                src.identity = facts.identity.map(tracing::field::display),
+                decision = %decision,
+                "authorization decision"
+            )
+        };
+    }
+    if info {
+        log_at!(tracing::Level::INFO);
+    } else {
+        log_at!(tracing::Level::DEBUG);
+    }
+    decision
+}
+
 /// Decides a tracked connection again. When its destination is no longer the local workload's
 /// address (the workload was removed or renumbered) there is no policy to apply, so the
 /// connection is left alone: closing it is the lifecycle's job, not authorization's.

@@ -250,7 +250,7 @@ pub(super) async fn connect(
     via: &GatewayRoute,
     headers: ConnectHeaders,
 ) -> Result<H2Stream, GatewayError> {
-    let src = &pi.local.identity;
+    let src = pi.local.identity(&pi.state);
     let key = PoolKey::new(
         src.clone(),
         peer.ip(),
@@ -274,10 +274,10 @@ pub(super) async fn connect(
         })?;
     let cert = pi
         .certs
-        .fetch(src)
+        .fetch(&src)
         .await
         .map_err(|source| GatewayError::Certificate {
-            identity: src.clone(),
+            identity: src,
             source: Box::new(source),
         })?;
     let inner_tls = |source| GatewayError::InnerTls {

@@ -46,13 +46,12 @@ pub(super) async fn handle(
     drain: DrainWatcher,
 ) {
     // No `tune`: the listener is tuned (`socket::listen_tuned`), accepted sockets inherit it.
-    let cert = match pi.certs.fetch(&pi.local.identity).await {
+    let identity = pi.local.identity(&pi.state);
+    let cert = match pi.certs.fetch(&identity).await {
         Ok(c) => c,
         Err(e) => {
-            return ConnectionLog::new(Direction::Inbound, peer).fail(&format_args!(
-                "no certificate for {}: {e}",
-                pi.local.identity
-            ));
+            return ConnectionLog::new(Direction::Inbound, peer)
+                .fail(&format_args!("no certificate for {identity}: {e}"));
         }
     };
     let (tls, peer_id) = match tls::accept(cert.server_config(), stream).await {
@@ -110,7 +109,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
 ) {
     let mut log = ConnectionLog::new(Direction::Inbound, peer);
     log.src_identity = Some(peer_id);
-    log.dst_identity = Some(pi.local.identity.clone());
+    log.dst_identity = Some(pi.local.identity(&pi.state));
     log.transport = Some(R::TRANSPORT);
     let mut forwarded_host = req.forwarded_host();
     let target = match req.authority() {
@@ -159,8 +158,15 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
                 dst: upstream,
                 identity: log.src_identity.as_ref(),
             };
-            let delivery = delivery(upstream, target, local.application_tunnel.as_ref());
-            (authz::decide(&snapshot, local, &facts), delivery)
+            let delivery = delivery(
+                upstream,
+                target,
+                local.application_tunnel.as_ref(),
+                pi.cfg.localhost_app_tunnel,
+            );
+            let decision =
+                authz::decide_logged(pi.cfg.authz_info_logging, &snapshot, local, &facts);
+            (decision, delivery)
         })
     };
     let Some((decision, delivery)) = decided else {
@@ -178,9 +184,9 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
         return log.fail(&decision);
     }
     // Keep the client's address as the source when the families match and we may; never
-    // for an application tunnel, which goes over loopback and names the client in its header.
+    // over loopback (an application tunnel names the client in its header).
     let src = (pi.cfg.orig_src
-        && delivery.proxy_dst.is_none()
+        && !delivery.upstream.ip().is_loopback()
         && peer.is_ipv4() == delivery.upstream.is_ipv4())
     .then(|| peer.ip());
     let mut upstream = match socket::connect(delivery.upstream, src, &pi.cfg.socket).await {
@@ -371,11 +377,13 @@ pub(super) struct Delivery {
 }
 
 /// Applies the local workload's application tunnel to a resolved `upstream`: a port override,
-/// and for `PROXY` a loopback connection that starts with a header naming `target`.
+/// and for `PROXY` a connection that starts with a header naming `target`, over loopback when
+/// `localhost` (so the app's tunnel port need not be reachable from outside the pod).
 pub(super) fn delivery(
     upstream: SocketAddr,
     target: SocketAddr,
     tunnel: Option<&ApplicationTunnel>,
+    localhost: bool,
 ) -> Delivery {
     let Some(t) = tunnel else {
         return Delivery {
@@ -385,6 +393,10 @@ pub(super) fn delivery(
     };
     let port = t.port.unwrap_or(upstream.port());
     match t.protocol {
+        AppTunnelProtocol::Proxy if !localhost => Delivery {
+            upstream: SocketAddr::new(upstream.ip(), port),
+            proxy_dst: Some(target),
+        },
         AppTunnelProtocol::Proxy => {
             let lo: IpAddr = if upstream.is_ipv4() {
                 Ipv4Addr::LOCALHOST.into()

@@ -34,7 +34,7 @@ pub(super) async fn run(
     // The endpoint drops connection attempts until it has a server configuration; each accepted
     // connection then takes the current certificate itself.
     loop {
-        let started = match pi.certs.fetch(&pi.local.identity).await {
+        let started = match pi.certs.fetch(&pi.local.identity(&pi.state)).await {
             Ok(cert) => quic::enable_server(&endpoint, Some(cert.server_config_h3()), qcfg)
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -74,14 +74,13 @@ async fn handle(
     drain: DrainWatcher,
 ) {
     let peer: SocketAddr = socket::canonical(incoming.remote_address());
-    let cert = match pi.certs.fetch(&pi.local.identity).await {
+    let identity = pi.local.identity(&pi.state);
+    let cert = match pi.certs.fetch(&identity).await {
         Ok(c) => c,
         Err(e) => {
             incoming.refuse();
-            return ConnectionLog::new(Direction::Inbound, peer).fail(&format_args!(
-                "no certificate for {}: {e}",
-                pi.local.identity
-            ));
+            return ConnectionLog::new(Direction::Inbound, peer)
+                .fail(&format_args!("no certificate for {identity}: {e}"));
         }
     };
     let (conn, peer_id) =

@@ -68,6 +68,13 @@ pub struct ProxyConfig {
     pub hbone_port: u16,
     /// Passive outlier ejection of service endpoints, and connect retries.
     pub outlier: OutlierConfig,
+    /// Application tunnels (`PROXY`) deliver to loopback, so the app is reachable only
+    /// through the proxy (`LOCALHOST_APP_TUNNEL`, default on); off delivers to the pod's
+    /// address.
+    pub localhost_app_tunnel: bool,
+    /// Authorization decisions are logged at INFO instead of DEBUG
+    /// (`AUTHZ_POLICY_INFO_LOGGING`).
+    pub authz_info_logging: bool,
 }
 
 /// The workload a proxy serves.
@@ -75,13 +82,32 @@ pub struct ProxyConfig {
 pub struct LocalWorkload {
     pub namespace: String,
     pub name: String,
-    pub identity: Identity,
+    /// Its identity until the control plane describes the workload: the namespace and service
+    /// account it was announced with, and the configured default trust domain.
+    pub default_identity: Identity,
 }
 
 impl LocalWorkload {
     /// Whether `wl` is this workload.
     fn is(&self, wl: &Workload) -> bool {
         wl.namespace() == self.namespace && wl.name == self.name
+    }
+
+    /// The workload's identity: as in ztunnel, the trust domain is the one of its record in
+    /// the state (only the control plane knows it); namespace and service account are the
+    /// announced ones. Without a record, [`LocalWorkload::default_identity`].
+    pub fn identity(&self, state: &StateView) -> Identity {
+        let default = &self.default_identity;
+        match state.workload_by_name(&self.namespace, &self.name) {
+            Some(wl) if wl.trust_domain() != default.trust_domain() => Identity::new(
+                wl.trust_domain(),
+                default.namespace(),
+                default.service_account(),
+            )
+            // A record's trust domain was validated when it was applied.
+            .unwrap_or_else(|_| default.clone()),
+            _ => default.clone(),
+        }
     }
 }
 
@@ -235,7 +261,7 @@ impl Proxy {
     pub async fn run(self, drain: DrainWatcher) {
         let addrs = self.addrs();
         info!(
-            workload = %self.inputs.local.identity,
+            workload = %self.inputs.local.identity(&self.inputs.state),
             outbound = %addrs.outbound,
             inbound = %addrs.inbound,
             inbound_plaintext = %addrs.inbound_plaintext,

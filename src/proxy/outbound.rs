@@ -84,7 +84,7 @@ pub(super) async fn handle(
     drain: DrainWatcher,
 ) {
     let mut log = ConnectionLog::new(Direction::Outbound, peer);
-    log.src_identity = Some(pi.local.identity.clone());
+    log.src_identity = Some(pi.local.identity(&pi.state));
     let orig = match socket::orig_dst(&stream, peer) {
         Ok(a) => a,
         Err(e) => return log.fail(&format_args!("original destination: {e}")),
@@ -287,7 +287,7 @@ async fn connect_route(
         } => {
             log.hbone_addr = Some(hbone);
             log.dst_identity = expected.first().cloned();
-            let key = PoolKey::new(pi.local.identity.clone(), peer.ip(), hbone, expected);
+            let key = PoolKey::new(pi.local.identity(&pi.state), peer.ip(), hbone, expected);
             let req = ConnectRequest {
                 authority: Authority::Addr(target),
                 headers: connect_headers(pi, peer, service_host),

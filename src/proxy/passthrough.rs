@@ -53,7 +53,7 @@ pub(super) async fn handle(
             dst: target,
             identity: None,
         };
-        authz::decide(&snapshot, local, &facts)
+        authz::decide_logged(pi.cfg.authz_info_logging, &snapshot, local, &facts)
     };
     if !decision.is_allow() {
         // Dropping the accepted stream closes it; the app was never dialled.

@@ -40,6 +40,9 @@ pub struct SocketOptions {
     /// `SO_MARK`, so redirection rules let the proxy's own traffic pass.
     pub mark: Option<u32>,
     pub keepalive: Option<Keepalive>,
+    /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the connection
+    /// is dropped (ztunnel's `USER_TIMEOUT_ENABLED`; off by default).
+    pub user_timeout: Option<Duration>,
     pub connect_timeout: Duration,
 }
 
@@ -55,6 +58,7 @@ impl std::fmt::Debug for SocketOptions {
         f.debug_struct("SocketOptions")
             .field("mark", &self.mark)
             .field("keepalive", &self.keepalive)
+            .field("user_timeout", &self.user_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
     }
@@ -70,6 +74,7 @@ impl Default for SocketOptions {
                 interval: Duration::from_secs(180),
                 retries: 9,
             }),
+            user_timeout: None,
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -234,6 +239,9 @@ fn tune_socket(sock: &Socket, opts: &SocketOptions) -> io::Result<()> {
             .with_retries(ka.retries);
         sock.set_tcp_keepalive(&params)?;
     }
+    if let Some(timeout) = opts.user_timeout {
+        sock.set_tcp_user_timeout(Some(timeout))?;
+    }
     Ok(())
 }
 
@@ -325,6 +333,7 @@ mod tests {
                 interval: Duration::from_secs(13),
                 retries: 4,
             }),
+            user_timeout: Some(Duration::from_secs(129)),
             ..SocketOptions::default()
         };
         let l = listen_tuned("127.0.0.1:0".parse().unwrap(), &opts, false, false).unwrap();
@@ -343,6 +352,10 @@ mod tests {
             Duration::from_secs(13)
         );
         assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(129))
+        );
         // An untuned listener's connections are left alone (callers `tune` them).
         let plain = listen("127.0.0.1:0".parse().unwrap(), &opts, false, false).unwrap();
         let _client = TcpStream::connect(plain.local_addr().unwrap())

@@ -153,7 +153,7 @@ async fn handle(
     drain: DrainWatcher,
 ) {
     let mut log = ConnectionLog::new(Direction::Outbound, peer);
-    log.src_identity = Some(pi.local.identity.clone());
+    log.src_identity = Some(pi.local.identity(&pi.state));
     let negotiated =
         tokio::time::timeout(NEGOTIATION_TIMEOUT, negotiate(&mut stream, &*resolver)).await;
     let dst = match negotiated {

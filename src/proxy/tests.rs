@@ -140,3 +140,28 @@ fn baggage_describes_the_source_workload() {
     assert_eq!(b.service_version, "v2");
     assert_eq!((b.region.as_str(), b.zone.as_str()), ("r1", "z1"));
 }
+
+#[test]
+fn local_identity_takes_the_trust_domain_of_the_workload_record() {
+    let (writer, view) = StateWriter::new();
+    let local = LocalWorkload {
+        namespace: "a".into(),
+        name: "client".into(),
+        default_identity: id("a", "client"),
+    };
+    // No record yet: the configured default.
+    assert_eq!(
+        local.identity(&view).to_string(),
+        "spiffe://cluster.local/ns/a/sa/client"
+    );
+    let record = Workload::new(
+        "c//Pod/a/client",
+        "client",
+        Identity::new("example.org", "a", "client").unwrap(),
+    );
+    writer.apply(Update::default().upsert(record));
+    assert_eq!(
+        local.identity(&view).to_string(),
+        "spiffe://example.org/ns/a/sa/client"
+    );
+}

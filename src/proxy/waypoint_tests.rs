@@ -189,7 +189,7 @@ fn application_tunnels_redirect_to_loopback_with_a_proxy_header() {
     let up: SocketAddr = "10.0.0.9:80".parse().unwrap();
     let target: SocketAddr = "10.96.0.1:80".parse().unwrap();
     assert_eq!(
-        delivery(up, target, None),
+        delivery(up, target, None, true),
         Delivery {
             upstream: up,
             proxy_dst: None
@@ -200,9 +200,17 @@ fn application_tunnels_redirect_to_loopback_with_a_proxy_header() {
         port: Some(15088),
     };
     assert_eq!(
-        delivery(up, target, Some(&proxy)),
+        delivery(up, target, Some(&proxy), true),
         Delivery {
             upstream: "127.0.0.1:15088".parse().unwrap(),
+            proxy_dst: Some(target),
+        }
+    );
+    // LOCALHOST_APP_TUNNEL=false: the pod's own address, still with the header.
+    assert_eq!(
+        delivery(up, target, Some(&proxy), false),
+        Delivery {
+            upstream: "10.0.0.9:15088".parse().unwrap(),
             proxy_dst: Some(target),
         }
     );
@@ -213,6 +221,7 @@ fn application_tunnels_redirect_to_loopback_with_a_proxy_header() {
             protocol: AppTunnelProtocol::Proxy,
             port: None,
         }),
+        true,
     );
     assert_eq!(v6.upstream, "[::1]:80".parse().unwrap());
     let port_only = ApplicationTunnel {
@@ -220,7 +229,7 @@ fn application_tunnels_redirect_to_loopback_with_a_proxy_header() {
         port: Some(9090),
     };
     assert_eq!(
-        delivery(up, target, Some(&port_only)),
+        delivery(up, target, Some(&port_only), true),
         Delivery {
             upstream: "10.0.0.9:9090".parse().unwrap(),
             proxy_dst: None

@@ -185,7 +185,7 @@ fn tracked_connections_to_a_removed_workload_are_left_alone() {
     let local = LocalWorkload {
         namespace: "b".into(),
         name: "server".into(),
-        identity: Identity::new("cluster.local", "b", "server").unwrap(),
+        default_identity: Identity::new("cluster.local", "b", "server").unwrap(),
     };
     let facts = ConnFacts {
         src: "10.9.0.1:1".parse().unwrap(),

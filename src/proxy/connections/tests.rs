@@ -12,12 +12,12 @@ fn local() -> super::super::LocalWorkload {
     super::super::LocalWorkload {
         namespace: "b".into(),
         name: "server".into(),
-        identity: Identity::new("cluster.local", "b", "server").unwrap(),
+        default_identity: Identity::new("cluster.local", "b", "server").unwrap(),
     }
 }
 
 fn server() -> Workload {
-    let mut w = Workload::new("c//Pod/b/server", "server", local().identity);
+    let mut w = Workload::new("c//Pod/b/server", "server", local().default_identity);
     w.workload_ips = vec!["10.0.0.2".parse().unwrap()];
     w
 }
