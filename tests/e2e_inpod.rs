@@ -101,14 +101,14 @@ async fn two_pods_talk_through_hbone_and_readiness_follows_the_snapshot() {
     }
     assert_eq!(
         h.node.readiness().await,
-        Some(503),
+        Some(500),
         "ready before the snapshot"
     );
     assert_eq!(conn.add(a).await, Answer::Ack);
     assert_eq!(conn.add(b).await, Answer::Ack);
     assert_eq!(
         h.node.readiness().await,
-        Some(503),
+        Some(500),
         "ready before the snapshot"
     );
     assert_eq!(conn.snapshot().await, Answer::Ack);
@@ -323,7 +323,7 @@ async fn failed_start_is_nacked_blocks_readiness_and_is_retried() {
     assert_eq!(conn.snapshot().await, Answer::Ack);
     assert_eq!(
         h.node.readiness().await,
-        Some(503),
+        Some(500),
         "a pending pod blocks readiness"
     );
     assert_eq!(

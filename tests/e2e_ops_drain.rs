@@ -120,13 +120,13 @@ async fn open_flows(mesh: &Mesh) -> Flows {
     Flows { short, long }
 }
 
-/// Waits (bounded) until `ns`'s readiness answers 503 naming `draining`.
+/// Waits (bounded) until `ns`'s readiness answers 500 naming `draining`.
 async fn wait_not_ready_draining(ns: &Netns) {
     let addr = SocketAddr::from(([127, 0, 0, 1], 15021));
     let mut last = String::new();
     for _ in 0..100 {
         if let Ok(r) = http_get(ns, addr, "/healthz/ready", STEP).await {
-            if r.status == 503 && r.body.contains("draining") {
+            if r.status == 500 && r.body.contains("draining") {
                 return;
             }
             last = format!("{} {}", r.status, r.body);

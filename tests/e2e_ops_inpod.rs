@@ -1,6 +1,6 @@
 //! Operating ambit in shared (in-pod) mode, end to end:
 //! - readiness waits for the certificates of the local pods: with the lab's control plane, a pod
-//!   added while the CA refuses keeps the node's readiness at 503 naming its identity, until the
+//!   added while the CA refuses keeps the node's readiness at 500 naming its identity, until the
 //!   CA accepts again; when the pod leaves, its certificate is forgotten (`/config_dump`);
 //! - graceful drain of the pods' proxies on SIGTERM, with the test as the node agent: readiness
 //!   turns false, the pods' listeners stop accepting, a flow that ends before
@@ -115,7 +115,7 @@ async fn readiness_waits_for_local_pod_certificates_and_gone_pods_are_forgotten(
     // Blocked from the moment the pod was acknowledged, naming what is pending.
     let node = lab.node_ns("node-2").unwrap();
     let (status, body) = readiness(node).await.unwrap();
-    assert_eq!(status, 503, "{body}");
+    assert_eq!(status, 500, "{body}");
     assert!(
         body.contains(&format!("inpod: certificate {web3}")),
         "{body}"
@@ -132,7 +132,7 @@ async fn readiness_waits_for_local_pod_certificates_and_gone_pods_are_forgotten(
     .await
     .unwrap();
     let (status, body) = readiness(node).await.unwrap();
-    assert_eq!(status, 503, "ready while the CA refused: {body}");
+    assert_eq!(status, 500, "ready while the CA refused: {body}");
     assert!(body.contains(&web3), "{body}");
     let ids = dumped_identities(&lab, "node-2").await;
     assert!(
@@ -204,7 +204,7 @@ async fn sigterm_drains_pod_proxies_in_shared_mode_then_exits_0() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     wait_readiness(&node.ns, 100, "reported draining", |s, body| {
-        s == 503 && body.contains("draining")
+        s == 500 && body.contains("draining")
     })
     .await;
 

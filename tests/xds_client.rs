@@ -130,10 +130,7 @@ async fn pushes_apply_removals_remove_and_readiness_follows_acks() {
         );
         assert_eq!(labels.fields["replicas"].kind, Some(Kind::NumberValue(2.0)));
     }
-    assert_eq!(
-        h.readiness.pending(),
-        vec!["xds Address", "xds Authorization"]
-    );
+    assert_eq!(h.readiness.pending(), vec!["state manager"]);
 
     // A workload that backs a service arrives before the service: it waits, keyed, and the
     // service has endpoints as soon as it arrives.
@@ -154,7 +151,7 @@ async fn pushes_apply_removals_remove_and_readiness_follows_acks() {
     );
     assert!(ack.error_detail.is_none());
     assert!(h.view.workload_by_uid("w1").is_some());
-    assert_eq!(h.readiness.pending(), vec!["xds Authorization"]);
+    assert_eq!(h.readiness.pending(), vec!["state manager"]);
 
     conn.push(response(
         ADDRESS_TYPE_URL,
@@ -252,8 +249,8 @@ async fn a_bad_resource_is_nacked_by_name_and_the_rest_applies() {
     assert_eq!(w1.workload_ips, vec![std::net::IpAddr::from([10, 0, 0, 1])]);
     assert!(h.view.workload_by_addr("", [10, 0, 0, 1].into()).is_some());
 
-    // Address was released by the first ACK; policies have had no response yet.
-    assert_eq!(h.readiness.pending(), vec!["xds Authorization"]);
+    // Addresses have been acknowledged, policies not yet: readiness still waits for both.
+    assert_eq!(h.readiness.pending(), vec!["state manager"]);
 }
 
 #[tokio::test]
@@ -273,10 +270,10 @@ async fn first_response_nacked_keeps_readiness_blocked() {
         &[],
     ));
     assert!(conn.next_request().await.error_detail.is_some());
-    assert!(h.readiness.pending().contains(&"xds Address".to_string()));
+    assert!(h.readiness.pending().contains(&"state manager".to_string()));
     conn.push(response(ADDRESS_TYPE_URL, "n2", vec![], &[]));
     assert!(conn.next_request().await.error_detail.is_none());
-    assert_eq!(h.readiness.pending(), vec!["xds Authorization"]);
+    assert_eq!(h.readiness.pending(), vec!["state manager"]);
 }
 
 #[tokio::test]

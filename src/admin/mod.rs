@@ -104,7 +104,7 @@ pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, B
         .map_err(|source| BindError { what, addr, source })
 }
 
-/// `GET /healthz/ready`: `200 ready`, or `503` naming what is still pending (`draining` once a
+/// `GET /healthz/ready`: `200 ready`, or `500` (as ztunnel) naming what is still pending (`draining` once a
 /// drain started: the caller blocks readiness then). `drain` only ends the server, so the
 /// caller passes a watcher that outlives the proxy's drain, keeping readiness answerable (and
 /// false) while connections finish.
@@ -120,7 +120,7 @@ pub async fn serve_readiness(listener: TcpListener, readiness: Readiness, drain:
                 text(StatusCode::OK, "ready\n".into())
             } else {
                 text(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                    StatusCode::INTERNAL_SERVER_ERROR,
                     format!("not ready, pending: {}\n", pending.join(", ")),
                 )
             }
@@ -227,7 +227,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         tokio::spawn(serve_readiness(l, readiness.clone(), drain));
         let resp = get(addr, "/healthz/ready").await;
-        assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+        assert!(resp.starts_with("HTTP/1.1 500"), "{resp}");
         assert!(
             resp.ends_with("not ready, pending: certificates\n"),
             "{resp}"

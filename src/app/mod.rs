@@ -111,7 +111,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
 
     let readiness = Readiness::new();
     let certs_ready = readiness.block("certificates");
-    let proxy_ready = readiness.block("listeners");
+    let proxy_ready = readiness.block("proxy");
     // In shared mode the workload manager blocks readiness until the node agent's snapshot.
     let dns_metrics = crate::dns::DnsMetrics::default();
     let metrics = {

@@ -172,7 +172,7 @@ impl WorkloadManager {
         let mut pods = Pods {
             sm: StateManager::new(),
             proxies: HashMap::new(),
-            not_ready: Some(self.readiness.block("inpod: ZDS snapshot")),
+            not_ready: Some(self.readiness.block("workload proxy manager")),
             certs: PodCertificates::new(self.pod_certs.clone(), self.readiness.clone()),
         };
         let mut backoff = self.cfg.backoff_initial;
@@ -459,7 +459,7 @@ impl WorkloadManager {
                 info!("in-pod workloads ready");
             }
         } else if pods.not_ready.is_none() {
-            pods.not_ready = Some(self.readiness.block("inpod: pending pod proxies"));
+            pods.not_ready = Some(self.readiness.block("workload proxy manager"));
         }
     }
 }

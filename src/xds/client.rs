@@ -17,7 +17,7 @@
 //!   ended stream counts once in `istio_xds_connection_terminations_total` by reason (a drain
 //!   cancels the stream and is not counted).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use ambit_proto::envoy::config::core::v3::Node;
@@ -81,7 +81,10 @@ pub struct XdsClient {
     cfg: XdsConfig,
     writer: StateWriter,
     known: HashMap<&'static str, HashMap<String, Known>>,
-    not_ready: HashMap<&'static str, BlockReady>,
+    /// Types not yet acknowledged once; readiness (`state manager`, ztunnel's name for it) is
+    /// held until every one has been.
+    not_ready: HashSet<&'static str>,
+    state_manager: Option<BlockReady>,
     metrics: XdsMetrics,
 }
 
@@ -185,15 +188,12 @@ fn json_value(v: &serde_json::Value) -> prost_types::Value {
 impl XdsClient {
     /// A client that will write into `writer`; registers one readiness blocker per type.
     pub fn new(cfg: XdsConfig, writer: StateWriter, readiness: &Readiness) -> Self {
-        let not_ready = TYPE_URLS
-            .iter()
-            .map(|t| (*t, readiness.block(format!("xds {}", short_type(t)))))
-            .collect();
         XdsClient {
             cfg,
             writer,
             known: TYPE_URLS.iter().map(|t| (*t, HashMap::new())).collect(),
-            not_ready,
+            not_ready: TYPE_URLS.iter().copied().collect(),
+            state_manager: Some(readiness.block("state manager")),
             metrics: XdsMetrics::default(),
         }
     }
@@ -384,8 +384,11 @@ impl XdsClient {
         }
 
         if errors.is_empty() {
-            if self.not_ready.remove(type_url).is_some() {
+            if self.not_ready.remove(type_url) {
                 info!(type_url, "first xDS response of this type acknowledged");
+                if self.not_ready.is_empty() {
+                    self.state_manager = None;
+                }
             }
             ack(type_url.to_string(), nonce, Vec::new())
         } else {
@@ -444,10 +447,6 @@ fn reconnect_at_once(e: &XdsError) -> bool {
         },
         _ => false,
     }
-}
-
-fn short_type(type_url: &str) -> &str {
-    type_url.rsplit('.').next().unwrap_or(type_url)
 }
 
 /// `e: cause: cause…`, since tonic's transport errors hide the useful part in their sources.
