@@ -102,7 +102,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
     // In shared mode the workload manager blocks readiness until the node agent's snapshot.
     let dns_metrics = crate::dns::DnsMetrics::default();
     let metrics = {
-        let mut m = Metrics::new();
+        let mut m = Metrics::with_build_tag(&istio_version(&config));
         dns_metrics.register(m.registry_mut());
         m.register_tokio_runtime(data.handle().clone());
         Arc::new(m)
@@ -396,4 +396,16 @@ fn dedicated_workload(config: &Config) -> anyhow::Result<LocalWorkload> {
         name: info.name.clone(),
         identity,
     })
+}
+
+/// The Istio version this proxy is deployed as (`ISTIO_META_ISTIO_VERSION`), the `tag` of
+/// `istio_build`; `unknown` when not set, as ztunnel reports it.
+fn istio_version(config: &Config) -> String {
+    config
+        .proxy_metadata
+        .iter()
+        .find(|(k, _)| k == "ISTIO_VERSION")
+        .and_then(|(_, v)| v.as_str())
+        .unwrap_or(crate::metrics::UNKNOWN_TAG)
+        .to_string()
 }

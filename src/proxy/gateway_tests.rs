@@ -224,11 +224,11 @@ fn a_source_that_came_through_a_gateway_is_not_looked_up_by_its_address() {
     let client = id("a", "client");
     let looked_up = inbound_labels(&pi, &local, Some(gateway), Some(&client), None);
     assert_eq!(
-        looked_up.source_workload, "eastwest",
+        looked_up.traffic.source_workload, "eastwest",
         "the mis-attribution avoided"
     );
     let from_gateway = inbound_labels(&pi, &local, None, Some(&client), Some(WEB));
-    assert_eq!(from_gateway.source_workload, "unknown");
-    assert_eq!(from_gateway.source_principal, client.to_string());
-    assert_eq!(from_gateway.destination_service, WEB);
+    assert_eq!(from_gateway.traffic.source_workload, "unknown");
+    assert_eq!(from_gateway.traffic.source_principal, client.to_string());
+    assert_eq!(from_gateway.traffic.destination_service, WEB);
 }

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use crate::core::{Authority, Identity};
 use crate::hbone;
 use crate::lifecycle::DrainWatcher;
-use crate::metrics::{DirectionLabel, HboneTransportLabel, TransportLabels};
+use crate::metrics::{DirectionLabel, HboneTransportLabel, ResponseFlag, TransportLabels};
 use crate::rbac::ConnFacts;
 use crate::tls;
 
@@ -46,10 +46,20 @@ pub(super) async fn handle(
     drain: DrainWatcher,
 ) {
     // No `tune`: the listener is tuned (`socket::listen_tuned`), accepted sockets inherit it.
+    // The address the client dialled (`dst.addr` of every stream's log line).
+    let local = stream
+        .local_addr()
+        .map(socket::canonical)
+        .unwrap_or(pi.cfg.inbound_addr);
+    let early = |error: &dyn std::fmt::Display| {
+        let mut log = ConnectionLog::new(Direction::Inbound, peer);
+        log.dst = Some(local);
+        log.fail(error)
+    };
     let cert = match pi.certs.fetch(&pi.local.identity).await {
         Ok(c) => c,
         Err(e) => {
-            return ConnectionLog::new(Direction::Inbound, peer).fail(&format_args!(
+            return early(&format_args!(
                 "no certificate for {}: {e}",
                 pi.local.identity
             ));
@@ -59,8 +69,7 @@ pub(super) async fn handle(
         Ok(ok) => ok,
         Err(e) => {
             pi.metrics.inbound_handshake_failures.inc();
-            return ConnectionLog::new(Direction::Inbound, peer)
-                .fail(&format_args!("TLS handshake: {e}"));
+            return early(&format_args!("TLS handshake: {e}"));
         }
     };
     pi.metrics.inbound_handshakes.inc();
@@ -75,7 +84,7 @@ pub(super) async fn handle(
             serve_stream(
                 pi.clone(),
                 tracker.clone(),
-                peer,
+                (peer, local),
                 peer_id.clone(),
                 req,
                 drain.clone(),
@@ -99,11 +108,12 @@ pub(super) fn count_connection(pi: &ProxyInputs, transport: HboneTransportLabel)
 }
 
 /// Serves one CONNECT stream of either transport (h2 or h3): the same checks, statuses,
-/// authorization, tracking and logs.
+/// authorization, tracking and logs. `peer` is the client's address, `local` the HBONE address
+/// it connected to.
 pub(super) async fn serve_stream<R: InboundTunnel>(
     pi: Arc<ProxyInputs>,
     tracker: ConnectionTracker,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, SocketAddr),
     peer_id: Identity,
     req: R,
     drain: DrainWatcher,
@@ -112,6 +122,8 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
     log.src_identity = Some(peer_id);
     log.dst_identity = Some(pi.local.identity.clone());
     log.transport = Some(R::TRANSPORT);
+    log.dst = Some(local);
+    log.hbone_addr = Some(req.authority().clone());
     let mut forwarded_host = req.forwarded_host();
     let target = match req.authority() {
         Authority::Addr(a) => socket::canonical(*a),
@@ -131,7 +143,6 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
     };
     // Through a network gateway the TCP peer is the gateway, not the source workload.
     let from_gateway = req.forwarded_network().is_some_and(|n| n != pi.cfg.network);
-    log.dst = Some(target);
     if ILLEGAL_PORTS.contains(&target.port()) {
         req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
         return log.fail(&format_args!(
@@ -174,7 +185,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
     if !decision.is_allow() {
         pi.metrics.connections_denied.inc();
         req.reject(StatusCode::UNAUTHORIZED).await;
-        log.response_flags = Some("DENY");
+        log.response_flags = Some(ResponseFlag::Deny);
         return log.fail(&decision);
     }
     // Keep the client's address as the source when the families match and we may; never
@@ -187,7 +198,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
         Ok(s) => s,
         Err(e) => {
             req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
-            log.response_flags = Some("CONNECT");
+            log.response_flags = Some(ResponseFlag::Connect);
             return log.fail(&e);
         }
     };
@@ -196,13 +207,16 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
         if let Err(e) = proxyproto::write(&mut upstream, peer, dst, log.src_identity.as_ref()).await
         {
             req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
-            log.response_flags = Some("CONNECT");
+            log.response_flags = Some(ResponseFlag::Connect);
             return log.fail(&e);
         }
     }
     let tunnel = match req.accept().await {
         Ok(t) => t,
-        Err(e) => return log.fail(&e),
+        Err(e) => {
+            log.response_flags = Some(ResponseFlag::Connect);
+            return log.fail(&e);
+        }
     };
     pi.metrics
         .hbone_streams

@@ -74,11 +74,18 @@ async fn handle(
     drain: DrainWatcher,
 ) {
     let peer: SocketAddr = socket::canonical(incoming.remote_address());
+    // The address the client dialled (`dst.addr` of the log lines): the endpoint's port on the
+    // local address the packets came to.
+    let local = incoming.local_ip().map_or(pi.cfg.inbound_addr, |ip| {
+        socket::canonical(SocketAddr::new(ip, pi.cfg.inbound_addr.port()))
+    });
     let cert = match pi.certs.fetch(&pi.local.identity).await {
         Ok(c) => c,
         Err(e) => {
             incoming.refuse();
-            return ConnectionLog::new(Direction::Inbound, peer).fail(&format_args!(
+            let mut log = ConnectionLog::new(Direction::Inbound, peer);
+            log.dst = Some(local);
+            return log.fail(&format_args!(
                 "no certificate for {}: {e}",
                 pi.local.identity
             ));
@@ -90,6 +97,7 @@ async fn handle(
             Err(e) => {
                 pi.metrics.inbound_handshake_failures.inc();
                 let mut log = ConnectionLog::new(Direction::Inbound, peer);
+                log.dst = Some(local);
                 log.transport = Some(HboneTransportLabel::h3);
                 // A TLS refusal is logged in the h2 listener's words, so one search finds it
                 // on either transport.
@@ -113,7 +121,7 @@ async fn handle(
             serve_stream(
                 pi.clone(),
                 tracker.clone(),
-                peer,
+                (peer, local),
                 peer_id.clone(),
                 req,
                 drain.clone(),
