@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::accesslog::{self, LogLine};
 use crate::traffic::{Server, ServerKind, bulk_send};
 use crate::{Lab, LabError};
 
@@ -253,25 +254,22 @@ fn witness_logs(lab: &Lab, flow: &Flow) -> (Vec<PathBuf>, &'static str) {
 /// Access-log lines in `logs` of `direction` whose `key` address has IP `ip`.
 fn matching_lines(logs: &[PathBuf], direction: &str, key: &str, ip: &str) -> Vec<String> {
     let dir = format!("direction={direction}");
-    let (a, b) = (format!("{key}={ip}:"), format!("{key}=[::ffff:{ip}]:"));
+    let (a, b) = (format!("{key}^={ip}:"), format!("{key}^=[::ffff:{ip}]:"));
     logs.iter()
         .filter_map(|l| std::fs::read_to_string(l).ok())
         .flat_map(|text| {
-            text.lines()
-                .filter(|l| l.contains("access") && l.contains(&dir))
-                .filter(|l| {
-                    l.split_whitespace()
-                        .any(|tok| tok.starts_with(&a) || tok.starts_with(&b))
-                })
-                .map(str::to_string)
+            accesslog::access_lines(&text, &[&dir])
+                .into_iter()
+                .filter(|l| l.has(&a) || l.has(&b))
+                .map(|l| l.raw)
                 .collect::<Vec<_>>()
         })
         .collect()
 }
 
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|tok| tok.strip_prefix(key)?.strip_prefix('='))
+/// The value of field `key` of a log line, unquoted.
+fn field(line: &str, key: &str) -> Option<String> {
+    LogLine::parse(line)?.get(key).map(str::to_string)
 }
 
 async fn run_flow(lab: &Lab, flow: Flow) -> Result<FlowResult, LabError> {
@@ -336,7 +334,7 @@ async fn run_flow(lab: &Lab, flow: Flow) -> Result<FlowResult, LabError> {
     }
     match (&line, direction) {
         (Some(l), "inbound") => {
-            r.identity_seen = field(l, "src.identity").map(str::to_string);
+            r.identity_seen = field(l, "src.identity");
             r.path = Some(if r.identity_seen.is_some() {
                 PathKind::Hbone
             } else {

@@ -23,12 +23,14 @@
 //! | [`eastwest`] | the east-west gateway stand-in that joins a network to the others |
 //! | [`traffic`] | built-in HTTP, echo, sink (sha256) and request/response servers and clients; the PROXY header echo and the waypoint stand-in |
 //! | [`demo`] | the demo scenario and its report |
+//! | [`accesslog`] | reading the node proxies' logs in Istio's layout (text or JSON) |
 //!
 //! Everything the lab creates is named `ambit-lab-<pid>-<random>-...`, so parallel tests never
 //! collide and `ambit-lab cleanup` can find what a crashed run left behind.
 
 #![deny(unsafe_code)]
 
+pub mod accesslog;
 pub mod agent;
 pub mod control;
 pub mod control_ca;
