@@ -208,7 +208,10 @@ impl<'de> serde::Deserialize<'de> for Members {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
                 let mut out = Vec::new();
                 while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
                     out.push(entry);
@@ -259,8 +262,18 @@ mod tests {
     fn text_line_fields_in_order_unquoted() {
         let l = LogLine::parse(TEXT).unwrap();
         assert_eq!(
-            (l.time.as_str(), l.level.as_str(), l.scope.as_str(), l.message.as_str()),
-            ("2026-12-04T04:05:06.123456Z", "info", "access", "connection complete")
+            (
+                l.time.as_str(),
+                l.level.as_str(),
+                l.scope.as_str(),
+                l.message.as_str()
+            ),
+            (
+                "2026-12-04T04:05:06.123456Z",
+                "info",
+                "access",
+                "connection complete"
+            )
         );
         let keys: Vec<&str> = l.fields.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
@@ -279,7 +292,10 @@ mod tests {
             ]
         );
         assert_eq!(l.get("src.addr"), Some("10.0.1.5:40000"));
-        assert_eq!(l.get("src.identity"), Some("spiffe://cluster.local/ns/a/sa/client"));
+        assert_eq!(
+            l.get("src.identity"),
+            Some("spiffe://cluster.local/ns/a/sa/client")
+        );
         assert_eq!(l.get("direction"), Some("inbound"));
         assert_eq!(l.get("bytes_sent"), Some("490"));
         assert_eq!(l.get("error"), Some("a \"quoted\"\tthing"));
@@ -321,7 +337,8 @@ mod tests {
     fn message_only_fields_only_and_bare_values_with_spaces() {
         let l = LogLine::parse("T\tinfo\txds\tconnected\t").unwrap();
         assert_eq!((l.message.as_str(), l.fields.len()), ("connected", 0));
-        let l = LogLine::parse("T\twarn\tproxy\tattempt=2 err=no route to host next=\"x\"").unwrap();
+        let l =
+            LogLine::parse("T\twarn\tproxy\tattempt=2 err=no route to host next=\"x\"").unwrap();
         assert_eq!(l.message, "");
         assert_eq!(l.get("err"), Some("no route to host"));
         assert_eq!(l.get("next"), Some("x"));

@@ -127,8 +127,8 @@ impl ConnectionLog {
         self.done = true;
         let Some(m) = &mut self.metrics else {
             if let Some(e) = error {
-                let dst = self.dst;
-                early_deny(self.src, dst, self.direction, &e);
+                let h3 = self.transport == Some(HboneTransportLabel::h3);
+                early_deny(self.src, self.dst, self.direction, &e, h3);
             }
             return;
         };
@@ -181,8 +181,15 @@ impl Drop for ConnectionLog {
     }
 }
 
-/// The short line of a connection refused before its peers were known.
-fn early_deny(src: SocketAddr, dst: Option<SocketAddr>, direction: Direction, error: &str) {
+/// The short line of a connection refused before its peers were known (`transport="h3"` last
+/// for HBONE over QUIC, as on the full line).
+fn early_deny(
+    src: SocketAddr,
+    dst: Option<SocketAddr>,
+    direction: Direction,
+    error: &str,
+    h3: bool,
+) {
     tracing::event!(
         target: "access",
         tracing::Level::WARN,
@@ -190,6 +197,7 @@ fn early_deny(src: SocketAddr, dst: Option<SocketAddr>, direction: Direction, er
         dst.addr = dst.map(tracing::field::display),
         direction = direction.as_str(),
         error = error,
+        transport = h3.then_some("h3"),
         "connection failed"
     );
 }

@@ -173,6 +173,7 @@ fn failed_lines() {
             Some("10.0.2.7:15008".parse().unwrap()),
             Direction::Inbound,
             "TLS handshake: \"bad\" certificate",
+            false,
         );
     });
     assert_eq!(
