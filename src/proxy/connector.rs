@@ -39,8 +39,15 @@ impl Connector for TlsConnector {
             let tcp = socket::connect(key.dst, None, &pi.cfg.socket)
                 .await
                 .map_err(|e| {
-                    let stage = match e {
+                    // A dropped SYN (what a network policy does) ends in a timeout, ours or
+                    // the kernel's.
+                    let stage = match &e {
                         socket::ConnectError::Timeout { .. } => ConnectStage::TcpTimeout,
+                        socket::ConnectError::Io { source, .. }
+                            if source.kind() == std::io::ErrorKind::TimedOut =>
+                        {
+                            ConnectStage::TcpTimeout
+                        }
                         _ => ConnectStage::Tcp,
                     };
                     HboneError::connect_at(key.dst, stage, e)
