@@ -372,3 +372,20 @@ fn ambit_writes_ztunnels_recorded_json_lines_byte_for_byte() {
         assert_eq!(rewrite(r).1, format!("{line}\n"));
     }
 }
+
+#[test]
+fn response_flags_follow_the_failure_class() {
+    use crate::hbone::{ConnectStage, HboneError};
+    use crate::proxy::outbound::hbone_flag;
+    let dst: std::net::SocketAddr = "10.0.2.7:15008".parse().unwrap();
+    let at = |stage| hbone_flag(&HboneError::connect_at(dst, stage, "x"));
+    assert_eq!(at(ConnectStage::Identity).as_str(), "IDENTITY_ERROR");
+    assert_eq!(at(ConnectStage::Tcp).as_str(), "CONNECT");
+    assert_eq!(at(ConnectStage::TcpTimeout).as_str(), "NETWORK_POLICY");
+    assert_eq!(at(ConnectStage::Tls).as_str(), "TLS_FAILURE");
+    let status = HboneError::Status(http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(hbone_flag(&status).as_str(), "CONNECT");
+    assert_eq!(hbone_flag(&HboneError::ConnectionClosed).as_str(), "CONNECT");
+    let handshake = HboneError::Handshake(h2::Reason::PROTOCOL_ERROR.into());
+    assert_eq!(hbone_flag(&handshake).as_str(), "H2_HANDSHAKE_FAILURE");
+}
