@@ -4,7 +4,10 @@
 //! write is one of the deliberate additions listed here with the reason.
 //!
 //! The two-pod mesh carries an HBONE connection, a refused one (both reporters, with and
-//! without a response flag) and a DNS query first, so labelled families have samples.
+//! without a response flag) and a DNS query first, so labelled families have samples. A second
+//! test checks the values ztunnel gives `istio_build` (the Istio version from
+//! `ISTIO_META_ISTIO_VERSION`, else `unknown`) and `istio_tcp_sockets_open` (accepted sockets
+//! being served, per reporter).
 
 mod common;
 
@@ -272,4 +275,58 @@ async fn every_family_ztunnel_exposes_is_there_with_its_type_and_labels() {
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// The value of the sample `family{labels}` (exact label set) in a text exposition.
+fn value(text: &str, sample: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_tag_and_open_sockets_as_ztunnel_counts_them() {
+    let opts = MeshOpts {
+        client_env: vec![("ISTIO_META_ISTIO_VERSION", "1.28.0".into())],
+        ..MeshOpts::default()
+    };
+    let mesh = Mesh::start("compat_sockets", opts).await;
+    let _echo = servers::echo(&mesh.pair.server, common::APP_PORT);
+    let text = scrape(&mesh.pair.client).await;
+    let tag = "istio_build{component=\"ztunnel\",tag=\"1.28.0\"}";
+    assert_eq!(value(&text, tag).as_deref(), Some("1"), "{text}");
+    let text = scrape(&mesh.pair.server).await;
+    let unknown = "istio_build{component=\"ztunnel\",tag=\"unknown\"}";
+    assert_eq!(value(&text, unknown).as_deref(), Some("1"), "{text}");
+
+    let source = "istio_tcp_sockets_open{reporter=\"source\"}";
+    let destination = "istio_tcp_sockets_open{reporter=\"destination\"}";
+    let mut s = mesh
+        .pair
+        .client
+        .connect(common::app_addr(false), STEP)
+        .await
+        .unwrap();
+    common::mesh::echo_once(&mut s, b"held").await;
+    // While the app's connection is open: one accepted socket on each side (the client's
+    // outbound capture, the server's HBONE listener).
+    let (c, sv) = (
+        scrape(&mesh.pair.client).await,
+        scrape(&mesh.pair.server).await,
+    );
+    assert_eq!(value(&c, source).as_deref(), Some("1"), "{c}");
+    assert_eq!(value(&sv, destination).as_deref(), Some("1"), "{sv}");
+    drop(s);
+    // Closed: the outbound socket is gone; the pooled HBONE connection stays open.
+    let mut c = String::new();
+    for _ in 0..50 {
+        c = scrape(&mesh.pair.client).await;
+        if value(&c, source).as_deref() == Some("0") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(value(&c, source).as_deref(), Some("0"), "{c}");
+    let sv = scrape(&mesh.pair.server).await;
+    assert_eq!(value(&sv, destination).as_deref(), Some("1"), "{sv}");
 }

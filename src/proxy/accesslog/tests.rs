@@ -385,7 +385,10 @@ fn response_flags_follow_the_failure_class() {
     assert_eq!(at(ConnectStage::Tls).as_str(), "TLS_FAILURE");
     let status = HboneError::Status(http::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(hbone_flag(&status).as_str(), "CONNECT");
-    assert_eq!(hbone_flag(&HboneError::ConnectionClosed).as_str(), "CONNECT");
+    assert_eq!(
+        hbone_flag(&HboneError::ConnectionClosed).as_str(),
+        "CONNECT"
+    );
     let handshake = HboneError::Handshake(h2::Reason::PROTOCOL_ERROR.into());
     assert_eq!(hbone_flag(&handshake).as_str(), "H2_HANDSHAKE_FAILURE");
 }
