@@ -10,12 +10,14 @@
 //! event's fields in order with their recorded types (numbers and booleans as JSON numbers and
 //! booleans, everything else as strings), then one object per enclosing span, keyed by its name.
 //!
-//! Fields named `log.*` (metadata of events bridged from the `log` crate) are left out.
+//! Events bridged from the `log` crate are written under the record's own target and level;
+//! their `log.*` metadata fields are left out.
 
 use std::fmt;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
@@ -97,7 +99,9 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
+        // Events bridged from `log` carry the record's target in their fields.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         self.timer.format_time(&mut writer)?;
         let target = meta.target();
         let scope = target.strip_prefix(CRATE_PREFIX).unwrap_or(target);
@@ -229,7 +233,8 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let mut time = String::with_capacity(28);
         self.timer.format_time(&mut Writer::new(&mut time))?;
         let mut obj = JsonMembers::new();

@@ -47,8 +47,12 @@ pub enum TelemetryError {
 /// string (`info`, `ambit::proxy=debug,warn`). Fails on a bad filter or if a global subscriber
 /// is already installed.
 pub fn init(format: LogFormat, filter: &str) -> Result<LogHandle, TelemetryError> {
+    use tracing_subscriber::util::SubscriberInitExt;
     let (subscriber, handle) = subscriber(format, filter, std::io::stdout)?;
-    tracing::subscriber::set_global_default(subscriber)
+    // Also bridges the `log` crate (rustls logs through it), so those lines are in the same
+    // layout, as in ztunnel's log.
+    subscriber
+        .try_init()
         .map_err(|e| TelemetryError::Install(e.to_string()))?;
     Ok(handle)
 }

@@ -158,3 +158,30 @@ fn time_is_rfc3339_utc_with_microseconds() {
     );
     assert!(s[20..26].bytes().all(|c| c.is_ascii_digit()), "{s}");
 }
+
+#[test]
+fn log_crate_records_take_their_own_target_and_drop_log_fields() {
+    use tracing_log::log;
+    let (text, json) = capture(|| {
+        let record = log::Record::builder()
+            .target("rustls::client::hs")
+            .level(log::Level::Warn)
+            .module_path(Some("rustls::client::hs"))
+            .file(Some("hs.rs"))
+            .line(Some(7))
+            .args(format_args!("Not resuming"))
+            .build();
+        tracing_log::format_trace(&record).unwrap();
+    });
+    assert_eq!(
+        text,
+        format!("{T}\twarn\trustls::client::hs\tNot resuming\t\n")
+    );
+    assert_eq!(
+        json,
+        format!(
+            "{{\"level\":\"warn\",\"time\":\"{T}\",\"scope\":\"rustls::client::hs\",\
+             \"message\":\"Not resuming\"}}\n"
+        )
+    );
+}
