@@ -162,7 +162,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
                     local,
                     (!from_gateway).then_some(peer),
                     log.src_identity.as_ref(),
-                    forwarded_host.as_deref(),
+                    (forwarded_host.as_deref(), upstream.port()),
                 ),
             );
             let facts = ConnFacts {

@@ -48,7 +48,8 @@ pub(super) async fn handle(
                 pi.local.namespace, pi.local.name
             ));
         };
-        log.open(&pi, inbound_labels(&pi, local, Some(peer), None, None));
+        let labels = inbound_labels(&pi, local, Some(peer), None, (None, target.port()));
+        log.open(&pi, labels);
         let facts = ConnFacts {
             src: peer,
             dst: target,

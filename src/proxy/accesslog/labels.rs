@@ -62,6 +62,20 @@ fn fill_service(l: &mut TrafficLabels, svc: &Service) {
     l.destination_service_namespace = or_unknown(&svc.namespace);
 }
 
+/// The first service of `wl` (in key order) that delivers to `port`: by the service's target
+/// port, or the workload's own mapping for it (a named port).
+fn service_on_port(pi: &ProxyInputs, wl: &Workload, port: u16) -> Option<std::sync::Arc<Service>> {
+    wl.services.iter().find_map(|(key, own)| {
+        let (ns, host) = key.split_once('/')?;
+        let svc = pi.state.service_by_host(ns, host)?;
+        let delivers = svc
+            .ports
+            .iter()
+            .any(|(sport, tport)| *tport == port || own.get(sport) == Some(&port));
+        delivers.then_some(svc)
+    })
+}
+
 // Istio falls back to the pod's name when the controller and canonical names are not known.
 fn workload_name(wl: &Workload) -> &str {
     if wl.workload_name.is_empty() {
@@ -114,13 +128,15 @@ pub(in crate::proxy) fn outbound_labels(
 /// destination; the workload at the peer's address as source. `peer_id` is the TLS peer's
 /// identity (HBONE), `None` for plaintext. `service_host` is the `host=` of the HBONE
 /// `forwarded` header: the service the client side resolved, looked up first in the local
-/// workload's namespace (the usual case), then by host name alone.
+/// workload's namespace (the usual case), then by host name alone. Without one, the service is
+/// guessed as ztunnel does: the first of the local workload's services whose target port is
+/// `app_port`, the port the connection is delivered to.
 pub(in crate::proxy) fn inbound_labels(
     pi: &ProxyInputs,
     local: &Workload,
     source_addr: Option<SocketAddr>,
     peer_id: Option<&Identity>,
-    service_host: Option<&str>,
+    (service_host, app_port): (Option<&str>, u16),
 ) -> OpenLabels {
     let mut o = OpenLabels::new(TrafficLabels::unknown(Reporter::Destination));
     o.dst_workload = Some(local.name.clone());
@@ -140,6 +156,8 @@ pub(in crate::proxy) fn inbound_labels(
             // Unknown to this node's state: the host name is still the best label we have.
             None => l.destination_service = host.to_string(),
         }
+    } else if let Some(svc) = service_on_port(pi, local, app_port) {
+        fill_service(l, &svc);
     }
     l.destination_principal = pi.local.identity.to_string();
     // `None` when the connection came through a network gateway: the address is the
