@@ -210,6 +210,15 @@ mod tests {
     }
 
     #[test]
+    fn authz_policy_decisions_log_at_info_only_when_asked() {
+        assert_eq!(authz_policy_level(), tracing::Level::DEBUG);
+        set_authz_policy_info_logging(true);
+        assert_eq!(authz_policy_level(), tracing::Level::INFO);
+        set_authz_policy_info_logging(false);
+        assert_eq!(authz_policy_level(), tracing::Level::DEBUG);
+    }
+
+    #[test]
     fn bad_initial_filter_is_an_error() {
         assert!(matches!(
             subscriber(LogFormat::Plain, "=[", std::io::sink),
