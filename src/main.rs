@@ -99,6 +99,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    telemetry::set_authz_policy_info_logging(config.authz_policy_info_logging);
     match ambit::app::run(config, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

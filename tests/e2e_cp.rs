@@ -144,8 +144,8 @@ async fn cp_workload_added_is_reachable_and_removed_stops_routing() {
     wait_log(
         server_proxy,
         &[
-            "direction=inbound",
-            "src.identity=spiffe://cluster.local/ns/default/sa/client",
+            "direction=\"inbound\"",
+            "src.identity=\"spiffe://cluster.local/ns/default/sa/client\"",
         ],
     )
     .await;

@@ -18,7 +18,7 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::mesh::{self, Mesh, MeshOpts, metric, wait_log_line};
+use common::mesh::{self, Mesh, MeshOpts, metric, wait_access_line};
 use common::{STEP, TempDir, servers};
 
 /// The resolver the pod's `resolv.conf` would name: the server pod, where the test's upstream
@@ -319,15 +319,12 @@ async fn socks5_reaches_mesh_services_through_hbone() {
             "{url}: {seen:?}"
         );
     }
-    let line = wait_log_line(
+    let line = wait_access_line(
         &mesh.server_ambit,
-        &["access", "direction=inbound", "dst.addr=10.1.0.3:8080"],
+        &["direction=inbound", "dst.hbone_addr=10.1.0.3:8080"],
     )
     .await;
-    assert!(
-        line.contains(&format!("src.identity={client_id}")),
-        "{line}"
-    );
+    assert_eq!(line.get("src.identity"), Some(client_id.as_str()), "{line}");
     assert!(
         metric(&mesh.pair.server, "ambit_hbone_inbound_handshakes_total").await >= 1.0,
         "went through 15008"
@@ -461,13 +458,14 @@ async fn inpod_pods_get_dns_and_socks5_in_their_namespace() {
         ambit.tail(30)
     );
     assert_eq!(app.next_seen().await.peer.ip(), a.ip);
-    let line = wait_log_line(
+    let line = wait_access_line(
         &ambit,
-        &["access", "direction=inbound", "dst.addr=10.1.2.2:8080"],
+        &["direction=inbound", "dst.hbone_addr=10.1.2.2:8080"],
     )
     .await;
-    assert!(
-        line.contains(&format!("src.identity={}", a.spiffe())),
+    assert_eq!(
+        line.get("src.identity"),
+        Some(a.spiffe().as_str()),
         "{line}"
     );
     assert_eq!(metric(&node.ns, "istio_dns_requests_total").await, 3.0);

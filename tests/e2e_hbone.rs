@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::mesh::{self, Mesh, MeshOpts, metric, wait_log_line};
+use common::mesh::{self, Mesh, MeshOpts, metric, wait_access_line};
 use common::{STEP, servers};
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,18 +38,22 @@ async fn curl_through_hbone_keeps_client_source_and_identity() {
             client_ip,
             "the app sees the client pod's address"
         );
-        let line = wait_log_line(
+        let line = wait_access_line(
             &mesh.server_ambit,
             &[
-                "access",
                 "direction=inbound",
-                &format!("dst.addr={dst}"),
+                &format!("dst.hbone_addr={dst}"),
                 "src.identity=",
             ],
         )
         .await;
+        assert_eq!(
+            line.get("src.identity"),
+            Some(mesh::spiffe(mesh::CLIENT_WL).as_str()),
+            "{line}"
+        );
         assert!(
-            line.contains(&format!("src.identity={}", mesh::spiffe(mesh::CLIENT_WL))),
+            line.has("dst.addr^=") && line.has("dst.addr*=:15008"),
             "{line}"
         );
     }
@@ -147,7 +151,11 @@ async fn server_with_unexpected_identity_is_refused() {
     );
     let presented = "spiffe://cluster.local/ns/b/sa/other";
     let expected = mesh::spiffe(mesh::SERVER_WL);
-    wait_log_line(&mesh.client_ambit, &["WARN", presented, &expected]).await;
+    let presented = format!("error*={presented}");
+    let expected = format!("error*={expected}");
+    let line = wait_access_line(&mesh.client_ambit, &["error", &presented, &expected]).await;
+    // The TLS handshake to the peer proxy failed: ztunnel's TLS_FAILURE.
+    assert!(line.has("direction=outbound"), "{line}");
     assert!(!app.saw_any(), "the app saw no connection");
 }
 
@@ -205,9 +213,15 @@ async fn nothing_listening_upstream_closes_the_client_connection_promptly() {
             took < Duration::from_secs(5),
             "closed promptly, not hanging ({took:?})"
         );
-        wait_log_line(
+        wait_access_line(
             &mesh.server_ambit,
-            &["WARN", "access", "connection failed", &format!("{dst}")],
+            &[
+                "error",
+                "connection complete",
+                "direction=inbound",
+                &format!("dst.hbone_addr={dst}"),
+                "error=",
+            ],
         )
         .await;
     }

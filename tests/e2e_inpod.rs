@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ambit_lab::Process;
-use common::mesh::{metric, wait_log_line};
+use common::mesh::{metric, wait_access_line};
 use common::{STEP, TempDir, servers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -125,18 +125,18 @@ async fn two_pods_talk_through_hbone_and_readiness_follows_the_snapshot() {
             app.next_seen().await.peer.port()
         )
     );
-    let line = wait_log_line(
+    let line = wait_access_line(
         &h.ambit,
         &[
-            "access",
             "direction=inbound",
-            &format!("dst.addr={}:8080", b.ip),
+            &format!("dst.hbone_addr={}:8080", b.ip),
             "src.identity=",
         ],
     )
     .await;
-    assert!(
-        line.contains(&format!("src.identity={}", a.spiffe())),
+    assert_eq!(
+        line.get("src.identity"),
+        Some(a.spiffe().as_str()),
         "{line}"
     );
 

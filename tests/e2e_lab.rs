@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ambit_lab::accesslog;
 use ambit_lab::traffic::{Server, ServerKind};
 use ambit_lab::{Lab, LabOptions, Process, ProcessSpec, ProxyMode, Topology, demo};
 
@@ -62,13 +63,10 @@ async fn demo_passes(mode: ProxyMode) {
 async fn wait_identity(lab: &Lab, pod: &str, client: &str, identity: &str) {
     let proxy = lab.proxy_for(pod).unwrap();
     let want = format!("src.identity={identity}");
-    let src = format!("src.addr={}:", lab.topology().pod(client).unwrap().ip);
+    let src = format!("src.addr^={}:", lab.topology().pod(client).unwrap().ip);
     for _ in 0..100 {
         let log = proxy.log();
-        if log
-            .lines()
-            .any(|l| l.contains("direction=inbound") && l.contains(&want) && l.contains(&src))
-        {
+        if !accesslog::access_lines(&log, &["direction=inbound", &want, &src]).is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

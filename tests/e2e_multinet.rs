@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use ambit_lab::accesslog;
 use ambit_lab::traffic::{Server, ServerKind};
 use ambit_lab::{ControlMode, Lab, LabOptions, ProxyMode, Topology};
 
@@ -65,8 +66,8 @@ async fn lab(control: ControlMode, mode: ProxyMode) -> Lab {
 async fn proxy_line(lab: &Lab, pod: &str, needles: &[&str]) -> Option<String> {
     for _ in 0..200 {
         let log = lab.proxy_for(pod).unwrap().log();
-        if let Some(l) = log.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
-            return Some(l.to_string());
+        if let Some(l) = accesslog::access_lines(&log, needles).into_iter().next() {
+            return Some(l.raw);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -145,7 +146,9 @@ async fn double_hbone_through_the_gateway(control: ControlMode, mode: ProxyMode)
         &[
             "direction=inbound",
             &format!("src.identity={CLIENT_ID}"),
-            &format!("dst.addr={web_ip}:8080"),
+            // The inner CONNECT names the service, not the pod.
+            &format!("dst.hbone_addr={AUTHORITY}"),
+            &format!("dst.addr={web_ip}:15008"),
         ],
     )
     .await;
@@ -158,7 +161,10 @@ async fn double_hbone_through_the_gateway(control: ControlMode, mode: ProxyMode)
     let echo_line = proxy_line(
         &lab,
         "web-2",
-        &["direction=inbound", &format!("dst.addr={web_ip}:8081")],
+        &[
+            "direction=inbound",
+            "dst.hbone_addr=web.default.svc.cluster.local:81",
+        ],
     )
     .await;
     assert!(
@@ -168,9 +174,9 @@ async fn double_hbone_through_the_gateway(control: ControlMode, mode: ProxyMode)
     // Both connections closed cleanly end to end: the client's side of the outer stream is
     // finished, not reset, so the gateway delivers the inner TLS close to the server.
     let log = lab.proxy_for("web-2").unwrap().log();
-    let failed: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("direction=inbound") && l.contains("connection failed"))
+    let failed: Vec<String> = accesslog::access_lines(&log, &["direction=inbound", "error="])
+        .into_iter()
+        .map(|l| l.raw)
         .collect();
     assert!(failed.is_empty(), "inbound connections failed: {failed:#?}");
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ambit_lab::http_get;
-use common::mesh::{Mesh, MeshOpts, sample, scrape, wait_log_line};
+use common::mesh::{Mesh, MeshOpts, sample, scrape, wait_access_line};
 use common::{STEP, servers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -122,7 +122,7 @@ async fn byte_counters_match_a_known_transfer_from_both_reporters() {
             "promtool: {report}"
         );
     }
-    let line = wait_log_line(
+    let line = wait_access_line(
         &mesh.server_ambit,
         &[
             "connection complete",
@@ -131,9 +131,11 @@ async fn byte_counters_match_a_known_transfer_from_both_reporters() {
         ],
     )
     .await;
-    assert!(line.contains(&format!("bytes_sent={n}")), "{line}");
+    let n = n.to_string();
+    assert_eq!(line.get("bytes_sent"), Some(n.as_str()), "{line}");
+    assert_eq!(line.get("bytes_recv"), Some(n.as_str()), "{line}");
     assert!(
-        line.contains("dst.workload=server") && line.contains("dst.namespace=b"),
+        line.has_all(&["dst.workload=server", "dst.namespace=b", "src.namespace=a"]),
         "{line}"
     );
 }

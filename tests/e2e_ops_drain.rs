@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ambit_lab::{Netns, Process, http_get};
-use common::mesh::{Mesh, MeshOpts, echo_once, pair_config, sample, scrape, wait_log_line};
+use common::mesh::{Mesh, MeshOpts, echo_once, pair_config, sample, scrape, wait_access_line};
 use common::{STEP, servers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -93,13 +93,14 @@ async fn denied_connection_is_counted_as_failed_with_deny_and_logged() {
         Some(1),
         "{text}"
     );
-    let line = wait_log_line(
+    let line = wait_access_line(
         &mesh.server_ambit,
-        &["connection denied by policy b/deny-a", "DENY"],
+        &["error", "error*=connection denied by policy b/deny-a"],
     )
     .await;
-    assert!(
-        line.contains("src.identity=spiffe://cluster.local/ns/a/sa/client"),
+    assert_eq!(
+        line.get("src.identity"),
+        Some("spiffe://cluster.local/ns/a/sa/client"),
         "{line}"
     );
 }

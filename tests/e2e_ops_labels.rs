@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ambit_lab::{Netns, Process};
 use common::mesh::{
-    CLIENT_WL, Mesh, MeshOpts, SERVER_WL, sample, scrape, wait_log_line, workload_yaml,
+    CLIENT_WL, Mesh, MeshOpts, SERVER_WL, sample, scrape, wait_access_line, workload_yaml,
 };
 use common::{STEP, servers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -121,13 +121,17 @@ async fn locality_and_service_labels_on_both_reporters() {
     }
     // The server side learned the service only from the forwarded header: the connection it
     // saw was addressed to the pod, as its access log shows.
-    let line = wait_log_line(
+    let line = wait_access_line(
         &mesh.server_ambit,
-        &["access", "direction=inbound", "server.b.svc.cluster.local"],
+        &[
+            "direction=inbound",
+            "dst.service=server.b.svc.cluster.local",
+        ],
     )
     .await;
-    assert!(
-        line.contains(&format!("dst.addr={}:8080", common::server_ip(false))),
+    assert_eq!(
+        line.get("dst.hbone_addr"),
+        Some(format!("{}:8080", common::server_ip(false)).as_str()),
         "{line}"
     );
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ambit_lab::{Netns, Process, http_get};
-use common::mesh::{self, pair_config, wait_log_line};
+use common::mesh::{self, pair_config, wait_access_line, wait_log_line};
 use common::{PodPair, STEP, servers};
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -118,18 +118,18 @@ async fn curl_nc_and_iperf3_cross_pods_over_quic_only() {
     for v6 in [false, true] {
         assert!(m.curl_ok(v6).await, "curl over QUIC (v6={v6})");
         assert_eq!(app.next_seen().await.peer.ip(), common::client_ip(v6));
-        let line = wait_log_line(
+        let line = wait_access_line(
             &m.server_ambit,
             &[
-                "access",
                 "direction=inbound",
-                &format!("dst.addr={}", common::app_addr(v6)),
+                &format!("dst.hbone_addr={}", common::app_addr(v6)),
                 "transport=h3",
             ],
         )
         .await;
-        assert!(
-            line.contains(&format!("src.identity={}", mesh::spiffe(mesh::CLIENT_WL))),
+        assert_eq!(
+            line.get("src.identity"),
+            Some(mesh::spiffe(mesh::CLIENT_WL).as_str()),
             "{line}"
         );
     }
@@ -260,9 +260,10 @@ async fn auto_falls_back_to_h2_for_a_peer_without_quic_once() {
         0.0,
         "the first connection waited for QUIC"
     );
-    wait_log_line(
+    // HBONE over h2 carries no transport field, as ztunnel's lines do not.
+    wait_access_line(
         &m.client_ambit,
-        &["access", "direction=outbound", "transport=h2"],
+        &["direction=outbound", "dst.hbone_addr=", "!transport"],
     )
     .await;
     // Readiness signal: the probe gives up, remembers the peer and logs it.
@@ -274,9 +275,9 @@ async fn auto_falls_back_to_h2_for_a_peer_without_quic_once() {
             "remembered peer goes straight to h2"
         );
     }
-    wait_log_line(
+    wait_access_line(
         &m.server_ambit,
-        &["access", "direction=inbound", "transport=h2"],
+        &["direction=inbound", "dst.hbone_addr=", "!transport"],
     )
     .await;
     let logged = m
@@ -399,7 +400,7 @@ async fn policy_deny_and_a_deny_added_during_a_flow_on_quic() {
         &m.server_ambit,
         &[
             "connection denied by policy b/deny-a (closed after a policy change)",
-            "transport=h3",
+            "transport=\"h3\"",
         ],
     )
     .await;
@@ -415,8 +416,8 @@ async fn policy_deny_and_a_deny_added_during_a_flow_on_quic() {
     wait_log_line(
         &m.client_ambit,
         &[
-            "access",
-            "connection failed",
+            "\taccess\t",
+            "\terror\t",
             "peer answered CONNECT with status 401",
         ],
     )

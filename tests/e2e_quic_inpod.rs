@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ambit_lab::{Process, ProcessSpec};
-use common::mesh::wait_log_line;
+use common::mesh::wait_access_line;
 use common::{TempDir, servers};
 use zds::{Agent, Answer, Node};
 
@@ -54,17 +54,16 @@ async fn pods_talk_over_quic_from_listeners_inside_their_namespaces() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(app.next_seen().await.peer.ip(), a.ip);
-    let line = wait_log_line(
+    let line = wait_access_line(
         &ambit,
-        &[
-            "access",
-            "direction=inbound",
-            "transport=h3",
-            "src.identity=",
-        ],
+        &["direction=inbound", "transport=h3", "src.identity="],
     )
     .await;
-    assert!(line.contains(&a.spiffe()), "{line}");
+    assert_eq!(
+        line.get("src.identity"),
+        Some(a.spiffe().as_str()),
+        "{line}"
+    );
     assert!(
         common::port_counter(&b.ns, "udp15008") > 0,
         "QUIC reached pod B's namespace"

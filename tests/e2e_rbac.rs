@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::mesh::{Mesh, MeshOpts, metric, pair_config, wait_log_line};
+use common::mesh::{Mesh, MeshOpts, metric, pair_config, wait_access_line, wait_log_line};
 use common::{STEP, servers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -84,13 +84,14 @@ async fn allow_by_principal() {
     )
     .await;
     assert!(!curl_ok(&mesh, dst).await, "another principal is not");
-    let line = wait_log_line(
+    let line = wait_access_line(
         &mesh.server_ambit,
-        &["connection denied: no ALLOW policy matched", "DENY"],
+        &["error", "error=connection denied: no ALLOW policy matched"],
     )
     .await;
-    assert!(
-        line.contains(&format!("src.identity=spiffe://{CLIENT_PRINCIPAL}")),
+    assert_eq!(
+        line.get("src.identity"),
+        Some(format!("spiffe://{CLIENT_PRINCIPAL}").as_str()),
         "{line}"
     );
 }
@@ -103,9 +104,9 @@ async fn deny_by_namespace_answers_401_before_dialling_the_app() {
     for v6 in [false, true] {
         assert!(!curl_ok(&mesh, common::app_addr(v6)).await, "v6={v6}");
     }
-    wait_log_line(
+    wait_access_line(
         &mesh.server_ambit,
-        &["connection denied by policy b/deny-a", "DENY"],
+        &["error", "error=connection denied by policy b/deny-a"],
     )
     .await;
     assert!(!app.saw_any(), "the app never saw a denied connection");
@@ -265,16 +266,16 @@ async fn plaintext_into_a_captured_pod_is_judged_without_identity() {
         matches!(r, Ok(0) | Err(_)),
         "closed without an answer: {r:?}"
     );
-    let line = wait_log_line(
+    let line = wait_access_line(
         &mesh.server_ambit,
         &[
-            "connection denied: no ALLOW policy matched",
+            "error=connection denied: no ALLOW policy matched",
             "dst.addr=10.1.0.3:8080",
         ],
     )
     .await;
     assert!(
-        !line.contains("src.identity"),
+        line.has_all(&["!src.identity", "!dst.hbone_addr"]),
         "no identity on plaintext: {line}"
     );
 

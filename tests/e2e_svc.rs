@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ambit_lab::accesslog;
 use ambit_lab::traffic::{Server, ServerKind, echo};
 use ambit_lab::{ControlMode, Lab, LabOptions, ProxyMode, Topology, http_get};
 
@@ -68,12 +69,12 @@ async fn lab() -> Lab {
 /// Inbound connections the proxy serving `pod` logged for the pod's port 8080.
 fn served(lab: &Lab, pod: &str) -> usize {
     let ip = lab.topology().pod(pod).unwrap().ip;
-    let want = format!("dst.addr={ip}:8080");
-    lab.proxy_for(pod)
-        .unwrap()
-        .log()
-        .lines()
-        .filter(|l| l.contains("direction=inbound") && l.contains(&want))
+    // An HBONE stream names the app in `dst.hbone_addr`, a plaintext one in `dst.addr`.
+    let app = format!("{ip}:8080");
+    let log = lab.proxy_for(pod).unwrap().log();
+    accesslog::access_lines(&log, &["direction=inbound"])
+        .iter()
+        .filter(|l| l.get("dst.hbone_addr").or(l.get("dst.addr")) == Some(app.as_str()))
         .count()
 }
 

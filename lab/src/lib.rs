@@ -26,12 +26,14 @@
 //! | [`witness`] | what judges a flow for any proxy: 15008 byte counters on the nodes, Istio's connection metrics |
 //! | [`demo`] | the demo scenario and its report |
 //! | [`compat`] | the differential harness: ambit vs a peer (real ztunnel) on what tools read; recordings for CI |
+//! | [`accesslog`] | reading the node proxies' logs in Istio's layout (text or JSON) |
 //!
 //! Everything the lab creates is named `ambit-lab-<pid>-<random>-...`, so parallel tests never
 //! collide and `ambit-lab cleanup` can find what a crashed run left behind.
 
 #![deny(unsafe_code)]
 
+pub mod accesslog;
 pub mod agent;
 pub mod compat;
 pub mod control;

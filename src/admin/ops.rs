@@ -304,7 +304,7 @@ mod tests {
             &mut body,
         )
         .unwrap();
-        assert!(body.contains("istio_build{component=\"ambit\""), "{body}");
+        assert!(body.contains("istio_build{component=\"ztunnel\""), "{body}");
         assert!(body.ends_with("# EOF\n"), "{body}");
     }
 }

@@ -115,7 +115,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
     // In shared mode the workload manager blocks readiness until the node agent's snapshot.
     let dns_metrics = crate::dns::DnsMetrics::default();
     let metrics = {
-        let mut m = Metrics::new();
+        let mut m = Metrics::with_build_tag(&istio_version(&config));
         dns_metrics.register(m.registry_mut());
         m.register_tokio_runtime(data.handle().clone());
         Arc::new(m)
@@ -206,7 +206,6 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
             max_connect_attempts: config.outlier.connect_attempts,
         },
         localhost_app_tunnel: config.localhost_app_tunnel,
-        authz_info_logging: config.authz_policy_info_logging,
     };
     let extras = pod_extras(&config, dns_metrics);
     // Dedicated: bind now, in our own namespace. Shared: the workload manager binds per pod.
@@ -462,4 +461,16 @@ fn dedicated_workload(config: &Config) -> anyhow::Result<LocalWorkload> {
         name: info.name.clone(),
         default_identity: identity,
     })
+}
+
+/// The Istio version this proxy is deployed as (`ISTIO_META_ISTIO_VERSION`), the `tag` of
+/// `istio_build`; `unknown` when not set, as ztunnel reports it.
+fn istio_version(config: &Config) -> String {
+    config
+        .proxy_metadata
+        .iter()
+        .find(|(k, _)| k == "ISTIO_VERSION")
+        .and_then(|(_, v)| v.as_str())
+        .unwrap_or(crate::metrics::UNKNOWN_TAG)
+        .to_string()
 }

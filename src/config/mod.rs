@@ -463,7 +463,12 @@ impl Config {
                     _ => Err("expected \"plain\" or \"json\"".to_string()),
                 })?
                 .unwrap_or_default(),
-            log_filter: env.get("RUST_LOG").unwrap_or_else(|| "info".into()),
+            // ztunnel silences its DNS server library in front of any RUST_LOG; ambit has no such
+            // target, but keeps the directive so the filter reads the same in `/logging`.
+            log_filter: format!(
+                "hickory_server::server=off,{}",
+                env.get("RUST_LOG").unwrap_or_else(|| "info".into())
+            ),
             listeners: Listeners::new(ipv6_enabled).with_ports(&pc),
             dns: Dns {
                 // As in ztunnel: on unless the metadata says something other than `true`.

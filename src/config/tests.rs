@@ -77,7 +77,7 @@ fn defaults() {
     assert_eq!(c.enable_orig_src, None);
     assert!(c.ipv6_enabled);
     assert_eq!(c.log_format, LogFormat::Plain);
-    assert_eq!(c.log_filter, "info");
+    assert_eq!(c.log_filter, "hickory_server::server=off,info");
     assert_eq!(c.listeners.outbound, "[::]:15001".parse().unwrap());
     assert_eq!(c.listeners.inbound_plaintext, "[::]:15006".parse().unwrap());
     assert_eq!(c.listeners.inbound_hbone, "[::]:15008".parse().unwrap());
@@ -137,7 +137,7 @@ fn values_are_read() {
     assert_eq!(c.enable_orig_src, Some(false));
     assert_eq!(
         (c.log_format, c.log_filter.as_str()),
-        (LogFormat::Json, "debug")
+        (LogFormat::Json, "hickory_server::server=off,debug")
     );
     assert!(!c.keepalive.enabled);
     assert_eq!(c.keepalive.retries, 3);

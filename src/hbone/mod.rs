@@ -86,6 +86,7 @@ pub enum HboneError {
     #[error("cannot connect to {dst}: {message}")]
     Connect {
         dst: std::net::SocketAddr,
+        stage: ConnectStage,
         message: String,
     },
     /// A request or response could not be built (for example a header value with a control
@@ -127,11 +128,35 @@ impl Default for H2Config {
 
 // === impl HboneError ===
 
+/// The step of opening a transport to a peer proxy that failed (it decides the response flag
+/// a failed connection is counted under).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectStage {
+    /// No certificate for the local workload.
+    Identity,
+    /// The TCP connect failed.
+    Tcp,
+    /// The TCP connect timed out (what a network policy dropping packets looks like).
+    TcpTimeout,
+    /// The TLS handshake failed.
+    Tls,
+}
+
 impl HboneError {
-    /// A connector failure, keeping the connector's own message.
+    /// A connector failure at the TCP step, keeping the connector's own message.
     pub fn connect(dst: std::net::SocketAddr, err: impl std::fmt::Display) -> Self {
+        Self::connect_at(dst, ConnectStage::Tcp, err)
+    }
+
+    /// A connector failure at `stage`, keeping the connector's own message.
+    pub fn connect_at(
+        dst: std::net::SocketAddr,
+        stage: ConnectStage,
+        err: impl std::fmt::Display,
+    ) -> Self {
         HboneError::Connect {
             dst,
+            stage,
             message: err.to_string(),
         }
     }

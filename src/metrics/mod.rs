@@ -20,7 +20,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub use traffic::{
-    ConnectionMetrics, Reporter, SecurityPolicy, TrafficLabels, TrafficMetrics, UNKNOWN, or_unknown,
+    ConnectionMetrics, OpenSocket, Reporter, ResponseFlag, SecurityPolicy, SocketLabels,
+    SocketsOpen, TrafficLabels, TrafficMetrics, UNKNOWN, or_unknown,
 };
 pub use xds::{TerminationReason, XdsMetrics};
 
@@ -30,6 +31,17 @@ struct BuildLabels {
     component: &'static str,
     tag: String,
 }
+
+/// Labels of `ambit_build`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AmbitBuildLabels {
+    version: &'static str,
+}
+
+/// The `component` of `istio_build`: Istio's dashboards select the node proxy by it.
+pub const BUILD_COMPONENT: &str = "ztunnel";
+/// The `tag` of `istio_build` when the Istio version is not known.
+pub const UNKNOWN_TAG: &str = "unknown";
 
 /// Counters the proxy records. Cloning shares the underlying counters.
 #[derive(Clone, Default, Debug)]
@@ -104,25 +116,32 @@ pub struct Metrics {
 // === impl Metrics ===
 
 impl Metrics {
-    /// The registry with `istio_build` tagged with this crate's version.
+    /// The registry, with `istio_build` tagged `unknown`.
     pub fn new() -> Self {
-        Self::with_build_tag(env!("CARGO_PKG_VERSION"))
+        Self::with_build_tag(UNKNOWN_TAG)
     }
 
-    /// The registry with `istio_build{component="ambit",tag=<tag>}`.
+    /// The registry with `istio_build{component="ztunnel",tag=<tag>}`, where `tag` is the Istio
+    /// version the proxy is deployed as (`ISTIO_META_ISTIO_VERSION`, as ztunnel reports it);
+    /// ambit's own version is `ambit_build{version=...}`.
     pub fn with_build_tag(tag: &str) -> Self {
         let mut registry = Registry::default();
         let proxy = ProxyMetrics::default();
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
-                component: "ambit",
+                component: BUILD_COMPONENT,
                 tag: tag.to_string(),
             })
             .set(1);
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register("build", "Istio component build info", build);
         let t = &proxy.traffic;
+        istio.register(
+            "tcp_sockets_open",
+            "Accepted TCP sockets currently being served",
+            t.sockets_open.0.clone(),
+        );
         istio.register(
             "tcp_connections_opened",
             "The total number of TCP connections opened",
@@ -152,6 +171,13 @@ impl Metrics {
         xds.register(istio);
         let process = process::ProcessMetrics::register(&mut registry);
         let ambit = registry.sub_registry_with_prefix("ambit");
+        let ambit_build: Family<AmbitBuildLabels, Gauge> = Family::default();
+        ambit_build
+            .get_or_create(&AmbitBuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        ambit.register("build", "ambit build info", ambit_build);
         ambit.register(
             "hbone_connections_opened",
             "Outbound HBONE connections opened by the connection pool",

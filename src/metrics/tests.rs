@@ -76,7 +76,7 @@ fn connection_metrics_balance_and_count_bytes_live() {
             "{text}"
         );
         c.close(None);
-        c.close(Some("DENY")); // a second close is ignored
+        c.close(Some(ResponseFlag::Deny)); // a second close is ignored
     }
     {
         // Dropped without an explicit close (a cancelled task): still closed once.
@@ -84,7 +84,7 @@ fn connection_metrics_balance_and_count_bytes_live() {
     }
     {
         let mut c = ConnectionMetrics::open(&m.proxy.traffic, labels(Reporter::Destination));
-        c.close(Some("DENY"));
+        c.close(Some(ResponseFlag::Deny));
     }
     let text = m.encode().unwrap();
     let sum = |prefix: &str| -> u64 {
@@ -107,7 +107,7 @@ fn connection_metrics_balance_and_count_bytes_live() {
         "{failed}"
     );
     assert!(
-        text.contains("istio_build{component=\"ambit\",tag=\"1.2.3\"} 1\n"),
+        text.contains("istio_build{component=\"ztunnel\",tag=\"1.2.3\"} 1\n"),
         "{text}"
     );
     assert!(text.contains("process_open_fds "), "{text}");
@@ -313,4 +313,52 @@ fn eventually(rt: &tokio::runtime::Runtime, m: &Metrics, what: &str, done: impl 
         "never reached: {what}: {}",
         m.encode().unwrap()
     );
+}
+
+#[test]
+fn istio_build_names_ztunnel_and_the_istio_version_ambit_build_its_own() {
+    let text = Metrics::with_build_tag("1.28.0").encode().unwrap();
+    assert!(
+        text.contains("istio_build{component=\"ztunnel\",tag=\"1.28.0\"} 1\n"),
+        "{text}"
+    );
+    let ambit = format!(
+        "ambit_build{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&ambit), "{text}");
+    let text = Metrics::new().encode().unwrap();
+    assert!(
+        text.contains("istio_build{component=\"ztunnel\",tag=\"unknown\"} 1\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn sockets_open_counts_live_guards_per_reporter() {
+    let m = Metrics::new();
+    let open = |text: &str, reporter: &str| -> Option<String> {
+        let prefix = format!("istio_tcp_sockets_open{{reporter=\"{reporter}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()).map(str::to_string))
+    };
+    let s = &m.proxy.traffic.sockets_open;
+    let a = s.open(Reporter::Source);
+    let b = s.open(Reporter::Source);
+    let c = s.open(Reporter::Destination);
+    let text = m.encode().unwrap();
+    assert!(
+        text.contains("# TYPE istio_tcp_sockets_open gauge\n"),
+        "{text}"
+    );
+    assert_eq!(open(&text, "source").as_deref(), Some("2"), "{text}");
+    assert_eq!(open(&text, "destination").as_deref(), Some("1"), "{text}");
+    drop(a);
+    drop(c);
+    let text = m.encode().unwrap();
+    assert_eq!(open(&text, "source").as_deref(), Some("1"), "{text}");
+    assert_eq!(open(&text, "destination").as_deref(), Some("0"), "{text}");
+    drop(b);
+    let text = m.encode().unwrap();
+    assert_eq!(open(&text, "source").as_deref(), Some("0"), "{text}");
 }

@@ -1,5 +1,6 @@
 //! Istio's L4 traffic families (wire.md §4): connections opened, closed and failed, and bytes
-//! each way, labelled with the full traffic label set from either reporter.
+//! each way, labelled with the full traffic label set from either reporter; and the sockets
+//! open, by reporter.
 //!
 //! Invariants: a [`ConnectionMetrics`] counts its connection as opened exactly once (when it is
 //! created) and as closed exactly once (by [`ConnectionMetrics::close`] or on drop), so opened
@@ -9,6 +10,7 @@
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// The value Istio encodes for a label it knows nothing about.
 pub const UNKNOWN: &str = "unknown";
@@ -47,6 +49,40 @@ impl EncodeLabelValue for SecurityPolicy {
     }
 }
 
+/// Why a connection failed, as Istio's `response_flags` label names it (ztunnel's set).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ResponseFlag {
+    /// Refused or closed by an authorization policy.
+    Deny,
+    /// The upstream (or the peer proxy) could not be reached, or the connection broke.
+    Connect,
+    /// The TLS handshake with the peer proxy failed.
+    TlsFailure,
+    /// The HTTP/2 handshake or CONNECT exchange with the peer proxy failed.
+    H2HandshakeFailure,
+    /// The TCP connect to the peer proxy's HBONE port timed out, as a network policy dropping
+    /// the SYN would make it.
+    NetworkPolicy,
+    /// No certificate for the local workload.
+    IdentityError,
+    /// The peer's certificate was revoked.
+    CertRevoked,
+}
+
+impl ResponseFlag {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseFlag::Deny => "DENY",
+            ResponseFlag::Connect => "CONNECT",
+            ResponseFlag::TlsFailure => "TLS_FAILURE",
+            ResponseFlag::H2HandshakeFailure => "H2_HANDSHAKE_FAILURE",
+            ResponseFlag::NetworkPolicy => "NETWORK_POLICY",
+            ResponseFlag::IdentityError => "IDENTITY_ERROR",
+            ResponseFlag::CertRevoked => "CERT_REVOKED",
+        }
+    }
+}
+
 /// The traffic labels of every `istio_tcp_*` family. Empty strings are never stored: the
 /// constructors of the proxy fill [`UNKNOWN`] for anything they do not know.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,9 +96,6 @@ pub struct TrafficLabels {
     pub source_app: String,
     pub source_version: String,
     pub source_cluster: String,
-    /// The source workload's locality, when its workload info is known.
-    pub source_region: String,
-    pub source_zone: String,
     pub destination_service: String,
     pub destination_service_namespace: String,
     pub destination_service_name: String,
@@ -74,11 +107,14 @@ pub struct TrafficLabels {
     pub destination_app: String,
     pub destination_version: String,
     pub destination_cluster: String,
-    pub destination_region: String,
-    pub destination_zone: String,
     pub request_protocol: &'static str,
     pub response_flags: &'static str,
     pub connection_security_policy: SecurityPolicy,
+    /// The workloads' localities come last, in ztunnel's label order.
+    pub source_region: String,
+    pub source_zone: String,
+    pub destination_region: String,
+    pub destination_zone: String,
 }
 
 impl TrafficLabels {
@@ -126,9 +162,42 @@ pub fn or_unknown(value: &str) -> String {
     }
 }
 
-/// The five `istio_tcp_*` families. Cloning shares them.
+/// The label of `istio_tcp_sockets_open`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SocketLabels {
+    pub reporter: Reporter,
+}
+
+/// `istio_tcp_sockets_open`: accepted TCP sockets whose task is still running, by reporter
+/// (`source` on the outbound and SOCKS5 listeners, `destination` on the inbound HBONE and
+/// plaintext ones). Cloning shares the family.
+#[derive(Clone, Default, Debug)]
+pub struct SocketsOpen(pub Family<SocketLabels, Gauge>);
+
+/// One open socket in [`SocketsOpen`]; dropping it counts the socket as closed, so a task
+/// that is cancelled still balances the gauge.
+#[derive(Debug)]
+pub struct OpenSocket(Gauge);
+
+impl SocketsOpen {
+    /// Counts a socket as open until the returned guard is dropped.
+    pub fn open(&self, reporter: Reporter) -> OpenSocket {
+        let g = self.0.get_or_create(&SocketLabels { reporter }).clone();
+        g.inc();
+        OpenSocket(g)
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The `istio_tcp_*` families. Cloning shares them.
 #[derive(Clone, Default, Debug)]
 pub struct TrafficMetrics {
+    pub sockets_open: SocketsOpen,
     pub opened: Family<TrafficLabels, Counter>,
     pub closed: Family<TrafficLabels, Counter>,
     pub failed: Family<TrafficLabels, Counter>,
@@ -174,13 +243,13 @@ impl ConnectionMetrics {
 
     /// Counts the connection as closed; with a response flag (`DENY`, `CONNECT`, …) also as
     /// failed, the flag being part of both series' labels.
-    pub fn close(&mut self, response_flags: Option<&'static str>) {
+    pub fn close(&mut self, response_flags: Option<ResponseFlag>) {
         if self.closed {
             return;
         }
         self.closed = true;
         if let Some(flag) = response_flags {
-            self.labels.response_flags = flag;
+            self.labels.response_flags = flag.as_str();
             self.traffic.failed.get_or_create(&self.labels).inc();
         }
         self.traffic.closed.get_or_create(&self.labels).inc();

@@ -1,23 +1,40 @@
 //! One access-log line and one Istio metrics record per connection, on the `access` tracing
-//! target and in the `istio_tcp_*` families.
+//! target and in the `istio_tcp_*` families, with ztunnel's fields and meanings.
+//!
+//! A connection whose peers are known is opened ([`ConnectionLog::open`]): it is counted, a
+//! `debug` "connection opened" line is written, and on close one "connection complete" line
+//! (`info`, or `error` with `error="..."` when it failed). A connection refused before that
+//! (no certificate, TLS handshake, a target that is not ours, no route) gets one `warn`
+//! "connection failed" line with only the addresses, the direction and the error, and no
+//! metrics, as in ztunnel.
+//!
+//! Fields, in order: `src.addr src.workload src.namespace src.identity src.cluster dst.addr
+//! dst.hbone_addr dst.service dst.workload dst.namespace dst.identity dst.cluster direction
+//! bytes_sent bytes_recv duration [error]`; unknown values are left out. `dst.addr` is where
+//! the bytes went on the wire (the peer proxy's HBONE address for a tunnel, on either side),
+//! `dst.hbone_addr` the CONNECT target. Bytes are from the client's point of view on the
+//! outbound side (sent = what the client sent) and from the server's on the inbound side
+//! (sent = what went back to the client). Identities are logged for mutual TLS only. ambit
+//! adds `transport="h3"` last for HBONE over QUIC, which ztunnel does not carry.
 //!
 //! The record is written exactly once: by `complete`/`fail`, or on drop if the task was
-//! cancelled (a forced drain), so no connection goes unlogged and opened/closed counts balance.
-//! Traffic labels are built once per connection from the state ([`outbound_labels`],
-//! [`inbound_labels`]); the byte counters they resolve to are then moved by the copy loop.
+//! cancelled (a forced drain), so no opened connection goes unlogged and opened/closed counts
+//! balance.
+
+mod labels;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::ProxyInputs;
 use super::copy::CopyStats;
-use crate::core::Identity;
+use crate::core::{Authority, Identity};
 use crate::metrics::{
-    ConnectionMetrics, HboneTransportLabel, Reporter, SecurityPolicy, TrafficLabels, UNKNOWN,
-    or_unknown,
+    ConnectionMetrics, HboneTransportLabel, ResponseFlag, SecurityPolicy, TrafficLabels, UNKNOWN,
 };
-use crate::state::{Service, Workload};
+
+pub(super) use labels::{OpenLabels, inbound_labels, outbound_labels};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -39,17 +56,22 @@ pub struct ConnectionLog {
     start: Instant,
     direction: Direction,
     pub src: SocketAddr,
+    /// The client's identity: the TLS peer's (inbound HBONE) or the local workload's (outbound).
     pub src_identity: Option<Identity>,
+    /// `dst.addr`: where the connection went on the wire.
     pub dst: Option<SocketAddr>,
-    pub hbone_addr: Option<SocketAddr>,
+    /// `dst.hbone_addr`: the CONNECT target of a tunnelled connection.
+    pub hbone_addr: Option<Authority>,
     pub dst_identity: Option<Identity>,
     /// Istio's response flag, e.g. `DENY` when authorization refused or closed the connection.
-    pub response_flags: Option<&'static str>,
+    pub response_flags: Option<ResponseFlag>,
     /// The HBONE transport (`h2` or `h3`), for tunnelled connections.
     pub transport: Option<HboneTransportLabel>,
     pub stats: Arc<CopyStats>,
     /// Set once the connection's labels are known (see [`ConnectionLog::open`]).
     metrics: Option<ConnectionMetrics>,
+    src_workload: Option<String>,
+    dst_workload: Option<String>,
     done: bool,
 }
 
@@ -67,229 +89,206 @@ impl ConnectionLog {
             transport: None,
             stats: Arc::new(CopyStats::default()),
             metrics: None,
+            src_workload: None,
+            dst_workload: None,
             done: false,
         }
     }
 
-    /// Counts the connection as opened under `labels`; from now on the copy (which must take
-    /// `self.stats` after this call) moves the byte counters live. Called at most once.
-    pub fn open(&mut self, pi: &ProxyInputs, labels: TrafficLabels) {
+    /// Counts the connection as opened under `labels` and writes the `debug` "connection
+    /// opened" line; from now on the copy (which must take `self.stats` after this call) moves
+    /// the byte counters live. Called at most once.
+    pub fn open(&mut self, pi: &ProxyInputs, labels: OpenLabels) {
         if self.metrics.is_some() {
             return;
         }
-        let m = ConnectionMetrics::open(&pi.metrics.traffic, labels);
+        let m = ConnectionMetrics::open(&pi.metrics.traffic, labels.traffic);
         let (request, response) = m.byte_counters();
         self.stats = Arc::new(CopyStats::with_counters(request, response));
         self.metrics = Some(m);
+        self.src_workload = labels.src_workload;
+        self.dst_workload = labels.dst_workload;
+        if tracing::enabled!(target: "access", tracing::Level::DEBUG) {
+            self.record(None).write_opened();
+        }
     }
 
     pub fn complete(mut self) {
         self.emit(None);
     }
 
+    /// Writes the line of a failed connection: the full "connection complete" line at `error`
+    /// once opened, else the short "connection failed" one.
     pub fn fail(mut self, error: &dyn std::fmt::Display) {
         self.emit(Some(error.to_string()));
     }
 
     fn emit(&mut self, error: Option<String>) {
         self.done = true;
-        let flags = self.response_flags;
-        if let Some(m) = &mut self.metrics {
-            m.close(flags);
-        }
-        // Sent: from the source toward the destination; received: the way back.
-        let (sent, recv) = self.stats.totals();
-        let src = self.src;
-        let direction = self.direction.as_str();
-        let duration = format!("{}ms", self.start.elapsed().as_millis());
-        let src_identity = self.src_identity.as_ref().map(tracing::field::display);
-        let dst_identity = self.dst_identity.as_ref().map(tracing::field::display);
-        let dst = self.dst.map(tracing::field::display);
-        let hbone = self.hbone_addr.map(tracing::field::display);
-        let transport = self.transport.map(tracing::field::debug);
-        let l = self.metrics.as_ref().map(ConnectionMetrics::labels);
-        let known = |f: fn(&TrafficLabels) -> &str| {
-            l.map(f)
-                .filter(|v| *v != UNKNOWN)
-                .map(tracing::field::display)
+        let Some(m) = &mut self.metrics else {
+            if let Some(e) = error {
+                let h3 = self.transport == Some(HboneTransportLabel::h3);
+                early_deny(self.src, self.dst, self.direction, &e, h3);
+            }
+            return;
         };
-        let src_workload = known(|l| &l.source_workload);
-        let src_namespace = known(|l| &l.source_workload_namespace);
-        let dst_service = known(|l| &l.destination_service);
-        let dst_workload = known(|l| &l.destination_workload);
-        let dst_namespace = known(|l| &l.destination_workload_namespace);
-        match error {
-            None => tracing::event!(
-                target: "access",
-                tracing::Level::INFO,
-                src.addr = %src,
-                src.workload = src_workload,
-                src.namespace = src_namespace,
-                src.identity = src_identity,
-                dst.addr = dst,
-                dst.hbone_addr = hbone,
-                dst.service = dst_service,
-                dst.workload = dst_workload,
-                dst.namespace = dst_namespace,
-                dst.identity = dst_identity,
-                direction = %direction,
-                response_flags = flags,
-                transport = transport,
-                bytes_sent = sent,
-                bytes_recv = recv,
-                duration = %duration,
-                "connection complete"
-            ),
-            Some(error) => tracing::event!(
-                target: "access",
-                tracing::Level::WARN,
-                src.addr = %src,
-                src.workload = src_workload,
-                src.namespace = src_namespace,
-                src.identity = src_identity,
-                dst.addr = dst,
-                dst.hbone_addr = hbone,
-                dst.service = dst_service,
-                dst.workload = dst_workload,
-                dst.namespace = dst_namespace,
-                dst.identity = dst_identity,
-                direction = %direction,
-                response_flags = flags,
-                transport = transport,
-                bytes_sent = sent,
-                bytes_recv = recv,
-                duration = %duration,
-                error = %error,
-                "connection failed"
-            ),
+        m.close(self.response_flags);
+        let duration = self.start.elapsed();
+        let mut rec = self.record(error.as_deref());
+        rec.duration = duration;
+        rec.write_complete();
+    }
+
+    /// The fields of this connection's line; bytes as counted so far.
+    fn record<'a>(&'a self, error: Option<&'a str>) -> AccessRecord<'a> {
+        let l = self.metrics.as_ref().map(ConnectionMetrics::labels);
+        let known = |f: fn(&TrafficLabels) -> &str| l.map(f).filter(|v| *v != UNKNOWN);
+        let mtls = l.is_some_and(|l| l.connection_security_policy == SecurityPolicy::MutualTls);
+        // Source → destination and back, as copied.
+        let (up, down) = self.stats.totals();
+        let (bytes_sent, bytes_recv) = match self.direction {
+            Direction::Outbound => (up, down),
+            Direction::Inbound => (down, up),
+        };
+        AccessRecord {
+            src_addr: self.src,
+            src_workload: self.src_workload.as_deref(),
+            src_namespace: known(|l| &l.source_workload_namespace),
+            src_identity: self.src_identity.as_ref().filter(|_| mtls),
+            src_cluster: known(|l| &l.source_cluster),
+            dst_addr: self.dst,
+            dst_hbone_addr: self.hbone_addr.as_ref(),
+            dst_service: known(|l| &l.destination_service),
+            dst_workload: self.dst_workload.as_deref(),
+            dst_namespace: known(|l| &l.destination_workload_namespace),
+            dst_identity: self.dst_identity.as_ref().filter(|_| mtls),
+            dst_cluster: known(|l| &l.destination_cluster),
+            direction: self.direction,
+            bytes_sent,
+            bytes_recv,
+            duration: Duration::ZERO,
+            error,
+            transport: self.transport.filter(|t| *t == HboneTransportLabel::h3),
         }
     }
 }
 
 impl Drop for ConnectionLog {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done && self.metrics.is_some() {
             self.emit(Some("connection closed by drain".into()));
         }
     }
 }
 
-/// Fills the `source_*` labels from a workload.
-fn fill_source(l: &mut TrafficLabels, wl: &Workload) {
-    l.source_workload = or_unknown(workload_name(wl));
-    l.source_canonical_service = or_unknown(canonical_service(wl));
-    l.source_canonical_revision = or_unknown(&wl.canonical_revision);
-    l.source_workload_namespace = or_unknown(wl.namespace());
-    l.source_app = l.source_canonical_service.clone();
-    l.source_version = l.source_canonical_revision.clone();
-    l.source_cluster = or_unknown(&wl.cluster_id);
-    l.source_region = or_unknown(&wl.locality.region);
-    l.source_zone = or_unknown(&wl.locality.zone);
+/// The short line of a connection refused before its peers were known (`transport="h3"` last
+/// for HBONE over QUIC, as on the full line).
+fn early_deny(
+    src: SocketAddr,
+    dst: Option<SocketAddr>,
+    direction: Direction,
+    error: &str,
+    h3: bool,
+) {
+    tracing::event!(
+        target: "access",
+        tracing::Level::WARN,
+        src.addr = %src,
+        dst.addr = dst.map(tracing::field::display),
+        direction = direction.as_str(),
+        error = error,
+        transport = h3.then_some("h3"),
+        "connection failed"
+    );
 }
 
-/// Fills the `destination_*` workload labels from a workload.
-fn fill_destination(l: &mut TrafficLabels, wl: &Workload) {
-    l.destination_workload = or_unknown(workload_name(wl));
-    l.destination_canonical_service = or_unknown(canonical_service(wl));
-    l.destination_canonical_revision = or_unknown(&wl.canonical_revision);
-    l.destination_workload_namespace = or_unknown(wl.namespace());
-    l.destination_app = l.destination_canonical_service.clone();
-    l.destination_version = l.destination_canonical_revision.clone();
-    l.destination_cluster = or_unknown(&wl.cluster_id);
-    l.destination_region = or_unknown(&wl.locality.region);
-    l.destination_zone = or_unknown(&wl.locality.zone);
+/// Everything one access-log line says.
+#[derive(Debug)]
+pub(super) struct AccessRecord<'a> {
+    pub src_addr: SocketAddr,
+    pub src_workload: Option<&'a str>,
+    pub src_namespace: Option<&'a str>,
+    pub src_identity: Option<&'a Identity>,
+    pub src_cluster: Option<&'a str>,
+    pub dst_addr: Option<SocketAddr>,
+    pub dst_hbone_addr: Option<&'a Authority>,
+    pub dst_service: Option<&'a str>,
+    pub dst_workload: Option<&'a str>,
+    pub dst_namespace: Option<&'a str>,
+    pub dst_identity: Option<&'a Identity>,
+    pub dst_cluster: Option<&'a str>,
+    pub direction: Direction,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub duration: Duration,
+    pub error: Option<&'a str>,
+    pub transport: Option<HboneTransportLabel>,
 }
 
-/// Fills the `destination_service*` labels when the connection was addressed to a service.
-fn fill_service(l: &mut TrafficLabels, svc: &Service) {
-    l.destination_service = or_unknown(&svc.hostname);
-    l.destination_service_name = or_unknown(&svc.name);
-    l.destination_service_namespace = or_unknown(&svc.namespace);
+// Strings are recorded as `str` (quoted in text), addresses with `Display` (bare), counts as
+// numbers: the types ztunnel records each field with.
+macro_rules! access_event {
+    ($level:expr, $rec:expr, $msg:literal $(, $extra:ident = $val:expr)*) => {{
+        let r = $rec;
+        let id = |i: Option<&Identity>| i.map(ToString::to_string);
+        tracing::event!(
+            target: "access",
+            $level,
+            src.addr = %r.src_addr,
+            src.workload = r.src_workload,
+            src.namespace = r.src_namespace,
+            src.identity = id(r.src_identity),
+            src.cluster = r.src_cluster,
+            dst.addr = r.dst_addr.map(tracing::field::display),
+            dst.hbone_addr = r.dst_hbone_addr.map(tracing::field::display),
+            dst.service = r.dst_service,
+            dst.workload = r.dst_workload,
+            dst.namespace = r.dst_namespace,
+            dst.identity = id(r.dst_identity),
+            dst.cluster = r.dst_cluster,
+            direction = r.direction.as_str(),
+            $($extra = $val,)*
+            $msg
+        )
+    }};
 }
 
-// Istio falls back to the pod's name when the controller and canonical names are not known.
-fn workload_name(wl: &Workload) -> &str {
-    if wl.workload_name.is_empty() {
-        &wl.name
-    } else {
-        &wl.workload_name
+impl AccessRecord<'_> {
+    /// The `debug` line written when the connection is opened.
+    fn write_opened(&self) {
+        access_event!(tracing::Level::DEBUG, self, "connection opened");
     }
-}
 
-fn canonical_service(wl: &Workload) -> &str {
-    if wl.canonical_name.is_empty() {
-        workload_name(wl)
-    } else {
-        &wl.canonical_name
-    }
-}
-
-/// Labels of an outbound connection (reporter `source`): the local workload as source; the
-/// service owning the VIP `orig` (if any) and the workload at `target` as destination.
-pub(super) fn outbound_labels(
-    pi: &ProxyInputs,
-    service: Option<&Service>,
-    target: Option<SocketAddr>,
-    dst_principal: Option<&Identity>,
-) -> TrafficLabels {
-    let mut l = TrafficLabels::unknown(Reporter::Source);
-    let snapshot = pi.state.snapshot();
-    let network = &pi.cfg.network;
-    if let Some(wl) = snapshot.workload_by_name(&pi.local.namespace, &pi.local.name) {
-        fill_source(&mut l, wl);
-    }
-    l.source_principal = pi.local.identity(&pi.state).to_string();
-    if let Some(svc) = service {
-        fill_service(&mut l, svc);
-    }
-    if let Some(wl) = target.and_then(|t| snapshot.workload_by_addr(network, t.ip())) {
-        fill_destination(&mut l, wl);
-    }
-    if let Some(id) = dst_principal {
-        l.destination_principal = id.to_string();
-        l.connection_security_policy = SecurityPolicy::MutualTls;
-    }
-    l
-}
-
-/// Labels of an inbound connection (reporter `destination`): the local workload as
-/// destination; the workload at the peer's address as source. `peer_id` is the TLS peer's
-/// identity (HBONE), `None` for plaintext. `service_host` is the `host=` of the HBONE
-/// `forwarded` header: the service the client side resolved, looked up first in the local
-/// workload's namespace (the usual case), then by host name alone.
-pub(super) fn inbound_labels(
-    pi: &ProxyInputs,
-    local: &Workload,
-    source_addr: Option<SocketAddr>,
-    peer_id: Option<&Identity>,
-    service_host: Option<&str>,
-) -> TrafficLabels {
-    let mut l = TrafficLabels::unknown(Reporter::Destination);
-    fill_destination(&mut l, local);
-    if let Some(host) = service_host.filter(|h| !h.is_empty()) {
-        let svc = pi
-            .state
-            .service_by_host(local.namespace(), host)
-            .or_else(|| {
-                let all = pi.state.services_by_hostname(host);
-                // Ambiguous host names (one per namespace) name no service in particular.
-                (all.len() == 1).then(|| all[0].clone())
-            });
-        match svc {
-            Some(svc) => fill_service(&mut l, &svc),
-            // Unknown to this node's state: the host name is still the best label we have.
-            None => l.destination_service = host.to_string(),
+    /// The line written when the connection closes.
+    pub(super) fn write_complete(&self) {
+        let duration = format!("{}ms", self.duration.as_millis());
+        let transport = self.transport.map(|t| match t {
+            HboneTransportLabel::h2 => "h2",
+            HboneTransportLabel::h3 => "h3",
+        });
+        match self.error {
+            None => access_event!(
+                tracing::Level::INFO,
+                self,
+                "connection complete",
+                bytes_sent = self.bytes_sent,
+                bytes_recv = self.bytes_recv,
+                duration = duration.as_str(),
+                transport = transport
+            ),
+            Some(error) => access_event!(
+                tracing::Level::ERROR,
+                self,
+                "connection complete",
+                bytes_sent = self.bytes_sent,
+                bytes_recv = self.bytes_recv,
+                duration = duration.as_str(),
+                error = error,
+                transport = transport
+            ),
         }
     }
-    l.destination_principal = pi.local.identity(&pi.state).to_string();
-    // `None` when the connection came through a network gateway: the address is the
-    // gateway's, so looking it up would name the wrong workload.
-    if let Some(wl) = source_addr.and_then(|a| pi.state.workload_by_addr(&pi.cfg.network, a.ip())) {
-        fill_source(&mut l, &wl);
-    }
-    if let Some(id) = peer_id {
-        l.source_principal = id.to_string();
-        l.connection_security_policy = SecurityPolicy::MutualTls;
-    }
-    l
 }
+
+#[cfg(test)]
+mod tests;

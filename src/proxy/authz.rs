@@ -10,9 +10,28 @@ use crate::state::{Snapshot, Workload};
 
 use super::LocalWorkload;
 
+/// Logs an authorization-policy decision at `debug`, or `info` with
+/// `AUTHZ_POLICY_INFO_LOGGING` (see [`crate::telemetry::authz_policy_level`]).
+macro_rules! policy_log {
+    ($($arg:tt)+) => {
+        if crate::telemetry::authz_policy_level() == tracing::Level::INFO {
+            tracing::info!($($arg)+);
+        } else {
+            tracing::debug!($($arg)+);
+        }
+    };
+}
+
 /// Decides a connection to `wl` with the policies that apply to it in `snapshot`.
 pub(super) fn decide(snapshot: &Snapshot, wl: &Workload, facts: &ConnFacts<'_>) -> Decision {
     let verdict = rbac::check(facts, snapshot.applicable_policies(wl));
+    match &verdict.decision {
+        Decision::Deny {
+            policy: Some(key), ..
+        } => policy_log!(policy = key.as_str(), "deny policy match"),
+        Decision::Deny { policy: None, .. } => policy_log!("no allow policies matched"),
+        Decision::Allow => policy_log!("allow"),
+    }
     if let Some(dry) = &verdict.dry_run {
         tracing::event!(
             target: "rbac",
@@ -26,36 +45,6 @@ pub(super) fn decide(snapshot: &Snapshot, wl: &Workload, facts: &ConnFacts<'_>) 
         );
     }
     verdict.decision
-}
-
-/// [`decide`] for a new connection, with the decision logged as ztunnel logs its policy
-/// matches: at DEBUG, or at INFO with `info` (`AUTHZ_POLICY_INFO_LOGGING=true`).
-pub(super) fn decide_logged(
-    info: bool,
-    snapshot: &Snapshot,
-    wl: &Workload,
-    facts: &ConnFacts<'_>,
-) -> Decision {
-    let decision = decide(snapshot, wl, facts);
-    macro_rules! log_at {
-        ($level:expr) => {
-            tracing::event!(
-                target: "rbac",
-                $level,
-                src.addr = %facts.src,
-                dst.addr = %facts.dst,
-                src.identity = facts.identity.map(tracing::field::display),
-                decision = %decision,
-                "authorization decision"
-            )
-        };
-    }
-    if info {
-        log_at!(tracing::Level::INFO);
-    } else {
-        log_at!(tracing::Level::DEBUG);
-    }
-    decision
 }
 
 /// Decides a tracked connection again. When its destination is no longer the local workload's

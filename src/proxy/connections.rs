@@ -24,6 +24,7 @@ use tracing::debug;
 
 use crate::core::Identity;
 use crate::lifecycle::DrainWatcher;
+use crate::metrics::ResponseFlag;
 use crate::rbac::{ConnFacts, Decision};
 use crate::state::StateView;
 
@@ -242,14 +243,17 @@ pub(super) async fn run_authorized(
     tokio::select! {
         done = run_until_forced(copy, drain) => match done {
             Some(Ok(())) => log.complete(),
-            Some(Err(e)) => log.fail(&e),
+            Some(Err(e)) => {
+                log.response_flags = Some(ResponseFlag::Connect);
+                log.fail(&e)
+            }
             None => log.fail(&"closed at the drain deadline"),
         },
         // Dropping the copy closes both sides (the HBONE stream is reset, the app's socket
         // closed).
         decision = registration.revoked() => {
             pi.metrics.connections_closed_by_policy.inc();
-            log.response_flags = Some("DENY");
+            log.response_flags = Some(ResponseFlag::Deny);
             log.fail(&format_args!("{decision} (closed after a policy change)"));
         }
     }

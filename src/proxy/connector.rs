@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::hbone::{BoxedIo, Connector, HboneError, PoolKey};
+use crate::hbone::{BoxedIo, ConnectStage, Connector, HboneError, PoolKey};
 use crate::metrics::{DirectionLabel, HboneTransportLabel, TransportLabels};
 use crate::tls;
 
@@ -30,17 +30,31 @@ impl Connector for TlsConnector {
         Box::pin(async move {
             let pi = &self.inputs;
             let cert = pi.certs.fetch(&key.src_id).await.map_err(|e| {
-                HboneError::connect(key.dst, format!("certificate for {}: {e}", key.src_id))
+                let msg = format!("certificate for {}: {e}", key.src_id);
+                HboneError::connect_at(key.dst, ConnectStage::Identity, msg)
             })?;
             let config = cert
                 .client_config(&key.expected)
-                .map_err(|e| HboneError::connect(key.dst, e))?;
+                .map_err(|e| HboneError::connect_at(key.dst, ConnectStage::Tls, e))?;
             let tcp = socket::connect(key.dst, None, &pi.cfg.socket)
                 .await
-                .map_err(|e| HboneError::connect(key.dst, e))?;
-            let tls = tls::connect(config, tcp)
-                .await
-                .map_err(|e| HboneError::connect(key.dst, format!("TLS: {e}")))?;
+                .map_err(|e| {
+                    // A dropped SYN (what a network policy does) ends in a timeout, ours or
+                    // the kernel's.
+                    let stage = match &e {
+                        socket::ConnectError::Timeout { .. } => ConnectStage::TcpTimeout,
+                        socket::ConnectError::Io { source, .. }
+                            if source.kind() == std::io::ErrorKind::TimedOut =>
+                        {
+                            ConnectStage::TcpTimeout
+                        }
+                        _ => ConnectStage::Tcp,
+                    };
+                    HboneError::connect_at(key.dst, stage, e)
+                })?;
+            let tls = tls::connect(config, tcp).await.map_err(|e| {
+                HboneError::connect_at(key.dst, ConnectStage::Tls, format!("TLS: {e}"))
+            })?;
             pi.metrics.hbone_connections_opened.inc();
             pi.metrics
                 .hbone_connections

@@ -33,6 +33,7 @@ use tokio::time::Sleep;
 
 use crate::core::{Authority, Identity};
 use crate::hbone::{self, ConnectHeaders, ConnectRequest, H2Stream, HboneError, Pool, PoolKey};
+use crate::metrics::ResponseFlag;
 use crate::state::{
     ClientLocality, GatewayAddress, GatewayDestination, Service, StateView, Workload, service_key,
 };
@@ -114,6 +115,18 @@ pub(super) enum GatewayError {
 // === impl GatewayError ===
 
 impl GatewayError {
+    /// The response flag a connection that failed this way is counted under.
+    pub(super) fn response_flag(&self) -> ResponseFlag {
+        match self {
+            GatewayError::Outer { source, .. } | GatewayError::Inner { source, .. } => {
+                super::outbound::hbone_flag(source)
+            }
+            GatewayError::Certificate { .. } => ResponseFlag::IdentityError,
+            GatewayError::InnerTls { .. } => ResponseFlag::TlsFailure,
+            _ => ResponseFlag::Connect,
+        }
+    }
+
     /// Whether the endpoint behind the gateway failed (its proxy refused or could not reach the
     /// app), as opposed to the gateway, a policy or a local problem: what outlier ejection and
     /// the connect retry act on.

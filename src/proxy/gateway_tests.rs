@@ -222,13 +222,26 @@ fn a_source_that_came_through_a_gateway_is_not_looked_up_by_its_address() {
     // The TCP peer of a double-HBONE stream is the gateway.
     let gateway: SocketAddr = "172.30.9.9:40000".parse().unwrap();
     let client = id("a", "client");
-    let looked_up = inbound_labels(&pi, &local, Some(gateway), Some(&client), None);
+    let looked_up = inbound_labels(&pi, &local, Some(gateway), Some(&client), (None, 1));
     assert_eq!(
-        looked_up.source_workload, "eastwest",
+        looked_up.traffic.source_workload, "eastwest",
         "the mis-attribution avoided"
     );
-    let from_gateway = inbound_labels(&pi, &local, None, Some(&client), Some(WEB));
-    assert_eq!(from_gateway.source_workload, "unknown");
-    assert_eq!(from_gateway.source_principal, client.to_string());
-    assert_eq!(from_gateway.destination_service, WEB);
+    let from_gateway = inbound_labels(&pi, &local, None, Some(&client), (Some(WEB), 1));
+    assert_eq!(from_gateway.traffic.source_workload, "unknown");
+    assert_eq!(from_gateway.traffic.source_principal, client.to_string());
+    assert_eq!(from_gateway.traffic.destination_service, WEB);
+}
+
+#[test]
+fn without_a_forwarded_host_the_service_is_guessed_by_the_delivered_port() {
+    use super::accesslog::inbound_labels;
+    let pi = server();
+    let local = pi.state.workload_by_name("b", "server").unwrap();
+    // The workload maps WEB's port 80 to 9090: a connection delivered to 9090 is WEB's.
+    let guessed = inbound_labels(&pi, &local, None, None, (None, 9090));
+    assert_eq!(guessed.traffic.destination_service, WEB);
+    assert_eq!(guessed.dst_workload.as_deref(), Some("server"));
+    let other = inbound_labels(&pi, &local, None, None, (None, 7777));
+    assert_eq!(other.traffic.destination_service, "unknown");
 }

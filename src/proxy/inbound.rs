@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use crate::core::{Authority, Identity};
 use crate::hbone;
 use crate::lifecycle::DrainWatcher;
-use crate::metrics::{DirectionLabel, HboneTransportLabel, TransportLabels};
+use crate::metrics::{DirectionLabel, HboneTransportLabel, ResponseFlag, TransportLabels};
 use crate::rbac::ConnFacts;
 use crate::tls;
 
@@ -46,20 +46,28 @@ pub(super) async fn handle(
     drain: DrainWatcher,
 ) {
     // No `tune`: the listener is tuned (`socket::listen_tuned`), accepted sockets inherit it.
+    // The address the client dialled (`dst.addr` of every stream's log line).
+    let local = stream
+        .local_addr()
+        .map(socket::canonical)
+        .unwrap_or(pi.cfg.inbound_addr);
+    let early = |error: &dyn std::fmt::Display| {
+        let mut log = ConnectionLog::new(Direction::Inbound, peer);
+        log.dst = Some(local);
+        log.fail(error)
+    };
     let identity = pi.local.identity(&pi.state);
     let cert = match pi.certs.fetch(&identity).await {
         Ok(c) => c,
         Err(e) => {
-            return ConnectionLog::new(Direction::Inbound, peer)
-                .fail(&format_args!("no certificate for {identity}: {e}"));
+            return early(&format_args!("no certificate for {identity}: {e}"));
         }
     };
     let (tls, peer_id) = match tls::accept(cert.server_config(), stream).await {
         Ok(ok) => ok,
         Err(e) => {
             pi.metrics.inbound_handshake_failures.inc();
-            return ConnectionLog::new(Direction::Inbound, peer)
-                .fail(&format_args!("TLS handshake: {e}"));
+            return early(&format_args!("TLS handshake: {e}"));
         }
     };
     pi.metrics.inbound_handshakes.inc();
@@ -74,7 +82,7 @@ pub(super) async fn handle(
             serve_stream(
                 pi.clone(),
                 tracker.clone(),
-                peer,
+                (peer, local),
                 peer_id.clone(),
                 req,
                 drain.clone(),
@@ -98,11 +106,12 @@ pub(super) fn count_connection(pi: &ProxyInputs, transport: HboneTransportLabel)
 }
 
 /// Serves one CONNECT stream of either transport (h2 or h3): the same checks, statuses,
-/// authorization, tracking and logs.
+/// authorization, tracking and logs. `peer` is the client's address, `local` the HBONE address
+/// it connected to.
 pub(super) async fn serve_stream<R: InboundTunnel>(
     pi: Arc<ProxyInputs>,
     tracker: ConnectionTracker,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, SocketAddr),
     peer_id: Identity,
     req: R,
     drain: DrainWatcher,
@@ -111,6 +120,8 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
     log.src_identity = Some(peer_id);
     log.dst_identity = Some(pi.local.identity(&pi.state));
     log.transport = Some(R::TRANSPORT);
+    log.dst = Some(local);
+    log.hbone_addr = Some(req.authority().clone());
     let mut forwarded_host = req.forwarded_host();
     let target = match req.authority() {
         Authority::Addr(a) => socket::canonical(*a),
@@ -130,7 +141,6 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
     };
     // Through a network gateway the TCP peer is the gateway, not the source workload.
     let from_gateway = req.forwarded_network().is_some_and(|n| n != pi.cfg.network);
-    log.dst = Some(target);
     if ILLEGAL_PORTS.contains(&target.port()) {
         req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
         return log.fail(&format_args!(
@@ -150,7 +160,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
                     local,
                     (!from_gateway).then_some(peer),
                     log.src_identity.as_ref(),
-                    forwarded_host.as_deref(),
+                    (forwarded_host.as_deref(), upstream.port()),
                 ),
             );
             let facts = ConnFacts {
@@ -164,8 +174,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
                 local.application_tunnel.as_ref(),
                 pi.cfg.localhost_app_tunnel,
             );
-            let decision =
-                authz::decide_logged(pi.cfg.authz_info_logging, &snapshot, local, &facts);
+            let decision = authz::decide(&snapshot, local, &facts);
             (decision, delivery)
         })
     };
@@ -180,7 +189,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
     if !decision.is_allow() {
         pi.metrics.connections_denied.inc();
         req.reject(StatusCode::UNAUTHORIZED).await;
-        log.response_flags = Some("DENY");
+        log.response_flags = Some(ResponseFlag::Deny);
         return log.fail(&decision);
     }
     // Keep the client's address as the source when the families match and we may; never
@@ -193,7 +202,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
         Ok(s) => s,
         Err(e) => {
             req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
-            log.response_flags = Some("CONNECT");
+            log.response_flags = Some(ResponseFlag::Connect);
             return log.fail(&e);
         }
     };
@@ -202,13 +211,16 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
         if let Err(e) = proxyproto::write(&mut upstream, peer, dst, log.src_identity.as_ref()).await
         {
             req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
-            log.response_flags = Some("CONNECT");
+            log.response_flags = Some(ResponseFlag::Connect);
             return log.fail(&e);
         }
     }
     let tunnel = match req.accept().await {
         Ok(t) => t,
-        Err(e) => return log.fail(&e),
+        Err(e) => {
+            log.response_flags = Some(ResponseFlag::Connect);
+            return log.fail(&e);
+        }
     };
     pi.metrics
         .hbone_streams

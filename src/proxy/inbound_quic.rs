@@ -74,13 +74,19 @@ async fn handle(
     drain: DrainWatcher,
 ) {
     let peer: SocketAddr = socket::canonical(incoming.remote_address());
+    // The address the client dialled (`dst.addr` of the log lines): the endpoint's port on the
+    // local address the packets came to.
+    let local = incoming.local_ip().map_or(pi.cfg.inbound_addr, |ip| {
+        socket::canonical(SocketAddr::new(ip, pi.cfg.inbound_addr.port()))
+    });
     let identity = pi.local.identity(&pi.state);
     let cert = match pi.certs.fetch(&identity).await {
         Ok(c) => c,
         Err(e) => {
             incoming.refuse();
-            return ConnectionLog::new(Direction::Inbound, peer)
-                .fail(&format_args!("no certificate for {identity}: {e}"));
+            let mut log = ConnectionLog::new(Direction::Inbound, peer);
+            log.dst = Some(local);
+            return log.fail(&format_args!("no certificate for {identity}: {e}"));
         }
     };
     let (conn, peer_id) =
@@ -89,6 +95,7 @@ async fn handle(
             Err(e) => {
                 pi.metrics.inbound_handshake_failures.inc();
                 let mut log = ConnectionLog::new(Direction::Inbound, peer);
+                log.dst = Some(local);
                 log.transport = Some(HboneTransportLabel::h3);
                 // A TLS refusal is logged in the h2 listener's words, so one search finds it
                 // on either transport.
@@ -112,7 +119,7 @@ async fn handle(
             serve_stream(
                 pi.clone(),
                 tracker.clone(),
-                peer,
+                (peer, local),
                 peer_id.clone(),
                 req,
                 drain.clone(),

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use crate::core::Identity;
 use crate::hbone::{H2Config, Pool};
 use crate::lifecycle::DrainWatcher;
-use crate::metrics::ProxyMetrics;
+use crate::metrics::{ProxyMetrics, Reporter, SocketsOpen};
 use crate::quic::QuicPool;
 use crate::state::{StateView, Workload};
 use crate::tls::CertProvider;
@@ -72,9 +72,6 @@ pub struct ProxyConfig {
     /// through the proxy (`LOCALHOST_APP_TUNNEL`, default on); off delivers to the pod's
     /// address.
     pub localhost_app_tunnel: bool,
-    /// Authorization decisions are logged at INFO instead of DEBUG
-    /// (`AUTHZ_POLICY_INFO_LOGGING`).
-    pub authz_info_logging: bool,
 }
 
 /// The workload a proxy serves.
@@ -271,8 +268,11 @@ impl Proxy {
             let (pi, tr) = (self.inputs.clone(), self.transports.clone());
             let (outliers, tracker) = (self.outliers.clone(), self.tracker.clone());
             accept_loop(
-                "outbound",
-                self.outbound,
+                ("outbound", Reporter::Source),
+                (
+                    self.outbound,
+                    self.inputs.metrics.traffic.sockets_open.clone(),
+                ),
                 drain.clone(),
                 move |s, peer, d| {
                     let out = (tr.clone(), outliers.clone(), tracker.clone());
@@ -292,15 +292,20 @@ impl Proxy {
         };
         let inb = {
             let (pi, t) = (self.inputs.clone(), self.tracker.clone());
-            accept_loop("inbound", self.inbound, drain.clone(), move |s, peer, d| {
-                inbound::handle(pi.clone(), t.clone(), s, peer, d)
-            })
+            let open = pi.metrics.traffic.sockets_open.clone();
+            accept_loop(
+                ("inbound", Reporter::Destination),
+                (self.inbound, open),
+                drain.clone(),
+                move |s, peer, d| inbound::handle(pi.clone(), t.clone(), s, peer, d),
+            )
         };
         let plain = {
             let (pi, t) = (self.inputs.clone(), self.tracker.clone());
+            let open = pi.metrics.traffic.sockets_open.clone();
             accept_loop(
-                "inbound plaintext",
-                self.plaintext,
+                ("inbound plaintext", Reporter::Destination),
+                (self.plaintext, open),
                 drain.clone(),
                 move |s, peer, d| passthrough::handle(pi.clone(), t.clone(), s, peer, d),
             )
@@ -343,10 +348,11 @@ fn bind_quic(cfg: &ProxyConfig) -> Result<(quinn::Endpoint, quinn::Endpoint), Pr
 }
 
 /// Accepts until a drain starts, spawning one task per connection; each task holds a drain
-/// watcher so the drain waits for it.
+/// watcher so the drain waits for it, and counts its socket in `istio_tcp_sockets_open` under
+/// `reporter` while it runs.
 async fn accept_loop<F, Fut>(
-    what: &'static str,
-    listener: TcpListener,
+    (what, reporter): (&'static str, Reporter),
+    (listener, sockets): (TcpListener, SocketsOpen),
     drain: DrainWatcher,
     handle: F,
 ) where
@@ -361,7 +367,12 @@ async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(handle(stream, socket::canonical(peer), drain.clone()));
+                let open = sockets.open(reporter);
+                let task = handle(stream, socket::canonical(peer), drain.clone());
+                tokio::spawn(async move {
+                    task.await;
+                    drop(open);
+                });
             }
             // Out of file descriptors and the like: keep serving what we have.
             Err(e) => {

@@ -13,11 +13,12 @@ use tracing::{debug, warn};
 
 use crate::core::{Authority, Identity};
 use crate::hbone::{
-    Baggage, ConnectHeaders, ConnectRequest, Forwarded, HboneError, PoolKey, TraceParent,
-    WorkloadType,
+    Baggage, ConnectHeaders, ConnectRequest, ConnectStage, Forwarded, HboneError, PoolKey,
+    TraceParent, WorkloadType,
 };
 use crate::lifecycle::DrainWatcher;
-use crate::metrics::HboneTransportLabel;
+use crate::metrics::{HboneTransportLabel, ResponseFlag};
+use crate::quic::QuicError;
 use crate::state::{ClientLocality, GatewayAddress, Service, TunnelProtocol, Workload};
 
 use super::accesslog::{ConnectionLog, Direction, outbound_labels};
@@ -156,6 +157,36 @@ impl OutboundError {
     }
 }
 
+/// The response flag of a failed HBONE exchange with a peer proxy (ztunnel's classes).
+pub(super) fn hbone_flag(e: &HboneError) -> ResponseFlag {
+    match e {
+        HboneError::Connect { stage, .. } => match stage {
+            ConnectStage::Identity => ResponseFlag::IdentityError,
+            ConnectStage::Tcp => ResponseFlag::Connect,
+            ConnectStage::TcpTimeout => ResponseFlag::NetworkPolicy,
+            ConnectStage::Tls => ResponseFlag::TlsFailure,
+        },
+        HboneError::Handshake(_) | HboneError::H2(_) => ResponseFlag::H2HandshakeFailure,
+        _ => ResponseFlag::Connect,
+    }
+}
+
+impl OutboundError {
+    /// The response flag a connection that failed this way is counted under.
+    pub(super) fn response_flag(&self) -> ResponseFlag {
+        match self {
+            OutboundError::Hbone(TransportError::H2(e)) => hbone_flag(e),
+            OutboundError::Hbone(TransportError::H3(e)) => match e {
+                QuicError::Certificate { .. } => ResponseFlag::IdentityError,
+                QuicError::Tls { .. } => ResponseFlag::TlsFailure,
+                _ => ResponseFlag::Connect,
+            },
+            OutboundError::Gateway(e) => e.response_flag(),
+            OutboundError::Route(_) | OutboundError::Connect(_) => ResponseFlag::Connect,
+        }
+    }
+}
+
 impl fmt::Display for OutboundError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -183,7 +214,7 @@ pub(super) async fn connect(
 ) -> Result<Upstream, OutboundError> {
     let max_attempts = outliers.config().max_connect_attempts.max(1);
     let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut last_err = None;
+    let mut last_err: Option<OutboundError> = None;
     loop {
         let routed = route_avoiding(pi, orig, &|ep| {
             tried.contains(&ep) || outliers.is_ejected(ep)
@@ -208,21 +239,16 @@ pub(super) async fn connect(
             }) => outbound_labels(pi, service.as_deref(), *target, via.final_expected.first()),
             Err(_) => outbound_labels(pi, None, None, None),
         };
-        let routed = match routed {
-            Ok(r) => r,
-            Err(e) => {
-                log.open(pi, labels);
-                log.response_flags = Some("CONNECT");
-                return Err(OutboundError::Route(e));
-            }
-        };
+        // No route: refused before the connection is opened, with no metrics (ztunnel's
+        // early deny).
+        let routed = routed.map_err(OutboundError::Route)?;
         // Every endpoint tried already (the choice fell back to one of them): report the
         // last failure rather than hammer an endpoint twice for one connection.
         if let Some(e) = last_err.take()
             && routed.endpoint.is_none_or(|ep| tried.contains(&ep))
         {
             log.open(pi, labels);
-            log.response_flags = Some("CONNECT");
+            log.response_flags = Some(e.response_flag());
             return Err(e);
         }
         if !tried.is_empty() {
@@ -262,7 +288,7 @@ pub(super) async fn connect(
             (Err(e), _) => e,
         };
         log.open(pi, labels);
-        log.response_flags = Some("CONNECT");
+        log.response_flags = Some(err.response_flag());
         return Err(err);
     }
 }
@@ -276,16 +302,22 @@ async fn connect_route(
     log: &mut ConnectionLog,
 ) -> Result<Upstream, OutboundError> {
     match route {
-        Route::Plain(dst) => socket::connect(dst, None, &pi.cfg.socket)
-            .await
-            .map(Upstream::Plain)
-            .map_err(OutboundError::Connect),
+        Route::Plain(dst) => {
+            log.dst = Some(dst);
+            log.hbone_addr = None;
+            log.dst_identity = None;
+            socket::connect(dst, None, &pi.cfg.socket)
+                .await
+                .map(Upstream::Plain)
+                .map_err(OutboundError::Connect)
+        }
         Route::Hbone {
             hbone,
             target,
             expected,
         } => {
-            log.hbone_addr = Some(hbone);
+            log.dst = Some(hbone);
+            log.hbone_addr = Some(Authority::Addr(target));
             log.dst_identity = expected.first().cloned();
             let key = PoolKey::new(pi.local.identity(&pi.state), peer.ip(), hbone, expected);
             let req = ConnectRequest {
@@ -303,7 +335,8 @@ async fn connect_route(
             Ok(Upstream::Hbone(Box::new(tunnel), hbone))
         }
         Route::Gateway { via, .. } => {
-            log.hbone_addr = Some(via.gateway);
+            log.dst = Some(via.gateway);
+            log.hbone_addr = Some(via.authority.clone());
             log.dst_identity = via.final_expected.first().cloned();
             let headers = connect_headers(pi, peer, service_host);
             let inner = gateway::connect(pi, transports.h2_pool(), peer, &via, headers)
@@ -345,7 +378,7 @@ fn connect_headers(
 pub(super) async fn relay(
     stream: TcpStream,
     upstream: Upstream,
-    log: ConnectionLog,
+    mut log: ConnectionLog,
     drain: &DrainWatcher,
 ) {
     let stats = log.stats.clone();
@@ -367,7 +400,10 @@ pub(super) async fn relay(
     };
     match copied {
         Some(Ok(())) => log.complete(),
-        Some(Err(e)) => log.fail(&e),
+        Some(Err(e)) => {
+            log.response_flags = Some(ResponseFlag::Connect);
+            log.fail(&e)
+        }
         None => log.fail(&"closed at the drain deadline"),
     }
 }

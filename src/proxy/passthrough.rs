@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::lifecycle::DrainWatcher;
+use crate::metrics::ResponseFlag;
 use crate::rbac::ConnFacts;
 
 use super::accesslog::{ConnectionLog, Direction, inbound_labels};
@@ -47,18 +48,19 @@ pub(super) async fn handle(
                 pi.local.namespace, pi.local.name
             ));
         };
-        log.open(&pi, inbound_labels(&pi, local, Some(peer), None, None));
+        let labels = inbound_labels(&pi, local, Some(peer), None, (None, target.port()));
+        log.open(&pi, labels);
         let facts = ConnFacts {
             src: peer,
             dst: target,
             identity: None,
         };
-        authz::decide_logged(pi.cfg.authz_info_logging, &snapshot, local, &facts)
+        authz::decide(&snapshot, local, &facts)
     };
     if !decision.is_allow() {
         // Dropping the accepted stream closes it; the app was never dialled.
         pi.metrics.connections_denied.inc();
-        log.response_flags = Some("DENY");
+        log.response_flags = Some(ResponseFlag::Deny);
         return log.fail(&decision);
     }
     // No `tune`: the listener is tuned (`socket::listen_tuned`), accepted sockets inherit it.
@@ -66,7 +68,7 @@ pub(super) async fn handle(
     let upstream = match socket::connect(target, src, &pi.cfg.socket).await {
         Ok(s) => s,
         Err(e) => {
-            log.response_flags = Some("CONNECT");
+            log.response_flags = Some(ResponseFlag::Connect);
             return log.fail(&e);
         }
     };

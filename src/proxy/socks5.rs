@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::lifecycle::DrainWatcher;
+use crate::metrics::Reporter;
 
 use super::accesslog::{ConnectionLog, Direction};
 use super::outbound::{self, OutboundError, RouteError};
@@ -136,10 +137,17 @@ impl Socks5 {
         tracing::info!(addr = ?self.listener.local_addr().ok(), "socks5 listening");
         let (pi, transports, resolver) = (self.inputs, self.transports, self.resolver);
         let outliers = self.outliers;
-        accept_loop("socks5", self.listener, drain, move |s, peer, d| {
-            let out = (transports.clone(), outliers.clone());
-            handle(pi.clone(), out, resolver.clone(), s, peer, d)
-        })
+        let open = pi.metrics.traffic.sockets_open.clone();
+        let listener = (self.listener, open);
+        accept_loop(
+            ("socks5", Reporter::Source),
+            listener,
+            drain,
+            move |s, peer, d| {
+                let out = (transports.clone(), outliers.clone());
+                handle(pi.clone(), out, resolver.clone(), s, peer, d)
+            },
+        )
         .await;
     }
 }

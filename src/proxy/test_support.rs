@@ -56,7 +56,6 @@ pub(super) fn inputs(
             hbone_port: 15008,
             outlier,
             localhost_app_tunnel: true,
-            authz_info_logging: false,
         }),
         local: LocalWorkload {
             namespace: ns.into(),

@@ -34,10 +34,7 @@ impl Connector for PlainTcp {
         Box::pin(async move {
             let tcp = TcpStream::connect(dst)
                 .await
-                .map_err(|e| HboneError::Connect {
-                    dst,
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| HboneError::connect(dst, e))?;
             Ok(Box::new(tcp) as BoxedIo)
         })
     }

@@ -1,14 +1,19 @@
-//! Logging: a `tracing` subscriber writing plain text or JSON lines to stderr, filtered by a
-//! `RUST_LOG`-style directive string that can be replaced at run time (for `/logging`).
+//! Logging: a `tracing` subscriber writing Istio's log lines (text or JSON, see [`format`]) to
+//! stdout, as ztunnel does, filtered by a `RUST_LOG`-style directive string that can be
+//! replaced at run time (for `/logging`).
 //!
 //! Owns the global subscriber. Invariants: the filter in force and the string reported by
 //! [`LogHandle::current`] always agree (a rejected filter changes neither), and this module
 //! reads no environment variables itself: `config` passes the filter in.
 
+pub mod format;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::time::SystemTime;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
@@ -38,12 +43,16 @@ pub enum TelemetryError {
     Reload { filter: String, reason: String },
 }
 
-/// Installs the global subscriber writing to stderr. `filter` is a `RUST_LOG`-style directive
+/// Installs the global subscriber writing to stdout. `filter` is a `RUST_LOG`-style directive
 /// string (`info`, `ambit::proxy=debug,warn`). Fails on a bad filter or if a global subscriber
 /// is already installed.
 pub fn init(format: LogFormat, filter: &str) -> Result<LogHandle, TelemetryError> {
-    let (subscriber, handle) = subscriber(format, filter, std::io::stderr)?;
-    tracing::subscriber::set_global_default(subscriber)
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (subscriber, handle) = subscriber(format, filter, std::io::stdout)?;
+    // Also bridges the `log` crate (rustls logs through it), so those lines are in the same
+    // layout, as in ztunnel's log.
+    subscriber
+        .try_init()
         .map_err(|e| TelemetryError::Install(e.to_string()))?;
     Ok(handle)
 }
@@ -60,12 +69,13 @@ where
     let (filter_layer, reload) = reload::Layer::new(parse_filter(filter)?);
     let fmt_layer = match format {
         LogFormat::Plain => tracing_subscriber::fmt::layer()
+            .event_format(format::IstioText { timer: SystemTime })
+            .fmt_fields(format::TextFields)
             .with_writer(writer)
-            .with_ansi(false)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
+            .event_format(format::IstioJson { timer: SystemTime })
+            .fmt_fields(format::JsonFields)
             .with_writer(writer)
             .boxed(),
     };
@@ -84,6 +94,24 @@ fn parse_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
             filter: filter.to_string(),
             reason: e.to_string(),
         })
+}
+
+/// Whether authorization-policy decisions are logged at `info` rather than `debug`
+/// (`AUTHZ_POLICY_INFO_LOGGING`); `config` sets it at startup.
+static AUTHZ_POLICY_INFO: AtomicBool = AtomicBool::new(false);
+
+/// Sets the level of authorization-policy decision logs: `info` when `on`, else `debug`.
+pub fn set_authz_policy_info_logging(on: bool) {
+    AUTHZ_POLICY_INFO.store(on, Ordering::Relaxed);
+}
+
+/// The level authorization-policy decisions are logged at.
+pub fn authz_policy_level() -> tracing::Level {
+    if AUTHZ_POLICY_INFO.load(Ordering::Relaxed) {
+        tracing::Level::INFO
+    } else {
+        tracing::Level::DEBUG
+    }
 }
 
 // === impl LogHandle ===
@@ -178,7 +206,16 @@ mod tests {
         let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         assert_eq!(line["message"], "hello");
         assert_eq!(line["peer"], "a");
-        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["level"], "info");
+    }
+
+    #[test]
+    fn authz_policy_decisions_log_at_info_only_when_asked() {
+        assert_eq!(authz_policy_level(), tracing::Level::DEBUG);
+        set_authz_policy_info_logging(true);
+        assert_eq!(authz_policy_level(), tracing::Level::INFO);
+        set_authz_policy_info_logging(false);
+        assert_eq!(authz_policy_level(), tracing::Level::DEBUG);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ambit_lab::accesslog::{self, LogLine};
 use ambit_lab::{Netns, Process, ProcessSpec, http_get, wait_http_ok};
 
 use super::{PodPair, STEP};
@@ -223,6 +224,26 @@ pub async fn wait_metric(ns: &Netns, name: &str, want: f64) -> f64 {
         value = metric(ns, name).await;
     }
     value
+}
+
+/// Waits (bounded poll of the log file) until an access-log line of `p`'s log satisfies every
+/// one of `needles` (`ambit_lab::accesslog::LogLine::has`: `key=value`, `key=`, `key^=prefix`,
+/// `key*=part`, `!key`, or a level, scope or message), and returns it.
+pub async fn wait_access_line(p: &Process, needles: &[&str]) -> LogLine {
+    for _ in 0..100 {
+        if let Some(line) = accesslog::access_lines(&p.log(), needles)
+            .into_iter()
+            .next()
+        {
+            return line;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "no access line of {} has {needles:?}; tail:\n{}",
+        p.name(),
+        p.tail(40)
+    );
 }
 
 /// Waits (bounded poll of the log file) until a line of `p`'s log contains every one of

@@ -195,7 +195,7 @@ async fn connector_errors_carry_their_message_and_shutdown_closes_the_pool() {
     };
     let (pool, _) = pool_with(H2Config::default());
     match t(pool.send(&key(dead, &["x"]), &request("10.0.0.1:80"))).await {
-        Err(HboneError::Connect { dst, message }) => {
+        Err(HboneError::Connect { dst, message, .. }) => {
             assert_eq!(dst, dead);
             assert!(message.contains("refused"), "{message}");
         }

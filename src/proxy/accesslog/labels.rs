@@ -1,0 +1,174 @@
+//! The traffic labels of a connection, built once from the state when its peers are known, and
+//! the workload names its access-log line carries.
+
+use std::net::SocketAddr;
+
+use super::super::ProxyInputs;
+use crate::core::Identity;
+use crate::metrics::{Reporter, SecurityPolicy, TrafficLabels, or_unknown};
+use crate::state::{Service, Workload};
+
+/// What a connection is recorded under once its peers are known: the traffic labels, and the
+/// names its access-log line gives the two workloads.
+#[derive(Debug)]
+pub struct OpenLabels {
+    pub traffic: TrafficLabels,
+    /// `src.workload` / `dst.workload`: the pod's name when the workload is known, else its
+    /// canonical service (as ztunnel logs them).
+    pub src_workload: Option<String>,
+    pub dst_workload: Option<String>,
+}
+
+impl OpenLabels {
+    fn new(traffic: TrafficLabels) -> Self {
+        OpenLabels {
+            traffic,
+            src_workload: None,
+            dst_workload: None,
+        }
+    }
+}
+
+/// Fills the `source_*` labels from a workload.
+fn fill_source(l: &mut TrafficLabels, wl: &Workload) {
+    l.source_workload = or_unknown(workload_name(wl));
+    l.source_canonical_service = or_unknown(canonical_service(wl));
+    l.source_canonical_revision = or_unknown(&wl.canonical_revision);
+    l.source_workload_namespace = or_unknown(wl.namespace());
+    l.source_app = l.source_canonical_service.clone();
+    l.source_version = l.source_canonical_revision.clone();
+    l.source_cluster = or_unknown(&wl.cluster_id);
+    l.source_region = or_unknown(&wl.locality.region);
+    l.source_zone = or_unknown(&wl.locality.zone);
+}
+
+/// Fills the `destination_*` workload labels from a workload.
+fn fill_destination(l: &mut TrafficLabels, wl: &Workload) {
+    l.destination_workload = or_unknown(workload_name(wl));
+    l.destination_canonical_service = or_unknown(canonical_service(wl));
+    l.destination_canonical_revision = or_unknown(&wl.canonical_revision);
+    l.destination_workload_namespace = or_unknown(wl.namespace());
+    l.destination_app = l.destination_canonical_service.clone();
+    l.destination_version = l.destination_canonical_revision.clone();
+    l.destination_cluster = or_unknown(&wl.cluster_id);
+    l.destination_region = or_unknown(&wl.locality.region);
+    l.destination_zone = or_unknown(&wl.locality.zone);
+}
+
+/// Fills the `destination_service*` labels when the connection was addressed to a service.
+fn fill_service(l: &mut TrafficLabels, svc: &Service) {
+    l.destination_service = or_unknown(&svc.hostname);
+    l.destination_service_name = or_unknown(&svc.name);
+    l.destination_service_namespace = or_unknown(&svc.namespace);
+}
+
+/// The first service of `wl` (in key order) that delivers to `port`: by the service's target
+/// port, or the workload's own mapping for it (a named port).
+fn service_on_port(pi: &ProxyInputs, wl: &Workload, port: u16) -> Option<std::sync::Arc<Service>> {
+    wl.services.iter().find_map(|(key, own)| {
+        let (ns, host) = key.split_once('/')?;
+        let svc = pi.state.service_by_host(ns, host)?;
+        let delivers = svc
+            .ports
+            .iter()
+            .any(|(sport, tport)| *tport == port || own.get(sport) == Some(&port));
+        delivers.then_some(svc)
+    })
+}
+
+// Istio falls back to the pod's name when the controller and canonical names are not known.
+fn workload_name(wl: &Workload) -> &str {
+    if wl.workload_name.is_empty() {
+        &wl.name
+    } else {
+        &wl.workload_name
+    }
+}
+
+fn canonical_service(wl: &Workload) -> &str {
+    if wl.canonical_name.is_empty() {
+        workload_name(wl)
+    } else {
+        &wl.canonical_name
+    }
+}
+
+/// Labels of an outbound connection (reporter `source`): the local workload as source; the
+/// service owning the VIP `orig` (if any) and the workload at `target` as destination.
+pub(in crate::proxy) fn outbound_labels(
+    pi: &ProxyInputs,
+    service: Option<&Service>,
+    target: Option<SocketAddr>,
+    dst_principal: Option<&Identity>,
+) -> OpenLabels {
+    let mut o = OpenLabels::new(TrafficLabels::unknown(Reporter::Source));
+    let l = &mut o.traffic;
+    let snapshot = pi.state.snapshot();
+    let network = &pi.cfg.network;
+    if let Some(wl) = snapshot.workload_by_name(&pi.local.namespace, &pi.local.name) {
+        fill_source(l, wl);
+        o.src_workload = Some(wl.name.clone());
+    }
+    l.source_principal = pi.local.identity(&pi.state).to_string();
+    if let Some(svc) = service {
+        fill_service(l, svc);
+    }
+    if let Some(wl) = target.and_then(|t| snapshot.workload_by_addr(network, t.ip())) {
+        fill_destination(l, wl);
+        o.dst_workload = Some(wl.name.clone());
+    }
+    if let Some(id) = dst_principal {
+        l.destination_principal = id.to_string();
+        l.connection_security_policy = SecurityPolicy::MutualTls;
+    }
+    o
+}
+
+/// Labels of an inbound connection (reporter `destination`): the local workload as
+/// destination; the workload at the peer's address as source. `peer_id` is the TLS peer's
+/// identity (HBONE), `None` for plaintext. `service_host` is the `host=` of the HBONE
+/// `forwarded` header: the service the client side resolved, looked up first in the local
+/// workload's namespace (the usual case), then by host name alone. Without one, the service is
+/// guessed as ztunnel does: the first of the local workload's services whose target port is
+/// `app_port`, the port the connection is delivered to.
+pub(in crate::proxy) fn inbound_labels(
+    pi: &ProxyInputs,
+    local: &Workload,
+    source_addr: Option<SocketAddr>,
+    peer_id: Option<&Identity>,
+    (service_host, app_port): (Option<&str>, u16),
+) -> OpenLabels {
+    let mut o = OpenLabels::new(TrafficLabels::unknown(Reporter::Destination));
+    o.dst_workload = Some(local.name.clone());
+    let l = &mut o.traffic;
+    fill_destination(l, local);
+    if let Some(host) = service_host.filter(|h| !h.is_empty()) {
+        let svc = pi
+            .state
+            .service_by_host(local.namespace(), host)
+            .or_else(|| {
+                let all = pi.state.services_by_hostname(host);
+                // Ambiguous host names (one per namespace) name no service in particular.
+                (all.len() == 1).then(|| all[0].clone())
+            });
+        match svc {
+            Some(svc) => fill_service(l, &svc),
+            // Unknown to this node's state: the host name is still the best label we have.
+            None => l.destination_service = host.to_string(),
+        }
+    } else if let Some(svc) = service_on_port(pi, local, app_port) {
+        fill_service(l, &svc);
+    }
+    l.destination_principal = pi.local.identity(&pi.state).to_string();
+    // `None` when the connection came through a network gateway: the address is the
+    // gateway's, so looking it up would name the wrong workload.
+    if let Some(wl) = source_addr.and_then(|a| pi.state.workload_by_addr(&pi.cfg.network, a.ip())) {
+        fill_source(l, &wl);
+        o.src_workload = Some(wl.name.clone());
+    }
+    if let Some(id) = peer_id {
+        l.source_principal = id.to_string();
+        l.connection_security_policy = SecurityPolicy::MutualTls;
+    }
+    o
+}
