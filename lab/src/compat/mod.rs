@@ -215,32 +215,60 @@ fn set_diff(
     }
 }
 
-/// The report, in Markdown: one row per difference, deliberate ones with their reason.
+/// The report, in Markdown: every unexplained difference in full, then the deliberate ones
+/// grouped by the reason that keeps them (with a few of their items).
 pub fn report(peer: &str, diffs: &[Difference]) -> String {
-    let unexplained = diffs.iter().filter(|d| d.deliberate().is_none()).count();
+    let unexplained: Vec<&Difference> = diffs.iter().filter(|d| d.deliberate().is_none()).collect();
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "ambit vs {peer}: {} difference(s), {} deliberate, {unexplained} unexplained\n",
+        "ambit vs {peer}: {} difference(s), {} deliberate, {} unexplained\n",
         diffs.len(),
-        diffs.len() - unexplained
+        diffs.len() - unexplained.len(),
+        unexplained.len()
     );
-    if diffs.is_empty() {
-        return s;
+    if !unexplained.is_empty() {
+        let _ = writeln!(s, "Unexplained:\n");
+        let _ = writeln!(s, "| category | item | ambit | {peer} |");
+        let _ = writeln!(s, "|---|---|---|---|");
+        for d in &unexplained {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                d.category,
+                cell(&d.item),
+                cell(&d.ambit),
+                cell(&d.peer)
+            );
+        }
+        let _ = writeln!(s);
     }
-    let _ = writeln!(s, "| category | item | ambit | {peer} | verdict |");
-    let _ = writeln!(s, "|---|---|---|---|---|");
-    for d in diffs {
-        let verdict = d.deliberate().map_or("**unexplained**".to_string(), |why| {
-            format!("deliberate: {why}")
-        });
+    let mut any = false;
+    for (category, prefix, why) in DELIBERATE {
+        let hits: Vec<&Difference> = diffs
+            .iter()
+            .filter(|d| d.category == *category && d.item.starts_with(prefix))
+            .collect();
+        if hits.is_empty() {
+            continue;
+        }
+        if !any {
+            let _ = writeln!(s, "Deliberate:\n");
+            let _ = writeln!(s, "| category | items | e.g. (ambit / {peer}) | why |");
+            let _ = writeln!(s, "|---|---|---|---|");
+            any = true;
+        }
+        let examples: Vec<String> = hits
+            .iter()
+            .take(3)
+            .map(|d| format!("`{}` ({} / {})", d.item, d.ambit, d.peer))
+            .collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {verdict} |",
-            d.category,
-            cell(&d.item),
-            cell(&d.ambit),
-            cell(&d.peer)
+            "| {category} | {} starting `{prefix}` | {} | {} |",
+            hits.len(),
+            cell(&examples.join("; ")),
+            cell(why)
         );
     }
     s
@@ -279,6 +307,7 @@ mod tests {
         assert_eq!(d[3].ambit, ABSENT);
         let r = report("ztunnel", &d);
         assert!(r.contains("4 unexplained"), "{r}");
+        assert!(r.contains("| hbone | GET | (absent) | status 405 |"), "{r}");
         assert!(diff(&a, &a).is_empty());
     }
 }
