@@ -157,11 +157,9 @@ impl TryFrom<pw::Workload> for Workload {
 }
 
 fn workload(p: pw::Workload) -> Res<Workload> {
-    for (field, value) in [
-        ("uid", &p.uid),
-        ("name", &p.name),
-        ("namespace", &p.namespace),
-    ] {
+    // The uid keys the store and the namespace is part of the identity; a name is only shown
+    // (ztunnel accepts a workload without one too).
+    for (field, value) in [("uid", &p.uid), ("namespace", &p.namespace)] {
         if value.is_empty() {
             return err(field, Problem::Missing);
         }
