@@ -14,7 +14,7 @@ use serde_yaml::{Mapping, Value};
 
 use crate::LabError;
 use crate::topology::waypoint::{WAYPOINT_HBONE_PORT, waypoint_ip};
-use crate::topology::{AppTunnel, LoadBalancing, Locality, PodStatus, Topology};
+use crate::topology::{AppTunnel, LoadBalancing, Locality, PodStatus, TRUST_DOMAIN, Topology};
 
 /// Where node proxies get their configuration from.
 pub trait ControlPlane: Send + Sync + std::fmt::Debug {
@@ -85,6 +85,8 @@ pub fn local_config(topology: &Topology) -> String {
                 ("name", p.name.clone().into()),
                 ("namespace", p.namespace.clone().into()),
                 ("serviceAccount", p.service_account.clone().into()),
+                // ztunnel's loader leaves an absent trust domain empty (istiod always sends one).
+                ("trustDomain", TRUST_DOMAIN.into()),
                 (
                     "workloadIps",
                     Value::Sequence(vec![p.ip.to_string().into()]),
@@ -167,11 +169,11 @@ fn locality(l: &Locality) -> Value {
     ])
 }
 
-/// The local config's `loadBalancer` block (wire.md §3 spellings).
+/// The local config's `loadBalancer` block (ztunnel's spellings; all three keys required).
 fn load_balancer(lb: &LoadBalancing) -> Value {
     map([
         (
-            "routingPreference",
+            "routingPreferences",
             Value::Sequence(
                 lb.routing_preference
                     .iter()
@@ -263,8 +265,8 @@ services:
         assert_eq!(b["status"], "Unhealthy");
         assert!(b.get("locality").is_none());
         let lb = &v["services"][0]["loadBalancer"];
-        assert_eq!(lb["routingPreference"][0], "Region");
-        assert_eq!(lb["routingPreference"][1], "Zone");
+        assert_eq!(lb["routingPreferences"][0], "Region");
+        assert_eq!(lb["routingPreferences"][1], "Zone");
         assert_eq!(lb["mode"], "Failover");
         assert_eq!(lb["healthPolicy"], "OnlyHealthy");
     }

@@ -138,6 +138,7 @@ pub fn local_gateways(topology: &Topology) -> Vec<Value> {
                 ("name", gw.name.clone()),
                 ("namespace", GATEWAY_NAMESPACE.into()),
                 ("serviceAccount", GATEWAY_SERVICE_ACCOUNT.into()),
+                ("trustDomain", TRUST_DOMAIN.into()),
                 ("protocol", "HBONE".into()),
             ] {
                 m.insert(k.into(), v.into());
@@ -149,6 +150,7 @@ pub fn local_gateways(topology: &Topology) -> Vec<Value> {
                 "workloadIps".into(),
                 Value::Sequence(vec![gw.ip.to_string().into()]),
             );
+            m.insert("services".into(), Value::Mapping(Mapping::new()));
             Value::Mapping(m)
         })
         .collect()
