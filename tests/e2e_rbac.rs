@@ -319,3 +319,41 @@ async fn a_malformed_rewrite_keeps_the_old_policy_in_force() {
         "the last good DENY is still in force"
     );
 }
+
+/// An emptied file and a file cut short are what a writer caught half-way leaves: neither is
+/// applied (that would drop every workload and policy); each is logged with why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_or_truncated_rewrite_keeps_the_old_config_in_force() {
+    let mesh = Mesh::start("rbac_emptied", MeshOpts::default()).await;
+    let _app = servers::http(&mesh.pair.server, common::APP_PORT);
+    set_policies(&mesh, &policy("deny-a", "Deny", "{namespaces: [!Exact a]}")).await;
+    assert!(!curl_ok(&mesh, common::app_addr(false)).await);
+
+    let full = format!("{}policies:\n{}", pair_config(), policy("deny-a", "Deny", "{namespaces: [!Exact a]}"));
+    let cut = &full[..full.len() - 25];
+    for (text, why) in [("", "the file has no content"), (cut, "line")] {
+        let before = mesh.server_ambit.log().matches("local config change rejected").count();
+        let path = mesh.pair.dir.path().join("local.yaml");
+        // Written in place, the way a writer that truncates first leaves it.
+        std::fs::write(&path, text).unwrap();
+        let mut line = String::new();
+        for _ in 0..100 {
+            let log = mesh.server_ambit.log();
+            if log.matches("local config change rejected").count() > before {
+                line = log
+                    .lines()
+                    .filter(|l| l.contains("local config change rejected"))
+                    .last()
+                    .unwrap_or_default()
+                    .to_string();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(line.contains(why), "{text:?} is refused with why: {line:?}");
+        assert!(
+            !curl_ok(&mesh, common::app_addr(false)).await,
+            "the last good DENY is still in force after {text:?}"
+        );
+    }
+}
