@@ -6,7 +6,8 @@ Usage (as root): record_ztunnel.py <ztunnel binary>
 Each fixture is loaded as ztunnel's LOCAL_XDS_PATH in a fresh network namespace. A fixture is
 "accepted" when ztunnel answers 200 on /healthz/ready, "rejected" when it exits first; the
 error it printed last is kept. For accepted fixtures the policies from /config_dump are kept
-too, so the meaning of what it loaded can be compared. Writes verdicts.json beside the fixtures.
+too, so the meaning of what it loaded can be compared. Writes verdicts.json beside the fixtures,
+with the binary's `version` under "_recordedWith".
 """
 import json
 import os
@@ -89,7 +90,8 @@ def judge(binary, path):
 
 def main():
     binary = sys.argv[1]
-    verdicts = {}
+    version = subprocess.run([binary, "version"], capture_output=True, text=True).stdout.strip()
+    verdicts = {"_recordedWith": version}
     for name in sorted(os.listdir(HERE)):
         if name.endswith(".yaml"):
             verdicts[name] = judge(binary, os.path.join(HERE, name))
