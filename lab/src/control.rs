@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use std::collections::BTreeMap;
 
-use serde_yaml::{Mapping, Value};
+use serde_yaml_ng::{Mapping, Value};
 
 use crate::LabError;
 use crate::topology::waypoint::{WAYPOINT_HBONE_PORT, waypoint_ip};
@@ -148,7 +148,7 @@ pub fn local_config(topology: &Topology) -> String {
         ("policies", Value::Sequence(topology.policies.clone())),
     ]);
     // Serialising a plain mapping of strings, numbers and lists does not fail.
-    serde_yaml::to_string(&doc).unwrap_or_default()
+    serde_yaml_ng::to_string(&doc).unwrap_or_default()
 }
 
 /// Port maps keep numeric keys (`80: 8080`), as the local config format has them.
@@ -224,7 +224,7 @@ policies: [{name: p, namespace: default, scope: Namespace, action: Allow}]
 ",
         )
         .unwrap();
-        let v: serde_yaml::Value = serde_yaml::from_str(&local_config(&t)).unwrap();
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&local_config(&t)).unwrap();
         let a = &v["workloads"][0];
         assert_eq!(a["uid"], "Kubernetes//Pod/default/a");
         assert_eq!(a["protocol"], "HBONE");
@@ -256,7 +256,7 @@ services:
 ",
         )
         .unwrap();
-        let v: serde_yaml::Value = serde_yaml::from_str(&local_config(&t)).unwrap();
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&local_config(&t)).unwrap();
         let (a, b) = (&v["workloads"][0], &v["workloads"][1]);
         assert_eq!(a["locality"]["region"], "r1");
         assert_eq!(a["locality"]["zone"], "z1");

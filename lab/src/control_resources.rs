@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use ambit_proto::istio::security as ps;
 use ambit_proto::istio::workload as pw;
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use crate::topology::waypoint::{WAYPOINT_HBONE_PORT, waypoint_ip};
 use crate::topology::{
@@ -585,6 +585,6 @@ services:
     }
 
     fn policy_err(y: &str) -> String {
-        policy(&serde_yaml::from_str(y).unwrap()).unwrap_err()
+        policy(&serde_yaml_ng::from_str(y).unwrap()).unwrap_err()
     }
 }

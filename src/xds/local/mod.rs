@@ -92,13 +92,13 @@ pub fn load_file(path: &Path) -> Result<LocalConfig, LocalConfigError> {
 /// would send ([`records`]) and converted by the xDS conversion, so both sources share one set
 /// of rules. Like ztunnel's loader, a later entry with the key of an earlier one replaces it.
 pub fn parse(text: &str, origin: &str) -> Result<LocalConfig, LocalConfigError> {
-    let raw: raw::RawConfig = serde_yaml::from_str(text).map_err(|e| LocalConfigError::Yaml {
+    let raw: raw::RawConfig = serde_yaml_ng::from_str(text).map_err(|e| LocalConfigError::Yaml {
         origin: origin.to_string(),
         // serde quotes names with backticks; plain quotes read better in a log line.
         message: e.to_string().replace('`', "\""),
     })?;
     let nothing = raw.workloads.is_empty() && raw.services.is_empty() && raw.policies.is_empty();
-    if nothing && matches!(serde_yaml::from_str(text), Ok(serde_yaml::Value::Null)) {
+    if nothing && matches!(serde_yaml_ng::from_str(text), Ok(serde_yaml_ng::Value::Null)) {
         return Err(LocalConfigError::Empty {
             origin: origin.to_string(),
         });

@@ -9,6 +9,9 @@
 //! - a match, a service-account match and a locality ignore fields they do not know;
 //! - every policy field, `hboneMtlsPort` and the three `loadBalancer` fields are required.
 //!
+//! The YAML reader is `serde_yaml_ng` (a maintained fork of the deprecated `serde_yaml` 0.9 that
+//! ztunnel uses): on every fixture it gives ztunnel's verdict and the same error text.
+//!
 //! Values are only decoded here; what a domain type constrains further is checked once, by the
 //! xDS conversion, after `records` turns these into the xDS records.
 
