@@ -56,7 +56,12 @@ async fn bad_ip_is_rejected() {
         "workloads:\n- uid: cluster1//v1/Pod/a/client\n  name: client\n  namespace: a\n  workloadIps: [\"10.1.0.300\"]\n  services: {{}}\n{GOOD_SECOND}"
     );
     let (code, stderr, path) = run_with_config("config_bad_ip", &yaml).await;
-    assert_one_line_error(code, &stderr, &path, &["workloads[0].workloadIps[0]", "invalid IP address"]);
+    assert_one_line_error(
+        code,
+        &stderr,
+        &path,
+        &["workloads[0].workloadIps[0]", "invalid IP address"],
+    );
 }
 
 /// ztunnel's string matches are YAML tags; the `{Exact: ...}` map form is refused, as

@@ -329,10 +329,18 @@ async fn an_emptied_or_truncated_rewrite_keeps_the_old_config_in_force() {
     set_policies(&mesh, &policy("deny-a", "Deny", "{namespaces: [!Exact a]}")).await;
     assert!(!curl_ok(&mesh, common::app_addr(false)).await);
 
-    let full = format!("{}policies:\n{}", pair_config(), policy("deny-a", "Deny", "{namespaces: [!Exact a]}"));
+    let full = format!(
+        "{}policies:\n{}",
+        pair_config(),
+        policy("deny-a", "Deny", "{namespaces: [!Exact a]}")
+    );
     let cut = &full[..full.len() - 25];
     for (text, why) in [("", "the file has no content"), (cut, "line")] {
-        let before = mesh.server_ambit.log().matches("local config change rejected").count();
+        let before = mesh
+            .server_ambit
+            .log()
+            .matches("local config change rejected")
+            .count();
         let path = mesh.pair.dir.path().join("local.yaml");
         // Written in place, the way a writer that truncates first leaves it.
         std::fs::write(&path, text).unwrap();
@@ -342,8 +350,7 @@ async fn an_emptied_or_truncated_rewrite_keeps_the_old_config_in_force() {
             if log.matches("local config change rejected").count() > before {
                 line = log
                     .lines()
-                    .filter(|l| l.contains("local config change rejected"))
-                    .last()
+                    .rfind(|l| l.contains("local config change rejected"))
                     .unwrap_or_default()
                     .to_string();
                 break;

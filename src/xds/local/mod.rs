@@ -92,13 +92,19 @@ pub fn load_file(path: &Path) -> Result<LocalConfig, LocalConfigError> {
 /// would send ([`records`]) and converted by the xDS conversion, so both sources share one set
 /// of rules. Like ztunnel's loader, a later entry with the key of an earlier one replaces it.
 pub fn parse(text: &str, origin: &str) -> Result<LocalConfig, LocalConfigError> {
-    let raw: raw::RawConfig = serde_yaml_ng::from_str(text).map_err(|e| LocalConfigError::Yaml {
-        origin: origin.to_string(),
-        // serde quotes names with backticks; plain quotes read better in a log line.
-        message: e.to_string().replace('`', "\""),
-    })?;
+    let raw: raw::RawConfig =
+        serde_yaml_ng::from_str(text).map_err(|e| LocalConfigError::Yaml {
+            origin: origin.to_string(),
+            // serde quotes names with backticks; plain quotes read better in a log line.
+            message: e.to_string().replace('`', "\""),
+        })?;
     let nothing = raw.workloads.is_empty() && raw.services.is_empty() && raw.policies.is_empty();
-    if nothing && matches!(serde_yaml_ng::from_str(text), Ok(serde_yaml_ng::Value::Null)) {
+    if nothing
+        && matches!(
+            serde_yaml_ng::from_str(text),
+            Ok(serde_yaml_ng::Value::Null)
+        )
+    {
         return Err(LocalConfigError::Empty {
             origin: origin.to_string(),
         });
@@ -132,8 +138,8 @@ pub fn parse(text: &str, origin: &str) -> Result<LocalConfig, LocalConfigError> 
     let mut workloads = Vec::with_capacity(workload_records.len());
     for (i, (record, kind)) in workload_records.into_iter().zip(kinds).enumerate() {
         let uid = record.uid.clone();
-        let mut w = Workload::try_from(record)
-            .map_err(|e| invalid("workloads", i, ("uid", &uid), e))?;
+        let mut w =
+            Workload::try_from(record).map_err(|e| invalid("workloads", i, ("uid", &uid), e))?;
         w.workload_type = kind;
         workloads.push(w);
     }
@@ -141,7 +147,8 @@ pub fn parse(text: &str, origin: &str) -> Result<LocalConfig, LocalConfigError> 
     for (i, record) in service_records.into_iter().enumerate() {
         let host = record.hostname.clone();
         services.push(
-            Service::try_from(record).map_err(|e| invalid("services", i, ("hostname", &host), e))?,
+            Service::try_from(record)
+                .map_err(|e| invalid("services", i, ("hostname", &host), e))?,
         );
     }
     let mut policies = Vec::with_capacity(raw.policies.len());

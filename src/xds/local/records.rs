@@ -220,9 +220,7 @@ pub(super) fn add_endpoints(
 ) {
     for (uid, key, ports) in endpoints {
         if let Some(w) = workloads.iter_mut().find(|w| w.uid == uid) {
-            w.services
-                .entry(key)
-                .or_insert(pw::PortList { ports });
+            w.services.entry(key).or_insert(pw::PortList { ports });
         }
     }
 }

@@ -103,31 +103,39 @@ fn ztunnel_shape(p: &crate::rbac::Authorization) -> serde_json::Value {
         .rules
         .iter()
         .map(|r| {
-            let clauses: Vec<Value> = r.clauses.iter().map(|c| {
-                let matches: Vec<Value> = c.matches.iter().map(|m| {
-                    let mut out = Map::new();
-                    for (k, v) in [
-                        ("namespaces", strings(&m.namespaces)),
-                        ("notNamespaces", strings(&m.not_namespaces)),
-                        ("principals", strings(&m.principals)),
-                        ("notPrincipals", strings(&m.not_principals)),
-                        ("sourceIps", nets(&m.source_ips)),
-                        ("notSourceIps", nets(&m.not_source_ips)),
-                        ("destinationIps", nets(&m.destination_ips)),
-                        ("notDestinationIps", nets(&m.not_destination_ips)),
-                        ("destinationPorts", json!(m.destination_ports)),
-                        ("notDestinationPorts", json!(m.not_destination_ports)),
-                        ("serviceAccounts", accounts(&m.service_accounts)),
-                        ("notServiceAccounts", accounts(&m.not_service_accounts)),
-                    ] {
-                        if v.as_array().is_some_and(|a| !a.is_empty()) {
-                            out.insert(k.into(), v);
-                        }
-                    }
-                    Value::Object(out)
-                }).collect();
-                Value::Array(matches)
-            }).collect();
+            let clauses: Vec<Value> = r
+                .clauses
+                .iter()
+                .map(|c| {
+                    let matches: Vec<Value> = c
+                        .matches
+                        .iter()
+                        .map(|m| {
+                            let mut out = Map::new();
+                            for (k, v) in [
+                                ("namespaces", strings(&m.namespaces)),
+                                ("notNamespaces", strings(&m.not_namespaces)),
+                                ("principals", strings(&m.principals)),
+                                ("notPrincipals", strings(&m.not_principals)),
+                                ("sourceIps", nets(&m.source_ips)),
+                                ("notSourceIps", nets(&m.not_source_ips)),
+                                ("destinationIps", nets(&m.destination_ips)),
+                                ("notDestinationIps", nets(&m.not_destination_ips)),
+                                ("destinationPorts", json!(m.destination_ports)),
+                                ("notDestinationPorts", json!(m.not_destination_ports)),
+                                ("serviceAccounts", accounts(&m.service_accounts)),
+                                ("notServiceAccounts", accounts(&m.not_service_accounts)),
+                            ] {
+                                if v.as_array().is_some_and(|a| !a.is_empty()) {
+                                    out.insert(k.into(), v);
+                                }
+                            }
+                            Value::Object(out)
+                        })
+                        .collect();
+                    Value::Array(matches)
+                })
+                .collect();
             Value::Array(clauses)
         })
         .collect();
@@ -221,14 +229,23 @@ fn tags_become_string_matches() {
         vec![StringMatch::Suffix("/sa/blocked".into())]
     );
     assert_eq!(m.namespaces, vec![StringMatch::Presence]);
-    assert_eq!(m.not_namespaces, vec![StringMatch::Exact("kube-system".into())]);
+    assert_eq!(
+        m.not_namespaces,
+        vec![StringMatch::Exact("kube-system".into())]
+    );
     let ips = &p.rules[0].clauses[0].matches[1];
     assert_eq!(
-        (ips.source_ips[1].addr().to_string(), ips.source_ips[1].prefix_len()),
+        (
+            ips.source_ips[1].addr().to_string(),
+            ips.source_ips[1].prefix_len()
+        ),
         ("fd00::".into(), 64)
     );
     assert_eq!(
-        (ips.destination_ports.clone(), ips.not_destination_ports.clone()),
+        (
+            ips.destination_ports.clone(),
+            ips.not_destination_ports.clone()
+        ),
         (vec![8080], vec![8081])
     );
     let sa = &p.rules[0].clauses[1].matches[0];
@@ -265,13 +282,19 @@ fn workload_fields_keep_their_meaning() {
         ("net-2/192.0.2.10".into(), 15009)
     );
     let t = w.application_tunnel.as_ref().unwrap();
-    assert_eq!((t.protocol, t.port), (AppTunnelProtocol::Proxy, Some(15088)));
+    assert_eq!(
+        (t.protocol, t.port),
+        (AppTunnelProtocol::Proxy, Some(15088))
+    );
     assert_eq!(w.services["b/full.b.svc.cluster.local"][&90], 0);
 
     // No uid: Istio's shape, with the default cluster; no name is allowed.
     let bare = &cfg.workloads[1];
     assert_eq!(bare.uid, "Kubernetes//Pod/b/");
-    assert_eq!(bare.identity().to_string(), "spiffe://cluster.local/ns/b/sa/default");
+    assert_eq!(
+        bare.identity().to_string(),
+        "spiffe://cluster.local/ns/b/sa/default"
+    );
     assert_eq!(bare.capacity, 1);
     assert_eq!(bare.application_tunnel.as_ref().unwrap().port, None);
 }
@@ -345,7 +368,11 @@ fn later_entries_replace_earlier_ones() {
         ORIGIN,
     )
     .unwrap();
-    let names: Vec<_> = cfg.workloads.iter().map(|w| (w.uid.as_str(), w.name.as_str())).collect();
+    let names: Vec<_> = cfg
+        .workloads
+        .iter()
+        .map(|w| (w.uid.as_str(), w.name.as_str()))
+        .collect();
     assert_eq!(names, [("a", "second"), ("b", "")]);
 }
 

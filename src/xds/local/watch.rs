@@ -158,7 +158,10 @@ mod tests {
 
     /// Polls until the change is judged (a settled text takes two polls).
     fn judged(r: &mut Reloader) -> Reload {
-        assert!(matches!(r.poll_once(), Reload::Settling), "first read of a change");
+        assert!(
+            matches!(r.poll_once(), Reload::Settling),
+            "first read of a change"
+        );
         r.poll_once()
     }
 
@@ -179,7 +182,10 @@ mod tests {
             panic!("a valid version applies")
         };
         assert_eq!(a.version, 2);
-        assert!(view.snapshot().policy("b/deny").is_none(), "removed entries go");
+        assert!(
+            view.snapshot().policy("b/deny").is_none(),
+            "removed entries go"
+        );
         assert!(matches!(r.poll_once(), Reload::Unchanged), "judged once");
 
         replace(&path, &format!("{WL}{DENY}"));
@@ -189,16 +195,25 @@ mod tests {
             ("", "the file has no content"),
             ("# emptied\n", "the file has no content"),
             (&WL[..WL.len() - 15], "missing field \"services\""),
-            ("\u{1}\u{2}garbage: [[[", "control characters are not allowed"),
+            (
+                "\u{1}\u{2}garbage: [[[",
+                "control characters are not allowed",
+            ),
         ] {
             replace(&path, bad);
             let msg = rejected(&mut r);
-            assert!(msg.starts_with(&origin) && msg.contains(why), "{bad:?}: {msg}");
+            assert!(
+                msg.starts_with(&origin) && msg.contains(why),
+                "{bad:?}: {msg}"
+            );
             assert_eq!(msg.lines().count(), 1, "{msg}");
             let snap = view.snapshot();
             assert_eq!(snap.version(), 3, "state untouched by {bad:?}");
             assert!(snap.policy("b/deny").is_some(), "last good policy in force");
-            assert!(snap.workload_by_uid("u1").is_some(), "last good workload in force");
+            assert!(
+                snap.workload_by_uid("u1").is_some(),
+                "last good workload in force"
+            );
             replace(&path, &format!("{WL}{DENY}"));
         }
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
@@ -212,7 +227,10 @@ mod tests {
         std::fs::write(&path, &WL[..30]).unwrap();
         assert!(matches!(r.poll_once(), Reload::Settling));
         std::fs::write(&path, WL).unwrap();
-        assert!(matches!(r.poll_once(), Reload::Settling), "changed again: read anew");
+        assert!(
+            matches!(r.poll_once(), Reload::Settling),
+            "changed again: read anew"
+        );
         assert_eq!(view.snapshot().version(), 1, "nothing judged yet");
         let Reload::Applied(a) = r.poll_once() else {
             panic!("the settled text applies")
