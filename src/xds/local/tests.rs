@@ -399,3 +399,92 @@ fn unreadable_file_is_reported() {
         "{e}"
     );
 }
+
+/// ambit's serialised entry with ztunnel's `/config_dump` spellings where they differ.
+fn in_ztunnel_spelling(
+    mut v: serde_json::Value,
+    cidr_vips: &[crate::state::CidrVip],
+) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let Value::Object(m) = &mut v else {
+        return v;
+    };
+    if m.get("protocol") == Some(&json!("NONE")) {
+        m.insert("protocol".into(), json!("TCP"));
+    }
+    if let Some(Value::Object(lb)) = m.get_mut("loadBalancer")
+        && let Some(p) = lb.remove("routingPreference")
+    {
+        lb.insert("routingPreferences".into(), p);
+    }
+    match m.get("ipFamilies").and_then(Value::as_str) {
+        Some("Automatic") => {
+            m.remove("ipFamilies");
+        }
+        Some(f) => {
+            let f = f.replace("Ipv4Only", "IPv4").replace("Ipv6Only", "IPv6");
+            m.insert("ipFamilies".into(), json!(f));
+        }
+        None => {}
+    }
+    if m.contains_key("cidrVips") {
+        let cidrs: Vec<Value> = cidr_vips
+            .iter()
+            .map(|c| json!({"network": c.network, "cidr": format!("{}/{}", c.net.addr(), c.net.prefix_len())}))
+            .collect();
+        m.insert("cidrVips".into(), cidrs.into());
+    }
+    v
+}
+
+/// What ztunnel loaded from each accepted fixture is what ambit loads: every value ztunnel's
+/// dump shows for a workload (with a uid) or a service, and each service endpoint as a
+/// membership of its workload. (ztunnel leaves out values at their defaults; ambit's defaults
+/// for an absent trust domain and service account are Istio's, see the report.)
+#[test]
+fn accepted_fixtures_load_the_workloads_and_services_ztunnel_loaded() {
+    let text = std::fs::read_to_string(fixtures().join("verdicts.json")).unwrap();
+    let verdicts: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut compared = 0;
+    for (name, v) in verdicts.as_object().unwrap() {
+        if !name.starts_with("ok_") {
+            continue;
+        }
+        let cfg = fixture(name);
+        for zw in v["workloads"].as_array().unwrap() {
+            let Some(uid) = zw["uid"].as_str() else {
+                continue;
+            };
+            let w = cfg.workloads.iter().find(|w| w.uid == uid).unwrap();
+            let ours = in_ztunnel_spelling(serde_json::to_value(w).unwrap(), &[]);
+            for (k, want) in zw.as_object().unwrap() {
+                assert_eq!(&ours[k], want, "{name}: workload {uid}: {k}");
+                compared += 1;
+            }
+        }
+        assert_eq!(
+            v["services"].as_array().unwrap().len(),
+            cfg.services.len(),
+            "{name}"
+        );
+        for zs in v["services"].as_array().unwrap() {
+            let host = zs["hostname"].as_str().unwrap();
+            let s = cfg.services.iter().find(|s| s.hostname == host).unwrap();
+            let ours = in_ztunnel_spelling(serde_json::to_value(s).unwrap(), &s.cidr_vips);
+            for (k, want) in zs.as_object().unwrap() {
+                if k == "endpoints" {
+                    for ep in want.as_object().unwrap().values() {
+                        let uid = ep["workloadUid"].as_str().unwrap();
+                        let w = cfg.workloads.iter().find(|w| w.uid == uid).unwrap();
+                        let ports = serde_json::to_value(&w.services[&s.key()]).unwrap();
+                        assert_eq!(ports, ep["port"], "{name}: {host}: endpoint {uid}");
+                    }
+                    continue;
+                }
+                assert_eq!(&ours[k], want, "{name}: service {host}: {k}");
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared >= 60, "{compared}");
+}

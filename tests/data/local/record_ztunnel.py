@@ -5,8 +5,8 @@ Usage (as root): record_ztunnel.py <ztunnel binary>
 
 Each fixture is loaded as ztunnel's LOCAL_XDS_PATH in a fresh network namespace. A fixture is
 "accepted" when ztunnel answers 200 on /healthz/ready, "rejected" when it exits first; the
-error it printed last is kept. For accepted fixtures the policies from /config_dump are kept
-too, so the meaning of what it loaded can be compared. Writes verdicts.json beside the fixtures,
+error it printed last is kept. For accepted fixtures the workloads, services and policies from
+/config_dump are kept too, so the meaning of what it loaded can be compared. Writes verdicts.json beside the fixtures,
 with the binary's `version` under "_recordedWith".
 """
 import json
@@ -81,8 +81,8 @@ def judge(binary, path):
             result["error"] = errors[-1].strip() if errors else out.strip()[-400:]
         else:
             result["policies"] = sorted(dump.get("policies", []), key=lambda p: p.get("name", ""))
-            result["workloads"] = len(dump.get("workloads", []))
-            result["services"] = len(dump.get("services", []))
+            result["workloads"] = sorted(dump.get("workloads", []), key=lambda w: w.get("uid", ""))
+            result["services"] = sorted(dump.get("services", []), key=lambda s: s.get("hostname", ""))
         return result
     finally:
         subprocess.run(["ip", "netns", "del", ns])
