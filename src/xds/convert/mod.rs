@@ -459,10 +459,14 @@ fn rbac_match(at: &str, p: ps::Match) -> Res<rbac::Match> {
             })
             .collect()
     };
+    // Port 0 names no connection, so it matches none; ztunnel accepts it too.
     let ports = |name: &str, v: &[u32]| -> Res<Vec<u16>> {
         v.iter()
             .enumerate()
-            .map(|(i, p)| port(&format!("{at}.{name}[{i}]"), *p))
+            .map(|(i, p)| {
+                u16::try_from(*p)
+                    .map_err(|_| FieldError(format!("{at}.{name}[{i}]"), Problem::Port(*p)))
+            })
             .collect()
     };
     let accounts = |v: Vec<ps::ServiceAccountMatch>| {
