@@ -173,8 +173,16 @@ pub fn parse(text: &str, origin: &str) -> Result<LocalConfig, LocalConfigError> 
 /// The xDS conversion names fields as the records have them; the file names some differently.
 fn local_field(section: &str, field: &str) -> String {
     let renames: &[(&str, &str)] = match section {
-        "workloads" => &[("addresses", "workloadIps"), ("tunnelProtocol", "protocol")],
-        "services" => &[("addresses", "vips"), ("loadBalancing", "loadBalancer")],
+        "workloads" => &[
+            ("addresses", "workloadIps"),
+            ("tunnelProtocol", "protocol"),
+            (".hostname", ".destination"),
+        ],
+        "services" => &[
+            ("addresses", "vips"),
+            ("loadBalancing", "loadBalancer"),
+            (".hostname", ".destination"),
+        ],
         _ => &[(".clauses[", "["), ("].matches[", "][")],
     };
     let mut out = field.to_string();

@@ -31,6 +31,18 @@ const DELIBERATE: &[(&str, &str)] = &[
         "bad_comment_only.yaml",
         "a file of comments has no document either, same as an empty file",
     ),
+    (
+        "bad_gateway_empty_hostname.yaml",
+        "a waypoint without a hostname names nothing to connect to; xDS and local both refuse it",
+    ),
+    (
+        "bad_service_key_two_slashes.yaml",
+        "a hostname cannot hold a '/'; xDS and local both refuse the key",
+    ),
+    (
+        "bad_service_port_zero.yaml",
+        "service port 0 can be no destination; xDS and local both refuse it",
+    ),
 ];
 
 /// Every fixture gets the verdict the real ztunnel gave it (recorded by
@@ -330,6 +342,10 @@ fn errors_name_the_field() {
         (
             "workloads:\n- {uid: a, namespace: ns, workloadIps: [], services: {h: {80: 8080}}}\n",
             r#"local config /tmp/x.yaml: workloads[0] (uid "a"): services["h"]: invalid key "h": expected "namespace/hostname""#,
+        ),
+        (
+            "workloads:\n- {uid: a, namespace: ns, workloadIps: [], services: {}, waypoint: {destination: ns/, hboneMtlsPort: 15008}}\n",
+            r#"local config /tmp/x.yaml: workloads[0] (uid "a"): waypoint.destination: required field is missing or empty"#,
         ),
         (
             "services:\n- {name: s, namespace: ns, hostname: h, vips: [], ports: {0: 80}}\n",
