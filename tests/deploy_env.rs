@@ -10,9 +10,9 @@ use serde::Deserialize;
 const MANIFESTS: &str = include_str!("../deploy/manifests/ambit.yaml");
 
 /// The `istio-proxy` container of the DaemonSet.
-fn container() -> serde_yaml::Value {
-    serde_yaml::Deserializer::from_str(MANIFESTS)
-        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+fn container() -> serde_yaml_ng::Value {
+    serde_yaml_ng::Deserializer::from_str(MANIFESTS)
+        .map(|d| serde_yaml_ng::Value::deserialize(d).unwrap())
         .find(|d| d["kind"] == "DaemonSet")
         .expect("a DaemonSet")["spec"]["template"]["spec"]["containers"][0]
         .clone()
@@ -25,7 +25,7 @@ fn rendered_env() -> BTreeMap<String, String> {
     for e in c["env"].as_sequence().unwrap() {
         let name = e["name"].as_str().unwrap().to_string();
         let value = match (&e["value"], &e["valueFrom"]) {
-            (serde_yaml::Value::String(v), _) => v.clone(),
+            (serde_yaml_ng::Value::String(v), _) => v.clone(),
             (_, from) if from["fieldRef"]["fieldPath"] == "metadata.name" => "ztunnel-x1".into(),
             (_, from) if from["fieldRef"]["fieldPath"] == "metadata.namespace" => {
                 "istio-system".into()

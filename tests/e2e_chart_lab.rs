@@ -32,8 +32,8 @@ const STEP: Duration = Duration::from_secs(20);
 /// The chart's container: its arguments and its literal environment values. The downward-API
 /// ones are filled by the lab (POD_NAME, POD_NAMESPACE, NODE_NAME, INSTANCE_IP) or here.
 fn chart_container() -> (Vec<String>, Vec<(String, String)>) {
-    let ds = serde_yaml::Deserializer::from_str(MANIFESTS)
-        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+    let ds = serde_yaml_ng::Deserializer::from_str(MANIFESTS)
+        .map(|d| serde_yaml_ng::Value::deserialize(d).unwrap())
         .find(|d| d["kind"] == "DaemonSet")
         .unwrap();
     let c = &ds["spec"]["template"]["spec"]["containers"][0];
@@ -47,7 +47,7 @@ fn chart_container() -> (Vec<String>, Vec<(String, String)>) {
     for e in c["env"].as_sequence().unwrap() {
         let name = e["name"].as_str().unwrap().to_string();
         let value = match (&e["value"], &e["valueFrom"]) {
-            (serde_yaml::Value::String(v), _) => v.clone(),
+            (serde_yaml_ng::Value::String(v), _) => v.clone(),
             (_, from) if from["fieldRef"]["fieldPath"] == "spec.serviceAccountName" => {
                 "ztunnel".into()
             }

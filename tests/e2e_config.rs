@@ -39,12 +39,12 @@ fn assert_one_line_error(code: Option<i32>, stderr: &str, path: &str, needles: &
     }
 }
 
-const GOOD_SECOND: &str = "- uid: cluster1//v1/Pod/b/server\n  name: server\n  namespace: b\n  serviceAccount: server\n  workloadIps: [\"10.1.0.3\"]\n  protocol: HBONE\n";
+const GOOD_SECOND: &str = "- uid: cluster1//v1/Pod/b/server\n  name: server\n  namespace: b\n  serviceAccount: server\n  workloadIps: [\"10.1.0.3\"]\n  protocol: HBONE\n  services: {}\n";
 
 #[tokio::test]
 async fn unknown_field_is_rejected() {
     let yaml = format!(
-        "workloads:\n- uid: cluster1//v1/Pod/a/client\n  name: client\n  namespace: a\n  bogusField: 1\n  workloadIps: [\"10.1.0.2\"]\n{GOOD_SECOND}"
+        "workloads:\n- uid: cluster1//v1/Pod/a/client\n  name: client\n  namespace: a\n  bogusField: 1\n  workloadIps: [\"10.1.0.2\"]\n  services: {{}}\n{GOOD_SECOND}"
     );
     let (code, stderr, path) = run_with_config("config_unknown_field", &yaml).await;
     assert_one_line_error(code, &stderr, &path, &["bogusField"]);
@@ -53,15 +53,35 @@ async fn unknown_field_is_rejected() {
 #[tokio::test]
 async fn bad_ip_is_rejected() {
     let yaml = format!(
-        "workloads:\n- uid: cluster1//v1/Pod/a/client\n  name: client\n  namespace: a\n  workloadIps: [\"10.1.0.300\"]\n{GOOD_SECOND}"
+        "workloads:\n- uid: cluster1//v1/Pod/a/client\n  name: client\n  namespace: a\n  workloadIps: [\"10.1.0.300\"]\n  services: {{}}\n{GOOD_SECOND}"
     );
     let (code, stderr, path) = run_with_config("config_bad_ip", &yaml).await;
-    assert_one_line_error(code, &stderr, &path, &["workloadIps", "10.1.0.300"]);
+    assert_one_line_error(
+        code,
+        &stderr,
+        &path,
+        &["workloads[0].workloadIps[0]", "invalid IP address"],
+    );
+}
+
+/// ztunnel's string matches are YAML tags; the `{Exact: ...}` map form is refused, as
+/// ztunnel refuses it.
+#[tokio::test]
+async fn string_match_written_as_a_map_is_rejected() {
+    let yaml = format!(
+        "workloads:\n{GOOD_SECOND}policies:\n- name: p\n  namespace: b\n  scope: Namespace\n  action: Allow\n  dryRun: false\n  rules: [[[{{principals: [{{Exact: cluster.local/ns/a/sa/client}}]}}]]]\n"
+    );
+    let (code, stderr, path) = run_with_config("config_map_match", &yaml).await;
+    assert_one_line_error(
+        code,
+        &stderr,
+        &path,
+        &["policies[0].rules[0][0][0].principals[0]", "YAML tag"],
+    );
 }
 
 #[tokio::test]
-async fn duplicate_uid_is_rejected() {
-    let yaml = format!("workloads:\n{GOOD_SECOND}{GOOD_SECOND}");
-    let (code, stderr, path) = run_with_config("config_duplicate_uid", &yaml).await;
-    assert_one_line_error(code, &stderr, &path, &["uid", "cluster1//v1/Pod/b/server"]);
+async fn empty_file_is_rejected() {
+    let (code, stderr, path) = run_with_config("config_empty", "").await;
+    assert_one_line_error(code, &stderr, &path, &["the file has no content"]);
 }

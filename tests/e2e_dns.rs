@@ -395,7 +395,12 @@ async fn inpod_pods_get_dns_and_socks5_in_their_namespace() {
     let dir = TempDir::new("inpod_dns");
     let node = zds::Node::new(&[A, B]);
     let agent = zds::Agent::listen(&dir.path().join("ztunnel.sock"));
-    let mut config = node.config();
+    // The server pod, listed last, backs the service instead of backing none.
+    let mut config = node
+        .config()
+        .strip_suffix("  services: {}\n")
+        .unwrap()
+        .to_string();
     config.push_str("  services:\n    b/server.b.svc.cluster.local: {80: 8080}\n");
     config.push_str("services:\n");
     config.push_str(SERVICES.split("- name: echo").next().unwrap());

@@ -310,3 +310,98 @@ async fn mixed_mesh_runs_each_nodes_own_binary() {
     println!("{report}");
     assert!(report.passed(), "{report}");
 }
+
+/// Callers of the `server` pod in [`TAGGED`] and the ports they try.
+const CALLERS: [&str; 5] = ["client", "team-a", "team-blocked", "other", "legacy"];
+const PORTS: [u16; 2] = [8080, 9090];
+
+/// ztunnel-format policies with `!Exact`, `!Prefix`, `!Suffix` and `!Presence` string matches,
+/// written into the node proxies' local config by the lab. On 8080 only `client` and the
+/// `team-` service accounts are allowed, and `team-blocked` is denied anyway; on 9090 any
+/// authenticated caller is allowed (`!Presence` of a namespace), so not the uncaptured `legacy`.
+const TAGGED: &str = r#"
+nodes:
+  - name: node-1
+  - name: node-2
+pods:
+  - {name: client, serviceAccount: client, node: node-1}
+  - {name: team-a, serviceAccount: team-a, node: node-1}
+  - {name: team-blocked, serviceAccount: team-blocked, node: node-1}
+  - {name: other, serviceAccount: other, node: node-1}
+  - {name: legacy, serviceAccount: legacy, node: node-1, captured: false}
+  - {name: server, serviceAccount: server, node: node-2}
+services: []
+policies:
+  - name: allow-listed
+    namespace: default
+    scope: Namespace
+    action: Allow
+    dryRun: false
+    rules:
+      - - - principals: [!Exact "cluster.local/ns/default/sa/client", !Prefix "cluster.local/ns/default/sa/team-"]
+            destinationPorts: [8080]
+      - - - namespaces: [!Presence []]
+            destinationPorts: [9090]
+  - name: deny-blocked
+    namespace: default
+    scope: Namespace
+    action: Deny
+    dryRun: false
+    rules:
+      - - - principals: [!Suffix "/sa/team-blocked"]
+"#;
+
+/// The decisions real ztunnel made on [`TAGGED`] (recorded with `AMBIT_LAB_PROXY=<ztunnel>`),
+/// which every node proxy must make: `caller -> port -> allowed`.
+const DECISIONS: &str = include_str!("data/local/tagged_decisions.json");
+
+/// Whether `caller` gets an answer from the server pod's app on `port`.
+async fn allowed(lab: &Lab, caller: &str, port: u16) -> bool {
+    let url = format!("http://{}/", target(lab, "server", port));
+    let out = lab
+        .pod_ns(caller)
+        .unwrap()
+        .exec(&["curl", "-sS", "-m", "10", &url], STEP)
+        .await
+        .unwrap();
+    let ip = lab.topology().pod(caller).unwrap().ip;
+    out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == format!("peer {ip}")
+}
+
+#[tokio::test]
+async fn shared_tagged_policies_decide_per_source_identity() {
+    let opts = LabOptions {
+        proxy: Some(
+            std::env::var_os("AMBIT_LAB_PROXY")
+                .map(Into::into)
+                .unwrap_or_else(|| AMBIT.into()),
+        ),
+        mode: ProxyMode::Shared,
+        ..LabOptions::default()
+    };
+    let lab = Lab::start(Topology::from_yaml(TAGGED).unwrap(), opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        lab.topology().pod("team-a").unwrap().spiffe(),
+        "spiffe://cluster.local/ns/default/sa/team-a",
+        "the policies name these identities"
+    );
+    let ns = lab.pod_ns("server").unwrap();
+    let _apps: Vec<Server> = PORTS
+        .iter()
+        .map(|p| Server::start(ns, ServerKind::Http, *p).unwrap())
+        .collect();
+    let mut got = serde_json::Map::new();
+    for caller in CALLERS {
+        let mut ports = serde_json::Map::new();
+        for port in PORTS {
+            ports.insert(port.to_string(), allowed(&lab, caller, port).await.into());
+        }
+        got.insert(caller.to_string(), ports.into());
+    }
+    let got = serde_json::Value::Object(got);
+    println!("{}", serde_json::to_string_pretty(&got).unwrap());
+    let want: serde_json::Value = serde_json::from_str(DECISIONS).unwrap();
+    assert_eq!(got, want["decisions"]);
+}

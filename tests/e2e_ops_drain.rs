@@ -33,7 +33,7 @@ async fn denied_connection_is_counted_as_failed_with_deny_and_logged() {
     std::fs::write(
         dir.join("local.yaml.tmp"),
         format!(
-            "{}policies:\n- name: deny-a\n  namespace: b\n  scope: Namespace\n  action: Deny\n  rules: [[[{{namespaces: [a]}}]]]\n",
+            "{}policies:\n- name: deny-a\n  namespace: b\n  scope: Namespace\n  action: Deny\n  dryRun: false\n  rules: [[[{{namespaces: [!Exact a]}}]]]\n",
             pair_config()
         ),
     )

@@ -27,7 +27,7 @@ const SERVICES: &str = "\
 /// The local config: both pods with their localities; the server pod backs the service.
 fn config() -> String {
     format!(
-        "workloads:\n{}  locality: {{region: us-east, zone: us-east-1b}}\n{}  locality: {{region: eu-west, zone: eu-west-1a}}\n  services:\n    b/server.b.svc.cluster.local: {{80: 8080}}\nservices:\n{SERVICES}",
+        "workloads:\n{}  locality: {{region: us-east, zone: us-east-1b, subzone: \"\"}}\n  services: {{}}\n{}  locality: {{region: eu-west, zone: eu-west-1a, subzone: \"\"}}\n  services:\n    b/server.b.svc.cluster.local: {{80: 8080}}\nservices:\n{SERVICES}",
         workload_yaml(CLIENT_WL, &[common::client_ip(false)]),
         workload_yaml(SERVER_WL, &[common::server_ip(false)]),
     )

@@ -98,7 +98,7 @@ async fn set_policies(m: &QuicMesh, policies: &str) {
     panic!("no reload; tail:\n{}", m.server_ambit.tail(30));
 }
 
-const DENY_A: &str = "policies:\n- name: deny-a\n  namespace: b\n  scope: Namespace\n  action: Deny\n  rules: [[[{namespaces: [a]}]]]\n";
+const DENY_A: &str = "policies:\n- name: deny-a\n  namespace: b\n  scope: Namespace\n  action: Deny\n  dryRun: false\n  rules: [[[{namespaces: [!Exact a]}]]]\n";
 
 /// An echo round trip on an open captured connection.
 async fn ping(s: &mut tokio::net::TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {

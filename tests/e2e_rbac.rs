@@ -48,7 +48,7 @@ async fn set_policies(mesh: &Mesh, policies: &str) {
 /// One namespace-scoped policy of the server's namespace `b` with one match.
 fn policy(name: &str, action: &str, matches: &str) -> String {
     format!(
-        "- name: {name}\n  namespace: b\n  scope: Namespace\n  action: {action}\n  rules: [[[{matches}]]]\n"
+        "- name: {name}\n  namespace: b\n  scope: Namespace\n  action: {action}\n  dryRun: false\n  rules: [[[{matches}]]]\n"
     )
 }
 
@@ -68,7 +68,7 @@ async fn allow_by_principal() {
         &policy(
             "allow-client",
             "Allow",
-            &format!("{{principals: [\"{CLIENT_PRINCIPAL}\"]}}"),
+            &format!("{{principals: [!Exact \"{CLIENT_PRINCIPAL}\"]}}"),
         ),
     )
     .await;
@@ -79,7 +79,7 @@ async fn allow_by_principal() {
         &policy(
             "allow-other",
             "Allow",
-            "{principals: [\"cluster.local/ns/a/sa/other\"]}",
+            "{principals: [!Exact \"cluster.local/ns/a/sa/other\"]}",
         ),
     )
     .await;
@@ -100,7 +100,7 @@ async fn allow_by_principal() {
 async fn deny_by_namespace_answers_401_before_dialling_the_app() {
     let mesh = Mesh::start("rbac_deny_namespace", MeshOpts::default()).await;
     let mut app = servers::http(&mesh.pair.server, common::APP_PORT);
-    set_policies(&mesh, &policy("deny-a", "Deny", "{namespaces: [a]}")).await;
+    set_policies(&mesh, &policy("deny-a", "Deny", "{namespaces: [!Exact a]}")).await;
     for v6 in [false, true] {
         assert!(!curl_ok(&mesh, common::app_addr(v6)).await, "v6={v6}");
     }
@@ -179,7 +179,7 @@ async fn deny_added_during_a_flow_cuts_it_and_removing_it_lets_new_ones_in() {
     assert_eq!(&buf, b"ping", "the flow is up");
 
     let written = Instant::now();
-    set_policies(&mesh, &policy("deny-a", "Deny", "{namespaces: [a]}")).await;
+    set_policies(&mesh, &policy("deny-a", "Deny", "{namespaces: [!Exact a]}")).await;
     let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
         .await
         .expect("the flow was not cut");
@@ -254,7 +254,7 @@ async fn plaintext_into_a_captured_pod_is_judged_without_identity() {
         &policy(
             "allow-client",
             "Allow",
-            &format!("{{principals: [\"{CLIENT_PRINCIPAL}\"]}}"),
+            &format!("{{principals: [!Exact \"{CLIENT_PRINCIPAL}\"]}}"),
         ),
     )
     .await;
@@ -301,12 +301,12 @@ async fn plaintext_into_a_captured_pod_is_judged_without_identity() {
 async fn a_malformed_rewrite_keeps_the_old_policy_in_force() {
     let mesh = Mesh::start("rbac_malformed", MeshOpts::default()).await;
     let _app = servers::http(&mesh.pair.server, common::APP_PORT);
-    set_policies(&mesh, &policy("deny-a", "Deny", "{namespaces: [a]}")).await;
+    set_policies(&mesh, &policy("deny-a", "Deny", "{namespaces: [!Exact a]}")).await;
     assert!(!curl_ok(&mesh, common::app_addr(false)).await);
 
     rewrite_config(
         &mesh,
-        "policies:\n- name: broken\n  namespace: b\n  scope: Sideways\n  action: Allow\n",
+        "policies:\n- name: broken\n  namespace: b\n  scope: Sideways\n  action: Allow\n  dryRun: false\n  rules: []\n",
         "local config change rejected",
     )
     .await;
@@ -319,4 +319,49 @@ async fn a_malformed_rewrite_keeps_the_old_policy_in_force() {
         !curl_ok(&mesh, common::app_addr(false)).await,
         "the last good DENY is still in force"
     );
+}
+
+/// An emptied file and a file cut short are what a writer caught half-way leaves: neither is
+/// applied (that would drop every workload and policy); each is logged with why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_or_truncated_rewrite_keeps_the_old_config_in_force() {
+    let mesh = Mesh::start("rbac_emptied", MeshOpts::default()).await;
+    let _app = servers::http(&mesh.pair.server, common::APP_PORT);
+    set_policies(&mesh, &policy("deny-a", "Deny", "{namespaces: [!Exact a]}")).await;
+    assert!(!curl_ok(&mesh, common::app_addr(false)).await);
+
+    let full = format!(
+        "{}policies:\n{}",
+        pair_config(),
+        policy("deny-a", "Deny", "{namespaces: [!Exact a]}")
+    );
+    let cut = &full[..full.len() - 25];
+    for (text, why) in [("", "the file has no content"), (cut, "line")] {
+        let before = mesh
+            .server_ambit
+            .log()
+            .matches("local config change rejected")
+            .count();
+        let path = mesh.pair.dir.path().join("local.yaml");
+        // Written in place, the way a writer that truncates first leaves it.
+        std::fs::write(&path, text).unwrap();
+        let mut line = String::new();
+        for _ in 0..100 {
+            let log = mesh.server_ambit.log();
+            if log.matches("local config change rejected").count() > before {
+                line = log
+                    .lines()
+                    .rfind(|l| l.contains("local config change rejected"))
+                    .unwrap_or_default()
+                    .to_string();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(line.contains(why), "{text:?} is refused with why: {line:?}");
+        assert!(
+            !curl_ok(&mesh, common::app_addr(false)).await,
+            "the last good DENY is still in force after {text:?}"
+        );
+    }
 }

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 
 use std::collections::BTreeMap;
 
-use serde_yaml::{Mapping, Value};
+use serde_yaml_ng::{Mapping, Value};
 
 use crate::LabError;
 use crate::topology::waypoint::{WAYPOINT_HBONE_PORT, waypoint_ip};
-use crate::topology::{AppTunnel, LoadBalancing, Locality, PodStatus, Topology};
+use crate::topology::{AppTunnel, LoadBalancing, Locality, PodStatus, TRUST_DOMAIN, Topology};
 
 /// Where node proxies get their configuration from.
 pub trait ControlPlane: Send + Sync + std::fmt::Debug {
@@ -104,8 +104,8 @@ pub fn local_config(topology: &Topology) -> String {
                 ("name", p.name.clone().into()),
                 ("namespace", p.namespace.clone().into()),
                 ("serviceAccount", p.service_account.clone().into()),
-                // ztunnel's local loader has no default trust domain (istiod always sends one).
-                ("trustDomain", "cluster.local".into()),
+                // ztunnel's loader leaves an absent trust domain empty (istiod always sends one).
+                ("trustDomain", TRUST_DOMAIN.into()),
                 (
                     "workloadIps",
                     Value::Sequence(vec![p.ip.to_string().into()]),
@@ -167,7 +167,7 @@ pub fn local_config(topology: &Topology) -> String {
         ("policies", Value::Sequence(topology.policies.clone())),
     ]);
     // Serialising a plain mapping of strings, numbers and lists does not fail.
-    serde_yaml::to_string(&doc).unwrap_or_default()
+    serde_yaml_ng::to_string(&doc).unwrap_or_default()
 }
 
 /// Port maps keep numeric keys (`80: 8080`), as the local config format has them.
@@ -188,11 +188,11 @@ fn locality(l: &Locality) -> Value {
     ])
 }
 
-/// The local config's `loadBalancer` block (wire.md §3 spellings).
+/// The local config's `loadBalancer` block (ztunnel's spellings; all three keys required).
 fn load_balancer(lb: &LoadBalancing) -> Value {
     map([
         (
-            "routingPreference",
+            "routingPreferences",
             Value::Sequence(
                 lb.routing_preference
                     .iter()
@@ -243,7 +243,7 @@ policies: [{name: p, namespace: default, scope: Namespace, action: Allow}]
 ",
         )
         .unwrap();
-        let v: serde_yaml::Value = serde_yaml::from_str(&local_config(&t)).unwrap();
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&local_config(&t)).unwrap();
         let a = &v["workloads"][0];
         assert_eq!(a["uid"], "Kubernetes//Pod/default/a");
         assert_eq!(a["protocol"], "HBONE");
@@ -275,7 +275,7 @@ services:
 ",
         )
         .unwrap();
-        let v: serde_yaml::Value = serde_yaml::from_str(&local_config(&t)).unwrap();
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&local_config(&t)).unwrap();
         let (a, b) = (&v["workloads"][0], &v["workloads"][1]);
         assert_eq!(a["locality"]["region"], "r1");
         assert_eq!(a["locality"]["zone"], "z1");
@@ -284,8 +284,8 @@ services:
         assert_eq!(b["status"], "Unhealthy");
         assert!(b.get("locality").is_none());
         let lb = &v["services"][0]["loadBalancer"];
-        assert_eq!(lb["routingPreference"][0], "Region");
-        assert_eq!(lb["routingPreference"][1], "Zone");
+        assert_eq!(lb["routingPreferences"][0], "Region");
+        assert_eq!(lb["routingPreferences"][1], "Zone");
         assert_eq!(lb["mode"], "Failover");
         assert_eq!(lb["healthPolicy"], "OnlyHealthy");
     }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use ambit_proto::istio::security as ps;
 use ambit_proto::istio::workload as pw;
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use crate::topology::waypoint::{WAYPOINT_HBONE_PORT, waypoint_ip};
 use crate::topology::{
@@ -354,7 +354,9 @@ fn rbac_match(v: &Value) -> Result<ps::Match, String> {
     Ok(m)
 }
 
-/// A plain string is an exact match; `{Exact|Prefix|Suffix: s}` or `{Presence: {}}` otherwise.
+/// ztunnel's tags (`!Exact s`, `!Prefix s`, `!Suffix s`, `!Presence []`), as the node proxies'
+/// local config has them; also a plain string (exact) or `{Exact|Prefix|Suffix: s}` /
+/// `{Presence: {}}`.
 fn strings(list: &[Value], at: &str) -> Result<Vec<ps::StringMatch>, String> {
     use ps::string_match::MatchType;
     list.iter()
@@ -362,6 +364,16 @@ fn strings(list: &[Value], at: &str) -> Result<Vec<ps::StringMatch>, String> {
         .map(|(i, v)| {
             let kind = match v {
                 Value::String(s) => MatchType::Exact(s.clone()),
+                Value::Tagged(t) => {
+                    let s = t.value.as_str().unwrap_or_default().to_string();
+                    match t.tag.to_string().trim_start_matches('!') {
+                        "Exact" => MatchType::Exact(s),
+                        "Prefix" => MatchType::Prefix(s),
+                        "Suffix" => MatchType::Suffix(s),
+                        "Presence" => MatchType::Presence(()),
+                        other => return Err(format!("{at}[{i}]: unknown string match !{other}")),
+                    }
+                }
                 Value::Mapping(m) if m.len() == 1 => {
                     let (k, val) = m.iter().next().ok_or("empty match")?;
                     let s = val.as_str().unwrap_or_default().to_string();
@@ -485,7 +497,7 @@ policies:
     namespace: default
     scope: Namespace
     action: Deny
-    rules: [[[{principals: [{Prefix: spiffe://x}], sourceIps: [10.0.0.0/8], destinationPorts: [80]}]]]
+    rules: [[[{principals: [{Prefix: spiffe://x}, !Suffix /sa/y, !Presence []], sourceIps: [10.0.0.0/8], destinationPorts: [80]}]]]
 ",
         )
         .unwrap();
@@ -517,6 +529,16 @@ policies:
         };
         assert_eq!(policy.action, ps::Action::Deny as i32);
         let m = &policy.rules[0].clauses[0].matches[0];
+        use ps::string_match::MatchType;
+        let kinds: Vec<_> = m.principals.iter().map(|p| p.match_type.clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                Some(MatchType::Prefix("spiffe://x".into())),
+                Some(MatchType::Suffix("/sa/y".into())),
+                Some(MatchType::Presence(())),
+            ]
+        );
         assert_eq!(m.source_ips[0].length, 8);
         assert_eq!(m.destination_ports, vec![80]);
         let ids = identities_by_node(rs.iter().filter_map(|r| match r {
@@ -563,6 +585,6 @@ services:
     }
 
     fn policy_err(y: &str) -> String {
-        policy(&serde_yaml::from_str(y).unwrap()).unwrap_err()
+        policy(&serde_yaml_ng::from_str(y).unwrap()).unwrap_err()
     }
 }

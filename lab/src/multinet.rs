@@ -18,7 +18,7 @@
 //! own namespace on the underlay bridge, with routes to every pod network via its node.
 
 use ambit_proto::istio::workload as pw;
-use serde_yaml::{Mapping, Value};
+use serde_yaml_ng::{Mapping, Value};
 
 use crate::topology::networks::{GATEWAY_HBONE_PORT, GATEWAY_NAMESPACE, GATEWAY_SERVICE_ACCOUNT};
 use crate::topology::{EastWestGateway, Pod, Service, TRUST_DOMAIN, Topology, UNDERLAY_PREFIX};
@@ -138,6 +138,7 @@ pub fn local_gateways(topology: &Topology) -> Vec<Value> {
                 ("name", gw.name.clone()),
                 ("namespace", GATEWAY_NAMESPACE.into()),
                 ("serviceAccount", GATEWAY_SERVICE_ACCOUNT.into()),
+                ("trustDomain", TRUST_DOMAIN.into()),
                 ("protocol", "HBONE".into()),
             ] {
                 m.insert(k.into(), v.into());
@@ -149,6 +150,7 @@ pub fn local_gateways(topology: &Topology) -> Vec<Value> {
                 "workloadIps".into(),
                 Value::Sequence(vec![gw.ip.to_string().into()]),
             );
+            m.insert("services".into(), Value::Mapping(Mapping::new()));
             Value::Mapping(m)
         })
         .collect()
@@ -291,7 +293,7 @@ services: [{name: web, ports: {80: 8080}, selector: {app: web}, vips: [10.96.0.1
     #[test]
     fn local_config_carries_the_same_and_one_network_stays_as_it_was() {
         let t = Topology::from_yaml(TWO_NETWORKS).unwrap();
-        let v: Value = serde_yaml::from_str(&local_config(&t)).unwrap();
+        let v: Value = serde_yaml_ng::from_str(&local_config(&t)).unwrap();
         let web = &v["workloads"][1];
         assert_eq!(web["network"], "net2");
         assert_eq!(web["networkGateway"]["destination"], "net2/172.30.0.254");
@@ -307,7 +309,7 @@ services: [{name: web, ports: {80: 8080}, selector: {app: web}, vips: [10.96.0.1
              services: [{name: a, ports: {80: 80}, selector: {app: a}, vips: [10.96.0.1]}]",
         )
         .unwrap();
-        let v: Value = serde_yaml::from_str(&local_config(&one)).unwrap();
+        let v: Value = serde_yaml_ng::from_str(&local_config(&one)).unwrap();
         assert!(v["workloads"][0].get("network").is_none());
         assert!(v["workloads"][0].get("networkGateway").is_none());
         assert_eq!(

@@ -65,7 +65,7 @@ struct RawTopology {
     #[serde(default)]
     services: Vec<RawService>,
     #[serde(default)]
-    policies: Vec<serde_yaml::Value>,
+    policies: Vec<serde_yaml_ng::Value>,
     #[serde(default)]
     dns_capture: bool,
     #[serde(default)]
@@ -131,7 +131,7 @@ pub struct Topology {
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
-    pub policies: Vec<serde_yaml::Value>,
+    pub policies: Vec<serde_yaml_ng::Value>,
     /// Whether captured pods' DNS (port 53) is redirected to the node proxy's 15053.
     pub dns_capture: bool,
     /// Gateways joining the networks (none in a one-network topology).
@@ -286,7 +286,7 @@ impl Topology {
 
     /// Parses and validates topology YAML, allocating what is not given.
     pub fn from_yaml(text: &str) -> Result<Topology, TopologyError> {
-        let raw: RawTopology = serde_yaml::from_str(text)
+        let raw: RawTopology = serde_yaml_ng::from_str(text)
             .map_err(|e| TopologyError::Yaml(e.to_string().replace('\n', " ")))?;
         build(raw)
     }

@@ -91,7 +91,7 @@ impl ProxyConfig {
 
 /// serde_yaml's message, on one line.
 fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
-    serde_yaml::from_str(text).map_err(|e| e.to_string().replace('\n', " "))
+    serde_yaml_ng::from_str(text).map_err(|e| e.to_string().replace('\n', " "))
 }
 
 #[cfg(test)]

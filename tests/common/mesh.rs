@@ -23,7 +23,7 @@ pub fn spiffe((ns, _, sa): (&str, &str, &str)) -> String {
     format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
 }
 
-/// One workload entry of the local config.
+/// One workload entry of the local config, without the `services` map every entry needs.
 pub fn workload_yaml((ns, name, sa): (&str, &str, &str), ips: &[IpAddr]) -> String {
     let ips: Vec<String> = ips.iter().map(|ip| format!("\"{ip}\"")).collect();
     format!(
@@ -34,8 +34,20 @@ pub fn workload_yaml((ns, name, sa): (&str, &str, &str), ips: &[IpAddr]) -> Stri
 
 /// The local config listing both pods.
 pub fn pair_config() -> String {
+    pair_config_with("")
+}
+
+/// The local config listing both pods, with `server_extra` lines added to the server's entry.
+/// Every entry needs a `services` map (ztunnel's format); an empty one is added unless
+/// `server_extra` has it.
+pub fn pair_config_with(server_extra: &str) -> String {
+    let server_services = if server_extra.contains("  services:") {
+        ""
+    } else {
+        "  services: {}\n"
+    };
     format!(
-        "workloads:\n{}{}",
+        "workloads:\n{}  services: {{}}\n{}{server_extra}{server_services}",
         workload_yaml(
             CLIENT_WL,
             &[super::client_ip(false), super::client_ip(true)]
@@ -122,10 +134,7 @@ impl Mesh {
         pair.install_redirection();
         let dir = pair.dir.path().to_path_buf();
         let config = dir.join("local.yaml");
-        let mut text = pair_config();
-        if let Some(extra) = &opts.server_workload_extra {
-            text.push_str(extra);
-        }
+        let mut text = pair_config_with(opts.server_workload_extra.as_deref().unwrap_or(""));
         if let Some(services) = &opts.services_yaml {
             text.push_str("services:\n");
             text.push_str(services);

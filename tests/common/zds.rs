@@ -101,6 +101,7 @@ impl Node {
         let mut out = String::from("workloads:\n");
         for p in &self.pods {
             out.push_str(&crate::common::mesh::workload_yaml(p.wl, &[p.ip]));
+            out.push_str("  services: {}\n");
         }
         out
     }

@@ -195,7 +195,7 @@ services:
         assert!(workload(t.pod("web").unwrap(), &t).waypoint.is_none());
         assert_eq!(service_in(t.service("web").unwrap(), &t).waypoint, Some(gw));
 
-        let v: serde_yaml::Value = serde_yaml::from_str(&local_config(&t)).unwrap();
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&local_config(&t)).unwrap();
         let wl = |name: &str| {
             v["workloads"]
                 .as_sequence()

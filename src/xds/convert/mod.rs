@@ -157,11 +157,9 @@ impl TryFrom<pw::Workload> for Workload {
 }
 
 fn workload(p: pw::Workload) -> Res<Workload> {
-    for (field, value) in [
-        ("uid", &p.uid),
-        ("name", &p.name),
-        ("namespace", &p.namespace),
-    ] {
+    // The uid keys the store and the namespace is part of the identity; a name is only shown
+    // (ztunnel accepts a workload without one too).
+    for (field, value) in [("uid", &p.uid), ("namespace", &p.namespace)] {
         if value.is_empty() {
             return err(field, Problem::Missing);
         }
@@ -461,10 +459,14 @@ fn rbac_match(at: &str, p: ps::Match) -> Res<rbac::Match> {
             })
             .collect()
     };
+    // Port 0 names no connection, so it matches none; ztunnel accepts it too.
     let ports = |name: &str, v: &[u32]| -> Res<Vec<u16>> {
         v.iter()
             .enumerate()
-            .map(|(i, p)| port(&format!("{at}.{name}[{i}]"), *p))
+            .map(|(i, p)| {
+                u16::try_from(*p)
+                    .map_err(|_| FieldError(format!("{at}.{name}[{i}]"), Problem::Port(*p)))
+            })
             .collect()
     };
     let accounts = |v: Vec<ps::ServiceAccountMatch>| {

@@ -1,13 +1,15 @@
 //! The local config source: ztunnel's local config YAML (`LOCAL_XDS_PATH` / `LOCAL_XDS`) with
 //! top-level `workloads`, `services` and `policies`, and its reloading at run time ([`Reloader`]).
 //!
-//! Owns parsing and validation of that file. Invariants: a [`LocalConfig`] only exists when
-//! every entry is valid and keys are unique (workload uid, service `namespace/hostname`,
-//! policy `namespace/name`); every failure is a single [`LocalConfigError`] line naming the
-//! file, the entry and the field. The original text is kept for config dumps.
+//! Owns reading that file with ztunnel's schema; the entries are validated by the same
+//! conversion as istiod's records ([`super::convert`]). Invariants: a [`LocalConfig`] only
+//! exists when every entry is valid, and holds one entry per key (workload uid, service
+//! `namespace/hostname`, policy `namespace/name`); every failure is a single
+//! [`LocalConfigError`] line naming the file, the entry and the field. The original text is
+//! kept for config dumps.
 
-mod convert;
 mod raw;
+mod records;
 mod watch;
 
 use std::collections::HashMap;
@@ -15,7 +17,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
+use tracing::warn;
 
+use super::convert::ConvertError;
 use crate::rbac::Authorization;
 use crate::state::{Resource, Service, Update, Workload};
 
@@ -47,7 +51,12 @@ pub enum LocalConfigError {
     /// and line/column).
     #[error("local config {origin}: {message}")]
     Yaml { origin: String, message: String },
-    /// A value serde accepted but that is not valid (address, port, name, missing field).
+    /// No YAML document at all (empty, only comments, or `null`): what a file being written or
+    /// cut short looks like, so it is never taken to mean "no workloads".
+    #[error("local config {origin}: the file has no content (an empty config is written \"{{}}\")")]
+    Empty { origin: String },
+    /// A value the file format accepts but the state cannot hold (port 0, empty name, ...),
+    /// as the xDS conversion judges it.
     #[error("local config {origin}: {entry}: {}{message}", field_prefix(field))]
     Invalid {
         origin: String,
@@ -56,17 +65,6 @@ pub enum LocalConfigError {
         /// Path inside the entry, e.g. `workloadIps[0]`; empty for the entry itself.
         field: String,
         message: String,
-    },
-    #[error(
-        "local config {origin}: duplicate {what} {key:?} ({section}[{first}] and {section}[{second}])"
-    )]
-    Duplicate {
-        origin: String,
-        what: &'static str,
-        key: String,
-        section: &'static str,
-        first: usize,
-        second: usize,
     },
 }
 
@@ -89,100 +87,133 @@ pub fn load_file(path: &Path) -> Result<LocalConfig, LocalConfigError> {
 }
 
 /// Validates a local config given as text; `origin` names it in errors.
+///
+/// The file is decoded with ztunnel's schema ([`raw`]), turned into the xDS records istiod
+/// would send ([`records`]) and converted by the xDS conversion, so both sources share one set
+/// of rules. Like ztunnel's loader, a later entry with the key of an earlier one replaces it.
 pub fn parse(text: &str, origin: &str) -> Result<LocalConfig, LocalConfigError> {
-    // An empty document is an empty config, not an error.
-    let raw: raw::RawConfig = if text.trim().is_empty() {
-        raw::RawConfig::default()
-    } else {
-        serde_yaml::from_str(text).map_err(|e| LocalConfigError::Yaml {
+    let raw: raw::RawConfig =
+        serde_yaml_ng::from_str(text).map_err(|e| LocalConfigError::Yaml {
             origin: origin.to_string(),
             // serde quotes names with backticks; plain quotes read better in a log line.
             message: e.to_string().replace('`', "\""),
-        })?
-    };
-    let invalid =
-        |section: &str, i: usize, label: Option<(&str, String)>, e: convert::FieldError| {
-            let entry = match label {
-                Some((what, v)) if !v.is_empty() => format!("{section}[{i}] ({what} {v:?})"),
-                _ => format!("{section}[{i}]"),
-            };
-            LocalConfigError::Invalid {
-                origin: origin.to_string(),
-                entry,
-                field: e.field,
-                message: e.message,
-            }
-        };
-
-    let mut workloads = Vec::with_capacity(raw.workloads.len());
-    for (i, w) in raw.workloads.into_iter().enumerate() {
-        let label = if w.uid.is_empty() {
-            ("name", w.name.clone())
-        } else {
-            ("uid", w.uid.clone())
-        };
-        workloads.push(convert::workload(w).map_err(|e| invalid("workloads", i, Some(label), e))?);
+        })?;
+    let nothing = raw.workloads.is_empty() && raw.services.is_empty() && raw.policies.is_empty();
+    if nothing
+        && matches!(
+            serde_yaml_ng::from_str(text),
+            Ok(serde_yaml_ng::Value::Null)
+        )
+    {
+        return Err(LocalConfigError::Empty {
+            origin: origin.to_string(),
+        });
     }
-    let mut services = Vec::with_capacity(raw.services.len());
-    for (i, s) in raw.services.into_iter().enumerate() {
-        let label = ("hostname", s.hostname.clone());
-        services.push(convert::service(s).map_err(|e| invalid("services", i, Some(label), e))?);
+    let invalid = |section: &'static str, i: usize, label: (&str, &str), e: ConvertError| {
+        let (what, value) = label;
+        let entry = if value.is_empty() {
+            format!("{section}[{i}]")
+        } else {
+            format!("{section}[{i}] ({what} {value:?})")
+        };
+        LocalConfigError::Invalid {
+            origin: origin.to_string(),
+            entry,
+            field: local_field(section, &e.field),
+            message: e.problem.to_string(),
+        }
+    };
+
+    let mut service_records = Vec::with_capacity(raw.services.len());
+    let mut endpoints = Vec::new();
+    for s in raw.services {
+        let (record, eps) = records::service(s);
+        service_records.push(record);
+        endpoints.extend(eps);
+    }
+    let (mut workload_records, kinds): (Vec<_>, Vec<_>) =
+        raw.workloads.into_iter().map(records::workload).unzip();
+    records::add_endpoints(&mut workload_records, endpoints);
+
+    let mut workloads = Vec::with_capacity(workload_records.len());
+    for (i, (record, kind)) in workload_records.into_iter().zip(kinds).enumerate() {
+        let uid = record.uid.clone();
+        let mut w =
+            Workload::try_from(record).map_err(|e| invalid("workloads", i, ("uid", &uid), e))?;
+        w.workload_type = kind;
+        workloads.push(w);
+    }
+    let mut services = Vec::with_capacity(service_records.len());
+    for (i, record) in service_records.into_iter().enumerate() {
+        let host = record.hostname.clone();
+        services.push(
+            Service::try_from(record)
+                .map_err(|e| invalid("services", i, ("hostname", &host), e))?,
+        );
     }
     let mut policies = Vec::with_capacity(raw.policies.len());
     for (i, p) in raw.policies.into_iter().enumerate() {
-        let label = ("name", p.name.clone());
-        policies.push(convert::policy(p).map_err(|e| invalid("policies", i, Some(label), e))?);
+        let record = records::policy(p);
+        let name = record.name.clone();
+        policies.push(
+            Authorization::try_from(record)
+                .map_err(|e| invalid("policies", i, ("name", &name), e))?,
+        );
     }
-
-    check_unique(
-        origin,
-        "workload uid",
-        "workloads",
-        workloads.iter().map(|w| w.uid.clone()),
-    )?;
-    check_unique(
-        origin,
-        "service",
-        "services",
-        services.iter().map(Service::key),
-    )?;
-    check_unique(
-        origin,
-        "policy",
-        "policies",
-        policies.iter().map(Authorization::key),
-    )?;
 
     Ok(LocalConfig {
         origin: origin.to_string(),
         source: text.to_string(),
-        workloads,
-        services,
-        policies,
+        workloads: last_wins(origin, "workload uid", workloads, |w| w.uid.clone()),
+        services: last_wins(origin, "service", services, Service::key),
+        policies: last_wins(origin, "policy", policies, Authorization::key),
     })
 }
 
-fn check_unique(
-    origin: &str,
-    what: &'static str,
-    section: &'static str,
-    keys: impl Iterator<Item = String>,
-) -> Result<(), LocalConfigError> {
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, key) in keys.enumerate() {
-        if let Some(first) = seen.get(&key) {
-            return Err(LocalConfigError::Duplicate {
-                origin: origin.to_string(),
-                what,
-                key,
-                section,
-                first: *first,
-                second: i,
-            });
-        }
-        seen.insert(key, i);
+/// The xDS conversion names fields as the records have them; the file names some differently.
+fn local_field(section: &str, field: &str) -> String {
+    let renames: &[(&str, &str)] = match section {
+        "workloads" => &[
+            ("addresses", "workloadIps"),
+            ("tunnelProtocol", "protocol"),
+            (".hostname", ".destination"),
+        ],
+        "services" => &[
+            ("addresses", "vips"),
+            ("loadBalancing", "loadBalancer"),
+            (".hostname", ".destination"),
+        ],
+        _ => &[(".clauses[", "["), ("].matches[", "][")],
+    };
+    let mut out = field.to_string();
+    for (from, to) in renames {
+        out = out.replace(from, to);
     }
-    Ok(())
+    // A port map is keyed by port in the file; the message names the port.
+    match out.find("ports[") {
+        Some(at) => out[..at + "ports".len()].to_string(),
+        None => out,
+    }
+}
+
+/// Keeps the last entry of each key, in the order of first appearance.
+fn last_wins<T>(origin: &str, what: &str, items: Vec<T>, key: impl Fn(&T) -> String) -> Vec<T> {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut out: Vec<T> = Vec::with_capacity(items.len());
+    for item in items {
+        let k = key(&item);
+        match index.get(&k) {
+            Some(&at) => {
+                warn!(origin, key = %k, "local config: a later {what} replaces an earlier one with the same key");
+                out[at] = item;
+            }
+            None => {
+                index.insert(k, out.len());
+                out.push(item);
+            }
+        }
+    }
+    out
 }
 
 // === impl LocalConfig ===
