@@ -78,6 +78,12 @@ pub async fn observe(lab: &Lab) -> Result<Observation, LabError> {
         let logs = proxy_logs(lab);
         let before: Vec<usize> = logs.iter().map(|l| access_lines(l).len()).collect();
         let label = flow.label.clone();
+        // A service flow may land on any of its endpoints: which one is not a behaviour.
+        let endpoints: Vec<String> = if flow.servers.len() > 1 {
+            flow.servers.clone()
+        } else {
+            Vec::new()
+        };
         let r = demo::run_flow(lab, flow).await?;
         obs.flows.insert(
             label.clone(),
@@ -100,7 +106,10 @@ pub async fn observe(lab: &Lab) -> Result<Observation, LabError> {
             }
             tokio::time::sleep(LOG_POLL).await;
         };
-        let mut shapes: Vec<LineShape> = new_lines.iter().map(|l| shape(l, &client_ip)).collect();
+        let mut shapes: Vec<LineShape> = new_lines
+            .iter()
+            .map(|l| shape(l, &client_ip, &endpoints))
+            .collect();
         shapes.sort();
         obs.access_log.insert(label, shapes);
     }
@@ -178,7 +187,7 @@ fn access_lines(path: &PathBuf) -> Vec<String> {
         .collect()
 }
 
-fn shape(line: &str, client_ip: &str) -> LineShape {
+fn shape(line: &str, client_ip: &str, endpoints: &[String]) -> LineShape {
     let Some(l) = logline::parse(line) else {
         return LineShape {
             level: "?".into(),
@@ -196,7 +205,7 @@ fn shape(line: &str, client_ip: &str) -> LineShape {
                 Kind::Number => "number",
                 Kind::Bare => "bare",
             };
-            match meaning(k, v, client_ip) {
+            match meaning(k, v, client_ip, endpoints) {
                 Some(m) => format!("{k}: {kind} = {m}"),
                 None => format!("{k}: {kind}"),
             }
@@ -211,7 +220,7 @@ fn shape(line: &str, client_ip: &str) -> LineShape {
 }
 
 /// What a value means, for the keys whose meaning tools rely on; `None` for the others.
-fn meaning(key: &str, value: &str, client_ip: &str) -> Option<String> {
+fn meaning(key: &str, value: &str, client_ip: &str, endpoints: &[String]) -> Option<String> {
     let port = |v: &str| v.rsplit(':').next().unwrap_or("").to_string();
     let ip = |v: &str| {
         v.rsplit_once(':')
@@ -220,6 +229,9 @@ fn meaning(key: &str, value: &str, client_ip: &str) -> Option<String> {
             .to_string()
     };
     Some(match key {
+        "src.workload" | "dst.workload" if endpoints.iter().any(|e| e == value) => {
+            "one of the service's endpoints".into()
+        }
         "direction" | "src.workload" | "dst.workload" | "src.namespace" | "dst.namespace"
         | "src.identity" | "dst.identity" | "dst.service" | "src.cluster" | "dst.cluster" => {
             value.to_string()
@@ -410,18 +422,27 @@ mod tests {
     #[test]
     fn meanings_hide_run_specific_values() {
         assert_eq!(
-            meaning("dst.addr", "10.244.2.2:15008", "10.244.1.2").as_deref(),
+            meaning("dst.addr", "10.244.2.2:15008", "10.244.1.2", &[]).as_deref(),
             Some("a tunnel endpoint (:15008)")
         );
         assert_eq!(
-            meaning("src.addr", "[::ffff:10.244.1.2]:4000", "10.244.1.2").as_deref(),
+            meaning("src.addr", "[::ffff:10.244.1.2]:4000", "10.244.1.2", &[]).as_deref(),
             Some("the client")
         );
         assert_eq!(
-            meaning("bytes_sent", "1048576", "").as_deref(),
+            meaning("bytes_sent", "1048576", "", &[]).as_deref(),
             Some("the payload")
         );
-        assert_eq!(meaning("other", "x", ""), None);
+        assert_eq!(meaning("other", "x", "", &[]), None);
+        let eps = ["web-1".to_string(), "web-2".to_string()];
+        assert_eq!(
+            meaning("dst.workload", "web-2", "", &eps).as_deref(),
+            Some("one of the service's endpoints")
+        );
+        assert_eq!(
+            meaning("dst.workload", "web-2", "", &[]).as_deref(),
+            Some("web-2")
+        );
         assert_eq!(
             normalise_body("current log level is info 12\n"),
             "current log level is info N"
