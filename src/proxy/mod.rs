@@ -6,6 +6,7 @@
 //! configuration slice, the state view, a certificate provider and counters; it imports no
 //! control-plane code.
 
+mod accept_backoff;
 mod accesslog;
 mod authz;
 mod connections;
@@ -359,6 +360,7 @@ async fn accept_loop<F, Fut>(
     F: Fn(TcpStream, SocketAddr, DrainWatcher) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let mut backoff = accept_backoff::AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -367,6 +369,7 @@ async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((stream, peer)) => {
+                backoff.succeeded();
                 let open = sockets.open(reporter);
                 let task = handle(stream, socket::canonical(peer), drain.clone());
                 tokio::spawn(async move {
@@ -374,10 +377,24 @@ async fn accept_loop<F, Fut>(
                     drop(open);
                 });
             }
-            // Out of file descriptors and the like: keep serving what we have.
+            // Out of file descriptors and the like: keep serving what we have, pause before the
+            // next try and say so once per interval (see `accept_backoff`).
             Err(e) => {
-                warn!(listener = what, error = %e, "accept failed");
-                tokio::task::yield_now().await;
+                let failed = backoff.failed(tokio::time::Instant::now());
+                if let Some(failures) = failed.report {
+                    warn!(
+                        listener = what,
+                        error = %e,
+                        failures,
+                        pause_ms = failed.pause.as_millis() as u64,
+                        "accept failed"
+                    );
+                }
+                tokio::select! {
+                    biased;
+                    _ = drain.draining() => break,
+                    _ = tokio::time::sleep(failed.pause) => {}
+                }
             }
         }
     }
