@@ -95,8 +95,18 @@ impl LocalWorkload {
     /// the state (only the control plane knows it); namespace and service account are the
     /// announced ones. Without a record, [`LocalWorkload::default_identity`].
     pub fn identity(&self, state: &StateView) -> Identity {
+        self.identity_of(
+            state
+                .workload_by_name(&self.namespace, &self.name)
+                .as_deref(),
+        )
+    }
+
+    /// [`LocalWorkload::identity`] from the workload's record when the caller has already
+    /// looked it up (the connection's labels do), so it is not looked up twice.
+    pub fn identity_of(&self, record: Option<&Workload>) -> Identity {
         let default = &self.default_identity;
-        match state.workload_by_name(&self.namespace, &self.name) {
+        match record {
             Some(wl) if wl.trust_domain() != default.trust_domain() => Identity::new(
                 wl.trust_domain(),
                 default.namespace(),

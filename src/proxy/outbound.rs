@@ -319,7 +319,13 @@ async fn connect_route(
             log.dst = Some(hbone);
             log.hbone_addr = Some(Authority::Addr(target));
             log.dst_identity = expected.first().cloned();
-            let key = PoolKey::new(pi.local.identity(&pi.state), peer.ip(), hbone, expected);
+            // The identity the connection started with (the log's): one lookup per connection,
+            // not one per connect attempt.
+            let me = match &log.src_identity {
+                Some(id) => id.clone(),
+                None => pi.local.identity(&pi.state),
+            };
+            let key = PoolKey::new(me, peer.ip(), hbone, expected);
             let req = ConnectRequest {
                 authority: Authority::Addr(target),
                 headers: connect_headers(pi, peer, service_host),

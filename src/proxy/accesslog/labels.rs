@@ -105,11 +105,12 @@ pub(in crate::proxy) fn outbound_labels(
     let l = &mut o.traffic;
     let snapshot = pi.state.snapshot();
     let network = &pi.cfg.network;
-    if let Some(wl) = snapshot.workload_by_name(&pi.local.namespace, &pi.local.name) {
+    let record = snapshot.workload_by_name(&pi.local.namespace, &pi.local.name);
+    if let Some(wl) = record {
         fill_source(l, wl);
         o.src_workload = Some(wl.name.clone());
     }
-    l.source_principal = pi.local.identity(&pi.state).to_string();
+    l.source_principal = pi.local.identity_of(record.map(|w| &**w)).to_string();
     if let Some(svc) = service {
         fill_service(l, svc);
     }
@@ -159,7 +160,8 @@ pub(in crate::proxy) fn inbound_labels(
     } else if let Some(svc) = service_on_port(pi, local, app_port) {
         fill_service(l, &svc);
     }
-    l.destination_principal = pi.local.identity(&pi.state).to_string();
+    // `local` is this proxy's own workload record: no second lookup.
+    l.destination_principal = pi.local.identity_of(Some(local)).to_string();
     // `None` when the connection came through a network gateway: the address is the
     // gateway's, so looking it up would name the wrong workload.
     if let Some(wl) = source_addr.and_then(|a| pi.state.workload_by_addr(&pi.cfg.network, a.ip())) {
