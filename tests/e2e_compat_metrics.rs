@@ -37,6 +37,18 @@ const ONLY_IN_AMBIT: &[(&str, &str)] = &[
         "ambit_hbone_inbound_handshake_failures",
         "ambit's TLS counter, no ztunnel equivalent",
     ),
+    (
+        "ambit_hbone_inbound_handshake_timeouts",
+        "the handshake deadline: an ambit limit ztunnel lacks",
+    ),
+    (
+        "ambit_hbone_inbound_handshakes_shed",
+        "the per-source handshake cap: an ambit limit ztunnel lacks",
+    ),
+    (
+        "ambit_accept_failures",
+        "failed accepts by listener; ztunnel only logs them",
+    ),
     ("ambit_connections_denied", "ambit's authorization counter"),
     (
         "ambit_connections_closed_by_policy",

@@ -17,11 +17,11 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::lifecycle::{DrainWatcher, Readiness};
+use crate::lifecycle::{AcceptBackoff, DrainWatcher, Readiness};
 use crate::metrics::Metrics;
 
 pub mod ops;
@@ -67,7 +67,7 @@ pub async fn serve_admin(
     drain: DrainWatcher,
 ) {
     let shared = Arc::new((sources, ops));
-    serve(listener, drain, move |req| {
+    serve("admin", listener, drain, move |req| {
         let shared = shared.clone();
         async move {
             let (sources, ops) = (&shared.0, &shared.1);
@@ -109,7 +109,7 @@ pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, B
 /// caller passes a watcher that outlives the proxy's drain, keeping readiness answerable (and
 /// false) while connections finish.
 pub async fn serve_readiness(listener: TcpListener, readiness: Readiness, drain: DrainWatcher) {
-    serve(listener, drain, move |req| {
+    serve("readiness", listener, drain, move |req| {
         let readiness = readiness.clone();
         async move {
             if req.method() != Method::GET || req.uri().path() != "/healthz/ready" {
@@ -131,7 +131,7 @@ pub async fn serve_readiness(listener: TcpListener, readiness: Readiness, drain:
 
 /// `GET /metrics` and `GET /stats/prometheus`: the Prometheus text exposition.
 pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, drain: DrainWatcher) {
-    serve(listener, drain, move |req| {
+    serve("stats", listener, drain, move |req| {
         let metrics = metrics.clone();
         async move {
             let path = req.uri().path();
@@ -150,22 +150,37 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     resp
 }
 
+/// How long a request's head may take to arrive, and how long a keep-alive connection may sit
+/// idle (ztunnel closes a trickling client after about as long).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// The read buffer, the largest request head accepted (hyper's minimum): these servers take
+/// short GETs and POSTs with a query only.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
 /// Serves HTTP/1.1 until a drain starts; connections then finish their request in flight.
-async fn serve<H, F>(listener: TcpListener, drain: DrainWatcher, handler: H)
+async fn serve<H, F>(what: &'static str, listener: TcpListener, drain: DrainWatcher, handler: H)
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             _ = drain.draining() => return,
             a = listener.accept() => a,
         };
         let (stream, peer) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                backoff.succeeded();
+                a
+            }
+            // Out of descriptors: pause instead of spinning (see `lifecycle::accept_backoff`).
             Err(e) => {
-                warn!(error = %e, "admin accept failed");
-                tokio::task::yield_now().await;
+                let pause = backoff.on_error(what, &e);
+                tokio::select! {
+                    _ = drain.draining() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
                 continue;
             }
         };
@@ -178,7 +193,13 @@ where
                 let h = handler.clone();
                 async move { Ok::<_, Infallible>(h(req).await) }
             });
+            // A request's head must arrive within HEADER_READ_TIMEOUT, counted from the
+            // connection's start or the previous response (so an idle keep-alive connection is
+            // closed too): a client trickling a header line a second cannot hold a slot.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_HEAD)
                 .serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             let result = tokio::select! {
@@ -202,6 +223,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get(addr: SocketAddr, path: &str) -> String {
@@ -257,5 +279,82 @@ mod tests {
             );
         }
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+    }
+
+    /// Reads until the server closes the connection, within `limit`; the elapsed time, or
+    /// `None` if it was still open at `limit`. Writes `trickle` a byte at a time meanwhile.
+    async fn closed_within(addr: SocketAddr, trickle: &[u8], limit: Duration) -> Option<Duration> {
+        let start = tokio::time::Instant::now();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut r, mut w) = s.split();
+        let mut buf = [0u8; 512];
+        let mut pending = trickle.iter();
+        let closed = async {
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let writer = async {
+            for b in pending.by_ref() {
+                if w.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::time::timeout(limit, async {
+            tokio::select! {
+                _ = closed => {}
+                _ = writer => {}
+            }
+        })
+        .await
+        .ok()
+        .map(|_| start.elapsed())
+    }
+
+    #[tokio::test]
+    async fn slow_and_idle_clients_are_cut_off() {
+        let (_trigger, drain) = crate::lifecycle::drain_channel();
+        let l = bind("readiness", "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve_readiness(l, Readiness::new(), drain));
+        let limit = Duration::from_secs(15);
+        // A header trickled at 4 bytes a second would take ~40 s to finish.
+        let slow =
+            b"GET /healthz/ready HTTP/1.1\r\nhost: x\r\nuser-agent: slow-loris/1.0\r\nx: y\r\n\r\n";
+        let slow = closed_within(addr, slow, limit).await;
+        assert!(
+            slow.is_some(),
+            "a trickling client was still served after {limit:?}"
+        );
+        // A connection that never sends anything.
+        let idle = closed_within(addr, b"", limit).await;
+        assert!(
+            idle.is_some(),
+            "an idle connection was still open after {limit:?}"
+        );
+        // A client that finishes a request and then idles on the keep-alive connection.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz/ready HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let read_all = tokio::time::timeout(limit, s.read_to_end(&mut got)).await;
+        assert!(
+            read_all.is_ok(),
+            "an idle keep-alive connection was still open after {limit:?}"
+        );
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
     }
 }

@@ -206,6 +206,10 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
             max_connect_attempts: config.outlier.connect_attempts,
         },
         localhost_app_tunnel: config.localhost_app_tunnel,
+        handshake: proxy::HandshakeLimits {
+            timeout: config.handshake_timeout,
+            max_pending_per_source: config.max_pending_handshakes_per_source,
+        },
     };
     let extras = pod_extras(&config, dns_metrics);
     // Dedicated: bind now, in our own namespace. Shared: the workload manager binds per pod.

@@ -120,6 +120,13 @@ pub struct Config {
     /// Application tunnels deliver over loopback (`LOCALHOST_APP_TUNNEL`, default true).
     pub localhost_app_tunnel: bool,
     pub outlier: Outlier,
+    /// `AMBIT_HANDSHAKE_TIMEOUT` (default 10s): inbound HBONE connections must finish their
+    /// TLS handshake within it.
+    #[serde(serialize_with = "ser_duration")]
+    pub handshake_timeout: Duration,
+    /// `AMBIT_MAX_PENDING_HANDSHAKES_PER_SOURCE` (default 128): inbound HBONE connections one
+    /// source address may have before their handshake finishes; more are closed on arrival.
+    pub max_pending_handshakes_per_source: u32,
     /// Extra headers on every xDS request (`XDS_HEADER_<name>`), names lowercased. Values
     /// may be credentials, so the config dump shows names only.
     #[serde(serialize_with = "ser_header_names")]
@@ -509,6 +516,15 @@ impl Config {
                     .parse("AMBIT_CONNECT_ATTEMPTS", parse::positive_u32)?
                     .unwrap_or(3),
             },
+            handshake_timeout: env
+                .parse("AMBIT_HANDSHAKE_TIMEOUT", parse::positive_duration)?
+                .unwrap_or(Duration::from_secs(10)),
+            max_pending_handshakes_per_source: env
+                .parse(
+                    "AMBIT_MAX_PENDING_HANDSHAKES_PER_SOURCE",
+                    parse::positive_u32,
+                )?
+                .unwrap_or(128),
             xds_headers: Vec::new(),
             ca_headers: Vec::new(),
             proxy_metadata: pc

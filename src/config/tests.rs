@@ -495,3 +495,19 @@ fn quic_head_start_defaults_and_may_be_zero() {
     assert_eq!(c.hbone_quic_head_start, Duration::ZERO);
     assert!(with(&[("AMBIT_HBONE_QUIC_HEAD_START", "soon")]).is_err());
 }
+
+#[test]
+fn handshake_limits_default_and_reject_zero() {
+    let c = with(&[]).unwrap();
+    assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(c.max_pending_handshakes_per_source, 128);
+    let c = with(&[
+        ("AMBIT_HANDSHAKE_TIMEOUT", "3s"),
+        ("AMBIT_MAX_PENDING_HANDSHAKES_PER_SOURCE", "16"),
+    ])
+    .unwrap();
+    assert_eq!(c.handshake_timeout, Duration::from_secs(3));
+    assert_eq!(c.max_pending_handshakes_per_source, 16);
+    assert!(with(&[("AMBIT_HANDSHAKE_TIMEOUT", "0s")]).is_err());
+    assert!(with(&[("AMBIT_MAX_PENDING_HANDSHAKES_PER_SOURCE", "0")]).is_err());
+}

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::metrics::DnsLabels;
 use super::{DnsInputs, Transport};
-use crate::lifecycle::DrainWatcher;
+use crate::lifecycle::{AcceptBackoff, DrainWatcher};
 
 /// The TTL of mesh answers (Istio's).
 pub const MESH_TTL: u32 = 30;
@@ -98,6 +98,7 @@ async fn serve_udp(inputs: Arc<DnsInputs>, socket: Arc<UdpSocket>, drain: DrainW
 }
 
 async fn serve_tcp(inputs: Arc<DnsInputs>, listener: TcpListener, drain: DrainWatcher) {
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -106,6 +107,7 @@ async fn serve_tcp(inputs: Arc<DnsInputs>, listener: TcpListener, drain: DrainWa
         };
         match accepted {
             Ok((stream, peer)) => {
+                backoff.succeeded();
                 let (inputs, drain) = (inputs.clone(), drain.clone());
                 tokio::spawn(async move {
                     tokio::select! {
@@ -118,9 +120,14 @@ async fn serve_tcp(inputs: Arc<DnsInputs>, listener: TcpListener, drain: DrainWa
                     }
                 });
             }
+            // Out of descriptors: pause instead of spinning (see `lifecycle::accept_backoff`).
             Err(e) => {
-                warn!(error = %e, "dns: tcp accept failed");
-                tokio::task::yield_now().await;
+                let pause = backoff.on_error("dns tcp", &e);
+                tokio::select! {
+                    biased;
+                    _ = drain.draining() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
             }
         }
     }

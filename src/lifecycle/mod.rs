@@ -5,11 +5,13 @@
 //! [`DrainWatcher`]; every startup task that must finish before traffic is accepted holds a
 //! [`BlockReady`].
 
+pub mod accept_backoff;
 mod drain;
 mod readiness;
 mod shutdown;
 mod signal;
 
+pub use accept_backoff::AcceptBackoff;
 pub use drain::{DrainOutcome, DrainTrigger, DrainWatcher, channel as drain_channel};
 pub use readiness::{BlockReady, Readiness};
 pub use shutdown::{ShutdownHandle, ShutdownRequested, shutdown_channel};

@@ -52,6 +52,13 @@ pub struct ProxyMetrics {
     pub inbound_handshakes: Counter,
     /// TLS handshakes that failed on the inbound HBONE listener.
     pub inbound_handshake_failures: Counter,
+    /// Inbound HBONE connections closed because their TLS handshake missed its deadline.
+    pub inbound_handshake_timeouts: Counter,
+    /// Inbound HBONE connections closed on arrival because their source already had the
+    /// maximum number of handshakes under way.
+    pub inbound_handshakes_shed: Counter,
+    /// Failed `accept` calls (descriptors exhausted and the like), by listener.
+    pub accept_failures: Family<ListenerLabels, Counter>,
     /// Inbound connections refused by authorization when they arrived.
     pub connections_denied: Counter,
     /// Live inbound connections closed because a state change made authorization deny them.
@@ -69,6 +76,21 @@ pub struct ProxyMetrics {
     pub hbone_transport_fallbacks: Counter,
     /// Istio's `istio_tcp_*` families.
     pub traffic: TrafficMetrics,
+}
+
+/// The label of `ambit_accept_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+impl ProxyMetrics {
+    /// The accept-failure counter of `listener` (shared with every clone).
+    pub fn accept_failures(&self, listener: &'static str) -> Counter {
+        self.accept_failures
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
+    }
 }
 
 /// The labels that tell HBONE over TCP (h2) and over QUIC (h3) apart.
@@ -192,6 +214,21 @@ impl Metrics {
             "hbone_inbound_handshake_failures",
             "TLS handshakes refused on the inbound HBONE listener",
             proxy.inbound_handshake_failures.clone(),
+        );
+        ambit.register(
+            "hbone_inbound_handshake_timeouts",
+            "Inbound HBONE connections closed because their TLS handshake missed its deadline",
+            proxy.inbound_handshake_timeouts.clone(),
+        );
+        ambit.register(
+            "hbone_inbound_handshakes_shed",
+            "Inbound HBONE connections closed on arrival: too many handshakes under way from their source",
+            proxy.inbound_handshakes_shed.clone(),
+        );
+        ambit.register(
+            "accept_failures",
+            "Failed accepts (descriptors exhausted and the like), by listener",
+            proxy.accept_failures.clone(),
         );
         ambit.register(
             "connections_denied",

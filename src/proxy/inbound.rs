@@ -32,6 +32,7 @@ use crate::tls;
 use super::accesslog::{ConnectionLog, Direction, inbound_labels};
 use super::connections::ConnectionTracker;
 use super::copy::{copy_bidirectional, tcp_halves};
+use super::handshake::PendingHandshakes;
 use super::transport::InboundTunnel;
 use super::{
     ILLEGAL_PORTS, ProxyInputs, authz, proxyproto, run_authorized, same_family_ip, socket, waypoint,
@@ -40,7 +41,7 @@ use crate::state::{AppTunnelProtocol, ApplicationTunnel, GatewayAddress, Snapsho
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
-    tracker: ConnectionTracker,
+    (tracker, pending): (ConnectionTracker, PendingHandshakes),
     stream: TcpStream,
     peer: SocketAddr,
     drain: DrainWatcher,
@@ -56,6 +57,14 @@ pub(super) async fn handle(
         log.dst = Some(local);
         log.fail(error)
     };
+    // Held until the handshake is over: a source with too many under way is turned away
+    // before it costs a handshake (see `handshake`). Not access-logged: a flood would flood
+    // the log too; the counter tells.
+    let Some(slot) = pending.admit(peer.ip()) else {
+        pi.metrics.inbound_handshakes_shed.inc();
+        tracing::debug!(src = %peer, "closed: too many TLS handshakes under way from this source");
+        return;
+    };
     let identity = pi.local.identity(&pi.state);
     let cert = match pi.certs.fetch(&identity).await {
         Ok(c) => c,
@@ -63,13 +72,22 @@ pub(super) async fn handle(
             return early(&format_args!("no certificate for {identity}: {e}"));
         }
     };
-    let (tls, peer_id) = match tls::accept(cert.server_config(), stream).await {
-        Ok(ok) => ok,
-        Err(e) => {
+    let deadline = pi.cfg.handshake.timeout;
+    let handshake = tokio::time::timeout(deadline, tls::accept(cert.server_config(), stream));
+    let (tls, peer_id) = match handshake.await {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(e)) => {
             pi.metrics.inbound_handshake_failures.inc();
             return early(&format_args!("TLS handshake: {e}"));
         }
+        Err(_) => {
+            pi.metrics.inbound_handshake_timeouts.inc();
+            return early(&format_args!(
+                "TLS handshake: not finished within {deadline:?}"
+            ));
+        }
     };
+    drop(slot);
     pi.metrics.inbound_handshakes.inc();
     count_connection(&pi, HboneTransportLabel::h2);
     let shutdown = {

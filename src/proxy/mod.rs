@@ -6,13 +6,13 @@
 //! configuration slice, the state view, a certificate provider and counters; it imports no
 //! control-plane code.
 
-mod accept_backoff;
 mod accesslog;
 mod authz;
 mod connections;
 mod connector;
 pub mod copy;
 mod gateway;
+pub mod handshake;
 mod inbound;
 mod inbound_quic;
 mod outbound;
@@ -28,17 +28,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::core::Identity;
 use crate::hbone::{H2Config, Pool};
-use crate::lifecycle::DrainWatcher;
-use crate::metrics::{ProxyMetrics, Reporter, SocketsOpen};
+use crate::lifecycle::{AcceptBackoff, DrainWatcher};
+use crate::metrics::{ProxyMetrics, Reporter};
 use crate::quic::QuicPool;
 use crate::state::{StateView, Workload};
 use crate::tls::CertProvider;
 
 pub use connections::{ConnectionTracker, LiveInbound, LiveOutbound, OutboundProtocol};
+pub use handshake::{HandshakeLimits, PendingHandshakes};
 pub use outlier::{OutlierConfig, Outliers};
 pub use socket::{Keepalive, SocketOptions};
 pub use socks5::{HostResolver, ResolveFuture, Socks5, SystemResolver};
@@ -73,6 +74,8 @@ pub struct ProxyConfig {
     /// through the proxy (`LOCALHOST_APP_TUNNEL`, default on); off delivers to the pod's
     /// address.
     pub localhost_app_tunnel: bool,
+    /// Deadline and per-source cap of inbound HBONE connections before their TLS handshake.
+    pub handshake: HandshakeLimits,
 }
 
 /// The workload a proxy serves.
@@ -158,6 +161,8 @@ pub struct Proxy {
     /// Live inbound connections, re-authorized on every state change (and the outbound ones,
     /// listed for `/config_dump`).
     tracker: ConnectionTracker,
+    /// Inbound HBONE connections whose TLS handshake is under way, per source.
+    pending: PendingHandshakes,
     outbound: TcpListener,
     inbound: TcpListener,
     plaintext: TcpListener,
@@ -205,6 +210,7 @@ impl Proxy {
             outliers: Arc::new(Outliers::new(cfg.outlier.clone())),
             quic_server,
             tracker: ConnectionTracker::default(),
+            pending: PendingHandshakes::new(cfg.handshake.max_pending_per_source),
             outbound,
             inbound,
             plaintext,
@@ -265,6 +271,11 @@ impl Proxy {
         &self.tracker
     }
 
+    /// Inbound HBONE handshakes under way, per source (tests read it).
+    pub fn pending_handshakes(&self) -> &PendingHandshakes {
+        &self.pending
+    }
+
     /// Serves until `drain` starts; connections then finish until the drain forces them closed.
     pub async fn run(self, drain: DrainWatcher) {
         let addrs = self.addrs();
@@ -280,10 +291,7 @@ impl Proxy {
             let (outliers, tracker) = (self.outliers.clone(), self.tracker.clone());
             accept_loop(
                 ("outbound", Reporter::Source),
-                (
-                    self.outbound,
-                    self.inputs.metrics.traffic.sockets_open.clone(),
-                ),
+                (self.outbound, self.inputs.metrics.clone()),
                 drain.clone(),
                 move |s, peer, d| {
                     let out = (tr.clone(), outliers.clone(), tracker.clone());
@@ -302,21 +310,21 @@ impl Proxy {
             }
         };
         let inb = {
-            let (pi, t) = (self.inputs.clone(), self.tracker.clone());
-            let open = pi.metrics.traffic.sockets_open.clone();
+            let (pi, t, p) = (self.inputs.clone(), self.tracker.clone(), self.pending);
+            let metrics = pi.metrics.clone();
             accept_loop(
                 ("inbound", Reporter::Destination),
-                (self.inbound, open),
+                (self.inbound, metrics),
                 drain.clone(),
-                move |s, peer, d| inbound::handle(pi.clone(), t.clone(), s, peer, d),
+                move |s, peer, d| inbound::handle(pi.clone(), (t.clone(), p.clone()), s, peer, d),
             )
         };
         let plain = {
             let (pi, t) = (self.inputs.clone(), self.tracker.clone());
-            let open = pi.metrics.traffic.sockets_open.clone();
+            let metrics = pi.metrics.clone();
             accept_loop(
                 ("inbound plaintext", Reporter::Destination),
-                (self.plaintext, open),
+                (self.plaintext, metrics),
                 drain.clone(),
                 move |s, peer, d| passthrough::handle(pi.clone(), t.clone(), s, peer, d),
             )
@@ -363,14 +371,16 @@ fn bind_quic(cfg: &ProxyConfig) -> Result<(quinn::Endpoint, quinn::Endpoint), Pr
 /// `reporter` while it runs.
 async fn accept_loop<F, Fut>(
     (what, reporter): (&'static str, Reporter),
-    (listener, sockets): (TcpListener, SocketsOpen),
+    (listener, metrics): (TcpListener, ProxyMetrics),
     drain: DrainWatcher,
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr, DrainWatcher) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let mut backoff = accept_backoff::AcceptBackoff::default();
+    let mut backoff = AcceptBackoff::default();
+    let sockets = metrics.traffic.sockets_open.clone();
+    let failures = metrics.accept_failures(what);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -388,22 +398,14 @@ async fn accept_loop<F, Fut>(
                 });
             }
             // Out of file descriptors and the like: keep serving what we have, pause before the
-            // next try and say so once per interval (see `accept_backoff`).
+            // next try and say so once per interval (see `lifecycle::accept_backoff`).
             Err(e) => {
-                let failed = backoff.failed(tokio::time::Instant::now());
-                if let Some(failures) = failed.report {
-                    warn!(
-                        listener = what,
-                        error = %e,
-                        failures,
-                        pause_ms = failed.pause.as_millis() as u64,
-                        "accept failed"
-                    );
-                }
+                failures.inc();
+                let pause = backoff.on_error(what, &e);
                 tokio::select! {
                     biased;
                     _ = drain.draining() => break,
-                    _ = tokio::time::sleep(failed.pause) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
             }
         }

@@ -137,8 +137,7 @@ impl Socks5 {
         tracing::info!(addr = ?self.listener.local_addr().ok(), "socks5 listening");
         let (pi, transports, resolver) = (self.inputs, self.transports, self.resolver);
         let outliers = self.outliers;
-        let open = pi.metrics.traffic.sockets_open.clone();
-        let listener = (self.listener, open);
+        let listener = (self.listener, pi.metrics.clone());
         accept_loop(
             ("socks5", Reporter::Source),
             listener,

@@ -117,6 +117,29 @@ pub struct MeshOpts {
     pub client_env: Vec<(&'static str, String)>,
     /// Extra environment of the server pod's ambit.
     pub server_env: Vec<(&'static str, String)>,
+    /// `RLIMIT_NOFILE` (`soft:hard`, as `prlimit --nofile` takes it) the client pod's ambit
+    /// starts with.
+    pub client_nofile: Option<&'static str>,
+    /// The same for the server pod's ambit.
+    pub server_nofile: Option<&'static str>,
+}
+
+/// `spec` started through `prlimit` with the given descriptor limits; prlimit execs ambit in
+/// place, so the pid is ambit's.
+fn with_nofile(spec: ProcessSpec, nofile: Option<&str>) -> ProcessSpec {
+    let Some(limits) = nofile else {
+        return spec;
+    };
+    let mut args = vec![
+        format!("--nofile={limits}"),
+        spec.program.display().to_string(),
+    ];
+    args.extend(spec.args);
+    ProcessSpec {
+        program: "prlimit".into(),
+        args,
+        ..spec
+    }
 }
 
 /// Two pods with redirection, each with its ambit, sharing one built-in CA directory.
@@ -165,6 +188,8 @@ impl Mesh {
         for (k, v) in &opts.client_env {
             client_spec = client_spec.env(*k, v.clone());
         }
+        let server_spec = with_nofile(server_spec, opts.server_nofile);
+        let client_spec = with_nofile(client_spec, opts.client_nofile);
         let server_ambit = start(&pair.server, &server_spec, &dir).await;
         let client_ambit = start(&pair.client, &client_spec, &dir).await;
         Mesh {

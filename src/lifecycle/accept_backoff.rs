@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub(super) const FIRST_PAUSE: Duration = Duration::from_millis(5);
-pub(super) const MAX_PAUSE: Duration = Duration::from_secs(1);
-pub(super) const REPORT_EVERY: Duration = Duration::from_secs(10);
+pub const FIRST_PAUSE: Duration = Duration::from_millis(5);
+pub const MAX_PAUSE: Duration = Duration::from_secs(1);
+pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// What to do after a failed accept.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct Failed {
+pub struct Failed {
     /// How long to wait before accepting again.
     pub pause: Duration,
     /// `Some(n)` when a report is due: `n` failures since the last one (this one included).
@@ -24,14 +24,14 @@ pub(super) struct Failed {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct AcceptBackoff {
+pub struct AcceptBackoff {
     next_pause: Option<Duration>,
     unreported: u64,
     last_report: Option<Instant>,
 }
 
 impl AcceptBackoff {
-    pub(super) fn failed(&mut self, now: Instant) -> Failed {
+    pub fn failed(&mut self, now: Instant) -> Failed {
         let pause = self.next_pause.unwrap_or(FIRST_PAUSE);
         self.next_pause = Some((pause * 2).min(MAX_PAUSE));
         self.unreported += 1;
@@ -45,8 +45,24 @@ impl AcceptBackoff {
         Failed { pause, report }
     }
 
-    pub(super) fn succeeded(&mut self) {
+    pub fn succeeded(&mut self) {
         self.next_pause = None;
+    }
+
+    /// Records a failed accept on `listener` now: logs a WARN when a report is due and returns
+    /// how long to pause before the next accept.
+    pub fn on_error(&mut self, listener: &str, error: &std::io::Error) -> Duration {
+        let failed = self.failed(Instant::now());
+        if let Some(failures) = failed.report {
+            tracing::warn!(
+                listener,
+                error = %error,
+                failures,
+                pause_ms = failed.pause.as_millis() as u64,
+                "accept failed"
+            );
+        }
+        failed.pause
     }
 }
 
