@@ -1,8 +1,9 @@
 //! Reliability under resource pressure and hostile clients, two pods each with its ambit:
 //! descriptor limits (a low soft limit is raised; real exhaustion pauses the accept loop,
 //! logs a bounded number of lines and recovers), and connections to 15008 that never finish a
-//! TLS handshake (shed per source, closed at the deadline). These are the fast cases of
-//! `RELIABILITY.md`; the long ones are commands developers run.
+//! TLS handshake (shed per source, closed at the deadline); then the fast cases of
+//! `ambit-lab chaos` on the lab. These are the fast rows of `RELIABILITY.md`; the long ones
+//! are a command developers run.
 
 mod common;
 
@@ -13,6 +14,9 @@ use common::mesh::{Mesh, MeshOpts, echo_once, sample, scrape};
 use common::{STEP, servers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The cases here load both cores; run them one at a time so each is judged on its own.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// This test process holds both ends of thousands of connections (the clients and the echo
 /// server): raise its own descriptor limit (root may raise the hard one too).
@@ -43,6 +47,7 @@ fn count_lines(log: &str, needle: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_connections_under_a_1024_soft_limit_all_succeed() {
+    let _one_at_a_time = SERIAL.lock().await;
     raise_own_nofile(12_000);
     const N: usize = 5_000;
     let mesh = Mesh::start(
@@ -106,6 +111,7 @@ async fn five_thousand_connections_under_a_1024_soft_limit_all_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_descriptors_pause_the_accept_loop_and_it_recovers() {
+    let _one_at_a_time = SERIAL.lock().await;
     raise_own_nofile(4_000);
     let mesh = Mesh::start(
         "rel_exhaust",
@@ -219,6 +225,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_partial_handshakes_are_shed_and_closed_at_the_deadline() {
+    let _one_at_a_time = SERIAL.lock().await;
     raise_own_nofile(4_000);
     const SILENT: usize = 2_000;
     const CAP: u64 = 64;
@@ -295,4 +302,30 @@ fn sample_plain(text: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// The fast chaos cases (`ambit-lab chaos --fast`) against the workspace's ambit: control
+/// plane down, agent restart, proxy kill, link flap, packet loss, silent handshakes. Every
+/// case must pass: flows that should survive deliver every byte, no denied caller gets in,
+/// new connections work again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_chaos_cases_pass() {
+    let _one_at_a_time = SERIAL.lock().await;
+    use ambit_lab::chaos::{self, Case, ChaosOptions, Scale};
+    let opts = ChaosOptions {
+        proxy: common::mesh::AMBIT.into(),
+        cases: Case::FAST.to_vec(),
+        scale: Scale::Fast,
+    };
+    let rows = chaos::run(&opts).await;
+    let table = chaos::table(&rows);
+    eprintln!("{table}");
+    assert_eq!(rows.len(), Case::FAST.len());
+    if let Err(e) = chaos::check(&rows) {
+        panic!("{e}\n{table}");
+    }
+    assert!(
+        rows.iter()
+            .all(|r| r.wrongly_admitted == 0 && r.bytes_lost == 0)
+    );
 }

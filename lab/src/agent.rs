@@ -74,9 +74,22 @@ impl NodeAgent {
         pods: Vec<(&Netns, PodAnnounce)>,
         dns_capture: bool,
     ) -> Result<NodeAgent, LabError> {
-        let mut known = BTreeMap::new();
-        for (ns, pod) in pods {
+        for (ns, _) in &pods {
             nft::install_inpod(ns, dns_capture)?;
+        }
+        Self::resume(node, socket, pods, dns_capture)
+    }
+
+    /// Starts an agent for pods whose in-pod rules are already in place (a restarted agent, as
+    /// istio-cni after a restart: it re-announces its pods and leaves their rules alone).
+    pub fn resume(
+        node: &str,
+        socket: &Path,
+        pods: Vec<(&Netns, PodAnnounce)>,
+        dns_capture: bool,
+    ) -> Result<NodeAgent, LabError> {
+        let mut known = BTreeMap::new();
+        for (_, pod) in pods {
             known.insert(pod.uid.clone(), pod);
         }
         let listener = SeqpacketListener::bind(socket).map_err(|e| LabError::Agent {

@@ -362,7 +362,7 @@ impl Lab {
             .filter(|p| p.captured)
             .map(|p| (&self.pods[&p.name], self.announce(p)))
             .collect();
-        let agent = NodeAgent::start(node, &socket, pods, self.topology.dns_capture)?;
+        let agent = NodeAgent::resume(node, &socket, pods, self.topology.dns_capture)?;
         self.agents.insert(node.to_string(), agent);
         Ok(())
     }

@@ -24,6 +24,7 @@
 //! | [`traffic`] | built-in HTTP, echo, sink (sha256) and request/response servers and clients; the PROXY header echo and the waypoint stand-in |
 //! | [`promtext`] | a reader of the Prometheus text format (any proxy's metrics) |
 //! | [`witness`] | what judges a flow for any proxy: 15008 byte counters on the nodes, Istio's connection metrics |
+//! | [`chaos`] | the reliability suite: faults injected into a running mesh, watched and judged (`RELIABILITY.md`) |
 //! | [`demo`] | the demo scenario and its report |
 //! | [`compat`] | the differential harness: ambit vs a peer (real ztunnel) on what tools read; recordings for CI |
 //! | [`accesslog`] | reading the node proxies' logs in Istio's layout (text or JSON) |
@@ -35,6 +36,7 @@
 
 pub mod accesslog;
 pub mod agent;
+pub mod chaos;
 pub mod compat;
 pub mod control;
 pub mod control_ca;

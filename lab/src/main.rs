@@ -14,7 +14,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use ambit_lab::{
-    ControlMode, Lab, LabError, LabOptions, ProxyMode, Topology, compat, demo, lab, netns, nft, sys,
+    ControlMode, Lab, LabError, LabOptions, ProxyMode, Topology, chaos, compat, demo, lab, netns,
+    nft, sys,
 };
 
 /// The demo topology, built in so `ambit-lab demo` works from any directory.
@@ -137,6 +138,23 @@ enum Cmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Inject faults into a running mesh (control plane down, agent and proxy restarts, link
+    /// flap, packet loss, silent handshakes, many connections, soak) and print the reliability
+    /// table (RELIABILITY.md). Exit 0 only if every case passed.
+    Chaos {
+        /// The node proxy binary (any ztunnel-compatible one); default: `ambit` next to this binary.
+        #[arg(long)]
+        proxy: Option<PathBuf>,
+        /// Run only this case (repeatable); default: every case.
+        #[arg(long = "case", value_enum)]
+        cases: Vec<chaos::Case>,
+        /// Short durations and sizes, the fast cases only unless --case names others (what CI runs).
+        #[arg(long)]
+        fast: bool,
+        /// Also write the table (Markdown) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run a command inside a pod of a running lab: `ambit-lab exec client -- curl ...`.
     Exec {
         /// The run id, when more than one running lab has the pod.
@@ -230,6 +248,42 @@ fn main() -> ExitCode {
                 })?;
             }
             Ok(if diffs.iter().all(|d| d.deliberate().is_some()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }),
+        Cmd::Chaos {
+            proxy,
+            cases,
+            fast,
+            out,
+        } => with_runtime(async move {
+            sys::preflight()?;
+            let cases = match (cases.is_empty(), fast) {
+                (false, _) => cases,
+                (true, true) => chaos::Case::FAST.to_vec(),
+                (true, false) => chaos::Case::ALL.to_vec(),
+            };
+            let opts = chaos::ChaosOptions {
+                proxy: proxy.unwrap_or_else(default_proxy),
+                cases,
+                scale: if fast {
+                    chaos::Scale::Fast
+                } else {
+                    chaos::Scale::Full
+                },
+            };
+            let rows = chaos::run(&opts).await;
+            let text = chaos::table(&rows);
+            println!("{text}");
+            if let Some(path) = out {
+                std::fs::write(&path, &text).map_err(|source| LabError::File {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            }
+            Ok(if rows.iter().all(chaos::Row::passed) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -25,6 +25,8 @@ use crate::{LabError, sys};
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    /// Removed on drop only by the handle that created it ([`Netns::handle`] makes others).
+    owned: bool,
 }
 
 // === impl Netns ===
@@ -49,9 +51,18 @@ impl Netns {
             other => other,
         })?;
         // From here on, Drop removes it even if the rest of the set-up fails.
-        let ns = Netns { name };
+        let ns = Netns { name, owned: true };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// A second handle to this namespace that never removes it: for tasks that must own what
+    /// they use (spawned traffic) while the creator keeps the namespace's lifetime.
+    pub fn handle(&self) -> Netns {
+        Netns {
+            name: self.name.clone(),
+            owned: false,
+        }
     }
 
     /// The namespace's name as `ip netns` knows it.
@@ -238,6 +249,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         remove(&self.name);
     }
 }

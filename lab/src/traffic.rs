@@ -192,7 +192,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Deterministic payload bytes (a position-dependent pattern, so reordering would show).
-fn pattern(offset: u64, out: &mut [u8]) {
+pub(crate) fn pattern(offset: u64, out: &mut [u8]) {
     for (i, b) in out.iter_mut().enumerate() {
         let x = offset + i as u64;
         *b = (x ^ (x >> 8) ^ (x >> 16)) as u8;
