@@ -365,3 +365,43 @@ async fn an_emptied_or_truncated_rewrite_keeps_the_old_config_in_force() {
         );
     }
 }
+
+/// The proxy's own stats (15020) and readiness (15021) ports, which a dedicated-mode proxy binds
+/// on every address of its pod, are that pod's ports like any other: an authenticated peer
+/// reaches them through HBONE, and a policy restricts them as it restricts any port (as in
+/// ztunnel; they are open in plaintext to the network anyway, for scrapers and the kubelet).
+/// The admin port is bound to loopback and never reached through the mesh (`e2e_ops`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_stats_and_readiness_ports_are_pod_ports_under_policy() {
+    let mesh = Mesh::start("rbac_proxy_ports", MeshOpts::default()).await;
+    let _app = servers::http(&mesh.pair.server, common::APP_PORT);
+    let stats = SocketAddr::new(common::server_ip(false), 15020);
+    let ready = SocketAddr::new(common::server_ip(false), 15021);
+    // The client pod is captured: these go through both proxies over HBONE.
+    let r = ambit_lab::http_get(&mesh.pair.client, stats, "/stats/prometheus", STEP)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("istio_build"), "{}", r.body);
+    let r = ambit_lab::http_get(&mesh.pair.client, ready, "/healthz/ready", STEP)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    set_policies(
+        &mesh,
+        &policy(
+            "deny-proxy-ports",
+            "Deny",
+            "{destinationPorts: [15020, 15021]}",
+        ),
+    )
+    .await;
+    for addr in [stats, ready] {
+        let r = ambit_lab::http_get(&mesh.pair.client, addr, "/", Duration::from_secs(3)).await;
+        assert!(r.is_err(), "{addr} answered despite the policy: {r:?}");
+    }
+    assert!(
+        curl_ok(&mesh, common::app_addr(false)).await,
+        "the app's port is not affected"
+    );
+}

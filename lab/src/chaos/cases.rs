@@ -28,33 +28,39 @@ pub enum Case {
     CaDownAcrossRotation,
     AgentRestart,
     ProxyKill,
+    ProxyPause,
     LinkFlap,
     PacketLoss,
     SilentHandshakes,
+    Churn,
     ManyConnections,
     Soak,
 }
 
 impl Case {
-    pub const ALL: [Case; 9] = [
+    pub const ALL: [Case; 11] = [
         Case::ControlPlaneDown,
         Case::CaDownAcrossRotation,
         Case::AgentRestart,
         Case::ProxyKill,
+        Case::ProxyPause,
         Case::LinkFlap,
         Case::PacketLoss,
         Case::SilentHandshakes,
+        Case::Churn,
         Case::ManyConnections,
         Case::Soak,
     ];
     /// What CI runs (at [`Scale::Fast`]).
-    pub const FAST: [Case; 6] = [
+    pub const FAST: [Case; 8] = [
         Case::ControlPlaneDown,
         Case::AgentRestart,
         Case::ProxyKill,
+        Case::ProxyPause,
         Case::LinkFlap,
         Case::PacketLoss,
         Case::SilentHandshakes,
+        Case::Churn,
     ];
 
     pub(super) fn outage(scale: Scale) -> Duration {
@@ -75,6 +81,7 @@ impl Case {
             Case::CaDownAcrossRotation => "certificates of 60 s (SECRET_TTL); control plane down from 10 s to 50 s, across the renewal at half-life; traffic until 80 s".into(),
             Case::AgentRestart => "node agent (ZDS server) of both nodes restarted, pods re-announced by snapshot".into(),
             Case::ProxyKill => "node-2's proxy killed (SIGKILL) and started again".into(),
+            Case::ProxyPause => "node-2's proxy stopped (SIGSTOP) for 5 s, then continued (SIGCONT)".into(),
             Case::LinkFlap => "node-2's link to the underlay set down for 2 s, then up".into(),
             Case::PacketLoss => format!(
                 "3% of node-2's packets dropped (nftables numgen) for {} s; a {} MB bulk transfer checked by SHA-256",
@@ -82,6 +89,10 @@ impl Case {
                 if fast { 20 } else { 200 }
             ),
             Case::SilentHandshakes => "2,000 TCP connections to server's 15008 from node-1 that never finish a TLS handshake (half silent, half 11 bytes of a ClientHello)".into(),
+            Case::Churn => format!(
+                "{} short connections client → server, 50 at a time, each echoing a line",
+                if fast { 2_000 } else { 20_000 }
+            ),
             Case::ManyConnections => format!(
                 "{} concurrent tunneled connections client → server, each echoed once",
                 if fast { 2_000 } else { 10_000 }
@@ -101,9 +112,11 @@ impl fmt::Display for Case {
             Case::CaDownAcrossRotation => "ca-down-across-rotation",
             Case::AgentRestart => "agent-restart",
             Case::ProxyKill => "proxy-kill",
+            Case::ProxyPause => "proxy-pause",
             Case::LinkFlap => "link-flap",
             Case::PacketLoss => "packet-loss",
             Case::SilentHandshakes => "silent-handshakes",
+            Case::Churn => "churn",
             Case::ManyConnections => "many-connections",
             Case::Soak => "soak",
         };
@@ -118,6 +131,7 @@ pub(super) async fn run(case: Case, opts: &ChaosOptions) -> Result<Row, LabError
         Case::CaDownAcrossRotation => return super::heavy::ca_down(opts).await,
         Case::SilentHandshakes => return super::heavy::silent(opts).await,
         Case::ManyConnections => return super::heavy::many(opts).await,
+        Case::Churn => return super::heavy::churn(opts).await,
         Case::Soak => return super::heavy::soak(opts).await,
         _ => {}
     }
@@ -154,6 +168,26 @@ pub(super) async fn run(case: Case, opts: &ChaosOptions) -> Result<Row, LabError
             // Flows through a killed proxy die with it; what matters is that nothing else does.
             Expect {
                 flows_survive: false,
+                probes_never_fail: false,
+            }
+        }
+        Case::ProxyPause => {
+            let pid = scene
+                .lab
+                .proxy_for("server")
+                .map(|p| p.pid())
+                .ok_or_else(|| LabError::Usage("no proxy serves the server pod".into()))?;
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let signal = |s| {
+                nix::sys::signal::kill(pid, s)
+                    .map_err(|e| LabError::Usage(format!("signal {s} to the proxy: {e}")))
+            };
+            signal(nix::sys::signal::Signal::SIGSTOP)?;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            signal(nix::sys::signal::Signal::SIGCONT)?;
+            // Nothing is lost while a proxy is paused: the kernel holds the bytes.
+            Expect {
+                flows_survive: true,
                 probes_never_fail: false,
             }
         }

@@ -126,6 +126,79 @@ pub(super) async fn silent(opts: &ChaosOptions) -> Result<Row, LabError> {
     ))
 }
 
+/// Many short connections, 50 at a time: all must echo, and afterwards the proxies' open
+/// descriptors must be back where they were (nothing leaks per connection).
+pub(super) async fn churn(opts: &ChaosOptions) -> Result<Row, LabError> {
+    let case = Case::Churn;
+    let n: usize = if opts.scale == Scale::Fast {
+        2_000
+    } else {
+        20_000
+    };
+    let scene = Scene::start(opts, &[]).await?;
+    let server_proxy = scene
+        .lab
+        .proxy_for("server")
+        .map(|p| p.pid())
+        .ok_or_else(|| LabError::Usage("no proxy serves the server pod".into()))?;
+    let fds_before = open_fds(server_proxy);
+    let watchers = scene.watch()?;
+    let start = Instant::now();
+    let client = scene.ns("client")?.handle();
+    let echo = scene.echo;
+    let mut failed = 0usize;
+    let mut batch = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let client = client.handle();
+        batch.spawn(async move {
+            crate::traffic::echo(&client, echo, b"churn\n", STEP)
+                .await
+                .is_ok_and(|b| b == b"churn\n")
+        });
+        if batch.len() >= 50 || i + 1 == n {
+            while let Some(ok) = batch.join_next().await {
+                if !matches!(ok, Ok(true)) {
+                    failed += 1;
+                }
+            }
+        }
+    }
+    let took = start.elapsed();
+    let seen = watchers.finish().await;
+    // The long flows and probes have ended too: the proxy holds only its pooled connections.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fds_after = open_fds(server_proxy);
+    let mut problems = Vec::new();
+    if failed > 0 {
+        problems.push(format!("{failed} of {n} short connections failed"));
+    }
+    // A few descriptors may differ (a pooled connection opened or closed); one per connection
+    // would be thousands.
+    if fds_after > fds_before + 16 {
+        problems.push(format!(
+            "server proxy holds {fds_after} descriptors after, {fds_before} before"
+        ));
+    }
+    let observed = vec![format!(
+        "{} of {n} echoed in {:.1} s ({:.0}/s); server proxy descriptors {fds_before} before, {fds_after} after",
+        n - failed,
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    )];
+    let expect = Expect {
+        flows_survive: true,
+        probes_never_fail: true,
+    };
+    Ok(judge(
+        case, opts.scale, &seen, start, expect, problems, observed,
+    ))
+}
+
+/// Open descriptors of a process (0 if it is gone).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 /// Opens `n` tunneled connections client → server at once, echoes once on each, and reports
 /// the proxies' memory per connection while they are all open.
 pub(super) async fn many(opts: &ChaosOptions) -> Result<Row, LabError> {
