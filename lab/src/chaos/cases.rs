@@ -32,13 +32,14 @@ pub enum Case {
     LinkFlap,
     PacketLoss,
     SilentHandshakes,
+    H2Abuse,
     Churn,
     ManyConnections,
     Soak,
 }
 
 impl Case {
-    pub const ALL: [Case; 11] = [
+    pub const ALL: [Case; 12] = [
         Case::ControlPlaneDown,
         Case::CaDownAcrossRotation,
         Case::AgentRestart,
@@ -47,12 +48,13 @@ impl Case {
         Case::LinkFlap,
         Case::PacketLoss,
         Case::SilentHandshakes,
+        Case::H2Abuse,
         Case::Churn,
         Case::ManyConnections,
         Case::Soak,
     ];
     /// What CI runs (at [`Scale::Fast`]).
-    pub const FAST: [Case; 8] = [
+    pub const FAST: [Case; 9] = [
         Case::ControlPlaneDown,
         Case::AgentRestart,
         Case::ProxyKill,
@@ -60,6 +62,7 @@ impl Case {
         Case::LinkFlap,
         Case::PacketLoss,
         Case::SilentHandshakes,
+        Case::H2Abuse,
         Case::Churn,
     ];
 
@@ -89,6 +92,7 @@ impl Case {
                 if fast { 20 } else { 200 }
             ),
             Case::SilentHandshakes => "2,000 TCP connections to server's 15008 from node-1 that never finish a TLS handshake (half silent, half 11 bytes of a ClientHello)".into(),
+            Case::H2Abuse => "a peer with a valid `client` certificate on server's 15008: rapid reset, CONTINUATION flood, PING and SETTINGS floods never read, a tunnel written into and never read (10 s each)".into(),
             Case::Churn => format!(
                 "{} short connections client → server, 50 at a time, each echoing a line",
                 if fast { 2_000 } else { 20_000 }
@@ -116,6 +120,7 @@ impl fmt::Display for Case {
             Case::LinkFlap => "link-flap",
             Case::PacketLoss => "packet-loss",
             Case::SilentHandshakes => "silent-handshakes",
+            Case::H2Abuse => "h2-abuse",
             Case::Churn => "churn",
             Case::ManyConnections => "many-connections",
             Case::Soak => "soak",
@@ -132,6 +137,7 @@ pub(super) async fn run(case: Case, opts: &ChaosOptions) -> Result<Row, LabError
         Case::SilentHandshakes => return super::heavy::silent(opts).await,
         Case::ManyConnections => return super::heavy::many(opts).await,
         Case::Churn => return super::heavy::churn(opts).await,
+        Case::H2Abuse => return super::abuse::h2_abuse(opts).await,
         Case::Soak => return super::heavy::soak(opts).await,
         _ => {}
     }

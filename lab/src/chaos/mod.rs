@@ -8,6 +8,7 @@
 //! control plane (xDS and CA), node proxies in shared (in-pod) mode. Any ztunnel-compatible
 //! proxy can be the subject.
 
+mod abuse;
 mod cases;
 mod heavy;
 pub mod instruments;
