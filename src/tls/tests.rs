@@ -181,6 +181,39 @@ async fn server_refuses_client_from_other_trust_domain() {
 }
 
 #[tokio::test]
+async fn server_refuses_client_whose_san_is_not_a_spiffe_identity() {
+    let ca = TestCa::new("root");
+    let server = ca.leaf(SERVER);
+    let trust = Arc::new(TrustRoots::new(std::slice::from_ref(&ca.root)).unwrap());
+    for uri in [
+        "https://client.example.com/",
+        "spiffe://cluster.local/client",
+        "spiffe:///ns/default/sa/client",
+    ] {
+        // Signed by the mesh root, but naming no workload identity (ambit itself would not
+        // load such a certificate, so the client is configured by hand).
+        let (chain, key) = ca.raw_leaf(uri);
+        let mut cfg = ClientConfig::builder_with_provider(verify::provider().clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerIdentityVerifier::new(
+                trust.clone(),
+                vec![id(SERVER)],
+            )))
+            .with_client_auth_cert(chain, key.into())
+            .unwrap();
+        cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let (s, _) = handshake(&server, Arc::new(cfg)).await;
+        let err = s.map(|(_, id)| id).expect_err(uri);
+        assert!(
+            !matches!(err, TlsError::TrustDomainMismatch { .. }),
+            "{uri}: refused for the wrong reason: {err}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn client_refuses_server_with_unexpected_identity() {
     let ca = TestCa::new("root");
     let server = ca.leaf(SERVER);
