@@ -208,8 +208,17 @@ pub(super) async fn many(opts: &ChaosOptions) -> Result<Row, LabError> {
     } else {
         10_000
     };
-    raise_own_nofile(4 * n as u64)?;
+    raise_own_nofile(n as u64 + 1_000)?;
     let scene = Scene::start(opts, &[]).await?;
+    // The echo ends in a process of their own: this one holds the client ends, and one
+    // process's descriptor limit does not fit both at 10,000.
+    let echo = SocketAddr::new(scene.echo.ip(), BIG_ECHO_PORT);
+    let server_ns = scene.ns("server")?;
+    let spec = crate::ProcessSpec::new("chaos-echo", "python3")
+        .arg("-c")
+        .arg(PY_ECHO);
+    let _echo_proc = crate::Process::spawn(Some(server_ns), &spec, scene.lab.run_dir())?;
+    wait_listening(server_ns, SocketAddr::new(scene.echo.ip(), BIG_ECHO_PORT)).await?;
     let nodes = [
         scene.node("node-1")?.handle(),
         scene.node("node-2")?.handle(),
@@ -222,7 +231,7 @@ pub(super) async fn many(opts: &ChaosOptions) -> Result<Row, LabError> {
     let mut problems = Vec::new();
     let mut open = Vec::with_capacity(n);
     for i in 0..n {
-        match client.connect(scene.echo, STEP).await {
+        match client.connect(echo, STEP).await {
             Ok(s) => open.push(s),
             Err(e) => {
                 problems.push(format!("connection {i}: {e}"));
@@ -349,15 +358,54 @@ pub(super) async fn soak(opts: &ChaosOptions) -> Result<Row, LabError> {
     ))
 }
 
-/// This process holds one end of every connection: raise its descriptor limit (root may
-/// raise the hard one too).
+/// This process holds one end of every connection: raise its soft descriptor limit to the
+/// hard one, which must allow `at_least`.
 fn raise_own_nofile(at_least: u64) -> Result<(), LabError> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let err = |e: nix::Error| LabError::Usage(format!("RLIMIT_NOFILE: {e}"));
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(err)?;
-    if soft >= at_least {
-        return Ok(());
+    if hard < at_least {
+        return Err(LabError::Usage(format!(
+            "this case needs {at_least} open files; the hard limit is {hard} (ulimit -Hn)"
+        )));
     }
-    let hard = hard.max(at_least);
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(err)
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// The port of the separate echo process of `many-connections`.
+const BIG_ECHO_PORT: u16 = 8082;
+
+/// An asyncio echo server on [`BIG_ECHO_PORT`]: a process of its own for 10,000 connections.
+const PY_ECHO: &str = "
+import asyncio
+async def echo(r, w):
+    try:
+        while True:
+            d = await r.read(65536)
+            if not d:
+                break
+            w.write(d)
+            await w.drain()
+    except Exception:
+        pass
+    w.close()
+async def main():
+    s = await asyncio.start_server(echo, '0.0.0.0', 8082, backlog=4096)
+    async with s:
+        await s.serve_forever()
+asyncio.run(main())
+";
+
+/// Waits (bounded) until something accepts on `addr` inside `ns`.
+async fn wait_listening(ns: &crate::Netns, addr: SocketAddr) -> Result<(), LabError> {
+    for _ in 0..100 {
+        if ns.connect(addr, Duration::from_secs(1)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(LabError::Usage(format!("nothing listens on {addr}")))
 }
