@@ -107,11 +107,14 @@ pub(super) async fn silent(opts: &ChaosOptions) -> Result<Row, LabError> {
             "{still_open} of {SILENT} still open {CLOSE_WITHIN:?} after the last connect"
         ));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The allocator hands freed pages back to the system within ~10 s (jemalloc's dirty-page
+    // decay): the full run waits for that before reading memory again.
+    let settle = if opts.scale == Scale::Fast { 1 } else { 15 };
+    tokio::time::sleep(Duration::from_secs(settle)).await;
     let after = rss_kib(&nodes);
     let seen = watchers.finish().await;
     let observed = vec![format!(
-        "all closed within {:.1} s of the last connect; proxies' memory {:.1} → {:.1} → {:.1} MiB (before, holding, after)",
+        "all closed within {:.1} s of the last connect; proxies' memory {:.1} → {:.1} → {:.1} MiB (before, holding, {settle} s after)",
         last_close.as_secs_f64(),
         baseline as f64 / 1024.0,
         during as f64 / 1024.0,
