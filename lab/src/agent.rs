@@ -176,6 +176,10 @@ async fn serve(
     snapshots: watch::Sender<u64>,
 ) {
     let mut conn: Option<SeqpacketConn> = None;
+    // Connections of proxies a newer one replaced: kept open (as istio-cni keeps them), so an
+    // old proxy draining during an upgrade is not told the agent went away and does not
+    // reconnect; updates go to the newest only.
+    let mut replaced: Vec<SeqpacketConn> = Vec::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -189,7 +193,7 @@ async fn serve(
                 match snapshot(&c, &pods).await {
                     Ok(()) => {
                         tracing::info!(%node, pods = pods.len(), "zds snapshot acked");
-                        conn = Some(c);
+                        replaced.extend(conn.replace(c));
                         snapshots.send_modify(|n| *n += 1);
                     }
                     Err(e) => tracing::warn!(%node, error = %e, "zds snapshot failed; dropping connection"),

@@ -29,6 +29,7 @@ use crate::eastwest::{self, GatewayServer};
 use crate::topology::{Pod, Topology, UNDERLAY_PREFIX};
 use crate::{LabError, Netns, Process, link, multinet, sys};
 
+mod handover;
 mod proxies;
 
 /// Where run directories go unless the options say otherwise.
@@ -104,6 +105,8 @@ pub struct LabState {
 pub struct Lab {
     /// Node proxies: by node name (shared) or pod name (dedicated).
     proxies: BTreeMap<String, Process>,
+    /// Namespaces of proxies that took over a node ([`Lab::hand_over_proxy`]).
+    handover_ns: Vec<Netns>,
     /// East-west gateways, by the network they lead into.
     gateways: BTreeMap<String, GatewayServer>,
     agents: BTreeMap<String, NodeAgent>,
@@ -151,6 +154,7 @@ impl Lab {
         let underlay = Netns::with_name(format!("{}{run_id}-u", sys::NAME_PREFIX))?;
         let mut lab = Lab {
             proxies: BTreeMap::new(),
+            handover_ns: Vec::new(),
             gateways: BTreeMap::new(),
             agents: BTreeMap::new(),
             pods: BTreeMap::new(),

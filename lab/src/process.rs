@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use crate::{LabError, Netns};
 
@@ -121,6 +122,23 @@ impl Process {
     /// The exit status if the process has exited, without waiting.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the process to exit; its status, or `None`
+    /// if it was still running then (it is killed when dropped).
+    pub async fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.try_status() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// An error if the process has already exited (for readiness loops: fail fast, with the log).

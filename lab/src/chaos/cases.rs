@@ -28,6 +28,7 @@ pub enum Case {
     CaDownAcrossRotation,
     AgentRestart,
     ProxyKill,
+    ProxyHandover,
     ProxyPause,
     LinkFlap,
     PacketLoss,
@@ -39,11 +40,12 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 12] = [
+    pub const ALL: [Case; 13] = [
         Case::ControlPlaneDown,
         Case::CaDownAcrossRotation,
         Case::AgentRestart,
         Case::ProxyKill,
+        Case::ProxyHandover,
         Case::ProxyPause,
         Case::LinkFlap,
         Case::PacketLoss,
@@ -54,10 +56,11 @@ impl Case {
         Case::Soak,
     ];
     /// What CI runs (at [`Scale::Fast`]).
-    pub const FAST: [Case; 9] = [
+    pub const FAST: [Case; 10] = [
         Case::ControlPlaneDown,
         Case::AgentRestart,
         Case::ProxyKill,
+        Case::ProxyHandover,
         Case::ProxyPause,
         Case::LinkFlap,
         Case::PacketLoss,
@@ -84,6 +87,7 @@ impl Case {
             Case::CaDownAcrossRotation => "certificates of 60 s (SECRET_TTL); control plane down from 10 s to 50 s, across the renewal at half-life; traffic until 80 s".into(),
             Case::AgentRestart => "node agent (ZDS server) of both nodes restarted, pods re-announced by snapshot".into(),
             Case::ProxyKill => "node-2's proxy killed (SIGKILL) and started again".into(),
+            Case::ProxyHandover => "node-2's proxy replaced as in an upgrade: a new one starts beside it and takes the pods over from the agent, then the old one gets SIGTERM and drains".into(),
             Case::ProxyPause => "node-2's proxy stopped (SIGSTOP) for 5 s, then continued (SIGCONT)".into(),
             Case::LinkFlap => "node-2's link to the underlay set down for 2 s, then up".into(),
             Case::PacketLoss => format!(
@@ -116,6 +120,7 @@ impl fmt::Display for Case {
             Case::CaDownAcrossRotation => "ca-down-across-rotation",
             Case::AgentRestart => "agent-restart",
             Case::ProxyKill => "proxy-kill",
+            Case::ProxyHandover => "proxy-handover",
             Case::ProxyPause => "proxy-pause",
             Case::LinkFlap => "link-flap",
             Case::PacketLoss => "packet-loss",
@@ -175,6 +180,15 @@ pub(super) async fn run(case: Case, opts: &ChaosOptions) -> Result<Row, LabError
             Expect {
                 flows_survive: false,
                 probes_never_fail: false,
+            }
+        }
+        Case::ProxyHandover => {
+            scene.lab.hand_over_proxy("node-2").await?;
+            // The old proxy's connections end at its drain deadline (as in ztunnel); new ones
+            // must never fail: one proxy or the other accepts them all along.
+            Expect {
+                flows_survive: false,
+                probes_never_fail: true,
             }
         }
         Case::ProxyPause => {

@@ -34,7 +34,7 @@ impl Lab {
     }
 
     /// The namespace a proxy runs in and its spec (name suffixed, so a restart keeps the old log).
-    fn proxy_spec(&self, key: &str, suffix: &str) -> Option<(String, ProcessSpec)> {
+    pub(super) fn proxy_spec(&self, key: &str, suffix: &str) -> Option<(String, ProcessSpec)> {
         let node = match self.opts.mode {
             ProxyMode::Shared => key.to_string(),
             ProxyMode::Dedicated => self.topology.pod(key)?.node.clone(),
