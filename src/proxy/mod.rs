@@ -18,6 +18,7 @@ mod inbound_quic;
 mod outbound;
 pub mod outlier;
 mod passthrough;
+mod revocation;
 pub mod proxyproto;
 pub mod socket;
 pub mod socks5;
