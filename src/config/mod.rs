@@ -501,9 +501,7 @@ impl Config {
                 .parse("LOCALHOST_APP_TUNNEL", parse::boolean)?
                 .unwrap_or(true),
             crl_path: env.get("CRL_PATH").map(PathBuf::from),
-            tls12_enabled: env
-                .parse("TLS12_ENABLED", parse::boolean)?
-                .unwrap_or(false),
+            tls12_enabled: env.parse("TLS12_ENABLED", parse::boolean)?.unwrap_or(false),
             pqc: env.get("COMPLIANCE_POLICY").as_deref() == Some("pqc"),
             outlier: Outlier {
                 enabled: env

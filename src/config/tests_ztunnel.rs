@@ -384,7 +384,9 @@ fn tls_policy_and_crl_path() {
     .unwrap();
     assert_eq!(
         c.crl_path.as_deref(),
-        Some(std::path::Path::new("/var/run/secrets/istio/crl/ca-crl.pem"))
+        Some(std::path::Path::new(
+            "/var/run/secrets/istio/crl/ca-crl.pem"
+        ))
     );
     assert!(c.tls12_enabled && c.pqc);
     // Istio's other compliance policy is not ztunnel's business: accepted, no change.

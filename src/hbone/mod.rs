@@ -31,13 +31,13 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use client::{H2Client, connect_once, handshake};
+pub use client::{CutWhen, H2Client, connect_once, handshake, handshake_until};
 pub use headers::{
     Baggage, ConnectHeaders, ConnectRequest, Forwarded, HeaderError, TraceParent, WorkloadType,
 };
-pub use pool::{AsyncReadWrite, BoxedIo, Connector, Pool, PoolKey};
+pub use pool::{AsyncReadWrite, BoxedIo, Connected, Connector, Pool, PoolKey};
 pub use server::{InboundRequest, serve};
-pub use stream::{H2Recv, H2Send, H2Stream};
+pub use stream::{CutProbe, H2Recv, H2Send, H2Stream};
 
 /// HTTP/2 settings for both sides of an HBONE connection, plus the pool's limits.
 ///

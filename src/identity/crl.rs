@@ -47,7 +47,10 @@ pub enum CrlReload {
     /// The file changed since the last poll; it is judged once it reads the same again.
     Settling,
     /// A new version is in force: how many CRLs and revoked entries it holds.
-    Applied { crls: usize, entries: usize },
+    Applied {
+        crls: usize,
+        entries: usize,
+    },
     /// A new version that cannot be used; the last good one stays in force.
     Rejected(CrlError),
 }
@@ -214,7 +217,10 @@ mod tests {
         );
         let generation = handle.generation();
 
-        for bad in [&b"garbage\x00\x01"[..], b"-----BEGIN X509 CRL-----\nnot base64!\n"] {
+        for bad in [
+            &b"garbage\x00\x01"[..],
+            b"-----BEGIN X509 CRL-----\nnot base64!\n",
+        ] {
             replace(&path, bad);
             let CrlReload::Rejected(e) = judged(&mut r) else {
                 panic!("{bad:?} must be rejected")
@@ -225,7 +231,10 @@ mod tests {
         }
         // Removed: an error too, and still the last good set.
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(r.poll_once(), CrlReload::Rejected(CrlError::Read { .. })));
+        assert!(matches!(
+            r.poll_once(),
+            CrlReload::Rejected(CrlError::Read { .. })
+        ));
         assert_eq!(handle.current().revoked_entries(), 3);
         let _ = std::fs::remove_dir_all(dir);
     }

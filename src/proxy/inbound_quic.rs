@@ -13,8 +13,8 @@ use tracing::{info, warn};
 
 use crate::lifecycle::DrainWatcher;
 use crate::metrics::{HboneTransportLabel, Reporter};
-use crate::tls::PeerRole;
 use crate::quic;
+use crate::tls::PeerRole;
 
 use super::accesslog::{ConnectionLog, Direction};
 use super::connections::ConnectionTracker;

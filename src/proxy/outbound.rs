@@ -388,6 +388,7 @@ pub(super) async fn relay(
     drain: &DrainWatcher,
 ) {
     let stats = log.stats.clone();
+    let mut cut = None;
     let copied = match upstream {
         Upstream::Plain(upstream) => {
             let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), stats);
@@ -395,6 +396,7 @@ pub(super) async fn relay(
         }
         Upstream::Hbone(tunnel, _) | Upstream::DoubleHbone(tunnel, _) => match *tunnel {
             Tunnel::H2(h2) => {
+                cut = h2.cut_probe();
                 let copy = copy_bidirectional(tcp_halves(stream), h2.split(), stats);
                 run_until_forced(copy, drain).await
             }
@@ -404,13 +406,21 @@ pub(super) async fn relay(
             }
         },
     };
-    match copied {
-        Some(Ok(())) => log.complete(),
-        Some(Err(e)) => {
-            log.response_flags = Some(ResponseFlag::Connect);
-            log.fail(&e)
+    // A connection cut because a CRL revoked the peer fails its streams; say so.
+    let cut = cut.as_ref().and_then(|c| c.reason());
+    match (copied, cut) {
+        (Some(Err(_)), Some(reason)) => {
+            log.response_flags = Some(ResponseFlag::CertRevoked);
+            log.fail(&format_args!("{reason} (HBONE connection closed)"))
         }
-        None => log.fail(&"closed at the drain deadline"),
+        (copied, _) => match copied {
+            Some(Ok(())) => log.complete(),
+            Some(Err(e)) => {
+                log.response_flags = Some(ResponseFlag::Connect);
+                log.fail(&e)
+            }
+            None => log.fail(&"closed at the drain deadline"),
+        },
     }
 }
 

@@ -53,7 +53,10 @@ pub(crate) fn watch_peer(
     chain: Option<&[CertificateDer<'_>]>,
     role: PeerRole,
     peer: (SocketAddr, &Identity),
-) -> (impl Future<Output = Revoked> + Send + 'static, RevokedSignal) {
+) -> (
+    impl Future<Output = Revoked> + Send + 'static,
+    RevokedSignal,
+) {
     let reporter = match role {
         PeerRole::Client => Reporter::Destination,
         PeerRole::Server => Reporter::Source,
@@ -97,4 +100,19 @@ pub(crate) fn watch_peer(
         revoked
     };
     (fut, signal)
+}
+
+/// Counts and logs a pooled QUIC connection closed because its server was revoked (the QUIC
+/// pool closes it itself).
+pub(crate) fn quic_hook(metrics: ProxyMetrics) -> crate::quic::RevokedHook {
+    std::sync::Arc::new(move |revoked: &Revoked, peer: SocketAddr| {
+        metrics.crl_rejected(Reporter::Source);
+        warn!(
+            direction = "outbound",
+            %peer,
+            serial = %revoked.serial,
+            leaf = revoked.leaf,
+            "closing HBONE over QUIC connection: {revoked}"
+        );
+    })
 }

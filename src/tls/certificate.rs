@@ -218,7 +218,13 @@ impl WorkloadCertificate {
         if let Some(cfg) = cache.get(&key) {
             return Ok(cfg.clone());
         }
-        let cfg = build_client_config(&self.certified, &self.trust, &self.policy, key.clone(), alpn)?;
+        let cfg = build_client_config(
+            &self.certified,
+            &self.trust,
+            &self.policy,
+            key.clone(),
+            alpn,
+        )?;
         if cache.len() >= CLIENT_CONFIG_CACHE {
             cache.clear();
         }
@@ -242,7 +248,10 @@ impl fmt::Debug for WorkloadCertificate {
 }
 
 /// The protocol versions of `policy`; QUIC is TLS 1.3 by definition.
-fn versions(policy: &TlsPolicy, quic: bool) -> &'static [&'static rustls::SupportedProtocolVersion] {
+fn versions(
+    policy: &TlsPolicy,
+    quic: bool,
+) -> &'static [&'static rustls::SupportedProtocolVersion] {
     static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&TLS13];
     static TLS13_AND_12: &[&rustls::SupportedProtocolVersion] = &[&TLS13, &TLS12];
     if policy.tls12 && !quic {
@@ -279,7 +288,8 @@ fn build_client_config(
     expected: Vec<Identity>,
     alpn: &[u8],
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let verifier = ServerIdentityVerifier::new(trust.clone(), expected).with_crl(policy.crl.clone());
+    let verifier =
+        ServerIdentityVerifier::new(trust.clone(), expected).with_crl(policy.crl.clone());
     let mut cfg = ClientConfig::builder_with_provider(provider_for(policy).clone())
         .with_protocol_versions(versions(policy, alpn == ALPN_H3))
         .map_err(TlsError::Handshake)?

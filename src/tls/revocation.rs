@@ -21,8 +21,8 @@ use arc_swap::ArcSwap;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::sync::watch;
 use webpki::{
-    CertRevocationList, ExpirationPolicy, RevocationCheckDepth,
-    RevocationOptionsBuilder, UnknownStatusPolicy,
+    CertRevocationList, ExpirationPolicy, RevocationCheckDepth, RevocationOptionsBuilder,
+    UnknownStatusPolicy,
 };
 
 use super::verify::TrustRoots;
@@ -169,7 +169,8 @@ impl CrlSet {
                 continue;
             };
             let hit = self.crls.iter().any(|crl| {
-                crl.issuer() == cert.issuer() && matches!(crl.find_serial(cert.serial()), Ok(Some(_)))
+                crl.issuer() == cert.issuer()
+                    && matches!(crl.find_serial(cert.serial()), Ok(Some(_)))
             });
             if hit {
                 return Some(Revoked {
@@ -192,7 +193,8 @@ impl CrlSet {
     ) -> Option<Revoked> {
         let listed = self.listed(chain)?;
         let (leaf, intermediates) = chain.split_first()?;
-        let verdict = self.with_options(|options| roots.verify_with(leaf, intermediates, at, role, options));
+        let verdict =
+            self.with_options(|options| roots.verify_with(leaf, intermediates, at, role, options));
         match verdict {
             Err(webpki::Error::CertRevoked) => Some(listed),
             _ => None,
@@ -328,7 +330,11 @@ impl RevocationWatch {
     pub fn peer_serial(&self) -> String {
         self.chain
             .first()
-            .and_then(|der| webpki::EndEntityCert::try_from(der).ok().map(|c| hex(c.serial())))
+            .and_then(|der| {
+                webpki::EndEntityCert::try_from(der)
+                    .ok()
+                    .map(|c| hex(c.serial()))
+            })
             .unwrap_or_default()
     }
 }

@@ -55,7 +55,10 @@ impl TestCa {
         self.leaf_trusting(uri, vec![self.root.clone()]).unwrap()
     }
 
-    pub(super) fn raw_leaf(&self, uri: &str) -> (Vec<CertificateDer<'static>>, PrivatePkcs8KeyDer<'static>) {
+    pub(super) fn raw_leaf(
+        &self,
+        uri: &str,
+    ) -> (Vec<CertificateDer<'static>>, PrivatePkcs8KeyDer<'static>) {
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
         params.extended_key_usages = vec![
@@ -82,7 +85,8 @@ pub(super) fn id(s: &str) -> Identity {
 pub(super) const SERVER: &str = "spiffe://cluster.local/ns/default/sa/server";
 pub(super) const CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
 
-pub(super) type ServerSide = Result<(tokio_rustls::server::TlsStream<TcpStream>, Identity), TlsError>;
+pub(super) type ServerSide =
+    Result<(tokio_rustls::server::TlsStream<TcpStream>, Identity), TlsError>;
 pub(super) type ClientSide = Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError>;
 
 /// Runs one handshake over loopback TCP; returns what each side saw.

@@ -9,6 +9,7 @@ use rcgen::{
 };
 use rustls::CertificateError;
 use rustls_pki_types::CertificateDer;
+use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
 use super::tests::{CLIENT, SERVER, STEP, TestCa, handshake, id};
@@ -106,7 +107,11 @@ fn a_file_with_several_crls_parses_whole_and_garbage_is_refused() {
     assert_eq!((set.len(), set.revoked_entries()), (2, 3));
 
     // Nothing at all, or PEM without CRL blocks, revokes nothing.
-    for empty in ["", "\n  \n", "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n"] {
+    for empty in [
+        "",
+        "\n  \n",
+        "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
+    ] {
         let set = CrlSet::parse(empty.as_bytes(), "crl.pem").unwrap();
         assert!(set.is_empty(), "{empty:?}");
     }
@@ -138,8 +143,20 @@ async fn server_refuses_a_client_revoked_by_an_intermediate_crl() {
     let ca = TestCa::new("root");
     let (inter, inter_der) = intermediate(&ca, "intermediate");
     let crl = CrlHandle::new();
-    let server = leaf_under(&inter, &[inter_der.clone()], &ca.root, SERVER, crl_policy(&crl));
-    let client = leaf_under(&inter, &[inter_der.clone()], &ca.root, CLIENT, TlsPolicy::default());
+    let server = leaf_under(
+        &inter,
+        &[inter_der.clone()],
+        &ca.root,
+        SERVER,
+        crl_policy(&crl),
+    );
+    let client = leaf_under(
+        &inter,
+        &[inter_der.clone()],
+        &ca.root,
+        CLIENT,
+        TlsPolicy::default(),
+    );
     let cfg = || client.client_config(&[id(SERVER)]).unwrap();
 
     crl.replace(CrlSet::parse(crl_pem(&inter, &[vec![9, 9]]).as_bytes(), "crl").unwrap());
@@ -152,15 +169,20 @@ async fn server_refuses_a_client_revoked_by_an_intermediate_crl() {
     let (s, c) = handshake(&server, cfg()).await;
     let err = s.map(|(_, id)| id).unwrap_err();
     assert!(err.is_revoked(), "{err:?}");
-    assert!(
-        matches!(
-            c,
-            Err(TlsError::Handshake(rustls::Error::AlertReceived(
-                rustls::AlertDescription::CertificateRevoked
-            )))
-        ),
-        "{:?}",
-        c.map(|_| ())
+    // TLS 1.3: the client's side completes first; the server's alert arrives on its first read.
+    let mut c = c.unwrap();
+    let mut buf = [0u8; 1];
+    let read = timeout(STEP, c.read(&mut buf)).await.unwrap().unwrap_err();
+    let alert = read
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .cloned();
+    assert_eq!(
+        alert,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRevoked
+        )),
+        "{read}"
     );
 }
 
@@ -170,10 +192,26 @@ async fn client_refuses_a_server_whose_intermediate_is_revoked() {
     let ca = TestCa::new("root");
     let (inter, inter_der) = intermediate(&ca, "intermediate");
     let crl = CrlHandle::new();
-    let server = leaf_under(&inter, &[inter_der.clone()], &ca.root, SERVER, TlsPolicy::default());
-    let client = leaf_under(&inter, &[inter_der.clone()], &ca.root, CLIENT, crl_policy(&crl));
+    let server = leaf_under(
+        &inter,
+        &[inter_der.clone()],
+        &ca.root,
+        SERVER,
+        TlsPolicy::default(),
+    );
+    let client = leaf_under(
+        &inter,
+        &[inter_der.clone()],
+        &ca.root,
+        CLIENT,
+        crl_policy(&crl),
+    );
     crl.replace(
-        CrlSet::parse(crl_pem(&ca.issuer, &[serial_of(&inter_der)]).as_bytes(), "crl").unwrap(),
+        CrlSet::parse(
+            crl_pem(&ca.issuer, &[serial_of(&inter_der)]).as_bytes(),
+            "crl",
+        )
+        .unwrap(),
     );
     let (_, c) = handshake(&server, client.client_config(&[id(SERVER)]).unwrap()).await;
     let err = c.map(|_| ()).unwrap_err();
@@ -207,7 +245,9 @@ async fn a_crl_with_a_forged_signature_does_not_pass_as_revocation() {
     assert!(
         matches!(
             err,
-            TlsError::Handshake(rustls::Error::InvalidCertificate(CertificateError::Other(_)))
+            TlsError::Handshake(rustls::Error::InvalidCertificate(CertificateError::Other(
+                _
+            )))
         ),
         "{err:?}"
     );
@@ -235,7 +275,10 @@ async fn a_live_watch_fires_on_the_reload_that_revokes_its_peer() {
         .watch_revocation(client.chain(), PeerRole::Client)
         .unwrap();
     let serial = serial_of(&client.chain()[0]);
-    assert_eq!(watch.peer_serial(), client.serial_hex().trim_start_matches("00"));
+    assert_eq!(
+        watch.peer_serial(),
+        client.serial_hex().trim_start_matches("00")
+    );
 
     let waiting = tokio::spawn(async move { watch.revoked().await });
     crl.replace(CrlSet::parse(crl_pem(&ca.issuer, &[vec![7]]).as_bytes(), "crl").unwrap());

@@ -26,8 +26,12 @@ use crate::core::Identity;
 /// the four ECDHE AES-GCM TLS 1.2 suites with `TLS12_ENABLED`), and with `COMPLIANCE_POLICY=pqc`
 /// the X25519MLKEM768 key exchange only. Built once per combination, shared.
 pub(super) fn provider_for(policy: &TlsPolicy) -> &'static Arc<CryptoProvider> {
-    static PROVIDERS: [OnceLock<Arc<CryptoProvider>>; 4] =
-        [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static PROVIDERS: [OnceLock<Arc<CryptoProvider>>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
     let (tls12, pqc) = (policy.tls12, policy.pqc);
     PROVIDERS[usize::from(tls12) | usize::from(pqc) << 1].get_or_init(|| {
         let mut cipher_suites = vec![
