@@ -308,16 +308,30 @@ async fn assert_flow_refused(mesh: &Mesh) {
 /// revocation in force.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_client_is_cut_and_refused_and_garbage_keeps_the_crl() {
-    let crl_dir = common::TempDir::new("crl");
+    revocation_case("crl_revocation", None).await;
+}
+
+/// The same over HBONE on QUIC: its handshakes use the same verifiers, and a QUIC connection is
+/// closed the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_client_is_cut_and_refused_over_quic() {
+    revocation_case("crl_revocation_h3", Some("h3")).await;
+}
+
+async fn revocation_case(test: &str, transport: Option<&str>) {
+    let crl_dir = common::TempDir::new(test);
     // Absent at start (accepted: picked up when it appears), as before the ConfigMap lands.
     let crl_path = crl_dir.path().join("ca-crl.pem");
-    let env = vec![("CRL_PATH", crl_path.display().to_string())];
+    let mut env = vec![("CRL_PATH", crl_path.display().to_string())];
+    if let Some(t) = transport {
+        env.push(("AMBIT_HBONE_TRANSPORT", t.to_string()));
+    }
     let opts = MeshOpts {
         client_env: env.clone(),
         server_env: env,
         ..MeshOpts::default()
     };
-    let mesh = Mesh::start("crl_revocation", opts).await;
+    let mesh = Mesh::start(test, opts).await;
     let ca = ambit::identity::BuiltinCa::load_or_create(&mesh.ca_dir, Duration::from_secs(3600))
         .unwrap();
     // A first CRL revoking something else changes nothing for the flow.
@@ -382,6 +396,7 @@ async fn revoked_client_is_cut_and_refused_and_garbage_keeps_the_crl() {
             .is_some_and(|e| e.contains("revoked by CRL (HBONE connection closed)")),
         "{line}"
     );
+    assert_eq!(line.get("transport"), transport, "carried as asked: {line}");
     let metrics = mesh::scrape(&mesh.pair.server).await;
     assert_eq!(
         mesh::sample(

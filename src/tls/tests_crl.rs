@@ -145,14 +145,14 @@ async fn server_refuses_a_client_revoked_by_an_intermediate_crl() {
     let crl = CrlHandle::new();
     let server = leaf_under(
         &inter,
-        &[inter_der.clone()],
+        std::slice::from_ref(&inter_der),
         &ca.root,
         SERVER,
         crl_policy(&crl),
     );
     let client = leaf_under(
         &inter,
-        &[inter_der.clone()],
+        std::slice::from_ref(&inter_der),
         &ca.root,
         CLIENT,
         TlsPolicy::default(),
@@ -194,14 +194,14 @@ async fn client_refuses_a_server_whose_intermediate_is_revoked() {
     let crl = CrlHandle::new();
     let server = leaf_under(
         &inter,
-        &[inter_der.clone()],
+        std::slice::from_ref(&inter_der),
         &ca.root,
         SERVER,
         TlsPolicy::default(),
     );
     let client = leaf_under(
         &inter,
-        &[inter_der.clone()],
+        std::slice::from_ref(&inter_der),
         &ca.root,
         CLIENT,
         crl_policy(&crl),
