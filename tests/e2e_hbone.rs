@@ -318,9 +318,20 @@ async fn revoked_client_is_cut_and_refused_over_quic() {
     revocation_case("crl_revocation_h3", Some("h3")).await;
 }
 
-async fn revocation_case(test: &str, transport: Option<&str>) {
+/// A two-pod mesh whose ambits both read `CRL_PATH` (absent at start: accepted, and picked up
+/// when it appears, as before the ConfigMap lands), then given a first CRL that revokes
+/// something else. Returns the mesh, the file's directory (kept alive), its path, and the
+/// built-in CA that signs the CRLs.
+async fn crl_mesh(
+    test: &str,
+    transport: Option<&str>,
+) -> (
+    Mesh,
+    common::TempDir,
+    std::path::PathBuf,
+    ambit::identity::BuiltinCa,
+) {
     let crl_dir = common::TempDir::new(test);
-    // Absent at start (accepted: picked up when it appears), as before the ConfigMap lands.
     let crl_path = crl_dir.path().join("ca-crl.pem");
     let mut env = vec![("CRL_PATH", crl_path.display().to_string())];
     if let Some(t) = transport {
@@ -334,17 +345,17 @@ async fn revocation_case(test: &str, transport: Option<&str>) {
     let mesh = Mesh::start(test, opts).await;
     let ca = ambit::identity::BuiltinCa::load_or_create(&mesh.ca_dir, Duration::from_secs(3600))
         .unwrap();
-    // A first CRL revoking something else changes nothing for the flow.
     publish(&crl_path, ca.crl_pem(&[vec![0x42]]).unwrap().as_bytes());
-    mesh::wait_log_line(&mesh.server_ambit, &["CRL reloaded", "revoked=1"]).await;
+    for p in [&mesh.server_ambit, &mesh.client_ambit] {
+        mesh::wait_log_line(p, &["CRL reloaded", "revoked=1"]).await;
+    }
+    (mesh, crl_dir, crl_path, ca)
+}
 
-    let _echo = servers::echo(&mesh.pair.server, common::APP_PORT);
-    let mut flow = client_connect(&mesh, common::app_addr(false)).await;
-    mesh::echo_once(&mut flow, b"before the revocation").await;
-
-    // The client's serial, from its own /config_dump.
+/// The serial of the certificate the ambit in `ns` serves, from its own `/config_dump`.
+async fn served_serial(ns: &ambit_lab::Netns) -> Vec<u8> {
     let admin = std::net::SocketAddr::from(([127, 0, 0, 1], 15000));
-    let dump = ambit_lab::http_get(&mesh.pair.client, admin, "/config_dump", STEP)
+    let dump = ambit_lab::http_get(ns, admin, "/config_dump", STEP)
         .await
         .unwrap();
     let dump: serde_json::Value = serde_json::from_str(&dump.body).unwrap();
@@ -352,9 +363,36 @@ async fn revocation_case(test: &str, transport: Option<&str>) {
         .as_str()
         .unwrap()
         .to_string();
-    let serial = serial_bytes(&decimal);
-    let serial_hex = common::hex(&serial);
+    serial_bytes(&decimal)
+}
 
+/// Waits (bounded) until `flow` is closed under it; returns how long that took. The flow is
+/// poked every 100 ms: nothing signals a cut but the socket itself.
+async fn wait_cut(flow: &mut tokio::net::TcpStream) -> Duration {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    loop {
+        let _ = flow.write_all(b"still there?").await;
+        match tokio::time::timeout(STEP, flow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {
+                assert!(started.elapsed() < STEP, "the flow outlived the revocation");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => panic!("the revoked flow was not closed within {STEP:?}"),
+        }
+    }
+}
+
+async fn revocation_case(test: &str, transport: Option<&str>) {
+    let (mesh, _crl_dir, crl_path, ca) = crl_mesh(test, transport).await;
+    // The CRL in force revokes something else: the flow runs.
+    let _echo = servers::echo(&mesh.pair.server, common::APP_PORT);
+    let mut flow = client_connect(&mesh, common::app_addr(false)).await;
+    mesh::echo_once(&mut flow, b"before the revocation").await;
+
+    let serial = served_serial(&mesh.pair.client).await;
+    let serial_hex = common::hex(&serial);
     publish(
         &crl_path,
         ca.crl_pem(&[vec![0x42], serial.clone()])
@@ -362,19 +400,7 @@ async fn revocation_case(test: &str, transport: Option<&str>) {
             .as_bytes(),
     );
     // The flow is cut within a bounded time (two polls of the file, then at once).
-    let started = std::time::Instant::now();
-    let mut buf = [0u8; 64];
-    let cut = loop {
-        let _ = flow.write_all(b"still there?").await;
-        match tokio::time::timeout(STEP, flow.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
-            Ok(Ok(_)) => {
-                assert!(started.elapsed() < STEP, "the flow outlived the revocation");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(_) => panic!("the revoked flow was not closed within {STEP:?}"),
-        }
-    };
+    let cut = wait_cut(&mut flow).await;
     assert!(cut < Duration::from_secs(5), "cut after {cut:?}");
     let why = mesh::wait_log_line(
         &mesh.server_ambit,
@@ -453,4 +479,63 @@ async fn revocation_case(test: &str, transport: Option<&str>) {
     )
     .await;
     assert!(last > after_refusal as f64, "refused again: {last}");
+}
+
+/// The other direction: the server's certificate is revoked; the client ambit cuts its pooled
+/// connection (the flow's line says why), counts it as `source`, and refuses a new handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_server_cuts_the_pooled_connection() {
+    let (mesh, _crl_dir, crl_path, ca) = crl_mesh("crl_revoked_server", None).await;
+    let _echo = servers::echo(&mesh.pair.server, common::APP_PORT);
+    let mut flow = client_connect(&mesh, common::app_addr(false)).await;
+    mesh::echo_once(&mut flow, b"before the revocation").await;
+
+    let serial = served_serial(&mesh.pair.server).await;
+    let serial_hex = common::hex(&serial);
+    publish(&crl_path, ca.crl_pem(&[serial]).unwrap().as_bytes());
+    let cut = wait_cut(&mut flow).await;
+    assert!(cut < Duration::from_secs(5), "cut after {cut:?}");
+    mesh::wait_log_line(
+        &mesh.client_ambit,
+        &[
+            "closing HBONE connection",
+            "outbound",
+            &format!("serial={serial_hex}"),
+            &mesh::spiffe(mesh::SERVER_WL),
+        ],
+    )
+    .await;
+    let line = wait_access_line(
+        &mesh.client_ambit,
+        &["direction=outbound", &format!("error*={serial_hex}")],
+    )
+    .await;
+    assert!(
+        line.get("error")
+            .is_some_and(|e| e.contains("revoked by CRL (HBONE connection closed)")),
+        "{line}"
+    );
+    let metrics = mesh::scrape(&mesh.pair.client).await;
+    assert_eq!(
+        mesh::sample(
+            &metrics,
+            "istio_crl_policy_rejections_total",
+            &["reporter=\"source\""]
+        ),
+        Some(1),
+        "{metrics}"
+    );
+    assert_eq!(
+        mesh::sample(
+            &metrics,
+            "istio_tcp_connections_closed_total",
+            &["reporter=\"source\"", "response_flags=\"CERT_REVOKED\""]
+        ),
+        Some(1)
+    );
+    // A new connection: the client's verifier refuses the revoked server.
+    assert_flow_refused(&mesh).await;
+    let refused =
+        mesh::wait_metric(&mesh.pair.client, "istio_crl_policy_rejections_total", 2.0).await;
+    assert!(refused >= 2.0, "{refused}");
 }
