@@ -105,14 +105,17 @@ pub(crate) fn watch_peer(
 /// Counts and logs a pooled QUIC connection closed because its server was revoked (the QUIC
 /// pool closes it itself).
 pub(crate) fn quic_hook(metrics: ProxyMetrics) -> crate::quic::RevokedHook {
-    std::sync::Arc::new(move |revoked: &Revoked, peer: SocketAddr| {
-        metrics.crl_rejected(Reporter::Source);
-        warn!(
-            direction = "outbound",
-            %peer,
-            serial = %revoked.serial,
-            leaf = revoked.leaf,
-            "closing HBONE over QUIC connection: {revoked}"
-        );
-    })
+    std::sync::Arc::new(
+        move |revoked: &Revoked, peer: SocketAddr, identity: Option<&Identity>| {
+            metrics.crl_rejected(Reporter::Source);
+            warn!(
+                direction = "outbound",
+                %peer,
+                peer_identity = identity.map(tracing::field::display),
+                serial = %revoked.serial,
+                leaf = revoked.leaf,
+                "closing HBONE connection over QUIC: {revoked}"
+            );
+        },
+    )
 }

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 
 use crate::core::Identity;
-use crate::tls::{CertProvider, PeerRole, Revoked};
+use crate::tls::{CertProvider, PeerRole, Revoked, chain_identity};
 
 use super::endpoint::{client_config, peer_chain};
 use super::handshake::handshake_error;
@@ -47,7 +47,8 @@ pub struct QuicPool {
 }
 
 /// Told about every pooled connection closed because a CRL reload revoked its server.
-pub type RevokedHook = Arc<dyn Fn(&Revoked, SocketAddr) + Send + Sync>;
+/// Arguments: the revocation, the server's address, and the identity it presented.
+pub type RevokedHook = Arc<dyn Fn(&Revoked, SocketAddr, Option<&Identity>) + Send + Sync>;
 
 struct PoolInner {
     cfg: QuicConfig,
@@ -315,13 +316,14 @@ impl QuicPool {
         let dst = key.dst;
         // Closed at once, streams and all, when a CRL reload revokes the server.
         let chain = peer_chain(&quic);
+        let server = chain.as_deref().and_then(|c| chain_identity(c).ok());
         if let Some(mut watch) = chain.and_then(|c| cert.watch_revocation(&c, PeerRole::Server)) {
             let (conn, hook) = (quic.clone(), inner.revoked.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     revoked = watch.revoked() => {
                         if let Some(hook) = hook {
-                            hook(&revoked, dst);
+                            hook(&revoked, dst, server.as_ref());
                         }
                         conn.close(0u32.into(), b"peer certificate revoked");
                     }
