@@ -525,28 +525,27 @@ async fn revoked_server_case(test: &str, transport: Option<&str>) {
         Some(1),
         "{metrics}"
     );
-    // The flow's own line says why on h2 (over QUIC the stream only sees the closed
-    // connection: not attributed yet).
-    if transport.is_none() {
-        let line = wait_access_line(
-            &mesh.client_ambit,
-            &["direction=outbound", &format!("error*={serial_hex}")],
-        )
-        .await;
-        assert!(
-            line.get("error")
-                .is_some_and(|e| e.contains("revoked by CRL (HBONE connection closed)")),
-            "{line}"
-        );
-        assert_eq!(
-            mesh::sample(
-                &metrics,
-                "istio_tcp_connections_closed_total",
-                &["reporter=\"source\"", "response_flags=\"CERT_REVOKED\""]
-            ),
-            Some(1)
-        );
-    }
+    // The flow's own line says why.
+    let line = wait_access_line(
+        &mesh.client_ambit,
+        &["direction=outbound", &format!("error*={serial_hex}")],
+    )
+    .await;
+    assert!(
+        line.get("error")
+            .is_some_and(|e| e.contains("revoked by CRL (HBONE connection closed)")),
+        "{line}"
+    );
+    assert_eq!(line.get("transport"), transport, "carried as asked: {line}");
+    let metrics = mesh::scrape(&mesh.pair.client).await;
+    assert_eq!(
+        mesh::sample(
+            &metrics,
+            "istio_tcp_connections_closed_total",
+            &["reporter=\"source\"", "response_flags=\"CERT_REVOKED\""]
+        ),
+        Some(1)
+    );
     // A new connection: the client's verifier refuses the revoked server.
     assert_flow_refused(&mesh).await;
     let refused =

@@ -44,6 +44,21 @@ impl RevokedSignal {
     }
 }
 
+/// Why an outbound stream's pooled connection was cut for a revoked server, on either transport.
+pub(crate) enum Cut {
+    H2(crate::hbone::CutProbe),
+    H3(crate::quic::CutProbe),
+}
+
+impl Cut {
+    pub(crate) fn reason(&self) -> Option<&str> {
+        match self {
+            Cut::H2(p) => p.reason(),
+            Cut::H3(p) => p.reason(),
+        }
+    }
+}
+
 /// Builds the watch for one connection: `cert` is the local certificate it was accepted or
 /// opened with (its policy holds the CRLs), `chain` the peer's verified chain. Without a CRL
 /// the future never resolves and the signal never fires.

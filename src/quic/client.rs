@@ -93,6 +93,24 @@ struct Usage {
     streams: AtomicUsize,
     /// Set when a stream is opened; the reaper clears it each period.
     used: AtomicBool,
+    /// Why the connection was closed for a revoked server, set before it is closed.
+    cut: std::sync::OnceLock<String>,
+}
+
+/// Reads why a stream's connection was closed for a revoked server, if it was.
+#[derive(Clone)]
+pub struct CutProbe(Arc<Usage>);
+
+impl CutProbe {
+    pub fn reason(&self) -> Option<&str> {
+        self.0.cut.get().map(String::as_str)
+    }
+}
+
+impl StreamGuard {
+    pub(crate) fn cut_probe(&self) -> CutProbe {
+        CutProbe(self.usage.clone())
+    }
 }
 
 /// A live stream's share of its connection; dropping it gives the share back.
@@ -315,16 +333,18 @@ impl QuicPool {
         };
         let dst = key.dst;
         // Closed at once, streams and all, when a CRL reload revokes the server.
+        let usage: Arc<Usage> = Arc::default();
         let chain = peer_chain(&quic);
         let server = chain.as_deref().and_then(|c| chain_identity(c).ok());
         if let Some(mut watch) = chain.and_then(|c| cert.watch_revocation(&c, PeerRole::Server)) {
-            let (conn, hook) = (quic.clone(), inner.revoked.clone());
+            let (conn, hook, cut) = (quic.clone(), inner.revoked.clone(), usage.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     revoked = watch.revoked() => {
                         if let Some(hook) = hook {
                             hook(&revoked, dst, server.as_ref());
                         }
+                        let _ = cut.cut.set(revoked.to_string());
                         conn.close(0u32.into(), b"peer certificate revoked");
                     }
                     _ = conn.closed() => {}
@@ -340,7 +360,7 @@ impl QuicPool {
         Ok(Conn {
             quic,
             send,
-            usage: Arc::default(),
+            usage,
             retired: AtomicBool::new(false),
         })
     }

@@ -37,7 +37,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use client::{QuicKey, QuicPool, RevokedHook};
+pub use client::{CutProbe, QuicKey, QuicPool, RevokedHook};
 pub use endpoint::{
     accept, bind_udp, client_endpoint, enable_server, peer_chain, peer_identity, server_endpoint,
 };
