@@ -278,6 +278,9 @@ fn build_server_config(
     cfg.alpn_protocols = vec![if quic { ALPN_H3 } else { ALPN_H2 }.to_vec()];
     // Our clients never resume, so tickets would only cost a round of crypto per handshake.
     cfg.send_tls13_tickets = 0;
+    // Nor may anyone else: a resumed session (TLS 1.2 session IDs) skips the client-certificate
+    // check, and with it the CRL.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(cfg))
 }
 

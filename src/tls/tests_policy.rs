@@ -70,7 +70,8 @@ async fn tls12_peer_is_refused_by_default_and_accepted_with_tls12_enabled() {
         tls12: true,
         ..TlsPolicy::default()
     };
-    let (s, c) = handshake(&server_with(&ca, policy.clone()), tls12_only).await;
+    let server = server_with(&ca, policy.clone());
+    let (s, c) = handshake(&server, tls12_only.clone()).await;
     let (s, peer) = s.unwrap();
     assert_eq!(peer, id(CLIENT));
     let conn = s.get_ref().1;
@@ -82,6 +83,13 @@ async fn tls12_peer_is_refused_by_default_and_accepted_with_tls12_enabled() {
         "{suite:?}"
     );
     assert!(c.is_ok());
+    // The client would resume (it cached the session); the server never lets it skip the
+    // certificate check (and the CRL with it).
+    let (s, _) = handshake(&server, tls12_only).await;
+    assert_eq!(
+        s.unwrap().0.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
 
     // Between two ambits TLS 1.3 still wins when 1.2 is allowed.
     let server = server_with(&ca, policy.clone());
