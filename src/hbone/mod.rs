@@ -15,6 +15,9 @@
 //! - This module is generic over the transport: TLS (or nothing, in tests) is put under it by the
 //!   caller, so it never imports `tls`.
 //! - Requests are classic CONNECT: `:method CONNECT` and `:authority`, no `:scheme` / `:path`.
+//! - A connector may hand over a cut signal with its transport ([`Connected::cut_when`]): the
+//!   pooled connection closes, streams and all, when it resolves, and each stream can read
+//!   the reason ([`H2Stream::cut_probe`]). The proxy uses it for a server a CRL revokes.
 //! - A stream is a raw byte pipe after a `200`; END_STREAM is a half-close, and a peer's
 //!   `RST_STREAM` with `NO_ERROR` or `CANCEL` reads as end of stream.
 
