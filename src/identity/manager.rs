@@ -108,13 +108,15 @@ impl SecretManager {
         Self::build(ca, cfg, None)
     }
 
-    /// [`SecretManager::new`] whose certificates serve handshakes under `policy`.
+    /// [`SecretManager::new`] whose certificates serve handshakes under `policy` (the CA's
+    /// certificates are used as issued when the policy is the default).
     pub fn with_tls_policy(
         ca: Arc<dyn CaClient>,
         cfg: SecretManagerConfig,
         policy: TlsPolicy,
     ) -> Arc<Self> {
-        Self::build(ca, cfg, Some(policy))
+        let is_default = !policy.tls12 && !policy.pqc && policy.crl.is_none();
+        Self::build(ca, cfg, (!is_default).then_some(policy))
     }
 
     fn build(ca: Arc<dyn CaClient>, cfg: SecretManagerConfig, tls: Option<TlsPolicy>) -> Arc<Self> {
