@@ -91,6 +91,15 @@ const ONLY_IN_AMBIT: &[(&str, &str)] = &[
         "workload_manager_proxies_stopped",
         "ztunnel's, registered in shared mode only",
     ),
+    // ztunnel has these CRL families too (`CRL_PATH`); the recording revoked nothing.
+    (
+        "istio_crl_policy_rejections",
+        "ztunnel's, no revocation in the recording",
+    ),
+    (
+        "istio_crl_untracked_connections",
+        "ztunnel's, no revocation in the recording",
+    ),
     // ztunnel has these DNS families too; the recorded query was answered locally.
     (
         "istio_dns_upstream_requests",

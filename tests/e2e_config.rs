@@ -1,5 +1,6 @@
 //! Malformed local config files make `ambit` exit non-zero with one line on stderr naming the
-//! file, the entry and the field. No namespace is needed: the process must fail before it binds.
+//! file, the entry and the field; so does a `CRL_PATH` file that does not parse. No namespace is
+//! needed: the process must fail before it binds.
 
 mod common;
 
@@ -84,4 +85,45 @@ async fn string_match_written_as_a_map_is_rejected() {
 async fn empty_file_is_rejected() {
     let (code, stderr, path) = run_with_config("config_empty", "").await;
     assert_one_line_error(code, &stderr, &path, &["the file has no content"]);
+}
+
+/// A `CRL_PATH` file that exists but does not parse stops the start (never "nothing revoked"),
+/// with a line naming the variable, the file and the bad CRL.
+#[tokio::test]
+async fn unparsable_crl_file_stops_the_start() {
+    let dir = common::TempDir::new("config_bad_crl");
+    let config = dir.path().join("local.yaml");
+    std::fs::write(&config, mesh::pair_config()).unwrap();
+    let crl = dir.path().join("ca-crl.pem");
+    std::fs::write(
+        &crl,
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    let spec = mesh::spec(
+        "bad-crl",
+        "a/client/client",
+        &config,
+        &dir.path().join("ca"),
+        None,
+    )
+    .env("CRL_PATH", crl.display().to_string());
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null());
+    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .expect("ambit did not exit on a bad CRL file")
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "ambit: CRL_PATH: CRL file {}: CRL #1 does not parse",
+        crl.display()
+    );
+    assert!(
+        stderr.lines().any(|l| l.starts_with(&want)),
+        "{want:?} in:\n{stderr}"
+    );
 }

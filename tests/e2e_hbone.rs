@@ -262,3 +262,293 @@ async fn long_lived_tunnel_survives_certificate_rotations() {
     );
     assert_eq!(seen.peer.ip(), common::client_ip(true));
 }
+
+/// A certificate serial as `/config_dump` shows it (decimal) in big-endian bytes.
+fn serial_bytes(decimal: &str) -> Vec<u8> {
+    let mut bytes: Vec<u8> = Vec::new();
+    for d in decimal.bytes() {
+        assert!(d.is_ascii_digit(), "serial {decimal:?}");
+        let mut carry = u32::from(d - b'0');
+        for b in bytes.iter_mut().rev() {
+            let v = u32::from(*b) * 10 + carry;
+            *b = (v & 0xff) as u8;
+            carry = v >> 8;
+        }
+        while carry > 0 {
+            bytes.insert(0, (carry & 0xff) as u8);
+            carry >>= 8;
+        }
+    }
+    bytes
+}
+
+/// Replaces `path` whole (rename), as a ConfigMap update or an editor does.
+fn publish(path: &std::path::Path, data: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A captured connection from the client pod must not carry bytes: the HBONE handshake behind
+/// it is refused, so the client ambit closes it (EOF or reset) within [`STEP`].
+async fn assert_flow_refused(mesh: &Mesh) {
+    let mut s = client_connect(mesh, common::app_addr(false)).await;
+    let _ = s.write_all(b"are you there?").await;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(STEP, s.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!("a revoked client got {n} bytes back"),
+        Err(_) => panic!("the refused flow was not closed within {STEP:?}"),
+    }
+}
+
+/// `CRL_PATH` end to end: a long flow runs; the client's certificate is revoked by rewriting the
+/// CRL file (signed by the built-in CA's root); the server ambit cuts the flow, refuses new
+/// handshakes, and says why in its log and metrics; then garbage in the file keeps the
+/// revocation in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_client_is_cut_and_refused_and_garbage_keeps_the_crl() {
+    revocation_case("crl_revocation", None).await;
+}
+
+/// The same over HBONE on QUIC: its handshakes use the same verifiers, and a QUIC connection is
+/// closed the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_client_is_cut_and_refused_over_quic() {
+    revocation_case("crl_revocation_h3", Some("h3")).await;
+}
+
+/// A two-pod mesh whose ambits both read `CRL_PATH` (absent at start: accepted, and picked up
+/// when it appears, as before the ConfigMap lands), then given a first CRL that revokes
+/// something else. Returns the mesh, the file's directory (kept alive), its path, and the
+/// built-in CA that signs the CRLs.
+async fn crl_mesh(
+    test: &str,
+    transport: Option<&str>,
+) -> (
+    Mesh,
+    common::TempDir,
+    std::path::PathBuf,
+    ambit::identity::BuiltinCa,
+) {
+    let crl_dir = common::TempDir::new(test);
+    let crl_path = crl_dir.path().join("ca-crl.pem");
+    let mut env = vec![("CRL_PATH", crl_path.display().to_string())];
+    if let Some(t) = transport {
+        env.push(("AMBIT_HBONE_TRANSPORT", t.to_string()));
+    }
+    let opts = MeshOpts {
+        client_env: env.clone(),
+        server_env: env,
+        ..MeshOpts::default()
+    };
+    let mesh = Mesh::start(test, opts).await;
+    let ca = ambit::identity::BuiltinCa::load_or_create(&mesh.ca_dir, Duration::from_secs(3600))
+        .unwrap();
+    publish(&crl_path, ca.crl_pem(&[vec![0x42]]).unwrap().as_bytes());
+    for p in [&mesh.server_ambit, &mesh.client_ambit] {
+        mesh::wait_log_line(p, &["CRL reloaded", "revoked=1"]).await;
+    }
+    (mesh, crl_dir, crl_path, ca)
+}
+
+/// The serial of the certificate the ambit in `ns` serves, from its own `/config_dump`.
+async fn served_serial(ns: &ambit_lab::Netns) -> Vec<u8> {
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], 15000));
+    let dump = ambit_lab::http_get(ns, admin, "/config_dump", STEP)
+        .await
+        .unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&dump.body).unwrap();
+    let decimal = dump["certificates"][0]["certChain"][0]["serialNumber"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    serial_bytes(&decimal)
+}
+
+/// Waits (bounded) until `flow` is closed under it; returns how long that took. The flow is
+/// poked every 100 ms: nothing signals a cut but the socket itself.
+async fn wait_cut(flow: &mut tokio::net::TcpStream) -> Duration {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    loop {
+        let _ = flow.write_all(b"still there?").await;
+        match tokio::time::timeout(STEP, flow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {
+                assert!(started.elapsed() < STEP, "the flow outlived the revocation");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => panic!("the revoked flow was not closed within {STEP:?}"),
+        }
+    }
+}
+
+async fn revocation_case(test: &str, transport: Option<&str>) {
+    let (mesh, _crl_dir, crl_path, ca) = crl_mesh(test, transport).await;
+    // The CRL in force revokes something else: the flow runs.
+    let _echo = servers::echo(&mesh.pair.server, common::APP_PORT);
+    let mut flow = client_connect(&mesh, common::app_addr(false)).await;
+    mesh::echo_once(&mut flow, b"before the revocation").await;
+
+    let serial = served_serial(&mesh.pair.client).await;
+    let serial_hex = common::hex(&serial);
+    publish(
+        &crl_path,
+        ca.crl_pem(&[vec![0x42], serial.clone()])
+            .unwrap()
+            .as_bytes(),
+    );
+    // The flow is cut within a bounded time (two polls of the file, then at once).
+    let cut = wait_cut(&mut flow).await;
+    assert!(cut < Duration::from_secs(5), "cut after {cut:?}");
+    let why = mesh::wait_log_line(
+        &mesh.server_ambit,
+        &["closing HBONE connection", &format!("serial={serial_hex}")],
+    )
+    .await;
+    assert!(
+        why.contains("direction=\"inbound\"") || why.contains("direction=inbound"),
+        "{why}"
+    );
+    assert!(why.contains(&mesh::spiffe(mesh::CLIENT_WL)), "{why}");
+    let line = wait_access_line(
+        &mesh.server_ambit,
+        &["direction=inbound", &format!("error*={serial_hex}")],
+    )
+    .await;
+    assert!(
+        line.get("error")
+            .is_some_and(|e| e.contains("revoked by CRL (HBONE connection closed)")),
+        "{line}"
+    );
+    assert_eq!(line.get("transport"), transport, "carried as asked: {line}");
+    let metrics = mesh::scrape(&mesh.pair.server).await;
+    assert_eq!(
+        mesh::sample(
+            &metrics,
+            "istio_crl_policy_rejections_total",
+            &["reporter=\"destination\""]
+        ),
+        Some(1),
+        "{metrics}"
+    );
+    assert_eq!(
+        mesh::sample(
+            &metrics,
+            "istio_tcp_connections_closed_total",
+            &[
+                "reporter=\"destination\"",
+                "response_flags=\"CERT_REVOKED\""
+            ]
+        ),
+        Some(1)
+    );
+
+    // New connections are refused at the handshake, and counted.
+    assert_flow_refused(&mesh).await;
+    mesh::wait_access_line(
+        &mesh.server_ambit,
+        &["error*=Revoked", "error*=TLS handshake"],
+    )
+    .await;
+    let refused = mesh::scrape(&mesh.pair.server).await;
+    let after_refusal = mesh::sample(
+        &refused,
+        "istio_crl_policy_rejections_total",
+        &["reporter=\"destination\""],
+    )
+    .unwrap();
+    assert!(after_refusal >= 2, "{refused}");
+
+    // Garbage in the file: a logged error, and the revocation stays in force.
+    publish(&crl_path, b"this is not a CRL\n");
+    mesh::wait_log_line(
+        &mesh.server_ambit,
+        &[
+            "CRL file change rejected",
+            "the last good CRL stays in force",
+        ],
+    )
+    .await;
+    assert_flow_refused(&mesh).await;
+    let last = mesh::wait_metric(
+        &mesh.pair.server,
+        "istio_crl_policy_rejections_total",
+        (after_refusal + 1) as f64,
+    )
+    .await;
+    assert!(last > after_refusal as f64, "refused again: {last}");
+}
+
+/// The other direction: the server's certificate is revoked; the client ambit cuts its pooled
+/// connection (the flow's line says why), counts it as `source`, and refuses a new handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_server_cuts_the_pooled_connection() {
+    revoked_server_case("crl_revoked_server", None).await;
+}
+
+/// The same with the client's pooled QUIC connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_server_cuts_the_pooled_quic_connection() {
+    revoked_server_case("crl_revoked_server_h3", Some("h3")).await;
+}
+
+async fn revoked_server_case(test: &str, transport: Option<&str>) {
+    let (mesh, _crl_dir, crl_path, ca) = crl_mesh(test, transport).await;
+    let _echo = servers::echo(&mesh.pair.server, common::APP_PORT);
+    let mut flow = client_connect(&mesh, common::app_addr(false)).await;
+    mesh::echo_once(&mut flow, b"before the revocation").await;
+
+    let serial = served_serial(&mesh.pair.server).await;
+    let serial_hex = common::hex(&serial);
+    publish(&crl_path, ca.crl_pem(&[serial]).unwrap().as_bytes());
+    let cut = wait_cut(&mut flow).await;
+    assert!(cut < Duration::from_secs(5), "cut after {cut:?}");
+    mesh::wait_log_line(
+        &mesh.client_ambit,
+        &[
+            "closing HBONE connection",
+            "outbound",
+            &format!("serial={serial_hex}"),
+            &mesh::spiffe(mesh::SERVER_WL),
+        ],
+    )
+    .await;
+    let metrics = mesh::scrape(&mesh.pair.client).await;
+    assert_eq!(
+        mesh::sample(
+            &metrics,
+            "istio_crl_policy_rejections_total",
+            &["reporter=\"source\""]
+        ),
+        Some(1),
+        "{metrics}"
+    );
+    // The flow's own line says why.
+    let line = wait_access_line(
+        &mesh.client_ambit,
+        &["direction=outbound", &format!("error*={serial_hex}")],
+    )
+    .await;
+    assert!(
+        line.get("error")
+            .is_some_and(|e| e.contains("revoked by CRL (HBONE connection closed)")),
+        "{line}"
+    );
+    assert_eq!(line.get("transport"), transport, "carried as asked: {line}");
+    let metrics = mesh::scrape(&mesh.pair.client).await;
+    assert_eq!(
+        mesh::sample(
+            &metrics,
+            "istio_tcp_connections_closed_total",
+            &["reporter=\"source\"", "response_flags=\"CERT_REVOKED\""]
+        ),
+        Some(1)
+    );
+    // A new connection: the client's verifier refuses the revoked server.
+    assert_flow_refused(&mesh).await;
+    let refused =
+        mesh::wait_metric(&mesh.pair.client, "istio_crl_policy_rejections_total", 2.0).await;
+    assert!(refused >= 2.0, "{refused}");
+}

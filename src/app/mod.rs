@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, LocalConfigSource, ProxyMode};
 use crate::core::Identity;
-use crate::identity::{SecretManager, SecretManagerConfig};
+use crate::identity::{CRL_POLL_INTERVAL, CrlReloader, SecretManager, SecretManagerConfig};
 use crate::inpod::{
     CertificateSource, DnsSettings, HostNetns, InpodConfig, PodExtras, WorkloadManager,
     WorkloadManagerInputs,
@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, LocalWorkload, Proxy, ProxyConfig, ProxyInputs};
 use crate::state::{StateView, StateWriter};
 use crate::telemetry::LogHandle;
-use crate::tls::CertProvider;
+use crate::tls::{CertProvider, TlsPolicy};
 use crate::xds;
 
 /// Runs the node proxy until SIGTERM/SIGINT, then drains. Returns an error for anything that
@@ -129,6 +129,17 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
 
     // Control-plane clients (control_plane.rs) and certificates live on the control runtime:
     // xDS, issuance and refresh never run on data workers.
+    // A CRL file that exists but does not parse stops the start: serving without the
+    // revocations it was meant to carry would fail open.
+    let crl_reloader = match &config.crl_path {
+        Some(path) => Some(CrlReloader::load(path.clone()).context("CRL_PATH")?),
+        None => None,
+    };
+    let tls_policy = TlsPolicy {
+        tls12: config.tls12_enabled,
+        pqc: config.pqc,
+        crl: crl_reloader.as_ref().map(CrlReloader::handle),
+    };
     let (secrets, xds_client) = {
         let _enter = control.enter();
         let ca = control_plane::ca_client(&config)?;
@@ -136,7 +147,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
             .and_then(|w| control_plane::xds_client(&config, w, &readiness))
             .map(|c| c.with_metrics(metrics.xds.clone()));
         (
-            SecretManager::new(ca, SecretManagerConfig::default()),
+            SecretManager::with_tls_policy(ca, SecretManagerConfig::default(), tls_policy),
             xds_client,
         )
     };
@@ -281,6 +292,9 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                 let manager = manager.map(|m| tokio::spawn(m.run(control_drain.clone())));
                 if let Some(r) = reloader {
                     tokio::spawn(r.run(xds::local::DEFAULT_POLL_INTERVAL, control_drain.clone()));
+                }
+                if let Some(r) = crl_reloader {
+                    tokio::spawn(r.run(CRL_POLL_INTERVAL, control_drain.clone()));
                 }
                 match identity {
                     Some((local, view, from_xds)) => {

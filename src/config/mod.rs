@@ -119,6 +119,14 @@ pub struct Config {
     pub authz_policy_info_logging: bool,
     /// Application tunnels deliver over loopback (`LOCALHOST_APP_TUNNEL`, default true).
     pub localhost_app_tunnel: bool,
+    /// `CRL_PATH`: a PEM (or DER) file of CRLs every mTLS handshake checks the peer against,
+    /// reloaded when it changes; unset: no revocation checks.
+    pub crl_path: Option<PathBuf>,
+    /// `TLS12_ENABLED`: TLS 1.2 peers are accepted besides TLS 1.3 (ztunnel's FIPS set-ups).
+    pub tls12_enabled: bool,
+    /// `COMPLIANCE_POLICY=pqc`: only the X25519MLKEM768 key exchange is negotiated. Other
+    /// values (Istio also knows `fips-140-2`) change nothing here, as in ztunnel.
+    pub pqc: bool,
     pub outlier: Outlier,
     /// `AMBIT_HANDSHAKE_TIMEOUT` (default 10s): inbound HBONE connections must finish their
     /// TLS handshake within it.
@@ -499,6 +507,9 @@ impl Config {
             localhost_app_tunnel: env
                 .parse("LOCALHOST_APP_TUNNEL", parse::boolean)?
                 .unwrap_or(true),
+            crl_path: env.get("CRL_PATH").map(PathBuf::from),
+            tls12_enabled: env.parse("TLS12_ENABLED", parse::boolean)?.unwrap_or(false),
+            pqc: env.get("COMPLIANCE_POLICY").as_deref() == Some("pqc"),
             outlier: Outlier {
                 enabled: env
                     .parse("AMBIT_OUTLIER_DETECTION", parse::boolean)?

@@ -368,3 +368,32 @@ fn istio_chart_environment_is_accepted() {
     assert_eq!(c.connection_termination_deadline, Duration::from_secs(25));
     assert_eq!(c.cluster_id, "Kubernetes");
 }
+
+#[test]
+fn tls_policy_and_crl_path() {
+    let c = with(&[]).unwrap();
+    assert_eq!(
+        (c.crl_path.as_deref(), c.tls12_enabled, c.pqc),
+        (None, false, false)
+    );
+    let c = with(&[
+        ("CRL_PATH", "/var/run/secrets/istio/crl/ca-crl.pem"),
+        ("TLS12_ENABLED", "true"),
+        ("COMPLIANCE_POLICY", "pqc"),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.crl_path.as_deref(),
+        Some(std::path::Path::new(
+            "/var/run/secrets/istio/crl/ca-crl.pem"
+        ))
+    );
+    assert!(c.tls12_enabled && c.pqc);
+    // Istio's other compliance policy is not ztunnel's business: accepted, no change.
+    let c = with(&[("COMPLIANCE_POLICY", "fips-140-2"), ("CRL_PATH", "")]).unwrap();
+    assert!(!c.pqc && c.crl_path.is_none());
+    assert_eq!(
+        error("TLS12_ENABLED", "yes"),
+        "TLS12_ENABLED=\"yes\": not a boolean (true or false)"
+    );
+}

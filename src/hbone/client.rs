@@ -11,7 +11,9 @@
 //!   given back when the stream (both halves) is dropped, so the pool's limits also cover
 //!   requests still in flight.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri};
@@ -27,6 +29,8 @@ use super::{H2Config, HboneError, keepalive};
 pub struct H2Client {
     send: h2::client::SendRequest<Bytes>,
     state: Arc<watch::Sender<ConnState>>,
+    /// Why the connector's cut signal closed the connection, once it did.
+    cut: Arc<OnceLock<String>>,
     /// Our own cap on concurrent streams (`pool_max_streams_per_conn`).
     max_streams: usize,
 }
@@ -44,10 +48,28 @@ pub(crate) struct ConnState {
 /// One live stream's share of its connection's stream count; dropping it gives the share back.
 pub(crate) struct StreamSlot {
     state: Arc<watch::Sender<ConnState>>,
+    pub(crate) cut: Arc<OnceLock<String>>,
 }
+
+/// A future the connector hands over with a transport: when it resolves (with a reason), the
+/// connection is closed at once, streams and all. Used for a peer whose certificate a CRL
+/// revokes; this module only knows it as a reason.
+pub type CutWhen = Pin<Box<dyn Future<Output = String> + Send>>;
 
 /// Opens an HTTP/2 client connection over `io` and spawns its driver (with PING keepalive).
 pub async fn handshake<IO>(io: IO, cfg: &H2Config) -> Result<H2Client, HboneError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    handshake_until(io, cfg, None).await
+}
+
+/// [`handshake`], with the driver also closing the connection when `cut` resolves.
+pub async fn handshake_until<IO>(
+    io: IO,
+    cfg: &H2Config,
+    cut: Option<CutWhen>,
+) -> Result<H2Client, HboneError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -66,13 +88,26 @@ where
     let state = Arc::new(watch::Sender::new(ConnState::default()));
     let ping = keepalive(conn.ping_pong(), cfg.ping_interval, cfg.ping_timeout);
     let driver_state = state.clone();
+    let cut_reason = Arc::new(OnceLock::new());
+    let driver_cut = cut_reason.clone();
     tokio::spawn(async move {
         let mut close_rx = driver_state.subscribe();
+        let cut = async move {
+            match cut {
+                Some(c) => c.await,
+                None => std::future::pending().await,
+            }
+        };
         let result = tokio::select! {
             r = &mut conn => r.map_err(HboneError::from),
             e = ping => Err(e),
             // Dropping `conn` closes the transport; the pool only closes idle connections.
             _ = close_rx.wait_for(|s| s.closed) => Ok(()),
+            // Recorded before `conn` drops, so streams failing with it can tell why.
+            reason = cut => {
+                let _ = driver_cut.set(reason);
+                Ok(())
+            }
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "hbone client connection ended");
@@ -83,6 +118,7 @@ where
     Ok(H2Client {
         send,
         state,
+        cut: cut_reason,
         max_streams: cfg.pool_max_streams_per_conn.max(1) as usize,
     })
 }
@@ -158,6 +194,7 @@ impl H2Client {
         });
         taken.then(|| StreamSlot {
             state: self.state.clone(),
+            cut: self.cut.clone(),
         })
     }
 
@@ -187,6 +224,7 @@ impl H2Client {
         self.state.send_modify(|s| s.streams += 1);
         StreamSlot {
             state: self.state.clone(),
+            cut: self.cut.clone(),
         }
     }
 

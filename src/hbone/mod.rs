@@ -15,6 +15,9 @@
 //! - This module is generic over the transport: TLS (or nothing, in tests) is put under it by the
 //!   caller, so it never imports `tls`.
 //! - Requests are classic CONNECT: `:method CONNECT` and `:authority`, no `:scheme` / `:path`.
+//! - A connector may hand over a cut signal with its transport ([`Connected::cut_when`]): the
+//!   pooled connection closes, streams and all, when it resolves, and each stream can read
+//!   the reason ([`H2Stream::cut_probe`]). The proxy uses it for a server a CRL revokes.
 //! - A stream is a raw byte pipe after a `200`; END_STREAM is a half-close, and a peer's
 //!   `RST_STREAM` with `NO_ERROR` or `CANCEL` reads as end of stream.
 
@@ -31,13 +34,13 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use client::{H2Client, connect_once, handshake};
+pub use client::{CutWhen, H2Client, connect_once, handshake, handshake_until};
 pub use headers::{
     Baggage, ConnectHeaders, ConnectRequest, Forwarded, HeaderError, TraceParent, WorkloadType,
 };
-pub use pool::{AsyncReadWrite, BoxedIo, Connector, Pool, PoolKey};
+pub use pool::{AsyncReadWrite, BoxedIo, Connected, Connector, Pool, PoolKey};
 pub use server::{InboundRequest, serve};
-pub use stream::{H2Recv, H2Send, H2Stream};
+pub use stream::{CutProbe, H2Recv, H2Send, H2Stream};
 
 /// HTTP/2 settings for both sides of an HBONE connection, plus the pool's limits.
 ///

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::core::Identity;
 
-use super::client::{H2Client, StreamSlot, handshake};
+use super::client::{CutWhen, H2Client, StreamSlot, handshake_until};
 use super::headers::ConnectRequest;
 use super::stream::H2Stream;
 use super::{H2Config, HboneError};
@@ -47,13 +47,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncReadWrite for T {}
 /// A boxed transport (TCP + TLS in production).
 pub type BoxedIo = Box<dyn AsyncReadWrite>;
 
+/// An opened transport, and optionally the signal that must close the connection over it.
+pub struct Connected {
+    pub io: BoxedIo,
+    pub cut_when: Option<CutWhen>,
+}
+
+impl From<BoxedIo> for Connected {
+    fn from(io: BoxedIo) -> Self {
+        Connected { io, cut_when: None }
+    }
+}
+
 /// Opens the transport (TCP + TLS, verifying `key.expected`) for a key. Implemented by the
 /// caller so this module stays independent of TLS.
 pub trait Connector: Send + Sync + 'static {
     fn connect(
         &self,
         key: &PoolKey,
-    ) -> Pin<Box<dyn Future<Output = Result<BoxedIo, HboneError>> + Send + '_>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Connected, HboneError>> + Send + '_>>;
 }
 
 /// The pool. Clones share it.
@@ -205,8 +217,8 @@ impl Pool {
         // Boxed: the handshake's state is large and needed once per connection, not in the
         // task of every stream that goes through here.
         let opened = Box::pin(async {
-            let io = self.inner.connector.connect(key).await?;
-            handshake(io, &self.inner.cfg).await
+            let c = self.inner.connector.connect(key).await?;
+            handshake_until(c.io, &self.inner.cfg, c.cut_when).await
         });
         let client = match opened.await {
             Ok(c) => c,

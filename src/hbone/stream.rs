@@ -32,6 +32,16 @@ pub struct H2Stream {
     response_baggage: Option<Baggage>,
 }
 
+/// Reads why a stream's connection was cut by its connector's signal, if it was.
+#[derive(Clone, Debug)]
+pub struct CutProbe(Arc<std::sync::OnceLock<String>>);
+
+impl CutProbe {
+    pub fn reason(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
 /// The receiving half of a stream.
 pub struct H2Recv {
     inner: h2::RecvStream,
@@ -79,6 +89,12 @@ impl H2Stream {
 
     /// Splits into halves that move `Bytes` without copying. Data already buffered by
     /// `AsyncRead` but not yet read is lost, so split before reading through `AsyncRead`.
+    /// Why the connector cut this stream's connection, readable after the stream fails
+    /// (`None` for a server-side stream).
+    pub fn cut_probe(&self) -> Option<CutProbe> {
+        self.recv._slot.as_ref().map(|s| CutProbe(s.cut.clone()))
+    }
+
     pub fn split(self) -> (H2Recv, H2Send) {
         (self.recv, self.send)
     }

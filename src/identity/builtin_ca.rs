@@ -159,6 +159,36 @@ impl BuiltinCa {
     }
 }
 
+impl BuiltinCa {
+    /// A CRL signed by this CA's root listing `serials` (each a certificate's DER serial
+    /// bytes), PEM-encoded: what an operator publishes at `CRL_PATH` to revoke leaves it issued.
+    pub fn crl_pem(&self, serials: &[Vec<u8>]) -> Result<String, IdentityError> {
+        let now = time::OffsetDateTime::now_utc();
+        let crl_number = u64::try_from(now.unix_timestamp()).unwrap_or_default();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - CLOCK_SKEW,
+            next_update: now + ROOT_VALIDITY,
+            crl_number: SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(s),
+                    revocation_time: now - CLOCK_SKEW,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.issuer)
+            .map_err(|e| bad_root(Path::new("<crl>"), format!("signing a CRL: {e}")))?;
+        crl.pem()
+            .map_err(|e| bad_root(Path::new("<crl>"), format!("encoding a CRL: {e}")))
+    }
+}
+
 impl CaClient for BuiltinCa {
     fn issue(
         &self,

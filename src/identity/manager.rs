@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::{CaClient, IdentityError};
 use crate::core::Identity;
-use crate::tls::{CertProvider, TlsError, WorkloadCertificate};
+use crate::tls::{CertProvider, TlsError, TlsPolicy, WorkloadCertificate};
 
 /// Tuning of the certificate manager.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -83,6 +83,8 @@ struct Shared {
     cfg: SecretManagerConfig,
     permits: Semaphore,
     issuances: AtomicU64,
+    /// Applied to every issued certificate (`TLS12_ENABLED`, `COMPLIANCE_POLICY`, `CRL_PATH`).
+    tls: Option<TlsPolicy>,
 }
 
 /// An identity's cache slot, published by its worker.
@@ -103,12 +105,28 @@ struct Entry {
 impl SecretManager {
     /// Creates the manager. Must be called inside a tokio runtime: refresh workers are spawned on it.
     pub fn new(ca: Arc<dyn CaClient>, cfg: SecretManagerConfig) -> Arc<Self> {
+        Self::build(ca, cfg, None)
+    }
+
+    /// [`SecretManager::new`] whose certificates serve handshakes under `policy` (the CA's
+    /// certificates are used as issued when the policy is the default).
+    pub fn with_tls_policy(
+        ca: Arc<dyn CaClient>,
+        cfg: SecretManagerConfig,
+        policy: TlsPolicy,
+    ) -> Arc<Self> {
+        let is_default = !policy.tls12 && !policy.pqc && policy.crl.is_none();
+        Self::build(ca, cfg, (!is_default).then_some(policy))
+    }
+
+    fn build(ca: Arc<dyn CaClient>, cfg: SecretManagerConfig, tls: Option<TlsPolicy>) -> Arc<Self> {
         Arc::new(SecretManager {
             shared: Arc::new(Shared {
                 ca,
                 permits: Semaphore::new(cfg.max_in_flight.max(1)),
                 cfg,
                 issuances: AtomicU64::new(0),
+                tls,
             }),
             runtime: Handle::current(),
             entries: Mutex::new(HashMap::new()),
@@ -260,7 +278,17 @@ async fn run(shared: Arc<Shared>, id: Identity, slot: watch::Sender<Slot>) {
                 return; // The semaphore is never closed; nothing left to do if it were.
             };
             shared.issuances.fetch_add(1, Ordering::Relaxed);
-            shared.ca.issue(&id).await
+            let issued = shared.ca.issue(&id).await;
+            match (issued, &shared.tls) {
+                (Ok(cert), Some(policy)) => {
+                    cert.reconfigured(policy.clone())
+                        .map_err(|source| IdentityError::Unusable {
+                            identity: id.clone(),
+                            source: Box::new(source),
+                        })
+                }
+                (issued, _) => issued,
+            }
         };
         match result {
             Ok(cert) => {

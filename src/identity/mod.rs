@@ -7,6 +7,7 @@
 
 mod builtin_ca;
 mod caclient;
+mod crl;
 mod manager;
 
 #[cfg(test)]
@@ -23,6 +24,7 @@ use crate::tls::{TlsError, WorkloadCertificate};
 
 pub use builtin_ca::BuiltinCa;
 pub use caclient::{CaClientConfig, CaClientError, IstioCaClient};
+pub use crl::{CRL_POLL_INTERVAL, CrlReload, CrlReloader};
 pub use manager::{CertificateState, CertificateStatus, SecretManager, SecretManagerConfig};
 
 /// The issuer seam: something that can mint a certificate for a workload identity (the mesh CA

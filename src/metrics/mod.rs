@@ -76,6 +76,28 @@ pub struct ProxyMetrics {
     pub hbone_transport_fallbacks: Counter,
     /// Istio's `istio_tcp_*` families.
     pub traffic: TrafficMetrics,
+    /// `istio_crl_policy_rejections_total{reporter}`: handshakes refused and live connections
+    /// closed because a CRL revokes the peer (ztunnel's family).
+    pub crl_policy_rejections: Family<CrlLabels, Counter>,
+    /// `istio_crl_untracked_connections_total{reporter}`: connections a CRL reload could not
+    /// re-check (ztunnel's family; ambit tracks every mTLS connection, so it stays at zero
+    /// unless a peer chain cannot be read).
+    pub crl_untracked_connections: Family<CrlLabels, Counter>,
+}
+
+/// Labels of the `istio_crl_*` families: `source` for outbound, `destination` for inbound.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CrlLabels {
+    pub reporter: Reporter,
+}
+
+impl ProxyMetrics {
+    /// Counts one CRL refusal or closure on the `reporter` side.
+    pub fn crl_rejected(&self, reporter: Reporter) {
+        self.crl_policy_rejections
+            .get_or_create(&CrlLabels { reporter })
+            .inc();
+    }
 }
 
 /// The label of `ambit_accept_failures_total`.
@@ -188,6 +210,16 @@ impl Metrics {
             "tcp_received_bytes",
             "The size of total bytes received during request in case of a TCP connection",
             t.received_bytes.clone(),
+        );
+        istio.register(
+            "crl_policy_rejections",
+            "The total number of connections rejected due to CRL certificate revocation",
+            proxy.crl_policy_rejections.clone(),
+        );
+        istio.register(
+            "crl_untracked_connections",
+            "The total number of connections not tracked for CRL enforcement",
+            proxy.crl_untracked_connections.clone(),
         );
         let xds = XdsMetrics::default();
         xds.register(istio);

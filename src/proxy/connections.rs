@@ -30,6 +30,7 @@ use crate::state::StateView;
 
 use super::accesslog::ConnectionLog;
 use super::outbound::run_until_forced;
+use super::revocation::RevokedSignal;
 use super::{ProxyInputs, authz};
 
 /// The registry of live inbound connections. Cloning shares it.
@@ -231,16 +232,24 @@ impl Drop for OutboundRegistration {
     }
 }
 
-/// Runs an authorized connection's copy until it ends, the drain deadline passes, or a state
-/// change revokes it; then writes its access-log line (and counts a revocation).
+/// Runs an authorized connection's copy until it ends, the drain deadline passes, a state
+/// change revokes it, or its HBONE connection is closed for a revoked peer certificate; then
+/// writes its access-log line (and counts a revocation).
 pub(super) async fn run_authorized(
     pi: &ProxyInputs,
     copy: impl std::future::Future<Output = std::io::Result<()>>,
     drain: &DrainWatcher,
-    registration: &mut Registration,
+    (registration, cert_revoked): (&mut Registration, &mut RevokedSignal),
     mut log: ConnectionLog,
 ) {
     tokio::select! {
+        // First: the signal is raised before the connection is dropped, so a copy that fails
+        // because of that drop is still put down to the revocation.
+        biased;
+        revoked = cert_revoked.fired() => {
+            log.response_flags = Some(ResponseFlag::CertRevoked);
+            log.fail(&format_args!("{revoked} (HBONE connection closed)"));
+        }
         done = run_until_forced(copy, drain) => match done {
             Some(Ok(())) => log.complete(),
             Some(Err(e)) => {

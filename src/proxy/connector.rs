@@ -5,10 +5,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::hbone::{BoxedIo, ConnectStage, Connector, HboneError, PoolKey};
-use crate::metrics::{DirectionLabel, HboneTransportLabel, TransportLabels};
-use crate::tls;
+use crate::hbone::{BoxedIo, ConnectStage, Connected, Connector, CutWhen, HboneError, PoolKey};
+use crate::metrics::{DirectionLabel, HboneTransportLabel, Reporter, TransportLabels};
+use crate::tls::{self, PeerRole};
 
+use super::revocation::watch_peer;
 use super::{ProxyInputs, socket};
 
 pub(super) struct TlsConnector {
@@ -25,7 +26,7 @@ impl Connector for TlsConnector {
     fn connect(
         &self,
         key: &PoolKey,
-    ) -> Pin<Box<dyn Future<Output = Result<BoxedIo, HboneError>> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Connected, HboneError>> + Send + '_>> {
         let key = key.clone();
         Box::pin(async move {
             let pi = &self.inputs;
@@ -53,8 +54,24 @@ impl Connector for TlsConnector {
                     HboneError::connect_at(key.dst, stage, e)
                 })?;
             let tls = tls::connect(config, tcp).await.map_err(|e| {
+                if e.is_revoked() {
+                    pi.metrics.crl_rejected(Reporter::Source);
+                }
                 HboneError::connect_at(key.dst, ConnectStage::Tls, format!("TLS: {e}"))
             })?;
+            // The pooled connection is cut when a CRL reload revokes the server (revocation.rs).
+            let cut_when: Option<CutWhen> = cert.policy().crl.as_ref().and_then(|_| {
+                let conn = tls.get_ref().1;
+                let server = tls::peer_identity(conn).ok()?;
+                let (revoked, _) = watch_peer(
+                    &pi.metrics,
+                    &cert,
+                    conn.peer_certificates(),
+                    PeerRole::Server,
+                    (key.dst, &server),
+                );
+                Some(Box::pin(async move { revoked.await.to_string() }) as CutWhen)
+            });
             pi.metrics.hbone_connections_opened.inc();
             pi.metrics
                 .hbone_connections
@@ -63,7 +80,10 @@ impl Connector for TlsConnector {
                     direction: DirectionLabel::outbound,
                 })
                 .inc();
-            Ok(Box::new(tls) as BoxedIo)
+            Ok(Connected {
+                io: Box::new(tls) as BoxedIo,
+                cut_when,
+            })
         })
     }
 }

@@ -303,7 +303,12 @@ pub(super) async fn connect(
         inner: outer,
         drain: None,
     };
-    let tls = tls::connect(config, outer).await.map_err(inner_tls)?;
+    let tls = tls::connect(config, outer).await.map_err(|e| {
+        if e.is_revoked() {
+            pi.metrics.crl_rejected(crate::metrics::Reporter::Source);
+        }
+        inner_tls(e)
+    })?;
     req.headers.forwarded_network = Some(pi.cfg.network.clone());
     hbone::connect_once(tls, &pi.cfg.h2, &req)
         .await

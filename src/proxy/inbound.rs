@@ -25,14 +25,17 @@ use tokio::net::TcpStream;
 use crate::core::{Authority, Identity};
 use crate::hbone;
 use crate::lifecycle::DrainWatcher;
-use crate::metrics::{DirectionLabel, HboneTransportLabel, ResponseFlag, TransportLabels};
+use crate::metrics::{
+    DirectionLabel, HboneTransportLabel, Reporter, ResponseFlag, TransportLabels,
+};
 use crate::rbac::ConnFacts;
-use crate::tls;
+use crate::tls::{self, PeerRole};
 
 use super::accesslog::{ConnectionLog, Direction, inbound_labels};
 use super::connections::ConnectionTracker;
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::handshake::PendingHandshakes;
+use super::revocation::{RevokedSignal, watch_peer};
 use super::transport::InboundTunnel;
 use super::{
     ILLEGAL_PORTS, ProxyInputs, authz, proxyproto, run_authorized, same_family_ip, socket, waypoint,
@@ -78,6 +81,9 @@ pub(super) async fn handle(
         Ok(Ok(ok)) => ok,
         Ok(Err(e)) => {
             pi.metrics.inbound_handshake_failures.inc();
+            if e.is_revoked() {
+                pi.metrics.crl_rejected(Reporter::Destination);
+            }
             return early(&format_args!("TLS handshake: {e}"));
         }
         Err(_) => {
@@ -90,6 +96,13 @@ pub(super) async fn handle(
     drop(slot);
     pi.metrics.inbound_handshakes.inc();
     count_connection(&pi, HboneTransportLabel::h2);
+    let (revoked, signal) = watch_peer(
+        &pi.metrics,
+        &cert,
+        tls.get_ref().1.peer_certificates(),
+        PeerRole::Client,
+        (peer, &peer_id),
+    );
     let shutdown = {
         let d = drain.clone();
         async move { d.draining().await }
@@ -104,11 +117,16 @@ pub(super) async fn handle(
                 peer_id.clone(),
                 req,
                 drain.clone(),
+                signal.clone(),
             )
         }
     };
-    if let Err(e) = hbone::serve(tls, &pi.cfg.h2, shutdown, handler).await {
-        tracing::debug!(src = %peer, error = %e, "HBONE connection ended with an error");
+    // A revoked peer's connection is dropped whole: every stream on it ends (see revocation.rs).
+    tokio::select! {
+        r = hbone::serve(tls, &pi.cfg.h2, shutdown, handler) => if let Err(e) = r {
+            tracing::debug!(src = %peer, error = %e, "HBONE connection ended with an error");
+        },
+        _ = revoked => {}
     }
 }
 
@@ -133,6 +151,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
     peer_id: Identity,
     req: R,
     drain: DrainWatcher,
+    mut revoked: RevokedSignal,
 ) {
     let mut log = ConnectionLog::new(Direction::Inbound, peer);
     log.src_identity = Some(peer_id);
@@ -248,7 +267,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
         })
         .inc();
     let copy = copy_bidirectional(tunnel, tcp_halves(upstream), log.stats.clone());
-    run_authorized(&pi, copy, &drain, &mut registration, log).await;
+    run_authorized(&pi, copy, &drain, (&mut registration, &mut revoked), log).await;
 }
 
 /// Where a CONNECT to `target` is delivered on this pod, and the local workload it is for

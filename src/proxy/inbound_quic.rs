@@ -12,12 +12,14 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::lifecycle::DrainWatcher;
-use crate::metrics::HboneTransportLabel;
+use crate::metrics::{HboneTransportLabel, Reporter};
 use crate::quic;
+use crate::tls::PeerRole;
 
 use super::accesslog::{ConnectionLog, Direction};
 use super::connections::ConnectionTracker;
 use super::inbound::{count_connection, serve_stream};
+use super::revocation::watch_peer;
 use super::{ProxyInputs, socket};
 
 /// How long to wait before asking again for the certificate the endpoint starts with.
@@ -94,6 +96,9 @@ async fn handle(
             Ok(ok) => ok,
             Err(e) => {
                 pi.metrics.inbound_handshake_failures.inc();
+                if matches!(&e, quic::QuicError::Tls { error, .. } if error.is_revoked()) {
+                    pi.metrics.crl_rejected(Reporter::Destination);
+                }
                 let mut log = ConnectionLog::new(Direction::Inbound, peer);
                 log.dst = Some(local);
                 log.transport = Some(HboneTransportLabel::h3);
@@ -109,6 +114,14 @@ async fn handle(
         };
     pi.metrics.inbound_handshakes.inc();
     count_connection(&pi, HboneTransportLabel::h3);
+    let chain = quic::peer_chain(&conn);
+    let (revoked, signal) = watch_peer(
+        &pi.metrics,
+        &cert,
+        chain.as_deref().map(Vec::as_slice),
+        PeerRole::Client,
+        (peer, &peer_id),
+    );
     let shutdown = {
         let d = drain.clone();
         async move { d.draining().await }
@@ -123,6 +136,7 @@ async fn handle(
                 peer_id.clone(),
                 req,
                 drain.clone(),
+                signal.clone(),
             )
         }
     };
@@ -133,5 +147,7 @@ async fn handle(
             }
         }
         _ = drain.forced() => conn.close(0u32.into(), b"drain deadline"),
+        // Closed at once, every stream with it (see revocation.rs).
+        _ = revoked => conn.close(0u32.into(), b"peer certificate revoked"),
     }
 }

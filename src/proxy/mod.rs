@@ -19,6 +19,7 @@ mod outbound;
 pub mod outlier;
 mod passthrough;
 pub mod proxyproto;
+mod revocation;
 pub mod socket;
 pub mod socks5;
 mod transport;
@@ -201,6 +202,7 @@ impl Proxy {
         let pool = Pool::new(cfg.h2.clone(), Arc::new(connector));
         let quic_pool = quic_client.map(|endpoint| {
             QuicPool::new(cfg.transport.quic.clone(), endpoint, inputs.certs.clone())
+                .with_revoked_hook(revocation::quic_hook(inputs.metrics.clone()))
         });
         let transports =
             transport::Transports::new(pool, quic_pool, &cfg.transport, inputs.metrics.clone());

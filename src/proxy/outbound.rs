@@ -26,6 +26,7 @@ use super::connections::{ConnectionTracker, LiveOutbound, OutboundProtocol};
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::gateway::{self, GatewayError, GatewayRoute};
 use super::outlier::Outliers;
+use super::revocation::Cut;
 use super::transport::{TransportError, Transports, Tunnel};
 use super::waypoint::{self, WaypointError};
 use super::{ILLEGAL_PORTS, ProxyInputs, same_family_ip, socket};
@@ -388,6 +389,7 @@ pub(super) async fn relay(
     drain: &DrainWatcher,
 ) {
     let stats = log.stats.clone();
+    let mut cut = None;
     let copied = match upstream {
         Upstream::Plain(upstream) => {
             let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), stats);
@@ -395,22 +397,32 @@ pub(super) async fn relay(
         }
         Upstream::Hbone(tunnel, _) | Upstream::DoubleHbone(tunnel, _) => match *tunnel {
             Tunnel::H2(h2) => {
+                cut = h2.cut_probe().map(Cut::H2);
                 let copy = copy_bidirectional(tcp_halves(stream), h2.split(), stats);
                 run_until_forced(copy, drain).await
             }
             Tunnel::H3(recv, send) => {
+                cut = recv.cut_probe().map(Cut::H3);
                 let copy = copy_bidirectional(tcp_halves(stream), (recv, send), stats);
                 run_until_forced(copy, drain).await
             }
         },
     };
-    match copied {
-        Some(Ok(())) => log.complete(),
-        Some(Err(e)) => {
-            log.response_flags = Some(ResponseFlag::Connect);
-            log.fail(&e)
+    // A connection cut because a CRL revoked the peer fails its streams; say so.
+    let cut = cut.as_ref().and_then(Cut::reason);
+    match (copied, cut) {
+        (Some(Err(_)), Some(reason)) => {
+            log.response_flags = Some(ResponseFlag::CertRevoked);
+            log.fail(&format_args!("{reason} (HBONE connection closed)"))
         }
-        None => log.fail(&"closed at the drain deadline"),
+        (copied, _) => match copied {
+            Some(Ok(())) => log.complete(),
+            Some(Err(e)) => {
+                log.response_flags = Some(ResponseFlag::Connect);
+                log.fail(&e)
+            }
+            None => log.fail(&"closed at the drain deadline"),
+        },
     }
 }
 

@@ -73,5 +73,6 @@ pub(super) async fn handle(
         }
     };
     let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), log.stats.clone());
-    run_authorized(&pi, copy, &drain, &mut registration, log).await;
+    let mut never = super::revocation::RevokedSignal::never();
+    run_authorized(&pi, copy, &drain, (&mut registration, &mut never), log).await;
 }

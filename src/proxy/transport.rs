@@ -310,6 +310,15 @@ impl Transports {
         let request = h3_request(req).map_err(QuicError::from)?;
         let sent = quic.send(qkey, request).await;
         self.count_h3_connections(quic);
+        if let Err(QuicError::Tls {
+            by: quic::RefusedBy::Local,
+            error,
+            ..
+        }) = &sent
+            && error.is_revoked()
+        {
+            self.metrics.crl_rejected(crate::metrics::Reporter::Source);
+        }
         match sent {
             Ok((recv, send, _headers)) => {
                 self.count_stream(HboneTransportLabel::h3);

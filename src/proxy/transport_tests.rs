@@ -16,7 +16,7 @@ use tokio::time::timeout;
 
 use super::*;
 use crate::core::Identity;
-use crate::hbone::{BoxedIo, ConnectHeaders, Connector, H2Config};
+use crate::hbone::{BoxedIo, ConnectHeaders, Connected, Connector, H2Config};
 use crate::tls::{CertProvider, TlsError, WorkloadCertificate};
 
 const STEP: Duration = Duration::from_secs(10);
@@ -29,13 +29,13 @@ impl Connector for PlainTcp {
     fn connect(
         &self,
         key: &PoolKey,
-    ) -> Pin<Box<dyn Future<Output = Result<BoxedIo, HboneError>> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Connected, HboneError>> + Send + '_>> {
         let dst = key.dst;
         Box::pin(async move {
             let tcp = TcpStream::connect(dst)
                 .await
                 .map_err(|e| HboneError::connect(dst, e))?;
-            Ok(Box::new(tcp) as BoxedIo)
+            Ok(Connected::from(Box::new(tcp) as BoxedIo))
         })
     }
 }

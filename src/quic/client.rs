@@ -24,9 +24,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 
 use crate::core::Identity;
-use crate::tls::CertProvider;
+use crate::tls::{CertProvider, PeerRole, Revoked, chain_identity};
 
-use super::endpoint::client_config;
+use super::endpoint::{client_config, peer_chain};
 use super::handshake::handshake_error;
 use super::stream::{H3Recv, H3Send, client_halves};
 use super::{QuicConfig, QuicError};
@@ -46,10 +46,15 @@ pub struct QuicPool {
     inner: Arc<PoolInner>,
 }
 
+/// Told about every pooled connection closed because a CRL reload revoked its server.
+/// Arguments: the revocation, the server's address, and the identity it presented.
+pub type RevokedHook = Arc<dyn Fn(&Revoked, SocketAddr, Option<&Identity>) + Send + Sync>;
+
 struct PoolInner {
     cfg: QuicConfig,
     endpoint: quinn::Endpoint,
     certs: Arc<dyn CertProvider>,
+    revoked: Option<RevokedHook>,
     keys: Mutex<HashMap<QuicKey, Arc<KeyEntry>>>,
     opened: AtomicU64,
     shut: AtomicBool,
@@ -88,6 +93,24 @@ struct Usage {
     streams: AtomicUsize,
     /// Set when a stream is opened; the reaper clears it each period.
     used: AtomicBool,
+    /// Why the connection was closed for a revoked server, set before it is closed.
+    cut: std::sync::OnceLock<String>,
+}
+
+/// Reads why a stream's connection was closed for a revoked server, if it was.
+#[derive(Clone)]
+pub struct CutProbe(Arc<Usage>);
+
+impl CutProbe {
+    pub fn reason(&self) -> Option<&str> {
+        self.0.cut.get().map(String::as_str)
+    }
+}
+
+impl StreamGuard {
+    pub(crate) fn cut_probe(&self) -> CutProbe {
+        CutProbe(self.usage.clone())
+    }
 }
 
 /// A live stream's share of its connection; dropping it gives the share back.
@@ -120,11 +143,21 @@ impl QuicPool {
                 cfg,
                 endpoint,
                 certs,
+                revoked: None,
                 keys: Mutex::new(HashMap::new()),
                 opened: AtomicU64::new(0),
                 shut: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Calls `hook` for each connection closed because its server was revoked (to count and
+    /// log it). Set before the pool is shared.
+    pub fn with_revoked_hook(mut self, hook: RevokedHook) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.revoked = Some(hook);
+        }
+        self
     }
 
     /// Sends `request` (a CONNECT) on the key's connection, opening it if needed; on `200`
@@ -299,6 +332,25 @@ impl QuicPool {
             }
         };
         let dst = key.dst;
+        // Closed at once, streams and all, when a CRL reload revokes the server.
+        let usage: Arc<Usage> = Arc::default();
+        let chain = peer_chain(&quic);
+        let server = chain.as_deref().and_then(|c| chain_identity(c).ok());
+        if let Some(mut watch) = chain.and_then(|c| cert.watch_revocation(&c, PeerRole::Server)) {
+            let (conn, hook, cut) = (quic.clone(), inner.revoked.clone(), usage.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    revoked = watch.revoked() => {
+                        if let Some(hook) = hook {
+                            hook(&revoked, dst, server.as_ref());
+                        }
+                        let _ = cut.cut.set(revoked.to_string());
+                        conn.close(0u32.into(), b"peer certificate revoked");
+                    }
+                    _ = conn.closed() => {}
+                }
+            });
+        }
         tokio::spawn(async move {
             let e = poll_fn(|cx| driver.poll_close(cx)).await;
             if !e.is_h3_no_error() {
@@ -308,7 +360,7 @@ impl QuicPool {
         Ok(Conn {
             quic,
             send,
-            usage: Arc::default(),
+            usage,
             retired: AtomicBool::new(false),
         })
     }

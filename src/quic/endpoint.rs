@@ -132,11 +132,14 @@ pub async fn accept(
 
 /// The SPIFFE identity of a connection's peer (first URI SAN of its verified leaf).
 pub fn peer_identity(conn: &quinn::Connection) -> Result<Identity, TlsError> {
-    let chain = conn
-        .peer_identity()
-        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or(TlsError::NoPeerCertificate)?;
+    let chain = peer_chain(conn).ok_or(TlsError::NoPeerCertificate)?;
     chain_identity(&chain)
+}
+
+/// The chain a connection's peer presented (leaf first), as its handshake verified it.
+pub fn peer_chain(conn: &quinn::Connection) -> Option<Box<Vec<CertificateDer<'static>>>> {
+    conn.peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
 }
 
 /// The quinn server configuration for a rustls one (ALPN `h3`), with our transport settings.

@@ -37,9 +37,9 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use client::{QuicKey, QuicPool};
+pub use client::{CutProbe, QuicKey, QuicPool, RevokedHook};
 pub use endpoint::{
-    accept, bind_udp, client_endpoint, enable_server, peer_identity, server_endpoint,
+    accept, bind_udp, client_endpoint, enable_server, peer_chain, peer_identity, server_endpoint,
 };
 pub use handshake::RefusedBy;
 pub use server::{InboundRequest, serve};

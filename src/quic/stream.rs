@@ -103,6 +103,12 @@ fn is_clean_end(e: &StreamError) -> bool {
 // === impl H3Recv ===
 
 impl H3Recv {
+    /// Why a client stream's pooled connection was closed for a revoked server, readable after
+    /// the stream fails (`None` for a server-side stream).
+    pub fn cut_probe(&self) -> Option<super::client::CutProbe> {
+        self._guard.as_ref().map(|g| g.cut_probe())
+    }
+
     /// The next received data, or `None` at end of stream.
     ///
     /// quinn hands out received data about one datagram (~1.2 KB) at a time; written one by

@@ -12,14 +12,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::client::Resumption;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::version::TLS13;
+use rustls::version::{TLS12, TLS13};
 use rustls::{ClientConfig, InconsistentKeys, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use super::revocation::{PeerRole, RevocationWatch};
 use super::verify::{
-    ServerIdentityVerifier, TrustDomainVerifier, TrustRoots, provider, spiffe_identities,
+    ServerIdentityVerifier, TrustDomainVerifier, TrustRoots, provider, provider_for,
+    spiffe_identities,
 };
-use super::{ALPN_H2, ALPN_H3, TlsError};
+use super::{ALPN_H2, ALPN_H3, TlsError, TlsPolicy};
 use crate::core::Identity;
 
 /// How many distinct expected-identity sets keep a cached client configuration. A node talks to a
@@ -38,6 +40,7 @@ pub struct WorkloadCertificate {
     serial: Vec<u8>,
     certified: Arc<CertifiedKey>,
     trust: Arc<TrustRoots>,
+    policy: TlsPolicy,
     server_config: Arc<ServerConfig>,
     /// The same server configuration with ALPN `h3` (HBONE over QUIC).
     server_config_h3: Arc<ServerConfig>,
@@ -58,6 +61,16 @@ impl WorkloadCertificate {
         chain: Vec<CertificateDer<'static>>,
         key: PrivatePkcs8KeyDer<'static>,
         roots: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, TlsError> {
+        Self::with_policy(chain, key, roots, TlsPolicy::default())
+    }
+
+    /// [`WorkloadCertificate::new`] whose configurations follow `policy`.
+    pub fn with_policy(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivatePkcs8KeyDer<'static>,
+        roots: Vec<CertificateDer<'static>>,
+        policy: TlsPolicy,
     ) -> Result<Self, TlsError> {
         let leaf = chain
             .first()
@@ -85,8 +98,8 @@ impl WorkloadCertificate {
         }
         let certified = Arc::new(certified);
         let trust = Arc::new(TrustRoots::new(&roots)?);
-        let server_config = build_server_config(&identity, &certified, &trust)?;
-        let server_config_h3 = with_alpn_server(&server_config, ALPN_H3);
+        let server_config = build_server_config(&identity, &certified, &trust, &policy, false)?;
+        let server_config_h3 = build_server_config(&identity, &certified, &trust, &policy, true)?;
 
         Ok(WorkloadCertificate {
             identity,
@@ -98,6 +111,7 @@ impl WorkloadCertificate {
             serial,
             certified,
             trust,
+            policy,
             server_config,
             server_config_h3,
             client_configs: Mutex::new(HashMap::new()),
@@ -105,8 +119,33 @@ impl WorkloadCertificate {
         })
     }
 
+    /// The same certificate with configurations that follow `policy` instead.
+    pub fn reconfigured(&self, policy: TlsPolicy) -> Result<Self, TlsError> {
+        Self::with_policy(
+            self.chain.clone(),
+            self.key.clone_key(),
+            self.roots.clone(),
+            policy,
+        )
+    }
+
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    pub fn policy(&self) -> &TlsPolicy {
+        &self.policy
+    }
+
+    /// A watch on a live connection whose peer (in `role`) presented `chain`, against the CRLs
+    /// of this certificate's policy; `None` when the policy has no CRL.
+    pub fn watch_revocation(
+        &self,
+        chain: &[CertificateDer<'_>],
+        role: PeerRole,
+    ) -> Option<RevocationWatch> {
+        let crl = self.policy.crl.as_ref()?;
+        Some(crl.watch(chain, self.trust.clone(), role))
     }
 
     pub fn not_before(&self) -> SystemTime {
@@ -179,7 +218,13 @@ impl WorkloadCertificate {
         if let Some(cfg) = cache.get(&key) {
             return Ok(cfg.clone());
         }
-        let cfg = build_client_config(&self.certified, &self.trust, key.clone(), alpn)?;
+        let cfg = build_client_config(
+            &self.certified,
+            &self.trust,
+            &self.policy,
+            key.clone(),
+            alpn,
+        )?;
         if cache.len() >= CLIENT_CONFIG_CACHE {
             cache.clear();
         }
@@ -202,32 +247,54 @@ impl fmt::Debug for WorkloadCertificate {
     }
 }
 
+/// The protocol versions of `policy`; QUIC is TLS 1.3 by definition.
+fn versions(
+    policy: &TlsPolicy,
+    quic: bool,
+) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&TLS13];
+    static TLS13_AND_12: &[&rustls::SupportedProtocolVersion] = &[&TLS13, &TLS12];
+    if policy.tls12 && !quic {
+        TLS13_AND_12
+    } else {
+        TLS13_ONLY
+    }
+}
+
 fn build_server_config(
     identity: &Identity,
     certified: &Arc<CertifiedKey>,
     trust: &Arc<TrustRoots>,
+    policy: &TlsPolicy,
+    quic: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = TrustDomainVerifier::new(trust.clone(), identity.trust_domain());
-    let mut cfg = ServerConfig::builder_with_provider(provider().clone())
-        .with_protocol_versions(&[&TLS13])
+    let verifier =
+        TrustDomainVerifier::new(trust.clone(), identity.trust_domain(), policy.crl.clone());
+    let mut cfg = ServerConfig::builder_with_provider(provider_for(policy).clone())
+        .with_protocol_versions(versions(policy, quic))
         .map_err(TlsError::Handshake)?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified.clone())));
-    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    cfg.alpn_protocols = vec![if quic { ALPN_H3 } else { ALPN_H2 }.to_vec()];
     // Our clients never resume, so tickets would only cost a round of crypto per handshake.
     cfg.send_tls13_tickets = 0;
+    // Nor may anyone else: a resumed session (TLS 1.2 session IDs) skips the client-certificate
+    // check, and with it the CRL.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(cfg))
 }
 
 fn build_client_config(
     certified: &Arc<CertifiedKey>,
     trust: &Arc<TrustRoots>,
+    policy: &TlsPolicy,
     expected: Vec<Identity>,
     alpn: &[u8],
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let verifier = ServerIdentityVerifier::new(trust.clone(), expected);
-    let mut cfg = ClientConfig::builder_with_provider(provider().clone())
-        .with_protocol_versions(&[&TLS13])
+    let verifier =
+        ServerIdentityVerifier::new(trust.clone(), expected).with_crl(policy.crl.clone());
+    let mut cfg = ClientConfig::builder_with_provider(provider_for(policy).clone())
+        .with_protocol_versions(versions(policy, alpn == ALPN_H3))
         .map_err(TlsError::Handshake)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
@@ -236,13 +303,6 @@ fn build_client_config(
     cfg.enable_sni = false;
     cfg.resumption = Resumption::disabled();
     Ok(Arc::new(cfg))
-}
-
-/// A copy of `cfg` that advertises only `alpn`.
-fn with_alpn_server(cfg: &ServerConfig, alpn: &[u8]) -> Arc<ServerConfig> {
-    let mut cfg = cfg.clone();
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    Arc::new(cfg)
 }
 
 /// Converts an X.509 time (seconds since the epoch, possibly before it) to a `SystemTime`.

@@ -2,22 +2,32 @@
 //!
 //! Invariants (wire.md §2.1):
 //! - TLS 1.3 only; cipher suites exactly `TLS13_AES_256_GCM_SHA384` then `TLS13_AES_128_GCM_SHA256`
-//!   (aws-lc-rs); ALPN exactly `h2`, offered by clients and advertised by servers (exactly `h3` on the
+//!   (aws-lc-rs), unless the [`TlsPolicy`] says otherwise (`TLS12_ENABLED` adds TLS 1.2 with
+//!   ECDHE AES-GCM suites on TCP, never on QUIC; `COMPLIANCE_POLICY=pqc` allows only the
+//!   X25519MLKEM768 key exchange); ALPN exactly `h2`, offered by clients and advertised by servers (exactly `h3` on the
 //!   `*_h3` configurations that HBONE over QUIC uses).
 //! - Clients send no SNI, never resume sessions, always present their chain, and accept a server only
 //!   if its chain reaches our roots (serverAuth) and one of its SPIFFE URI SANs is an expected identity.
 //! - Servers require a client certificate chaining to the same roots (clientAuth) whose first URI SAN
 //!   is a SPIFFE identity in the server's own trust domain; that SAN is the peer identity.
+//! - With a CRL handle in the policy, both verifiers refuse a chain the CRLs in force revoke
+//!   (alert `certificate_revoked`), and live connections can watch their peer
+//!   ([`WorkloadCertificate::watch_revocation`]).
 //! - Configurations are built once per certificate (client ones once per expected-identity set) and
 //!   shared, because building them per connection costs more than the handshake itself.
 //!
 //! This module is on the data path: it imports only `core`.
 
 mod certificate;
+mod revocation;
 mod verify;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_crl;
+#[cfg(test)]
+mod tests_policy;
 
 use std::future::Future;
 use std::io;
@@ -32,12 +42,26 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::core::{Identity, IdentityError};
 
 pub use certificate::WorkloadCertificate;
+pub use revocation::{CrlError, CrlHandle, CrlSet, PeerRole, RevocationWatch, Revoked};
 pub use verify::{chain_identity, peer_identity};
 
 /// The ALPN protocol of HBONE over TCP.
 pub const ALPN_H2: &[u8] = b"h2";
 /// The ALPN protocol of HBONE over QUIC (HTTP/3); only on the configurations built for QUIC.
 pub const ALPN_H3: &[u8] = b"h3";
+
+/// What the deployment asks of HBONE's TLS beyond the fixed invariants (ztunnel's
+/// `TLS12_ENABLED`, `COMPLIANCE_POLICY` and `CRL_PATH`). The default is TLS 1.3 only, stock key
+/// exchange groups, no CRL.
+#[derive(Clone, Debug, Default)]
+pub struct TlsPolicy {
+    /// Accept (and offer) TLS 1.2 besides 1.3, with ECDHE AES-GCM suites.
+    pub tls12: bool,
+    /// Negotiate the X25519MLKEM768 hybrid key exchange only.
+    pub pqc: bool,
+    /// The CRLs both sides of every handshake check the peer's chain against.
+    pub crl: Option<CrlHandle>,
+}
 
 /// Why a TLS configuration could not be built, or a handshake or peer was refused.
 ///
@@ -137,6 +161,18 @@ fn handshake_error(e: io::Error) -> TlsError {
         return ours.clone();
     }
     TlsError::Handshake(tls.clone())
+}
+
+impl TlsError {
+    /// Whether our own verifier refused the peer because a CRL in force revokes its chain.
+    pub fn is_revoked(&self) -> bool {
+        matches!(
+            self,
+            TlsError::Handshake(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked
+            ))
+        )
+    }
 }
 
 fn join(ids: &[Identity]) -> String {

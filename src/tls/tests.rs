@@ -20,15 +20,15 @@ use tokio::time::timeout;
 use super::verify::{ServerIdentityVerifier, TrustRoots};
 use super::*;
 
-const STEP: Duration = Duration::from_secs(10);
+pub(super) const STEP: Duration = Duration::from_secs(10);
 
-struct TestCa {
-    issuer: Issuer<'static, KeyPair>,
-    root: CertificateDer<'static>,
+pub(super) struct TestCa {
+    pub(super) issuer: Issuer<'static, KeyPair>,
+    pub(super) root: CertificateDer<'static>,
 }
 
 impl TestCa {
-    fn new(name: &str) -> TestCa {
+    pub(super) fn new(name: &str) -> TestCa {
         let mut params = CertificateParams::default();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -51,11 +51,14 @@ impl TestCa {
         WorkloadCertificate::new(chain, key, roots)
     }
 
-    fn leaf(&self, uri: &str) -> WorkloadCertificate {
+    pub(super) fn leaf(&self, uri: &str) -> WorkloadCertificate {
         self.leaf_trusting(uri, vec![self.root.clone()]).unwrap()
     }
 
-    fn raw_leaf(&self, uri: &str) -> (Vec<CertificateDer<'static>>, PrivatePkcs8KeyDer<'static>) {
+    pub(super) fn raw_leaf(
+        &self,
+        uri: &str,
+    ) -> (Vec<CertificateDer<'static>>, PrivatePkcs8KeyDer<'static>) {
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
         params.extended_key_usages = vec![
@@ -75,18 +78,19 @@ impl TestCa {
     }
 }
 
-fn id(s: &str) -> Identity {
+pub(super) fn id(s: &str) -> Identity {
     s.parse().unwrap()
 }
 
-const SERVER: &str = "spiffe://cluster.local/ns/default/sa/server";
-const CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
+pub(super) const SERVER: &str = "spiffe://cluster.local/ns/default/sa/server";
+pub(super) const CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
 
-type ServerSide = Result<(tokio_rustls::server::TlsStream<TcpStream>, Identity), TlsError>;
-type ClientSide = Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError>;
+pub(super) type ServerSide =
+    Result<(tokio_rustls::server::TlsStream<TcpStream>, Identity), TlsError>;
+pub(super) type ClientSide = Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError>;
 
 /// Runs one handshake over loopback TCP; returns what each side saw.
-async fn handshake(
+pub(super) async fn handshake(
     server: &WorkloadCertificate,
     client: Arc<ClientConfig>,
 ) -> (ServerSide, ClientSide) {

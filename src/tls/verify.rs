@@ -18,21 +18,49 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 use x509_parser::extensions::GeneralName;
 
-use super::TlsError;
+use super::revocation::{CrlHandle, PeerRole};
+use super::{TlsError, TlsPolicy};
 use crate::core::Identity;
 
-/// The process-wide provider: aws-lc-rs with exactly the two TLS 1.3 AES-GCM suites.
-pub(super) fn provider() -> &'static Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| {
-        Arc::new(CryptoProvider {
-            cipher_suites: vec![
-                aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
-                aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
-            ],
+/// The provider HBONE uses under `policy`: aws-lc-rs with the two TLS 1.3 AES-GCM suites (plus
+/// the four ECDHE AES-GCM TLS 1.2 suites with `TLS12_ENABLED`), and with `COMPLIANCE_POLICY=pqc`
+/// the X25519MLKEM768 key exchange only. Built once per combination, shared.
+pub(super) fn provider_for(policy: &TlsPolicy) -> &'static Arc<CryptoProvider> {
+    static PROVIDERS: [OnceLock<Arc<CryptoProvider>>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
+    let (tls12, pqc) = (policy.tls12, policy.pqc);
+    PROVIDERS[usize::from(tls12) | usize::from(pqc) << 1].get_or_init(|| {
+        let mut cipher_suites = vec![
+            aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
+            aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        ];
+        if tls12 {
+            cipher_suites.extend([
+                aws_lc_rs::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                aws_lc_rs::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                aws_lc_rs::cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                aws_lc_rs::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            ]);
+        }
+        let mut provider = CryptoProvider {
+            cipher_suites,
             ..aws_lc_rs::default_provider()
-        })
+        };
+        if pqc {
+            provider.kx_groups = vec![aws_lc_rs::kx_group::X25519MLKEM768];
+        }
+        Arc::new(provider)
     })
+}
+
+/// The default provider (TLS 1.3 only, stock groups): signature checks use it whatever the
+/// policy, since the policy changes only suites and groups.
+pub(super) fn provider() -> &'static Arc<CryptoProvider> {
+    provider_for(&TlsPolicy::default())
 }
 
 /// Trust anchors parsed once from the roots of a certificate, shared by its verifiers.
@@ -60,25 +88,48 @@ impl TrustRoots {
         Ok(TrustRoots { anchors, subjects })
     }
 
-    /// Verifies `end_entity` (with the peer's `intermediates`) up to one of the anchors for `usage`.
+    /// Verifies `end_entity` (with the peer's `intermediates`) up to one of the anchors for a
+    /// peer in `role`, and against the CRLs in force when there are any.
     fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-        usage: webpki::KeyUsage,
+        role: PeerRole,
+        crl: Option<&CrlHandle>,
     ) -> Result<(), rustls::Error> {
-        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+        let verdict = match crl {
+            Some(crl) => crl.current().with_options(|options| {
+                self.verify_with(end_entity, intermediates, now, role, options)
+            }),
+            None => self.verify_with(end_entity, intermediates, now, role, None),
+        };
+        verdict.map_err(pki_error)
+    }
+
+    /// The chain check itself, with webpki's own error.
+    pub(super) fn verify_with(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        role: PeerRole,
+        revocation: Option<webpki::RevocationOptions<'_>>,
+    ) -> Result<(), webpki::Error> {
+        let usage = match role {
+            PeerRole::Client => webpki::KeyUsage::client_auth(),
+            PeerRole::Server => webpki::KeyUsage::server_auth(),
+        };
+        let cert = webpki::EndEntityCert::try_from(end_entity)?;
         cert.verify_for_usage(
             provider().signature_verification_algorithms.all,
             &self.anchors,
             intermediates,
             now,
             usage,
+            revocation,
             None,
-            None,
-        )
-        .map_err(pki_error)?;
+        )?;
         Ok(())
     }
 }
@@ -93,6 +144,8 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
         E::UnknownIssuer => CertificateError::UnknownIssuer,
         E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
         E::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
+        // The standard alert (`certificate_revoked`), so the peer's log says why.
+        E::CertRevoked => CertificateError::Revoked,
         other => CertificateError::Other(OtherError(Arc::new(other))),
     };
     rustls::Error::InvalidCertificate(ce)
@@ -162,11 +215,21 @@ pub(super) struct ServerIdentityVerifier {
     roots: Arc<TrustRoots>,
     /// Sorted and deduplicated, never empty.
     expected: Vec<Identity>,
+    crl: Option<CrlHandle>,
 }
 
 impl ServerIdentityVerifier {
     pub(super) fn new(roots: Arc<TrustRoots>, expected: Vec<Identity>) -> Self {
-        ServerIdentityVerifier { roots, expected }
+        ServerIdentityVerifier {
+            roots,
+            expected,
+            crl: None,
+        }
+    }
+
+    pub(super) fn with_crl(mut self, crl: Option<CrlHandle>) -> Self {
+        self.crl = crl;
+        self
     }
 }
 
@@ -184,7 +247,8 @@ impl ServerCertVerifier for ServerIdentityVerifier {
             end_entity,
             intermediates,
             now,
-            webpki::KeyUsage::server_auth(),
+            PeerRole::Server,
+            self.crl.as_ref(),
         )?;
         let presented = spiffe_identities(end_entity).map_err(refuse)?;
         if presented.iter().any(|p| self.expected.contains(p)) {
@@ -243,13 +307,15 @@ impl ServerCertVerifier for ServerIdentityVerifier {
 pub(super) struct TrustDomainVerifier {
     roots: Arc<TrustRoots>,
     trust_domain: String,
+    crl: Option<CrlHandle>,
 }
 
 impl TrustDomainVerifier {
-    pub(super) fn new(roots: Arc<TrustRoots>, trust_domain: &str) -> Self {
+    pub(super) fn new(roots: Arc<TrustRoots>, trust_domain: &str, crl: Option<CrlHandle>) -> Self {
         TrustDomainVerifier {
             roots,
             trust_domain: trust_domain.to_string(),
+            crl,
         }
     }
 }
@@ -273,7 +339,8 @@ impl ClientCertVerifier for TrustDomainVerifier {
             end_entity,
             intermediates,
             now,
-            webpki::KeyUsage::client_auth(),
+            PeerRole::Client,
+            self.crl.as_ref(),
         )?;
         let peer = first_uri_identity(end_entity).map_err(refuse)?;
         if peer.trust_domain() != self.trust_domain {

@@ -120,14 +120,14 @@ impl Connector for TcpConnector {
     fn connect(
         &self,
         key: &PoolKey,
-    ) -> Pin<Box<dyn Future<Output = Result<BoxedIo, HboneError>> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Connected, HboneError>> + Send + '_>> {
         let dst = key.dst;
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::Relaxed);
             let tcp = TcpStream::connect(dst)
                 .await
                 .map_err(|e| HboneError::connect(dst, e))?;
-            Ok(Box::new(tcp) as BoxedIo)
+            Ok(Connected::from(Box::new(tcp) as BoxedIo))
         })
     }
 }

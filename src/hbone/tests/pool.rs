@@ -250,3 +250,64 @@ async fn draining_connection_is_not_reused_but_keeps_its_streams() {
     drop((recv, send));
     eventually("drained connection closed", || pool.connections_open() == 1).await;
 }
+
+/// Plain TCP whose connections close when the test says so, with a reason (what the proxy's
+/// connector does for a server a CRL revokes).
+struct CuttingConnector {
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Connector for CuttingConnector {
+    fn connect(
+        &self,
+        key: &PoolKey,
+    ) -> Pin<Box<dyn Future<Output = Result<Connected, HboneError>> + Send + '_>> {
+        let dst = key.dst;
+        let mut cut = self.cut.subscribe();
+        Box::pin(async move {
+            let tcp = TcpStream::connect(dst)
+                .await
+                .map_err(|e| HboneError::connect(dst, e))?;
+            let cut_when: CutWhen = Box::pin(async move {
+                let _ = cut.wait_for(|c| *c).await;
+                "peer certificate serial 42 revoked by CRL".to_string()
+            });
+            Ok(Connected {
+                io: Box::new(tcp) as BoxedIo,
+                cut_when: Some(cut_when),
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_cut_connection_ends_its_streams_and_says_why() {
+    let server = TestServer::start(H2Config::default(), echo).await;
+    let connector = Arc::new(CuttingConnector {
+        cut: tokio::sync::watch::Sender::new(false),
+    });
+    let pool = Pool::new(H2Config::default(), connector.clone());
+    let k = key(server.addr, &["server"]);
+    let stream = t(pool.send(&k, &request("10.0.0.1:80"))).await.unwrap();
+    let probe = stream.cut_probe().expect("a pooled stream has a probe");
+    let (mut recv, _send) = ping_pong(stream, b"before").await;
+    assert_eq!(probe.reason(), None);
+
+    connector.cut.send_replace(true);
+    // The stream fails (not a clean end) and the reason is readable by then.
+    let ended = t(recv.recv()).await;
+    assert!(!matches!(ended, Some(Ok(_))), "{ended:?}");
+    assert_eq!(
+        probe.reason(),
+        Some("peer certificate serial 42 revoked by CRL")
+    );
+    eventually("the cut connection leaves the pool", || {
+        pool.connections_open() == 0
+    })
+    .await;
+    // A new request opens a new connection (which this connector no longer cuts).
+    connector.cut.send_replace(false);
+    let again = t(pool.send(&k, &request("10.0.0.1:80"))).await.unwrap();
+    assert_eq!(again.cut_probe().unwrap().reason(), None);
+    assert_eq!(pool.connections_opened(), 2);
+}
