@@ -113,9 +113,16 @@ pub(super) async fn silent(opts: &ChaosOptions) -> Result<Row, LabError> {
     tokio::time::sleep(Duration::from_secs(settle)).await;
     let after = rss_kib(&nodes);
     let seen = watchers.finish().await;
+    let closed = if still_open == 0 {
+        format!(
+            "all closed within {:.1} s of the last connect",
+            last_close.as_secs_f64()
+        )
+    } else {
+        format!("{} of {SILENT} closed", SILENT - still_open)
+    };
     let observed = vec![format!(
-        "all closed within {:.1} s of the last connect; proxies' memory {:.1} → {:.1} → {:.1} MiB (before, holding, {settle} s after)",
-        last_close.as_secs_f64(),
+        "{closed}; proxies' memory {:.1} → {:.1} → {:.1} MiB (before, holding, {settle} s after)",
         baseline as f64 / 1024.0,
         during as f64 / 1024.0,
         after as f64 / 1024.0
