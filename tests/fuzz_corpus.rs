@@ -45,10 +45,9 @@ fn replay_and_explore(name: &str, dict: &[&[u8]], target: fn(&[u8]) -> bool) {
             bad += 1;
         }
     }
-    assert!(
-        ok >= 1 && bad >= 1 || name == "proxy_protocol" && ok >= 1,
-        "{name}: {ok}/{bad}"
-    );
+    // The PROXY header builder rejects only identities too long for a TLV (64 KiB seeds).
+    let needs_bad = name != "proxy_protocol";
+    assert!(ok >= 1 && (bad >= 1 || !needs_bad), "{name}: {ok}/{bad}");
     let inputs: Vec<Vec<u8>> = files.into_iter().map(|(_, d)| d).collect();
     let accepted = mutate::explore(name, &inputs, dict, iterations(), target);
     assert!(accepted > 0, "{name}: no mutated input was accepted");

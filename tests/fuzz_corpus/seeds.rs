@@ -97,6 +97,8 @@ pub fn authority() -> Seeds {
         ("ok-host.txt", "Reviews.default.svc.cluster.local:9080"),
         ("ok-short-host.txt", "a:1"),
         ("ok-underscore.txt", "my_svc.ns:65535"),
+        ("ok-v6-scope-id.txt", "[fe80::1%2]:80"),
+        ("ok-port-leading-zeros.txt", "a.b:0080"),
         ("bad-empty.txt", ""),
         ("bad-no-port.txt", "10.0.0.1"),
         ("bad-port-0.txt", "10.0.0.1:0"),
