@@ -3,6 +3,7 @@
 //! arbitrary bytes, must not panic, asserts its parser's invariants, and returns whether the
 //! input was accepted (the replay checks that the seeds still mean what their names say).
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::{Pin, pin};
@@ -195,9 +196,12 @@ pub fn identity(data: &[u8]) -> bool {
 /// ZDS: a sequence of frames `[control][length][message]` (control bits 0-1: descriptors
 /// passed, 2: the namespace is invalid, 3-4: which namespace, 5: the proxy start fails, 6: a
 /// reconnect before the frame), each decoded, converted and run through the state machine as
-/// the workload manager does. Checks the protocol's promises (wire.md §2.2).
+/// the workload manager does, beside a model of the protocol's rules (wire.md §2.2).
 pub fn zds(data: &[u8]) -> bool {
     let mut sm = StateManager::<u8>::new();
+    // The model: pods added or kept since the (re)connect; whether a snapshot ended.
+    let mut announced = BTreeSet::<String>::new();
+    let (mut snapshot_on_connection, mut snapshot_ever) = (false, false);
     let mut rest = data;
     let mut any_ack = false;
     while let [control, len, tail @ ..] = rest {
@@ -208,6 +212,7 @@ pub fn zds(data: &[u8]) -> bool {
         let start_fails = control & 0b10_0000 != 0;
         if control & 0b100_0000 != 0 {
             sm.connected();
+            (announced, snapshot_on_connection) = (BTreeSet::new(), false);
         }
         let Ok(msg) = decode_request(&payload[..payload.len().min(MAX_PACKET)]) else {
             continue;
@@ -226,56 +231,80 @@ pub fn zds(data: &[u8]) -> bool {
             continue;
         };
         let before: Vec<(String, bool)> = pods(&sm);
-        let (is_add, del_uid) = match &req {
-            Request::Add { .. } => (true, None),
-            Request::Del { uid } => (false, Some(uid.clone())),
-            Request::Keep { .. } | Request::SnapshotSent => (false, None),
+        let (kind, uid) = match &req {
+            Request::Add { uid, .. } => ("add", uid.clone()),
+            Request::Keep { uid } => ("keep", uid.clone()),
+            Request::Del { uid } => ("del", uid.clone()),
+            Request::SnapshotSent => ("snapshot", String::new()),
         };
-        match sm.handle(req, fds) {
-            // Only Keep after SnapshotSent and a second SnapshotSent end the connection.
-            Err(_violation) => {
-                assert!(!is_add && del_uid.is_none());
+        // Keep after SnapshotSent and a second SnapshotSent end the connection.
+        let violation = fds == 0 && snapshot_on_connection && matches!(kind, "keep" | "snapshot");
+        let plan = match sm.handle(req, fds) {
+            Err(v) => {
+                assert!(violation, "{v}");
                 assert_eq!(pods(&sm), before);
                 sm.connected();
+                (announced, snapshot_on_connection) = (BTreeSet::new(), false);
+                continue;
             }
-            Ok(plan) => {
-                for uid in &plan.stop {
-                    assert!(before.contains(&(uid.clone(), true)), "stopping {uid}");
+            Ok(plan) => plan,
+        };
+        assert!(
+            !violation,
+            "{kind} {uid} after SnapshotSent was not a violation"
+        );
+        for stopped in &plan.stop {
+            assert!(
+                before.contains(&(stopped.clone(), true)),
+                "stopping {stopped}"
+            );
+        }
+        match plan.next {
+            Next::Reply(Reply::Nack(msg)) => {
+                assert!(plan.stop.is_empty());
+                assert_eq!(pods(&sm), before, "a NACK changed the pods: {msg}");
+            }
+            Next::Reply(Reply::Ack) => {
+                any_ack = true;
+                match kind {
+                    "add" | "keep" => _ = announced.insert(uid),
+                    "del" => {
+                        assert!(pods(&sm).iter().all(|(u, _)| *u != uid), "{uid} kept");
+                        announced.remove(&uid);
+                    }
+                    _ => {
+                        (snapshot_on_connection, snapshot_ever) = (true, true);
+                        let kept: Vec<_> = before
+                            .iter()
+                            .filter(|(u, _)| announced.contains(u))
+                            .cloned()
+                            .collect();
+                        assert_eq!(pods(&sm), kept, "the snapshot kept other pods");
+                    }
                 }
-                match plan.next {
-                    Next::Reply(Reply::Nack(msg)) => {
-                        assert!(plan.stop.is_empty());
-                        assert_eq!(pods(&sm), before, "a NACK changed the pods: {msg}");
-                    }
-                    Next::Reply(Reply::Ack) => {
-                        any_ack = true;
-                        if let Some(uid) = &del_uid {
-                            assert!(pods(&sm).iter().all(|(u, _)| u != uid), "{uid} kept");
-                        }
-                    }
-                    Next::Start(start) => {
-                        assert!(is_add && fds == 1 && !bad_netns && !start.uid.is_empty());
-                        assert_eq!(start.netns, netns);
-                        let result = if start_fails {
-                            Err("start failed".to_string())
-                        } else {
-                            Ok(())
-                        };
-                        let outcome = sm.started(&start, result);
-                        assert_eq!(outcome.keep, !start_fails);
-                        assert_eq!(outcome.reply == Reply::Ack, !start_fails);
-                        let running = pods(&sm).contains(&(start.uid.clone(), true));
-                        assert_eq!(running, !start_fails);
-                        any_ack |= !start_fails;
-                    }
-                }
+            }
+            Next::Start(start) => {
+                assert!(kind == "add" && fds == 1 && !bad_netns && !start.uid.is_empty());
+                assert_eq!((&start.uid, start.netns), (&uid, netns));
+                announced.insert(uid);
+                let result = if start_fails {
+                    Err("start failed".to_string())
+                } else {
+                    Ok(())
+                };
+                let outcome = sm.started(&start, result);
+                assert_eq!(outcome.keep, !start_fails);
+                assert_eq!(outcome.reply == Reply::Ack, !start_fails);
+                let running = pods(&sm).contains(&(start.uid.clone(), true));
+                assert_eq!(running, !start_fails);
+                any_ack |= !start_fails;
             }
         }
         let all = pods(&sm);
         assert_eq!(sm.active_count() + sm.pending_count(), all.len());
         assert_eq!(sm.pending().len(), sm.pending_count());
         assert_eq!(sm.workloads().count(), all.len());
-        assert!(!sm.is_ready() || sm.pending_count() == 0);
+        assert_eq!(sm.is_ready(), snapshot_ever && sm.pending_count() == 0);
     }
     any_ack
 }
