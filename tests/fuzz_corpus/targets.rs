@@ -1,7 +1,8 @@
-//! The bodies of the fuzz targets, shared by `fuzz/fuzz_targets/*.rs` (libFuzzer, nightly) and
-//! the stable replay in `tests/fuzz_corpus.rs`, so both run exactly the same checks. Each takes
-//! arbitrary bytes, must not panic, asserts its parser's invariants, and returns whether the
-//! input was accepted (the replay checks that the seeds still mean what their names say).
+//! The bodies of the fuzz targets, shared by `fuzz/fuzz_targets/*.rs` (libFuzzer: cargo-fuzz,
+//! or `fuzz/stable.sh` on stable) and the stable replay in `tests/fuzz_corpus.rs`, so both run
+//! exactly the same checks. Each takes arbitrary bytes, must not panic, asserts its parser's
+//! invariants, and returns whether the input was accepted (the replay checks that the seeds
+//! still mean what their names say).
 
 use std::collections::BTreeSet;
 use std::future::Future;
