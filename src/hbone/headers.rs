@@ -214,6 +214,11 @@ impl FromStr for Baggage {
                 _ => {}
             }
         }
+        // The kind of a workload without a name is not known either (`k8s.pod.name=` says
+        // nothing); keeping it would not survive a round trip, as the writer leaves the key out.
+        if b.workload_name.is_empty() {
+            b.workload_type = WorkloadType::default();
+        }
         Ok(b)
     }
 }
@@ -250,10 +255,12 @@ impl FromStr for Forwarded {
             value: s.to_string(),
             reason,
         };
-        let first = s.split(',').next().unwrap_or_default();
+        // Separators inside a quoted value (`host="a,b"`) are part of the value: split only
+        // outside quotes, or a quoted host this type writes would not parse back.
+        let first = split_unquoted(s, b',').next().unwrap_or_default();
         let mut for_addr = None;
         let mut host = None;
-        for pair in first.split(';') {
+        for pair in split_unquoted(first, b';') {
             let pair = pair.trim();
             if pair.is_empty() {
                 continue;
@@ -278,6 +285,30 @@ impl FromStr for Forwarded {
             host,
         })
     }
+}
+
+/// Splits `s` at each `sep` that is not inside an RFC 7230 quoted string. An unterminated
+/// quote runs to the end (the value is then rejected by [`unquote`]).
+fn split_unquoted(s: &str, sep: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, b) in current.bytes().enumerate() {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                _ if b == sep && !quoted => {
+                    rest = Some(&current[i + 1..]);
+                    return Some(&current[..i]);
+                }
+                _ => {}
+            }
+        }
+        rest = None;
+        Some(current)
+    })
 }
 
 /// RFC 7230 `tchar`.

@@ -25,6 +25,8 @@ use prost::Message;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use super::statemanager::{Request, WorkloadInfo};
+
 /// The receive buffer: ZDS requests are small, and a larger one is a protocol violation.
 pub const MAX_PACKET: usize = 1024;
 
@@ -152,6 +154,37 @@ impl ZdsConnection {
 /// Decodes a `WorkloadRequest`.
 pub fn decode_request(bytes: &[u8]) -> Result<zds::WorkloadRequest, prost::DecodeError> {
     zds::WorkloadRequest::decode(bytes)
+}
+
+/// Wire request → domain request; `None` without a payload. Only an `AddWorkload` with exactly
+/// one descriptor gets a namespace (`netns` validates it); every other descriptor is dropped
+/// (closed) here. Generic over the descriptor so the fuzz target can run it without any.
+pub fn to_request<F, N>(
+    req: zds::WorkloadRequest,
+    mut fds: Vec<F>,
+    netns: impl FnOnce(F) -> Result<N, String>,
+) -> Option<Request<N>> {
+    use zds::workload_request::Payload;
+    Some(match req.payload? {
+        Payload::Add(add) => {
+            let netns = match (fds.pop(), fds.is_empty()) {
+                (Some(fd), true) => Some(netns(fd)),
+                _ => None,
+            };
+            Request::Add {
+                uid: add.uid,
+                info: add.workload_info.map(|i| WorkloadInfo {
+                    name: i.name,
+                    namespace: i.namespace,
+                    service_account: i.service_account,
+                }),
+                netns,
+            }
+        }
+        Payload::Keep(k) => Request::Keep { uid: k.uid },
+        Payload::Del(d) => Request::Del { uid: d.uid },
+        Payload::SnapshotSent(_) => Request::SnapshotSent,
+    })
 }
 
 /// One `recvmsg`; `WouldBlock` goes back to the reactor, other errors are final.

@@ -287,35 +287,10 @@ impl WorkloadManager {
         })
     }
 
-    /// Wire request → domain request. Descriptors other than an `Add`'s single one are closed
-    /// here (by drop).
-    fn convert(
-        &self,
-        req: zds::WorkloadRequest,
-        mut fds: Vec<OwnedFd>,
-    ) -> Option<Request<PodNetns>> {
-        use zds::workload_request::Payload;
-        Some(match req.payload? {
-            Payload::Add(add) => {
-                let netns = match (fds.pop(), fds.is_empty()) {
-                    (Some(fd), true) => {
-                        Some(PodNetns::new(fd, self.host.clone()).map_err(|e| e.to_string()))
-                    }
-                    _ => None,
-                };
-                Request::Add {
-                    uid: add.uid,
-                    info: add.workload_info.map(|i| WorkloadInfo {
-                        name: i.name,
-                        namespace: i.namespace,
-                        service_account: i.service_account,
-                    }),
-                    netns,
-                }
-            }
-            Payload::Keep(k) => Request::Keep { uid: k.uid },
-            Payload::Del(d) => Request::Del { uid: d.uid },
-            Payload::SnapshotSent(_) => Request::SnapshotSent,
+    /// Wire request → domain request; the descriptor of an `Add` becomes a validated namespace.
+    fn convert(&self, req: zds::WorkloadRequest, fds: Vec<OwnedFd>) -> Option<Request<PodNetns>> {
+        protocol::to_request(req, fds, |fd| {
+            PodNetns::new(fd, self.host.clone()).map_err(|e| e.to_string())
         })
     }
 

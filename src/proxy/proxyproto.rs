@@ -41,8 +41,11 @@ pub fn header(
     identity: Option<&Identity>,
 ) -> Result<Vec<u8>, ProxyProtoError> {
     let build = || -> std::io::Result<Vec<u8>> {
-        let b =
-            Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, (src, dst));
+        let b = Builder::with_addresses(
+            Version::Two | Command::Proxy,
+            Protocol::Stream,
+            same_family(src, dst),
+        );
         let b = match identity {
             Some(id) => b.write_tlv(SOURCE_IDENTITY_TLV, id.to_string().as_bytes())?,
             None => b,
@@ -50,6 +53,21 @@ pub fn header(
         b.build()
     };
     build().map_err(|source| ProxyProtoError::Build { src, dst, source })
+}
+
+/// One header holds addresses of one family. With mixed families `ppp` (and ztunnel) write
+/// `AF_UNSPEC`, which tells the app to ignore the addresses: it would see ours instead of the
+/// client's. Mapping the IPv4 side into IPv6 (`::ffff:a.b.c.d`, as HAProxy does) keeps both.
+fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let v6 = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        v6 => v6,
+    };
+    if src.is_ipv4() == dst.is_ipv4() {
+        (src, dst)
+    } else {
+        (v6(src), v6(dst))
+    }
 }
 
 /// Writes the header to the app's connection.
@@ -109,6 +127,41 @@ mod tests {
         let h = Header::try_from(h_bytes.as_slice()).unwrap();
         assert!(matches!(h.addresses, Addresses::IPv6(_)));
         assert_eq!(h.tlvs().count(), 0);
+    }
+
+    // Found by the `proxy_protocol` fuzz target: an IPv4 client reaching an IPv6 target (or
+    // the reverse) got an `AF_UNSPEC` header without addresses.
+    #[test]
+    fn mixed_families_keep_both_addresses_as_ipv6() {
+        let src: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let dst: SocketAddr = "[fd00::2]:80".parse().unwrap();
+        for (s, d) in [(src, dst), (dst, src)] {
+            let bytes = header(s, d, None).unwrap();
+            let h = Header::try_from(bytes.as_slice()).unwrap();
+            let Addresses::IPv6(a) = h.addresses else {
+                panic!("expected IPv6 addresses, got {:?}", h.addresses);
+            };
+            let mapped = |x: SocketAddr| match x {
+                SocketAddr::V4(v4) => v4.ip().to_ipv6_mapped(),
+                SocketAddr::V6(v6) => *v6.ip(),
+            };
+            assert_eq!((a.source_address, a.source_port), (mapped(s), s.port()));
+            assert_eq!(
+                (a.destination_address, a.destination_port),
+                (mapped(d), d.port())
+            );
+        }
+    }
+
+    #[test]
+    fn an_identity_too_long_for_a_tlv_is_an_error() {
+        let long = "a".repeat(usize::from(u16::MAX));
+        let id = Identity::new("td", "ns", &long).unwrap();
+        let addr: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        assert!(matches!(
+            header(addr, addr, Some(&id)),
+            Err(ProxyProtoError::Build { .. })
+        ));
     }
 
     trait V4 {

@@ -247,3 +247,37 @@ fn bad_header_bytes_fail_to_write() {
     };
     assert!(headers.write_to(&mut HeaderMap::new()).is_err());
 }
+
+// Found by the `hbone_headers` fuzz target: a quoted host holding `,` or `;` was written
+// quoted but split at the separator when read, so the header did not parse back.
+#[test]
+fn forwarded_quoted_separators_round_trip() {
+    for host in ["a,b", "a;b", "x\",for=\"9.9.9.9:9", "a\\,b;c"] {
+        let f = Forwarded {
+            for_addr: "10.0.0.1:1".parse().unwrap(),
+            host: Some(host.into()),
+        };
+        let s = f.to_string();
+        assert_eq!(s.parse::<Forwarded>(), Ok(f), "{s}");
+    }
+    let f: Forwarded = "for=\"1.2.3.4:5\";host=\"a,b;c\", for=\"9.9.9.9:9\""
+        .parse()
+        .unwrap();
+    assert_eq!(f.host.as_deref(), Some("a,b;c"));
+    assert_eq!(f.for_addr, "1.2.3.4:5".parse::<SocketAddr>().unwrap());
+}
+
+// Found by the `hbone_headers` fuzz target: `k8s.pod.name=` (no name) left the kind set to
+// Pod, which the writer drops with the empty name, so parse → write → parse changed the value.
+#[test]
+fn baggage_empty_workload_name_has_no_kind() {
+    let b: Baggage = "k8s.pod.name=,k8s.namespace.name=ns".parse().unwrap();
+    assert_eq!(
+        b,
+        Baggage {
+            namespace: "ns".into(),
+            ..Baggage::default()
+        }
+    );
+    assert_eq!(b.to_string().parse::<Baggage>().unwrap(), b);
+}

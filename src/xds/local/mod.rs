@@ -76,6 +76,20 @@ fn field_prefix(field: &str) -> String {
     }
 }
 
+/// serde's message quotes keys and values from the file as they are, and a YAML scalar can
+/// span lines: control characters are escaped so the error stays one log line.
+fn one_line(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Reads and validates a local config file.
 pub fn load_file(path: &Path) -> Result<LocalConfig, LocalConfigError> {
     let origin = path.display().to_string();
@@ -96,7 +110,7 @@ pub fn parse(text: &str, origin: &str) -> Result<LocalConfig, LocalConfigError> 
         serde_yaml_ng::from_str(text).map_err(|e| LocalConfigError::Yaml {
             origin: origin.to_string(),
             // serde quotes names with backticks; plain quotes read better in a log line.
-            message: e.to_string().replace('`', "\""),
+            message: one_line(&e.to_string().replace('`', "\"")),
         })?;
     let nothing = raw.workloads.is_empty() && raw.services.is_empty() && raw.policies.is_empty();
     if nothing

@@ -369,6 +369,18 @@ fn errors_name_the_field() {
     }
 }
 
+// Found by the `local_config` fuzz loop: a YAML scalar spanning lines came back verbatim in
+// serde's message, breaking the error over several log lines.
+#[test]
+fn yaml_errors_stay_on_one_line() {
+    let e = err("policies:\n- name: x\n  namespace: b\n  scope: Sideway\n\n    action: Allow\n");
+    assert!(!e.contains('\n'), "{e}");
+    assert!(e.contains(r#"unknown variant "Sideway\naction""#), "{e}");
+    let e = err("policies: [{name:- u\n\n  rules: []}]\n");
+    assert!(!e.contains('\n'), "{e}");
+    assert!(e.contains(r#"unknown field "name:- u\nrules""#), "{e}");
+}
+
 #[test]
 fn later_entries_replace_earlier_ones() {
     let cfg = parse(
