@@ -91,6 +91,11 @@ fn proxy_protocol() {
     );
 }
 
+#[test]
+fn crl() {
+    replay_and_explore("crl", seeds::CRL_DICT, targets::crl);
+}
+
 /// The local config parser (`fuzz/fuzz_targets/local_config.rs`): a config or a one-line
 /// error, never a panic.
 fn local_config(data: &[u8]) -> bool {
@@ -154,6 +159,7 @@ fn write_seeds() {
         ("zds", seeds::zds()),
         ("socks5", seeds::socks5()),
         ("proxy_protocol", seeds::proxy_protocol()),
+        ("crl", seeds::crl()),
     ] {
         let dir = corpus_dir(target);
         std::fs::create_dir_all(&dir).unwrap();

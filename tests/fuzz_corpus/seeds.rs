@@ -382,3 +382,50 @@ pub const PROXY_PROTOCOL_DICT: &[&[u8]] = &[
     &[0xff; 16],
     &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff],
 ];
+
+/// CRLs signed by a built-in CA: empty, one with two serials, two concatenated, DER, and
+/// damaged ones.
+pub fn crl() -> Seeds {
+    let ca = ambit::identity::BuiltinCa::in_memory(std::time::Duration::from_secs(3600))
+        .expect("built-in CA");
+    let one = ca
+        .crl_pem(&[vec![0x01, 0x02], vec![0x7f; 16]])
+        .expect("CRL");
+    let other = ca.crl_pem(&[vec![0x42]]).expect("CRL");
+    let der = rustls_pemfile::crls(&mut one.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .map(|d| d.as_ref().to_vec())
+        .expect("a CRL block");
+    let mut truncated = der.clone();
+    truncated.truncate(der.len() / 2);
+    let mut flipped = der.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x55;
+    vec![
+        ("ok-empty.pem", Vec::new()),
+        ("ok-one.pem", one.clone().into_bytes()),
+        ("ok-two.pem", format!("{one}{other}").into_bytes()),
+        ("ok-der.der", der),
+        (
+            "ok-with-other-blocks.pem",
+            format!("{}{one}", ca.root_pem()).into_bytes(),
+        ),
+        ("bad-garbage.txt", b"this is not a CRL".to_vec()),
+        ("bad-truncated.der", truncated),
+        ("bad-flipped.der", flipped),
+        (
+            "bad-base64.pem",
+            b"-----BEGIN X509 CRL-----\n!!!!\n-----END X509 CRL-----\n".to_vec(),
+        ),
+    ]
+}
+
+pub const CRL_DICT: &[&[u8]] = &[
+    b"-----BEGIN X509 CRL-----\n",
+    b"-----END X509 CRL-----\n",
+    b"-----BEGIN CERTIFICATE-----\n",
+    b"\x30\x82",
+    b"\x02\x01\x01",
+    b"\n",
+];

@@ -16,6 +16,7 @@ use ambit::inpod::protocol::{MAX_PACKET, decode_request, to_request};
 use ambit::inpod::statemanager::{Next, Reply, Request, StateManager};
 use ambit::proxy::proxyproto::{self, SOURCE_IDENTITY_TLV};
 use ambit::proxy::socks5::{ResolveFuture, Socks5Error, negotiate};
+use ambit::tls::CrlSet;
 use ambit_proto::istio::workload::zds;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use prost::Message;
@@ -531,4 +532,25 @@ pub fn proxy_protocol(data: &[u8]) -> bool {
     // A reader that has only part of the header must ask for more, not misread it.
     assert!(ppp::v2::Header::try_from(&bytes[..bytes.len() - 1]).is_err());
     true
+}
+
+/// CRL files (`CRL_PATH`): PEM with any number of CRL blocks, or one DER CRL. A file is taken
+/// whole or refused with a one-line error naming it; parsing is deterministic.
+pub fn crl(data: &[u8]) -> bool {
+    match CrlSet::parse(data, "/etc/crl.pem") {
+        Ok(set) => {
+            let again = CrlSet::parse(data, "/etc/crl.pem").expect("accepted once, accepted again");
+            assert_eq!(
+                (set.len(), set.revoked_entries()),
+                (again.len(), again.revoked_entries())
+            );
+            assert!(set.revoked_entries() == 0 || !set.is_empty());
+            true
+        }
+        Err(e) => {
+            one_line(&e);
+            assert!(e.to_string().contains("/etc/crl.pem"), "{e}");
+            false
+        }
+    }
 }
