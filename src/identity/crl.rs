@@ -1,10 +1,9 @@
 //! The CRL file (`CRL_PATH`) on the control side: loaded at start, then polled and reloaded
 //! into the [`CrlHandle`] the data path reads.
 //!
-//! Polling (size, modification time, inode) follows the file through in-place writes, renames
-//! and Kubernetes' ConfigMap symlink swaps without an extra dependency, as the local config
-//! reloader does. A changed text is judged only once it reads the same on two polls (a
-//! debounce: a half-written file is never judged).
+//! The file is watched as a [`SettledFile`], as the local config is: polled, and a changed
+//! content is judged only once it reads the same on two polls (a half-written file is never
+//! judged).
 //!
 //! Invariants (never fail open):
 //! - A text that cannot be read or parsed is an error, logged with its reason; the set in force
@@ -14,11 +13,11 @@
 //!   mounted later) and picked up as soon as it appears.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use crate::lifecycle::DrainWatcher;
+use crate::lifecycle::{DrainWatcher, FilePoll, SettledFile};
 use crate::tls::{CrlError, CrlHandle, CrlSet};
 
 /// How often the file is looked at; a change is in force within two polls.
@@ -26,18 +25,8 @@ pub const CRL_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Watches one CRL file and keeps a [`CrlHandle`] on its last good version.
 pub struct CrlReloader {
-    path: PathBuf,
+    file: SettledFile,
     handle: CrlHandle,
-    seen: Option<Fingerprint>,
-    /// A text read once and not judged yet: it must read the same on the next poll.
-    settling: Option<Vec<u8>>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Fingerprint {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
 }
 
 /// What one poll found.
@@ -60,7 +49,8 @@ impl CrlReloader {
     /// exists and cannot be read or parsed is an error.
     pub fn load(path: PathBuf) -> Result<CrlReloader, CrlError> {
         let handle = CrlHandle::new();
-        let seen = fingerprint(&path);
+        // Taken before the read: a write racing it is seen on the first poll.
+        let file = SettledFile::new(path.clone());
         match std::fs::read(&path) {
             Ok(data) => {
                 let set = CrlSet::parse(&data, &path.display().to_string())?;
@@ -77,12 +67,7 @@ impl CrlReloader {
             }
             Err(e) => return Err(read_error(&path, &e)),
         }
-        Ok(CrlReloader {
-            path,
-            handle,
-            seen,
-            settling: None,
-        })
+        Ok(CrlReloader { file, handle })
     }
 
     /// The handle the data path reads.
@@ -92,34 +77,21 @@ impl CrlReloader {
 
     /// Checks the file once; puts a changed text in force once it has settled and parses.
     pub fn poll_once(&mut self) -> CrlReload {
-        let now = fingerprint(&self.path);
-        if now == self.seen && self.settling.is_none() {
-            return CrlReload::Unchanged;
-        }
-        // Taken before the read, so a write racing the read is seen again on the next poll.
-        self.seen = now;
-        let data = match std::fs::read(&self.path) {
-            Ok(data) => data,
-            Err(e) => {
-                self.settling = None;
-                return CrlReload::Rejected(read_error(&self.path, &e));
+        let data = match self.file.poll() {
+            FilePoll::Unchanged => return CrlReload::Unchanged,
+            FilePoll::Settling => return CrlReload::Settling,
+            FilePoll::Unreadable(e) => {
+                return CrlReload::Rejected(read_error(self.file.path(), &e));
             }
+            FilePoll::Settled(data) => data,
         };
-        match self.settling.take() {
-            Some(before) if before == data => {
-                match CrlSet::parse(&data, &self.path.display().to_string()) {
-                    Ok(set) => {
-                        let (crls, entries) = (set.len(), set.revoked_entries());
-                        self.handle.replace(set);
-                        CrlReload::Applied { crls, entries }
-                    }
-                    Err(e) => CrlReload::Rejected(e),
-                }
+        match CrlSet::parse(&data, &self.file.path().display().to_string()) {
+            Ok(set) => {
+                let (crls, entries) = (set.len(), set.revoked_entries());
+                self.handle.replace(set);
+                CrlReload::Applied { crls, entries }
             }
-            _ => {
-                self.settling = Some(data);
-                CrlReload::Settling
-            }
+            Err(e) => CrlReload::Rejected(e),
         }
     }
 
@@ -136,7 +108,7 @@ impl CrlReloader {
             match self.poll_once() {
                 CrlReload::Unchanged | CrlReload::Settling => {}
                 CrlReload::Applied { crls, entries } => info!(
-                    path = %self.path.display(),
+                    path = %self.file.path().display(),
                     crls,
                     revoked = entries,
                     "CRL reloaded"
@@ -155,16 +127,6 @@ fn read_error(path: &Path, e: &std::io::Error) -> CrlError {
         path: path.display().to_string(),
         reason: e.to_string(),
     }
-}
-
-fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(Fingerprint {
-        len: m.len(),
-        modified: m.modified().ok(),
-        inode: m.ino(),
-    })
 }
 
 #[cfg(test)]

@@ -8,11 +8,13 @@
 pub mod accept_backoff;
 mod drain;
 mod readiness;
+pub mod settled_file;
 mod shutdown;
 mod signal;
 
 pub use accept_backoff::AcceptBackoff;
 pub use drain::{DrainOutcome, DrainTrigger, DrainWatcher, channel as drain_channel};
 pub use readiness::{BlockReady, Readiness};
+pub use settled_file::{FilePoll, SettledFile};
 pub use shutdown::{ShutdownHandle, ShutdownRequested, shutdown_channel};
 pub use signal::shutdown_signal;

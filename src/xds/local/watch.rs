@@ -1,22 +1,17 @@
-//! Reloading the local config file at run time: the file is polled (size, modification time,
-//! inode) and, when it changed, read; once two reads one poll apart agree, that text is
-//! validated; a valid version replaces the whole state, an invalid one (garbage, an empty or
-//! truncated file) is rejected with its one-line error while the last good state keeps serving.
-//!
-//! Polling needs no extra dependency and works for every way a file gets replaced (in-place
-//! write, rename over it, a Kubernetes ConfigMap symlink swap, since metadata follows links).
-//! Invariants: a text is judged only after it was read unchanged on two polls, so a file caught
-//! half-written by an in-place writer is never applied; each settled text is judged once; a
-//! rejected version never touches the state.
+//! Reloading the local config file at run time: the file is watched as a
+//! [`SettledFile`] (polled; a changed text is handed over once two reads agree), and each
+//! settled text is validated: a valid version replaces the whole state, an invalid one
+//! (garbage, an empty or truncated file) is rejected with its one-line error while the last
+//! good state keeps serving. Invariant: a rejected version never touches the state.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tracing::{info, warn};
 
 use super::{LocalConfigError, parse};
-use crate::lifecycle::DrainWatcher;
+use crate::lifecycle::{DrainWatcher, FilePoll, SettledFile};
 use crate::state::{Applied, StateWriter};
 
 /// The poll period ztunnel-compatible setups expect changes to be picked up within.
@@ -24,19 +19,8 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Watches one local config file and applies its new versions to the state.
 pub struct Reloader {
-    path: PathBuf,
+    file: SettledFile,
     writer: Arc<StateWriter>,
-    seen: Option<Fingerprint>,
-    /// A text read once and not judged yet: it must read the same on the next poll.
-    settling: Option<String>,
-}
-
-/// What identifies a version of the file without reading it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Fingerprint {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
 }
 
 /// What one poll found.
@@ -57,40 +41,33 @@ pub enum Reload {
 impl Reloader {
     /// Starts from the file as it is now (the version the caller loaded at startup).
     pub fn new(path: PathBuf, writer: Arc<StateWriter>) -> Reloader {
-        let seen = fingerprint(&path);
         Reloader {
-            path,
+            file: SettledFile::new(path),
             writer,
-            seen,
-            settling: None,
         }
     }
 
     /// Checks the file once; applies or rejects a changed text once it has settled.
     pub fn poll_once(&mut self) -> Reload {
-        let now = fingerprint(&self.path);
-        if now == self.seen && self.settling.is_none() {
-            return Reload::Unchanged;
-        }
-        // Taken before the read, so a write racing the read is seen again on the next poll.
-        self.seen = now;
-        let origin = self.path.display().to_string();
-        let text = match std::fs::read_to_string(&self.path) {
+        let origin = self.file.path().display().to_string();
+        let data = match self.file.poll() {
+            FilePoll::Unchanged => return Reload::Unchanged,
+            FilePoll::Settling => return Reload::Settling,
+            FilePoll::Unreadable(source) => {
+                return Reload::Rejected(LocalConfigError::Read { origin, source });
+            }
+            FilePoll::Settled(data) => data,
+        };
+        let text = match String::from_utf8(data) {
             Ok(text) => text,
-            Err(source) => {
-                self.settling = None;
+            Err(e) => {
+                let source = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
                 return Reload::Rejected(LocalConfigError::Read { origin, source });
             }
         };
-        match self.settling.take() {
-            Some(before) if before == text => match parse(&text, &origin) {
-                Ok(config) => Reload::Applied(self.writer.apply(config.into_update())),
-                Err(e) => Reload::Rejected(e),
-            },
-            _ => {
-                self.settling = Some(text);
-                Reload::Settling
-            }
+        match parse(&text, &origin) {
+            Ok(config) => Reload::Applied(self.writer.apply(config.into_update())),
+            Err(e) => Reload::Rejected(e),
         }
     }
 
@@ -107,7 +84,7 @@ impl Reloader {
             match self.poll_once() {
                 Reload::Unchanged | Reload::Settling => {}
                 Reload::Applied(a) => info!(
-                    path = %self.path.display(),
+                    path = %self.file.path().display(),
                     version = a.version,
                     "local config reloaded"
                 ),
@@ -118,16 +95,6 @@ impl Reloader {
             }
         }
     }
-}
-
-fn fingerprint(path: &std::path::Path) -> Option<Fingerprint> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(Fingerprint {
-        len: m.len(),
-        modified: m.modified().ok(),
-        inode: m.ino(),
-    })
 }
 
 #[cfg(test)]
