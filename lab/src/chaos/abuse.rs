@@ -81,10 +81,7 @@ pub(super) async fn h2_abuse(opts: &ChaosOptions) -> Result<Row, LabError> {
         peak as f64 / 1024.0,
         after as f64 / 1024.0
     ));
-    let expect = Expect {
-        flows_survive: true,
-        probes_never_fail: true,
-    };
+    let expect = Expect::NOTHING_FAILS;
     Ok(judge(
         case, opts.scale, &seen, start, expect, problems, observed,
     ))

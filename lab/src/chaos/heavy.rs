@@ -37,10 +37,7 @@ pub(super) async fn ca_down(opts: &ChaosOptions) -> Result<Row, LabError> {
         problems.push(format!("no new connection within {RECOVER_WITHIN:?}"));
     }
     let seen = watchers.finish().await;
-    let expect = Expect {
-        flows_survive: true,
-        probes_never_fail: true,
-    };
+    let expect = Expect::NOTHING_FAILS;
     Ok(judge(
         case,
         opts.scale,
@@ -61,10 +58,7 @@ pub(super) async fn silent(opts: &ChaosOptions) -> Result<Row, LabError> {
     const CLOSE_WITHIN: Duration = Duration::from_secs(20);
     let case = Case::SilentHandshakes;
     let scene = Scene::start(opts, &[]).await?;
-    let nodes = [
-        scene.node("node-1")?.handle(),
-        scene.node("node-2")?.handle(),
-    ];
+    let nodes = scene.proxy_nodes()?;
     let baseline = rss_kib(&nodes);
     let watchers = scene.watch()?;
     let start = Instant::now();
@@ -127,10 +121,7 @@ pub(super) async fn silent(opts: &ChaosOptions) -> Result<Row, LabError> {
         during as f64 / 1024.0,
         after as f64 / 1024.0
     )];
-    let expect = Expect {
-        flows_survive: true,
-        probes_never_fail: true,
-    };
+    let expect = Expect::NOTHING_FAILS;
     Ok(judge(
         case, opts.scale, &seen, start, expect, problems, observed,
     ))
@@ -195,10 +186,7 @@ pub(super) async fn churn(opts: &ChaosOptions) -> Result<Row, LabError> {
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64()
     )];
-    let expect = Expect {
-        flows_survive: true,
-        probes_never_fail: true,
-    };
+    let expect = Expect::NOTHING_FAILS;
     Ok(judge(
         case, opts.scale, &seen, start, expect, problems, observed,
     ))
@@ -229,10 +217,7 @@ pub(super) async fn many(opts: &ChaosOptions) -> Result<Row, LabError> {
         .arg(PY_ECHO);
     let _echo_proc = crate::Process::spawn(Some(server_ns), &spec, scene.lab.run_dir())?;
     wait_listening(server_ns, SocketAddr::new(scene.echo.ip(), BIG_ECHO_PORT)).await?;
-    let nodes = [
-        scene.node("node-1")?.handle(),
-        scene.node("node-2")?.handle(),
-    ];
+    let nodes = scene.proxy_nodes()?;
     let watchers = scene.watch()?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = rss_kib(&nodes);
@@ -279,10 +264,7 @@ pub(super) async fn many(opts: &ChaosOptions) -> Result<Row, LabError> {
         holding as f64 / 1024.0,
         per_conn / 1024.0
     )];
-    let expect = Expect {
-        flows_survive: true,
-        probes_never_fail: true,
-    };
+    let expect = Expect::NOTHING_FAILS;
     Ok(judge(
         case, opts.scale, &seen, start, expect, problems, observed,
     ))
@@ -299,10 +281,7 @@ pub(super) async fn soak(opts: &ChaosOptions) -> Result<Row, LabError> {
         Duration::from_secs(3600)
     };
     let scene = Scene::start(opts, &[]).await?;
-    let nodes = [
-        scene.node("node-1")?.handle(),
-        scene.node("node-2")?.handle(),
-    ];
+    let nodes = scene.proxy_nodes()?;
     let watchers = scene.watch()?;
     let start = Instant::now();
     let client = scene.ns("client")?;
@@ -359,10 +338,7 @@ pub(super) async fn soak(opts: &ChaosOptions) -> Result<Row, LabError> {
         first as f64 / 1024.0,
         last as f64 / 1024.0
     )];
-    let expect = Expect {
-        flows_survive: true,
-        probes_never_fail: true,
-    };
+    let expect = Expect::NOTHING_FAILS;
     Ok(judge(
         case, opts.scale, &seen, start, expect, problems, observed,
     ))

@@ -75,13 +75,18 @@ impl Scene {
             .ok_or_else(|| LabError::Usage(format!("no node {node}")))
     }
 
+    /// Handles to the namespaces of both node proxies (for memory readings).
+    pub fn proxy_nodes(&self) -> Result<[Netns; 2], LabError> {
+        Ok([self.node("node-1")?.handle(), self.node("node-2")?.handle()])
+    }
+
     /// Starts every watcher.
     pub fn watch(&self) -> Result<Watchers, LabError> {
         let client = self.ns("client")?;
         let flows = (0..FLOWS)
             .map(|_| LongFlow::start(client, self.echo))
             .collect();
-        let nodes = vec![self.node("node-1")?.handle(), self.node("node-2")?.handle()];
+        let nodes = self.proxy_nodes()?.into();
         Ok(Watchers {
             flows,
             prober: Prober::start(client, self.echo, PROBE_EVERY),
@@ -144,6 +149,14 @@ pub async fn wait_recovered(scene: &Scene) -> bool {
 pub struct Expect {
     pub flows_survive: bool,
     pub probes_never_fail: bool,
+}
+
+impl Expect {
+    /// Every flow survives and every new connection succeeds.
+    pub const NOTHING_FAILS: Expect = Expect {
+        flows_survive: true,
+        probes_never_fail: true,
+    };
 }
 
 pub fn judge(
