@@ -233,6 +233,7 @@ async fn ambit_dump(pods: bool) -> Value {
         static_config: Some(StaticConfig::Records(std::sync::Arc::new(records))),
         workload_state: pods.then_some(states),
         istio_version: "unknown".into(),
+        debug: None,
     };
     let body = serve_and_get(sources, "/config_dump").await;
     serde_json::from_str(&body).unwrap()

@@ -12,6 +12,7 @@ mod authz;
 mod connections;
 mod connector;
 pub mod copy;
+pub mod explain;
 mod gateway;
 mod inbound;
 mod inbound_quic;
@@ -19,6 +20,7 @@ mod outbound;
 pub mod outlier;
 mod passthrough;
 pub mod proxyproto;
+mod route;
 pub mod socket;
 pub mod socks5;
 mod transport;
@@ -38,7 +40,9 @@ use crate::quic::QuicPool;
 use crate::state::{StateView, Workload};
 use crate::tls::CertProvider;
 
-pub use connections::{ConnectionTracker, LiveInbound, LiveOutbound, OutboundProtocol};
+pub use connections::{
+    ConnectionInfo, ConnectionTracker, LiveInbound, LiveOutbound, OutboundProtocol,
+};
 pub use outlier::{OutlierConfig, Outliers};
 pub use socket::{Keepalive, SocketOptions};
 pub use socks5::{HostResolver, ResolveFuture, Socks5, SystemResolver};

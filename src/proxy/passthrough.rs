@@ -72,6 +72,7 @@ pub(super) async fn handle(
             return log.fail(&e);
         }
     };
+    registration.attach(log.stats.clone());
     let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), log.stats.clone());
     run_authorized(&pi, copy, &drain, &mut registration, log).await;
 }

@@ -11,7 +11,7 @@
 //!    moves to the next locality level only when the closer one has nothing usable.
 //! 4. A weighted random pick by `capacity` (all zero ⇒ uniform).
 //!
-//! Invariant: no allocation beyond one rank per candidate; the candidate list is consumed.
+//! Invariant: no allocation; the candidate list is consumed (filtered in place).
 //!
 //! [`EndpointTable`] is the same choice prepared once per snapshot for one service port (on the
 //! first pick for the service, see [`super::Snapshot::pick_endpoint`]): the
@@ -92,11 +92,63 @@ impl<'a> ClientLocality<'a> {
 /// rules. `skip` says which endpoints to avoid (ejected outliers, already tried ones).
 pub fn select<R: Rng + ?Sized>(
     svc: &Service,
-    mut candidates: Vec<(Arc<Workload>, u16)>,
+    candidates: Vec<(Arc<Workload>, u16)>,
     client: &ClientLocality<'_>,
     skip: impl Fn(&Workload, u16) -> bool,
     rng: &mut R,
 ) -> Option<(Arc<Workload>, u16)> {
+    let mut candidates = eligible(svc, candidates, client, skip);
+    let total: u64 = candidates.iter().map(|(w, _)| u64::from(w.capacity)).sum();
+    let chosen = if total == 0 {
+        (!candidates.is_empty()).then(|| rng.random_range(0..candidates.len()))
+    } else {
+        let mut point = rng.random_range(0..total);
+        let mut found = None;
+        for (i, (w, _)) in candidates.iter().enumerate() {
+            let weight = u64::from(w.capacity);
+            if point < weight {
+                found = Some(i);
+                break;
+            }
+            point -= weight;
+        }
+        found
+    };
+    chosen.map(|i| candidates.swap_remove(i))
+}
+
+/// The odds [`select`] gives each endpoint of `candidates` (the ones it can pick, each with
+/// its probability; the others are left out): for operators (`/debug/explain`), computed by
+/// the same filters as the pick itself.
+pub fn odds(
+    svc: &Service,
+    candidates: Vec<(Arc<Workload>, u16)>,
+    client: &ClientLocality<'_>,
+    skip: impl Fn(&Workload, u16) -> bool,
+) -> Vec<(Arc<Workload>, u16, f64)> {
+    let candidates = eligible(svc, candidates, client, skip);
+    let total: u64 = candidates.iter().map(|(w, _)| u64::from(w.capacity)).sum();
+    let n = candidates.len() as f64;
+    candidates
+        .into_iter()
+        .map(|(w, p)| {
+            let chance = if total == 0 {
+                1.0 / n
+            } else {
+                w.capacity as f64 / total as f64
+            };
+            (w, p, chance)
+        })
+        .collect()
+}
+
+/// Steps 1-3 of the module doc: the candidates a pick chooses among, by capacity.
+fn eligible(
+    svc: &Service,
+    mut candidates: Vec<(Arc<Workload>, u16)>,
+    client: &ClientLocality<'_>,
+    skip: impl Fn(&Workload, u16) -> bool,
+) -> Vec<(Arc<Workload>, u16)> {
     let (mode, prefs) = mode_and_prefs(svc);
     if mode == LoadBalancerMode::Strict {
         candidates.retain(|(w, _)| {
@@ -109,46 +161,13 @@ pub fn select<R: Rng + ?Sized>(
     if candidates.iter().any(|(w, p)| !skip(w, *p)) {
         candidates.retain(|(w, p)| !skip(w, *p));
     }
-    if candidates.is_empty() {
-        return None;
-    }
-    let ranks: Vec<usize> = candidates
+    let best = candidates
         .iter()
         .map(|(w, _)| rank(prefs, client, w))
-        .collect();
-    let best = ranks.iter().copied().max().unwrap_or(0);
-    let total: u64 = candidates
-        .iter()
-        .zip(&ranks)
-        .filter(|(_, r)| **r == best)
-        .map(|((w, _), _)| u64::from(w.capacity))
-        .sum();
-    let chosen = if total == 0 {
-        let n = ranks.iter().filter(|r| **r == best).count();
-        let k = rng.random_range(0..n);
-        ranks
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| **r == best)
-            .nth(k)
-            .map(|(i, _)| i)
-    } else {
-        let mut point = rng.random_range(0..total);
-        let mut found = None;
-        for (i, ((w, _), r)) in candidates.iter().zip(&ranks).enumerate() {
-            if *r != best {
-                continue;
-            }
-            let weight = u64::from(w.capacity);
-            if point < weight {
-                found = Some(i);
-                break;
-            }
-            point -= weight;
-        }
-        found
-    };
-    chosen.map(|i| candidates.swap_remove(i))
+        .max()
+        .unwrap_or(0);
+    candidates.retain(|(w, _)| rank(prefs, client, w) == best);
+    candidates
 }
 
 /// How many leading scopes of `prefs` the endpoint shares with the client; with no
