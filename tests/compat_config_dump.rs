@@ -248,12 +248,15 @@ fn pod_states() -> (PodStates, (ConnectionTracker, Vec<Box<dyn std::any::Any>>))
         "127.0.0.1:8080".parse().unwrap(),
         Some(&client),
     );
-    let outbound = tracker.track_outbound(LiveOutbound {
-        src: "127.0.0.1:50000".parse().unwrap(),
-        original_dst: "10.96.0.10:80".parse().unwrap(),
-        actual_dst: "127.0.0.2:15008".parse().unwrap(),
-        protocol: OutboundProtocol::Hbone,
-    });
+    let outbound = tracker.track_outbound(
+        LiveOutbound {
+            src: "127.0.0.1:50000".parse().unwrap(),
+            original_dst: "10.96.0.10:80".parse().unwrap(),
+            actual_dst: "127.0.0.2:15008".parse().unwrap(),
+            protocol: OutboundProtocol::Hbone,
+        },
+        Default::default(),
+    );
     let info = |name: &str| WorkloadInfo {
         name: name.into(),
         namespace: "default".into(),

@@ -101,8 +101,14 @@ fn keep_workload(w: &Value, f: &Filter) -> bool {
         && f.workload.as_ref().is_none_or(|n| is_named(w, n))
 }
 
+/// `network/address` as the dump writes it, without the default network's empty name.
+fn net_addr(a: &str) -> &str {
+    a.strip_prefix('/').unwrap_or(a)
+}
+
 fn gateway(v: Option<&Value>) -> String {
-    v.map(|g| s(g, "destination")).unwrap_or_default()
+    v.map(|g| net_addr(&s(g, "destination")).to_string())
+        .unwrap_or_default()
 }
 
 pub(super) fn workloads(dump: &Value, f: &Filter) -> Result<(Table, Value), CtlError> {
@@ -212,7 +218,11 @@ pub(super) fn services(dump: &Value, f: &Filter) -> Result<(Table, Value), CtlEr
             s(svc, "namespace"),
             s(svc, "name"),
             s(svc, "hostname"),
-            joined(svc.get("vips")),
+            joined(svc.get("vips"))
+                .split(',')
+                .map(net_addr)
+                .collect::<Vec<_>>()
+                .join(","),
             ports,
             endpoints.to_string(),
             gateway(svc.get("waypoint")),
@@ -488,7 +498,10 @@ fn explain_into(out: &mut String, e: &Value, pad: &str) {
             policies_into(out, a, &format!("{pad}      "));
         }
         if let Some(beyond) = p.get("beyondWaypoint") {
-            let _ = writeln!(out, "{pad}    beyond the waypoint:");
+            let _ = writeln!(
+                out,
+                "{pad}    beyond the waypoint (an L7 proxy: its own policies are not shown), its own connection:"
+            );
             explain_into(out, beyond, &format!("{pad}      "));
         }
         let _ = writeln!(out, "{pad}    ⇒ {}", s(p, "verdict").to_uppercase());

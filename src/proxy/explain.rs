@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::core::Identity;
 use crate::rbac::ConnFacts;
-use crate::state::{Snapshot, StateView, TunnelProtocol, Workload};
+use crate::state::{EndpointOdds, Snapshot, StateView, TunnelProtocol, Workload};
 
 use super::authz::{self, PolicyTrace};
 use super::inbound::local_destination_of;
@@ -31,7 +31,7 @@ pub(super) trait RouteTrace {
     const ON: bool;
     fn step(&mut self, step: String);
     /// The endpoints a service pick may land on, with their odds.
-    fn odds(&mut self, odds: Vec<(Arc<Workload>, u16, f64)>);
+    fn odds(&mut self, odds: EndpointOdds);
     /// The route goes to a waypoint at this HBONE address.
     fn waypoint(&mut self, hbone: SocketAddr);
 }
@@ -42,7 +42,7 @@ pub(super) struct NoTrace;
 impl RouteTrace for NoTrace {
     const ON: bool = false;
     fn step(&mut self, _: String) {}
-    fn odds(&mut self, _: Vec<(Arc<Workload>, u16, f64)>) {}
+    fn odds(&mut self, _: EndpointOdds) {}
     fn waypoint(&mut self, _: SocketAddr) {}
 }
 
@@ -50,7 +50,7 @@ impl RouteTrace for NoTrace {
 struct Recorder {
     steps: Vec<String>,
     /// With the number of steps recorded before them.
-    odds: Option<(usize, Vec<(Arc<Workload>, u16, f64)>)>,
+    odds: Option<(usize, EndpointOdds)>,
     waypoint: Option<SocketAddr>,
 }
 
@@ -59,7 +59,7 @@ impl RouteTrace for Recorder {
     fn step(&mut self, step: String) {
         self.steps.push(step);
     }
-    fn odds(&mut self, odds: Vec<(Arc<Workload>, u16, f64)>) {
+    fn odds(&mut self, odds: EndpointOdds) {
         self.odds = Some((self.steps.len(), odds));
     }
     fn waypoint(&mut self, hbone: SocketAddr) {
@@ -497,17 +497,12 @@ fn path_for(
                         &mut steps,
                     );
                     path.verdict = verdict_of(&path.authorization);
-                    if waypoint == Some(hbone) && path.verdict == "allow" {
-                        steps.push(format!(
-                            "the waypoint {} (an L7 proxy: its own policies are not shown) \
-                             connects onwards from its own pod",
-                            key(receiver)
-                        ));
-                        if depth == 0 {
-                            let beyond = explain_at(inputs, receiver, target, depth + 1);
-                            path.verdict = beyond.verdict.clone();
-                            path.beyond_waypoint = Some(Box::new(beyond));
-                        }
+                    // The waypoint (an L7 proxy, whose own policies are not ambit's) then
+                    // connects onwards from its own pod, through its own node proxy.
+                    if waypoint == Some(hbone) && path.verdict == "allow" && depth == 0 {
+                        let beyond = explain_at(inputs, receiver, target, depth + 1);
+                        path.verdict = beyond.verdict.clone();
+                        path.beyond_waypoint = Some(Box::new(beyond));
                     }
                 }
             }

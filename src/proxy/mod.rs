@@ -425,6 +425,8 @@ fn same_family_ip(wl: &Workload, like: IpAddr) -> Option<IpAddr> {
 }
 
 #[cfg(test)]
+mod explain_tests;
+#[cfg(test)]
 mod gateway_loopback_tests;
 #[cfg(test)]
 mod gateway_tests;

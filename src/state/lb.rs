@@ -125,7 +125,7 @@ pub fn odds(
     candidates: Vec<(Arc<Workload>, u16)>,
     client: &ClientLocality<'_>,
     skip: impl Fn(&Workload, u16) -> bool,
-) -> Vec<(Arc<Workload>, u16, f64)> {
+) -> EndpointOdds {
     let candidates = eligible(svc, candidates, client, skip);
     let total: u64 = candidates.iter().map(|(w, _)| u64::from(w.capacity)).sum();
     let n = candidates.len() as f64;
@@ -141,6 +141,9 @@ pub fn odds(
         })
         .collect()
 }
+
+/// Endpoints (with their target port) and the chance a pick lands on each.
+pub type EndpointOdds = Vec<(Arc<Workload>, u16, f64)>;
 
 /// Steps 1-3 of the module doc: the candidates a pick chooses among, by capacity.
 fn eligible(

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::rbac::Authorization;
 
-pub use lb::{ClientLocality, odds as endpoint_odds, select as select_endpoint};
+pub use lb::{ClientLocality, EndpointOdds, odds as endpoint_odds, select as select_endpoint};
 pub use snapshot::Snapshot;
 pub use types::{
     AppTunnelProtocol, ApplicationTunnel, CidrVip, DEFAULT_HBONE_MTLS_PORT, GatewayAddress,
@@ -290,7 +290,7 @@ impl StateView {
         svc_port: u16,
         client: &ClientLocality<'_>,
         skip: impl Fn(&Workload, u16) -> bool,
-    ) -> Vec<(Arc<Workload>, u16, f64)> {
+    ) -> EndpointOdds {
         lb::odds(svc, self.endpoints(svc, svc_port), client, skip)
     }
 

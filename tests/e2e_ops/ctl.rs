@@ -81,7 +81,8 @@ async fn ok(lab: &Lab, node: &str, args: &[&str]) -> String {
 async fn json(lab: &Lab, node: &str, args: &[&str]) -> Value {
     let mut a = args.to_vec();
     a.extend(["-o", "json"]);
-    let out = ok(lab, node, &a).await;
+    let (code, out, err) = ctl(lab, node, &a).await;
+    assert_eq!(code, 0, "ambit ctl {a:?}: {err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
@@ -233,11 +234,11 @@ async fn explain_predicts_what_the_data_path_does() {
     let wp_log = at_least(1, || wp.log()).await;
     assert_eq!(wp_log.len(), 1, "{wp_log:?}");
     assert!(wp_log[0].contains(&format!("dst={db}")), "{}", wp_log[0]);
-    let to_wp = access(
-        &lab,
-        "client",
-        &["direction=outbound", &format!("dst.addr={wp_hbone}")],
-    );
+    let to_wp_addr = format!("dst.addr={wp_hbone}");
+    let to_wp = at_least(1, || {
+        access(&lab, "client", &["direction=outbound", &to_wp_addr])
+    })
+    .await;
     assert_eq!(to_wp.len(), 1, "{to_wp:#?}");
     let at_db = format!("src.identity={final_identity}");
     let served = at_least(1, || access(&lab, "db", &["direction=inbound", &at_db])).await;
@@ -267,14 +268,17 @@ async fn explain_predicts_what_the_data_path_does() {
         assert_eq!(echo(client, vip, &[i], STEP).await.unwrap(), [i]);
     }
     let from_client = format!("src.addr^={}:", ip(&lab, "client"));
-    let seen = at_least(N, || {
+    let seen = at_least(N + 1, || {
         ["web-1", "web-2"]
             .iter()
-            .flat_map(|p| access(&lab, p, &["direction=inbound", &from_client]))
+            .flat_map(|p| {
+                let to = format!("dst.workload={p}");
+                access(&lab, p, &["direction=inbound", &from_client, &to])
+            })
             .collect()
     })
     .await;
-    // One connection to web-2 came from step 1.
+    // One connection to web-2 came from step 1; every VIP connection reached web-1 or web-2.
     assert_eq!(seen.len(), N + 1, "{seen:#?}");
     let reached: BTreeSet<String> = seen
         .iter()
