@@ -19,6 +19,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// `GET path`, decoded as JSON; an error answer's `{"error": ...}` becomes [`CtlError::Refused`].
 pub(super) async fn get_json(admin: SocketAddr, path: &str) -> Result<Value, CtlError> {
     let (status, body) = request(admin, Method::GET, path).await?;
+    if status == StatusCode::NOT_FOUND && body.is_empty() {
+        // ztunnel's admin API answers paths it lacks (`/debug/explain`, ...) this way.
+        let endpoint = path.split('?').next().unwrap_or(path);
+        return Err(CtlError::Refused(format!(
+            "the admin API at {admin} has no {endpoint} (only ambit serves it)"
+        )));
+    }
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| CtlError::BadAnswer(format!("{path}: status {status}, not JSON ({e})")))?;
     if status.is_success() {
