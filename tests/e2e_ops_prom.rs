@@ -5,7 +5,7 @@
 //! separate subnet (outside the pods' capture: replies to its scrapes are not new connections),
 //! with a 1 s scrape interval and its own temporary storage; the `Process` is killed on drop.
 //!
-//! The dashboards under `deploy/grafana/`: every panel query and template variable returns data
+//! The dashboards under `deploy/helm/ambit/dashboards/`: every panel query and template variable returns data
 //! from the lab's Prometheus (`ambit-lab up --prometheus`) after the demo's traffic.
 
 mod common;
@@ -153,11 +153,11 @@ async fn prometheus_scrapes_both_ambits_and_answers_promql() {
 }
 
 /// The dashboards' PromQL: every panel target and every template variable of
-/// `deploy/grafana/*.json`, as (where, query) with Grafana's variables replaced the way a
+/// `deploy/helm/ambit/dashboards/*.json`, as (where, query) with Grafana's variables replaced the way a
 /// dashboard left at "All" sends them (`$__rate_interval` as 1m) and `label_values(m, l)`
 /// variables written as the PromQL Grafana's data source runs for them.
 fn dashboard_queries() -> Vec<(String, String)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/helm/ambit/dashboards");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -114,7 +114,7 @@ enum Cmd {
         #[arg(long)]
         no_proxy: bool,
         /// Also run Prometheus, scraping every node proxy (in the underlay namespace, on
-        /// 127.0.0.1:9090; see deploy/grafana/ for dashboards over it).
+        /// 127.0.0.1:9090; see deploy/helm/ambit/dashboards/ for dashboards over it).
         #[arg(long)]
         prometheus: bool,
     },
