@@ -384,18 +384,28 @@ fn overall(paths: &[Path]) -> String {
     }
 }
 
-fn error_path(probability: f64, error: String) -> Path {
-    Path {
-        probability,
-        steps: vec![error],
-        route: "none".into(),
-        via: None,
-        target: None,
-        expected_identities: Vec::new(),
-        authorization: None,
-        beyond_waypoint: None,
-        verdict: "error".into(),
+impl Path {
+    /// A path taking `route`, to be filled in.
+    fn new(probability: f64, route: &str) -> Path {
+        Path {
+            probability,
+            steps: Vec::new(),
+            route: route.into(),
+            via: None,
+            target: None,
+            expected_identities: Vec::new(),
+            authorization: None,
+            beyond_waypoint: None,
+            verdict: String::new(),
+        }
     }
+}
+
+fn error_path(probability: f64, error: String) -> Path {
+    let mut path = Path::new(probability, "none");
+    path.steps.push(error);
+    path.verdict = "error".into();
+    path
 }
 
 /// The receiving proxy's decision for `target`, as if it were `receiver`'s.
@@ -456,17 +466,7 @@ fn path_for(
     (probability, mut steps, waypoint): (f64, Vec<String>, Option<SocketAddr>),
     depth: u8,
 ) -> Path {
-    let mut path = Path {
-        probability,
-        steps: Vec::new(),
-        route: String::new(),
-        via: None,
-        target: None,
-        expected_identities: Vec::new(),
-        authorization: None,
-        beyond_waypoint: None,
-        verdict: String::new(),
-    };
+    let mut path = Path::new(probability, "");
     match route {
         Route::Hbone {
             hbone,
@@ -575,9 +575,7 @@ fn direct_path(
     src: SocketAddr,
     dst: SocketAddr,
 ) -> Path {
-    let mut path = error_path(1.0, String::new());
-    path.steps.clear();
-    path.route = "direct".into();
+    let mut path = Path::new(1.0, "direct");
     path.via = Some(dst);
     path.target = Some(dst);
     match snapshot.workload_by_addr(&inputs.network, dst.ip()) {

@@ -57,6 +57,11 @@ fn state() -> StateView {
     writer.apply(
         Update::default()
             .upsert(workload("client", "10.0.0.1"))
+            .upsert({
+                let mut legacy = workload("legacy", "10.0.0.9");
+                legacy.protocol = TunnelProtocol::None;
+                legacy
+            })
             .upsert(s1)
             .upsert(s2)
             .upsert(svc)
@@ -133,4 +138,26 @@ fn names_resolve_or_say_why_not() {
         find_destination(&snap, "", "[::1]:80").unwrap(),
         "[::1]:80".parse().unwrap()
     );
+}
+
+#[test]
+fn an_uncaptured_source_goes_direct_and_arrives_without_identity() {
+    let view = state();
+    let inputs = ExplainInputs {
+        state: view.clone(),
+        network: String::new(),
+        hbone_port: 15008,
+    };
+    let snap = view.snapshot();
+    let legacy = find_workload(&snap, "", "b/legacy").unwrap();
+    let e = explain(&inputs, &legacy, "10.0.0.3:8080".parse().unwrap());
+    assert!(!e.source.captured);
+    let [p] = e.paths.as_slice() else {
+        panic!("{e:?}")
+    };
+    assert_eq!(p.route, "direct");
+    let a = p.authorization.as_ref().unwrap();
+    // The DENY rule names a principal: with no identity it cannot match.
+    assert_eq!((a.identity.as_deref(), a.allowed), (None, true));
+    assert!(!a.policies[0].matched);
 }
