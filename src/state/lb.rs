@@ -11,7 +11,7 @@
 //!    moves to the next locality level only when the closer one has nothing usable.
 //! 4. A weighted random pick by `capacity` (all zero ⇒ uniform).
 //!
-//! Invariant: no allocation; the candidate list is consumed (filtered in place).
+//! Invariant: no allocation beyond one rank per candidate; the candidate list is consumed.
 //!
 //! [`EndpointTable`] is the same choice prepared once per snapshot for one service port (on the
 //! first pick for the service, see [`super::Snapshot::pick_endpoint`]): the
@@ -97,14 +97,29 @@ pub fn select<R: Rng + ?Sized>(
     skip: impl Fn(&Workload, u16) -> bool,
     rng: &mut R,
 ) -> Option<(Arc<Workload>, u16)> {
-    let mut candidates = eligible(svc, candidates, client, skip);
-    let total: u64 = candidates.iter().map(|(w, _)| u64::from(w.capacity)).sum();
+    let Eligible {
+        mut candidates,
+        ranks,
+        best,
+    } = eligible(svc, candidates, client, skip)?;
+    let in_best = |i: usize| ranks[i] == best;
+    let total: u64 = candidates
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| in_best(*i))
+        .map(|(_, (w, _))| u64::from(w.capacity))
+        .sum();
     let chosen = if total == 0 {
-        (!candidates.is_empty()).then(|| rng.random_range(0..candidates.len()))
+        let n = ranks.iter().filter(|r| **r == best).count();
+        let k = rng.random_range(0..n);
+        (0..candidates.len()).filter(|i| in_best(*i)).nth(k)
     } else {
         let mut point = rng.random_range(0..total);
         let mut found = None;
         for (i, (w, _)) in candidates.iter().enumerate() {
+            if !in_best(i) {
+                continue;
+            }
             let weight = u64::from(w.capacity);
             if point < weight {
                 found = Some(i);
@@ -126,16 +141,24 @@ pub fn odds(
     client: &ClientLocality<'_>,
     skip: impl Fn(&Workload, u16) -> bool,
 ) -> EndpointOdds {
-    let candidates = eligible(svc, candidates, client, skip);
-    let total: u64 = candidates.iter().map(|(w, _)| u64::from(w.capacity)).sum();
-    let n = candidates.len() as f64;
-    candidates
+    let Some(e) = eligible(svc, candidates, client, skip) else {
+        return Vec::new();
+    };
+    let best: Vec<(Arc<Workload>, u16)> = e
+        .candidates
         .into_iter()
+        .zip(e.ranks)
+        .filter(|(_, r)| *r == e.best)
+        .map(|(c, _)| c)
+        .collect();
+    let total: u64 = best.iter().map(|(w, _)| u64::from(w.capacity)).sum();
+    let n = best.len() as f64;
+    best.into_iter()
         .map(|(w, p)| {
             let chance = if total == 0 {
                 1.0 / n
             } else {
-                w.capacity as f64 / total as f64
+                f64::from(w.capacity) / total as f64
             };
             (w, p, chance)
         })
@@ -145,13 +168,21 @@ pub fn odds(
 /// Endpoints (with their target port) and the chance a pick lands on each.
 pub type EndpointOdds = Vec<(Arc<Workload>, u16, f64)>;
 
-/// Steps 1-3 of the module doc: the candidates a pick chooses among, by capacity.
+/// What a pick chooses among: the candidates left by steps 1-2 of the module doc, each one's
+/// rank (step 3), and the best rank (only those are picked, by capacity).
+struct Eligible {
+    candidates: Vec<(Arc<Workload>, u16)>,
+    ranks: Vec<usize>,
+    best: usize,
+}
+
+/// Steps 1-3 of the module doc; `None` when nothing is left.
 fn eligible(
     svc: &Service,
     mut candidates: Vec<(Arc<Workload>, u16)>,
     client: &ClientLocality<'_>,
     skip: impl Fn(&Workload, u16) -> bool,
-) -> Vec<(Arc<Workload>, u16)> {
+) -> Option<Eligible> {
     let (mode, prefs) = mode_and_prefs(svc);
     if mode == LoadBalancerMode::Strict {
         candidates.retain(|(w, _)| {
@@ -164,13 +195,19 @@ fn eligible(
     if candidates.iter().any(|(w, p)| !skip(w, *p)) {
         candidates.retain(|(w, p)| !skip(w, *p));
     }
-    let best = candidates
+    if candidates.is_empty() {
+        return None;
+    }
+    let ranks: Vec<usize> = candidates
         .iter()
         .map(|(w, _)| rank(prefs, client, w))
-        .max()
-        .unwrap_or(0);
-    candidates.retain(|(w, _)| rank(prefs, client, w) == best);
-    candidates
+        .collect();
+    let best = ranks.iter().copied().max().unwrap_or(0);
+    Some(Eligible {
+        candidates,
+        ranks,
+        best,
+    })
 }
 
 /// How many leading scopes of `prefs` the endpoint shares with the client; with no
