@@ -126,17 +126,23 @@ pub fn policy_matches(p: &Authorization, conn: &ConnFacts<'_>) -> bool {
     p.rules.iter().any(|rule| rule_matches(rule, conn))
 }
 
-/// Clauses are ANDed (an empty rule matches).
+/// Clauses are ANDed (an empty rule matches). `#[inline]`: part of [`policy_matches`]'s loop,
+/// as the closure it was before `/debug/explain` needed it on its own.
+#[inline]
 pub fn rule_matches(rule: &Rule, conn: &ConnFacts<'_>) -> bool {
     rule.clauses.iter().all(|c| clause_matches(c, conn))
 }
 
 /// Matches inside a clause are ORed.
+#[inline]
 pub fn clause_matches(clause: &Clause, conn: &ConnFacts<'_>) -> bool {
     clause.matches.iter().any(|m| match_matches(m, conn))
 }
 
 /// Every populated field must pass: a positive list by any entry, a negative list by none.
+/// Inlined into [`clause_matches`]'s callers, as it was into [`policy_matches`] before
+/// `/debug/explain` became a second caller.
+#[inline]
 fn match_matches(m: &Match, conn: &ConnFacts<'_>) -> bool {
     let id = conn.identity;
     let ns_ok = |s: &StringMatch| id.is_some_and(|id| s.matches(id.namespace()));
