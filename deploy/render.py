@@ -3,7 +3,8 @@
 
 No Helm renderer is installable from the registries this project may use (crates.io, PyPI,
 npm, Debian), so the chart's templates keep to plain `{{ .Values.a.b }}` substitutions, which
-this script renders; `--check` fails when deploy/manifests/ambit.yaml differs from a fresh
+this script renders, plus `{{ .Files.Get "<file>" | indent N }}` (a chart file, every line
+indented, as Helm does it); `--check` fails when deploy/manifests/ambit.yaml differs from a fresh
 render, so the chart and the plain manifests cannot drift apart.
 """
 import pathlib
@@ -16,6 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parent
 CHART = ROOT / "helm" / "ambit"
 OUT = ROOT / "manifests" / "ambit.yaml"
 EXPR = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
+FILES_GET = re.compile(r'^\.Files\.Get "([^"]+)" \| indent (\d+)$')
 
 
 def lookup(values, path):
@@ -33,6 +35,11 @@ def render():
     for tpl in sorted((CHART / "templates").glob("*.yaml")):
         def sub(m):
             expr = m.group(1)
+            f = FILES_GET.match(expr)
+            if f:
+                pad = " " * int(f.group(2))
+                lines = (CHART / f.group(1)).read_text().rstrip("\n").split("\n")
+                return "\n".join(pad + line if line else line for line in lines)
             if not expr.startswith(".Values."):
                 raise SystemExit(f"render: {tpl.name}: unsupported template expression {expr!r}")
             return str(lookup(values, expr[len(".Values."):]))

@@ -25,6 +25,7 @@
 //! | 8 | [`admin`] | readiness, metrics and admin (`/config_dump`) HTTP servers |
 //! | 8 | [`config`] | configuration from the environment |
 //! | 9 | [`app`] | the composition root |
+//! | 9 | [`ctl`] | `ambit ctl`: the operator's client of the admin API (never imported by the proxy) |
 //!
 //! The data path (`tls`, `hbone`, `quic`, `proxy`) never imports control-plane or admin code: it is
 //! handed a state view, a certificate provider and its own configuration.
@@ -35,6 +36,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod core;
+pub mod ctl;
 pub mod dns;
 pub mod grpc;
 pub mod hbone;

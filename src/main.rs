@@ -1,7 +1,7 @@
 //! The `ambit` binary: configuration from the environment, then the app until shutdown.
 //!
 //! Arguments as ztunnel takes them: none, or `proxy` (Istio's chart runs `proxy ztunnel`);
-//! `version` and `help` print and exit.
+//! `version` and `help` print and exit; `ctl ...` is the operator's client ([`ambit::ctl`]).
 
 #![deny(unsafe_code)]
 
@@ -39,6 +39,8 @@ unsafe impl Sync for MallocConf {}
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
     Proxy,
+    /// `ctl ...`: the arguments after `ctl`.
+    Ctl(Vec<String>),
     Version,
     Help,
 }
@@ -50,6 +52,7 @@ fn command(args: &[String]) -> Result<Command, String> {
     match args.as_slice() {
         [] | ["proxy"] | ["proxy", "ztunnel"] => Ok(Command::Proxy),
         ["version"] => Ok(Command::Version),
+        ["ctl", rest @ ..] => Ok(Command::Ctl(rest.iter().map(|s| s.to_string()).collect())),
         ["help"] | ["--help"] | ["-h"] => Ok(Command::Help),
         ["proxy", "ztunnel", extra, ..] => Err(format!(
             "unexpected argument {extra:?} after `proxy ztunnel`"
@@ -58,13 +61,14 @@ fn command(args: &[String]) -> Result<Command, String> {
             "unknown proxy kind {kind:?}: expected `proxy` or `proxy ztunnel`"
         )),
         [first, ..] => Err(format!(
-            "unknown command {first:?}: expected `proxy` (default), `version` or `help`"
+            "unknown command {first:?}: expected `proxy` (default), `ctl`, `version` or `help`"
         )),
     }
 }
 
-const USAGE: &str = "usage: ambit [proxy [ztunnel] | version | help]
+const USAGE: &str = "usage: ambit [proxy [ztunnel] | ctl ... | version | help]
   proxy (default)  run the node proxy, configured from the environment (ztunnel's variables)
+  ctl              inspect a running node proxy through its admin API (`ambit ctl --help`)
   version          print the version
   help             print this help";
 
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match command(&args) {
         Ok(Command::Proxy) => {}
+        Ok(Command::Ctl(args)) => return ambit::ctl::main(&args),
         Ok(Command::Version) => {
             println!("ambit {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
@@ -136,7 +141,7 @@ mod tests {
         assert_eq!(
             parse(&["--proxy"]),
             Err(
-                "unknown command \"--proxy\": expected `proxy` (default), `version` or `help`"
+                "unknown command \"--proxy\": expected `proxy` (default), `ctl`, `version` or `help`"
                     .into()
             )
         );

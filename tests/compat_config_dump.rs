@@ -233,6 +233,7 @@ async fn ambit_dump(pods: bool) -> Value {
         static_config: Some(StaticConfig::Records(std::sync::Arc::new(records))),
         workload_state: pods.then_some(states),
         istio_version: "unknown".into(),
+        debug: None,
     };
     let body = serve_and_get(sources, "/config_dump").await;
     serde_json::from_str(&body).unwrap()
@@ -247,12 +248,15 @@ fn pod_states() -> (PodStates, (ConnectionTracker, Vec<Box<dyn std::any::Any>>))
         "127.0.0.1:8080".parse().unwrap(),
         Some(&client),
     );
-    let outbound = tracker.track_outbound(LiveOutbound {
-        src: "127.0.0.1:50000".parse().unwrap(),
-        original_dst: "10.96.0.10:80".parse().unwrap(),
-        actual_dst: "127.0.0.2:15008".parse().unwrap(),
-        protocol: OutboundProtocol::Hbone,
-    });
+    let outbound = tracker.track_outbound(
+        LiveOutbound {
+            src: "127.0.0.1:50000".parse().unwrap(),
+            original_dst: "10.96.0.10:80".parse().unwrap(),
+            actual_dst: "127.0.0.2:15008".parse().unwrap(),
+            protocol: OutboundProtocol::Hbone,
+        },
+        Default::default(),
+    );
     let info = |name: &str| WorkloadInfo {
         name: name.into(),
         namespace: "default".into(),

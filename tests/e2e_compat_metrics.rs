@@ -74,6 +74,14 @@ const ONLY_IN_AMBIT: &[(&str, &str)] = &[
         "ambit_hbone_transport_fallbacks",
         "HBONE over QUIC: an ambit feature ztunnel lacks",
     ),
+    (
+        "ambit_process_cpu_seconds",
+        "the standard process collector's CPU time, for the proxies' dashboards",
+    ),
+    (
+        "ambit_process_resident_memory_bytes",
+        "the standard process collector's memory, for the proxies' dashboards",
+    ),
     // ztunnel registers these only in shared (in-pod) mode; the recording is dedicated mode.
     (
         "workload_manager_active_proxy_count",

@@ -1,5 +1,9 @@
 //! End-to-end tests of operating ambit: Istio L4 metrics from both reporters after a known
-//! transfer (checked by `promtool`), the access log, and the admin port's loopback-only bind.
+//! transfer (checked by `promtool`), the access log, and the admin port's loopback-only bind;
+//! `ambit ctl` against a lab (`e2e_ops/ctl.rs`).
+
+#[path = "e2e_ops/ctl.rs"]
+mod ctl;
 
 mod common;
 

@@ -4,6 +4,9 @@
 //! Prometheus runs in a namespace of its own, joined to each pod by a monitoring veth on a
 //! separate subnet (outside the pods' capture: replies to its scrapes are not new connections),
 //! with a 1 s scrape interval and its own temporary storage; the `Process` is killed on drop.
+//!
+//! The dashboards under `deploy/helm/ambit/dashboards/`: every panel query and template variable returns data
+//! from the lab's Prometheus (`ambit-lab up --prometheus`) after the demo's traffic.
 
 mod common;
 
@@ -147,4 +150,107 @@ async fn prometheus_scrapes_both_ambits_and_answers_promql() {
     }
     // Both ambits are healthy targets.
     assert_eq!(query(&prom_ns, "count(up == 1)").await, Some(2.0));
+}
+
+/// The dashboards' PromQL: every panel target and every template variable of
+/// `deploy/helm/ambit/dashboards/*.json`, as (where, query) with Grafana's variables replaced the way a
+/// dashboard left at "All" sends them (`$__rate_interval` as 1m) and `label_values(m, l)`
+/// variables written as the PromQL Grafana's data source runs for them.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/helm/ambit/dashboards");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let fill = |q: &str| {
+        ["namespace", "workload", "service", "instance"]
+            .iter()
+            .fold(q.replace("$__rate_interval", "1m"), |q, v| {
+                q.replace(&format!("${v}"), ".*")
+            })
+    };
+    let mut out = Vec::new();
+    for file in files {
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let title = d["title"].as_str().unwrap().to_string();
+        for v in d["templating"]["list"].as_array().unwrap() {
+            let Some(q) = v["query"]["query"].as_str() else {
+                continue;
+            };
+            let inner = q
+                .strip_prefix("label_values(")
+                .and_then(|r| r.strip_suffix(')'))
+                .unwrap_or_else(|| panic!("{title}: variable query {q:?}"));
+            let (metric, label) = inner.rsplit_once(", ").unwrap();
+            out.push((
+                format!("{title} / variable {}", v["name"]),
+                fill(&format!("count by ({label}) ({metric})")),
+            ));
+        }
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                out.push((
+                    format!("{title} / {}", p["title"]),
+                    fill(t["expr"].as_str().unwrap()),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_has_data_from_the_labs_prometheus() {
+    use ambit_lab::traffic::echo;
+    use ambit_lab::{ControlMode, Lab, LabOptions, LabPrometheus, ProxyMode, Topology, demo};
+
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 20, "{queries:#?}");
+    let opts = LabOptions {
+        proxy: Some(env!("CARGO_BIN_EXE_ambit").into()),
+        mode: ProxyMode::Shared,
+        control: ControlMode::ControlPlane,
+        ..LabOptions::default()
+    };
+    let demo_yaml = include_str!("../examples/demo.yaml");
+    let lab = Lab::start(Topology::from_yaml(demo_yaml).unwrap(), opts)
+        .await
+        .unwrap();
+    let prom = LabPrometheus::start(&lab).await.unwrap();
+    let report = demo::run(&lab, demo::demo_flows(&lab).unwrap())
+        .await
+        .unwrap();
+    assert!(report.passed(), "{report}");
+    // A failing flow for the failures panel: nothing listens on web-1:9.
+    let web1 = SocketAddr::from((lab.topology().pod("web-1").unwrap().ip, 9));
+    let client = lab.pod_ns("client").unwrap();
+    assert!(echo(client, web1, b"x", STEP).await.is_err());
+
+    // Bounded wait (scrapes are 1 s apart) until every query has a series.
+    let mut empty = Vec::new();
+    for _ in 0..60 {
+        empty.clear();
+        for (at, q) in &queries {
+            let result = prom
+                .query(&lab, q)
+                .await
+                .unwrap_or_else(|e| panic!("{at}: {e}"));
+            if result.is_empty() {
+                empty.push(format!("{at}: {q}"));
+            }
+        }
+        if empty.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        empty.is_empty(),
+        "queries without data:\n{}\nprometheus tail:\n{}",
+        empty.join("\n"),
+        prom.tail(20)
+    );
 }

@@ -25,6 +25,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("admin", 8),
     ("config", 8),
     ("app", 9),
+    ("ctl", 9),
 ];
 
 fn level(module: &str) -> Option<u8> {

@@ -419,6 +419,11 @@ impl Lab {
         &self.run_dir
     }
 
+    /// How the node proxies run.
+    pub fn mode(&self) -> ProxyMode {
+        self.opts.mode
+    }
+
     pub fn underlay(&self) -> &Netns {
         &self.underlay
     }

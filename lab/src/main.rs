@@ -114,6 +114,10 @@ enum Cmd {
         /// Build only the network and the node agents, no node proxies.
         #[arg(long)]
         no_proxy: bool,
+        /// Also run Prometheus, scraping every node proxy (in the underlay namespace, on
+        /// 127.0.0.1:9090; see deploy/helm/ambit/dashboards/ for dashboards over it).
+        #[arg(long)]
+        prometheus: bool,
     },
     /// Compare ambit with a peer (real ztunnel) on what tools read: access logs, /config_dump,
     /// /logging, metric families, HBONE statuses, readiness. Exit 0 only if every difference is
@@ -316,6 +320,7 @@ fn main() -> ExitCode {
             topology,
             proxy,
             no_proxy,
+            prometheus,
         } => with_runtime(async move {
             let lab = start(
                 Topology::from_file(&topology)?,
@@ -323,7 +328,21 @@ fn main() -> ExitCode {
                 proxy.control.unwrap_or(Control::ControlPlane),
             )
             .await?;
+            let prom = match prometheus {
+                true => Some(ambit_lab::LabPrometheus::start(&lab).await?),
+                false => None,
+            };
+            if let Some(p) = &prom {
+                println!(
+                    "prometheus: http://{} in namespace {} (`ip netns exec {} curl ...`); data in {}",
+                    ambit_lab::prometheus::PROMETHEUS_ADDR,
+                    lab.underlay().name(),
+                    lab.underlay().name(),
+                    p.dir().display()
+                );
+            }
             hold(&lab).await;
+            drop(prom);
             Ok(ExitCode::SUCCESS)
         }),
     }

@@ -38,6 +38,9 @@ pub struct DumpSources {
     pub workload_state: Option<PodStates>,
     /// `ISTIO_META_ISTIO_VERSION`, or `unknown` (`version.istioVersion`).
     pub istio_version: String,
+    /// What `/debug/explain` and `/debug/connections` read (`None`: they answer 503 / only
+    /// the pods' connections).
+    pub debug: Option<super::DebugSources>,
 }
 
 /// Where `staticConfig` comes from.

@@ -6,6 +6,7 @@
 //! so a slow scrape never touches the data path's locks.
 
 mod config_dump;
+mod debug;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,6 +30,7 @@ mod pprof;
 mod scrape;
 
 pub use config_dump::{DumpSources, StaticConfig, StaticRecords, config_dump};
+pub use debug::DebugSources;
 pub use ops::AdminOps;
 
 /// Why a server could not start.
@@ -72,6 +74,9 @@ pub async fn serve_admin(
         async move {
             let (sources, ops) = (&shared.0, &shared.1);
             if let Some(resp) = ops::route(ops, &req).await {
+                return resp;
+            }
+            if let Some(resp) = debug::route(sources, req.uri().path(), req.uri().query()) {
                 return resp;
             }
             // Any method, as ztunnel.

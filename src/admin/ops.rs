@@ -31,6 +31,8 @@ const INDEX: &str = "ambit admin\n\
   /config_dump                 workloads, services, policies, certificates, pods (shared mode), version, config (JSON)\n\
   /logging                     POST: list the log filter; ?level=<level> or ?level=<target>=<level>,... adds to it; ?reset restores the initial one\n\
   /quitquitquit                POST: drain (readiness false, stop accepting, deadline); answers once drained, then exit 0\n\
+  /debug/explain               ?src=<workload>&dst=<destination>:<port>: the decision the data path would make, step by step (JSON)\n\
+  /debug/connections           live connections of every pod proxy, with age and bytes (JSON)\n\
   /debug/pprof/profile         CPU profile (pprof); ?seconds=1-300 (10), ?frequency=1-1000 Hz (100)\n\
   /debug/pprof/heap            heap profile (gzipped pprof) of what was allocated while heap profiling was active\n\
   /debug/pprof/heap/profiling  ?activate=true|false turns heap profiling on or off; without, tells whether it is on\n";
@@ -223,6 +225,7 @@ mod tests {
             static_config: None,
             workload_state: None,
             istio_version: "unknown".into(),
+            debug: None,
         };
         tokio::spawn(super::super::serve_admin(l, sources, ops, drain));
         let s = |b: Vec<u8>| String::from_utf8(b).unwrap();

@@ -160,6 +160,15 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
         // Shown as ztunnel shows it (`version.istioVersion`).
         istio_version: std::env::var("ISTIO_META_ISTIO_VERSION")
             .unwrap_or_else(|_| "unknown".to_string()),
+        debug: Some(crate::admin::DebugSources {
+            explain: proxy::explain::ExplainInputs {
+                state: view.clone(),
+                network: config.network.clone(),
+                hbone_port: HBONE_PORT,
+            },
+            connections: None,
+            local: None,
+        }),
     };
     let certs: Arc<dyn CertProvider> = secrets.clone();
 
@@ -208,7 +217,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
             quic_head_start: config.hbone_quic_head_start,
             ..Default::default()
         },
-        hbone_port: 15008,
+        hbone_port: HBONE_PORT,
         outlier: proxy::OutlierConfig {
             enabled: config.outlier.enabled,
             consecutive_failures: config.outlier.consecutive_failures,
@@ -238,6 +247,10 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
                     certs: certs.clone(),
                     metrics: metrics.proxy.clone(),
                 })?;
+                if let Some(d) = dump_sources.debug.as_mut() {
+                    d.connections = Some(proxy.tracker().clone());
+                    d.local = Some(format!("{ns}/{name}"));
+                }
                 let bound = extras.bind(&proxy, &proxy_cfg, &view, &ns, &name)?;
                 (proxy, bound)
             };
@@ -384,6 +397,8 @@ fn raise_open_files_limit() {
     }
 }
 
+/// The HBONE port of every node proxy (ztunnel's, fixed).
+const HBONE_PORT: u16 = 15008;
 /// How long the admin server may take to answer its last requests once the proxies drained.
 const ADMIN_DRAIN: Duration = Duration::from_secs(2);
 

@@ -112,6 +112,19 @@ fn connection_metrics_balance_and_count_bytes_live() {
     );
     assert!(text.contains("process_open_fds "), "{text}");
     assert!(text.contains("process_max_fds "), "{text}");
+    assert!(
+        text.contains("\nambit_process_cpu_seconds_total "),
+        "{text}"
+    );
+    let rss: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ambit_process_resident_memory_bytes "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        rss > 1e6,
+        "a running test process has more than 1 MB resident: {rss}"
+    );
 }
 
 #[test]

@@ -65,5 +65,61 @@ pub(super) fn decide_tracked(
     }
 }
 
+/// How one policy fared for a connection (`/debug/explain`).
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTrace {
+    pub policy: String,
+    pub action: &'static str,
+    pub dry_run: bool,
+    pub matched: bool,
+    /// Per rule (ORed): whether it matched, and per clause (ANDed) whether it did.
+    pub rules: Vec<RuleTrace>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleTrace {
+    pub matched: bool,
+    pub clauses: Vec<bool>,
+}
+
+/// [`decide`] without logging, with each applicable policy's rules matched or missed. The
+/// decision is [`rbac::check`]'s over the same policies as the data path's.
+pub(super) fn explain(
+    snapshot: &Snapshot,
+    wl: &Workload,
+    facts: &ConnFacts<'_>,
+) -> (Decision, Vec<PolicyTrace>) {
+    let verdict = rbac::check(facts, snapshot.applicable_policies(wl));
+    let mut seen = std::collections::BTreeSet::new();
+    let traces = snapshot
+        .applicable_policies(wl)
+        .filter(|p| seen.insert(p.key()))
+        .map(|p| PolicyTrace {
+            policy: p.key(),
+            action: match p.action {
+                rbac::Action::Allow => "ALLOW",
+                rbac::Action::Deny => "DENY",
+            },
+            dry_run: p.dry_run,
+            matched: rbac::policy_matches(p, facts),
+            rules: p
+                .rules
+                .iter()
+                .map(|r| RuleTrace {
+                    matched: rbac::rule_matches(r, facts),
+                    clauses: r
+                        .clauses
+                        .iter()
+                        .map(|c| rbac::clause_matches(c, facts))
+                        .collect(),
+                })
+                .collect(),
+        })
+        .collect();
+    (verdict.decision, traces)
+}
+
 #[cfg(test)]
 mod tests;

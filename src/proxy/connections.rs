@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use tokio::sync::oneshot;
 use tracing::debug;
@@ -29,6 +30,7 @@ use crate::rbac::{ConnFacts, Decision};
 use crate::state::StateView;
 
 use super::accesslog::ConnectionLog;
+use super::copy::CopyStats;
 use super::outbound::run_until_forced;
 use super::revocation::RevokedSignal;
 use super::{ProxyInputs, authz};
@@ -43,7 +45,46 @@ pub struct ConnectionTracker {
 struct Registry {
     next_id: u64,
     conns: HashMap<u64, Tracked>,
-    outbound: HashMap<u64, LiveOutbound>,
+    outbound: HashMap<u64, (LiveOutbound, Live)>,
+}
+
+/// When a connection was opened and its running byte counts (the copy's own counters).
+#[derive(Clone)]
+struct Live {
+    opened: SystemTime,
+    stats: Arc<CopyStats>,
+}
+
+impl Live {
+    fn now(stats: Arc<CopyStats>) -> Live {
+        Live {
+            opened: SystemTime::now(),
+            stats,
+        }
+    }
+}
+
+/// A live connection with its age and bytes (`/debug/connections`).
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionInfo {
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    pub src: SocketAddr,
+    /// Outbound: where the app was connecting; inbound: where it was delivered.
+    pub dst: SocketAddr,
+    /// Outbound: where the proxy connected (the peer proxy, gateway or endpoint).
+    pub actual_dst: Option<SocketAddr>,
+    /// `TCP`, `HBONE` or `DOUBLEHBONE`.
+    pub protocol: &'static str,
+    /// Inbound over mTLS: the client's identity.
+    pub identity: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub opened: f64,
+    /// From the source to the destination.
+    pub bytes_sent: u64,
+    /// From the destination back to the source.
+    pub bytes_received: u64,
 }
 
 /// A live inbound connection, as `/config_dump` lists it.
@@ -89,6 +130,7 @@ struct Tracked {
     identity: Option<Identity>,
     /// Taken when the connection is told to close, so it is told once.
     close: Option<oneshot::Sender<Decision>>,
+    live: Live,
 }
 
 /// A connection's membership in the registry; dropping it unregisters the connection.
@@ -96,6 +138,17 @@ pub struct Registration {
     id: u64,
     tracker: ConnectionTracker,
     revoked: oneshot::Receiver<Decision>,
+}
+
+impl OutboundProtocol {
+    /// As `/config_dump` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboundProtocol::Tcp => "TCP",
+            OutboundProtocol::Hbone => "HBONE",
+            OutboundProtocol::DoubleHbone => "DOUBLEHBONE",
+        }
+    }
 }
 
 // === impl ConnectionTracker ===
@@ -119,6 +172,7 @@ impl ConnectionTracker {
                 dst,
                 identity: identity.cloned(),
                 close: Some(tx),
+                live: Live::now(Arc::default()),
             },
         );
         Registration {
@@ -128,12 +182,17 @@ impl ConnectionTracker {
         }
     }
 
-    /// Lists an outbound connection until the returned registration is dropped.
-    pub fn track_outbound(&self, conn: LiveOutbound) -> OutboundRegistration {
+    /// Lists an outbound connection until the returned registration is dropped; `stats` are
+    /// its copy's byte counts.
+    pub fn track_outbound(
+        &self,
+        conn: LiveOutbound,
+        stats: Arc<CopyStats>,
+    ) -> OutboundRegistration {
         let mut reg = self.lock();
         let id = reg.next_id;
         reg.next_id += 1;
-        reg.outbound.insert(id, conn);
+        reg.outbound.insert(id, (conn, Live::now(stats)));
         OutboundRegistration {
             id,
             tracker: self.clone(),
@@ -158,8 +217,54 @@ impl ConnectionTracker {
 
     /// The live outbound connections, sorted (a copy).
     pub fn outbound(&self) -> Vec<LiveOutbound> {
-        let mut out: Vec<LiveOutbound> = self.lock().outbound.values().cloned().collect();
+        let mut out: Vec<LiveOutbound> = self
+            .lock()
+            .outbound
+            .values()
+            .map(|(c, _)| c.clone())
+            .collect();
         out.sort();
+        out
+    }
+
+    /// Every live connection with its age and bytes, oldest first (a copy).
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        let since = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        let reg = self.lock();
+        let inbound = reg.conns.values().map(|t| {
+            let (sent, received) = t.live.stats.totals();
+            ConnectionInfo {
+                direction: "inbound",
+                src: t.src,
+                dst: t.dst,
+                actual_dst: None,
+                protocol: if t.identity.is_some() { "HBONE" } else { "TCP" },
+                identity: t.identity.as_ref().map(|i| i.to_string()),
+                opened: since(t.live.opened),
+                bytes_sent: sent,
+                bytes_received: received,
+            }
+        });
+        let outbound = reg.outbound.values().map(|(c, live)| {
+            let (sent, received) = live.stats.totals();
+            ConnectionInfo {
+                direction: "outbound",
+                src: c.src,
+                dst: c.original_dst,
+                actual_dst: Some(c.actual_dst),
+                protocol: c.protocol.as_str(),
+                identity: None,
+                opened: since(live.opened),
+                bytes_sent: sent,
+                bytes_received: received,
+            }
+        });
+        let mut out: Vec<ConnectionInfo> = inbound.chain(outbound).collect();
+        drop(reg);
+        out.sort_by(|a, b| a.opened.total_cmp(&b.opened).then(a.src.cmp(&b.src)));
         out
     }
 
@@ -210,6 +315,14 @@ impl ConnectionTracker {
 // === impl Registration ===
 
 impl Registration {
+    /// The byte counts of the connection's copy, once they are final (after the access log
+    /// opened the connection, which replaces them with exported ones).
+    pub fn attach(&self, stats: Arc<CopyStats>) {
+        if let Some(t) = self.tracker.lock().conns.get_mut(&self.id) {
+            t.live.stats = stats;
+        }
+    }
+
     /// Resolves with the new decision when the connection is no longer authorized; pending
     /// forever otherwise.
     pub async fn revoked(&mut self) -> Decision {

@@ -38,7 +38,8 @@ use super::handshake::PendingHandshakes;
 use super::revocation::{RevokedSignal, watch_peer};
 use super::transport::InboundTunnel;
 use super::{
-    ILLEGAL_PORTS, ProxyInputs, authz, proxyproto, run_authorized, same_family_ip, socket, waypoint,
+    ILLEGAL_PORTS, LocalWorkload, ProxyInputs, authz, proxyproto, run_authorized, same_family_ip,
+    socket, waypoint,
 };
 use crate::state::{AppTunnelProtocol, ApplicationTunnel, GatewayAddress, Snapshot, Workload};
 
@@ -266,6 +267,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
             direction: DirectionLabel::inbound,
         })
         .inc();
+    registration.attach(log.stats.clone());
     let copy = copy_bidirectional(tunnel, tcp_halves(upstream), log.stats.clone());
     run_authorized(&pi, copy, &drain, (&mut registration, &mut revoked), log).await;
 }
@@ -279,14 +281,24 @@ pub(super) fn local_destination<'s>(
     snapshot: &'s Snapshot,
     target: SocketAddr,
 ) -> Option<(&'s Arc<Workload>, SocketAddr)> {
-    let network = &pi.cfg.network;
+    local_destination_of(&pi.cfg.network, &pi.local, snapshot, target)
+}
+
+/// [`local_destination`] for the proxy of `local` on `network` (any workload's, for
+/// `/debug/explain`).
+pub(super) fn local_destination_of<'s>(
+    network: &str,
+    local: &LocalWorkload,
+    snapshot: &'s Snapshot,
+    target: SocketAddr,
+) -> Option<(&'s Arc<Workload>, SocketAddr)> {
     if let Some(wl) = snapshot
         .workload_by_addr(network, target.ip())
-        .filter(|wl| pi.local.is(wl))
+        .filter(|wl| local.is(wl))
     {
         return Some((wl, target));
     }
-    let local = snapshot.workload_by_name(&pi.local.namespace, &pi.local.name)?;
+    let local = snapshot.workload_by_name(&local.namespace, &local.name)?;
     let served =
         |gw: Option<&GatewayAddress>| gw.is_some_and(|gw| waypoint::is_instance(local, gw));
     let for_us = snapshot

@@ -11,6 +11,7 @@ mod authz;
 mod connections;
 mod connector;
 pub mod copy;
+pub mod explain;
 mod gateway;
 pub mod handshake;
 mod inbound;
@@ -20,6 +21,7 @@ pub mod outlier;
 mod passthrough;
 pub mod proxyproto;
 mod revocation;
+mod route;
 pub mod socket;
 pub mod socks5;
 mod transport;
@@ -39,7 +41,9 @@ use crate::quic::QuicPool;
 use crate::state::{StateView, Workload};
 use crate::tls::CertProvider;
 
-pub use connections::{ConnectionTracker, LiveInbound, LiveOutbound, OutboundProtocol};
+pub use connections::{
+    ConnectionInfo, ConnectionTracker, LiveInbound, LiveOutbound, OutboundProtocol,
+};
 pub use handshake::{HandshakeLimits, PendingHandshakes};
 pub use outlier::{OutlierConfig, Outliers};
 pub use socket::{Keepalive, SocketOptions};
@@ -424,6 +428,8 @@ fn same_family_ip(wl: &Workload, like: IpAddr) -> Option<IpAddr> {
         .copied()
 }
 
+#[cfg(test)]
+mod explain_tests;
 #[cfg(test)]
 mod gateway_loopback_tests;
 #[cfg(test)]

@@ -11,7 +11,7 @@ use http::StatusCode;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::core::{Authority, Identity};
+use crate::core::Authority;
 use crate::hbone::{
     Baggage, ConnectHeaders, ConnectRequest, ConnectStage, Forwarded, HboneError, PoolKey,
     TraceParent, WorkloadType,
@@ -19,64 +19,19 @@ use crate::hbone::{
 use crate::lifecycle::DrainWatcher;
 use crate::metrics::{HboneTransportLabel, ResponseFlag};
 use crate::quic::QuicError;
-use crate::state::{ClientLocality, GatewayAddress, Service, TunnelProtocol, Workload};
+use crate::state::Workload;
 
 use super::accesslog::{ConnectionLog, Direction, outbound_labels};
 use super::connections::{ConnectionTracker, LiveOutbound, OutboundProtocol};
 use super::copy::{copy_bidirectional, tcp_halves};
-use super::gateway::{self, GatewayError, GatewayRoute};
+use super::gateway::{self, GatewayError};
 use super::outlier::Outliers;
 use super::revocation::Cut;
+#[cfg(test)]
+pub(super) use super::route::route;
+pub(super) use super::route::{Route, RouteError, Routed, route_avoiding};
 use super::transport::{TransportError, Transports, Tunnel};
-use super::waypoint::{self, WaypointError};
-use super::{ILLEGAL_PORTS, ProxyInputs, same_family_ip, socket};
-
-/// Where an outbound connection goes.
-#[derive(Debug, PartialEq)]
-pub(super) enum Route {
-    /// Over HBONE to `hbone` (the peer proxy), asking it for `target`.
-    Hbone {
-        hbone: SocketAddr,
-        target: SocketAddr,
-        expected: Vec<Identity>,
-    },
-    /// Plain TCP: the destination is outside the mesh or does not speak HBONE.
-    Plain(SocketAddr),
-    /// Double HBONE through the endpoint's network gateway; `target` is the endpoint.
-    Gateway {
-        via: Box<GatewayRoute>,
-        target: Option<SocketAddr>,
-    },
-}
-
-#[derive(Debug)]
-pub(super) enum RouteError {
-    SelfCall(SocketAddr),
-    NoEndpoint { service: String, port: u16 },
-    NoAddress(String),
-    Waypoint(WaypointError),
-    Gateway(GatewayError),
-}
-
-impl fmt::Display for RouteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RouteError::SelfCall(a) => write!(
-                f,
-                "refusing a connection to {a}: it would loop into the proxy"
-            ),
-            RouteError::NoEndpoint { service, port } => {
-                write!(
-                    f,
-                    "service {service} has no healthy endpoint for port {port}"
-                )
-            }
-            RouteError::NoAddress(wl) => write!(f, "workload {wl} has no address"),
-            RouteError::Waypoint(e) => e.fmt(f),
-            RouteError::Gateway(e) => e.fmt(f),
-        }
-    }
-}
+use super::{ProxyInputs, socket};
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
@@ -105,12 +60,15 @@ pub(super) async fn handle(
         Upstream::Hbone(_, via) => (OutboundProtocol::Hbone, *via),
         Upstream::DoubleHbone(_, via) => (OutboundProtocol::DoubleHbone, *via),
     };
-    let _listed = tracker.track_outbound(LiveOutbound {
-        src: peer,
-        original_dst: orig,
-        actual_dst,
-        protocol,
-    });
+    let _listed = tracker.track_outbound(
+        LiveOutbound {
+            src: peer,
+            original_dst: orig,
+            actual_dst,
+            protocol,
+        },
+        log.stats.clone(),
+    );
     relay(stream, upstream, log, &drain).await;
 }
 
@@ -435,138 +393,6 @@ pub(super) async fn run_until_forced<F: std::future::Future>(
         r = copy => Some(r),
         _ = drain.forced() => None,
     }
-}
-
-/// A route, and the service endpoint it was picked as (`ip:target port`), if it was.
-#[derive(Debug, PartialEq)]
-pub(super) struct Routed {
-    pub route: Route,
-    pub endpoint: Option<SocketAddr>,
-    /// The service `orig` addressed, when it was a VIP: resolved once, here, for the labels and
-    /// the `forwarded` `host=` as well.
-    pub service: Option<Arc<Service>>,
-}
-
-/// Decides where `orig` goes: a service VIP picks one of its endpoints; a workload address is
-/// tunneled when the workload speaks HBONE; anything else passes through.
-#[cfg(test)]
-pub(super) fn route(pi: &ProxyInputs, orig: SocketAddr) -> Result<Route, RouteError> {
-    route_avoiding(pi, orig, &|_| false).map(|r| r.route)
-}
-
-/// [`route`], choosing among a service's endpoints only those `avoid` does not name (unless
-/// it names them all).
-pub(super) fn route_avoiding(
-    pi: &ProxyInputs,
-    orig: SocketAddr,
-    avoid: &dyn Fn(SocketAddr) -> bool,
-) -> Result<Routed, RouteError> {
-    if ILLEGAL_PORTS.contains(&orig.port()) {
-        return Err(RouteError::SelfCall(orig));
-    }
-    let state = &pi.state;
-    let network = &pi.cfg.network;
-    let me = state.workload_by_name(&pi.local.namespace, &pi.local.name);
-    let client = match &me {
-        Some(wl) => ClientLocality::of(wl),
-        None => ClientLocality::on_network(network),
-    };
-    let svc = state.service_by_vip_for(network, orig.ip(), &pi.local.namespace);
-    let from_service = svc.is_some();
-    // A waypoint's own traffic is not sent back to it: that is the waypoint forwarding.
-    let is_waypoint =
-        |gw: &GatewayAddress| me.as_deref().is_some_and(|m| waypoint::is_instance(m, gw));
-    // Any of the service's waypoints counts (with weighted waypoints, the one picked for
-    // this connection need not be the one forwarding it).
-    if let Some(s) = svc.as_ref()
-        && !s.waypoints().any(is_waypoint)
-        && let Some(gw) = s.pick_waypoint(&mut rand::rng())
-    {
-        let hop = waypoint::resolve(state, network, gw, orig.ip()).map_err(RouteError::Waypoint)?;
-        return Ok(Routed {
-            route: Route::Hbone {
-                hbone: hop.hbone,
-                target: orig,
-                expected: hop.expected,
-            },
-            endpoint: None,
-            service: svc.clone(),
-        });
-    }
-    let (wl, port, mut expected) = if let Some(svc) = &svc {
-        let skip = |w: &Workload, port: u16| {
-            same_family_ip(w, orig.ip()).is_some_and(|ip| avoid(SocketAddr::new(ip, port)))
-        };
-        let (wl, port) = state
-            .pick_endpoint_for(svc, orig.port(), &client, skip)
-            .ok_or_else(|| RouteError::NoEndpoint {
-                service: format!("{}/{}", svc.namespace, svc.hostname),
-                port: orig.port(),
-            })?;
-        // An endpoint on another network is reached through that network's gateway.
-        if wl.network != *network {
-            let via = gateway::via_gateway(state, network, svc, &wl, orig.port(), orig.ip())
-                .map_err(RouteError::Gateway)?;
-            let target = same_family_ip(&wl, orig.ip()).map(|ip| SocketAddr::new(ip, port));
-            return Ok(Routed {
-                route: Route::Gateway {
-                    via: Box::new(via),
-                    target,
-                },
-                endpoint: target,
-                service: Some(svc.clone()),
-            });
-        }
-        let sans: Vec<Identity> = svc
-            .subject_alt_names
-            .iter()
-            .filter_map(|s| s.parse().ok())
-            .collect();
-        (wl, port, sans)
-    } else if let Some(wl) = state.workload_by_addr(network, orig.ip()) {
-        (wl, orig.port(), Vec::new())
-    } else {
-        return Ok(Routed {
-            route: Route::Plain(orig),
-            endpoint: None,
-            service: svc.clone(),
-        });
-    };
-    let ip = same_family_ip(&wl, orig.ip())
-        .ok_or_else(|| RouteError::NoAddress(format!("{}/{}", wl.namespace(), wl.name)))?;
-    let target = SocketAddr::new(ip, port);
-    let endpoint = from_service.then_some(target);
-    if let Some(gw) = wl.waypoint.as_ref()
-        && !is_waypoint(gw)
-    {
-        let hop = waypoint::resolve(state, network, gw, ip).map_err(RouteError::Waypoint)?;
-        return Ok(Routed {
-            route: Route::Hbone {
-                hbone: hop.hbone,
-                target,
-                expected: hop.expected,
-            },
-            endpoint,
-            service: svc.clone(),
-        });
-    }
-    if wl.protocol != TunnelProtocol::Hbone {
-        return Ok(Routed {
-            route: Route::Plain(target),
-            endpoint,
-            service: svc.clone(),
-        });
-    }
-    expected.insert(0, wl.identity());
-    Ok(Routed {
-        route: Route::Hbone {
-            hbone: SocketAddr::new(ip, pi.cfg.hbone_port),
-            target,
-            expected,
-        },
-        endpoint,
-        service: svc.clone(),
-    })
 }
 
 /// What the `baggage` header says about a workload (wire.md §2.1): its cluster, namespace,

@@ -72,6 +72,7 @@ pub(super) async fn handle(
             return log.fail(&e);
         }
     };
+    registration.attach(log.stats.clone());
     let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), log.stats.clone());
     let mut never = super::revocation::RevokedSignal::never();
     run_authorized(&pi, copy, &drain, (&mut registration, &mut never), log).await;

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use super::{Action, Authorization, Match, ServiceAccountMatch, StringMatch};
+use super::{Action, Authorization, Clause, Match, Rule, ServiceAccountMatch, StringMatch};
 use crate::core::Identity;
 
 /// What the decision is made from. `dst` is the *resolved* destination: the workload's
@@ -123,15 +123,26 @@ where
 
 /// Rules are ORed; a policy without rules never matches.
 pub fn policy_matches(p: &Authorization, conn: &ConnFacts<'_>) -> bool {
-    p.rules.iter().any(|rule| {
-        // Clauses are ANDed (an empty rule matches); matches inside a clause are ORed.
-        rule.clauses
-            .iter()
-            .all(|clause| clause.matches.iter().any(|m| match_matches(m, conn)))
-    })
+    p.rules.iter().any(|rule| rule_matches(rule, conn))
+}
+
+/// Clauses are ANDed (an empty rule matches). `#[inline]`: part of [`policy_matches`]'s loop,
+/// as the closure it was before `/debug/explain` needed it on its own.
+#[inline]
+pub fn rule_matches(rule: &Rule, conn: &ConnFacts<'_>) -> bool {
+    rule.clauses.iter().all(|c| clause_matches(c, conn))
+}
+
+/// Matches inside a clause are ORed.
+#[inline]
+pub fn clause_matches(clause: &Clause, conn: &ConnFacts<'_>) -> bool {
+    clause.matches.iter().any(|m| match_matches(m, conn))
 }
 
 /// Every populated field must pass: a positive list by any entry, a negative list by none.
+/// Inlined into [`clause_matches`]'s callers, as it was into [`policy_matches`] before
+/// `/debug/explain` became a second caller.
+#[inline]
 fn match_matches(m: &Match, conn: &ConnFacts<'_>) -> bool {
     let id = conn.identity;
     let ns_ok = |s: &StringMatch| id.is_some_and(|id| s.matches(id.namespace()));

@@ -12,7 +12,9 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-pub use eval::{ConnFacts, Decision, DenyReason, Verdict, check, policy_matches};
+pub use eval::{
+    ConnFacts, Decision, DenyReason, Verdict, check, clause_matches, policy_matches, rule_matches,
+};
 
 /// One authorization policy, as pushed by the control plane or written in a local config.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

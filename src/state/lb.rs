@@ -92,11 +92,97 @@ impl<'a> ClientLocality<'a> {
 /// rules. `skip` says which endpoints to avoid (ejected outliers, already tried ones).
 pub fn select<R: Rng + ?Sized>(
     svc: &Service,
-    mut candidates: Vec<(Arc<Workload>, u16)>,
+    candidates: Vec<(Arc<Workload>, u16)>,
     client: &ClientLocality<'_>,
     skip: impl Fn(&Workload, u16) -> bool,
     rng: &mut R,
 ) -> Option<(Arc<Workload>, u16)> {
+    let Eligible {
+        mut candidates,
+        ranks,
+        best,
+    } = eligible(svc, candidates, client, skip)?;
+    let in_best = |i: usize| ranks[i] == best;
+    let total: u64 = candidates
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| in_best(*i))
+        .map(|(_, (w, _))| u64::from(w.capacity))
+        .sum();
+    let chosen = if total == 0 {
+        let n = ranks.iter().filter(|r| **r == best).count();
+        let k = rng.random_range(0..n);
+        (0..candidates.len()).filter(|i| in_best(*i)).nth(k)
+    } else {
+        let mut point = rng.random_range(0..total);
+        let mut found = None;
+        for (i, (w, _)) in candidates.iter().enumerate() {
+            if !in_best(i) {
+                continue;
+            }
+            let weight = u64::from(w.capacity);
+            if point < weight {
+                found = Some(i);
+                break;
+            }
+            point -= weight;
+        }
+        found
+    };
+    chosen.map(|i| candidates.swap_remove(i))
+}
+
+/// The odds [`select`] gives each endpoint of `candidates` (the ones it can pick, each with
+/// its probability; the others are left out): for operators (`/debug/explain`), computed by
+/// the same filters as the pick itself.
+pub fn odds(
+    svc: &Service,
+    candidates: Vec<(Arc<Workload>, u16)>,
+    client: &ClientLocality<'_>,
+    skip: impl Fn(&Workload, u16) -> bool,
+) -> EndpointOdds {
+    let Some(e) = eligible(svc, candidates, client, skip) else {
+        return Vec::new();
+    };
+    let best: Vec<(Arc<Workload>, u16)> = e
+        .candidates
+        .into_iter()
+        .zip(e.ranks)
+        .filter(|(_, r)| *r == e.best)
+        .map(|(c, _)| c)
+        .collect();
+    let total: u64 = best.iter().map(|(w, _)| u64::from(w.capacity)).sum();
+    let n = best.len() as f64;
+    best.into_iter()
+        .map(|(w, p)| {
+            let chance = if total == 0 {
+                1.0 / n
+            } else {
+                f64::from(w.capacity) / total as f64
+            };
+            (w, p, chance)
+        })
+        .collect()
+}
+
+/// Endpoints (with their target port) and the chance a pick lands on each.
+pub type EndpointOdds = Vec<(Arc<Workload>, u16, f64)>;
+
+/// What a pick chooses among: the candidates left by steps 1-2 of the module doc, each one's
+/// rank (step 3), and the best rank (only those are picked, by capacity).
+struct Eligible {
+    candidates: Vec<(Arc<Workload>, u16)>,
+    ranks: Vec<usize>,
+    best: usize,
+}
+
+/// Steps 1-3 of the module doc; `None` when nothing is left.
+fn eligible(
+    svc: &Service,
+    mut candidates: Vec<(Arc<Workload>, u16)>,
+    client: &ClientLocality<'_>,
+    skip: impl Fn(&Workload, u16) -> bool,
+) -> Option<Eligible> {
     let (mode, prefs) = mode_and_prefs(svc);
     if mode == LoadBalancerMode::Strict {
         candidates.retain(|(w, _)| {
@@ -117,38 +203,11 @@ pub fn select<R: Rng + ?Sized>(
         .map(|(w, _)| rank(prefs, client, w))
         .collect();
     let best = ranks.iter().copied().max().unwrap_or(0);
-    let total: u64 = candidates
-        .iter()
-        .zip(&ranks)
-        .filter(|(_, r)| **r == best)
-        .map(|((w, _), _)| u64::from(w.capacity))
-        .sum();
-    let chosen = if total == 0 {
-        let n = ranks.iter().filter(|r| **r == best).count();
-        let k = rng.random_range(0..n);
-        ranks
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| **r == best)
-            .nth(k)
-            .map(|(i, _)| i)
-    } else {
-        let mut point = rng.random_range(0..total);
-        let mut found = None;
-        for (i, ((w, _), r)) in candidates.iter().zip(&ranks).enumerate() {
-            if *r != best {
-                continue;
-            }
-            let weight = u64::from(w.capacity);
-            if point < weight {
-                found = Some(i);
-                break;
-            }
-            point -= weight;
-        }
-        found
-    };
-    chosen.map(|i| candidates.swap_remove(i))
+    Some(Eligible {
+        candidates,
+        ranks,
+        best,
+    })
 }
 
 /// How many leading scopes of `prefs` the endpoint shares with the client; with no

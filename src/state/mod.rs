@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::rbac::Authorization;
 
-pub use lb::{ClientLocality, select as select_endpoint};
+pub use lb::{ClientLocality, EndpointOdds, odds as endpoint_odds, select as select_endpoint};
 pub use snapshot::Snapshot;
 pub use types::{
     AppTunnelProtocol, ApplicationTunnel, CidrVip, DEFAULT_HBONE_MTLS_PORT, GatewayAddress,
@@ -281,6 +281,17 @@ impl StateView {
         self.shared
             .load()
             .pick_endpoint(svc, svc_port, client, skip, &mut rand::rng())
+    }
+
+    /// Every endpoint [`StateView::pick_endpoint_for`] may choose, with its odds.
+    pub fn endpoint_odds(
+        &self,
+        svc: &Service,
+        svc_port: u16,
+        client: &ClientLocality<'_>,
+        skip: impl Fn(&Workload, u16) -> bool,
+    ) -> EndpointOdds {
+        lb::odds(svc, self.endpoints(svc, svc_port), client, skip)
     }
 
     /// Policies that apply to `workload`: global ones, its namespace's, and the ones it names

@@ -125,6 +125,7 @@ pub fn empty_sources() -> DumpSources {
         static_config: None,
         workload_state: None,
         istio_version: "unknown".into(),
+        debug: None,
     }
 }
 

@@ -158,3 +158,35 @@ fn a_table_serves_only_its_own_service_value() {
     let copy = Service::clone(&s);
     assert!(!table.is_for(&copy));
 }
+
+#[test]
+fn odds_are_the_picks_own_filters_and_weights() {
+    let s = svc(
+        LoadBalancerMode::Failover,
+        &[LocalityScope::Region, LocalityScope::Zone],
+    );
+    let c = client_in("z1");
+    let client = ClientLocality::of(&c);
+    let got: Vec<(String, f64)> = odds(&s, endpoints(), &client, |_, _| false)
+        .into_iter()
+        .map(|(w, _, p)| (w.name.clone(), p))
+        .collect();
+    // Only the client's zone ranks best; there, by capacity (ep2 has none).
+    assert_eq!(
+        got,
+        vec![
+            ("ep0".into(), 0.25),
+            ("ep1".into(), 0.75),
+            ("ep2".into(), 0.0)
+        ]
+    );
+    let n = 40_000;
+    let picks = tally(n, |rng| select(&s, endpoints(), &client, |_, _| false, rng));
+    let share = |k: &str| *picks.get(k).unwrap_or(&0) as f64 / n as f64;
+    assert!((share("ep0") - 0.25).abs() < 0.02, "{picks:?}");
+    assert!((share("ep1") - 0.75).abs() < 0.02, "{picks:?}");
+    // Skipping everything but ep3 leaves ep3 certain: what `explain` relies on.
+    let only3 = odds(&s, endpoints(), &client, |w: &Workload, _| w.name != "ep3");
+    assert_eq!(only3.len(), 1);
+    assert_eq!((only3[0].0.name.as_str(), only3[0].2), ("ep3", 1.0));
+}
