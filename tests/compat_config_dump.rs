@@ -247,6 +247,7 @@ fn pod_states() -> (PodStates, (ConnectionTracker, Vec<Box<dyn std::any::Any>>))
         "10.0.0.9:40000".parse().unwrap(),
         "127.0.0.1:8080".parse().unwrap(),
         Some(&client),
+        Default::default(),
     );
     let outbound = tracker.track_outbound(
         LiveOutbound {

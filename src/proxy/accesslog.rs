@@ -96,15 +96,16 @@ impl ConnectionLog {
     }
 
     /// Counts the connection as opened under `labels` and writes the `debug` "connection
-    /// opened" line; from now on the copy (which must take `self.stats` after this call) moves
-    /// the byte counters live. Called at most once.
+    /// opened" line; from now on the copy (which must start after this call) moves the byte
+    /// counters live. Called at most once.
     pub fn open(&mut self, pi: &ProxyInputs, labels: OpenLabels) {
         if self.metrics.is_some() {
             return;
         }
         let m = ConnectionMetrics::open(&pi.metrics.traffic, labels.traffic);
         let (request, response) = m.byte_counters();
-        self.stats = Arc::new(CopyStats::with_counters(request, response));
+        // On the stats the connection already has (the tracker may share them already).
+        self.stats.set_counters(request, response);
         self.metrics = Some(m);
         self.src_workload = labels.src_workload;
         self.dst_workload = labels.dst_workload;

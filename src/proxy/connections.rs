@@ -160,6 +160,7 @@ impl ConnectionTracker {
         src: SocketAddr,
         dst: SocketAddr,
         identity: Option<&Identity>,
+        stats: Arc<CopyStats>,
     ) -> Registration {
         let (tx, rx) = oneshot::channel();
         let mut reg = self.lock();
@@ -172,7 +173,7 @@ impl ConnectionTracker {
                 dst,
                 identity: identity.cloned(),
                 close: Some(tx),
-                live: Live::now(Arc::default()),
+                live: Live::now(stats),
             },
         );
         Registration {
@@ -315,14 +316,6 @@ impl ConnectionTracker {
 // === impl Registration ===
 
 impl Registration {
-    /// The byte counts of the connection's copy, once they are final (after the access log
-    /// opened the connection, which replaces them with exported ones).
-    pub fn attach(&self, stats: Arc<CopyStats>) {
-        if let Some(t) = self.tracker.lock().conns.get_mut(&self.id) {
-            t.live.stats = stats;
-        }
-    }
-
     /// Resolves with the new decision when the connection is no longer authorized; pending
     /// forever otherwise.
     pub async fn revoked(&mut self) -> Decision {

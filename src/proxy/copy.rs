@@ -50,17 +50,23 @@ pub struct CopyStats {
     pub a_to_b: AtomicU64,
     /// Bytes from the second stream to the first.
     pub b_to_a: AtomicU64,
-    /// Exported counters moved with `a_to_b` and `b_to_a`, resolved once per connection.
-    live: Option<(Counter, Counter)>,
+    /// Exported counters moved with `a_to_b` and `b_to_a`, resolved once per connection (set
+    /// once the connection's labels are known, before its copy starts).
+    live: std::sync::OnceLock<(Counter, Counter)>,
 }
 
 impl CopyStats {
     /// Stats that also add each chunk to `a_to_b` / `b_to_a` exported counters.
     pub fn with_counters(a_to_b: Counter, b_to_a: Counter) -> Self {
         CopyStats {
-            live: Some((a_to_b, b_to_a)),
+            live: std::sync::OnceLock::from((a_to_b, b_to_a)),
             ..Default::default()
         }
+    }
+
+    /// Adds exported counters to stats made without them; a second call is ignored.
+    pub fn set_counters(&self, a_to_b: Counter, b_to_a: Counter) {
+        let _ = self.live.set((a_to_b, b_to_a));
     }
 
     pub fn totals(&self) -> (u64, u64) {
@@ -105,7 +111,7 @@ where
 {
     let (a_src, a_sink) = a;
     let (b_src, b_sink) = b;
-    let (live_ab, live_ba) = match &stats.live {
+    let (live_ab, live_ba) = match stats.live.get() {
         Some((ab, ba)) => (Some(ab), Some(ba)),
         None => (None, None),
     };

@@ -186,7 +186,8 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
         ));
     }
     // Tracked before the first decision, so no state change can fall between the two.
-    let mut registration = tracker.register(peer, target, log.src_identity.as_ref());
+    let mut registration =
+        tracker.register(peer, target, log.src_identity.as_ref(), log.stats.clone());
     // Decided without holding the snapshot across an `.await` (rejecting is async on h3).
     let decided = {
         let snapshot = pi.state.snapshot();
@@ -267,7 +268,6 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
             direction: DirectionLabel::inbound,
         })
         .inc();
-    registration.attach(log.stats.clone());
     let copy = copy_bidirectional(tunnel, tcp_halves(upstream), log.stats.clone());
     run_authorized(&pi, copy, &drain, (&mut registration, &mut revoked), log).await;
 }

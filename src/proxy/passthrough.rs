@@ -36,7 +36,7 @@ pub(super) async fn handle(
             "refusing a connection to {target}: it would loop into the proxy"
         ));
     }
-    let mut registration = tracker.register(peer, target, None);
+    let mut registration = tracker.register(peer, target, None, log.stats.clone());
     let decision = {
         let snapshot = pi.state.snapshot();
         let Some(local) = snapshot
@@ -72,7 +72,6 @@ pub(super) async fn handle(
             return log.fail(&e);
         }
     };
-    registration.attach(log.stats.clone());
     let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), log.stats.clone());
     let mut never = super::revocation::RevokedSignal::never();
     run_authorized(&pi, copy, &drain, (&mut registration, &mut never), log).await;

@@ -48,8 +48,18 @@ fn addr(s: &str) -> SocketAddr {
 async fn denied_connections_are_told_once_and_allowed_ones_are_not() {
     let tracker = ConnectionTracker::default();
     let a = Identity::new("cluster.local", "a", "client").unwrap();
-    let mut denied = tracker.register(addr("10.0.0.1:1"), addr("10.0.0.2:80"), Some(&a));
-    let mut kept = tracker.register(addr("10.0.0.1:2"), addr("10.0.0.2:81"), None);
+    let mut denied = tracker.register(
+        addr("10.0.0.1:1"),
+        addr("10.0.0.2:80"),
+        Some(&a),
+        Default::default(),
+    );
+    let mut kept = tracker.register(
+        addr("10.0.0.1:2"),
+        addr("10.0.0.2:81"),
+        None,
+        Default::default(),
+    );
     assert_eq!(tracker.len(), 2);
     let deny_80 = |f: &ConnFacts<'_>| {
         if f.dst.port() == 80 {
@@ -92,9 +102,24 @@ async fn a_policy_change_revokes_live_connections_and_identity_is_kept() {
     ));
     let from_a = Identity::new("cluster.local", "a", "client").unwrap();
     let from_c = Identity::new("cluster.local", "c", "client").unwrap();
-    let mut conn_a = tracker.register(addr("10.0.0.1:1"), addr("10.0.0.2:80"), Some(&from_a));
-    let mut conn_c = tracker.register(addr("10.0.0.3:1"), addr("10.0.0.2:80"), Some(&from_c));
-    let mut plain = tracker.register(addr("10.0.0.4:1"), addr("10.0.0.2:80"), None);
+    let mut conn_a = tracker.register(
+        addr("10.0.0.1:1"),
+        addr("10.0.0.2:80"),
+        Some(&from_a),
+        Default::default(),
+    );
+    let mut conn_c = tracker.register(
+        addr("10.0.0.3:1"),
+        addr("10.0.0.2:80"),
+        Some(&from_c),
+        Default::default(),
+    );
+    let mut plain = tracker.register(
+        addr("10.0.0.4:1"),
+        addr("10.0.0.2:80"),
+        None,
+        Default::default(),
+    );
 
     writer.apply(Update::default().upsert(deny_namespace("a")));
     let d = tokio::time::timeout(T, conn_a.revoked()).await.unwrap();
