@@ -204,6 +204,7 @@ impl NodeStream {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             subscribe: req.resource_names_subscribe.clone(),
+            at: std::time::Instant::now(),
         });
         let Some(t) = known_type(&req.type_url) else {
             return true;
@@ -256,6 +257,7 @@ impl NodeStream {
             nonce: nonce.clone(),
             resources: resources.iter().map(|r| r.name.clone()).collect(),
             removed: removed.clone(),
+            at: std::time::Instant::now(),
         });
         DeltaDiscoveryResponse {
             type_url: type_url.to_string(),

@@ -117,6 +117,8 @@ pub struct RecordedRequest {
     pub error_detail: Option<String>,
     pub initial_resource_versions: BTreeMap<String, String>,
     pub subscribe: Vec<String>,
+    /// When it arrived (the benchmark times push → ACK with it).
+    pub at: std::time::Instant,
 }
 
 /// A `DeltaDiscoveryResponse` the control plane sent.
@@ -128,6 +130,8 @@ pub struct RecordedResponse {
     pub nonce: String,
     pub resources: Vec<String>,
     pub removed: Vec<String>,
+    /// When it was handed to the stream (before encoding).
+    pub at: std::time::Instant,
 }
 
 /// One `CreateCertificate` decision.
@@ -424,6 +428,19 @@ impl LabControlPlane {
     ) -> Result<RecordedRequest, LabError> {
         self.wait(within, "a matching xDS request", |r| {
             r.requests.iter().skip(skip).find(|x| pred(x)).cloned()
+        })
+        .await
+    }
+
+    /// Waits (at most `within`) for a sent response, after the first `skip`, matching `pred`.
+    pub async fn wait_response(
+        &self,
+        skip: usize,
+        within: Duration,
+        pred: impl Fn(&RecordedResponse) -> bool,
+    ) -> Result<RecordedResponse, LabError> {
+        self.wait(within, "a matching xDS response", |r| {
+            r.responses.iter().skip(skip).find(|x| pred(x)).cloned()
         })
         .await
     }

@@ -12,6 +12,7 @@
 //! every scenario produced numbers.
 
 mod procfs;
+mod push;
 mod report;
 mod scenarios;
 mod subjects;
@@ -212,6 +213,7 @@ async fn run(cli: &Cli) -> Result<Report> {
         [1000, 10_000]
     };
     let rate = cli.rate.max(10);
+    let push_workloads: u32 = if cli.quick { 1000 } else { 10_000 };
 
     let mut subjects: Vec<Subject> = Vec::new();
     for spec in &binaries {
@@ -355,6 +357,8 @@ async fn run(cli: &Cli) -> Result<Report> {
     }
     drop(subjects);
 
+    let pushes = push_scenario(&binaries, rounds, push_workloads, &cli.proxy_log).await?;
+
     let xds = cli
         .xds
         .clone()
@@ -381,6 +385,7 @@ async fn run(cli: &Cli) -> Result<Report> {
         latency,
         connrate,
         memory,
+        pushes,
         control_plane,
     };
     write_outputs(&report, &cli.out)?;
@@ -445,6 +450,51 @@ fn write_outputs(report: &Report, out: &Path) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// The push scenario ([`push`]): a control-plane lab per binary, all up at once, then per
+/// round (alternating) one push of `workloads` workloads and its removal on each.
+async fn push_scenario(
+    binaries: &[subjects::ProxySpec],
+    rounds: u32,
+    workloads: u32,
+    rust_log: &str,
+) -> Result<Vec<push::PushRow>> {
+    let resources = push::resources(workloads);
+    let names: Vec<String> = resources.iter().map(|r| r.name().to_string()).collect();
+    let mut labs = Vec::new();
+    for spec in binaries {
+        eprintln!("ambit-bench: control-plane lab for {}", spec.label);
+        labs.push(push::PushLab::start(spec, rust_log).await?);
+    }
+    let mut rows: Vec<push::PushRow> = labs
+        .iter()
+        .map(|l| push::PushRow {
+            proxy: l.label().to_string(),
+            workloads,
+            services: (workloads / 10).max(1),
+            push_ms: Vec::new(),
+            remove_ms: Vec::new(),
+            rss_before_kib: l.proxy_rss(),
+            rss_loaded_kib: Vec::new(),
+        })
+        .collect();
+    for r in 0..rounds {
+        eprintln!(
+            "ambit-bench: push of {workloads} workloads, round {}",
+            r + 1
+        );
+        for i in order(labs.len(), r) {
+            let pushed = labs[i].push(resources.clone()).await?;
+            rows[i].push_ms.extend(pushed);
+            if rows[i].rss_loaded_kib.is_empty() {
+                rows[i].rss_loaded_kib = labs[i].proxy_rss();
+            }
+            let removed = labs[i].remove(&names).await?;
+            rows[i].remove_ms.extend(removed);
+        }
+    }
+    Ok(rows)
 }
 
 /// Runs the `xds_apply` bench through cargo and picks its figures out of the output.

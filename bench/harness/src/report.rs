@@ -22,6 +22,7 @@ pub struct Report {
     pub latency: Vec<LatRow>,
     pub connrate: Vec<ConnRow>,
     pub memory: Vec<MemRow>,
+    pub pushes: Vec<crate::push::PushRow>,
     pub control_plane: Option<ControlPlane>,
 }
 
@@ -289,6 +290,7 @@ impl Report {
                 ratio(Some(r.bytes_per_conn), base)
             );
         }
+        self.push_markdown(&mut s, &first);
         if let Some(cp) = &self.control_plane {
             let _ = writeln!(
                 s,
@@ -327,6 +329,9 @@ impl Report {
         if self.connrate.len() != 1 + proxies || self.connrate.iter().any(|r| r.ok == 0) {
             m.push("connection rate: a path completed no connection".into());
         }
+        if self.pushes.len() != proxies || self.pushes.iter().any(|r| r.push_ms.is_empty()) {
+            m.push("push: a binary has no push figure".into());
+        }
         if self.memory.len() != 2 * proxies || self.memory.iter().any(|r| r.held == 0) {
             m.push("memory: a run held no connection".into());
         }
@@ -336,5 +341,41 @@ impl Report {
             None => {}
         }
         m
+    }
+
+    fn push_markdown(&self, s: &mut String, first: &str) {
+        use crate::push::mean;
+        let Some(p0) = self.pushes.first() else {
+            return;
+        };
+        let _ = writeln!(
+            s,
+            "\n### Control-plane push through the lab's control plane ({} workloads + {} services in one delta; push → ACK, both nodes)\n",
+            p0.workloads, p0.services
+        );
+        let _ = writeln!(
+            s,
+            "| proxy | push → ACK ms (mean) | samples | removal → ACK ms (mean) | RSS before push | RSS holding it | vs {first} (push) |\n|---|---|---|---|---|---|---|"
+        );
+        let base = self
+            .pushes
+            .iter()
+            .find(|r| r.proxy == first)
+            .and_then(|r| mean(&r.push_ms));
+        let kib = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" + ");
+        for r in &self.pushes {
+            let samples: Vec<String> = r.push_ms.iter().map(|v| format!("{v:.0}")).collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                r.proxy,
+                opt(mean(&r.push_ms), 1),
+                samples.join(", "),
+                opt(mean(&r.remove_ms), 1),
+                kib(&r.rss_before_kib),
+                kib(&r.rss_loaded_kib),
+                ratio(mean(&r.push_ms), base)
+            );
+        }
     }
 }
