@@ -204,12 +204,22 @@ impl H2Send {
     /// Sends `data`, waiting for flow-control capacity and sending it in pieces as capacity
     /// allows. Pieces are slices of `data` (reference counted), never copies.
     pub async fn send(&mut self, mut data: Bytes) -> Result<(), HboneError> {
+        poll_fn(|cx| self.poll_send(cx, &mut data)).await
+    }
+
+    /// [`H2Send::send`], polled: takes bytes off the front of `data` as capacity allows and is
+    /// ready once all of it is handed to h2.
+    pub fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<Result<(), HboneError>> {
         while !data.is_empty() {
-            let cap = poll_fn(|cx| self.poll_capacity_for(cx, data.len())).await?;
+            let cap = ready!(self.poll_capacity_for(cx, data.len()))?;
             let piece = data.split_to(cap.min(data.len()));
             self.inner.send_data(piece, false)?;
         }
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     /// Half-closes the stream (END_STREAM). Finishing twice is a no-op.

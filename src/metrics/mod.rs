@@ -75,7 +75,8 @@ pub struct ProxyMetrics {
     /// completed with the peer.
     pub hbone_transport_fallbacks: Counter,
     /// Istio's `istio_tcp_*` families.
-    pub traffic: TrafficMetrics,
+    /// Shared by pointer: every live connection holds one.
+    pub traffic: std::sync::Arc<TrafficMetrics>,
     /// `istio_crl_policy_rejections_total{reporter}`: handshakes refused and live connections
     /// closed because a CRL revokes the peer (ztunnel's family).
     pub crl_policy_rejections: Family<CrlLabels, Counter>,

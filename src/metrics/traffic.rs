@@ -7,6 +7,9 @@
 //! and closed balance even when a task is cancelled. Byte counters are resolved once per
 //! connection, so the copy loop increments plain atomics: no lock and no allocation per chunk.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -205,13 +208,30 @@ pub struct TrafficMetrics {
     pub sent_bytes: Family<TrafficLabels, Counter>,
     /// Bytes from the source toward the destination (Istio: "received during request").
     pub received_bytes: Family<TrafficLabels, Counter>,
+    /// One shared copy of every label set a connection was opened with, so a live connection
+    /// holds a pointer instead of ~25 strings of its own. It grows like the families' own key
+    /// sets (which keep every label set for the life of the process), never beyond them.
+    interned: Arc<Mutex<HashSet<Arc<TrafficLabels>>>>,
 }
 
-/// One connection's record in the traffic families.
+impl TrafficMetrics {
+    fn intern(&self, labels: TrafficLabels) -> Arc<TrafficLabels> {
+        let mut set = self.interned.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(shared) = set.get(&labels) {
+            return shared.clone();
+        }
+        let shared = Arc::new(labels);
+        set.insert(shared.clone());
+        shared
+    }
+}
+
+/// One connection's record in the traffic families. Small on purpose: every open connection
+/// keeps one for its whole life.
 #[derive(Debug)]
 pub struct ConnectionMetrics {
-    traffic: TrafficMetrics,
-    labels: TrafficLabels,
+    traffic: Arc<TrafficMetrics>,
+    labels: Arc<TrafficLabels>,
     request_bytes: Counter,
     response_bytes: Counter,
     closed: bool,
@@ -219,13 +239,13 @@ pub struct ConnectionMetrics {
 
 impl ConnectionMetrics {
     /// Counts the connection as opened and resolves its byte counters.
-    pub fn open(traffic: &TrafficMetrics, labels: TrafficLabels) -> Self {
+    pub fn open(traffic: &Arc<TrafficMetrics>, labels: TrafficLabels) -> Self {
         traffic.opened.get_or_create(&labels).inc();
         let request_bytes = traffic.received_bytes.get_or_create(&labels).clone();
         let response_bytes = traffic.sent_bytes.get_or_create(&labels).clone();
         ConnectionMetrics {
             traffic: traffic.clone(),
-            labels,
+            labels: traffic.intern(labels),
             request_bytes,
             response_bytes,
             closed: false,
@@ -248,11 +268,21 @@ impl ConnectionMetrics {
             return;
         }
         self.closed = true;
-        if let Some(flag) = response_flags {
-            self.labels.response_flags = flag.as_str();
-            self.traffic.failed.get_or_create(&self.labels).inc();
+        match response_flags {
+            Some(flag) => {
+                // A failure is the rarer path: the flagged copy is not interned.
+                let flagged = TrafficLabels {
+                    response_flags: flag.as_str(),
+                    ..TrafficLabels::clone(&self.labels)
+                };
+                self.traffic.failed.get_or_create(&flagged).inc();
+                self.traffic.closed.get_or_create(&flagged).inc();
+                self.labels = Arc::new(flagged);
+            }
+            None => {
+                self.traffic.closed.get_or_create(&self.labels).inc();
+            }
         }
-        self.traffic.closed.get_or_create(&self.labels).inc();
     }
 }
 

@@ -30,10 +30,10 @@ use crate::rbac::{ConnFacts, Decision};
 use crate::state::StateView;
 
 use super::accesslog::ConnectionLog;
+use super::authz;
 use super::copy::CopyStats;
 use super::outbound::run_until_forced;
 use super::revocation::RevokedSignal;
-use super::{ProxyInputs, authz};
 
 /// The registry of live inbound connections. Cloning shares it.
 #[derive(Clone, Default)]
@@ -338,38 +338,54 @@ impl Drop for OutboundRegistration {
     }
 }
 
-/// Runs an authorized connection's copy until it ends, the drain deadline passes, a state
-/// change revokes it, or its HBONE connection is closed for a revoked peer certificate; then
-/// writes its access-log line (and counts a revocation).
-pub(super) async fn run_authorized(
-    pi: &ProxyInputs,
-    copy: impl std::future::Future<Output = std::io::Result<()>>,
-    drain: &DrainWatcher,
-    (registration, cert_revoked): (&mut Registration, &mut RevokedSignal),
-    mut log: ConnectionLog,
-) {
-    tokio::select! {
-        // First: the signal is raised before the connection is dropped, so a copy that fails
-        // because of that drop is still put down to the revocation.
-        biased;
-        revoked = cert_revoked.fired() => {
-            log.response_flags = Some(ResponseFlag::CertRevoked);
-            log.fail(&format_args!("{revoked} (HBONE connection closed)"));
-        }
-        done = run_until_forced(copy, drain) => match done {
-            Some(Ok(())) => log.complete(),
-            Some(Err(e)) => {
-                log.response_flags = Some(ResponseFlag::Connect);
-                log.fail(&e)
+/// An authorized inbound connection, copying: all it keeps for its life. Small on purpose
+/// (every open connection holds one in its task), and run in place by [`Authorized::run`]
+/// rather than handed on by value, so nothing in it is stored twice.
+pub(super) struct Authorized<C> {
+    pub pi: Arc<super::ProxyInputs>,
+    /// The copy, boxed (see `copy::copy_bidirectional`).
+    pub copy: C,
+    pub registration: Registration,
+    pub cert_revoked: RevokedSignal,
+    pub log: ConnectionLog,
+}
+
+impl<C> Authorized<C>
+where
+    C: std::future::Future<Output = std::io::Result<()>> + Unpin + Send,
+{
+    /// Runs the copy until it ends, the drain deadline passes, a state change revokes the
+    /// connection, or its HBONE connection is closed for a revoked peer certificate; then
+    /// writes its access-log line (and counts a revocation).
+    // Not `async fn`: its lowering moves `self` into a second slot of the state machine, and
+    // this one lives as long as the connection.
+    #[allow(clippy::manual_async_fn)]
+    pub fn run(mut self, drain: DrainWatcher) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            tokio::select! {
+                // First: the signal is raised before the connection is dropped, so a copy that
+                // fails because of that drop is still put down to the revocation.
+                biased;
+                revoked = self.cert_revoked.fired() => {
+                    self.log.response_flags = Some(ResponseFlag::CertRevoked);
+                    self.log.fail(&format_args!("{revoked} (HBONE connection closed)"));
+                }
+                done = run_until_forced(&mut self.copy, &drain) => match done {
+                    Some(Ok(())) => self.log.complete(),
+                    Some(Err(e)) => {
+                        self.log.response_flags = Some(ResponseFlag::Connect);
+                        self.log.fail(&e)
+                    }
+                    None => self.log.fail(&"closed at the drain deadline"),
+                },
+                // Dropping the copy closes both sides (the HBONE stream is reset, the app's
+                // socket closed).
+                decision = self.registration.revoked() => {
+                    self.pi.metrics.connections_closed_by_policy.inc();
+                    self.log.response_flags = Some(ResponseFlag::Deny);
+                    self.log.fail(&format_args!("{decision} (closed after a policy change)"));
+                }
             }
-            None => log.fail(&"closed at the drain deadline"),
-        },
-        // Dropping the copy closes both sides (the HBONE stream is reset, the app's socket
-        // closed).
-        decision = registration.revoked() => {
-            pi.metrics.connections_closed_by_policy.inc();
-            log.response_flags = Some(ResponseFlag::Deny);
-            log.fail(&format_args!("{decision} (closed after a policy change)"));
         }
     }
 }

@@ -32,14 +32,13 @@ use crate::rbac::ConnFacts;
 use crate::tls::{self, PeerRole};
 
 use super::accesslog::{ConnectionLog, Direction, inbound_labels};
-use super::connections::ConnectionTracker;
+use super::connections::{Authorized, ConnectionTracker};
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::handshake::PendingHandshakes;
 use super::revocation::{RevokedSignal, watch_peer};
 use super::transport::InboundTunnel;
 use super::{
-    ILLEGAL_PORTS, LocalWorkload, ProxyInputs, authz, proxyproto, run_authorized, same_family_ip,
-    socket, waypoint,
+    ILLEGAL_PORTS, LocalWorkload, ProxyInputs, authz, proxyproto, same_family_ip, socket, waypoint,
 };
 use crate::state::{AppTunnelProtocol, ApplicationTunnel, GatewayAddress, Snapshot, Workload};
 
@@ -145,15 +144,37 @@ pub(super) fn count_connection(pi: &ProxyInputs, transport: HboneTransportLabel)
 /// Serves one CONNECT stream of either transport (h2 or h3): the same checks, statuses,
 /// authorization, tracking and logs. `peer` is the client's address, `local` the HBONE address
 /// it connected to.
-pub(super) async fn serve_stream<R: InboundTunnel>(
+pub(super) fn serve_stream<R: InboundTunnel>(
+    pi: Arc<ProxyInputs>,
+    tracker: ConnectionTracker,
+    addrs: (SocketAddr, SocketAddr),
+    peer_id: Identity,
+    req: R,
+    drain: DrainWatcher,
+    revoked: RevokedSignal,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    // The set-up (request, routing, authorization, upstream connect, PROXY header) is boxed and
+    // freed when done; the task of an established stream keeps only [`Authorized`]. Built as a
+    // future that captures the box, not as an `async fn` taking every argument, so nothing
+    // is held twice for the stream's whole life.
+    let set_up = Box::pin(set_up(pi, tracker, addrs, peer_id, req, revoked));
+    async move {
+        if let Some(authorized) = set_up.await {
+            authorized.run(drain).await;
+        }
+    }
+}
+
+async fn set_up<R: InboundTunnel>(
     pi: Arc<ProxyInputs>,
     tracker: ConnectionTracker,
     (peer, local): (SocketAddr, SocketAddr),
     peer_id: Identity,
     req: R,
-    drain: DrainWatcher,
-    mut revoked: RevokedSignal,
-) {
+    revoked: RevokedSignal,
+) -> Option<
+    Authorized<impl std::future::Future<Output = std::io::Result<()>> + Unpin + Send + use<R>>,
+> {
     let mut log = ConnectionLog::new(Direction::Inbound, peer);
     log.src_identity = Some(peer_id);
     log.dst_identity = Some(pi.local.identity(&pi.state));
@@ -172,7 +193,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
                 }
                 Err(e) => {
                     req.reject(e.status()).await;
-                    return log.fail(&e);
+                    return fail(log, &e);
                 }
             }
         }
@@ -181,13 +202,13 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
     let from_gateway = req.forwarded_network().is_some_and(|n| n != pi.cfg.network);
     if ILLEGAL_PORTS.contains(&target.port()) {
         req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
-        return log.fail(&format_args!(
-            "CONNECT to {target}: refusing a target that would loop into the proxy"
-        ));
+        return fail(
+            log,
+            &format_args!("CONNECT to {target}: refusing a target that would loop into the proxy"),
+        );
     }
     // Tracked before the first decision, so no state change can fall between the two.
-    let mut registration =
-        tracker.register(peer, target, log.src_identity.as_ref(), log.stats.clone());
+    let registration = tracker.register(peer, target, log.src_identity.as_ref(), log.stats.clone());
     // Decided without holding the snapshot across an `.await` (rejecting is async on h3).
     let decided = {
         let snapshot = pi.state.snapshot();
@@ -219,17 +240,20 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
     };
     let Some((decision, delivery)) = decided else {
         req.reject(StatusCode::BAD_REQUEST).await;
-        return log.fail(&format_args!(
-            "CONNECT to {target}: not an address of the local workload {}/{} nor a destination \
+        return fail(
+            log,
+            &format_args!(
+                "CONNECT to {target}: not an address of the local workload {}/{} nor a destination \
              it is the waypoint of",
-            pi.local.namespace, pi.local.name
-        ));
+                pi.local.namespace, pi.local.name
+            ),
+        );
     };
     if !decision.is_allow() {
         pi.metrics.connections_denied.inc();
         req.reject(StatusCode::UNAUTHORIZED).await;
         log.response_flags = Some(ResponseFlag::Deny);
-        return log.fail(&decision);
+        return fail(log, &decision);
     }
     // Keep the client's address as the source when the families match and we may; never
     // over loopback (an application tunnel names the client in its header).
@@ -242,7 +266,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
         Err(e) => {
             req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
             log.response_flags = Some(ResponseFlag::Connect);
-            return log.fail(&e);
+            return fail(log, &e);
         }
     };
     if let Some(dst) = delivery.proxy_dst {
@@ -251,14 +275,14 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
         {
             req.reject(StatusCode::SERVICE_UNAVAILABLE).await;
             log.response_flags = Some(ResponseFlag::Connect);
-            return log.fail(&e);
+            return fail(log, &e);
         }
     }
     let tunnel = match req.accept().await {
         Ok(t) => t,
         Err(e) => {
             log.response_flags = Some(ResponseFlag::Connect);
-            return log.fail(&e);
+            return fail(log, &e);
         }
     };
     pi.metrics
@@ -269,7 +293,19 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
         })
         .inc();
     let copy = copy_bidirectional(tunnel, tcp_halves(upstream), log.stats.clone());
-    run_authorized(&pi, copy, &drain, (&mut registration, &mut revoked), log).await;
+    Some(Authorized {
+        pi,
+        copy,
+        registration,
+        cert_revoked: revoked,
+        log,
+    })
+}
+
+/// Logs a stream that ended during its set-up.
+fn fail<T>(log: ConnectionLog, error: &dyn std::fmt::Display) -> Option<T> {
+    log.fail(error);
+    None
 }
 
 /// Where a CONNECT to `target` is delivered on this pod, and the local workload it is for

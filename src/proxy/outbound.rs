@@ -4,6 +4,7 @@
 //! plain TCP when the destination is not in the mesh.
 
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ use crate::quic::QuicError;
 use crate::state::Workload;
 
 use super::accesslog::{ConnectionLog, Direction, outbound_labels};
-use super::connections::{ConnectionTracker, LiveOutbound, OutboundProtocol};
+use super::connections::{ConnectionTracker, LiveOutbound, OutboundProtocol, OutboundRegistration};
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::gateway::{self, GatewayError};
 use super::outlier::Outliers;
@@ -33,34 +34,56 @@ pub(super) use super::route::{Route, RouteError, Routed, route_avoiding};
 use super::transport::{TransportError, Transports, Tunnel};
 use super::{ProxyInputs, socket};
 
-pub(super) async fn handle(
+pub(super) fn handle(
+    pi: Arc<ProxyInputs>,
+    deps: (Arc<Transports>, Arc<Outliers>, ConnectionTracker),
+    stream: TcpStream,
+    peer: SocketAddr,
+    drain: DrainWatcher,
+) -> impl Future<Output = ()> + Send + 'static {
+    // The set-up (routing, pool, handshakes: several KiB) is boxed and freed once connected;
+    // the task of an established connection keeps only what the copy needs. Built as a future
+    // that captures the box rather than as an `async fn` taking every argument, so nothing is
+    // held twice for the connection's whole life.
+    let set_up = Box::pin(set_up(pi, deps, stream, peer));
+    async move {
+        if let Some((stream, upstream, log, listed)) = set_up.await {
+            relay(stream, upstream, log, &drain).await;
+            drop(listed);
+        }
+    }
+}
+
+async fn set_up(
     pi: Arc<ProxyInputs>,
     (transports, outliers, tracker): (Arc<Transports>, Arc<Outliers>, ConnectionTracker),
     stream: TcpStream,
     peer: SocketAddr,
-    drain: DrainWatcher,
-) {
+) -> Option<(TcpStream, Upstream, ConnectionLog, OutboundRegistration)> {
     let mut log = ConnectionLog::new(Direction::Outbound, peer);
     log.src_identity = Some(pi.local.identity(&pi.state));
     let orig = match socket::orig_dst(&stream, peer) {
         Ok(a) => a,
-        Err(e) => return log.fail(&format_args!("original destination: {e}")),
+        Err(e) => {
+            log.fail(&format_args!("original destination: {e}"));
+            return None;
+        }
     };
     log.dst = Some(orig);
     // No `tune`: the listener is tuned (`socket::listen_tuned`), accepted sockets inherit it.
-    // Boxed: the set-up state (routing, pool, handshakes) is several KiB that the task of an
-    // established connection would otherwise keep for its whole life.
-    let upstream = match Box::pin(connect(&pi, &transports, &outliers, peer, orig, &mut log)).await
-    {
+    let upstream = match connect(&pi, &transports, &outliers, peer, orig, &mut log).await {
         Ok(u) => u,
-        Err(e) => return log.fail(&e),
+        Err(e) => {
+            log.fail(&e);
+            return None;
+        }
     };
     let (protocol, actual_dst) = match &upstream {
         Upstream::Plain(s) => (OutboundProtocol::Tcp, s.peer_addr().unwrap_or(orig)),
         Upstream::Hbone(_, via) => (OutboundProtocol::Hbone, *via),
         Upstream::DoubleHbone(_, via) => (OutboundProtocol::DoubleHbone, *via),
     };
-    let _listed = tracker.track_outbound(
+    let listed = tracker.track_outbound(
         LiveOutbound {
             src: peer,
             original_dst: orig,
@@ -69,7 +92,7 @@ pub(super) async fn handle(
         },
         log.stats.clone(),
     );
-    relay(stream, upstream, log, &drain).await;
+    Some((stream, upstream, log, listed))
 }
 
 /// The far side of an outbound connection, connected and ready for bytes.
@@ -339,50 +362,65 @@ fn connect_headers(
 }
 
 /// Copies both ways between the app and `upstream` until both sides finish or the drain
-/// deadline passes, then writes the access log.
-pub(super) async fn relay(
+/// deadline passes, then writes the access log. The copy is set up (boxed) before the returned
+/// future exists, which keeps only it, the log and the drain wait.
+pub(super) fn relay(
     stream: TcpStream,
     upstream: Upstream,
     mut log: ConnectionLog,
     drain: &DrainWatcher,
-) {
+) -> impl Future<Output = ()> + Send + '_ {
     let stats = log.stats.clone();
-    let mut cut = None;
-    let copied = match upstream {
-        Upstream::Plain(upstream) => {
-            let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), stats);
-            run_until_forced(copy, drain).await
-        }
+    let (copy, cut): (CopyFuture, Option<Cut>) = match upstream {
+        Upstream::Plain(upstream) => (
+            Box::pin(copy_bidirectional(
+                tcp_halves(stream),
+                tcp_halves(upstream),
+                stats,
+            )),
+            None,
+        ),
         Upstream::Hbone(tunnel, _) | Upstream::DoubleHbone(tunnel, _) => match *tunnel {
             Tunnel::H2(h2) => {
-                cut = h2.cut_probe().map(Cut::H2);
-                let copy = copy_bidirectional(tcp_halves(stream), h2.split(), stats);
-                run_until_forced(copy, drain).await
+                let cut = h2.cut_probe().map(Cut::H2);
+                (
+                    Box::pin(copy_bidirectional(tcp_halves(stream), h2.split(), stats)),
+                    cut,
+                )
             }
             Tunnel::H3(recv, send) => {
-                cut = recv.cut_probe().map(Cut::H3);
-                let copy = copy_bidirectional(tcp_halves(stream), (recv, send), stats);
-                run_until_forced(copy, drain).await
+                let cut = recv.cut_probe().map(Cut::H3);
+                (
+                    Box::pin(copy_bidirectional(tcp_halves(stream), (recv, send), stats)),
+                    cut,
+                )
             }
         },
     };
-    // A connection cut because a CRL revoked the peer fails its streams; say so.
-    let cut = cut.as_ref().and_then(Cut::reason);
-    match (copied, cut) {
-        (Some(Err(_)), Some(reason)) => {
-            log.response_flags = Some(ResponseFlag::CertRevoked);
-            log.fail(&format_args!("{reason} (HBONE connection closed)"))
-        }
-        (copied, _) => match copied {
-            Some(Ok(())) => log.complete(),
-            Some(Err(e)) => {
-                log.response_flags = Some(ResponseFlag::Connect);
-                log.fail(&e)
+    async move {
+        let copied = run_until_forced(copy, drain).await;
+        // A connection cut because a CRL revoked the peer fails its streams; say so.
+        let cut = cut.as_ref().and_then(Cut::reason);
+        match (copied, cut) {
+            (Some(Err(_)), Some(reason)) => {
+                log.response_flags = Some(ResponseFlag::CertRevoked);
+                log.fail(&format_args!("{reason} (HBONE connection closed)"))
             }
-            None => log.fail(&"closed at the drain deadline"),
-        },
+            (copied, _) => match copied {
+                Some(Ok(())) => log.complete(),
+                Some(Err(e)) => {
+                    log.response_flags = Some(ResponseFlag::Connect);
+                    log.fail(&e)
+                }
+                None => log.fail(&"closed at the drain deadline"),
+            },
+        }
     }
 }
+
+/// A copy of any pair of halves, boxed: one small allocation per connection buys one code path
+/// for every kind of upstream.
+type CopyFuture = std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
 
 /// Runs a copy until it ends or the drain deadline passes (then `None`).
 pub(super) async fn run_until_forced<F: std::future::Future>(

@@ -14,9 +14,9 @@ use crate::metrics::ResponseFlag;
 use crate::rbac::ConnFacts;
 
 use super::accesslog::{ConnectionLog, Direction, inbound_labels};
-use super::connections::ConnectionTracker;
+use super::connections::{Authorized, ConnectionTracker};
 use super::copy::{copy_bidirectional, tcp_halves};
-use super::{ILLEGAL_PORTS, ProxyInputs, authz, run_authorized, socket};
+use super::{ILLEGAL_PORTS, ProxyInputs, authz, socket};
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
@@ -36,7 +36,7 @@ pub(super) async fn handle(
             "refusing a connection to {target}: it would loop into the proxy"
         ));
     }
-    let mut registration = tracker.register(peer, target, None, log.stats.clone());
+    let registration = tracker.register(peer, target, None, log.stats.clone());
     let decision = {
         let snapshot = pi.state.snapshot();
         let Some(local) = snapshot
@@ -73,6 +73,12 @@ pub(super) async fn handle(
         }
     };
     let copy = copy_bidirectional(tcp_halves(stream), tcp_halves(upstream), log.stats.clone());
-    let mut never = super::revocation::RevokedSignal::never();
-    run_authorized(&pi, copy, &drain, (&mut registration, &mut never), log).await;
+    let authorized = Authorized {
+        pi,
+        copy,
+        registration,
+        cert_revoked: super::revocation::RevokedSignal::never(),
+        log,
+    };
+    authorized.run(drain).await;
 }

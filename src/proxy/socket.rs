@@ -266,6 +266,16 @@ pub async fn connect(
     if let Some(src) = src {
         let bind_err = |source| ConnectError::Bind { src, dst, source };
         set_transparent(&sock, dst.ip()).map_err(bind_err)?;
+        // Port 0 with this option: the port is picked at `connect`, unique for the whole
+        // 4-tuple, instead of at `bind` by a search of the source address's ephemeral ports.
+        // That search walks the TIME_WAIT entries of every earlier connection from the same
+        // client address, and under churn it cost more CPU than the rest of the connection.
+        // Best effort: without it, `bind` still works, only slower.
+        let _ = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::IpBindAddressNoPort,
+            &true,
+        );
         socket.bind(SocketAddr::new(src, 0)).map_err(bind_err)?;
     }
     let stream = tokio::time::timeout(opts.connect_timeout, socket.connect(dst))

@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -489,22 +490,23 @@ impl InboundTunnel for quic::InboundRequest {
 // === copy: QUIC halves ===
 
 impl ChunkSource for H3Recv {
-    async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        match self.recv().await {
-            None => Ok(None),
-            Some(Ok(b)) => Ok(Some(b)),
-            Some(Err(e)) => Err(io::Error::other(e)),
-        }
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        self.poll_recv(cx)
+            .map(|r| r.transpose().map_err(io::Error::other))
     }
 }
 
 impl ChunkSink for H3Send {
-    async fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
-        self.send(chunk).await.map_err(io::Error::other)
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        self.poll_send(cx, chunk).map_err(io::Error::other)
     }
 
-    async fn finish(&mut self) -> io::Result<()> {
-        H3Send::finish(self).await.map_err(io::Error::other)
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        H3Send::poll_finish(self, cx).map_err(io::Error::other)
     }
 }
 

@@ -12,8 +12,9 @@
 
 use std::sync::Arc;
 
-use std::future::poll_fn;
-use std::task::{Context, Poll};
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use h3::error::{Code, StreamError};
@@ -40,7 +41,9 @@ pub struct H3Recv {
 
 /// The sending half of a stream.
 pub struct H3Send {
-    inner: SendInner,
+    /// `None` while a send or finish is under way (`busy` holds it).
+    inner: Option<SendInner>,
+    busy: Option<InFlight>,
     finished: bool,
     _guard: Option<Arc<StreamGuard>>,
 }
@@ -83,7 +86,8 @@ fn halves(recv: RecvInner, send: SendInner, guard: Option<Arc<StreamGuard>>) -> 
             _guard: guard.clone(),
         },
         H3Send {
-            inner: send,
+            inner: Some(send),
+            busy: None,
             finished: false,
             _guard: guard,
         },
@@ -116,25 +120,30 @@ impl H3Recv {
     /// also takes every chunk already received, up to [`COALESCE`] bytes, and returns them as
     /// one. An end or error met on the way is kept for the next call, after the data before it.
     pub async fn recv(&mut self) -> Option<Result<Bytes, QuicError>> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`H3Recv::recv`], polled.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, QuicError>>> {
         if let Some(e) = self.failed.take() {
-            return Some(Err(e));
+            return Poll::Ready(Some(Err(e)));
         }
         if self.eof {
-            return None;
+            return Poll::Ready(None);
         }
         let first = loop {
-            match poll_fn(|cx| self.inner.poll_chunk(cx)).await {
+            match ready!(self.inner.poll_chunk(cx)) {
                 Ok(Some(chunk)) if chunk.is_empty() => continue,
                 Ok(Some(chunk)) => break chunk,
                 Ok(None) => {
                     self.eof = true;
-                    return None;
+                    return Poll::Ready(None);
                 }
                 Err(e) if is_clean_end(&e) => {
                     self.eof = true;
-                    return None;
+                    return Poll::Ready(None);
                 }
-                Err(e) => return Some(Err(e.into())),
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
             }
         };
         let mut more: Option<BytesMut> = None;
@@ -168,7 +177,7 @@ impl H3Recv {
                 }
             }
         }
-        Some(Ok(more.map_or(first, BytesMut::freeze)))
+        Poll::Ready(Some(Ok(more.map_or(first, BytesMut::freeze))))
     }
 }
 
@@ -187,38 +196,114 @@ impl RecvInner {
 
 // === impl H3Send ===
 
+/// A send or finish under way. h3 offers only `async` sends, so the future owns the stream half
+/// until it is done and hands it back; dropped unfinished it resets the stream (a tunnel cut
+/// short must not read as a clean end).
+type InFlight = Pin<Box<dyn Future<Output = (Option<SendInner>, Result<(), StreamError>)> + Send>>;
+
+struct ResetOnDrop(Option<SendInner>);
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        if let Some(s) = &mut self.0 {
+            s.stop();
+        }
+    }
+}
+
+impl SendInner {
+    fn stop(&mut self) {
+        match self {
+            SendInner::Server(s) => s.stop_stream(Code::H3_REQUEST_CANCELLED),
+            SendInner::Client(s) => s.stop_stream(Code::H3_REQUEST_CANCELLED),
+        }
+    }
+
+    /// Sends `data` as one DATA frame, or with `None` finishes the stream.
+    fn start(self, data: Option<Bytes>) -> InFlight {
+        Box::pin(async move {
+            let mut held = ResetOnDrop(Some(self));
+            let r = match (&mut held.0, data) {
+                (Some(SendInner::Server(s)), Some(d)) => s.send_data(d).await,
+                (Some(SendInner::Client(s)), Some(d)) => s.send_data(d).await,
+                (Some(SendInner::Server(s)), None) => s.finish().await,
+                (Some(SendInner::Client(s)), None) => s.finish().await,
+                (None, _) => Ok(()),
+            };
+            (held.0.take(), r)
+        })
+    }
+}
+
 impl H3Send {
     /// Sends `data` as one DATA frame; quinn applies flow control (the future waits for credit).
-    pub async fn send(&mut self, data: Bytes) -> Result<(), QuicError> {
-        if self.finished {
-            return Err(QuicError::StreamClosed);
+    pub async fn send(&mut self, mut data: Bytes) -> Result<(), QuicError> {
+        poll_fn(|cx| self.poll_send(cx, &mut data)).await
+    }
+
+    /// [`H3Send::send`], polled: takes all of `data` when the send starts and is ready once it
+    /// is done.
+    pub fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<Result<(), QuicError>> {
+        loop {
+            if let Some(op) = &mut self.busy {
+                let (inner, r) = ready!(op.as_mut().poll(cx));
+                self.busy = None;
+                self.inner = inner;
+                return Poll::Ready(r.map_err(Into::into));
+            }
+            if self.finished {
+                return Poll::Ready(Err(QuicError::StreamClosed));
+            }
+            if data.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let Some(inner) = self.inner.take() else {
+                return Poll::Ready(Err(QuicError::StreamClosed));
+            };
+            self.busy = Some(inner.start(Some(std::mem::take(data))));
         }
-        match &mut self.inner {
-            SendInner::Server(s) => s.send_data(data).await?,
-            SendInner::Client(s) => s.send_data(data).await?,
-        }
-        Ok(())
     }
 
     /// Half-closes the stream (QUIC FIN). Finishing twice is a no-op.
     pub async fn finish(&mut self) -> Result<(), QuicError> {
-        if self.finished {
-            return Ok(());
+        poll_fn(|cx| self.poll_finish(cx)).await
+    }
+
+    /// [`H3Send::finish`], polled.
+    pub fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), QuicError>> {
+        loop {
+            if let Some(op) = &mut self.busy {
+                let (inner, r) = ready!(op.as_mut().poll(cx));
+                self.busy = None;
+                self.inner = inner;
+                // `finished` is set when the finish starts: this was it.
+                if self.finished {
+                    return Poll::Ready(r.map_err(Into::into));
+                }
+                r?;
+            }
+            if self.finished {
+                return Poll::Ready(Ok(()));
+            }
+            let Some(inner) = self.inner.take() else {
+                return Poll::Ready(Err(QuicError::StreamClosed));
+            };
+            self.finished = true;
+            self.busy = Some(inner.start(None));
         }
-        self.finished = true;
-        match &mut self.inner {
-            SendInner::Server(s) => s.finish().await?,
-            SendInner::Client(s) => s.finish().await?,
-        }
-        Ok(())
     }
 
     /// Aborts the stream (`RESET_STREAM` with `H3_REQUEST_CANCELLED`, read as EOF by a peer).
     pub fn reset(&mut self) {
         self.finished = true;
-        match &mut self.inner {
-            SendInner::Server(s) => s.stop_stream(Code::H3_REQUEST_CANCELLED),
-            SendInner::Client(s) => s.stop_stream(Code::H3_REQUEST_CANCELLED),
+        // A send under way resets the stream as it is dropped.
+        self.busy = None;
+        if let Some(s) = &mut self.inner {
+            s.stop();
         }
     }
 }
