@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use ambit_lab::accesslog;
-use ambit_lab::traffic::{Server, ServerKind};
+use ambit_lab::traffic::{Server, ServerKind, WaypointServer, echo};
 use ambit_lab::{ControlMode, Lab, LabOptions, ProxyMode, Topology};
 
 const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
@@ -39,11 +39,24 @@ pods:
     serviceAccount: web
     node: node-2
     labels: {app: web}
+  - name: waypoint
+    serviceAccount: waypoint
+    node: node-2
+    applicationTunnel: {protocol: PROXY, port: 15088}
+  - name: shop-2
+    serviceAccount: shop
+    node: node-2
+    labels: {app: shop}
 services:
   - name: web
     vips: [10.96.0.10]
     ports: {80: 8080, 81: 8081}
     selector: {app: web}
+  - name: shop
+    vips: [10.96.0.11]
+    ports: {80: 8080}
+    selector: {app: shop}
+    waypoint: waypoint
 "#;
 
 async fn lab(control: ControlMode, mode: ProxyMode) -> Lab {
@@ -194,4 +207,66 @@ async fn local_files_pod_on_net1_reaches_net2_through_the_eastwest_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedicated_proxies_pod_on_net1_reaches_net2_through_the_eastwest_gateway() {
     double_hbone_through_the_gateway(ControlMode::ControlPlane, ProxyMode::Dedicated).await;
+}
+
+/// A service whose waypoint is on another network (issue #14): as ztunnel does it, the client
+/// reaches the waypoint by double HBONE through that network's gateway, asking for the
+/// *service*; the gateway hands it to the waypoint, which forwards to the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waypoint_on_net2_is_reached_through_the_eastwest_gateway() {
+    let lab = lab(ControlMode::ControlPlane, ProxyMode::Shared).await;
+    let _shop = Server::start(lab.pod_ns("shop-2").unwrap(), ServerKind::Echo, 8080).unwrap();
+    let wp = WaypointServer::start(lab.pod_ns("waypoint").unwrap(), 15088).unwrap();
+    let client = lab.pod_ns("client").unwrap();
+    let gw = lab.eastwest_gateway("net2").expect("a gateway into net2");
+    let vip: std::net::SocketAddr = "10.96.0.11:80".parse().unwrap();
+    const N: usize = 3;
+    for i in 0..N as u8 {
+        let msg = [b'r', i, 0xfe];
+        let back = echo(client, vip, &msg, STEP).await;
+        assert_eq!(
+            back.as_deref().ok(),
+            Some(&msg[..]),
+            "{back:?}\nclient proxy:\n{}\ngateway: {:?}",
+            lab.proxy_for("client").unwrap().tail(20),
+            gw.lines()
+        );
+    }
+    // The gateway saw the service's authority and the client's identity (outer tunnel).
+    let line = gw
+        .wait_line(
+            &[
+                "authority=shop.default.svc.cluster.local:80",
+                CLIENT_ID,
+                "status=200",
+            ],
+            STEP,
+        )
+        .await;
+    assert!(line.is_some(), "gateway log: {:?}", gw.lines());
+    // The waypoint saw each connection, for the service's VIP, from the client (inner TLS).
+    let mut log = wp.log();
+    for _ in 0..200 {
+        if log.len() >= N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log = wp.log();
+    }
+    assert_eq!(log.len(), N, "{log:#?}");
+    for line in &log {
+        assert!(line.contains("dst=10.96.0.11:80"), "{line}");
+        assert!(line.contains(&format!("identity={CLIENT_ID}")), "{line}");
+    }
+    // The endpoint was reached from the waypoint, on its own network.
+    let wp_id = format!(
+        "src.identity={}",
+        lab.topology().pod("waypoint").unwrap().spiffe()
+    );
+    let line = proxy_line(&lab, "shop-2", &["direction=inbound", &wp_id]).await;
+    assert!(
+        line.is_some(),
+        "shop-2 node log:\n{}",
+        lab.proxy_for("shop-2").unwrap().tail(30)
+    );
 }

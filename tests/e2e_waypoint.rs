@@ -260,3 +260,98 @@ async fn workload_waypoint_and_plain_proxy_tunnel() {
         assert!(line.has(&wp_id), "{line}");
     }
 }
+
+/// A waypoint described as istiod describes it (`GatewayAddress` `hostname`: the service `wp`
+/// selects the waypoint pod), serving the workload `db`, which also backs the service `dbsvc`
+/// (no waypoint of its own).
+const WORKLOAD_WAYPOINT: &str = r#"
+nodes:
+  - name: node-1
+  - name: node-2
+pods:
+  - name: client
+    serviceAccount: client
+    node: node-1
+  - name: wp
+    serviceAccount: waypoint
+    node: node-2
+    labels: {app: wp}
+    applicationTunnel: {protocol: PROXY, port: 15088}
+  - name: db
+    serviceAccount: db
+    node: node-1
+    labels: {app: db}
+    waypoint: wp
+services:
+  - name: wp
+    ports: {15008: 15008}
+    selector: {app: wp}
+  - name: dbsvc
+    vips: [10.96.0.40]
+    ports: {5432: 8080}
+    selector: {app: db}
+policies: []
+"#;
+
+/// ztunnel's rule: a workload's waypoint applies to traffic addressed to the workload, not to
+/// traffic addressed to a service it backs (that goes to the service's waypoint, or direct).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_waypoint_by_hostname_is_for_workload_addressed_traffic_only() {
+    let opts = LabOptions {
+        proxy: Some(
+            std::env::var_os("AMBIT_LAB_PROXY")
+                .map(Into::into)
+                .unwrap_or_else(|| AMBIT.into()),
+        ),
+        mode: ProxyMode::Shared,
+        control: ControlMode::ControlPlane,
+        ..LabOptions::default()
+    };
+    let lab = Lab::start(Topology::from_yaml(WORKLOAD_WAYPOINT).unwrap(), opts)
+        .await
+        .unwrap();
+    let _db = Server::start(lab.pod_ns("db").unwrap(), ServerKind::Echo, 8080).unwrap();
+    let wp = WaypointServer::start(lab.pod_ns("wp").unwrap(), WAYPOINT_APP_PORT).unwrap();
+    let client = lab.pod_ns("client").unwrap();
+    let client_id = spiffe(&lab, "client");
+    let db: SocketAddr = format!("{}:8080", ip(&lab, "db")).parse().unwrap();
+    let db_dst = format!("dst.hbone_addr={db}");
+
+    // Service-addressed: straight to the endpoint, the client's identity arrives there.
+    let vip: SocketAddr = "10.96.0.40:5432".parse().unwrap();
+    const N: usize = 3;
+    for i in 0..N as u8 {
+        let msg = [b's', i];
+        assert_eq!(echo(client, vip, &msg, STEP).await.unwrap(), msg);
+    }
+    let from_client = format!("src.identity={client_id}");
+    let served = at_least(N, || {
+        access(&lab, "db", &["direction=inbound", &db_dst, &from_client])
+    })
+    .await;
+    assert_eq!(served.len(), N, "{served:#?}");
+    let to_wp = format!("dst.addr={}:15008", ip(&lab, "wp"));
+    assert!(
+        access(&lab, "client", &["direction=outbound", &to_wp]).is_empty(),
+        "a service-addressed connection went to the workload's waypoint"
+    );
+    assert!(wp.log().is_empty(), "{:?}", wp.log());
+
+    // Workload-addressed: through the waypoint (found by its service's host name).
+    for i in 0..N as u8 {
+        let msg = [b'w', i];
+        assert_eq!(echo(client, db, &msg, STEP).await.unwrap(), msg);
+    }
+    let log = at_least(N, || wp.log()).await;
+    assert_eq!(log.len(), N, "{log:#?}");
+    for line in &log {
+        assert!(line.contains(&format!("dst={db}")), "{line}");
+        assert!(line.contains(&format!("identity={client_id}")), "{line}");
+    }
+    let wp_id = format!("src.identity={}", spiffe(&lab, "wp"));
+    let served = at_least(N, || {
+        access(&lab, "db", &["direction=inbound", &db_dst, &wp_id])
+    })
+    .await;
+    assert_eq!(served.len(), N, "{served:#?}");
+}

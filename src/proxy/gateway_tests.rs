@@ -245,3 +245,59 @@ fn without_a_forwarded_host_the_service_is_guessed_by_the_delivered_port() {
     let other = inbound_labels(&pi, &local, None, None, (None, 7777));
     assert_eq!(other.traffic.destination_service, "unknown");
 }
+
+/// `web` has the waypoint service `wp`, whose only instance is on net2 behind the gateway.
+#[test]
+fn a_waypoint_on_another_network_is_reached_through_its_gateway() {
+    let pi = client(Some(gateway_at("172.30.9.9")), &[SERVER_SAN], false);
+    let snap = pi.state.snapshot();
+    let mut web = (**snap.services().find(|s| s.name == "web").unwrap()).clone();
+    web.waypoint = Some(GatewayAddress {
+        destination: GatewayDestination::Hostname {
+            namespace: "b".into(),
+            hostname: "wp.b.svc.cluster.local".into(),
+        },
+        hbone_mtls_port: 15008,
+    });
+    let wp_svc = Service {
+        name: "wp".into(),
+        namespace: "b".into(),
+        hostname: "wp.b.svc.cluster.local".into(),
+        ports: [(15008, 15008)].into_iter().collect(),
+        subject_alt_names: vec!["spiffe://cluster.local/ns/b/sa/waypoint-sa".into()],
+        ..Default::default()
+    };
+    let mut wp = workload("b", "wp", "10.2.0.9", "net2");
+    wp.services
+        .insert("b/wp.b.svc.cluster.local".into(), [].into());
+    wp.network_gateway = Some(gateway_at("172.30.9.9"));
+    let (writer, view) = StateWriter::new();
+    let mut update = Update::default().upsert(web).upsert(wp_svc).upsert(wp);
+    for w in snap.workloads().filter(|w| w.name != "server") {
+        update = update.upsert((**w).clone());
+    }
+    writer.apply(update);
+    let pi = ProxyInputs { state: view, ..pi };
+    let Route::Gateway { via, target } = route(&pi, "10.96.0.1:80".parse().unwrap()).unwrap()
+    else {
+        panic!("expected a gateway route");
+    };
+    // As ztunnel: the authority is the *service* (the gateway gives it to its waypoint), the
+    // final server is verified as the waypoint.
+    assert_eq!(target, None);
+    assert_eq!(
+        via.gateway,
+        "172.30.9.9:15009".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(via.authority, Authority::Host(WEB.into(), 80));
+    assert_eq!(
+        via.final_expected,
+        vec![
+            id("b", "wp"),
+            "spiffe://cluster.local/ns/b/sa/waypoint-sa"
+                .parse()
+                .unwrap()
+        ]
+    );
+    assert_eq!(via.network, "net2");
+}

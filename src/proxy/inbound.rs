@@ -384,8 +384,22 @@ pub(super) fn host_target(
             port: svc_port,
         })?;
     let key = svc.key();
-    let local = snapshot
-        .workload_by_name(ns, &pi.local.name)
+    let me = snapshot.workload_by_name(ns, &pi.local.name);
+    // The service's waypoint, reached through a network gateway (double HBONE to a waypoint):
+    // handled as a sandwich CONNECT to the service's VIP on this network, so the waypoint is
+    // told the service address it serves (a PROXY header cannot name a host).
+    if let Some(me) = me
+        && !me.services.contains_key(&key)
+        && svc.waypoints().any(|gw| waypoint::is_instance(me, gw))
+        && let Some(vip) = svc
+            .vips
+            .iter()
+            .filter(|v| v.network == pi.cfg.network)
+            .max_by_key(|v| v.address.is_ipv4())
+    {
+        return Ok(SocketAddr::new(vip.address, svc_port));
+    }
+    let local = me
         .filter(|wl| wl.services.contains_key(&key))
         .ok_or_else(|| HostTargetError::NotAnEndpoint {
             host: host.to_string(),

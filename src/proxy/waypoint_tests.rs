@@ -34,7 +34,8 @@ fn service(name: &str, vip: &str, port: (u16, u16)) -> Service {
 }
 
 /// `web` (VIP 10.96.0.1) has the waypoint service `wp` (instance b/wp at 10.0.0.9); the
-/// workload b/db (10.0.0.3) has the waypoint at address 10.0.0.9; b/server backs `web`.
+/// workload b/db (10.0.0.3) has the waypoint at address 10.0.0.9 and backs `dbsvc` (VIP
+/// 10.96.0.3, no waypoint of its own); b/server backs `web`.
 fn inputs(local_ns: &str, local_name: &str) -> ProxyInputs {
     let (writer, view) = StateWriter::new();
     let wp_host = GatewayAddress {
@@ -57,6 +58,8 @@ fn inputs(local_ns: &str, local_name: &str) -> ProxyInputs {
         .insert("b/web.b.svc.cluster.local".into(), [(80, 8080)].into());
     let mut db = workload("b", "db", "10.0.0.3");
     db.waypoint = Some(wp_addr);
+    db.services
+        .insert("b/dbsvc.b.svc.cluster.local".into(), [(5432, 5432)].into());
     let mut wp = workload("b", "wp", "10.0.0.9");
     wp.services
         .insert("b/wp.b.svc.cluster.local".into(), [(15008, 15008)].into());
@@ -69,7 +72,8 @@ fn inputs(local_ns: &str, local_name: &str) -> ProxyInputs {
             .upsert(db)
             .upsert(wp)
             .upsert(web)
-            .upsert(service("wp", "10.96.0.9", (15008, 15008))),
+            .upsert(service("wp", "10.96.0.9", (15008, 15008)))
+            .upsert(service("dbsvc", "10.96.0.3", (5432, 5432))),
     );
     test_support::inputs(view, local_ns, local_name, Default::default())
 }
@@ -90,6 +94,31 @@ fn service_with_a_waypoint_goes_to_it_with_the_vip_as_authority() {
 #[test]
 fn workload_with_a_waypoint_goes_to_it_with_its_address_as_authority() {
     let pi = inputs("a", "client");
+    assert_eq!(
+        route(&pi, "10.0.0.3:5432".parse().unwrap()).unwrap(),
+        Route::Hbone {
+            hbone: "10.0.0.9:15008".parse().unwrap(),
+            target: "10.0.0.3:5432".parse().unwrap(),
+            expected: vec![id("b", "wp")],
+        }
+    );
+}
+
+#[test]
+fn a_service_without_a_waypoint_goes_to_its_endpoint_directly_even_if_it_has_one() {
+    // ztunnel: a workload's waypoint is for traffic addressed to the workload only.
+    let pi = inputs("a", "client");
+    for _ in 0..5 {
+        assert_eq!(
+            route(&pi, "10.96.0.3:5432".parse().unwrap()).unwrap(),
+            Route::Hbone {
+                hbone: "10.0.0.3:15008".parse().unwrap(),
+                target: "10.0.0.3:5432".parse().unwrap(),
+                expected: vec![id("b", "db")],
+            }
+        );
+    }
+    // Addressed to the workload itself: through its waypoint.
     assert_eq!(
         route(&pi, "10.0.0.3:5432".parse().unwrap()).unwrap(),
         Route::Hbone {

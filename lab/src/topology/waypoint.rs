@@ -2,8 +2,9 @@
 //! `waypoint`, a service's `waypoint`, as written in the YAML and as the lab keeps them.
 //!
 //! A waypoint is a captured pod that some service or pod names in its `waypoint` field; the lab
-//! describes it to the node proxies by address (`GatewayAddress` `/IP`, HBONE port
-//! [`WAYPOINT_HBONE_PORT`]). The waypoint pod's own `applicationTunnel` (normally
+//! describes it to the node proxies by address (`GatewayAddress` `network/IP`, HBONE port
+//! [`WAYPOINT_HBONE_PORT`]), or, when a service named like the waypoint pod selects it, by that
+//! service's host name (the form istiod sends). The waypoint pod's own `applicationTunnel` (normally
 //! `{protocol: PROXY, port: <its app port>}`) says how its node proxy hands it the streams it
 //! receives for the destinations it serves ("sandwich" mode).
 //!
