@@ -14,9 +14,10 @@
 
 use std::time::Duration;
 
-use ambit_lab::accesslog;
+use ambit_lab::compat::hbone_probe;
 use ambit_lab::traffic::{Server, ServerKind, WaypointServer, echo};
 use ambit_lab::{ControlMode, Lab, LabOptions, ProxyMode, Topology};
+use ambit_lab::{accesslog, promtext, witness};
 
 const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
 const STEP: Duration = Duration::from_secs(20);
@@ -42,6 +43,7 @@ pods:
   - name: waypoint
     serviceAccount: waypoint
     node: node-2
+    labels: {app: waypoint}
     applicationTunnel: {protocol: PROXY, port: 15088}
   - name: shop-2
     serviceAccount: shop
@@ -57,6 +59,9 @@ services:
     ports: {80: 8080}
     selector: {app: shop}
     waypoint: waypoint
+  - name: waypoint
+    ports: {15008: 15008}
+    selector: {app: waypoint}
 "#;
 
 async fn lab(control: ControlMode, mode: ProxyMode) -> Lab {
@@ -184,6 +189,31 @@ async fn double_hbone_through_the_gateway(control: ControlMode, mode: ProxyMode)
         echo_line.is_some(),
         "no inbound log line for the echo connection"
     );
+    // Labels from baggage (issue #14): neither side can look the other up in its state (the
+    // server is on another network; the client's address is the gateway's), so each reporter
+    // takes its peer's labels from the peer's `baggage` (request / 200 response), as ztunnel.
+    let web_proxy = lab.proxy_ns_for("web-2").unwrap();
+    let client_proxy = lab.proxy_ns_for("client").unwrap();
+    let opened = "istio_tcp_connections_opened_total";
+    let want_src = [
+        ("reporter", "destination"),
+        ("source_workload", "client"),
+        ("source_workload_namespace", "default"),
+        ("source_principal", CLIENT_ID),
+        ("destination_workload", "web-2"),
+    ];
+    let want_dst = [
+        ("reporter", "source"),
+        ("destination_workload", "web-2"),
+        ("destination_workload_namespace", "default"),
+        ("destination_service", "web.default.svc.cluster.local"),
+    ];
+    for (ns, want) in [(web_proxy, &want_src[..]), (client_proxy, &want_dst[..])] {
+        let text = witness::scrape(ns).await.unwrap();
+        let n = promtext::sum(&promtext::samples(&text), opened, want);
+        assert!(n >= 2.0, "{want:?}: {n}\n{text}");
+    }
+
     // Both connections closed cleanly end to end: the client's side of the outer stream is
     // finished, not reset, so the gateway delivers the inner TLS close to the server.
     let log = lab.proxy_for("web-2").unwrap().log();
@@ -209,7 +239,8 @@ async fn dedicated_proxies_pod_on_net1_reaches_net2_through_the_eastwest_gateway
     double_hbone_through_the_gateway(ControlMode::ControlPlane, ProxyMode::Dedicated).await;
 }
 
-/// A service whose waypoint is on another network (issue #14): as ztunnel does it, the client
+/// A service whose waypoint is on another network (issue #14; the waypoint named by its
+/// service's host name, as istiod does): as ztunnel does it, the client
 /// reaches the waypoint by double HBONE through that network's gateway, asking for the
 /// *service*; the gateway hands it to the waypoint, which forwards to the endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,4 +300,77 @@ async fn a_waypoint_on_net2_is_reached_through_the_eastwest_gateway() {
         "shop-2 node log:\n{}",
         lab.proxy_for("shop-2").unwrap().tail(30)
     );
+}
+
+/// A peer the destination cannot look up (the probe's TCP source is its node, no workload's
+/// address) is labelled from its request `baggage`; the `200` carries the destination's own
+/// baggage; a `forwarded` `host=` naming no service of the destination is not taken as a label
+/// (the service is guessed by port instead), as ztunnel does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baggage_both_ways_and_a_forged_forwarded_host_is_not_a_label() {
+    let lab = lab(ControlMode::ControlPlane, ProxyMode::Shared).await;
+    let web = lab.pod_ns("web-2").unwrap();
+    let _http = Server::start(web, ServerKind::Http, 8080).unwrap();
+    let web_ip = lab.topology().pod("web-2").unwrap().ip;
+    let answer = hbone_probe::connect_as(
+        &lab,
+        ("client", "web-2"),
+        &format!("{web_ip}:8080"),
+        &[
+            (
+                "baggage",
+                "k8s.cluster.name=far,k8s.namespace.name=elsewhere,k8s.deployment.name=probe-wl,service.name=probe-app,service.version=v9",
+            ),
+            ("forwarded", "for=\"10.9.9.9:4000\";host=evil.example.com"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 200);
+    let baggage = answer
+        .headers
+        .get("baggage")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    for part in [
+        "k8s.namespace.name=default",
+        "k8s.pod.name=web-2",
+        "service.name=web",
+    ] {
+        assert!(
+            baggage.split(',').any(|p| p == part),
+            "{part} in {baggage:?}"
+        );
+    }
+    let want = [
+        ("reporter", "destination"),
+        ("source_workload", "probe-wl"),
+        ("source_canonical_service", "probe-app"),
+        ("source_canonical_revision", "v9"),
+        ("source_workload_namespace", "elsewhere"),
+        ("source_cluster", "far"),
+        ("source_principal", CLIENT_ID),
+        ("destination_service", "web.default.svc.cluster.local"),
+    ];
+    let ns = lab.proxy_ns_for("web-2").unwrap();
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = witness::scrape(ns).await.unwrap();
+        if promtext::sum(
+            &promtext::samples(&text),
+            "istio_tcp_connections_opened_total",
+            &want,
+        ) >= 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let samples = promtext::samples(&text);
+    assert_eq!(
+        promtext::sum(&samples, "istio_tcp_connections_opened_total", &want),
+        1.0,
+        "{text}"
+    );
+    assert!(!text.contains("evil.example.com"), "{text}");
 }

@@ -222,15 +222,76 @@ fn a_source_that_came_through_a_gateway_is_not_looked_up_by_its_address() {
     // The TCP peer of a double-HBONE stream is the gateway.
     let gateway: SocketAddr = "172.30.9.9:40000".parse().unwrap();
     let client = id("a", "client");
-    let looked_up = inbound_labels(&pi, &local, Some(gateway), Some(&client), (None, 1));
+    let looked_up = inbound_labels(&pi, &local, (Some(gateway), None), Some(&client), (None, 1));
     assert_eq!(
         looked_up.traffic.source_workload, "eastwest",
         "the mis-attribution avoided"
     );
-    let from_gateway = inbound_labels(&pi, &local, None, Some(&client), (Some(WEB), 1));
+    let from_gateway = inbound_labels(&pi, &local, (None, None), Some(&client), (Some(WEB), 1));
     assert_eq!(from_gateway.traffic.source_workload, "unknown");
     assert_eq!(from_gateway.traffic.source_principal, client.to_string());
     assert_eq!(from_gateway.traffic.destination_service, WEB);
+}
+
+#[test]
+fn through_a_gateway_the_source_labels_come_from_its_baggage() {
+    use super::accesslog::inbound_labels;
+    let pi = server();
+    let local = pi.state.workload_by_name("b", "server").unwrap();
+    let client = id("a", "client");
+    let b: crate::hbone::Baggage =
+        "k8s.cluster.name=c2,k8s.namespace.name=a,k8s.deployment.name=client-v1,service.name=client,service.version=v1,cloud.region=r2,cloud.availability_zone=z2"
+            .parse()
+            .unwrap();
+    let l = inbound_labels(&pi, &local, (None, Some(&b)), Some(&client), (None, 9090));
+    let t = &l.traffic;
+    assert_eq!(
+        (
+            t.source_workload.as_str(),
+            t.source_canonical_service.as_str(),
+            t.source_canonical_revision.as_str(),
+            t.source_workload_namespace.as_str(),
+            t.source_cluster.as_str(),
+            t.source_region.as_str(),
+            t.source_zone.as_str(),
+        ),
+        ("client-v1", "client", "v1", "a", "c2", "r2", "z2")
+    );
+    // ztunnel's mapping: `source_app` is the workload name.
+    assert_eq!(t.source_app, "client-v1");
+    assert_eq!(t.source_principal, client.to_string());
+    assert_eq!(l.src_workload.as_deref(), Some("client"));
+    // A source the local state knows wins over what its baggage says.
+    let gateway: SocketAddr = "172.30.9.9:40000".parse().unwrap();
+    let l = inbound_labels(
+        &pi,
+        &local,
+        (Some(gateway), Some(&b)),
+        Some(&client),
+        (None, 1),
+    );
+    assert_eq!(l.traffic.source_workload, "eastwest");
+}
+
+#[test]
+fn a_forwarded_host_counts_only_when_it_is_a_service_of_the_destination() {
+    use super::accesslog::inbound_labels;
+    let pi = server();
+    let local = pi.state.workload_by_name("b", "server").unwrap();
+    let forged = inbound_labels(
+        &pi,
+        &local,
+        (None, None),
+        None,
+        (Some("attacker.example.com"), 7777),
+    );
+    assert_eq!(forged.traffic.destination_service, "unknown");
+    // Forged, but the port still says which service it is: the guess, not the forgery.
+    let forged = inbound_labels(&pi, &local, (None, None), None, (Some("evil"), 9090));
+    assert_eq!(forged.traffic.destination_service, WEB);
+    let own = inbound_labels(&pi, &local, (None, None), None, (Some(WEB), 7777));
+    assert_eq!(own.traffic.destination_service, WEB);
+    assert_eq!(own.traffic.destination_service_name, "web");
 }
 
 #[test]
@@ -239,10 +300,10 @@ fn without_a_forwarded_host_the_service_is_guessed_by_the_delivered_port() {
     let pi = server();
     let local = pi.state.workload_by_name("b", "server").unwrap();
     // The workload maps WEB's port 80 to 9090: a connection delivered to 9090 is WEB's.
-    let guessed = inbound_labels(&pi, &local, None, None, (None, 9090));
+    let guessed = inbound_labels(&pi, &local, (None, None), None, (None, 9090));
     assert_eq!(guessed.traffic.destination_service, WEB);
     assert_eq!(guessed.dst_workload.as_deref(), Some("server"));
-    let other = inbound_labels(&pi, &local, None, None, (None, 7777));
+    let other = inbound_labels(&pi, &local, (None, None), None, (None, 7777));
     assert_eq!(other.traffic.destination_service, "unknown");
 }
 

@@ -38,8 +38,8 @@ use super::handshake::PendingHandshakes;
 use super::revocation::{RevokedSignal, watch_peer};
 use super::transport::InboundTunnel;
 use super::{
-    ILLEGAL_PORTS, LocalWorkload, ProxyInputs, authz, proxyproto, run_authorized, same_family_ip,
-    socket, waypoint,
+    ILLEGAL_PORTS, LocalWorkload, ProxyInputs, authz, outbound, proxyproto, run_authorized,
+    same_family_ip, socket, waypoint,
 };
 use crate::state::{AppTunnelProtocol, ApplicationTunnel, GatewayAddress, Snapshot, Workload};
 
@@ -161,6 +161,12 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
     log.dst = Some(local);
     log.hbone_addr = Some(req.authority().clone());
     let mut forwarded_host = req.forwarded_host();
+    // ztunnel reads the source's baggage only when it sends its own (ENABLE_RESPONSE_BAGGAGE).
+    let src_baggage = if pi.cfg.response_baggage {
+        req.baggage()
+    } else {
+        None
+    };
     let target = match req.authority() {
         Authority::Addr(a) => socket::canonical(*a),
         Authority::Host(host, port) => {
@@ -197,7 +203,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
                 inbound_labels(
                     &pi,
                     local,
-                    (!from_gateway).then_some(peer),
+                    ((!from_gateway).then_some(peer), src_baggage.as_ref()),
                     log.src_identity.as_ref(),
                     (forwarded_host.as_deref(), upstream.port()),
                 ),
@@ -214,10 +220,11 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
                 pi.cfg.localhost_app_tunnel,
             );
             let decision = authz::decide(&snapshot, local, &facts);
-            (decision, delivery)
+            let baggage = pi.cfg.response_baggage.then(|| outbound::baggage(local));
+            (decision, delivery, baggage)
         })
     };
-    let Some((decision, delivery)) = decided else {
+    let Some((decision, delivery, baggage)) = decided else {
         req.reject(StatusCode::BAD_REQUEST).await;
         return log.fail(&format_args!(
             "CONNECT to {target}: not an address of the local workload {}/{} nor a destination \
@@ -254,7 +261,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
             return log.fail(&e);
         }
     }
-    let tunnel = match req.accept().await {
+    let tunnel = match req.accept(baggage.as_ref()).await {
         Ok(t) => t,
         Err(e) => {
             log.response_flags = Some(ResponseFlag::Connect);

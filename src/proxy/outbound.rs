@@ -228,6 +228,17 @@ pub(super) async fn connect(
                 if let Some(ep) = ep {
                     outliers.success(ep);
                 }
+                // Past a network gateway the final server is not in our state: its `200`
+                // says who it is (ztunnel does the same, for double HBONE only).
+                let labels = match &up {
+                    Upstream::DoubleHbone(tunnel, _) if pi.cfg.response_baggage => {
+                        match tunnel.response_baggage() {
+                            Some(b) => labels.with_response_baggage(b),
+                            None => labels,
+                        }
+                    }
+                    _ => labels,
+                };
                 log.open(pi, labels);
                 return Ok(up);
             }
