@@ -49,6 +49,10 @@ pods:
     serviceAccount: shop
     node: node-2
     labels: {app: shop}
+  - name: plain
+    serviceAccount: plain
+    node: node-2
+    captured: false
 services:
   - name: web
     vips: [10.96.0.10]
@@ -305,7 +309,8 @@ async fn a_waypoint_on_net2_is_reached_through_the_eastwest_gateway() {
 /// A peer the destination cannot look up (the probe's TCP source is its node, no workload's
 /// address) is labelled from its request `baggage`; the `200` carries the destination's own
 /// baggage; a `forwarded` `host=` naming no service of the destination is not taken as a label
-/// (the service is guessed by port instead), as ztunnel does.
+/// (the service is guessed by port instead), and plaintext inbound guesses it by port too; all
+/// as ztunnel does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baggage_both_ways_and_a_forged_forwarded_host_is_not_a_label() {
     let lab = lab(ControlMode::ControlPlane, ProxyMode::Shared).await;
@@ -373,4 +378,41 @@ async fn baggage_both_ways_and_a_forged_forwarded_host_is_not_a_label() {
         "{text}"
     );
     assert!(!text.contains("evil.example.com"), "{text}");
+
+    // Plaintext inbound (an uncaptured pod, so the node proxy's 15006): no `forwarded` at all,
+    // the service is guessed from the port the connection was delivered to, as ztunnel does.
+    let plain = lab.pod_ns("plain").unwrap();
+    let out = plain
+        .exec(
+            &["curl", "-sS", "-m", "10", &format!("http://{web_ip}:8080/")],
+            STEP,
+        )
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = [
+        ("reporter", "destination"),
+        ("source_workload", "plain"),
+        ("destination_workload", "web-2"),
+        ("destination_service", "web.default.svc.cluster.local"),
+        ("destination_service_name", "web"),
+    ];
+    let mut n = 0.0;
+    for _ in 0..50 {
+        text = witness::scrape(ns).await.unwrap();
+        n = promtext::sum(
+            &promtext::samples(&text),
+            "istio_tcp_connections_opened_total",
+            &want,
+        );
+        if n >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, 1.0, "{text}");
 }
