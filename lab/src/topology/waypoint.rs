@@ -218,6 +218,45 @@ services:
     }
 
     #[test]
+    fn a_service_named_like_the_waypoint_pod_makes_it_hostname_form() {
+        // A service of that name that does not select the pod changes nothing.
+        let t = Topology::from_yaml(&format!(
+            "{WAYPOINTED}  - {{name: wp, ports: {{15008: 15008}}, selector: {{app: wp}}}}\n"
+        ))
+        .unwrap();
+        assert!(matches!(
+            workload(t.pod("db").unwrap(), &t)
+                .waypoint
+                .and_then(|g| g.destination),
+            Some(pw::gateway_address::Destination::Address(_))
+        ));
+        let yaml = WAYPOINTED.replace(
+            "{name: wp, node: n1, serviceAccount: waypoint,",
+            "{name: wp, node: n1, serviceAccount: waypoint, labels: {app: wp},",
+        ) + "  - {name: wp, ports: {15008: 15008}, selector: {app: wp}}\n";
+        let t = Topology::from_yaml(&yaml).unwrap();
+        let gw = pw::GatewayAddress {
+            destination: Some(pw::gateway_address::Destination::Hostname(
+                pw::NamespacedHostname {
+                    namespace: "default".into(),
+                    hostname: "wp.default.svc.cluster.local".into(),
+                },
+            )),
+            hbone_mtls_port: 15008,
+        };
+        assert_eq!(
+            workload(t.pod("db").unwrap(), &t).waypoint,
+            Some(gw.clone())
+        );
+        assert_eq!(service_in(t.service("web").unwrap(), &t).waypoint, Some(gw));
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&local_config(&t)).unwrap();
+        assert_eq!(
+            v["services"][0]["waypoint"]["destination"],
+            "default/wp.default.svc.cluster.local"
+        );
+    }
+
+    #[test]
     fn bad_waypoint_references_are_named() {
         let err = |y: &str| Topology::from_yaml(y).unwrap_err().to_string();
         let base = "nodes: [{name: n1}]\npods:\n  - {name: wp, node: n1}\n  - {name: plain, node: n1, captured: false}\n";
