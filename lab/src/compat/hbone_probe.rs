@@ -150,7 +150,7 @@ async fn one(
         let mut send = send.ready().await.map_err(|e| h2_failure(&e))?;
         let (resp, _stream) = send.send_request(req, true).map_err(|e| h2_failure(&e))?;
         let resp = resp.await.map_err(|e| h2_failure(&e))?;
-        Ok::<_, String>(format!("status {}", resp.status().as_u16()))
+        Ok::<_, String>(outcome_of(&resp))
     };
     let res = match tokio::time::timeout(STEP, outcome).await {
         Ok(Ok(s)) | Ok(Err(s)) => s,
@@ -158,6 +158,29 @@ async fn one(
     };
     driver.abort();
     res
+}
+
+/// `status N`, and for a `200` the keys of its `baggage` (the destination's metadata, which
+/// peers read for their labels): keys, not values, since each proxy names its own test pods.
+fn outcome_of(resp: &http::Response<h2::RecvStream>) -> String {
+    let status = resp.status().as_u16();
+    if status != 200 {
+        return format!("status {status}");
+    }
+    let keys: Vec<&str> = resp
+        .headers()
+        .get("baggage")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.trim()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if keys.is_empty() {
+        return "status 200, no baggage".into();
+    }
+    format!("status 200, baggage {}", keys.join(","))
 }
 
 const REFUSED: &str = "refused: TLS alert or connection closed before any answer";
