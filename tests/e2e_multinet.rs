@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use ambit_lab::compat::hbone_probe;
+use ambit_lab::traffic::proxied::header_echo;
 use ambit_lab::traffic::{Server, ServerKind, WaypointServer, echo};
 use ambit_lab::{ControlMode, Lab, LabOptions, ProxyMode, Topology};
 use ambit_lab::{accesslog, promtext, witness};
@@ -53,6 +54,11 @@ pods:
     serviceAccount: plain
     node: node-2
     captured: false
+  - name: tunneled-2
+    serviceAccount: tunneled
+    node: node-2
+    labels: {app: tun}
+    applicationTunnel: {protocol: PROXY, port: 9000}
 services:
   - name: web
     vips: [10.96.0.10]
@@ -66,6 +72,10 @@ services:
   - name: waypoint
     ports: {15008: 15008}
     selector: {app: waypoint}
+  - name: tun
+    vips: [10.96.0.12]
+    ports: {80: 8080}
+    selector: {app: tun}
 "#;
 
 async fn lab(control: ControlMode, mode: ProxyMode) -> Lab {
@@ -304,6 +314,25 @@ async fn a_waypoint_on_net2_is_reached_through_the_eastwest_gateway() {
         "shop-2 node log:\n{}",
         lab.proxy_for("shop-2").unwrap().tail(30)
     );
+}
+
+/// An endpoint with a PROXY application tunnel, reached by host name through the gateway: the
+/// header cannot carry the name, so it names the service's VIP and port (as ztunnel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_tunnel_behind_the_gateway_is_told_the_service_vip() {
+    let lab = lab(ControlMode::ControlPlane, ProxyMode::Shared).await;
+    let client = lab.pod_ns("client").unwrap();
+    let _tun = Server::start(
+        lab.pod_ns("tunneled-2").unwrap(),
+        ServerKind::ProxyHeader,
+        9000,
+    )
+    .unwrap();
+    let tun_vip: std::net::SocketAddr = "10.96.0.12:80".parse().unwrap();
+    let (info, back) = header_echo(client, tun_vip, b"named", STEP).await.unwrap();
+    assert_eq!(back, b"named");
+    assert_eq!(info.dst, tun_vip, "{info:?}");
+    assert_eq!(info.identity.as_deref(), Some(CLIENT_ID), "{info:?}");
 }
 
 /// A peer the destination cannot look up (the probe's TCP source is its node, no workload's

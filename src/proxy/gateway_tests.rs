@@ -215,6 +215,19 @@ fn host_targets_that_are_not_ours_are_refused_with_their_status() {
 }
 
 #[test]
+fn a_proxy_header_for_a_host_name_names_the_service_vip_and_port() {
+    use super::inbound::host_proxy_dst;
+    let pi = server();
+    let snap = pi.state.snapshot();
+    // `web` has its VIP on net1 only: as ztunnel, any VIP will do when this network has none.
+    assert_eq!(
+        host_proxy_dst(&pi, &snap, WEB, 80),
+        Some("10.96.0.1:80".parse().unwrap())
+    );
+    assert_eq!(host_proxy_dst(&pi, &snap, "nope.example.com", 80), None);
+}
+
+#[test]
 fn a_source_that_came_through_a_gateway_is_not_looked_up_by_its_address() {
     use super::accesslog::inbound_labels;
     let pi = server();

@@ -41,7 +41,9 @@ use super::{
     ILLEGAL_PORTS, LocalWorkload, ProxyInputs, authz, outbound, proxyproto, run_authorized,
     same_family_ip, socket, waypoint,
 };
-use crate::state::{AppTunnelProtocol, ApplicationTunnel, GatewayAddress, Snapshot, Workload};
+use crate::state::{
+    AppTunnelProtocol, ApplicationTunnel, GatewayAddress, Service, Snapshot, Workload,
+};
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
@@ -167,10 +169,16 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
     } else {
         None
     };
+    // For a host-name CONNECT, what a PROXY header names instead of the target.
+    let mut host_dst = None;
     let target = match req.authority() {
         Authority::Addr(a) => socket::canonical(*a),
         Authority::Host(host, port) => {
-            let resolved = host_target(&pi, &pi.state.snapshot(), host, *port);
+            let resolved = {
+                let snapshot = pi.state.snapshot();
+                host_dst = host_proxy_dst(&pi, &snapshot, host, *port);
+                host_target(&pi, &snapshot, host, *port)
+            };
             match resolved {
                 Ok(t) => {
                     forwarded_host.get_or_insert_with(|| host.clone());
@@ -215,7 +223,7 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
             };
             let delivery = delivery(
                 upstream,
-                target,
+                host_dst.unwrap_or(target),
                 local.application_tunnel.as_ref(),
                 pi.cfg.localhost_app_tunnel,
             );
@@ -377,19 +385,10 @@ pub(super) fn host_target(
     svc_port: u16,
 ) -> Result<SocketAddr, HostTargetError> {
     let ns = &pi.local.namespace;
-    let lower = host.to_ascii_lowercase();
-    let svc = snapshot
-        .service_by_host(ns, &lower)
-        .or_else(|| {
-            snapshot
-                .services_by_hostname(&lower)
-                .iter()
-                .find(|s| s.visible_to(ns))
-        })
-        .ok_or_else(|| HostTargetError::UnknownService {
-            host: host.to_string(),
-            port: svc_port,
-        })?;
+    let svc = host_service(pi, snapshot, host).ok_or_else(|| HostTargetError::UnknownService {
+        host: host.to_string(),
+        port: svc_port,
+    })?;
     let key = svc.key();
     let me = snapshot.workload_by_name(ns, &pi.local.name);
     // The service's waypoint, reached through a network gateway (double HBONE to a waypoint):
@@ -398,13 +397,9 @@ pub(super) fn host_target(
     if let Some(me) = me
         && !me.services.contains_key(&key)
         && svc.waypoints().any(|gw| waypoint::is_instance(me, gw))
-        && let Some(vip) = svc
-            .vips
-            .iter()
-            .filter(|v| v.network == pi.cfg.network)
-            .max_by_key(|v| v.address.is_ipv4())
+        && let Some(vip) = service_vip(&pi.cfg.network, svc, svc_port, false)
     {
-        return Ok(SocketAddr::new(vip.address, svc_port));
+        return Ok(vip);
     }
     let local = me
         .filter(|wl| wl.services.contains_key(&key))
@@ -447,6 +442,45 @@ pub(super) fn host_target(
             workload: format!("{ns}/{}", pi.local.name),
         })?;
     Ok(SocketAddr::new(ip, port))
+}
+
+/// The service a `hostname` target names: the local namespace's, else the first in key order
+/// visible to it.
+fn host_service<'s>(
+    pi: &ProxyInputs,
+    snapshot: &'s Snapshot,
+    host: &str,
+) -> Option<&'s Arc<Service>> {
+    let ns = &pi.local.namespace;
+    let lower = host.to_ascii_lowercase();
+    snapshot.service_by_host(ns, &lower).or_else(|| {
+        snapshot
+            .services_by_hostname(&lower)
+            .iter()
+            .find(|s| s.visible_to(ns))
+    })
+}
+
+/// `svc`'s VIP with `port`: on `network` first (only there unless `elsewhere`), IPv4 first.
+fn service_vip(network: &str, svc: &Service, port: u16, elsewhere: bool) -> Option<SocketAddr> {
+    svc.vips
+        .iter()
+        .filter(|v| elsewhere || v.network == network)
+        .max_by_key(|v| (v.network == network, v.address.is_ipv4()))
+        .map(|v| SocketAddr::new(v.address, port))
+}
+
+/// The destination a PROXY header names for a `hostname:svc_port` CONNECT: the header cannot
+/// carry a host name, so, as ztunnel, a VIP of the service (this network's first) with the
+/// service port. `None` for a service without VIPs: the header then names the local target.
+pub(super) fn host_proxy_dst(
+    pi: &ProxyInputs,
+    snapshot: &Snapshot,
+    host: &str,
+    svc_port: u16,
+) -> Option<SocketAddr> {
+    let svc = host_service(pi, snapshot, host)?;
+    service_vip(&pi.cfg.network, svc, svc_port, true)
 }
 
 /// How a stream reaches the app.
