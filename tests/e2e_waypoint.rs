@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ambit_lab::accesslog::{self, LogLine};
+use ambit_lab::compat::hbone_probe;
 use ambit_lab::traffic::proxied::header_echo;
 use ambit_lab::traffic::{Server, ServerKind, WaypointServer, echo};
 use ambit_lab::{ControlMode, Lab, LabOptions, ProxyMode, Topology};
@@ -354,4 +355,16 @@ async fn workload_waypoint_by_hostname_is_for_workload_addressed_traffic_only() 
     })
     .await;
     assert_eq!(served.len(), N, "{served:#?}");
+
+    // A pod with an application tunnel takes a CONNECT to any target (as ztunnel): its app
+    // gets the target in the PROXY header and decides.
+    let answer = hbone_probe::connect_as(&lab, ("client", "wp"), "192.0.2.77:4321", &[])
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let log = at_least(N + 1, || wp.log()).await;
+    assert!(
+        log.iter().any(|l| l.contains("dst=192.0.2.77:4321")),
+        "{log:#?}"
+    );
 }

@@ -289,8 +289,9 @@ pub(super) async fn serve_stream<R: InboundTunnel>(
 
 /// Where a CONNECT to `target` is delivered on this pod, and the local workload it is for
 /// (wire.md §2.1): an address of the local workload as is; or, when the local workload is the
-/// waypoint of the service VIP or workload address `target` names (sandwich mode), the local
-/// workload's address with the same port.
+/// waypoint of the service VIP or workload address `target` names (sandwich mode), or has an
+/// application tunnel (any target: the header names it), the local workload's address with the
+/// same port.
 pub(super) fn local_destination<'s>(
     pi: &ProxyInputs,
     snapshot: &'s Snapshot,
@@ -316,9 +317,12 @@ pub(super) fn local_destination_of<'s>(
     let local = snapshot.workload_by_name(&local.namespace, &local.name)?;
     let served =
         |gw: Option<&GatewayAddress>| gw.is_some_and(|gw| waypoint::is_instance(local, gw));
-    let for_us = snapshot
-        .service_by_vip(network, target.ip())
-        .is_some_and(|s| s.waypoints().any(|gw| waypoint::is_instance(local, gw)))
+    // An application tunnel hands the target to the app in its header: the app decides what
+    // to do with it (a waypoint whose state lags still receives), as ztunnel accepts it.
+    let for_us = local.application_tunnel.is_some()
+        || snapshot
+            .service_by_vip(network, target.ip())
+            .is_some_and(|s| s.waypoints().any(|gw| waypoint::is_instance(local, gw)))
         || served(
             snapshot
                 .workload_by_addr(network, target.ip())

@@ -212,6 +212,29 @@ fn inbound_on_a_waypoint_accepts_what_it_serves() {
 }
 
 #[test]
+fn a_workload_with_an_application_tunnel_accepts_any_target() {
+    // As ztunnel: the target goes to the app in the PROXY header; the app decides.
+    let (writer, view) = StateWriter::new();
+    let mut tunneled = workload("b", "tunneled", "10.0.0.5");
+    tunneled.application_tunnel = Some(crate::state::ApplicationTunnel {
+        protocol: crate::state::AppTunnelProtocol::Proxy,
+        port: Some(15088),
+    });
+    writer.apply(
+        Update::default()
+            .upsert(tunneled)
+            .upsert(workload("b", "other", "10.0.0.6")),
+    );
+    let pi = test_support::inputs(view, "b", "tunneled", Default::default());
+    let snap = pi.state.snapshot();
+    for t in ["10.0.0.6:80", "192.0.2.1:443", "10.0.0.5:8080"] {
+        let (local, up) = local_destination(&pi, &snap, t.parse().unwrap()).unwrap();
+        assert_eq!(local.name, "tunneled", "{t}");
+        assert_eq!(up.ip().to_string(), "10.0.0.5", "{t}");
+    }
+}
+
+#[test]
 fn application_tunnels_redirect_to_loopback_with_a_proxy_header() {
     use super::inbound::{Delivery, delivery};
     use crate::state::{AppTunnelProtocol, ApplicationTunnel};
