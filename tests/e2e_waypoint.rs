@@ -21,6 +21,7 @@ use ambit_lab::compat::hbone_probe;
 use ambit_lab::traffic::proxied::header_echo;
 use ambit_lab::traffic::{Server, ServerKind, WaypointServer, echo};
 use ambit_lab::{ControlMode, Lab, LabOptions, ProxyMode, Topology};
+use ambit_lab::{promtext, witness};
 
 const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
 const STEP: Duration = Duration::from_secs(20);
@@ -355,6 +356,30 @@ async fn workload_waypoint_by_hostname_is_for_workload_addressed_traffic_only() 
     })
     .await;
     assert_eq!(served.len(), N, "{served:#?}");
+
+    // The client's reporter names the workload it connected to: the endpoint when direct,
+    // the waypoint when through it (as ztunnel).
+    let text = witness::scrape(lab.proxy_ns_for("client").unwrap())
+        .await
+        .unwrap();
+    let samples = promtext::samples(&text);
+    let opened = |dst: &str, svc: &str| {
+        promtext::sum(
+            &samples,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "source"),
+                ("destination_workload", dst),
+                ("destination_service", svc),
+            ],
+        )
+    };
+    assert_eq!(
+        opened("db", "dbsvc.default.svc.cluster.local"),
+        N as f64,
+        "{text}"
+    );
+    assert_eq!(opened("wp", "unknown"), N as f64, "{text}");
 
     // A pod with an application tunnel takes a CONNECT to any target (as ztunnel): its app
     // gets the target in the PROXY header and decides.

@@ -179,13 +179,15 @@ pub(super) async fn connect(
             tried.contains(&ep) || outliers.is_ejected(ep)
         });
         let labels = match &routed {
+            // The workload at the HBONE address: the endpoint itself, or the waypoint a
+            // connection goes through (ztunnel's destination labels name the waypoint too).
             Ok(Routed {
                 route: Route::Hbone {
-                    target, expected, ..
+                    hbone, expected, ..
                 },
                 service,
                 ..
-            }) => outbound_labels(pi, service.as_deref(), Some(*target), expected.first()),
+            }) => outbound_labels(pi, service.as_deref(), Some(*hbone), expected.first()),
             Ok(Routed {
                 route: Route::Plain(target),
                 service,
