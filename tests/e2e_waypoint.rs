@@ -17,9 +17,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ambit_lab::accesslog::{self, LogLine};
+use ambit_lab::compat::hbone_probe;
 use ambit_lab::traffic::proxied::header_echo;
 use ambit_lab::traffic::{Server, ServerKind, WaypointServer, echo};
 use ambit_lab::{ControlMode, Lab, LabOptions, ProxyMode, Topology};
+use ambit_lab::{promtext, witness};
 
 const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
 const STEP: Duration = Duration::from_secs(20);
@@ -259,4 +261,135 @@ async fn workload_waypoint_and_plain_proxy_tunnel() {
     for line in &served {
         assert!(line.has(&wp_id), "{line}");
     }
+}
+
+/// A waypoint described as istiod describes it (`GatewayAddress` `hostname`: the service `wp`
+/// selects the waypoint pod), serving the workload `db`, which also backs the service `dbsvc`
+/// (no waypoint of its own).
+const WORKLOAD_WAYPOINT: &str = r#"
+nodes:
+  - name: node-1
+  - name: node-2
+pods:
+  - name: client
+    serviceAccount: client
+    node: node-1
+  - name: wp
+    serviceAccount: waypoint
+    node: node-2
+    labels: {app: wp}
+    applicationTunnel: {protocol: PROXY, port: 15088}
+  - name: db
+    serviceAccount: db
+    node: node-1
+    labels: {app: db}
+    waypoint: wp
+services:
+  - name: wp
+    ports: {15008: 15008}
+    selector: {app: wp}
+  - name: dbsvc
+    vips: [10.96.0.40]
+    ports: {5432: 8080}
+    selector: {app: db}
+policies: []
+"#;
+
+/// ztunnel's rule: a workload's waypoint applies to traffic addressed to the workload, not to
+/// traffic addressed to a service it backs (that goes to the service's waypoint, or direct).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_waypoint_by_hostname_is_for_workload_addressed_traffic_only() {
+    let opts = LabOptions {
+        proxy: Some(
+            std::env::var_os("AMBIT_LAB_PROXY")
+                .map(Into::into)
+                .unwrap_or_else(|| AMBIT.into()),
+        ),
+        mode: ProxyMode::Shared,
+        control: ControlMode::ControlPlane,
+        ..LabOptions::default()
+    };
+    let lab = Lab::start(Topology::from_yaml(WORKLOAD_WAYPOINT).unwrap(), opts)
+        .await
+        .unwrap();
+    let _db = Server::start(lab.pod_ns("db").unwrap(), ServerKind::Echo, 8080).unwrap();
+    let wp = WaypointServer::start(lab.pod_ns("wp").unwrap(), WAYPOINT_APP_PORT).unwrap();
+    let client = lab.pod_ns("client").unwrap();
+    let client_id = spiffe(&lab, "client");
+    let db: SocketAddr = format!("{}:8080", ip(&lab, "db")).parse().unwrap();
+    let db_dst = format!("dst.hbone_addr={db}");
+
+    // Service-addressed: straight to the endpoint, the client's identity arrives there.
+    let vip: SocketAddr = "10.96.0.40:5432".parse().unwrap();
+    const N: usize = 3;
+    for i in 0..N as u8 {
+        let msg = [b's', i];
+        assert_eq!(echo(client, vip, &msg, STEP).await.unwrap(), msg);
+    }
+    let from_client = format!("src.identity={client_id}");
+    let served = at_least(N, || {
+        access(&lab, "db", &["direction=inbound", &db_dst, &from_client])
+    })
+    .await;
+    assert_eq!(served.len(), N, "{served:#?}");
+    let to_wp = format!("dst.addr={}:15008", ip(&lab, "wp"));
+    assert!(
+        access(&lab, "client", &["direction=outbound", &to_wp]).is_empty(),
+        "a service-addressed connection went to the workload's waypoint"
+    );
+    assert!(wp.log().is_empty(), "{:?}", wp.log());
+
+    // Workload-addressed: through the waypoint (found by its service's host name).
+    for i in 0..N as u8 {
+        let msg = [b'w', i];
+        assert_eq!(echo(client, db, &msg, STEP).await.unwrap(), msg);
+    }
+    let log = at_least(N, || wp.log()).await;
+    assert_eq!(log.len(), N, "{log:#?}");
+    for line in &log {
+        assert!(line.contains(&format!("dst={db}")), "{line}");
+        assert!(line.contains(&format!("identity={client_id}")), "{line}");
+    }
+    let wp_id = format!("src.identity={}", spiffe(&lab, "wp"));
+    let served = at_least(N, || {
+        access(&lab, "db", &["direction=inbound", &db_dst, &wp_id])
+    })
+    .await;
+    assert_eq!(served.len(), N, "{served:#?}");
+
+    // The client's reporter names the workload it connected to: the endpoint when direct,
+    // the waypoint when through it (as ztunnel).
+    let text = witness::scrape(lab.proxy_ns_for("client").unwrap())
+        .await
+        .unwrap();
+    let samples = promtext::samples(&text);
+    let opened = |dst: &str, svc: &str| {
+        promtext::sum(
+            &samples,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "source"),
+                ("destination_workload", dst),
+                ("destination_service", svc),
+            ],
+        )
+    };
+    assert_eq!(
+        opened("db", "dbsvc.default.svc.cluster.local"),
+        N as f64,
+        "{text}"
+    );
+    assert_eq!(opened("wp", "unknown"), N as f64, "{text}");
+
+    // A pod with an application tunnel takes a CONNECT to any target (as ztunnel): its app
+    // gets the target in the PROXY header and decides.
+    let answer = hbone_probe::connect_as(&lab, ("client", "wp"), "192.0.2.77:4321", &[])
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let log = at_least(N + 1, || wp.log()).await;
+    assert!(
+        log.iter().any(|l| l.contains("dst=192.0.2.77:4321")),
+        "{log:#?}"
+    );
 }

@@ -214,11 +214,25 @@ fn app_tunnel(t: &AppTunnel) -> Value {
     v
 }
 
-/// The waypoint pod `name` as the local config's gateway (`/IP` on the default network).
+/// The waypoint pod `name` as the local config's gateway: `namespace/hostname` when a service
+/// describes it ([`crate::control_resources::waypoint_service`]), else `network/IP`.
 fn waypoint(topology: &Topology, name: &str) -> Option<Value> {
+    if let Some(svc) = crate::control_resources::waypoint_service(topology, name) {
+        return Some(map([
+            (
+                "destination",
+                format!("{}/{}", svc.namespace, svc.hostname).into(),
+            ),
+            ("hboneMtlsPort", WAYPOINT_HBONE_PORT.into()),
+        ]));
+    }
     let ip = waypoint_ip(&topology.pods, name)?;
+    let network = topology
+        .pod(name)
+        .map(|p| topology.network_of(p))
+        .unwrap_or("");
     Some(map([
-        ("destination", format!("/{ip}").into()),
+        ("destination", format!("{network}/{ip}").into()),
         ("hboneMtlsPort", WAYPOINT_HBONE_PORT.into()),
     ]))
 }

@@ -186,20 +186,46 @@ pub fn workload(pod: &Pod, topology: &Topology) -> pw::Workload {
     w
 }
 
-/// The waypoint pod `name` as a gateway address: its pod address on the default network and
-/// the HBONE port (the topology checked that the pod exists).
+/// The waypoint pod `name` as a gateway address: its pod address on its network and the HBONE
+/// port (the topology checked that the pod exists).
 pub fn waypoint(topology: &Topology, name: &str) -> Option<pw::GatewayAddress> {
+    if let Some(svc) = waypoint_service(topology, name) {
+        return Some(pw::GatewayAddress {
+            destination: Some(pw::gateway_address::Destination::Hostname(
+                pw::NamespacedHostname {
+                    namespace: svc.namespace.clone(),
+                    hostname: svc.hostname.clone(),
+                },
+            )),
+            hbone_mtls_port: u32::from(WAYPOINT_HBONE_PORT),
+        });
+    }
     let ip = waypoint_ip(&topology.pods, name)?;
+    let network = topology
+        .pod(name)
+        .map(|p| topology.network_of(p).to_string())
+        .unwrap_or_default();
     Some(pw::GatewayAddress {
         destination: Some(pw::gateway_address::Destination::Address(
             pw::NetworkAddress {
-                network: String::new(),
+                network,
                 address: ip.octets().to_vec(),
                 length: None,
             },
         )),
         hbone_mtls_port: u32::from(WAYPOINT_HBONE_PORT),
     })
+}
+
+/// The service named like the waypoint pod `name` that selects it, if the topology has one:
+/// then the waypoint is described by that service's host name, as istiod describes waypoints
+/// (`GatewayAddress` `hostname`); otherwise by the pod's address.
+pub fn waypoint_service<'t>(topology: &'t Topology, name: &str) -> Option<&'t Service> {
+    let pod = topology.pod(name)?;
+    topology
+        .services
+        .iter()
+        .find(|s| s.name == name && s.namespace == pod.namespace && s.endpoints.contains(&pod.name))
 }
 
 /// A topology service with its waypoint (which names a pod of `topology`).

@@ -136,17 +136,28 @@ impl Drop for GatewayServer {
 }
 
 /// The endpoints of every service on `network`, from the topology: captured pods only (the
-/// gateway delivers to their node proxy's 15008).
+/// gateway delivers to their node proxy's 15008), or the service's waypoint pod when it is on
+/// `network`.
 pub fn routes(topology: &Topology, network: &str) -> Routes {
     let mut out = Routes::new();
     for svc in &topology.services {
-        let ips: Vec<Ipv4Addr> = topology
-            .pods
-            .iter()
-            .filter(|p| p.namespace == svc.namespace && svc.endpoints.contains(&p.name))
-            .filter(|p| p.captured && topology.network_of(p) == network)
-            .map(|p| p.ip)
-            .collect();
+        // A service whose waypoint is on this network is handed to the waypoint, as Istio's
+        // gateway does (the client asked for the service; its waypoint must see it).
+        let waypoint = svc
+            .waypoint
+            .as_deref()
+            .and_then(|wp| topology.pod(wp))
+            .filter(|wp| topology.network_of(wp) == network);
+        let ips: Vec<Ipv4Addr> = match waypoint {
+            Some(wp) => vec![wp.ip],
+            None => topology
+                .pods
+                .iter()
+                .filter(|p| p.namespace == svc.namespace && svc.endpoints.contains(&p.name))
+                .filter(|p| p.captured && topology.network_of(p) == network)
+                .map(|p| p.ip)
+                .collect(),
+        };
         if ips.is_empty() {
             continue;
         }

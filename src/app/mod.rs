@@ -226,6 +226,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
             max_connect_attempts: config.outlier.connect_attempts,
         },
         localhost_app_tunnel: config.localhost_app_tunnel,
+        response_baggage: config.response_baggage,
         handshake: proxy::HandshakeLimits {
             timeout: config.handshake_timeout,
             max_pending_per_source: config.max_pending_handshakes_per_source,

@@ -119,6 +119,9 @@ pub struct Config {
     pub authz_policy_info_logging: bool,
     /// Application tunnels deliver over loopback (`LOCALHOST_APP_TUNNEL`, default true).
     pub localhost_app_tunnel: bool,
+    /// `ENABLE_RESPONSE_BAGGAGE` (default true): `baggage` on the HBONE `200`, and peers'
+    /// baggage read for labels (ztunnel's spelling and default).
+    pub response_baggage: bool,
     /// `CRL_PATH`: a PEM (or DER) file of CRLs every mTLS handshake checks the peer against,
     /// reloaded when it changes; unset: no revocation checks.
     pub crl_path: Option<PathBuf>,
@@ -506,6 +509,9 @@ impl Config {
                 .unwrap_or(false),
             localhost_app_tunnel: env
                 .parse("LOCALHOST_APP_TUNNEL", parse::boolean)?
+                .unwrap_or(true),
+            response_baggage: env
+                .parse("ENABLE_RESPONSE_BAGGAGE", parse::boolean)?
                 .unwrap_or(true),
             crl_path: env.get("CRL_PATH").map(PathBuf::from),
             tls12_enabled: env.parse("TLS12_ENABLED", parse::boolean)?.unwrap_or(false),

@@ -301,10 +301,12 @@ fn small_switches() {
     assert_eq!(c.prefered_service_namespace, None);
     assert!(!c.authz_policy_info_logging);
     assert!(c.localhost_app_tunnel);
+    assert!(c.response_baggage);
     let c = with(&[
         ("PREFERED_SERVICE_NAMESPACE", "istio-system"),
         ("AUTHZ_POLICY_INFO_LOGGING", "true"),
         ("LOCALHOST_APP_TUNNEL", "false"),
+        ("ENABLE_RESPONSE_BAGGAGE", "false"),
     ])
     .unwrap();
     assert_eq!(
@@ -313,6 +315,7 @@ fn small_switches() {
     );
     assert!(c.authz_policy_info_logging);
     assert!(!c.localhost_app_tunnel);
+    assert!(!c.response_baggage);
     assert_eq!(
         error("AUTHZ_POLICY_INFO_LOGGING", "1"),
         "AUTHZ_POLICY_INFO_LOGGING=\"1\": not a boolean (true or false)"

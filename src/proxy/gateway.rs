@@ -163,14 +163,6 @@ pub(super) fn via_gateway(
     svc_port: u16,
     like: IpAddr,
 ) -> Result<GatewayRoute, GatewayError> {
-    let gw = wl
-        .network_gateway
-        .as_ref()
-        .ok_or_else(|| GatewayError::NoGateway {
-            service: svc.key(),
-            workload: format!("{}/{}", wl.namespace(), wl.name),
-            network: wl.network.clone(),
-        })?;
     let final_expected: Vec<Identity> = svc
         .subject_alt_names
         .iter()
@@ -182,6 +174,52 @@ pub(super) fn via_gateway(
             network: wl.network.clone(),
         });
     }
+    through(state, network, svc, wl, final_expected, svc_port, like)
+}
+
+/// The route to `waypoint`, an instance of the waypoint of `svc` on another network, for a
+/// connection to service port `svc_port`. As ztunnel does it: through the gateway the instance
+/// names, with the *service's* `hostname:svc_port` as authority (the gateway hands it to the
+/// service's waypoint on its network); the final server is verified against the waypoint
+/// service's `subject_alt_names` and the instance's own identity.
+pub(super) fn via_gateway_to_waypoint(
+    state: &StateView,
+    network: &str,
+    svc: &Service,
+    hop: &super::waypoint::Hop,
+    svc_port: u16,
+    like: IpAddr,
+) -> Result<GatewayRoute, GatewayError> {
+    let mut final_expected = vec![hop.instance.identity()];
+    final_expected.extend(hop.service_sans.iter().cloned());
+    through(
+        state,
+        network,
+        svc,
+        &hop.instance,
+        final_expected,
+        svc_port,
+        like,
+    )
+}
+
+fn through(
+    state: &StateView,
+    network: &str,
+    svc: &Service,
+    wl: &Workload,
+    final_expected: Vec<Identity>,
+    svc_port: u16,
+    like: IpAddr,
+) -> Result<GatewayRoute, GatewayError> {
+    let gw = wl
+        .network_gateway
+        .as_ref()
+        .ok_or_else(|| GatewayError::NoGateway {
+            service: svc.key(),
+            workload: format!("{}/{}", wl.namespace(), wl.name),
+            network: wl.network.clone(),
+        })?;
     let (gateway, gateway_expected) = resolve(state, network, gw, &wl.network, like)?;
     Ok(GatewayRoute {
         gateway,

@@ -215,6 +215,19 @@ fn host_targets_that_are_not_ours_are_refused_with_their_status() {
 }
 
 #[test]
+fn a_proxy_header_for_a_host_name_names_the_service_vip_and_port() {
+    use super::inbound::host_proxy_dst;
+    let pi = server();
+    let snap = pi.state.snapshot();
+    // `web` has its VIP on net1 only: as ztunnel, any VIP will do when this network has none.
+    assert_eq!(
+        host_proxy_dst(&pi, &snap, WEB, 80),
+        Some("10.96.0.1:80".parse().unwrap())
+    );
+    assert_eq!(host_proxy_dst(&pi, &snap, "nope.example.com", 80), None);
+}
+
+#[test]
 fn a_source_that_came_through_a_gateway_is_not_looked_up_by_its_address() {
     use super::accesslog::inbound_labels;
     let pi = server();
@@ -222,15 +235,76 @@ fn a_source_that_came_through_a_gateway_is_not_looked_up_by_its_address() {
     // The TCP peer of a double-HBONE stream is the gateway.
     let gateway: SocketAddr = "172.30.9.9:40000".parse().unwrap();
     let client = id("a", "client");
-    let looked_up = inbound_labels(&pi, &local, Some(gateway), Some(&client), (None, 1));
+    let looked_up = inbound_labels(&pi, &local, (Some(gateway), None), Some(&client), (None, 1));
     assert_eq!(
         looked_up.traffic.source_workload, "eastwest",
         "the mis-attribution avoided"
     );
-    let from_gateway = inbound_labels(&pi, &local, None, Some(&client), (Some(WEB), 1));
+    let from_gateway = inbound_labels(&pi, &local, (None, None), Some(&client), (Some(WEB), 1));
     assert_eq!(from_gateway.traffic.source_workload, "unknown");
     assert_eq!(from_gateway.traffic.source_principal, client.to_string());
     assert_eq!(from_gateway.traffic.destination_service, WEB);
+}
+
+#[test]
+fn through_a_gateway_the_source_labels_come_from_its_baggage() {
+    use super::accesslog::inbound_labels;
+    let pi = server();
+    let local = pi.state.workload_by_name("b", "server").unwrap();
+    let client = id("a", "client");
+    let b: crate::hbone::Baggage =
+        "k8s.cluster.name=c2,k8s.namespace.name=a,k8s.deployment.name=client-v1,service.name=client,service.version=v1,cloud.region=r2,cloud.availability_zone=z2"
+            .parse()
+            .unwrap();
+    let l = inbound_labels(&pi, &local, (None, Some(&b)), Some(&client), (None, 9090));
+    let t = &l.traffic;
+    assert_eq!(
+        (
+            t.source_workload.as_str(),
+            t.source_canonical_service.as_str(),
+            t.source_canonical_revision.as_str(),
+            t.source_workload_namespace.as_str(),
+            t.source_cluster.as_str(),
+            t.source_region.as_str(),
+            t.source_zone.as_str(),
+        ),
+        ("client-v1", "client", "v1", "a", "c2", "r2", "z2")
+    );
+    // ztunnel's mapping: `source_app` is the workload name.
+    assert_eq!(t.source_app, "client-v1");
+    assert_eq!(t.source_principal, client.to_string());
+    assert_eq!(l.src_workload.as_deref(), Some("client"));
+    // A source the local state knows wins over what its baggage says.
+    let gateway: SocketAddr = "172.30.9.9:40000".parse().unwrap();
+    let l = inbound_labels(
+        &pi,
+        &local,
+        (Some(gateway), Some(&b)),
+        Some(&client),
+        (None, 1),
+    );
+    assert_eq!(l.traffic.source_workload, "eastwest");
+}
+
+#[test]
+fn a_forwarded_host_counts_only_when_it_is_a_service_of_the_destination() {
+    use super::accesslog::inbound_labels;
+    let pi = server();
+    let local = pi.state.workload_by_name("b", "server").unwrap();
+    let forged = inbound_labels(
+        &pi,
+        &local,
+        (None, None),
+        None,
+        (Some("attacker.example.com"), 7777),
+    );
+    assert_eq!(forged.traffic.destination_service, "unknown");
+    // Forged, but the port still says which service it is: the guess, not the forgery.
+    let forged = inbound_labels(&pi, &local, (None, None), None, (Some("evil"), 9090));
+    assert_eq!(forged.traffic.destination_service, WEB);
+    let own = inbound_labels(&pi, &local, (None, None), None, (Some(WEB), 7777));
+    assert_eq!(own.traffic.destination_service, WEB);
+    assert_eq!(own.traffic.destination_service_name, "web");
 }
 
 #[test]
@@ -239,9 +313,65 @@ fn without_a_forwarded_host_the_service_is_guessed_by_the_delivered_port() {
     let pi = server();
     let local = pi.state.workload_by_name("b", "server").unwrap();
     // The workload maps WEB's port 80 to 9090: a connection delivered to 9090 is WEB's.
-    let guessed = inbound_labels(&pi, &local, None, None, (None, 9090));
+    let guessed = inbound_labels(&pi, &local, (None, None), None, (None, 9090));
     assert_eq!(guessed.traffic.destination_service, WEB);
     assert_eq!(guessed.dst_workload.as_deref(), Some("server"));
-    let other = inbound_labels(&pi, &local, None, None, (None, 7777));
+    let other = inbound_labels(&pi, &local, (None, None), None, (None, 7777));
     assert_eq!(other.traffic.destination_service, "unknown");
+}
+
+/// `web` has the waypoint service `wp`, whose only instance is on net2 behind the gateway.
+#[test]
+fn a_waypoint_on_another_network_is_reached_through_its_gateway() {
+    let pi = client(Some(gateway_at("172.30.9.9")), &[SERVER_SAN], false);
+    let snap = pi.state.snapshot();
+    let mut web = (**snap.services().find(|s| s.name == "web").unwrap()).clone();
+    web.waypoint = Some(GatewayAddress {
+        destination: GatewayDestination::Hostname {
+            namespace: "b".into(),
+            hostname: "wp.b.svc.cluster.local".into(),
+        },
+        hbone_mtls_port: 15008,
+    });
+    let wp_svc = Service {
+        name: "wp".into(),
+        namespace: "b".into(),
+        hostname: "wp.b.svc.cluster.local".into(),
+        ports: [(15008, 15008)].into_iter().collect(),
+        subject_alt_names: vec!["spiffe://cluster.local/ns/b/sa/waypoint-sa".into()],
+        ..Default::default()
+    };
+    let mut wp = workload("b", "wp", "10.2.0.9", "net2");
+    wp.services
+        .insert("b/wp.b.svc.cluster.local".into(), [].into());
+    wp.network_gateway = Some(gateway_at("172.30.9.9"));
+    let (writer, view) = StateWriter::new();
+    let mut update = Update::default().upsert(web).upsert(wp_svc).upsert(wp);
+    for w in snap.workloads().filter(|w| w.name != "server") {
+        update = update.upsert((**w).clone());
+    }
+    writer.apply(update);
+    let pi = ProxyInputs { state: view, ..pi };
+    let Route::Gateway { via, target } = route(&pi, "10.96.0.1:80".parse().unwrap()).unwrap()
+    else {
+        panic!("expected a gateway route");
+    };
+    // As ztunnel: the authority is the *service* (the gateway gives it to its waypoint), the
+    // final server is verified as the waypoint.
+    assert_eq!(target, None);
+    assert_eq!(
+        via.gateway,
+        "172.30.9.9:15009".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(via.authority, Authority::Host(WEB.into(), 80));
+    assert_eq!(
+        via.final_expected,
+        vec![
+            id("b", "wp"),
+            "spiffe://cluster.local/ns/b/sa/waypoint-sa"
+                .parse()
+                .unwrap()
+        ]
+    );
+    assert_eq!(via.network, "net2");
 }

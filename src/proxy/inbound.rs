@@ -38,9 +38,12 @@ use super::handshake::PendingHandshakes;
 use super::revocation::{RevokedSignal, watch_peer};
 use super::transport::InboundTunnel;
 use super::{
-    ILLEGAL_PORTS, LocalWorkload, ProxyInputs, authz, proxyproto, same_family_ip, socket, waypoint,
+    ILLEGAL_PORTS, LocalWorkload, ProxyInputs, authz, outbound, proxyproto, same_family_ip, socket,
+    waypoint,
 };
-use crate::state::{AppTunnelProtocol, ApplicationTunnel, GatewayAddress, Snapshot, Workload};
+use crate::state::{
+    AppTunnelProtocol, ApplicationTunnel, GatewayAddress, Service, Snapshot, Workload,
+};
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
@@ -182,10 +185,22 @@ async fn set_up<R: InboundTunnel>(
     log.dst = Some(local);
     log.hbone_addr = Some(req.authority().clone());
     let mut forwarded_host = req.forwarded_host();
+    // ztunnel reads the source's baggage only when it sends its own (ENABLE_RESPONSE_BAGGAGE).
+    let src_baggage = if pi.cfg.response_baggage {
+        req.baggage()
+    } else {
+        None
+    };
+    // For a host-name CONNECT, what a PROXY header names instead of the target.
+    let mut host_dst = None;
     let target = match req.authority() {
         Authority::Addr(a) => socket::canonical(*a),
         Authority::Host(host, port) => {
-            let resolved = host_target(&pi, &pi.state.snapshot(), host, *port);
+            let resolved = {
+                let snapshot = pi.state.snapshot();
+                host_dst = host_proxy_dst(&pi, &snapshot, host, *port);
+                host_target(&pi, &snapshot, host, *port)
+            };
             match resolved {
                 Ok(t) => {
                     forwarded_host.get_or_insert_with(|| host.clone());
@@ -218,7 +233,7 @@ async fn set_up<R: InboundTunnel>(
                 inbound_labels(
                     &pi,
                     local,
-                    (!from_gateway).then_some(peer),
+                    ((!from_gateway).then_some(peer), src_baggage.as_ref()),
                     log.src_identity.as_ref(),
                     (forwarded_host.as_deref(), upstream.port()),
                 ),
@@ -230,15 +245,16 @@ async fn set_up<R: InboundTunnel>(
             };
             let delivery = delivery(
                 upstream,
-                target,
+                host_dst.unwrap_or(target),
                 local.application_tunnel.as_ref(),
                 pi.cfg.localhost_app_tunnel,
             );
             let decision = authz::decide(&snapshot, local, &facts);
-            (decision, delivery)
+            let baggage = pi.cfg.response_baggage.then(|| outbound::baggage(local));
+            (decision, delivery, baggage)
         })
     };
-    let Some((decision, delivery)) = decided else {
+    let Some((decision, delivery, baggage)) = decided else {
         req.reject(StatusCode::BAD_REQUEST).await;
         return fail(
             log,
@@ -278,7 +294,7 @@ async fn set_up<R: InboundTunnel>(
             return fail(log, &e);
         }
     }
-    let tunnel = match req.accept().await {
+    let tunnel = match req.accept(baggage.as_ref()).await {
         Ok(t) => t,
         Err(e) => {
             log.response_flags = Some(ResponseFlag::Connect);
@@ -310,8 +326,9 @@ fn fail<T>(log: ConnectionLog, error: &dyn std::fmt::Display) -> Option<T> {
 
 /// Where a CONNECT to `target` is delivered on this pod, and the local workload it is for
 /// (wire.md §2.1): an address of the local workload as is; or, when the local workload is the
-/// waypoint of the service VIP or workload address `target` names (sandwich mode), the local
-/// workload's address with the same port.
+/// waypoint of the service VIP or workload address `target` names (sandwich mode), or has an
+/// application tunnel (any target: the header names it), the local workload's address with the
+/// same port.
 pub(super) fn local_destination<'s>(
     pi: &ProxyInputs,
     snapshot: &'s Snapshot,
@@ -337,9 +354,12 @@ pub(super) fn local_destination_of<'s>(
     let local = snapshot.workload_by_name(&local.namespace, &local.name)?;
     let served =
         |gw: Option<&GatewayAddress>| gw.is_some_and(|gw| waypoint::is_instance(local, gw));
-    let for_us = snapshot
-        .service_by_vip(network, target.ip())
-        .is_some_and(|s| s.waypoints().any(|gw| waypoint::is_instance(local, gw)))
+    // An application tunnel hands the target to the app in its header: the app decides what
+    // to do with it (a waypoint whose state lags still receives), as ztunnel accepts it.
+    let for_us = local.application_tunnel.is_some()
+        || snapshot
+            .service_by_vip(network, target.ip())
+            .is_some_and(|s| s.waypoints().any(|gw| waypoint::is_instance(local, gw)))
         || served(
             snapshot
                 .workload_by_addr(network, target.ip())
@@ -406,22 +426,23 @@ pub(super) fn host_target(
     svc_port: u16,
 ) -> Result<SocketAddr, HostTargetError> {
     let ns = &pi.local.namespace;
-    let lower = host.to_ascii_lowercase();
-    let svc = snapshot
-        .service_by_host(ns, &lower)
-        .or_else(|| {
-            snapshot
-                .services_by_hostname(&lower)
-                .iter()
-                .find(|s| s.visible_to(ns))
-        })
-        .ok_or_else(|| HostTargetError::UnknownService {
-            host: host.to_string(),
-            port: svc_port,
-        })?;
+    let svc = host_service(pi, snapshot, host).ok_or_else(|| HostTargetError::UnknownService {
+        host: host.to_string(),
+        port: svc_port,
+    })?;
     let key = svc.key();
-    let local = snapshot
-        .workload_by_name(ns, &pi.local.name)
+    let me = snapshot.workload_by_name(ns, &pi.local.name);
+    // The service's waypoint, reached through a network gateway (double HBONE to a waypoint):
+    // handled as a sandwich CONNECT to the service's VIP on this network, so the waypoint is
+    // told the service address it serves (a PROXY header cannot name a host).
+    if let Some(me) = me
+        && !me.services.contains_key(&key)
+        && svc.waypoints().any(|gw| waypoint::is_instance(me, gw))
+        && let Some(vip) = service_vip(&pi.cfg.network, svc, svc_port, false)
+    {
+        return Ok(vip);
+    }
+    let local = me
         .filter(|wl| wl.services.contains_key(&key))
         .ok_or_else(|| HostTargetError::NotAnEndpoint {
             host: host.to_string(),
@@ -462,6 +483,45 @@ pub(super) fn host_target(
             workload: format!("{ns}/{}", pi.local.name),
         })?;
     Ok(SocketAddr::new(ip, port))
+}
+
+/// The service a `hostname` target names: the local namespace's, else the first in key order
+/// visible to it.
+fn host_service<'s>(
+    pi: &ProxyInputs,
+    snapshot: &'s Snapshot,
+    host: &str,
+) -> Option<&'s Arc<Service>> {
+    let ns = &pi.local.namespace;
+    let lower = host.to_ascii_lowercase();
+    snapshot.service_by_host(ns, &lower).or_else(|| {
+        snapshot
+            .services_by_hostname(&lower)
+            .iter()
+            .find(|s| s.visible_to(ns))
+    })
+}
+
+/// `svc`'s VIP with `port`: on `network` first (only there unless `elsewhere`), IPv4 first.
+fn service_vip(network: &str, svc: &Service, port: u16, elsewhere: bool) -> Option<SocketAddr> {
+    svc.vips
+        .iter()
+        .filter(|v| elsewhere || v.network == network)
+        .max_by_key(|v| (v.network == network, v.address.is_ipv4()))
+        .map(|v| SocketAddr::new(v.address, port))
+}
+
+/// The destination a PROXY header names for a `hostname:svc_port` CONNECT: the header cannot
+/// carry a host name, so, as ztunnel, a VIP of the service (this network's first) with the
+/// service port. `None` for a service without VIPs: the header then names the local target.
+pub(super) fn host_proxy_dst(
+    pi: &ProxyInputs,
+    snapshot: &Snapshot,
+    host: &str,
+    svc_port: u16,
+) -> Option<SocketAddr> {
+    let svc = host_service(pi, snapshot, host)?;
+    service_vip(&pi.cfg.network, svc, svc_port, true)
 }
 
 /// How a stream reaches the app.

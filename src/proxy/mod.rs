@@ -77,6 +77,10 @@ pub struct ProxyConfig {
     /// through the proxy (`LOCALHOST_APP_TUNNEL`, default on); off delivers to the pod's
     /// address.
     pub localhost_app_tunnel: bool,
+    /// `ENABLE_RESPONSE_BAGGAGE` (default on, as ztunnel): the `200` of an inbound CONNECT
+    /// carries the destination's `baggage`, and peers' baggage fills the labels of workloads
+    /// the local state cannot name.
+    pub response_baggage: bool,
     /// Deadline and per-source cap of inbound HBONE connections before their TLS handshake.
     pub handshake: HandshakeLimits,
 }

@@ -202,13 +202,15 @@ pub(super) async fn connect(
             tried.contains(&ep) || outliers.is_ejected(ep)
         });
         let labels = match &routed {
+            // The workload at the HBONE address: the endpoint itself, or the waypoint a
+            // connection goes through (ztunnel's destination labels name the waypoint too).
             Ok(Routed {
                 route: Route::Hbone {
-                    target, expected, ..
+                    hbone, expected, ..
                 },
                 service,
                 ..
-            }) => outbound_labels(pi, service.as_deref(), Some(*target), expected.first()),
+            }) => outbound_labels(pi, service.as_deref(), Some(*hbone), expected.first()),
             Ok(Routed {
                 route: Route::Plain(target),
                 service,
@@ -251,6 +253,17 @@ pub(super) async fn connect(
                 if let Some(ep) = ep {
                     outliers.success(ep);
                 }
+                // Past a network gateway the final server is not in our state: its `200`
+                // says who it is (ztunnel does the same, for double HBONE only).
+                let labels = match &up {
+                    Upstream::DoubleHbone(tunnel, _) if pi.cfg.response_baggage => {
+                        match tunnel.response_baggage() {
+                            Some(b) => labels.with_response_baggage(b),
+                            None => labels,
+                        }
+                    }
+                    _ => labels,
+                };
                 log.open(pi, labels);
                 return Ok(up);
             }

@@ -48,7 +48,7 @@ pub(super) async fn handle(
                 pi.local.namespace, pi.local.name
             ));
         };
-        let labels = inbound_labels(&pi, local, Some(peer), None, (None, target.port()));
+        let labels = inbound_labels(&pi, local, (Some(peer), None), None, (None, target.port()));
         log.open(&pi, labels);
         let facts = ConnFacts {
             src: peer,

@@ -1,6 +1,7 @@
-//! Where an outbound connection goes: a service VIP picks one of its endpoints (or its
-//! waypoint), a workload address is tunneled when the workload speaks HBONE (or through its
-//! waypoint), anything else passes through. One decision, [`route_traced`], serves the data
+//! Where an outbound connection goes: a service VIP goes to its waypoint if it has one, else
+//! to one of its endpoints (never through the endpoint's own waypoint, as in ztunnel); a
+//! workload address is tunneled when the workload speaks HBONE, through its waypoint if it has
+//! one; anything else passes through. One decision, [`route_traced`], serves the data
 //! path (with [`NoTrace`], which builds nothing) and `/debug/explain` (which records each step).
 
 use std::fmt;
@@ -149,6 +150,39 @@ pub(super) fn route_traced<T: RouteTrace>(
         if !own && let Some(gw) = s.pick_waypoint(&mut rand::rng()) {
             let hop =
                 waypoint::resolve(state, network, gw, orig.ip()).map_err(RouteError::Waypoint)?;
+            // A waypoint instance on another network is reached as a remote endpoint is:
+            // double HBONE through its network's gateway, asking for the service.
+            if hop.instance.network != *network {
+                let via = gateway::via_gateway_to_waypoint(
+                    state,
+                    network,
+                    s,
+                    &hop,
+                    orig.port(),
+                    orig.ip(),
+                )
+                .map_err(RouteError::Gateway)?;
+                if T::ON {
+                    trace.step(format!(
+                        "service {}/{} has waypoint {}, whose instance {}/{} is on network {:?}, not {network:?} ⇒ double HBONE through that network's gateway",
+                        s.namespace,
+                        s.name,
+                        gw.destination,
+                        hop.instance.namespace(),
+                        hop.instance.name,
+                        hop.instance.network
+                    ));
+                    trace.waypoint(hop.hbone);
+                }
+                return Ok(Routed {
+                    route: Route::Gateway {
+                        via: Box::new(via),
+                        target: None,
+                    },
+                    endpoint: None,
+                    service: svc.clone(),
+                });
+            }
             if T::ON {
                 trace.step(format!(
                     "service {}/{} has waypoint {} ⇒ HBONE to the waypoint at {}, asking for {orig}",
@@ -243,8 +277,19 @@ pub(super) fn route_traced<T: RouteTrace>(
         .ok_or_else(|| RouteError::NoAddress(format!("{}/{}", wl.namespace(), wl.name)))?;
     let target = SocketAddr::new(ip, port);
     let endpoint = from_service.then_some(target);
+    // A workload's own waypoint applies only to traffic addressed to the workload: a service's
+    // traffic was given to the service's waypoint above, or goes straight to the endpoint.
     if let Some(gw) = wl.waypoint.as_ref() {
-        if is_waypoint(gw) {
+        if from_service {
+            if T::ON {
+                trace.step(format!(
+                    "workload {}/{} has waypoint {}, but the connection is addressed to a service without one ⇒ not through it",
+                    wl.namespace(),
+                    wl.name,
+                    gw.destination
+                ));
+            }
+        } else if is_waypoint(gw) {
             if T::ON {
                 trace.step("the source is the workload's waypoint: not sent back to it".into());
             }

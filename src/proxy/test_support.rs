@@ -56,6 +56,7 @@ pub(super) fn inputs(
             hbone_port: 15008,
             outlier,
             localhost_app_tunnel: true,
+            response_baggage: true,
             handshake: Default::default(),
         }),
         local: LocalWorkload {

@@ -34,7 +34,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::core::Authority;
-use crate::hbone::{self, ConnectRequest, H2Recv, H2Send, H2Stream, HboneError, Pool, PoolKey};
+use crate::hbone::{
+    self, Baggage, ConnectRequest, H2Recv, H2Send, H2Stream, HboneError, Pool, PoolKey,
+};
 use crate::metrics::{DirectionLabel, HboneTransportLabel, ProxyMetrics, TransportLabels};
 use crate::quic::{self, H3Recv, H3Send, QuicConfig, QuicError, QuicKey, QuicPool};
 
@@ -133,8 +135,14 @@ pub(super) trait InboundTunnel: Send + 'static {
     fn forwarded_host(&self) -> Option<String>;
     /// The request's `x-forwarded-network`: the source's network on double HBONE's inner CONNECT.
     fn forwarded_network(&self) -> Option<String>;
+    /// The request's `baggage`: what the source says about itself.
+    fn baggage(&self) -> Option<Baggage>;
     fn reject(self, status: StatusCode) -> impl Future<Output = ()> + Send;
-    fn accept(self) -> impl Future<Output = Result<(Self::Recv, Self::Send), String>> + Send;
+    /// Answers `200`, with `baggage` (the destination's) when given.
+    fn accept(
+        self,
+        baggage: Option<&Baggage>,
+    ) -> impl Future<Output = Result<(Self::Recv, Self::Send), String>> + Send;
 }
 
 // === impl HboneTransport ===
@@ -427,6 +435,18 @@ fn h3_request(req: &ConnectRequest) -> Result<Request<()>, http::Error> {
     Ok(request)
 }
 
+// === impl Tunnel ===
+
+impl Tunnel {
+    /// The `baggage` of the peer's `200` (h2; QUIC responses are not read for it).
+    pub(super) fn response_baggage(&self) -> Option<&Baggage> {
+        match self {
+            Tunnel::H2(s) => s.response_baggage(),
+            Tunnel::H3(..) => None,
+        }
+    }
+}
+
 // === impl InboundTunnel ===
 
 impl InboundTunnel for hbone::InboundRequest {
@@ -446,12 +466,16 @@ impl InboundTunnel for hbone::InboundRequest {
         self.headers.forwarded_network.clone()
     }
 
+    fn baggage(&self) -> Option<Baggage> {
+        self.headers.baggage.clone()
+    }
+
     async fn reject(self, status: StatusCode) {
         hbone::InboundRequest::reject(self, status)
     }
 
-    async fn accept(self) -> Result<(H2Recv, H2Send), String> {
-        hbone::InboundRequest::accept(self, None)
+    async fn accept(self, baggage: Option<&Baggage>) -> Result<(H2Recv, H2Send), String> {
+        hbone::InboundRequest::accept(self, baggage)
             .map(H2Stream::split)
             .map_err(|e| e.to_string())
     }
@@ -476,12 +500,23 @@ impl InboundTunnel for quic::InboundRequest {
         hbone::ConnectHeaders::from_map(&self.headers).forwarded_network
     }
 
+    fn baggage(&self) -> Option<Baggage> {
+        hbone::ConnectHeaders::from_map(&self.headers).baggage
+    }
+
     async fn reject(self, status: StatusCode) {
         quic::InboundRequest::reject(self, status).await
     }
 
-    async fn accept(self) -> Result<(H3Recv, H3Send), String> {
-        quic::InboundRequest::accept(self, None)
+    async fn accept(self, baggage: Option<&Baggage>) -> Result<(H3Recv, H3Send), String> {
+        let header = match baggage {
+            Some(b) => Some((
+                http::HeaderName::from_static("baggage"),
+                http::HeaderValue::try_from(b.to_string()).map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        };
+        quic::InboundRequest::accept(self, header)
             .await
             .map_err(|e| e.to_string())
     }

@@ -10,6 +10,7 @@
 //! waypoint we cannot identify is an error, never an unverified tunnel.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use crate::core::Identity;
 use crate::state::{
@@ -23,6 +24,11 @@ use super::same_family_ip;
 pub(super) struct Hop {
     pub hbone: SocketAddr,
     pub expected: Vec<Identity>,
+    /// The instance picked: its network decides whether the hop needs a network gateway.
+    pub instance: Arc<Workload>,
+    /// The waypoint service's `subject_alt_names` (none for an address-form waypoint): what
+    /// the inner handshake verifies when the instance is reached through a network gateway.
+    pub service_sans: Vec<Identity>,
 }
 
 /// Why a waypoint could not be resolved.
@@ -51,6 +57,8 @@ pub(super) fn resolve(
             Ok(Hop {
                 hbone: SocketAddr::new(a.address, gw.hbone_mtls_port),
                 expected: vec![wl.identity()],
+                instance: wl,
+                service_sans: Vec::new(),
             })
         }
         GatewayDestination::Hostname {
@@ -77,15 +85,18 @@ pub(super) fn resolve(
             )
             .ok_or(WaypointError::NoInstance(key))?;
             let ip = same_family_ip(&wl, like).unwrap_or(like);
+            let service_sans: Vec<Identity> = svc
+                .subject_alt_names
+                .iter()
+                .filter_map(|s| s.parse::<Identity>().ok())
+                .collect();
             let mut expected = vec![wl.identity()];
-            expected.extend(
-                svc.subject_alt_names
-                    .iter()
-                    .filter_map(|s| s.parse::<Identity>().ok()),
-            );
+            expected.extend(service_sans.iter().cloned());
             Ok(Hop {
                 hbone: SocketAddr::new(ip, port),
                 expected,
+                instance: wl,
+                service_sans,
             })
         }
     }

@@ -34,7 +34,8 @@ fn service(name: &str, vip: &str, port: (u16, u16)) -> Service {
 }
 
 /// `web` (VIP 10.96.0.1) has the waypoint service `wp` (instance b/wp at 10.0.0.9); the
-/// workload b/db (10.0.0.3) has the waypoint at address 10.0.0.9; b/server backs `web`.
+/// workload b/db (10.0.0.3) has the waypoint at address 10.0.0.9 and backs `dbsvc` (VIP
+/// 10.96.0.3, no waypoint of its own); b/server backs `web`.
 fn inputs(local_ns: &str, local_name: &str) -> ProxyInputs {
     let (writer, view) = StateWriter::new();
     let wp_host = GatewayAddress {
@@ -57,6 +58,8 @@ fn inputs(local_ns: &str, local_name: &str) -> ProxyInputs {
         .insert("b/web.b.svc.cluster.local".into(), [(80, 8080)].into());
     let mut db = workload("b", "db", "10.0.0.3");
     db.waypoint = Some(wp_addr);
+    db.services
+        .insert("b/dbsvc.b.svc.cluster.local".into(), [(5432, 5432)].into());
     let mut wp = workload("b", "wp", "10.0.0.9");
     wp.services
         .insert("b/wp.b.svc.cluster.local".into(), [(15008, 15008)].into());
@@ -69,7 +72,8 @@ fn inputs(local_ns: &str, local_name: &str) -> ProxyInputs {
             .upsert(db)
             .upsert(wp)
             .upsert(web)
-            .upsert(service("wp", "10.96.0.9", (15008, 15008))),
+            .upsert(service("wp", "10.96.0.9", (15008, 15008)))
+            .upsert(service("dbsvc", "10.96.0.3", (5432, 5432))),
     );
     test_support::inputs(view, local_ns, local_name, Default::default())
 }
@@ -90,6 +94,31 @@ fn service_with_a_waypoint_goes_to_it_with_the_vip_as_authority() {
 #[test]
 fn workload_with_a_waypoint_goes_to_it_with_its_address_as_authority() {
     let pi = inputs("a", "client");
+    assert_eq!(
+        route(&pi, "10.0.0.3:5432".parse().unwrap()).unwrap(),
+        Route::Hbone {
+            hbone: "10.0.0.9:15008".parse().unwrap(),
+            target: "10.0.0.3:5432".parse().unwrap(),
+            expected: vec![id("b", "wp")],
+        }
+    );
+}
+
+#[test]
+fn a_service_without_a_waypoint_goes_to_its_endpoint_directly_even_if_it_has_one() {
+    // ztunnel: a workload's waypoint is for traffic addressed to the workload only.
+    let pi = inputs("a", "client");
+    for _ in 0..5 {
+        assert_eq!(
+            route(&pi, "10.96.0.3:5432".parse().unwrap()).unwrap(),
+            Route::Hbone {
+                hbone: "10.0.0.3:15008".parse().unwrap(),
+                target: "10.0.0.3:5432".parse().unwrap(),
+                expected: vec![id("b", "db")],
+            }
+        );
+    }
+    // Addressed to the workload itself: through its waypoint.
     assert_eq!(
         route(&pi, "10.0.0.3:5432".parse().unwrap()).unwrap(),
         Route::Hbone {
@@ -180,6 +209,29 @@ fn inbound_on_a_waypoint_accepts_what_it_serves() {
     let snap = pi.state.snapshot();
     assert!(local_destination(&pi, &snap, "10.96.0.1:80".parse().unwrap()).is_none());
     assert!(local_destination(&pi, &snap, "10.0.0.2:8080".parse().unwrap()).is_some());
+}
+
+#[test]
+fn a_workload_with_an_application_tunnel_accepts_any_target() {
+    // As ztunnel: the target goes to the app in the PROXY header; the app decides.
+    let (writer, view) = StateWriter::new();
+    let mut tunneled = workload("b", "tunneled", "10.0.0.5");
+    tunneled.application_tunnel = Some(crate::state::ApplicationTunnel {
+        protocol: crate::state::AppTunnelProtocol::Proxy,
+        port: Some(15088),
+    });
+    writer.apply(
+        Update::default()
+            .upsert(tunneled)
+            .upsert(workload("b", "other", "10.0.0.6")),
+    );
+    let pi = test_support::inputs(view, "b", "tunneled", Default::default());
+    let snap = pi.state.snapshot();
+    for t in ["10.0.0.6:80", "192.0.2.1:443", "10.0.0.5:8080"] {
+        let (local, up) = local_destination(&pi, &snap, t.parse().unwrap()).unwrap();
+        assert_eq!(local.name, "tunneled", "{t}");
+        assert_eq!(up.ip().to_string(), "10.0.0.5", "{t}");
+    }
 }
 
 #[test]

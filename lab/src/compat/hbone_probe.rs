@@ -150,7 +150,7 @@ async fn one(
         let mut send = send.ready().await.map_err(|e| h2_failure(&e))?;
         let (resp, _stream) = send.send_request(req, true).map_err(|e| h2_failure(&e))?;
         let resp = resp.await.map_err(|e| h2_failure(&e))?;
-        Ok::<_, String>(format!("status {}", resp.status().as_u16()))
+        Ok::<_, String>(outcome_of(&resp))
     };
     let res = match tokio::time::timeout(STEP, outcome).await {
         Ok(Ok(s)) | Ok(Err(s)) => s,
@@ -158,6 +158,29 @@ async fn one(
     };
     driver.abort();
     res
+}
+
+/// `status N`, and for a `200` the keys of its `baggage` (the destination's metadata, which
+/// peers read for their labels): keys, not values, since each proxy names its own test pods.
+fn outcome_of(resp: &http::Response<h2::RecvStream>) -> String {
+    let status = resp.status().as_u16();
+    if status != 200 {
+        return format!("status {status}");
+    }
+    let keys: Vec<&str> = resp
+        .headers()
+        .get("baggage")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.trim()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if keys.is_empty() {
+        return "status 200, no baggage".into();
+    }
+    format!("status 200, baggage {}", keys.join(","))
 }
 
 const REFUSED: &str = "refused: TLS alert or connection closed before any answer";
@@ -203,4 +226,81 @@ fn foreign_leaf(
     let leaf = params.signed_by(&leaf_key, &ca).map_err(err)?;
     let key = PrivatePkcs8KeyDer::from(leaf_key.serialize_der());
     Ok((vec![leaf.der().clone()], key))
+}
+
+/// What [`connect_as`] got back.
+#[derive(Debug)]
+pub struct ConnectAnswer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+}
+
+/// One CONNECT to `authority` on the pod `to`'s 15008, as the pod `from` would send it (a
+/// certificate for `from`'s identity from the lab's CA) but from `to`'s node namespace, so the
+/// TCP source is no workload's address; `headers` are added to the request. The stream is
+/// dropped once the answer is read.
+pub async fn connect_as(
+    lab: &Lab,
+    (from, to): (&str, &str),
+    authority: &str,
+    headers: &[(&str, &str)],
+) -> Result<ConnectAnswer, LabError> {
+    let t = lab.topology();
+    let cp = lab.control_plane().ok_or_else(|| {
+        LabError::Usage("the HBONE probes need the lab's control plane (its CA)".into())
+    })?;
+    let pod = |name: &str| {
+        t.pod(name)
+            .ok_or_else(|| usage(format!("the topology has no pod named {name}")))
+    };
+    let (from, to) = (pod(from)?, pod(to)?);
+    let ns = lab
+        .node_ns(&to.node)
+        .ok_or_else(|| usage(format!("no node {}", to.node)))?;
+    let keyed = cp.issue_with_key(&from.spiffe())?;
+    let cfg = WorkloadCertificate::new(
+        vec![CertificateDer::from(keyed.leaf.clone())],
+        PrivatePkcs8KeyDer::from(keyed.key.clone()),
+        vec![CertificateDer::from(keyed.root.clone())],
+    )
+    .map_err(|e| usage(format!("lab certificate: {e}")))?
+    .client_config(&[parse_id(&to.spiffe())?])
+    .map_err(|e| usage(e.to_string()))?;
+    let dst = SocketAddr::new(to.ip.into(), 15008);
+    let fail =
+        |what: &str, e: &dyn std::fmt::Display| usage(format!("CONNECT to {dst}: {what}: {e}"));
+    let tcp = ns.connect(dst, STEP).await?;
+    let tls = tokio::time::timeout(STEP, ambit::tls::connect(cfg, tcp))
+        .await
+        .map_err(|e| fail("TLS", &e))?
+        .map_err(|e| fail("TLS", &e))?;
+    let (send, conn) = tokio::time::timeout(STEP, h2::client::handshake(tls))
+        .await
+        .map_err(|e| fail("HTTP/2", &e))?
+        .map_err(|e| fail("HTTP/2", &e))?;
+    let driver = tokio::spawn(conn);
+    let answer = async {
+        let mut req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(authority);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(()).map_err(|e| fail("request", &e))?;
+        let mut send = send.ready().await.map_err(|e| fail("ready", &e))?;
+        let (resp, _stream) = send
+            .send_request(req, false)
+            .map_err(|e| fail("send", &e))?;
+        let resp = resp.await.map_err(|e| fail("answer", &e))?;
+        Ok::<_, LabError>(ConnectAnswer {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+        })
+    };
+    let res = tokio::time::timeout(STEP, answer)
+        .await
+        .map_err(|e| fail("answer", &e))
+        .and_then(|r| r);
+    driver.abort();
+    res
 }

@@ -2,8 +2,9 @@
 //! `waypoint`, a service's `waypoint`, as written in the YAML and as the lab keeps them.
 //!
 //! A waypoint is a captured pod that some service or pod names in its `waypoint` field; the lab
-//! describes it to the node proxies by address (`GatewayAddress` `/IP`, HBONE port
-//! [`WAYPOINT_HBONE_PORT`]). The waypoint pod's own `applicationTunnel` (normally
+//! describes it to the node proxies by address (`GatewayAddress` `network/IP`, HBONE port
+//! [`WAYPOINT_HBONE_PORT`]), or, when a service named like the waypoint pod selects it, by that
+//! service's host name (the form istiod sends). The waypoint pod's own `applicationTunnel` (normally
 //! `{protocol: PROXY, port: <its app port>}`) says how its node proxy hands it the streams it
 //! receives for the destinations it serves ("sandwich" mode).
 //!
@@ -213,6 +214,45 @@ services:
         assert_eq!(
             v["services"][0]["waypoint"]["destination"],
             format!("/{wp_ip}")
+        );
+    }
+
+    #[test]
+    fn a_service_named_like_the_waypoint_pod_makes_it_hostname_form() {
+        // A service of that name that does not select the pod changes nothing.
+        let t = Topology::from_yaml(&format!(
+            "{WAYPOINTED}  - {{name: wp, ports: {{15008: 15008}}, selector: {{app: wp}}}}\n"
+        ))
+        .unwrap();
+        assert!(matches!(
+            workload(t.pod("db").unwrap(), &t)
+                .waypoint
+                .and_then(|g| g.destination),
+            Some(pw::gateway_address::Destination::Address(_))
+        ));
+        let yaml = WAYPOINTED.replace(
+            "{name: wp, node: n1, serviceAccount: waypoint,",
+            "{name: wp, node: n1, serviceAccount: waypoint, labels: {app: wp},",
+        ) + "  - {name: wp, ports: {15008: 15008}, selector: {app: wp}}\n";
+        let t = Topology::from_yaml(&yaml).unwrap();
+        let gw = pw::GatewayAddress {
+            destination: Some(pw::gateway_address::Destination::Hostname(
+                pw::NamespacedHostname {
+                    namespace: "default".into(),
+                    hostname: "wp.default.svc.cluster.local".into(),
+                },
+            )),
+            hbone_mtls_port: 15008,
+        };
+        assert_eq!(
+            workload(t.pod("db").unwrap(), &t).waypoint,
+            Some(gw.clone())
+        );
+        assert_eq!(service_in(t.service("web").unwrap(), &t).waypoint, Some(gw));
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&local_config(&t)).unwrap();
+        assert_eq!(
+            v["services"][0]["waypoint"]["destination"],
+            "default/wp.default.svc.cluster.local"
         );
     }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use super::super::ProxyInputs;
 use crate::core::Identity;
+use crate::hbone::Baggage;
 use crate::metrics::{Reporter, SecurityPolicy, TrafficLabels, or_unknown};
 use crate::state::{Service, Workload};
 
@@ -53,6 +54,48 @@ fn fill_destination(l: &mut TrafficLabels, wl: &Workload) {
     l.destination_cluster = or_unknown(&wl.cluster_id);
     l.destination_region = or_unknown(&wl.locality.region);
     l.destination_zone = or_unknown(&wl.locality.zone);
+}
+
+/// Fills the `source_*` labels from a peer's `baggage` (ztunnel's "derived" source): the
+/// labels of a source the local state does not know, or cannot look up (through a network
+/// gateway). `source_app` is the workload name, as ztunnel has it.
+fn derive_source(l: &mut TrafficLabels, b: &Baggage) {
+    l.source_workload = or_unknown(&b.workload_name);
+    l.source_canonical_service = or_unknown(&b.service_name);
+    l.source_canonical_revision = or_unknown(&b.service_version);
+    l.source_workload_namespace = or_unknown(&b.namespace);
+    l.source_app = or_unknown(&b.workload_name);
+    l.source_version = or_unknown(&b.service_version);
+    l.source_cluster = or_unknown(&b.cluster);
+    l.source_region = or_unknown(&b.region);
+    l.source_zone = or_unknown(&b.zone);
+}
+
+/// Fills the `destination_*` workload labels from the `baggage` of a `200` (ztunnel's
+/// "derived" destination), as [`derive_source`] does for the source.
+fn derive_destination(l: &mut TrafficLabels, b: &Baggage) {
+    l.destination_workload = or_unknown(&b.workload_name);
+    l.destination_canonical_service = or_unknown(&b.service_name);
+    l.destination_canonical_revision = or_unknown(&b.service_version);
+    l.destination_workload_namespace = or_unknown(&b.namespace);
+    l.destination_app = or_unknown(&b.workload_name);
+    l.destination_version = or_unknown(&b.service_version);
+    l.destination_cluster = or_unknown(&b.cluster);
+    l.destination_region = or_unknown(&b.region);
+    l.destination_zone = or_unknown(&b.zone);
+}
+
+impl OpenLabels {
+    /// The destination of a double-HBONE connection, which the local state cannot name (it is
+    /// on another network), as the final server's `200` describes it in `baggage`: what ztunnel
+    /// does after a network gateway.
+    pub(in crate::proxy) fn with_response_baggage(mut self, b: &Baggage) -> Self {
+        derive_destination(&mut self.traffic, b);
+        self.dst_workload = Some(b.workload_name.clone())
+            .filter(|n| !n.is_empty())
+            .or_else(|| Some(b.service_name.clone()).filter(|n| !n.is_empty()));
+        self
+    }
 }
 
 /// Fills the `destination_service*` labels when the connection was addressed to a service.
@@ -125,17 +168,30 @@ pub(in crate::proxy) fn outbound_labels(
     o
 }
 
+/// The service of `local` whose host name is `host`: the only `forwarded` `host=` taken as a
+/// label (as ztunnel: the client names a service, but only one of the destination's own
+/// counts, so a forged name is never echoed).
+fn own_service(pi: &ProxyInputs, local: &Workload, host: &str) -> Option<std::sync::Arc<Service>> {
+    local.services.keys().find_map(|key| {
+        let (ns, h) = key.split_once('/')?;
+        if !h.eq_ignore_ascii_case(host) {
+            return None;
+        }
+        pi.state.service_by_host(ns, h)
+    })
+}
+
 /// Labels of an inbound connection (reporter `destination`): the local workload as
-/// destination; the workload at the peer's address as source. `peer_id` is the TLS peer's
-/// identity (HBONE), `None` for plaintext. `service_host` is the `host=` of the HBONE
-/// `forwarded` header: the service the client side resolved, looked up first in the local
-/// workload's namespace (the usual case), then by host name alone. Without one, the service is
-/// guessed as ztunnel does: the first of the local workload's services whose target port is
-/// `app_port`, the port the connection is delivered to.
+/// destination; the workload at the peer's address as source, else what the request's
+/// `baggage` says of it. `peer_id` is the TLS peer's identity (HBONE), `None` for plaintext.
+/// `service_host` is the `host=` of the HBONE `forwarded` header: taken only when it names a
+/// service of the local workload. Without one, the service is guessed as ztunnel does: the
+/// first of the local workload's services whose target port is `app_port`, the port the
+/// connection is delivered to.
 pub(in crate::proxy) fn inbound_labels(
     pi: &ProxyInputs,
     local: &Workload,
-    source_addr: Option<SocketAddr>,
+    (source_addr, baggage): (Option<SocketAddr>, Option<&Baggage>),
     peer_id: Option<&Identity>,
     (service_host, app_port): (Option<&str>, u16),
 ) -> OpenLabels {
@@ -143,25 +199,20 @@ pub(in crate::proxy) fn inbound_labels(
     o.dst_workload = Some(local.name.clone());
     let l = &mut o.traffic;
     fill_destination(l, local);
-    if let Some(host) = service_host.filter(|h| !h.is_empty()) {
-        let svc = pi
-            .state
-            .service_by_host(local.namespace(), host)
-            .or_else(|| {
-                let all = pi.state.services_by_hostname(host);
-                // Ambiguous host names (one per namespace) name no service in particular.
-                (all.len() == 1).then(|| all[0].clone())
-            });
-        match svc {
-            Some(svc) => fill_service(l, &svc),
-            // Unknown to this node's state: the host name is still the best label we have.
-            None => l.destination_service = host.to_string(),
-        }
-    } else if let Some(svc) = service_on_port(pi, local, app_port) {
+    let named = service_host
+        .filter(|h| !h.is_empty())
+        .and_then(|h| own_service(pi, local, h));
+    if let Some(svc) = named.or_else(|| service_on_port(pi, local, app_port)) {
         fill_service(l, &svc);
     }
     // `local` is this proxy's own workload record: no second lookup.
     l.destination_principal = pi.local.identity_of(Some(local)).to_string();
+    // The peer's own word first; the local state, when it knows the source, wins (ztunnel's
+    // order).
+    if let Some(b) = baggage {
+        derive_source(l, b);
+        o.src_workload = Some(b.service_name.clone()).filter(|n| !n.is_empty());
+    }
     // `None` when the connection came through a network gateway: the address is the
     // gateway's, so looking it up would name the wrong workload.
     if let Some(wl) = source_addr.and_then(|a| pi.state.workload_by_addr(&pi.cfg.network, a.ip())) {
