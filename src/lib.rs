@@ -28,7 +28,9 @@
 //! | 9 | [`ctl`] | `ambit ctl`: the operator's client of the admin API (never imported by the proxy) |
 //!
 //! The data path (`tls`, `hbone`, `quic`, `proxy`) never imports control-plane or admin code: it is
-//! handed a state view, a certificate provider and its own configuration.
+//! handed a state view, a certificate provider and its own configuration. Only the control
+//! modules (`grpc`, `xds`, `identity`, `inpod`, `admin`, `config`, `app`, `ctl`) name the
+//! generated wire types of `ambit_proto`.
 
 #![deny(unsafe_code)]
 
