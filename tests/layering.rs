@@ -178,16 +178,16 @@ fn modules_import_only_lower_levels() {
     );
 }
 
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
 #[test]
 fn the_parser_sees_grouped_and_plain_imports() {
     let found = imported_modules(
         "use crate::core::Identity;\nuse crate::{tls, hbone::{Pool, PoolKey}};\n// crate::admin\nlet x = crate::state::X;",
     );
-    let expected: BTreeSet<String> = ["core", "tls", "hbone", "state"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    assert_eq!(found, expected);
+    assert_eq!(found, names(&["core", "tls", "hbone", "state"]));
 }
 
 #[test]
@@ -195,11 +195,7 @@ fn the_parser_sees_groups_spread_over_lines() {
     let found = imported_modules(
         "use crate::{\n    core::Identity,\n    // admin,\n    state::{\n        Resource,\n        ResourceKey,\n    },\n    tls,\n};\n",
     );
-    let expected: BTreeSet<String> = ["core", "state", "tls"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    assert_eq!(found, expected);
+    assert_eq!(found, names(&["core", "state", "tls"]));
 }
 
 #[test]

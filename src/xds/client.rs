@@ -194,9 +194,9 @@ impl XdsClient {
             writer,
             known: REGISTERED
                 .iter()
-                .map(|t| (t.type_url(), HashMap::new()))
+                .map(|t| (t.type_url, HashMap::new()))
                 .collect(),
-            not_ready: REGISTERED.iter().map(|t| t.type_url()).collect(),
+            not_ready: REGISTERED.iter().map(|t| t.type_url).collect(),
             state_manager: Some(readiness.block("state manager")),
             metrics: XdsMetrics::default(),
         }
@@ -267,7 +267,7 @@ impl XdsClient {
         // are queued before the call so they lead the stream.
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(REGISTERED.len() + 4);
         for t in REGISTERED {
-            let initial = self.initial_request(t.type_url());
+            let initial = self.initial_request(t.type_url);
             // The receiver is alive (held below) and the buffer fits every initial request.
             let _ = tx.try_send(initial);
         }
@@ -327,7 +327,7 @@ impl XdsClient {
             warn!(%type_url, "xDS response of an unknown type; acknowledging and ignoring it");
             return ack(type_url, nonce, Vec::new());
         };
-        let type_url = handler.type_url();
+        let type_url = handler.type_url;
         let known = self.known.entry(type_url).or_default();
         let mut update = Update::default();
         let mut accepted = Vec::with_capacity(resources.len());

@@ -9,33 +9,27 @@ use super::{XdsType, undecodable};
 use crate::state::{Resource, ResourceKey, Service, Workload};
 use crate::xds::convert::{ConvertError, Problem};
 
-pub(super) struct Addresses;
+pub(super) const ADDRESSES: XdsType = XdsType {
+    type_url: ambit_proto::ADDRESS_TYPE_URL,
+    decode,
+    // The name does not say whether it was a workload or a service: the state removes
+    // whichever exists.
+    unseen_removal: ResourceKey::Address,
+};
 
-impl XdsType for Addresses {
-    fn type_url(&self) -> &'static str {
-        ambit_proto::ADDRESS_TYPE_URL
-    }
-
-    fn decode(&self, name: &str, body: &[u8]) -> Result<Resource, ConvertError> {
-        let address = pw::Address::decode(body).map_err(|e| undecodable(name, e))?;
-        match address.r#type {
-            Some(pw::address::Type::Workload(w)) => {
-                Ok(Resource::Workload(Arc::new(Workload::try_from(w)?)))
-            }
-            Some(pw::address::Type::Service(s)) => {
-                Ok(Resource::Service(Arc::new(Service::try_from(s)?)))
-            }
-            None => Err(ConvertError {
-                resource: format!("address {name:?}"),
-                field: "type".into(),
-                problem: Problem::Missing,
-            }),
+fn decode(name: &str, body: &[u8]) -> Result<Resource, ConvertError> {
+    let address = pw::Address::decode(body).map_err(|e| undecodable(name, e))?;
+    match address.r#type {
+        Some(pw::address::Type::Workload(w)) => {
+            Ok(Resource::Workload(Arc::new(Workload::try_from(w)?)))
         }
-    }
-
-    /// The name does not say whether it was a workload or a service: the state removes
-    /// whichever exists.
-    fn unseen_removal(&self, name: String) -> ResourceKey {
-        ResourceKey::Address(name)
+        Some(pw::address::Type::Service(s)) => {
+            Ok(Resource::Service(Arc::new(Service::try_from(s)?)))
+        }
+        None => Err(ConvertError {
+            resource: format!("address {name:?}"),
+            field: "type".into(),
+            problem: Problem::Missing,
+        }),
     }
 }

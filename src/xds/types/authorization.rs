@@ -10,19 +10,13 @@ use crate::rbac::Authorization;
 use crate::state::{Resource, ResourceKey};
 use crate::xds::convert::ConvertError;
 
-pub(super) struct Authorizations;
+pub(super) const AUTHORIZATIONS: XdsType = XdsType {
+    type_url: ambit_proto::AUTHORIZATION_TYPE_URL,
+    decode,
+    unseen_removal: ResourceKey::Policy,
+};
 
-impl XdsType for Authorizations {
-    fn type_url(&self) -> &'static str {
-        ambit_proto::AUTHORIZATION_TYPE_URL
-    }
-
-    fn decode(&self, name: &str, body: &[u8]) -> Result<Resource, ConvertError> {
-        let policy = ps::Authorization::decode(body).map_err(|e| undecodable(name, e))?;
-        Ok(Resource::Policy(Arc::new(Authorization::try_from(policy)?)))
-    }
-
-    fn unseen_removal(&self, name: String) -> ResourceKey {
-        ResourceKey::Policy(name)
-    }
+fn decode(name: &str, body: &[u8]) -> Result<Resource, ConvertError> {
+    let policy = ps::Authorization::decode(body).map_err(|e| undecodable(name, e))?;
+    Ok(Resource::Policy(Arc::new(Authorization::try_from(policy)?)))
 }

@@ -11,25 +11,32 @@ use super::convert::{ConvertError, Problem};
 use crate::state::{Resource, ResourceKey};
 
 /// A resource type of the delta ADS stream.
-pub trait XdsType: Sync {
+pub struct XdsType {
     /// The type URL subscribed to (as a wildcard) and matched against responses.
-    fn type_url(&self) -> &'static str;
+    pub type_url: &'static str,
+    decode: fn(&str, &[u8]) -> Result<Resource, ConvertError>,
+    unseen_removal: fn(String) -> ResourceKey,
+}
+
+impl XdsType {
     /// Decodes one resource body and converts it to the state's domain type. `name` is the xDS
     /// resource name, used in errors when the body itself cannot be read.
-    fn decode(&self, name: &str, body: &[u8]) -> Result<Resource, ConvertError>;
+    pub fn decode(&self, name: &str, body: &[u8]) -> Result<Resource, ConvertError> {
+        (self.decode)(name, body)
+    }
+
     /// The state key a removal of `name` refers to when this client never accepted that name.
-    fn unseen_removal(&self, name: String) -> ResourceKey;
+    pub fn unseen_removal(&self, name: String) -> ResourceKey {
+        (self.unseen_removal)(name)
+    }
 }
 
 /// Every type the client subscribes to, in the order of the initial requests.
-pub const REGISTERED: &[&dyn XdsType] = &[&address::Addresses, &authorization::Authorizations];
+pub const REGISTERED: &[XdsType] = &[address::ADDRESSES, authorization::AUTHORIZATIONS];
 
 /// The registered handler of `type_url`.
-pub fn find(type_url: &str) -> Option<&'static dyn XdsType> {
-    REGISTERED
-        .iter()
-        .copied()
-        .find(|t| t.type_url() == type_url)
+pub fn find(type_url: &str) -> Option<&'static XdsType> {
+    REGISTERED.iter().find(|t| t.type_url == type_url)
 }
 
 /// Decodes one delta-xDS resource body of `type_url` and converts it.

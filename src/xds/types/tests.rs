@@ -60,6 +60,6 @@ fn unseen_removals_name_each_types_own_key() {
 
 #[test]
 fn registration_order_is_the_subscription_order() {
-    let urls: Vec<_> = REGISTERED.iter().map(|t| t.type_url()).collect();
+    let urls: Vec<_> = REGISTERED.iter().map(|t| t.type_url).collect();
     assert_eq!(urls, [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL]);
 }
