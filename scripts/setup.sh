@@ -2,6 +2,7 @@
 # Installs what ambit's tests, lab and benchmarks need on a fresh Debian machine.
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 packages=(nftables iproute2 curl iperf3 netcat-openbsd socat iputils-ping procps ca-certificates
   prometheus kubectl python3-pip dnsutils make gcc)
@@ -28,7 +29,22 @@ if ! command -v kubernetes-validate >/dev/null; then
   pip3 install -q kubernetes-validate 2>/dev/null || pip3 install -q --break-system-packages kubernetes-validate
 fi
 
-for tool in nft ip curl iperf3 nc socat sysctl promtool prometheus kubectl kubernetes-validate dig; do
+# The toolchain pinned in rust-toolchain.toml, with rustfmt and clippy (present: nothing fetched).
+channel="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)"
+if command -v rustup >/dev/null &&
+  ! { rustup run "$channel" rustfmt --version && rustup run "$channel" cargo-clippy --version; } >/dev/null 2>&1; then
+  echo "setup: installing Rust $channel (rustfmt, clippy)"
+  rustup toolchain install "$channel" --profile minimal --component rustfmt,clippy
+fi
+
+# License, ban and source checks of the dependency graph (deny.toml); built from crates.io
+# (about 4 minutes on 2 cores, once per machine).
+if ! command -v cargo-deny >/dev/null; then
+  echo "setup: installing cargo-deny"
+  cargo install --locked --quiet cargo-deny --version "~0.20"
+fi
+
+for tool in nft ip curl iperf3 nc socat sysctl promtool prometheus kubectl kubernetes-validate dig cargo-deny; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing after install" >&2; exit 1; }
 done
 echo "setup: ok"

@@ -16,6 +16,14 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "== cargo deny (deny.toml: licenses, bans, sources; advisories only where GitHub answers)"
+cargo deny check --hide-inclusion-graph licenses bans sources
+if timeout 20 git ls-remote https://github.com/rustsec/advisory-db HEAD >/dev/null 2>&1; then
+  cargo deny check --hide-inclusion-graph advisories
+else
+  echo "cargo deny: advisories not checked: the RustSec database (github.com) is unreachable"
+fi
+
 echo "== cargo test"
 # Leftovers of a crashed earlier run would not collide (names are unique) but waste memory.
 cargo run -q -p ambit-lab -- cleanup

@@ -20,7 +20,7 @@
 //! | 6 | [`proxy`] | listeners and per-connection flows (outbound, inbound HBONE, inbound plaintext) |
 //! | 6 | [`dns`] | the pod DNS proxy: mesh names from the state, the rest forwarded upstream |
 //! | 7 | [`identity`] | certificate manager with rotation; the Istio CA client; the built-in CA |
-//! | 7 | [`xds`] | configuration sources: the delta ADS client, the local config file |
+//! | 7 | [`xds`] | configuration sources: the delta ADS client (a handler per resource type), the local config file |
 //! | 7 | [`inpod`] | in-pod mode: the ZDS client and per-pod proxies inside pod namespaces |
 //! | 8 | [`admin`] | readiness, metrics and admin (`/config_dump`) HTTP servers |
 //! | 8 | [`config`] | configuration from the environment |
@@ -28,7 +28,9 @@
 //! | 9 | [`ctl`] | `ambit ctl`: the operator's client of the admin API (never imported by the proxy) |
 //!
 //! The data path (`tls`, `hbone`, `quic`, `proxy`) never imports control-plane or admin code: it is
-//! handed a state view, a certificate provider and its own configuration.
+//! handed a state view, a certificate provider and its own configuration. Only the control
+//! modules (`grpc`, `xds`, `identity`, `inpod`, `admin`, `config`, `app`, `ctl`) name the
+//! generated wire types of `ambit_proto`.
 
 #![deny(unsafe_code)]
 

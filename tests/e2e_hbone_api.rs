@@ -14,6 +14,7 @@ use ambit::identity::{BuiltinCa, CaClient};
 use ambit_lab::nft::PROXY_MARK;
 use common::mesh::{self, Mesh, MeshOpts, metric};
 use common::{STEP, servers};
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tokio::io::AsyncReadExt;
 
@@ -134,7 +135,7 @@ fn foreign_leaf(spiffe: &str) -> (Vec<CertificateDer<'static>>, PrivatePkcs8KeyD
 /// The mesh root from the shared CA directory (`root-cert.pem`).
 fn mesh_roots(ca_dir: &std::path::Path) -> Vec<CertificateDer<'static>> {
     let pem = std::fs::read(ca_dir.join("root-cert.pem")).unwrap();
-    rustls_pemfile::certs(&mut pem.as_slice())
+    CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .unwrap()
 }

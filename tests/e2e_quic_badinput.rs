@@ -19,6 +19,7 @@ use ambit_lab::nft::PROXY_MARK;
 use common::mesh::{self, Mesh, MeshOpts, metric, wait_metric};
 use common::{STEP, servers};
 use rustls::AlertDescription;
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tokio::io::AsyncReadExt;
 
@@ -72,7 +73,7 @@ fn foreign_cert(mesh: &Mesh) -> Arc<ambit::tls::WorkloadCertificate> {
     let leaf = params.signed_by(&leaf_key, &ca).unwrap();
     let key = PrivatePkcs8KeyDer::from(leaf_key.serialize_der());
     let pem = std::fs::read(mesh.ca_dir.join("root-cert.pem")).unwrap();
-    let roots: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .unwrap();
     Arc::new(ambit::tls::WorkloadCertificate::new(vec![leaf.der().clone()], key, roots).unwrap())

@@ -142,43 +142,12 @@ fn normalized(filter: &str) -> String {
     }
 }
 
-/// A query string's parameters (`application/x-www-form-urlencoded`); for a repeated name the
-/// last value wins, a name without `=` has the empty value.
+/// A query string's parameters (`application/x-www-form-urlencoded`: `%XX` escapes and `+`);
+/// for a repeated name the last value wins, a name without `=` has the empty value.
 pub(super) fn query_params(query: Option<&str>) -> HashMap<String, String> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
-}
-
-/// Decodes `%XX` escapes and `+` (query strings from curl and browsers).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -188,6 +157,16 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn query_params_decode_escapes_and_plus_last_value_wins() {
+        let p = query_params(Some("level=debug&path=%2Fa+b%zz&flag&level=info"));
+        assert_eq!(p.get("level").map(String::as_str), Some("info"));
+        assert_eq!(p.get("path").map(String::as_str), Some("/a b%zz"));
+        assert_eq!(p.get("flag").map(String::as_str), Some(""));
+        assert_eq!(p.len(), 3);
+        assert!(query_params(None).is_empty());
+    }
 
     async fn request(addr: SocketAddr, method: &str, path: &str, headers: &str) -> Vec<u8> {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -44,11 +44,15 @@ impl Forwarder {
         timeout: Duration,
         mark: Option<u32>,
     ) -> Result<Forwarder, DnsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DnsError::ResolvConf {
+        let text = std::fs::read(path).map_err(|source| DnsError::ResolvConf {
             path: path.to_path_buf(),
             source,
         })?;
-        Ok(Forwarder::new(parse_resolv_conf(&text), timeout, mark))
+        let servers = parse_resolv_conf(&text).map_err(|source| DnsError::ResolvConfSyntax {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Forwarder::new(servers, timeout, mark))
     }
 
     pub fn servers(&self) -> &[SocketAddr] {
@@ -137,15 +141,47 @@ impl Forwarder {
     }
 }
 
-/// The `nameserver` addresses of a `resolv.conf`, in order; scoped IPv6 (`%eth0`) and
-/// malformed lines are skipped.
-pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
-    text.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            (words.next()? == "nameserver").then_some(())?;
-            let ip: IpAddr = words.next()?.parse().ok()?;
-            Some(SocketAddr::new(ip, 53))
+/// The `nameserver` addresses of a `resolv.conf`, in order, port 53. Link-local IPv6 with a
+/// zone (`fe80::1%eth0`) is skipped: the forwarder's sockets carry no zone. A line the resolver
+/// library does not accept fails the whole file, as in ztunnel (which reads it the same way).
+pub fn parse_resolv_conf(text: &[u8]) -> Result<Vec<SocketAddr>, ResolvConfError> {
+    let config = resolv_conf::Config::parse(text).map_err(ResolvConfError::from)?;
+    Ok(config
+        .nameservers
+        .into_iter()
+        .filter_map(|ns| match ns {
+            resolv_conf::ScopedIp::V4(ip) => Some(IpAddr::V4(ip)),
+            resolv_conf::ScopedIp::V6(ip, None) => Some(IpAddr::V6(ip)),
+            resolv_conf::ScopedIp::V6(_, Some(_)) => None,
         })
-        .collect()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect())
+}
+
+/// A `resolv.conf` line the parser refuses (numbered from 1, as an editor shows it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {problem}")]
+pub struct ResolvConfError {
+    pub line: usize,
+    pub problem: &'static str,
+}
+
+impl From<resolv_conf::ParseError> for ResolvConfError {
+    fn from(e: resolv_conf::ParseError) -> Self {
+        use resolv_conf::ParseError as P;
+        // The crate counts lines from 0.
+        let (line, problem) = match e {
+            P::InvalidUtf8(l, _) => (l, "invalid UTF-8"),
+            P::InvalidValue(l) => (l, "missing or invalid value"),
+            P::InvalidOptionValue(l) => (l, "invalid option value"),
+            P::InvalidOption(l) => (l, "unknown option"),
+            P::InvalidDirective(l) => (l, "unknown directive"),
+            P::InvalidIp(l, _) => (l, "invalid IP address"),
+            P::ExtraData(l) => (l, "extra data at the end of the line"),
+        };
+        ResolvConfError {
+            line: line + 1,
+            problem,
+        }
+    }
 }

@@ -22,7 +22,7 @@ use hickory_proto::rr::{Name, RData, RecordType};
 
 use crate::state::StateView;
 
-pub use forward::{Forwarder, parse_resolv_conf};
+pub use forward::{Forwarder, ResolvConfError, parse_resolv_conf};
 pub use metrics::{DnsLabels, DnsMetrics};
 pub use resolve::{LookupScope, MeshMatch, lookup};
 pub use server::{DnsServer, MESH_TTL};
@@ -54,6 +54,12 @@ pub enum DnsError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    ResolvConfSyntax {
+        path: PathBuf,
+        #[source]
+        source: forward::ResolvConfError,
     },
     #[error("no upstream resolver configured")]
     NoUpstream,

@@ -383,10 +383,24 @@ async fn servers_answer_over_udp_and_tcp() {
 fn resolv_conf_nameservers() {
     let text = "# comment\nsearch a.svc.cluster.local\nnameserver 10.0.0.10\nnameserver fe80::1%eth0\nnameserver ::1\noptions ndots:5\n";
     assert_eq!(
-        parse_resolv_conf(text),
+        parse_resolv_conf(text.as_bytes()).unwrap(),
         [
             "10.0.0.10:53".parse::<SocketAddr>().unwrap(),
             "[::1]:53".parse().unwrap()
         ]
     );
+}
+
+#[test]
+fn resolv_conf_takes_common_options_and_refuses_unknown_directives() {
+    // systemd-resolved's stub file.
+    let stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n";
+    assert_eq!(
+        parse_resolv_conf(stub.as_bytes()).unwrap(),
+        ["127.0.0.53:53".parse::<SocketAddr>().unwrap()]
+    );
+    let e = parse_resolv_conf(b"nameserver 10.0.0.10\nbogus 1\n").unwrap_err();
+    assert_eq!(e.to_string(), "line 2: unknown directive");
+    let e = parse_resolv_conf(b"nameserver not-an-ip\n").unwrap_err();
+    assert_eq!(e.to_string(), "line 1: invalid IP address");
 }

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde::Serialize;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -127,7 +129,7 @@ impl RootCert {
                 return Ok(None);
             }
         };
-        let found = rustls_pemfile::certs(&mut pem.as_slice()).any(|c| c.is_ok());
+        let found = CertificateDer::pem_slice_iter(&pem).any(|c| c.is_ok());
         if !found {
             return Err(GrpcError::NoRoots { origin });
         }

@@ -23,6 +23,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 use super::{CaClient, IdentityError};
@@ -262,8 +263,7 @@ fn publish(path: &Path, contents: &[u8], mode: u32) -> Result<(), IdentityError>
 }
 
 fn parse_root_pem(pem: &[u8], path: &Path) -> Result<CertificateDer<'static>, IdentityError> {
-    let mut reader = pem;
-    match rustls_pemfile::certs(&mut reader).next() {
+    match CertificateDer::pem_slice_iter(pem).next() {
         Some(Ok(der)) => Ok(der),
         Some(Err(e)) => Err(bad_root(path, e.to_string())),
         None => Err(bad_root(path, "no certificate in file".into())),

@@ -15,6 +15,7 @@ use ambit_proto::istio::v1::auth::IstioCertificateRequest;
 use ambit_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use prost_types::value::Kind;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tonic::transport::Channel;
 
@@ -183,7 +184,7 @@ fn certificate(
 
 /// Every certificate in a PEM text; at least one.
 fn parse_pems(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("invalid PEM: {e}"))?;
     if certs.is_empty() {

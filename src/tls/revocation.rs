@@ -18,6 +18,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::sync::watch;
 use webpki::{
@@ -94,9 +95,9 @@ impl CrlSet {
         }
         let ders: Vec<Vec<u8>> = if data.trim_ascii_start().starts_with(b"-----BEGIN") {
             let mut ders = Vec::new();
-            for item in rustls_pemfile::read_all(&mut &data[..]) {
+            for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(data) {
                 match item {
-                    Ok(rustls_pemfile::Item::Crl(der)) => ders.push(der.as_ref().to_vec()),
+                    Ok((SectionKind::Crl, der)) => ders.push(der),
                     Ok(_) => {}
                     Err(e) => {
                         return Err(CrlError::Pem {

@@ -1,5 +1,7 @@
-//! The delta ADS client: one gRPC stream to istiod carrying both WDS types
-//! (`istio.workload.Address`, `istio.security.Authorization`), applied to the state store.
+//! The delta ADS client: one gRPC stream to istiod carrying every type registered in
+//! [`super::types`] (`istio.workload.Address`, `istio.security.Authorization`), applied to the
+//! state store. The client is type-agnostic: each type's handler decodes its resources and names
+//! the state key of a removal the client never saw.
 //!
 //! Invariants:
 //! - Every response is answered: an ACK (`type_url` + `response_nonce`), or a NACK whose
@@ -30,14 +32,13 @@ use tokio::sync::mpsc;
 use tonic::Code;
 use tracing::{debug, info, warn};
 
-use super::convert::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, ConvertError, Problem};
+use super::convert::{ConvertError, Problem};
+use super::types::{self, REGISTERED};
 use crate::grpc::{GrpcError, GrpcTarget};
 use crate::lifecycle::{BlockReady, DrainWatcher, Readiness};
 use crate::metrics::{TerminationReason, XdsMetrics};
 use crate::state::{Resource, ResourceKey, StateWriter, Update};
 
-/// The types this client subscribes to, both as wildcards.
-pub const TYPE_URLS: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
 /// Largest response accepted (a full push of a big mesh).
 const MAX_DECODE_BYTES: usize = 200 << 20;
 /// `google.rpc.Code.INVALID_ARGUMENT`, the code of a NACK's `error_detail`.
@@ -191,8 +192,11 @@ impl XdsClient {
         XdsClient {
             cfg,
             writer,
-            known: TYPE_URLS.iter().map(|t| (*t, HashMap::new())).collect(),
-            not_ready: TYPE_URLS.iter().copied().collect(),
+            known: REGISTERED
+                .iter()
+                .map(|t| (t.type_url, HashMap::new()))
+                .collect(),
+            not_ready: REGISTERED.iter().map(|t| t.type_url).collect(),
             state_manager: Some(readiness.block("state manager")),
             metrics: XdsMetrics::default(),
         }
@@ -261,9 +265,9 @@ impl XdsClient {
 
         // Requests go out through a channel the response loop feeds; the initial subscriptions
         // are queued before the call so they lead the stream.
-        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(TYPE_URLS.len() + 4);
-        for type_url in TYPE_URLS {
-            let initial = self.initial_request(type_url);
+        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(REGISTERED.len() + 4);
+        for t in REGISTERED {
+            let initial = self.initial_request(t.type_url);
             // The receiver is alive (held below) and the buffer fits every initial request.
             let _ = tx.try_send(initial);
         }
@@ -319,10 +323,11 @@ impl XdsClient {
             removed_resources,
             ..
         } = response;
-        let Some(type_url) = TYPE_URLS.iter().copied().find(|t| *t == type_url) else {
+        let Some(handler) = types::find(&type_url) else {
             warn!(%type_url, "xDS response of an unknown type; acknowledging and ignoring it");
             return ack(type_url, nonce, Vec::new());
         };
+        let type_url = handler.type_url;
         let known = self.known.entry(type_url).or_default();
         let mut update = Update::default();
         let mut accepted = Vec::with_capacity(resources.len());
@@ -331,8 +336,7 @@ impl XdsClient {
         for removed in removed_resources {
             let key = match known.remove(&removed) {
                 Some(k) => k.key,
-                None if type_url == ADDRESS_TYPE_URL => ResourceKey::Address(removed),
-                None => ResourceKey::Policy(removed),
+                None => handler.unseen_removal(removed),
             };
             update.removals.push(key);
         }
@@ -352,7 +356,7 @@ impl XdsClient {
                         want: type_url,
                     },
                 }),
-                Some(any) => super::convert::decode_resource(type_url, &name, &any.value),
+                Some(any) => handler.decode(&name, &any.value),
             };
             match converted {
                 Ok(resource) => {

@@ -4,6 +4,8 @@
 
 use ambit_proto::istio::workload::zds;
 use prost::Message;
+use rustls_pki_types::CertificateRevocationListDer;
+use rustls_pki_types::pem::PemObject;
 
 type Seeds = Vec<(&'static str, Vec<u8>)>;
 
@@ -392,7 +394,7 @@ pub fn crl() -> Seeds {
         .crl_pem(&[vec![0x01, 0x02], vec![0x7f; 16]])
         .expect("CRL");
     let other = ca.crl_pem(&[vec![0x42]]).expect("CRL");
-    let der = rustls_pemfile::crls(&mut one.as_bytes())
+    let der = CertificateRevocationListDer::pem_slice_iter(one.as_bytes())
         .next()
         .and_then(Result::ok)
         .map(|d| d.as_ref().to_vec())

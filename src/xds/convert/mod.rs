@@ -9,19 +9,17 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
 
 use ambit_proto::istio::security as ps;
 use ambit_proto::istio::workload as pw;
-use prost::Message;
 
 use crate::core::Identity;
 use crate::rbac::{self, Authorization, IpNet, ServiceAccountMatch, StringMatch};
 use crate::state::{
     AppTunnelProtocol, ApplicationTunnel, CidrVip, DEFAULT_HBONE_MTLS_PORT, GatewayAddress,
     GatewayDestination, HealthPolicy, HealthStatus, IpFamilies, LoadBalancer, LoadBalancerMode,
-    Locality, LocalityScope, NetworkAddress, NetworkMode, Resource, Service, TunnelProtocol,
-    Visibility, WeightedWaypoint, Workload,
+    Locality, LocalityScope, NetworkAddress, NetworkMode, Service, TunnelProtocol, Visibility,
+    WeightedWaypoint, Workload,
 };
 
 pub use ambit_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
@@ -90,54 +88,6 @@ fn labelled(kind: &str, name: &str) -> impl Fn(FieldError) -> ConvertError + use
         resource: resource.clone(),
         field,
         problem,
-    }
-}
-
-/// Decodes one delta-xDS resource body of `type_url` and converts it. `name` is the xDS resource
-/// name, used in errors when the body itself cannot be read.
-pub fn decode_resource(type_url: &str, name: &str, body: &[u8]) -> Result<Resource, ConvertError> {
-    let undecodable = |e: prost::DecodeError| ConvertError {
-        resource: format!("resource {name:?}"),
-        field: String::new(),
-        problem: Problem::Decode(e.to_string()),
-    };
-    match type_url {
-        ADDRESS_TYPE_URL => pw::Address::decode(body)
-            .map_err(undecodable)?
-            .try_into_resource(name),
-        AUTHORIZATION_TYPE_URL => {
-            let p = ps::Authorization::decode(body).map_err(undecodable)?;
-            Ok(Resource::Policy(Arc::new(Authorization::try_from(p)?)))
-        }
-        other => Err(ConvertError {
-            resource: format!("resource {name:?}"),
-            field: String::new(),
-            problem: Problem::WrongType {
-                got: other.to_string(),
-                want: "a known type URL",
-            },
-        }),
-    }
-}
-
-trait IntoResource {
-    fn try_into_resource(self, name: &str) -> Result<Resource, ConvertError>;
-}
-
-impl IntoResource for pw::Address {
-    fn try_into_resource(self, name: &str) -> Result<Resource, ConvertError> {
-        match self.r#type {
-            Some(pw::address::Type::Workload(w)) => {
-                Ok(Resource::Workload(Arc::new(Workload::try_from(w)?)))
-            }
-            Some(pw::address::Type::Service(s)) => {
-                Ok(Resource::Service(Arc::new(Service::try_from(s)?)))
-            }
-            None => Err(labelled("address", name)(FieldError(
-                "type".into(),
-                Problem::Missing,
-            ))),
-        }
     }
 }
 
@@ -594,4 +544,4 @@ fn or_default<'a>(v: &'a str, default: &'a str) -> &'a str {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

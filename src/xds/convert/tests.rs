@@ -1,7 +1,5 @@
 use super::*;
 
-use ambit_proto::istio::workload::address::Type;
-
 pub(crate) fn proto_workload(uid: &str, ip: [u8; 4]) -> pw::Workload {
     pw::Workload {
         uid: uid.into(),
@@ -140,7 +138,7 @@ fn service_and_gateway() {
     assert!(matches!(e.problem, Problem::BadCidr(_)));
 }
 
-fn proto_policy() -> ps::Authorization {
+pub(crate) fn proto_policy() -> ps::Authorization {
     ps::Authorization {
         name: "allow".into(),
         namespace: "default".into(),
@@ -187,30 +185,6 @@ fn authorization_converts_and_rejects() {
     assert_eq!(
         Authorization::try_from(p).unwrap_err().problem,
         Problem::UnknownEnum(9)
-    );
-}
-
-#[test]
-fn decode_resource_by_type() {
-    let addr = pw::Address {
-        r#type: Some(Type::Workload(proto_workload("w1", [10, 0, 0, 1]))),
-    };
-    let r = decode_resource(ADDRESS_TYPE_URL, "w1", &addr.encode_to_vec()).unwrap();
-    assert!(matches!(r, Resource::Workload(w) if w.uid == "w1"));
-    let r = decode_resource(
-        AUTHORIZATION_TYPE_URL,
-        "default/allow",
-        &proto_policy().encode_to_vec(),
-    )
-    .unwrap();
-    assert!(matches!(r, Resource::Policy(_)));
-    let e = decode_resource(ADDRESS_TYPE_URL, "x", &[0xff, 0xff]).unwrap_err();
-    assert_eq!(e.resource, "resource \"x\"");
-    assert!(matches!(e.problem, Problem::Decode(_)));
-    let e = decode_resource(ADDRESS_TYPE_URL, "empty", &[]).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "address \"empty\": type: required field is missing or empty"
     );
 }
 
