@@ -4,11 +4,13 @@
 //! path (with [`NoTrace`], which builds nothing) and `/debug/explain` (which records each step).
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::core::Identity;
-use crate::state::{ClientLocality, GatewayAddress, Service, StateView, TunnelProtocol, Workload};
+use crate::state::{
+    ClientLocality, GatewayAddress, LoadBalancerMode, Service, StateView, TunnelProtocol, Workload,
+};
 
 use super::explain::{NoTrace, RouteTrace};
 use super::gateway::{self, GatewayError, GatewayRoute};
@@ -36,10 +38,19 @@ pub(super) enum Route {
 #[derive(Debug)]
 pub(super) enum RouteError {
     SelfCall(SocketAddr),
-    NoEndpoint { service: String, port: u16 },
+    NoEndpoint {
+        service: String,
+        port: u16,
+    },
     NoAddress(String),
     Waypoint(WaypointError),
     Gateway(GatewayError),
+    /// The endpoint picked is known by host name only: the caller resolves it and routes
+    /// again with the answer in [`RouteFrom::resolved`].
+    Unresolved {
+        hostname: String,
+        workload: String,
+    },
 }
 
 impl fmt::Display for RouteError {
@@ -58,6 +69,10 @@ impl fmt::Display for RouteError {
             RouteError::NoAddress(wl) => write!(f, "workload {wl} has no address"),
             RouteError::Waypoint(e) => e.fmt(f),
             RouteError::Gateway(e) => e.fmt(f),
+            RouteError::Unresolved { hostname, workload } => write!(
+                f,
+                "workload {workload} is known by host name {hostname} only and was not resolved"
+            ),
         }
     }
 }
@@ -76,7 +91,7 @@ pub(super) struct Routed {
 /// tunneled when the workload speaks HBONE; anything else passes through.
 #[cfg(test)]
 pub(super) fn route(pi: &ProxyInputs, orig: SocketAddr) -> Result<Route, RouteError> {
-    route_avoiding(pi, orig, &|_| false).map(|r| r.route)
+    route_avoiding(pi, orig, &|_| false, &[]).map(|r| r.route)
 }
 
 /// [`route`], choosing among a service's endpoints only those `avoid` does not name (unless
@@ -85,12 +100,14 @@ pub(super) fn route_avoiding(
     pi: &ProxyInputs,
     orig: SocketAddr,
     avoid: &dyn Fn(SocketAddr) -> bool,
+    resolved: &[(String, IpAddr)],
 ) -> Result<Routed, RouteError> {
     let from = RouteFrom {
         state: &pi.state,
         network: &pi.cfg.network,
         local: &pi.local,
         hbone_port: pi.cfg.hbone_port,
+        resolved,
     };
     route_traced(&from, orig, avoid, &mut NoTrace)
 }
@@ -102,6 +119,8 @@ pub(super) struct RouteFrom<'a> {
     pub network: &'a str,
     pub local: &'a LocalWorkload,
     pub hbone_port: u16,
+    /// Host names already resolved for this connection, and the address picked from each.
+    pub resolved: &'a [(String, IpAddr)],
 }
 
 /// The routing decision itself, telling `trace` each step (nothing is built for a
@@ -166,6 +185,21 @@ pub(super) fn route_traced<T: RouteTrace>(
                 service: svc.clone(),
             });
         }
+    }
+    // A `PASSTHROUGH` service picks no endpoint: the connection goes, as plain TCP, where the
+    // client sent it, and is not labelled with the service (ztunnel's "original destination").
+    if let Some(s) = svc.as_ref().filter(|s| is_passthrough(s)) {
+        if T::ON {
+            trace.step(format!(
+                "service {}/{} balances as PASSTHROUGH ⇒ plain TCP to the original destination {orig}",
+                s.namespace, s.name
+            ));
+        }
+        return Ok(Routed {
+            route: Route::Plain(orig),
+            endpoint: None,
+            service: None,
+        });
     }
     let (wl, port, mut expected) = if let Some(svc) = &svc {
         let skip = |w: &Workload, port: u16| {
@@ -239,8 +273,10 @@ pub(super) fn route_traced<T: RouteTrace>(
             service: svc.clone(),
         });
     };
-    let ip = same_family_ip(&wl, orig.ip())
-        .ok_or_else(|| RouteError::NoAddress(format!("{}/{}", wl.namespace(), wl.name)))?;
+    let ip = match same_family_ip(&wl, orig.ip()) {
+        Some(ip) => ip,
+        None => by_name(from, &wl)?,
+    };
     let target = SocketAddr::new(ip, port);
     let endpoint = from_service.then_some(target);
     if let Some(gw) = wl.waypoint.as_ref() {
@@ -304,4 +340,26 @@ pub(super) fn route_traced<T: RouteTrace>(
         endpoint,
         service: svc.clone(),
     })
+}
+
+fn is_passthrough(svc: &Service) -> bool {
+    svc.load_balancer
+        .as_ref()
+        .is_some_and(|lb| lb.mode == LoadBalancerMode::Passthrough)
+}
+
+/// The address of a workload known by host name only (no address at all), once the caller
+/// has resolved that name; until then [`RouteError::Unresolved`] asks it to.
+fn by_name(from: &RouteFrom<'_>, wl: &Workload) -> Result<IpAddr, RouteError> {
+    let id = || format!("{}/{}", wl.namespace(), wl.name);
+    if wl.hostname.is_empty() || !wl.workload_ips.is_empty() {
+        return Err(RouteError::NoAddress(id()));
+    }
+    match from.resolved.iter().find(|(h, _)| *h == wl.hostname) {
+        Some((_, ip)) => Ok(*ip),
+        None => Err(RouteError::Unresolved {
+            hostname: wl.hostname.clone(),
+            workload: id(),
+        }),
+    }
 }

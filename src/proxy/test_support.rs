@@ -57,6 +57,7 @@ pub(super) fn inputs(
             outlier,
             localhost_app_tunnel: true,
             handshake: Default::default(),
+            on_demand_dns: Default::default(),
         }),
         local: LocalWorkload {
             namespace: ns.into(),
