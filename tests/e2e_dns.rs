@@ -27,6 +27,9 @@ const RESOLVER: &str = "10.1.0.3";
 const RESOLVER_V6: &str = "fd00:1::3";
 const EXTERNAL: &str = "external.example.org";
 const EXTERNAL_IP: &str = "198.51.100.7";
+/// The host name of a workload known by name only (a `ServiceEntry` with `resolution: DNS`);
+/// the test's upstream resolves it to the server pod.
+const NAMED: &str = "api.example.test";
 
 /// `server.b` (VIPs), `echo.a` (a service in the client's own namespace) and headless `db.b`,
 /// all backed by the server pod.
@@ -72,8 +75,8 @@ table inet ambit_dns {
     .unwrap();
 }
 
-/// A tiny authoritative upstream on UDP :53 in `ns`: `external.example.org` has one A record,
-/// every other name is NXDOMAIN.
+/// A tiny authoritative upstream on UDP :53 in `ns`: `external.example.org` and
+/// `api.example.test` have one A record each, every other name is NXDOMAIN.
 fn upstream(ns: &Netns) -> tokio::task::JoinHandle<()> {
     let std = ns
         .run_in(|| {
@@ -98,13 +101,18 @@ fn upstream(ns: &Netns) -> tokio::task::JoinHandle<()> {
             let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
             resp.metadata.recursion_desired = req.metadata.recursion_desired;
             resp.add_queries(req.queries.clone());
-            match req.queries.first() {
-                Some(q) if q.name.to_ascii() == format!("{EXTERNAL}.") => {
+            let known = |q: &hickory_proto::op::Query| {
+                [(EXTERNAL, EXTERNAL_IP), (NAMED, common::SERVER_V4)]
+                    .into_iter()
+                    .find(|(name, _)| q.name.to_ascii() == format!("{name}."))
+            };
+            match req.queries.first().map(|q| (q, known(q))) {
+                Some((q, Some((_, ip)))) => {
                     if q.query_type == RecordType::A {
                         resp.add_answer(Record::from_rdata(
                             q.name.clone(),
                             120,
-                            RData::A(A(EXTERNAL_IP.parse().unwrap())),
+                            RData::A(A(ip.parse().unwrap())),
                         ));
                     }
                 }
@@ -474,4 +482,142 @@ async fn inpod_pods_get_dns_and_socks5_in_their_namespace() {
         "{line}"
     );
     assert_eq!(metric(&node.ns, "istio_dns_requests_total").await, 3.0);
+}
+
+/// A `PASSTHROUGH` service at 10.1.0.40 (an address the server pod also answers on) whose
+/// endpoint would be the server on another port, and a service `ext` at 10.96.0.70 whose only
+/// endpoint is known by host name (`ServiceEntry` with `resolution: DNS`).
+const PT_AND_EXT: &str = "\
+- name: pt
+  namespace: b
+  hostname: pt.b.svc.cluster.local
+  vips: [\"/10.1.0.40\"]
+  ports: {8080: 9999}
+  loadBalancer: {routingPreferences: [], mode: Passthrough, healthPolicy: OnlyHealthy}
+- name: ext
+  namespace: b
+  hostname: ext.example.test
+  vips: [\"/10.96.0.70\"]
+  ports: {80: 8080}
+- name: gone
+  namespace: b
+  hostname: gone.example.test
+  vips: [\"/10.96.0.71\"]
+  ports: {80: 8080}
+";
+const PT_BACKS_AND_NAMED: &str = "  services:
+    b/pt.b.svc.cluster.local: {8080: 9999}
+- uid: cluster1/networking.istio.io/ServiceEntry/b/ext/api.example.test
+  name: ext
+  namespace: b
+  serviceAccount: default
+  hostname: api.example.test
+  workloadIps: []
+  protocol: TCP
+  services:
+    b/ext.example.test: {80: 8080}
+- uid: cluster1/networking.istio.io/ServiceEntry/b/gone/missing.example.test
+  name: gone
+  namespace: b
+  serviceAccount: default
+  hostname: missing.example.test
+  workloadIps: []
+  protocol: TCP
+  services:
+    b/gone.example.test: {80: 8080}
+";
+
+/// From the client pod, unmodified curl: a `PASSTHROUGH` service's VIP is reached itself, as
+/// plain TCP (not its endpoint, not HBONE); a service whose endpoint is known by name only is
+/// reached at the address the resolver gave, each connection counted in
+/// `istio_on_demand_dns_total` under the host name and the client's labels; a name the
+/// resolver does not know fails the connection with the proxy's error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_and_dns_resolved_endpoints_from_a_pod() {
+    let conf = std::env::temp_dir().join(format!(
+        "ondemand-resolv-{}.conf",
+        ambit_lab::sys::unique_suffix()
+    ));
+    std::fs::write(&conf, format!("nameserver {RESOLVER}\n")).unwrap();
+    // No DNS capture: the proxy's own lookups go straight to the resolver, as a node proxy's do.
+    let mesh = Mesh::start(
+        "ondemand_dns",
+        MeshOpts {
+            services_yaml: Some(PT_AND_EXT.into()),
+            server_workload_extra: Some(PT_BACKS_AND_NAMED.into()),
+            client_env: vec![("AMBIT_DNS_RESOLV_CONF", conf.display().to_string())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let _ = std::fs::remove_file(&conf);
+    let _upstream = upstream(&mesh.pair.server);
+    mesh.pair.server.add_addr("eth0", "10.1.0.40/24").unwrap();
+    // The VIPs are routed like a cluster's service range (capture takes them before they leave).
+    mesh.pair
+        .client
+        .route(&["10.96.0.0/16", "via", common::SERVER_V4])
+        .unwrap();
+    let mut app = servers::http(&mesh.pair.server, common::APP_PORT);
+    let client = &mesh.pair.client;
+
+    // PASSTHROUGH: the original destination, plain.
+    let out = common::curl(client, &["http://10.1.0.40:8080/"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.starts_with(&format!("hello from {}, you are 10.1.0.2:", common::APP_PORT)),
+        "{body}"
+    );
+    let line = wait_access_line(
+        &mesh.client_ambit,
+        &["direction=outbound", "dst.addr=10.1.0.40:8080"],
+    )
+    .await;
+    assert_eq!(line.get("dst.hbone_addr"), None, "{line:?}");
+    app.next_seen().await;
+
+    // A DNS-resolved endpoint, twice: both connections counted (the second from the cache).
+    for _ in 0..2 {
+        let out = common::curl(client, &["http://10.96.0.70/"]).await;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(body.starts_with("hello from 8080, you are 10.1.0.2:"), "{body}");
+        app.next_seen().await;
+    }
+    wait_access_line(
+        &mesh.client_ambit,
+        &["direction=outbound", &format!("dst.addr={}:8080", common::SERVER_V4)],
+    )
+    .await;
+
+    // A name the resolver does not know: the connection fails, the error names it.
+    let out = common::curl(client, &["http://10.96.0.71/"]).await;
+    assert!(!out.status.success());
+    mesh::wait_log_line(
+        &mesh.client_ambit,
+        &["on-demand DNS lookup of missing.example.test (endpoint b/gone) failed"],
+    )
+    .await;
+
+    let text = mesh::scrape(client).await;
+    let counted = |host: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("istio_on_demand_dns_total{")
+                    && l.contains(&format!("hostname=\"{host}\""))
+            })
+            .unwrap_or_else(|| panic!("no on-demand DNS count for {host}: {text}"))
+            .to_string()
+    };
+    let named = counted(NAMED);
+    for label in [
+        "source_workload=\"client\"".to_string(),
+        "source_workload_namespace=\"a\"".to_string(),
+        format!("source_principal=\"{}\"", mesh::spiffe(mesh::CLIENT_WL)),
+    ] {
+        assert!(named.contains(&label), "{label} in {named}");
+    }
+    assert!(named.ends_with("} 2"), "{named}");
+    assert!(counted("missing.example.test").ends_with("} 1"), "{text}");
 }
