@@ -512,6 +512,7 @@ const PT_BACKS_AND_NAMED: &str = "  services:
   namespace: b
   serviceAccount: default
   hostname: api.example.test
+  canonicalName: api-example
   workloadIps: []
   protocol: TCP
   services:
@@ -561,10 +562,17 @@ async fn passthrough_and_dns_resolved_endpoints_from_a_pod() {
 
     // PASSTHROUGH: the original destination, plain.
     let out = common::curl(client, &["http://10.1.0.40:8080/"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let body = String::from_utf8_lossy(&out.stdout);
     assert!(
-        body.starts_with(&format!("hello from {}, you are 10.1.0.2:", common::APP_PORT)),
+        body.starts_with(&format!(
+            "hello from {}, you are 10.1.0.2:",
+            common::APP_PORT
+        )),
         "{body}"
     );
     let line = wait_access_line(
@@ -578,14 +586,24 @@ async fn passthrough_and_dns_resolved_endpoints_from_a_pod() {
     // A DNS-resolved endpoint, twice: both connections counted (the second from the cache).
     for _ in 0..2 {
         let out = common::curl(client, &["http://10.96.0.70/"]).await;
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let body = String::from_utf8_lossy(&out.stdout);
-        assert!(body.starts_with("hello from 8080, you are 10.1.0.2:"), "{body}");
+        assert!(
+            body.starts_with("hello from 8080, you are 10.1.0.2:"),
+            "{body}"
+        );
         app.next_seen().await;
     }
     wait_access_line(
         &mesh.client_ambit,
-        &["direction=outbound", &format!("dst.addr={}:8080", common::SERVER_V4)],
+        &[
+            "direction=outbound",
+            &format!("dst.addr={}:8080", common::SERVER_V4),
+        ],
     )
     .await;
 
@@ -613,12 +631,22 @@ async fn passthrough_and_dns_resolved_endpoints_from_a_pod() {
     let named = counted(NAMED);
     // The labels both proxies agree on with this config (it names no trust domain nor
     // workload name: ambit fills Istio's defaults, ztunnel leaves them empty; COMPAT.md).
-    for label in [
-        "source_workload_namespace=\"a\",",
-        "/ns/a/sa/client\",",
-    ] {
+    for label in ["source_workload_namespace=\"a\",", "/ns/a/sa/client\","] {
         assert!(named.contains(&label), "{label} in {named}");
     }
     assert!(named.ends_with("} 2"), "{named}");
+    // The connections' destination is the named workload, not the pod owning the address.
+    let opened = text
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains("destination_canonical_service=\"api-example\"")
+        })
+        .unwrap_or_else(|| panic!("no connection to the named workload: {text}"));
+    assert!(
+        opened.contains("destination_workload_namespace=\"b\""),
+        "{opened}"
+    );
+    assert!(opened.ends_with("} 2"), "{opened}");
     assert!(counted("missing.example.test").ends_with("} 1"), "{text}");
 }

@@ -412,8 +412,14 @@ async fn single_family_services_answer_their_family_only() {
             .upsert(dual),
     );
     let s = scope("a");
-    assert_eq!(lookup(&view, &s, "v4.b").unwrap().addrs, ips(&["10.96.0.50"]));
-    assert_eq!(lookup(&view, &s, "v6.b").unwrap().addrs, ips(&["fd00:1::9"]));
+    assert_eq!(
+        lookup(&view, &s, "v4.b").unwrap().addrs,
+        ips(&["10.96.0.50"])
+    );
+    assert_eq!(
+        lookup(&view, &s, "v6.b").unwrap().addrs,
+        ips(&["fd00:1::9"])
+    );
     assert_eq!(
         lookup(&view, &s, "dual.b").unwrap().addrs,
         ips(&["10.96.0.52", "fd00:96::52"])
@@ -429,7 +435,11 @@ async fn single_family_services_answer_their_family_only() {
         ("dual", RecordType::AAAA, Some("fd00:96::52")),
     ] {
         let msg = ask(&inputs, &full(name), qtype).await;
-        assert_eq!(msg.metadata.response_code, ResponseCode::NoError, "{name} {qtype}");
+        assert_eq!(
+            msg.metadata.response_code,
+            ResponseCode::NoError,
+            "{name} {qtype}"
+        );
         assert!(msg.metadata.authoritative, "{name} {qtype}");
         let want: Vec<(String, u32, String)> = want
             .map(|ip| (full(name), 30, ip.to_string()))

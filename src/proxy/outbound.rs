@@ -192,7 +192,7 @@ pub(super) async fn connect(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_err: Option<OutboundError> = None;
     // Endpoints known by name only, resolved for this connection (one lookup per name).
-    let mut resolved: Vec<(String, IpAddr)> = Vec::new();
+    let mut resolved: Vec<(Arc<Workload>, IpAddr)> = Vec::new();
     loop {
         let routed = route_avoiding(
             pi,
@@ -200,7 +200,7 @@ pub(super) async fn connect(
             &|ep| tried.contains(&ep) || outliers.is_ejected(ep),
             &resolved,
         );
-        let labels = match &routed {
+        let mut labels = match &routed {
             Ok(Routed {
                 route: Route::Hbone {
                     target, expected, ..
@@ -220,9 +220,17 @@ pub(super) async fn connect(
             }) => outbound_labels(pi, service.as_deref(), *target, via.final_expected.first()),
             Err(_) => outbound_labels(pi, None, None, None),
         };
-        if let Err(RouteError::Unresolved { hostname, workload }) = &routed
-            && resolved.iter().all(|(h, _)| h != hostname)
+        if let Ok(Routed {
+            endpoint: Some(ep), ..
+        }) = &routed
+            && let Some((wl, _)) = resolved.iter().find(|(_, ip)| *ip == ep.ip())
         {
+            labels.set_named_destination(wl);
+        }
+        if let Err(RouteError::Unresolved(wl)) = &routed
+            && resolved.iter().all(|(w, _)| w.hostname != wl.hostname)
+        {
+            let hostname = &wl.hostname;
             pi.metrics
                 .on_demand_dns
                 .get_or_create(&on_demand_labels(&labels.traffic, hostname))
@@ -230,14 +238,14 @@ pub(super) async fn connect(
             match pi.cfg.on_demand_dns.resolve(hostname, orig.ip()).await {
                 Ok(ip) => {
                     debug!(%hostname, %ip, "resolved an endpoint known by host name only");
-                    resolved.push((hostname.clone(), ip));
+                    resolved.push((wl.clone(), ip));
                     continue;
                 }
                 Err(source) => {
                     warn!(%hostname, error = %source, "on-demand DNS lookup failed");
                     return Err(OutboundError::Dns {
                         hostname: hostname.clone(),
-                        workload: workload.clone(),
+                        workload: format!("{}/{}", wl.namespace(), wl.name),
                         source,
                     });
                 }

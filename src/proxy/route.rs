@@ -47,10 +47,7 @@ pub(super) enum RouteError {
     Gateway(GatewayError),
     /// The endpoint picked is known by host name only: the caller resolves it and routes
     /// again with the answer in [`RouteFrom::resolved`].
-    Unresolved {
-        hostname: String,
-        workload: String,
-    },
+    Unresolved(Arc<Workload>),
 }
 
 impl fmt::Display for RouteError {
@@ -69,9 +66,12 @@ impl fmt::Display for RouteError {
             RouteError::NoAddress(wl) => write!(f, "workload {wl} has no address"),
             RouteError::Waypoint(e) => e.fmt(f),
             RouteError::Gateway(e) => e.fmt(f),
-            RouteError::Unresolved { hostname, workload } => write!(
+            RouteError::Unresolved(wl) => write!(
                 f,
-                "workload {workload} is known by host name {hostname} only and was not resolved"
+                "workload {}/{} is known by host name {} only and was not resolved",
+                wl.namespace(),
+                wl.name,
+                wl.hostname
             ),
         }
     }
@@ -100,7 +100,7 @@ pub(super) fn route_avoiding(
     pi: &ProxyInputs,
     orig: SocketAddr,
     avoid: &dyn Fn(SocketAddr) -> bool,
-    resolved: &[(String, IpAddr)],
+    resolved: &[(Arc<Workload>, IpAddr)],
 ) -> Result<Routed, RouteError> {
     let from = RouteFrom {
         state: &pi.state,
@@ -120,7 +120,7 @@ pub(super) struct RouteFrom<'a> {
     pub local: &'a LocalWorkload,
     pub hbone_port: u16,
     /// Host names already resolved for this connection, and the address picked from each.
-    pub resolved: &'a [(String, IpAddr)],
+    pub resolved: &'a [(Arc<Workload>, IpAddr)],
 }
 
 /// The routing decision itself, telling `trace` each step (nothing is built for a
@@ -350,16 +350,20 @@ fn is_passthrough(svc: &Service) -> bool {
 
 /// The address of a workload known by host name only (no address at all), once the caller
 /// has resolved that name; until then [`RouteError::Unresolved`] asks it to.
-fn by_name(from: &RouteFrom<'_>, wl: &Workload) -> Result<IpAddr, RouteError> {
-    let id = || format!("{}/{}", wl.namespace(), wl.name);
+fn by_name(from: &RouteFrom<'_>, wl: &Arc<Workload>) -> Result<IpAddr, RouteError> {
     if wl.hostname.is_empty() || !wl.workload_ips.is_empty() {
-        return Err(RouteError::NoAddress(id()));
+        return Err(RouteError::NoAddress(format!(
+            "{}/{}",
+            wl.namespace(),
+            wl.name
+        )));
     }
-    match from.resolved.iter().find(|(h, _)| *h == wl.hostname) {
+    match from
+        .resolved
+        .iter()
+        .find(|(w, _)| w.hostname == wl.hostname)
+    {
         Some((_, ip)) => Ok(*ip),
-        None => Err(RouteError::Unresolved {
-            hostname: wl.hostname.clone(),
-            workload: id(),
-        }),
+        None => Err(RouteError::Unresolved(wl.clone())),
     }
 }

@@ -220,11 +220,20 @@ fn an_endpoint_known_by_name_is_routed_once_resolved() {
         route(&pi, orig).unwrap_err().to_string(),
         "workload b/api-example is known by host name api.example.test only and was not resolved"
     );
-    let answer = [("api.example.test".to_string(), "192.0.2.44".parse().unwrap())];
+    let named = pi.state.workload_by_name("b", "api-example").unwrap();
+    let answer = [(named.clone(), "192.0.2.44".parse().unwrap())];
     let routed = super::route::route_avoiding(&pi, orig, &|_| false, &answer).unwrap();
-    assert_eq!(routed.route, Route::Plain("192.0.2.44:8443".parse().unwrap()));
+    assert_eq!(
+        routed.route,
+        Route::Plain("192.0.2.44:8443".parse().unwrap())
+    );
     assert_eq!(routed.endpoint, Some("192.0.2.44:8443".parse().unwrap()));
     // Another name's answer does not stand for this one.
-    let other = [("other.test".to_string(), "192.0.2.45".parse().unwrap())];
+    let mut elsewhere = (*named).clone();
+    elsewhere.hostname = "other.test".into();
+    let other = [(
+        std::sync::Arc::new(elsewhere),
+        "192.0.2.45".parse().unwrap(),
+    )];
     assert!(super::route::route_avoiding(&pi, orig, &|_| false, &other).is_err());
 }
