@@ -632,7 +632,7 @@ async fn passthrough_and_dns_resolved_endpoints_from_a_pod() {
     // The labels both proxies agree on with this config (it names no trust domain nor
     // workload name: ambit fills Istio's defaults, ztunnel leaves them empty; COMPAT.md).
     for label in ["source_workload_namespace=\"a\",", "/ns/a/sa/client\","] {
-        assert!(named.contains(&label), "{label} in {named}");
+        assert!(named.contains(label), "{label} in {named}");
     }
     assert!(named.ends_with("} 2"), "{named}");
     // The connections' destination is the named workload, not the pod owning the address.
