@@ -124,6 +124,8 @@ pub struct MeshOpts {
     pub server_nofile: Option<&'static str>,
     /// Another ztunnel-compatible binary for the client pod's proxy (a peer, for comparison).
     pub client_program: Option<PathBuf>,
+    /// The same for the server pod's proxy.
+    pub server_program: Option<PathBuf>,
     /// `/etc/resolv.conf` as the client pod's proxy sees it (`ip netns exec` mounts
     /// `/etc/netns/<namespace>/resolv.conf` over it); removed with the mesh.
     pub client_resolv_conf: Option<String>,
@@ -203,10 +205,14 @@ impl Mesh {
         for (k, v) in &opts.client_env {
             client_spec = client_spec.env(*k, v.clone());
         }
-        let server_spec = with_nofile(server_spec, opts.server_nofile);
+        // A peer binary replaces ambit itself (prlimit, if asked for, wraps whichever runs).
+        if let Some(program) = &opts.server_program {
+            server_spec.program = program.clone();
+        }
         if let Some(program) = &opts.client_program {
             client_spec.program = program.clone();
         }
+        let server_spec = with_nofile(server_spec, opts.server_nofile);
         let client_spec = with_nofile(client_spec, opts.client_nofile);
         let netns_etc = opts.client_resolv_conf.as_ref().map(|text| {
             let etc = Path::new("/etc/netns").join(pair.client.name());
