@@ -4,6 +4,9 @@
 //! machine).
 
 mod common;
+// PASSTHROUGH services and endpoints known by host name only (on-demand DNS).
+#[path = "e2e_dns/ondemand.rs"]
+mod ondemand;
 // Only the node and agent helpers are used here.
 #[allow(dead_code)]
 #[path = "common/zds.rs"]
@@ -27,6 +30,9 @@ const RESOLVER: &str = "10.1.0.3";
 const RESOLVER_V6: &str = "fd00:1::3";
 const EXTERNAL: &str = "external.example.org";
 const EXTERNAL_IP: &str = "198.51.100.7";
+/// The host name of a workload known by name only (a `ServiceEntry` with `resolution: DNS`);
+/// the test's upstream resolves it to the server pod.
+const NAMED: &str = "api.example.test";
 
 /// `server.b` (VIPs), `echo.a` (a service in the client's own namespace) and headless `db.b`,
 /// all backed by the server pod.
@@ -72,8 +78,8 @@ table inet ambit_dns {
     .unwrap();
 }
 
-/// A tiny authoritative upstream on UDP :53 in `ns`: `external.example.org` has one A record,
-/// every other name is NXDOMAIN.
+/// A tiny authoritative upstream on UDP :53 in `ns`: `external.example.org` and
+/// `api.example.test` have one A record each, every other name is NXDOMAIN.
 fn upstream(ns: &Netns) -> tokio::task::JoinHandle<()> {
     let std = ns
         .run_in(|| {
@@ -98,13 +104,18 @@ fn upstream(ns: &Netns) -> tokio::task::JoinHandle<()> {
             let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
             resp.metadata.recursion_desired = req.metadata.recursion_desired;
             resp.add_queries(req.queries.clone());
-            match req.queries.first() {
-                Some(q) if q.name.to_ascii() == format!("{EXTERNAL}.") => {
+            let known = |q: &hickory_proto::op::Query| {
+                [(EXTERNAL, EXTERNAL_IP), (NAMED, common::SERVER_V4)]
+                    .into_iter()
+                    .find(|(name, _)| q.name.to_ascii() == format!("{name}."))
+            };
+            match req.queries.first().map(|q| (q, known(q))) {
+                Some((q, Some((_, ip)))) => {
                     if q.query_type == RecordType::A {
                         resp.add_answer(Record::from_rdata(
                             q.name.clone(),
                             120,
-                            RData::A(A(EXTERNAL_IP.parse().unwrap())),
+                            RData::A(A(ip.parse().unwrap())),
                         ));
                     }
                 }

@@ -345,3 +345,69 @@ async fn failed_start_is_nacked_blocks_readiness_and_is_retried() {
     let _app = servers::http(&b.ns, 8080);
     curl(a, b, 8080).await;
 }
+
+/// Inbound capture by TPROXY, as Istio's in-pod rules do it (no NAT: the packet keeps its
+/// destination and the proxy's listener must be transparent to take it): a plain connection
+/// from an uncaptured client to the server app is taken by the server's transparent 15006,
+/// which learns the destination from the socket's local address and delivers it with the
+/// client's own source. (With a listener that is not transparent, the packets bypass the proxy
+/// and the access-log check fails.) `AMBIT_LAB_PROXY` runs the server pod's proxy as that peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tproxy_capture_reaches_the_transparent_inbound_listener() {
+    use common::mesh::{Mesh, MeshOpts};
+    let opts = MeshOpts {
+        server_program: std::env::var_os("AMBIT_LAB_PROXY").map(Into::into),
+        ..MeshOpts::default()
+    };
+    let mesh = Mesh::start("tproxy_inbound", opts).await;
+    // The client sends plain TCP (its capture off); the server takes inbound by TPROXY, marking
+    // the packets with the return path's mark so its policy route delivers them locally.
+    mesh.pair
+        .client
+        .nft("delete table inet ambit_capture\n")
+        .unwrap();
+    mesh.pair
+        .server
+        .nft(
+            "table ip ambit_tproxy
+delete table ip ambit_tproxy
+table ip ambit_tproxy {
+  chain prerouting {
+    type filter hook prerouting priority mangle; policy accept;
+    iifname \"lo\" return
+    meta mark & 0xfff == 0x539 return
+    tcp dport 15008 return
+    meta l4proto tcp meta mark set 0x111 tproxy to :15006 accept
+  }
+}
+",
+        )
+        .unwrap();
+    let mut app = servers::http(&mesh.pair.server, common::APP_PORT);
+    let url = common::url(common::app_addr(false), "/");
+    let out = common::curl(&mesh.pair.client, &[&url]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.starts_with("hello from 8080, you are 10.1.0.2:"),
+        "{body}"
+    );
+    assert_eq!(app.next_seen().await.peer.ip(), common::client_ip(false));
+    let line = wait_access_line(
+        &mesh.server_ambit,
+        &[
+            "direction=inbound",
+            &format!("dst.addr={}", common::app_addr(false)),
+        ],
+    )
+    .await;
+    assert_eq!(
+        line.get("src.addr").map(|a| a.starts_with("10.1.0.2:")),
+        Some(true),
+        "{line:?}"
+    );
+}

@@ -231,6 +231,7 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
             timeout: config.handshake_timeout,
             max_pending_per_source: config.max_pending_handshakes_per_source,
         },
+        on_demand_dns: on_demand_dns(&config),
     };
     let extras = pod_extras(&config, dns_metrics);
     // Dedicated: bind now, in our own namespace. Shared: the workload manager binds per pod.
@@ -507,4 +508,17 @@ fn istio_version(config: &Config) -> String {
         .and_then(|(_, v)| v.as_str())
         .unwrap_or(crate::metrics::UNKNOWN_TAG)
         .to_string()
+}
+
+/// The resolver of endpoints known by host name only: the name servers of the DNS proxy's
+/// upstream `resolv.conf` (ztunnel reads the system's). Without a usable file the proxy still
+/// runs; such endpoints then fail with the reason, said once here.
+fn on_demand_dns(config: &Config) -> proxy::OnDemandDns {
+    match proxy::SystemDns::from_resolv_conf(&config.dns.resolv_conf, config.ipv6_enabled) {
+        Ok(dns) => proxy::OnDemandDns::new(Arc::new(dns)),
+        Err(e) => {
+            warn!(error = %e, "on-demand DNS is unavailable: endpoints known by host name only cannot be reached");
+            proxy::OnDemandDns::unavailable(&e.to_string())
+        }
+    }
 }

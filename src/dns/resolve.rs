@@ -9,12 +9,13 @@
 //! Invariants: names are compared lowercase without the trailing dot; a service with
 //! `Namespace` visibility is invisible to clients of other namespaces; a service with VIPs
 //! answers with its VIPs on the client's network only, one without VIPs (headless) with the IPs
-//! of its endpoints.
+//! of its endpoints; a single-family service (`ip_families` IPv4 or IPv6 only) answers with that
+//! family only, as ztunnel does (a headless one's dual-stack pods must not leak the other).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::state::{Service, StateView, Visibility};
+use crate::state::{IpFamilies, Service, StateView, Visibility};
 
 /// Where a query name led in the mesh.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +126,16 @@ fn visible_service(state: &StateView, scope: &LookupScope, hostname: &str) -> Op
 }
 
 fn addresses(state: &StateView, scope: &LookupScope, svc: &Service) -> Vec<IpAddr> {
+    let mut ips = all_addresses(state, scope, svc);
+    match svc.ip_families {
+        IpFamilies::Ipv4Only => ips.retain(IpAddr::is_ipv4),
+        IpFamilies::Ipv6Only => ips.retain(IpAddr::is_ipv6),
+        IpFamilies::Automatic | IpFamilies::Dual => {}
+    }
+    ips
+}
+
+fn all_addresses(state: &StateView, scope: &LookupScope, svc: &Service) -> Vec<IpAddr> {
     if !svc.vips.is_empty() {
         return svc
             .vips

@@ -190,6 +190,22 @@ pub(super) async fn respond(
     {
         let mut resp = reply_to(&req, ResponseCode::NoError);
         resp.metadata.authoritative = true;
+        let ips: Vec<RData> = found
+            .addrs
+            .iter()
+            .filter_map(|ip| match (q.query_type, ip) {
+                (RecordType::A, std::net::IpAddr::V4(v4)) => Some(RData::A(A(*v4))),
+                (RecordType::AAAA, std::net::IpAddr::V6(v6)) if inputs.resolver.ipv6() => {
+                    Some(RData::AAAA(AAAA(*v6)))
+                }
+                _ => None,
+            })
+            .collect();
+        // A mesh name without an address of the asked family (a single-family service, or
+        // IPv6 off) is an empty, authoritative answer: not NXDOMAIN, and no CNAME (ztunnel's).
+        if ips.is_empty() {
+            return encode(&req, resp, transport);
+        }
         let target = if found.hostname == super::resolve::normalize(&q.name.to_ascii()) {
             q.name.clone()
         } else {
@@ -204,14 +220,7 @@ pub(super) async fn respond(
             ));
             target
         };
-        for ip in &found.addrs {
-            let data = match (q.query_type, ip) {
-                (RecordType::A, std::net::IpAddr::V4(v4)) => RData::A(A(*v4)),
-                (RecordType::AAAA, std::net::IpAddr::V6(v6)) if inputs.resolver.ipv6() => {
-                    RData::AAAA(AAAA(*v6))
-                }
-                _ => continue,
-            };
+        for data in ips {
             resp.add_answer(Record::from_rdata(target.clone(), MESH_TTL, data));
         }
         return encode(&req, resp, transport);

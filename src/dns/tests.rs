@@ -404,3 +404,65 @@ fn resolv_conf_takes_common_options_and_refuses_unknown_directives() {
     let e = parse_resolv_conf(b"nameserver not-an-ip\n").unwrap_err();
     assert_eq!(e.to_string(), "line 1: invalid IP address");
 }
+
+/// ztunnel's rule: a single-family service answers only its family, even where its VIPs or
+/// (headless) its endpoints have both; the other family is an empty authoritative NOERROR
+/// with no CNAME; `Dual` and unset answer both.
+#[tokio::test]
+async fn single_family_services_answer_their_family_only() {
+    use crate::state::IpFamilies;
+    let (writer, view) = StateWriter::new();
+    let mut v4 = service("b", "v4", &["10.96.0.50", "fd00:96::50"]);
+    v4.ip_families = IpFamilies::Ipv4Only;
+    let mut v6 = service("b", "v6", &[]);
+    v6.ip_families = IpFamilies::Ipv6Only;
+    let mut dual = service("b", "dual", &["10.96.0.52", "fd00:96::52"]);
+    dual.ip_families = IpFamilies::Dual;
+    writer.apply(
+        Update::default()
+            .upsert(endpoint("b", "v6-0", &v6, &["10.1.0.9", "fd00:1::9"]))
+            .upsert(v4)
+            .upsert(v6)
+            .upsert(dual),
+    );
+    let s = scope("a");
+    assert_eq!(
+        lookup(&view, &s, "v4.b").unwrap().addrs,
+        ips(&["10.96.0.50"])
+    );
+    assert_eq!(
+        lookup(&view, &s, "v6.b").unwrap().addrs,
+        ips(&["fd00:1::9"])
+    );
+    assert_eq!(
+        lookup(&view, &s, "dual.b").unwrap().addrs,
+        ips(&["10.96.0.52", "fd00:96::52"])
+    );
+    let inputs = inputs(view, Vec::new());
+    let full = |n: &str| format!("{n}.b.svc.cluster.local.");
+    for (name, qtype, want) in [
+        ("v4", RecordType::A, Some("10.96.0.50")),
+        ("v4", RecordType::AAAA, None),
+        ("v6", RecordType::A, None),
+        ("v6", RecordType::AAAA, Some("fd00:1::9")),
+        ("dual", RecordType::A, Some("10.96.0.52")),
+        ("dual", RecordType::AAAA, Some("fd00:96::52")),
+    ] {
+        let msg = ask(&inputs, &full(name), qtype).await;
+        assert_eq!(
+            msg.metadata.response_code,
+            ResponseCode::NoError,
+            "{name} {qtype}"
+        );
+        assert!(msg.metadata.authoritative, "{name} {qtype}");
+        let want: Vec<(String, u32, String)> = want
+            .map(|ip| (full(name), 30, ip.to_string()))
+            .into_iter()
+            .collect();
+        assert_eq!(answers(&msg), want, "{name} {qtype}");
+    }
+    // Through a search domain: still no CNAME when the family has no address.
+    let msg = ask(&inputs, "v4.b.", RecordType::AAAA).await;
+    assert_eq!(msg.metadata.response_code, ResponseCode::NoError);
+    assert!(msg.answers.is_empty(), "{:?}", answers(&msg));
+}

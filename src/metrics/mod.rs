@@ -84,6 +84,24 @@ pub struct ProxyMetrics {
     /// re-check (ztunnel's family; ambit tracks every mTLS connection, so it stays at zero
     /// unless a peer chain cannot be read).
     pub crl_untracked_connections: Family<CrlLabels, Counter>,
+    /// `istio_on_demand_dns_total`: outbound connections whose endpoint, a workload known by
+    /// host name only, was resolved on demand (ztunnel's family and labels).
+    pub on_demand_dns: Family<OnDemandDnsLabels, Counter>,
+}
+
+/// Labels of `istio_on_demand_dns_total`: the client workload (as the traffic families name
+/// it) and the host name looked up; an unknown field is `unknown`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OnDemandDnsLabels {
+    pub source_workload: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub source_cluster: String,
+    pub hostname: String,
 }
 
 /// Labels of the `istio_crl_*` families: `source` for outbound, `destination` for inbound.
@@ -221,6 +239,11 @@ impl Metrics {
             "crl_untracked_connections",
             "The total number of connections not tracked for CRL enforcement",
             proxy.crl_untracked_connections.clone(),
+        );
+        istio.register(
+            "on_demand_dns",
+            "The total number of requests that used on-demand DNS (unstable)",
+            proxy.on_demand_dns.clone(),
         );
         let xds = XdsMetrics::default();
         xds.register(istio);

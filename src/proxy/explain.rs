@@ -317,6 +317,7 @@ fn explain_at(
         network: &inputs.network,
         local: &local,
         hbone_port: inputs.hbone_port,
+        resolved: &[],
     };
     let mut rec = Recorder::default();
     let first = route_traced(&from, dst, &|_| false, &mut rec);

@@ -92,7 +92,7 @@ fn each_endpoint_is_a_path_with_its_odds_route_and_decision() {
         let target = p.target.unwrap();
         targets.insert(target);
         // The data path's own route when the pick avoids the other endpoint.
-        let routed = route_avoiding(&pi, dst, &|a| a != target).unwrap();
+        let routed = route_avoiding(&pi, dst, &|a| a != target, &[]).unwrap();
         let Route::Hbone { hbone, .. } = routed.route else {
             panic!("{:?}", routed.route)
         };

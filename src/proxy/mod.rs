@@ -16,6 +16,7 @@ mod gateway;
 pub mod handshake;
 mod inbound;
 mod inbound_quic;
+mod ondemand;
 mod outbound;
 pub mod outlier;
 mod passthrough;
@@ -45,6 +46,9 @@ pub use connections::{
     ConnectionInfo, ConnectionTracker, LiveInbound, LiveOutbound, OutboundProtocol,
 };
 pub use handshake::{HandshakeLimits, PendingHandshakes};
+pub use ondemand::{
+    Lookup, LookupError, LookupFuture, OnDemandDns, ResolverConfigError, SystemDns,
+};
 pub use outlier::{OutlierConfig, Outliers};
 pub use socket::{Keepalive, SocketOptions};
 pub use socks5::{HostResolver, ResolveFuture, Socks5, SystemResolver};
@@ -83,6 +87,8 @@ pub struct ProxyConfig {
     pub response_baggage: bool,
     /// Deadline and per-source cap of inbound HBONE connections before their TLS handshake.
     pub handshake: HandshakeLimits,
+    /// Resolves service endpoints known by host name only (ztunnel's on-demand DNS).
+    pub on_demand_dns: OnDemandDns,
 }
 
 /// The workload a proxy serves.
@@ -194,9 +200,12 @@ impl Proxy {
             socket::listen_tuned(addr, &cfg.socket, transparent, cfg.reuse_port)
                 .map_err(|source| ProxyError::Bind { what, addr, source })
         };
-        let outbound = bind("outbound", cfg.outbound_addr, false)?;
-        let inbound = bind("inbound HBONE", cfg.inbound_addr, false)?;
-        let plaintext = bind("inbound plaintext", cfg.inbound_plaintext_addr, false)?;
+        // Transparent (TPROXY capture) when the proxy keeps original sources, as ztunnel's
+        // listeners are: both need the same capability.
+        let tp = cfg.orig_src;
+        let outbound = bind("outbound", cfg.outbound_addr, tp)?;
+        let inbound = bind("inbound HBONE", cfg.inbound_addr, tp)?;
+        let plaintext = bind("inbound plaintext", cfg.inbound_plaintext_addr, tp)?;
         let (quic_server, quic_client) = if cfg.transport.mode.quic_enabled() {
             let (s, c) = bind_quic(&cfg)?;
             (Some(s), Some(c))
@@ -243,7 +252,7 @@ impl Proxy {
     ) -> Result<Socks5, ProxyError> {
         let cfg = &self.inputs.cfg;
         let listener =
-            socket::listen(addr, &cfg.socket, false, cfg.reuse_port).map_err(|source| {
+            socket::listen(addr, &cfg.socket, cfg.orig_src, cfg.reuse_port).map_err(|source| {
                 ProxyError::Bind {
                     what: "socks5",
                     addr,

@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::StatusCode;
@@ -18,7 +18,7 @@ use crate::hbone::{
     TraceParent, WorkloadType,
 };
 use crate::lifecycle::DrainWatcher;
-use crate::metrics::{HboneTransportLabel, ResponseFlag};
+use crate::metrics::{HboneTransportLabel, OnDemandDnsLabels, ResponseFlag, TrafficLabels};
 use crate::quic::QuicError;
 use crate::state::Workload;
 
@@ -26,6 +26,7 @@ use super::accesslog::{ConnectionLog, Direction, outbound_labels};
 use super::connections::{ConnectionTracker, LiveOutbound, OutboundProtocol, OutboundRegistration};
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::gateway::{self, GatewayError};
+use super::ondemand::LookupError;
 use super::outlier::Outliers;
 use super::revocation::Cut;
 #[cfg(test)]
@@ -112,6 +113,12 @@ pub(super) enum OutboundError {
     Connect(socket::ConnectError),
     Hbone(TransportError),
     Gateway(GatewayError),
+    /// The endpoint is known by host name only and the name gave no address.
+    Dns {
+        hostname: String,
+        workload: String,
+        source: LookupError,
+    },
 }
 
 impl OutboundError {
@@ -134,7 +141,7 @@ impl OutboundError {
                 _ => false,
             },
             OutboundError::Gateway(e) => e.is_endpoint_failure(),
-            OutboundError::Route(_) => false,
+            OutboundError::Route(_) | OutboundError::Dns { .. } => false,
         }
     }
 }
@@ -164,7 +171,9 @@ impl OutboundError {
                 _ => ResponseFlag::Connect,
             },
             OutboundError::Gateway(e) => e.response_flag(),
-            OutboundError::Route(_) | OutboundError::Connect(_) => ResponseFlag::Connect,
+            OutboundError::Route(_) | OutboundError::Connect(_) | OutboundError::Dns { .. } => {
+                ResponseFlag::Connect
+            }
         }
     }
 }
@@ -176,6 +185,14 @@ impl fmt::Display for OutboundError {
             OutboundError::Connect(e) => e.fmt(f),
             OutboundError::Hbone(e) => e.fmt(f),
             OutboundError::Gateway(e) => e.fmt(f),
+            OutboundError::Dns {
+                hostname,
+                workload,
+                source,
+            } => write!(
+                f,
+                "on-demand DNS lookup of {hostname} (endpoint {workload}) failed: {source}"
+            ),
         }
     }
 }
@@ -197,11 +214,16 @@ pub(super) async fn connect(
     let max_attempts = outliers.config().max_connect_attempts.max(1);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_err: Option<OutboundError> = None;
+    // Endpoints known by name only, resolved for this connection (one lookup per name).
+    let mut resolved: Vec<(Arc<Workload>, IpAddr)> = Vec::new();
     loop {
-        let routed = route_avoiding(pi, orig, &|ep| {
-            tried.contains(&ep) || outliers.is_ejected(ep)
-        });
-        let labels = match &routed {
+        let routed = route_avoiding(
+            pi,
+            orig,
+            &|ep| tried.contains(&ep) || outliers.is_ejected(ep),
+            &resolved,
+        );
+        let mut labels = match &routed {
             // The workload at the HBONE address: the endpoint itself, or the waypoint a
             // connection goes through (ztunnel's destination labels name the waypoint too).
             Ok(Routed {
@@ -223,6 +245,37 @@ pub(super) async fn connect(
             }) => outbound_labels(pi, service.as_deref(), *target, via.final_expected.first()),
             Err(_) => outbound_labels(pi, None, None, None),
         };
+        if let Ok(Routed {
+            endpoint: Some(ep), ..
+        }) = &routed
+            && let Some((wl, _)) = resolved.iter().find(|(_, ip)| *ip == ep.ip())
+        {
+            labels.set_named_destination(wl);
+        }
+        if let Err(RouteError::Unresolved(wl)) = &routed
+            && resolved.iter().all(|(w, _)| w.hostname != wl.hostname)
+        {
+            let hostname = &wl.hostname;
+            pi.metrics
+                .on_demand_dns
+                .get_or_create(&on_demand_labels(&labels.traffic, hostname))
+                .inc();
+            match pi.cfg.on_demand_dns.resolve(hostname, orig.ip()).await {
+                Ok(ip) => {
+                    debug!(%hostname, %ip, "resolved an endpoint known by host name only");
+                    resolved.push((wl.clone(), ip));
+                    continue;
+                }
+                Err(source) => {
+                    warn!(%hostname, error = %source, "on-demand DNS lookup failed");
+                    return Err(OutboundError::Dns {
+                        hostname: hostname.clone(),
+                        workload: format!("{}/{}", wl.namespace(), wl.name),
+                        source,
+                    });
+                }
+            }
+        }
         // No route: refused before the connection is opened, with no metrics (ztunnel's
         // early deny).
         let routed = routed.map_err(OutboundError::Route)?;
@@ -471,5 +524,20 @@ pub(super) fn baggage(wl: &Workload) -> Baggage {
         service_version: wl.canonical_revision.clone(),
         region: wl.locality.region.clone(),
         zone: wl.locality.zone.clone(),
+    }
+}
+
+/// The labels of `istio_on_demand_dns_total`: the connection's source, and the name looked up.
+fn on_demand_labels(l: &TrafficLabels, hostname: &str) -> OnDemandDnsLabels {
+    OnDemandDnsLabels {
+        source_workload: l.source_workload.clone(),
+        source_canonical_service: l.source_canonical_service.clone(),
+        source_canonical_revision: l.source_canonical_revision.clone(),
+        source_workload_namespace: l.source_workload_namespace.clone(),
+        source_principal: l.source_principal.clone(),
+        source_app: l.source_app.clone(),
+        source_version: l.source_version.clone(),
+        source_cluster: l.source_cluster.clone(),
+        hostname: hostname.to_string(),
     }
 }

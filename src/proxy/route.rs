@@ -5,11 +5,13 @@
 //! path (with [`NoTrace`], which builds nothing) and `/debug/explain` (which records each step).
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::core::Identity;
-use crate::state::{ClientLocality, GatewayAddress, Service, StateView, TunnelProtocol, Workload};
+use crate::state::{
+    ClientLocality, GatewayAddress, LoadBalancerMode, Service, StateView, TunnelProtocol, Workload,
+};
 
 use super::explain::{NoTrace, RouteTrace};
 use super::gateway::{self, GatewayError, GatewayRoute};
@@ -37,10 +39,16 @@ pub(super) enum Route {
 #[derive(Debug)]
 pub(super) enum RouteError {
     SelfCall(SocketAddr),
-    NoEndpoint { service: String, port: u16 },
+    NoEndpoint {
+        service: String,
+        port: u16,
+    },
     NoAddress(String),
     Waypoint(WaypointError),
     Gateway(GatewayError),
+    /// The endpoint picked is known by host name only: the caller resolves it and routes
+    /// again with the answer in [`RouteFrom::resolved`].
+    Unresolved(Arc<Workload>),
 }
 
 impl fmt::Display for RouteError {
@@ -59,6 +67,13 @@ impl fmt::Display for RouteError {
             RouteError::NoAddress(wl) => write!(f, "workload {wl} has no address"),
             RouteError::Waypoint(e) => e.fmt(f),
             RouteError::Gateway(e) => e.fmt(f),
+            RouteError::Unresolved(wl) => write!(
+                f,
+                "workload {}/{} is known by host name {} only and was not resolved",
+                wl.namespace(),
+                wl.name,
+                wl.hostname
+            ),
         }
     }
 }
@@ -77,7 +92,7 @@ pub(super) struct Routed {
 /// tunneled when the workload speaks HBONE; anything else passes through.
 #[cfg(test)]
 pub(super) fn route(pi: &ProxyInputs, orig: SocketAddr) -> Result<Route, RouteError> {
-    route_avoiding(pi, orig, &|_| false).map(|r| r.route)
+    route_avoiding(pi, orig, &|_| false, &[]).map(|r| r.route)
 }
 
 /// [`route`], choosing among a service's endpoints only those `avoid` does not name (unless
@@ -86,12 +101,14 @@ pub(super) fn route_avoiding(
     pi: &ProxyInputs,
     orig: SocketAddr,
     avoid: &dyn Fn(SocketAddr) -> bool,
+    resolved: &[(Arc<Workload>, IpAddr)],
 ) -> Result<Routed, RouteError> {
     let from = RouteFrom {
         state: &pi.state,
         network: &pi.cfg.network,
         local: &pi.local,
         hbone_port: pi.cfg.hbone_port,
+        resolved,
     };
     route_traced(&from, orig, avoid, &mut NoTrace)
 }
@@ -103,6 +120,8 @@ pub(super) struct RouteFrom<'a> {
     pub network: &'a str,
     pub local: &'a LocalWorkload,
     pub hbone_port: u16,
+    /// Host names already resolved for this connection, and the address picked from each.
+    pub resolved: &'a [(Arc<Workload>, IpAddr)],
 }
 
 /// The routing decision itself, telling `trace` each step (nothing is built for a
@@ -201,6 +220,21 @@ pub(super) fn route_traced<T: RouteTrace>(
             });
         }
     }
+    // A `PASSTHROUGH` service picks no endpoint: the connection goes, as plain TCP, where the
+    // client sent it, and is not labelled with the service (ztunnel's "original destination").
+    if let Some(s) = svc.as_ref().filter(|s| is_passthrough(s)) {
+        if T::ON {
+            trace.step(format!(
+                "service {}/{} balances as PASSTHROUGH ⇒ plain TCP to the original destination {orig}",
+                s.namespace, s.name
+            ));
+        }
+        return Ok(Routed {
+            route: Route::Plain(orig),
+            endpoint: None,
+            service: None,
+        });
+    }
     let (wl, port, mut expected) = if let Some(svc) = &svc {
         let skip = |w: &Workload, port: u16| {
             same_family_ip(w, orig.ip()).is_some_and(|ip| avoid(SocketAddr::new(ip, port)))
@@ -273,8 +307,10 @@ pub(super) fn route_traced<T: RouteTrace>(
             service: svc.clone(),
         });
     };
-    let ip = same_family_ip(&wl, orig.ip())
-        .ok_or_else(|| RouteError::NoAddress(format!("{}/{}", wl.namespace(), wl.name)))?;
+    let ip = match same_family_ip(&wl, orig.ip()) {
+        Some(ip) => ip,
+        None => by_name(from, &wl)?,
+    };
     let target = SocketAddr::new(ip, port);
     let endpoint = from_service.then_some(target);
     // A workload's own waypoint applies only to traffic addressed to the workload: a service's
@@ -349,4 +385,30 @@ pub(super) fn route_traced<T: RouteTrace>(
         endpoint,
         service: svc.clone(),
     })
+}
+
+fn is_passthrough(svc: &Service) -> bool {
+    svc.load_balancer
+        .as_ref()
+        .is_some_and(|lb| lb.mode == LoadBalancerMode::Passthrough)
+}
+
+/// The address of a workload known by host name only (no address at all), once the caller
+/// has resolved that name; until then [`RouteError::Unresolved`] asks it to.
+fn by_name(from: &RouteFrom<'_>, wl: &Arc<Workload>) -> Result<IpAddr, RouteError> {
+    if wl.hostname.is_empty() || !wl.workload_ips.is_empty() {
+        return Err(RouteError::NoAddress(format!(
+            "{}/{}",
+            wl.namespace(),
+            wl.name
+        )));
+    }
+    match from
+        .resolved
+        .iter()
+        .find(|(w, _)| w.hostname == wl.hostname)
+    {
+        Some((_, ip)) => Ok(*ip),
+        None => Err(RouteError::Unresolved(wl.clone())),
+    }
 }

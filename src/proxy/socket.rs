@@ -111,7 +111,9 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Binds a listener. `[::]` listens dual-stack. `transparent` lets it accept TPROXY'd traffic;
+/// Binds a listener. `[::]` listens dual-stack. `transparent` tries `IP_TRANSPARENT`, so the
+/// listener also accepts TPROXY'd traffic, as ztunnel's do; where the process may not (no
+/// `CAP_NET_ADMIN`) the listener is bound without it and that is logged once per process.
 /// `reuse_port` lets an old and a new proxy overlap during an upgrade.
 pub fn listen(
     addr: SocketAddr,
@@ -157,8 +159,13 @@ fn listen_with(
     if let Some(mark) = opts.mark {
         socket.set_mark(mark)?;
     }
-    if transparent {
-        set_transparent(&socket, addr.ip())?;
+    if transparent && let Err(e) = set_transparent(&socket, addr.ip()) {
+        if e.kind() != io::ErrorKind::PermissionDenied {
+            return Err(e);
+        }
+        if !TRANSPARENT_REFUSED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(error = %e, "listeners cannot be transparent (IP_TRANSPARENT needs CAP_NET_ADMIN): TPROXY-captured traffic will not reach them; redirected traffic is unaffected");
+        }
     }
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
@@ -289,6 +296,10 @@ pub async fn connect(
     Ok(stream)
 }
 
+/// Whether a listener was refused `IP_TRANSPARENT` already (said once).
+static TRANSPARENT_REFUSED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 fn set_transparent(sock: &Socket, family_of: IpAddr) -> io::Result<()> {
     match family_of {
         IpAddr::V4(_) => {
@@ -403,6 +414,26 @@ mod tests {
         let (server, peer) = l.accept().await.unwrap();
         assert!(canonical(peer).is_ipv4());
         assert_eq!(orig_dst(&server, peer).unwrap(), dst);
+    }
+
+    #[tokio::test]
+    async fn transparent_listeners_are_transparent_when_permitted() {
+        let opts = SocketOptions::default();
+        for addr in ["127.0.0.1:0", "[::]:0"] {
+            let l = listen_tuned(addr.parse().unwrap(), &opts, true, false).unwrap();
+            // IP_TRANSPARENT and IPV6_TRANSPARENT set one flag of the socket: a dual-stack
+            // listener takes TPROXY'd IPv4 too.
+            assert_eq!(
+                SockRef::from(&l).ip_transparent_v4().unwrap(),
+                transparent_supported(),
+                "{addr}"
+            );
+            let plain = listen_tuned(addr.parse().unwrap(), &opts, false, false).unwrap();
+            assert!(
+                !SockRef::from(&plain).ip_transparent_v4().unwrap(),
+                "{addr}"
+            );
+        }
     }
 
     #[tokio::test]

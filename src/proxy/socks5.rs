@@ -291,7 +291,7 @@ async fn reply<S: AsyncWrite + Unpin>(stream: &mut S, code: Reply) -> io::Result
 fn reply_for(e: &OutboundError) -> Reply {
     match e {
         OutboundError::Route(RouteError::SelfCall(_)) => Reply::NotAllowed,
-        OutboundError::Route(_) => Reply::HostUnreachable,
+        OutboundError::Route(_) | OutboundError::Dns { .. } => Reply::HostUnreachable,
         OutboundError::Connect(socket::ConnectError::Timeout { .. }) => Reply::TtlExpired,
         OutboundError::Connect(socket::ConnectError::Io { source, .. }) => match source.kind() {
             io::ErrorKind::ConnectionRefused => Reply::ConnectionRefused,

@@ -58,6 +58,7 @@ pub(super) fn inputs(
             localhost_app_tunnel: true,
             response_baggage: true,
             handshake: Default::default(),
+            on_demand_dns: Default::default(),
         }),
         local: LocalWorkload {
             namespace: ns.into(),

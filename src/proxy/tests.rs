@@ -165,3 +165,75 @@ fn local_identity_takes_the_trust_domain_of_the_workload_record() {
         "spiffe://example.org/ns/a/sa/client"
     );
 }
+
+/// A `PASSTHROUGH` service `pt` (VIP 10.96.0.3) backed by `server`, and a service `ext`
+/// (VIP 10.96.0.4) whose only endpoint is known by host name.
+fn passthrough_and_dns_inputs() -> ProxyInputs {
+    use crate::state::{LoadBalancer, LoadBalancerMode};
+    let pi = inputs();
+    let (writer, view) = StateWriter::new();
+    let snapshot = pi.state.snapshot();
+    let mut update = Update::default();
+    for wl in snapshot.workloads() {
+        let mut wl = (**wl).clone();
+        if wl.name == "server" {
+            wl.services
+                .insert("b/pt.b.svc.cluster.local".into(), [(80, 8080)].into());
+        }
+        update = update.upsert(wl);
+    }
+    let mut pt = service("pt", "10.96.0.3", &[]);
+    pt.load_balancer = Some(LoadBalancer {
+        routing_preference: Vec::new(),
+        mode: LoadBalancerMode::Passthrough,
+        health_policy: Default::default(),
+    });
+    let mut named = workload("e", "b", "api-example", &[], false);
+    named.hostname = "api.example.test".into();
+    named
+        .services
+        .insert("b/ext.b.svc.cluster.local".into(), [(80, 8443)].into());
+    writer.apply(
+        update
+            .upsert(pt)
+            .upsert(service("ext", "10.96.0.4", &[]))
+            .upsert(named),
+    );
+    ProxyInputs { state: view, ..pi }
+}
+
+#[test]
+fn passthrough_services_go_to_the_original_destination_unlabelled() {
+    let pi = passthrough_and_dns_inputs();
+    let orig: SocketAddr = "10.96.0.3:80".parse().unwrap();
+    let routed = super::route::route_avoiding(&pi, orig, &|_| false, &[]).unwrap();
+    assert_eq!(routed.route, Route::Plain(orig));
+    assert_eq!(routed.endpoint, None);
+    assert!(routed.service.is_none());
+}
+
+#[test]
+fn an_endpoint_known_by_name_is_routed_once_resolved() {
+    let pi = passthrough_and_dns_inputs();
+    let orig: SocketAddr = "10.96.0.4:80".parse().unwrap();
+    assert_eq!(
+        route(&pi, orig).unwrap_err().to_string(),
+        "workload b/api-example is known by host name api.example.test only and was not resolved"
+    );
+    let named = pi.state.workload_by_name("b", "api-example").unwrap();
+    let answer = [(named.clone(), "192.0.2.44".parse().unwrap())];
+    let routed = super::route::route_avoiding(&pi, orig, &|_| false, &answer).unwrap();
+    assert_eq!(
+        routed.route,
+        Route::Plain("192.0.2.44:8443".parse().unwrap())
+    );
+    assert_eq!(routed.endpoint, Some("192.0.2.44:8443".parse().unwrap()));
+    // Another name's answer does not stand for this one.
+    let mut elsewhere = (*named).clone();
+    elsewhere.hostname = "other.test".into();
+    let other = [(
+        std::sync::Arc::new(elsewhere),
+        "192.0.2.45".parse().unwrap(),
+    )];
+    assert!(super::route::route_avoiding(&pi, orig, &|_| false, &other).is_err());
+}

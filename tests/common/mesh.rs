@@ -122,6 +122,22 @@ pub struct MeshOpts {
     pub client_nofile: Option<&'static str>,
     /// The same for the server pod's ambit.
     pub server_nofile: Option<&'static str>,
+    /// Another ztunnel-compatible binary for the client pod's proxy (a peer, for comparison).
+    pub client_program: Option<PathBuf>,
+    /// The same for the server pod's proxy.
+    pub server_program: Option<PathBuf>,
+    /// `/etc/resolv.conf` as the client pod's proxy sees it (`ip netns exec` mounts
+    /// `/etc/netns/<namespace>/resolv.conf` over it); removed with the mesh.
+    pub client_resolv_conf: Option<String>,
+}
+
+/// `/etc/netns/<namespace>`, removed on drop.
+pub struct NetnsEtc(PathBuf);
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// `spec` started through `prlimit` with the given descriptor limits; prlimit execs ambit in
@@ -148,6 +164,7 @@ pub struct Mesh {
     pub client_ambit: Process,
     pub server_ambit: Process,
     pub ca_dir: PathBuf,
+    pub netns_etc: Option<NetnsEtc>,
     pub pair: PodPair,
 }
 
@@ -188,14 +205,29 @@ impl Mesh {
         for (k, v) in &opts.client_env {
             client_spec = client_spec.env(*k, v.clone());
         }
+        // A peer binary replaces ambit itself (prlimit, if asked for, wraps whichever runs).
+        if let Some(program) = &opts.server_program {
+            server_spec.program = program.clone();
+        }
+        if let Some(program) = &opts.client_program {
+            client_spec.program = program.clone();
+        }
         let server_spec = with_nofile(server_spec, opts.server_nofile);
         let client_spec = with_nofile(client_spec, opts.client_nofile);
+        let netns_etc = opts.client_resolv_conf.as_ref().map(|text| {
+            let etc = Path::new("/etc/netns").join(pair.client.name());
+            let guard = NetnsEtc(etc.clone());
+            std::fs::create_dir_all(&etc).unwrap();
+            std::fs::write(etc.join("resolv.conf"), text).unwrap();
+            guard
+        });
         let server_ambit = start(&pair.server, &server_spec, &dir).await;
         let client_ambit = start(&pair.client, &client_spec, &dir).await;
         Mesh {
             client_ambit,
             server_ambit,
             ca_dir,
+            netns_etc,
             pair,
         }
     }

@@ -28,6 +28,14 @@ impl OpenLabels {
             dst_workload: None,
         }
     }
+
+    /// The destination is `wl`, a workload known by host name only, reached at an address it
+    /// was resolved to (which may belong to another record, or to none): it, not the
+    /// address's owner, is the destination, as in ztunnel.
+    pub(in crate::proxy) fn set_named_destination(&mut self, wl: &Workload) {
+        fill_destination(&mut self.traffic, wl);
+        self.dst_workload = Some(wl.name.clone());
+    }
 }
 
 /// Fills the `source_*` labels from a workload.
