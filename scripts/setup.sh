@@ -29,12 +29,23 @@ if ! command -v kubernetes-validate >/dev/null; then
   pip3 install -q kubernetes-validate 2>/dev/null || pip3 install -q --break-system-packages kubernetes-validate
 fi
 
-# The toolchain pinned in rust-toolchain.toml, with rustfmt and clippy (present: nothing fetched).
+# The toolchain pinned in rust-toolchain.toml, with rustfmt and clippy. Machines of this kind
+# have one toolchain, installed as `stable`, and cannot download another: when `stable` is the
+# pinned release it is registered under the pinned name (nothing fetched); otherwise rustup is
+# asked to install it, which needs the network.
 channel="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)"
-if command -v rustup >/dev/null &&
-  ! { rustup run "$channel" rustfmt --version && rustup run "$channel" cargo-clippy --version; } >/dev/null 2>&1; then
-  echo "setup: installing Rust $channel (rustfmt, clippy)"
-  rustup toolchain install "$channel" --profile minimal --component rustfmt,clippy
+if command -v rustup >/dev/null && ! rustup run "$channel" rustc --version >/dev/null 2>&1; then
+  stable="$(rustup run stable rustc --version 2>/dev/null | awk '{print $2}')"
+  if [ "$stable" = "$channel" ]; then
+    # `rustup toolchain link` refuses official release names, so the name is a symlink.
+    echo "setup: registering the installed stable toolchain as $channel"
+    host="$(rustup run stable rustc -vV | sed -n 's/^host: //p')"
+    toolchains="${RUSTUP_HOME:-$HOME/.rustup}/toolchains"
+    ln -sfn "$toolchains/stable-$host" "$toolchains/$channel-$host"
+  else
+    echo "setup: installing Rust $channel (stable here is ${stable:-missing})"
+    rustup toolchain install "$channel" --profile minimal --component rustfmt,clippy
+  fi
 fi
 
 # License, ban and source checks of the dependency graph (deny.toml); built from crates.io
