@@ -8,7 +8,12 @@
 //! snapshot, on the first pick for that service: choosing an endpoint per connection does not
 //! rebuild the list, and an update does not pay for services nobody connects to.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+/// The state's maps hash with foldhash (seeded per process) instead of SipHash: their keys come
+/// from the control plane, and SipHash showed in both the profile of applying a push and every
+/// connection's lookups.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
@@ -232,7 +237,7 @@ impl Snapshot {
         let key = service_key(namespace, hostname);
         match (self.services.get(&key), self.service_workloads.get(&key)) {
             (Some(svc), Some(list)) => endpoint_tables(svc, &key, list),
-            _ => HashMap::new(),
+            _ => HashMap::default(),
         }
     }
 
@@ -298,20 +303,14 @@ impl Snapshot {
         for uid in uids.into_iter().rev() {
             let w = &workloads[uid];
             if w.network_mode == NetworkMode::Standard {
-                let by_ip = snap.workloads_by_addr.entry(w.network.clone()).or_default();
+                let by_ip = slot(&mut snap.workloads_by_addr, &w.network);
                 for ip in &w.workload_ips {
                     by_ip.insert(*ip, w.clone());
                 }
             }
-            snap.workloads_by_name
-                .entry(w.namespace().to_string())
-                .or_default()
-                .insert(w.name.clone(), w.clone());
+            slot(&mut snap.workloads_by_name, w.namespace()).insert(w.name.clone(), w.clone());
             for key in w.services.keys() {
-                snap.service_workloads
-                    .entry(key.clone())
-                    .or_default()
-                    .push(w.clone());
+                slot(&mut snap.service_workloads, key).push(w.clone());
             }
         }
         for list in snap.service_workloads.values_mut() {
@@ -322,9 +321,7 @@ impl Snapshot {
         for key in keys.into_iter().rev() {
             let s = &services[key];
             for vip in &s.vips {
-                snap.services_by_vip
-                    .entry(vip.network.clone())
-                    .or_default()
+                slot(&mut snap.services_by_vip, &vip.network)
                     .entry(vip.address)
                     .or_default()
                     .push(s.clone());
@@ -339,9 +336,7 @@ impl Snapshot {
                 .entry(s.hostname.to_ascii_lowercase())
                 .or_default()
                 .push(s.clone());
-            snap.endpoint_tables
-                .entry(s.namespace.clone())
-                .or_default()
+            slot(&mut snap.endpoint_tables, &s.namespace)
                 .insert(s.hostname.clone(), OnceLock::new());
         }
         for list in snap.services_by_hostname.values_mut() {
@@ -373,6 +368,16 @@ impl Snapshot {
         snap.policies = policies;
         snap
     }
+}
+
+/// The value at `k` in an index, inserted empty first if missing: the key is allocated only
+/// then, not once per entry added (a push of 10,000 workloads adds them in a few namespaces).
+fn slot<'m, V: Default>(m: &'m mut HashMap<String, V>, k: &str) -> &'m mut V {
+    if !m.contains_key(k) {
+        m.insert(k.to_owned(), V::default());
+    }
+    m.get_mut(k)
+        .unwrap_or_else(|| unreachable!("inserted just above"))
 }
 
 /// The endpoints of `svc` (key `key`) for `svc_port` among `workloads` (those naming it):

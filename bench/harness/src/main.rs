@@ -67,6 +67,9 @@ struct Cli {
     /// `RUST_LOG` of the node proxies (access logs at `info` would be measured too).
     #[arg(long, default_value = "warn")]
     proxy_log: String,
+    /// Workloads in the control-plane push scenario (default 10,000; `--quick` 1,000).
+    #[arg(long)]
+    push_workloads: Option<u32>,
     /// How to get the control-plane figures: `release` (`cargo bench`), `debug` (`cargo test`,
     /// the `--quick` default), or `skip`.
     #[arg(long)]
@@ -213,7 +216,9 @@ async fn run(cli: &Cli) -> Result<Report> {
         [1000, 10_000]
     };
     let rate = cli.rate.max(10);
-    let push_workloads: u32 = if cli.quick { 1000 } else { 10_000 };
+    let push_workloads = cli
+        .push_workloads
+        .unwrap_or(if cli.quick { 1000 } else { 10_000 });
 
     let mut subjects: Vec<Subject> = Vec::new();
     for spec in &binaries {
