@@ -237,3 +237,30 @@ fn an_endpoint_known_by_name_is_routed_once_resolved() {
     )];
     assert!(super::route::route_avoiding(&pi, orig, &|_| false, &other).is_err());
 }
+
+/// What every open connection keeps for its life stays small: the spawned future of an
+/// outbound connection and of an inbound HBONE stream, and the copy. Budgets leave room for
+/// growth but catch the regressions this guards against (a future stored twice by a wrapper, a
+/// set-up state kept after connecting), which each cost kilobytes per connection.
+#[test]
+fn per_connection_futures_stay_small() {
+    fn size5<A, B, C, D, E, F: std::future::Future>(_: fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    fn size7<A, B, C, D, E, G, H, F: std::future::Future>(
+        _: fn(A, B, C, D, E, G, H) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+    use super::copy::{Copy, TcpSink, TcpSource};
+    use crate::hbone::{H2Recv, H2Send, InboundRequest};
+    let outbound = size5(super::outbound::handle);
+    let inbound = size7(super::inbound::serve_stream::<InboundRequest>);
+    let copy = std::mem::size_of::<Copy<H2Recv, H2Send, TcpSource, TcpSink>>();
+    assert!(
+        outbound <= 2048,
+        "outbound connection future: {outbound} bytes"
+    );
+    assert!(inbound <= 2048, "inbound stream future: {inbound} bytes");
+    assert!(copy <= 512, "copy: {copy} bytes");
+}
