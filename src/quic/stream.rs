@@ -250,10 +250,15 @@ impl H3Send {
     ) -> Poll<Result<(), QuicError>> {
         loop {
             if let Some(op) = &mut self.busy {
+                // Usually the send of `data` itself (taken when it started); after a caller
+                // that gave up mid-send, an earlier one, and `data` is still to be sent.
                 let (inner, r) = ready!(op.as_mut().poll(cx));
                 self.busy = None;
                 self.inner = inner;
-                return Poll::Ready(r.map_err(Into::into));
+                if let Err(e) = r {
+                    return Poll::Ready(Err(e.into()));
+                }
+                continue;
             }
             if self.finished {
                 return Poll::Ready(Err(QuicError::StreamClosed));

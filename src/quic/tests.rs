@@ -221,6 +221,48 @@ async fn tunnels_bytes_with_identities_and_headers_and_reuses_the_connection() {
     assert_eq!(pool.connections_open(), 1);
 }
 
+/// A caller that gives up on a send (a `select!` that lost, a timeout) leaves the send under
+/// way; the next send finishes it first and then sends its own bytes, so nothing is lost or
+/// reordered and the next caller is not told its bytes went when they did not.
+#[tokio::test]
+async fn a_send_given_up_midway_is_finished_before_the_next_one() {
+    let ca = TestCa::new("ca");
+    let srv = server(ca.leaf(SERVER));
+    let pool = pool(ca.leaf(CLIENT));
+    let (mut recv, mut send, _) = timeout(
+        STEP,
+        pool.send(&key(srv.addr), connect_request("10.0.0.2:80")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // Far beyond every window while nobody reads the echo: the send must stall.
+    let big: Vec<u8> = (0..64 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let stalled = timeout(
+        Duration::from_millis(300),
+        send.send(Bytes::from(big.clone())),
+    )
+    .await;
+    assert!(stalled.is_err(), "a 64 MiB send nobody reads cannot finish");
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Some(chunk) = recv.recv().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        got
+    });
+    timeout(STEP, send.send(Bytes::from_static(b"tail")))
+        .await
+        .unwrap()
+        .unwrap();
+    timeout(STEP, send.finish()).await.unwrap().unwrap();
+    let got = timeout(STEP, reader).await.unwrap().unwrap();
+    let mut want = big;
+    want.extend_from_slice(b"tail");
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the echo differs from what was sent");
+}
+
 #[tokio::test]
 async fn a_rejected_connect_reports_the_status() {
     let ca = TestCa::new("ca");
