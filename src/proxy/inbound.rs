@@ -19,6 +19,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
 use http::StatusCode;
 use tokio::net::TcpStream;
 
@@ -157,15 +159,14 @@ pub(super) fn serve_stream<R: InboundTunnel>(
     revoked: RevokedSignal,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     // The set-up (request, routing, authorization, upstream connect, PROXY header) is boxed and
-    // freed when done; the task of an established stream keeps only [`Authorized`]. Built as a
-    // future that captures the box, not as an `async fn` taking every argument, so nothing
-    // is held twice for the stream's whole life.
+    // freed when done; the task of an established stream keeps only [`Authorized`]'s run.
+    // Chained with `then` rather than written as an `async` block, which would keep the
+    // set-up's result and the future made from it in two slots for the stream's whole life.
     let set_up = Box::pin(set_up(pi, tracker, addrs, peer_id, req, revoked));
-    async move {
-        if let Some(authorized) = set_up.await {
-            authorized.run(drain).await;
-        }
-    }
+    FutureExt::then(set_up, move |authorized| {
+        OptionFuture::from(authorized.map(|a| a.run(drain)))
+    })
+    .map(|_: Option<()>| ())
 }
 
 async fn set_up<R: InboundTunnel>(

@@ -8,6 +8,8 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
 use http::StatusCode;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
@@ -43,16 +45,17 @@ pub(super) fn handle(
     drain: DrainWatcher,
 ) -> impl Future<Output = ()> + Send + 'static {
     // The set-up (routing, pool, handshakes: several KiB) is boxed and freed once connected;
-    // the task of an established connection keeps only what the copy needs. Built as a future
-    // that captures the box rather than as an `async fn` taking every argument, so nothing is
-    // held twice for the connection's whole life.
+    // the task of an established connection keeps only the relay. Chained with `then` rather
+    // than written as an `async` block, which would keep the set-up's result and the relay
+    // made from it in two slots for the connection's whole life.
     let set_up = Box::pin(set_up(pi, deps, stream, peer));
-    async move {
-        if let Some((stream, upstream, log, listed)) = set_up.await {
-            relay(stream, upstream, log, &drain).await;
-            drop(listed);
-        }
-    }
+    FutureExt::then(set_up, move |connected| {
+        OptionFuture::from(connected.map(|(stream, upstream, log, listed)| {
+            // `listed` stays on the tracker's list until the relay ends.
+            relay(stream, upstream, log, drain).map(move |()| drop(listed))
+        }))
+    })
+    .map(|_: Option<()>| ())
 }
 
 async fn set_up(
@@ -434,8 +437,8 @@ pub(super) fn relay(
     stream: TcpStream,
     upstream: Upstream,
     mut log: ConnectionLog,
-    drain: &DrainWatcher,
-) -> impl Future<Output = ()> + Send + '_ {
+    drain: DrainWatcher,
+) -> impl Future<Output = ()> + Send + 'static {
     let stats = log.stats.clone();
     let (copy, cut): (CopyFuture, Option<Cut>) = match upstream {
         Upstream::Plain(upstream) => (
@@ -464,7 +467,7 @@ pub(super) fn relay(
         },
     };
     async move {
-        let copied = run_until_forced(copy, drain).await;
+        let copied = run_until_forced(copy, &drain).await;
         // A connection cut because a CRL revoked the peer fails its streams; say so.
         let cut = cut.as_ref().and_then(Cut::reason);
         match (copied, cut) {
