@@ -372,6 +372,12 @@ where
                 }
                 done = run_until_forced(&mut self.copy, &drain) => match done {
                     Some(Ok(())) => self.log.complete(),
+                    // The copy can see the closed connection in the same wake-up as the
+                    // signal: the revocation is still the reason.
+                    Some(Err(_)) if let Some(revoked) = self.cert_revoked.now() => {
+                        self.log.response_flags = Some(ResponseFlag::CertRevoked);
+                        self.log.fail(&format_args!("{revoked} (HBONE connection closed)"));
+                    }
                     Some(Err(e)) => {
                         self.log.response_flags = Some(ResponseFlag::Connect);
                         self.log.fail(&e)

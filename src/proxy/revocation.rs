@@ -32,6 +32,11 @@ impl RevokedSignal {
         RevokedSignal(None)
     }
 
+    /// The revocation, if the connection was closed for one already.
+    pub(crate) fn now(&self) -> Option<Revoked> {
+        self.0.as_ref().and_then(|rx| rx.borrow().clone())
+    }
+
     /// Resolves with the revocation once the connection was closed for it; pending otherwise.
     pub(crate) async fn fired(&mut self) -> Revoked {
         if let Some(rx) = &mut self.0
