@@ -118,6 +118,12 @@ impl ConnectionLog {
         self.emit(None);
     }
 
+    /// Writes the line of a connection cut because a CRL revoked its peer (`CERT_REVOKED`).
+    pub fn fail_revoked(mut self, reason: &dyn std::fmt::Display) {
+        self.response_flags = Some(ResponseFlag::CertRevoked);
+        self.fail(&format_args!("{reason} (HBONE connection closed)"));
+    }
+
     /// Writes the line of a failed connection: the full "connection complete" line at `error`
     /// once opened, else the short "connection failed" one.
     pub fn fail(mut self, error: &dyn std::fmt::Display) {

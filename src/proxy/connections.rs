@@ -366,17 +366,13 @@ where
                 // First: the signal is raised before the connection is dropped, so a copy that
                 // fails because of that drop is still put down to the revocation.
                 biased;
-                revoked = self.cert_revoked.fired() => {
-                    self.log.response_flags = Some(ResponseFlag::CertRevoked);
-                    self.log.fail(&format_args!("{revoked} (HBONE connection closed)"));
-                }
+                revoked = self.cert_revoked.fired() => self.log.fail_revoked(&revoked),
                 done = run_until_forced(&mut self.copy, &drain) => match done {
                     Some(Ok(())) => self.log.complete(),
                     // The copy can see the closed connection in the same wake-up as the
                     // signal: the revocation is still the reason.
                     Some(Err(_)) if let Some(revoked) = self.cert_revoked.now() => {
-                        self.log.response_flags = Some(ResponseFlag::CertRevoked);
-                        self.log.fail(&format_args!("{revoked} (HBONE connection closed)"));
+                        self.log.fail_revoked(&revoked)
                     }
                     Some(Err(e)) => {
                         self.log.response_flags = Some(ResponseFlag::Connect);

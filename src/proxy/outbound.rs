@@ -471,10 +471,7 @@ pub(super) fn relay(
         // A connection cut because a CRL revoked the peer fails its streams; say so.
         let cut = cut.as_ref().and_then(Cut::reason);
         match (copied, cut) {
-            (Some(Err(_)), Some(reason)) => {
-                log.response_flags = Some(ResponseFlag::CertRevoked);
-                log.fail(&format_args!("{reason} (HBONE connection closed)"))
-            }
+            (Some(Err(_)), Some(reason)) => log.fail_revoked(&reason),
             (copied, _) => match copied {
                 Some(Ok(())) => log.complete(),
                 Some(Err(e)) => {
