@@ -8,12 +8,16 @@ const SCHEME: &str = "spiffe://";
 
 /// A workload identity as Istio issues it.
 ///
-/// Cheap to clone (three shared strings), compared field by field.
+/// Cheap to clone and one pointer wide (connection logs, the connection tracker and
+/// certificates each hold one per connection), compared field by field.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Identity {
-    trust_domain: Arc<str>,
-    namespace: Arc<str>,
-    service_account: Arc<str>,
+pub struct Identity(Arc<Parts>);
+
+#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Parts {
+    trust_domain: Box<str>,
+    namespace: Box<str>,
+    service_account: Box<str>,
 }
 
 /// Why a string is not a SPIFFE workload identity.
@@ -44,30 +48,30 @@ impl Identity {
         check_part(trust_domain, "trust domain", &whole)?;
         check_part(namespace, "namespace", &whole)?;
         check_part(service_account, "service account", &whole)?;
-        Ok(Identity {
+        Ok(Identity(Arc::new(Parts {
             trust_domain: trust_domain.into(),
             namespace: namespace.into(),
             service_account: service_account.into(),
-        })
+        })))
     }
 
     pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
+        &self.0.trust_domain
     }
 
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.0.namespace
     }
 
     pub fn service_account(&self) -> &str {
-        &self.service_account
+        &self.0.service_account
     }
 
     /// The identity without its `spiffe://` scheme, as Istio's principal matches compare it.
     pub fn principal(&self) -> String {
         format!(
             "{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
+            self.0.trust_domain, self.0.namespace, self.0.service_account
         )
     }
 }
@@ -114,7 +118,7 @@ impl fmt::Display for Identity {
         write!(
             f,
             "{SCHEME}{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
+            self.0.trust_domain, self.0.namespace, self.0.service_account
         )
     }
 }

@@ -31,6 +31,12 @@ pub struct DrainWatcher {
     _alive: mpsc::Sender<()>,
 }
 
+/// Observes only the drain deadline, without counting as live work: for a task that acts on
+/// the deadline on behalf of others and must not keep the drain waiting itself.
+pub struct DrainDeadline {
+    phase: watch::Receiver<Phase>,
+}
+
 /// How a drain ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DrainOutcome {
@@ -102,6 +108,13 @@ impl DrainWatcher {
         self.wait_for(Phase::Forced).await
     }
 
+    /// The deadline alone, for a task that must not hold the drain open.
+    pub fn deadline(&self) -> DrainDeadline {
+        DrainDeadline {
+            phase: self.phase.clone(),
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         *self.phase.borrow() >= Phase::Draining
     }
@@ -113,6 +126,14 @@ impl DrainWatcher {
         if rx.wait_for(|p| *p >= phase).await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+impl DrainDeadline {
+    /// Resolves `true` when live work must close now, `false` if the trigger went away
+    /// without a drain (nothing will be forced then).
+    pub async fn forced(mut self) -> bool {
+        self.phase.wait_for(|p| *p >= Phase::Forced).await.is_ok()
     }
 }
 

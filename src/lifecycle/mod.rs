@@ -13,7 +13,9 @@ mod shutdown;
 mod signal;
 
 pub use accept_backoff::AcceptBackoff;
-pub use drain::{DrainOutcome, DrainTrigger, DrainWatcher, channel as drain_channel};
+pub use drain::{
+    DrainDeadline, DrainOutcome, DrainTrigger, DrainWatcher, channel as drain_channel,
+};
 pub use readiness::{BlockReady, Readiness};
 pub use settled_file::{FilePoll, SettledFile};
 pub use shutdown::{ShutdownHandle, ShutdownRequested, shutdown_channel};

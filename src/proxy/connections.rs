@@ -6,9 +6,14 @@
 //! and tells the ones now denied to close, through a one-shot channel the connection task
 //! `select!`s on; the task then logs and counts the closure.
 //!
-//! Outbound connections register too ([`ConnectionTracker::track_outbound`]), only so that
+//! Outbound connections register too ([`ConnectionTracker::track_outbound`]), so that
 //! `/config_dump` can list them ([`ConnectionTracker::inbound`], [`ConnectionTracker::outbound`]:
 //! read-only copies); policy changes never close them.
+//!
+//! The same channel carries the drain deadline: [`close_at_drain_deadline`] tells every
+//! registered connection, inbound and outbound, to close when the drain is forced, and one
+//! registered later is told at once. So an idle connection waits on one channel, not on a
+//! policy change and a drain each (every open connection pays for what its task waits on).
 //!
 //! Invariants: the registry lock is a plain mutex held only for map operations and pure policy
 //! evaluation, never across `.await`; a connection is told to close at most once; registering
@@ -24,7 +29,7 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::core::Identity;
-use crate::lifecycle::DrainWatcher;
+use crate::lifecycle::{DrainDeadline, DrainWatcher};
 use crate::metrics::ResponseFlag;
 use crate::rbac::{ConnFacts, Decision};
 use crate::state::StateView;
@@ -32,7 +37,6 @@ use crate::state::StateView;
 use super::accesslog::ConnectionLog;
 use super::authz;
 use super::copy::CopyStats;
-use super::outbound::run_until_forced;
 use super::revocation::RevokedSignal;
 
 /// The registry of live inbound connections. Cloning shares it.
@@ -45,7 +49,34 @@ pub struct ConnectionTracker {
 struct Registry {
     next_id: u64,
     conns: HashMap<u64, Tracked>,
-    outbound: HashMap<u64, (LiveOutbound, Live)>,
+    outbound: HashMap<u64, TrackedOutbound>,
+    /// The drain deadline passed: every connection registered from now on is told at once.
+    forced: bool,
+}
+
+/// Why the tracker tells a connection to close.
+#[derive(Debug)]
+pub enum Close {
+    /// A state change denies it (inbound only).
+    Denied(Decision),
+    /// The drain deadline passed.
+    DrainDeadline,
+}
+
+impl std::fmt::Display for Close {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Close::Denied(d) => d.fmt(f),
+            Close::DrainDeadline => f.write_str("closed at the drain deadline"),
+        }
+    }
+}
+
+struct TrackedOutbound {
+    conn: LiveOutbound,
+    live: Live,
+    /// Taken when the connection is told to close.
+    close: Option<oneshot::Sender<Close>>,
 }
 
 /// When a connection was opened and its running byte counts (the copy's own counters).
@@ -121,6 +152,7 @@ pub struct LiveOutbound {
 pub struct OutboundRegistration {
     id: u64,
     tracker: ConnectionTracker,
+    close: oneshot::Receiver<Close>,
 }
 
 /// What a connection was authorized on, kept to authorize it again.
@@ -129,7 +161,7 @@ struct Tracked {
     dst: SocketAddr,
     identity: Option<Identity>,
     /// Taken when the connection is told to close, so it is told once.
-    close: Option<oneshot::Sender<Decision>>,
+    close: Option<oneshot::Sender<Close>>,
     live: Live,
 }
 
@@ -137,7 +169,7 @@ struct Tracked {
 pub struct Registration {
     id: u64,
     tracker: ConnectionTracker,
-    revoked: oneshot::Receiver<Decision>,
+    close: oneshot::Receiver<Close>,
 }
 
 impl OutboundProtocol {
@@ -166,20 +198,21 @@ impl ConnectionTracker {
         let mut reg = self.lock();
         let id = reg.next_id;
         reg.next_id += 1;
+        let close = Registry::told_if_forced(reg.forced, tx);
         reg.conns.insert(
             id,
             Tracked {
                 src,
                 dst,
                 identity: identity.cloned(),
-                close: Some(tx),
+                close,
                 live: Live::now(stats),
             },
         );
         Registration {
             id,
             tracker: self.clone(),
-            revoked: rx,
+            close: rx,
         }
     }
 
@@ -190,14 +223,40 @@ impl ConnectionTracker {
         conn: LiveOutbound,
         stats: Arc<CopyStats>,
     ) -> OutboundRegistration {
+        let (tx, rx) = oneshot::channel();
         let mut reg = self.lock();
         let id = reg.next_id;
         reg.next_id += 1;
-        reg.outbound.insert(id, (conn, Live::now(stats)));
+        let close = Registry::told_if_forced(reg.forced, tx);
+        reg.outbound.insert(
+            id,
+            TrackedOutbound {
+                conn,
+                live: Live::now(stats),
+                close,
+            },
+        );
         OutboundRegistration {
             id,
             tracker: self.clone(),
+            close: rx,
         }
+    }
+
+    /// Tells every connection to close for the drain deadline, and every one registered later.
+    /// Returns how many were told.
+    pub fn close_all_for_drain(&self) -> usize {
+        let mut guard = self.lock();
+        let reg = &mut *guard;
+        reg.forced = true;
+        let inbound = reg.conns.values_mut().map(|t| &mut t.close);
+        let outbound = reg.outbound.values_mut().map(|t| &mut t.close);
+        inbound
+            .chain(outbound)
+            .filter_map(Option::take)
+            // The task may have just ended; then there is nothing left to close.
+            .map(|tx| usize::from(tx.send(Close::DrainDeadline).is_ok()))
+            .sum()
     }
 
     /// The live inbound connections, sorted (a copy: the registry is not held).
@@ -222,7 +281,7 @@ impl ConnectionTracker {
             .lock()
             .outbound
             .values()
-            .map(|(c, _)| c.clone())
+            .map(|t| t.conn.clone())
             .collect();
         out.sort();
         out
@@ -249,7 +308,8 @@ impl ConnectionTracker {
                 bytes_received: received,
             }
         });
-        let outbound = reg.outbound.values().map(|(c, live)| {
+        let outbound = reg.outbound.values().map(|t| {
+            let (c, live) = (&t.conn, &t.live);
             let (sent, received) = live.stats.totals();
             ConnectionInfo {
                 direction: "outbound",
@@ -298,7 +358,7 @@ impl ConnectionTracker {
             }
             if let Some(tx) = t.close.take() {
                 // The task may have just ended; then there is nothing left to close.
-                if tx.send(decision).is_ok() {
+                if tx.send(Close::Denied(decision)).is_ok() {
                     told += 1;
                 }
             }
@@ -313,16 +373,49 @@ impl ConnectionTracker {
     }
 }
 
+impl Registry {
+    /// The sender to keep for a new connection: none if it was told already (the drain
+    /// deadline has passed).
+    fn told_if_forced(forced: bool, tx: oneshot::Sender<Close>) -> Option<oneshot::Sender<Close>> {
+        if !forced {
+            return Some(tx);
+        }
+        let _ = tx.send(Close::DrainDeadline);
+        None
+    }
+}
+
 // === impl Registration ===
 
 impl Registration {
-    /// Resolves with the new decision when the connection is no longer authorized; pending
-    /// forever otherwise.
-    pub async fn revoked(&mut self) -> Decision {
-        match (&mut self.revoked).await {
-            Ok(d) => d,
-            Err(_) => std::future::pending().await,
-        }
+    /// Resolves when the connection must close: a state change denies it, or the drain
+    /// deadline passed; pending forever otherwise.
+    pub async fn closed(&mut self) -> Close {
+        closed(&mut self.close).await
+    }
+}
+
+impl OutboundRegistration {
+    /// Resolves when the drain deadline passed; pending forever otherwise.
+    pub async fn closed(&mut self) -> Close {
+        closed(&mut self.close).await
+    }
+}
+
+async fn closed(rx: &mut oneshot::Receiver<Close>) -> Close {
+    match rx.await {
+        Ok(c) => c,
+        // The registry dropped the sender without telling: nothing will ask any more.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Tells every connection of `tracker` to close once the drain is forced. Holds no
+/// [`DrainWatcher`], so it never keeps a drain waiting.
+pub async fn close_at_drain_deadline(tracker: ConnectionTracker, deadline: DrainDeadline) {
+    if deadline.forced().await {
+        let told = tracker.close_all_for_drain();
+        debug!(told, "connections told to close at the drain deadline");
     }
 }
 
@@ -350,43 +443,55 @@ pub(super) struct Authorized<C> {
     pub log: ConnectionLog,
 }
 
+/// Runs `copy` until it ends, or `closed` resolves first (then `Err` with why).
+pub(super) async fn copy_until<F: std::future::Future>(
+    copy: F,
+    closed: impl std::future::Future<Output = Close>,
+) -> Result<F::Output, Close> {
+    tokio::select! {
+        r = copy => Ok(r),
+        c = closed => Err(c),
+    }
+}
+
 impl<C> Authorized<C>
 where
     C: std::future::Future<Output = std::io::Result<()>> + Unpin + Send,
 {
     /// Runs the copy until it ends, the drain deadline passes, a state change revokes the
     /// connection, or its HBONE connection is closed for a revoked peer certificate; then
-    /// writes its access-log line (and counts a revocation).
+    /// writes its access-log line (and counts a revocation). `_drain` is held, not waited on:
+    /// the tracker delivers the deadline.
     // Not `async fn`: its lowering moves `self` into a second slot of the state machine, and
     // this one lives as long as the connection.
     #[allow(clippy::manual_async_fn)]
-    pub fn run(mut self, drain: DrainWatcher) -> impl std::future::Future<Output = ()> + Send {
+    pub fn run(mut self, _drain: DrainWatcher) -> impl std::future::Future<Output = ()> + Send {
         async move {
             tokio::select! {
                 // First: the signal is raised before the connection is dropped, so a copy that
                 // fails because of that drop is still put down to the revocation.
                 biased;
                 revoked = self.cert_revoked.fired() => self.log.fail_revoked(&revoked),
-                done = run_until_forced(&mut self.copy, &drain) => match done {
-                    Some(Ok(())) => self.log.complete(),
+                // Dropping the copy closes both sides (the HBONE stream is reset, the app's
+                // socket closed).
+                done = copy_until(&mut self.copy, self.registration.closed()) => match done {
+                    Ok(Ok(())) => self.log.complete(),
                     // The copy can see the closed connection in the same wake-up as the
                     // signal: the revocation is still the reason.
-                    Some(Err(_)) if let Some(revoked) = self.cert_revoked.now() => {
+                    Ok(Err(_)) if let Some(revoked) = self.cert_revoked.now() => {
                         self.log.fail_revoked(&revoked)
                     }
-                    Some(Err(e)) => {
+                    Ok(Err(e)) => {
                         self.log.response_flags = Some(ResponseFlag::Connect);
                         self.log.fail(&e)
                     }
-                    None => self.log.fail(&"closed at the drain deadline"),
+                    Err(Close::DrainDeadline) => self.log.fail(&Close::DrainDeadline),
+                    Err(Close::Denied(decision)) => {
+                        self.pi.metrics.connections_closed_by_policy.inc();
+                        self.log.response_flags = Some(ResponseFlag::Deny);
+                        self.log.fail(&format_args!("{decision} (closed after a policy change)"));
+                    }
                 },
-                // Dropping the copy closes both sides (the HBONE stream is reset, the app's
-                // socket closed).
-                decision = self.registration.revoked() => {
-                    self.pi.metrics.connections_closed_by_policy.inc();
-                    self.log.response_flags = Some(ResponseFlag::Deny);
-                    self.log.fail(&format_args!("{decision} (closed after a policy change)"));
-                }
             }
         }
     }

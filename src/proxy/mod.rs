@@ -346,6 +346,11 @@ impl Proxy {
                 move |s, peer, d| passthrough::handle(pi.clone(), t.clone(), s, peer, d),
             )
         };
+        // Spawned, not joined: it outlives the listeners, until the drain is forced.
+        tokio::spawn(connections::close_at_drain_deadline(
+            self.tracker.clone(),
+            drain.deadline(),
+        ));
         let policies = connections::watch_policies(
             self.tracker.clone(),
             self.inputs.state.clone(),

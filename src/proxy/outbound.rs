@@ -25,7 +25,9 @@ use crate::quic::QuicError;
 use crate::state::Workload;
 
 use super::accesslog::{ConnectionLog, Direction, outbound_labels};
-use super::connections::{ConnectionTracker, LiveOutbound, OutboundProtocol, OutboundRegistration};
+use super::connections::{
+    Close, ConnectionTracker, LiveOutbound, OutboundProtocol, OutboundRegistration, copy_until,
+};
 use super::copy::{copy_bidirectional, tcp_halves};
 use super::gateway::{self, GatewayError};
 use super::ondemand::LookupError;
@@ -51,8 +53,9 @@ pub(super) fn handle(
     let set_up = Box::pin(set_up(pi, deps, stream, peer));
     FutureExt::then(set_up, move |connected| {
         OptionFuture::from(connected.map(|(stream, upstream, log, listed)| {
-            // `listed` stays on the tracker's list until the relay ends.
-            relay(stream, upstream, log, drain).map(move |()| drop(listed))
+            // `listed` stays on the tracker's list until the relay ends; it also delivers the
+            // drain deadline, so `drain` is only held.
+            relay(stream, upstream, log, Until::Listed(listed)).map(move |()| drop(drain))
         }))
     })
     .map(|_: Option<()>| ())
@@ -430,14 +433,34 @@ fn connect_headers(
     }
 }
 
+/// What ends a relay early: the tracker's word (a listed connection), or the drain's.
+pub(super) enum Until {
+    Listed(OutboundRegistration),
+    Drain(DrainWatcher),
+}
+
+impl Until {
+    async fn closed(&mut self) -> Close {
+        match self {
+            Until::Listed(listed) => listed.closed().await,
+            // Boxed: the drain's wait is several times the size of the tracker's, and only
+            // the rare unlisted relay needs it.
+            Until::Drain(drain) => {
+                Box::pin(drain.forced()).await;
+                Close::DrainDeadline
+            }
+        }
+    }
+}
+
 /// Copies both ways between the app and `upstream` until both sides finish or the drain
 /// deadline passes, then writes the access log. The copy is set up (boxed) before the returned
-/// future exists, which keeps only it, the log and the drain wait.
+/// future exists, which keeps only it, the log and the wait for `until`.
 pub(super) fn relay(
     stream: TcpStream,
     upstream: Upstream,
     mut log: ConnectionLog,
-    drain: DrainWatcher,
+    mut until: Until,
 ) -> impl Future<Output = ()> + Send + 'static {
     let stats = log.stats.clone();
     let (copy, cut): (CopyFuture, Option<Cut>) = match upstream {
@@ -467,18 +490,18 @@ pub(super) fn relay(
         },
     };
     async move {
-        let copied = run_until_forced(copy, &drain).await;
+        let copied = copy_until(copy, until.closed()).await;
         // A connection cut because a CRL revoked the peer fails its streams; say so.
         let cut = cut.as_ref().and_then(Cut::reason);
         match (copied, cut) {
-            (Some(Err(_)), Some(reason)) => log.fail_revoked(&reason),
+            (Ok(Err(_)), Some(reason)) => log.fail_revoked(&reason),
             (copied, _) => match copied {
-                Some(Ok(())) => log.complete(),
-                Some(Err(e)) => {
+                Ok(Ok(())) => log.complete(),
+                Ok(Err(e)) => {
                     log.response_flags = Some(ResponseFlag::Connect);
                     log.fail(&e)
                 }
-                None => log.fail(&"closed at the drain deadline"),
+                Err(close) => log.fail(&close),
             },
         }
     }
@@ -487,17 +510,6 @@ pub(super) fn relay(
 /// A copy of any pair of halves, boxed: one small allocation per connection buys one code path
 /// for every kind of upstream.
 type CopyFuture = std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
-
-/// Runs a copy until it ends or the drain deadline passes (then `None`).
-pub(super) async fn run_until_forced<F: std::future::Future>(
-    copy: F,
-    drain: &DrainWatcher,
-) -> Option<F::Output> {
-    tokio::select! {
-        r = copy => Some(r),
-        _ = drain.forced() => None,
-    }
-}
 
 /// What the `baggage` header says about a workload (wire.md §2.1): its cluster, namespace,
 /// controller, canonical service and revision, and locality.

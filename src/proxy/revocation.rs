@@ -38,14 +38,25 @@ impl RevokedSignal {
     }
 
     /// Resolves with the revocation once the connection was closed for it; pending otherwise.
-    pub(crate) async fn fired(&mut self) -> Revoked {
-        if let Some(rx) = &mut self.0
-            && let Ok(r) = rx.wait_for(Option::is_some).await
-            && let Some(r) = r.clone()
-        {
-            return r;
+    /// The wait is boxed, and only when a CRL is in force: every open stream holds this future,
+    /// and without a CRL (the default) it is a pointer rather than a channel wait.
+    pub(crate) fn fired(&mut self) -> impl Future<Output = Revoked> + Send + '_ {
+        let armed = self.0.as_mut().map(|rx| {
+            Box::pin(async move {
+                match rx.wait_for(Option::is_some).await {
+                    Ok(r) => r.clone(),
+                    Err(_) => None,
+                }
+            })
+        });
+        async move {
+            if let Some(wait) = armed
+                && let Some(r) = wait.await
+            {
+                return r;
+            }
+            std::future::pending().await
         }
-        std::future::pending().await
     }
 }
 

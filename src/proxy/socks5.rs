@@ -181,7 +181,7 @@ async fn handle(
             if let Err(e) = reply(&mut stream, Reply::Succeeded).await {
                 return log.fail(&format_args!("socks5 reply: {e}"));
             }
-            outbound::relay(stream, upstream, log, drain).await;
+            outbound::relay(stream, upstream, log, outbound::Until::Drain(drain)).await;
         }
         Err(e) => {
             let _ = reply(&mut stream, reply_for(&e)).await;

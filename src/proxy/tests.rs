@@ -258,9 +258,9 @@ fn per_connection_futures_stay_small() {
     let inbound = size7(super::inbound::serve_stream::<InboundRequest>);
     let copy = std::mem::size_of::<Copy<H2Recv, H2Send, TcpSource, TcpSink>>();
     assert!(
-        outbound <= 1024,
+        outbound <= 768,
         "outbound connection future: {outbound} bytes"
     );
-    assert!(inbound <= 1536, "inbound stream future: {inbound} bytes");
+    assert!(inbound <= 1024, "inbound stream future: {inbound} bytes");
     assert!(copy <= 512, "copy: {copy} bytes");
 }

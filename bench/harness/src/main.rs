@@ -74,6 +74,31 @@ struct Cli {
     /// the `--quick` default), or `skip`.
     #[arg(long)]
     xds: Option<String>,
+    /// Run only these scenarios (comma-separated); default: all. For iterating on one figure,
+    /// not for the full comparison.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<Scenario>,
+    /// While the memory scenario holds its connections, save each node proxy's heap profile
+    /// (`/debug/pprof/heap` on its admin port) here; run the proxies with jemalloc profiling on
+    /// (e.g. `--proxy-env _RJEM_MALLOC_CONF=prof:true,lg_prof_sample:10`).
+    #[arg(long)]
+    heap_profiles: Option<PathBuf>,
+}
+
+/// The scenarios `--only` can pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    Throughput,
+    Latency,
+    Connrate,
+    Memory,
+    Push,
+}
+
+impl Cli {
+    fn runs(&self, s: Scenario) -> bool {
+        self.only.is_empty() || self.only.contains(&s)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,7 +142,7 @@ fn main() -> Result<()> {
         None => {
             let report = rt.block_on(run(&cli))?;
             let proxies = report.proxies.len();
-            let missing = report.missing(proxies);
+            let missing = report.missing(proxies, |s| cli.runs(s));
             if !missing.is_empty() {
                 bail!("scenarios without numbers: {}", missing.join("; "));
             }
@@ -235,7 +260,7 @@ async fn run(cli: &Cli) -> Result<Report> {
     // Throughput.
     let mut tput: BTreeMap<(u32, PathKind, Option<String>), Vec<scenarios::Throughput>> =
         BTreeMap::new();
-    for r in 0..rounds {
+    for r in 0..rounds * u32::from(cli.runs(Scenario::Throughput)) {
         for streams in [1u32, 4] {
             eprintln!(
                 "ambit-bench: throughput, {streams} stream(s), round {}",
@@ -282,7 +307,7 @@ async fn run(cli: &Cli) -> Result<Report> {
         ("new connection, 1 B", 1, true, (rate / 5).max(10)),
     ];
     let mut hists: BTreeMap<(usize, PathKind, Option<String>), Merged> = BTreeMap::new();
-    for r in 0..rounds {
+    for r in 0..rounds * u32::from(cli.runs(Scenario::Latency)) {
         for (k, (name, size, newconn, rate)) in kinds.iter().enumerate() {
             eprintln!("ambit-bench: latency, {name}, round {}", r + 1);
             let mut runs = vec![(0usize, PathKind::Direct, None)];
@@ -314,7 +339,7 @@ async fn run(cli: &Cli) -> Result<Report> {
 
     // Connection rate.
     let mut conns: BTreeMap<(PathKind, Option<String>), (u64, u64, f64)> = BTreeMap::new();
-    for r in 0..rounds {
+    for r in 0..rounds * u32::from(cli.runs(Scenario::Connrate)) {
         eprintln!("ambit-bench: connection rate, round {}", r + 1);
         let mut runs = vec![(0usize, PathKind::Direct, None)];
         runs.extend(
@@ -343,11 +368,12 @@ async fn run(cli: &Cli) -> Result<Report> {
 
     // Memory: once per subject (RSS is not drift-sensitive the way speed is).
     let mut memory = Vec::new();
-    for s in &subjects {
+    for s in subjects.iter().filter(|_| cli.runs(Scenario::Memory)) {
         eprintln!("ambit-bench: memory, {}", s.label);
         let idle = s.proxy_rss();
         for count in hold_counts {
-            let (held, errors, rss) = s.hold(&exe, count).await?;
+            let heap = cli.heap_profiles.as_deref().map(|d| (d, count));
+            let (held, errors, rss) = s.hold(&exe, count, heap).await?;
             let grown: i64 = rss.iter().sum::<u64>() as i64 - idle.iter().sum::<u64>() as i64;
             memory.push(MemRow {
                 proxy: s.label.clone(),
@@ -362,12 +388,20 @@ async fn run(cli: &Cli) -> Result<Report> {
     }
     drop(subjects);
 
-    let pushes = push_scenario(&binaries, rounds, push_workloads, &cli.proxy_log).await?;
+    let pushes = if cli.runs(Scenario::Push) {
+        push_scenario(&binaries, rounds, push_workloads, &cli.proxy_log).await?
+    } else {
+        Vec::new()
+    };
 
     let xds = cli
         .xds
         .clone()
-        .unwrap_or_else(|| if cli.quick { "debug" } else { "release" }.into());
+        .unwrap_or_else(|| match (cli.only.is_empty(), cli.quick) {
+            (false, _) => "skip".into(),
+            (true, true) => "debug".into(),
+            (true, false) => "release".into(),
+        });
     let control_plane = control_plane(&xds).await?;
 
     let mut machine = machine;

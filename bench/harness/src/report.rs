@@ -7,6 +7,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::fmt::Write;
 
+use crate::Scenario;
 use crate::procfs::Machine;
 use crate::scenarios::PathKind;
 
@@ -308,31 +309,41 @@ impl Report {
         s
     }
 
-    /// Every scenario produced numbers (the `--quick` smoke test's assertion): a list of what
-    /// is missing, empty when complete.
-    pub fn missing(&self, proxies: usize) -> Vec<String> {
+    /// Every scenario that ran (`ran`) produced numbers (the `--quick` smoke test's assertion):
+    /// a list of what is missing, empty when complete.
+    pub fn missing(&self, proxies: usize, ran: impl Fn(Scenario) -> bool) -> Vec<String> {
         let mut m = Vec::new();
         let want_tput = 2 * (1 + 2 * proxies);
-        if self.throughput.len() != want_tput || self.throughput.iter().any(|r| r.gbps <= 0.0) {
+        if ran(Scenario::Throughput)
+            && (self.throughput.len() != want_tput || self.throughput.iter().any(|r| r.gbps <= 0.0))
+        {
             m.push(format!(
                 "throughput: {} of {want_tput} rows with numbers",
                 self.throughput.len()
             ));
         }
         let want_lat = 3 * (1 + proxies);
-        if self.latency.len() != want_lat || self.latency.iter().any(|r| r.count == 0) {
+        if ran(Scenario::Latency)
+            && (self.latency.len() != want_lat || self.latency.iter().any(|r| r.count == 0))
+        {
             m.push(format!(
                 "latency: {} of {want_lat} rows with samples",
                 self.latency.len()
             ));
         }
-        if self.connrate.len() != 1 + proxies || self.connrate.iter().any(|r| r.ok == 0) {
+        if ran(Scenario::Connrate)
+            && (self.connrate.len() != 1 + proxies || self.connrate.iter().any(|r| r.ok == 0))
+        {
             m.push("connection rate: a path completed no connection".into());
         }
-        if self.pushes.len() != proxies || self.pushes.iter().any(|r| r.push_ms.is_empty()) {
+        if ran(Scenario::Push)
+            && (self.pushes.len() != proxies || self.pushes.iter().any(|r| r.push_ms.is_empty()))
+        {
             m.push("push: a binary has no push figure".into());
         }
-        if self.memory.len() != 2 * proxies || self.memory.iter().any(|r| r.held == 0) {
+        if ran(Scenario::Memory)
+            && (self.memory.len() != 2 * proxies || self.memory.iter().any(|r| r.held == 0))
+        {
             m.push("memory: a run held no connection".into());
         }
         match &self.control_plane {

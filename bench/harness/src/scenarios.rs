@@ -182,6 +182,29 @@ impl Subject {
             .collect()
     }
 
+    /// Saves `/debug/pprof/heap` of the node-1 and node-2 proxies (admin port, node's netns).
+    async fn save_heap_profiles(&self, dir: &Path, count: u32) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for node in ["node-1", "node-2"] {
+            let ns = self.lab.node_ns(node).context("node netns")?;
+            let label = self.label.replace(['/', ' '], "-");
+            let file = dir.join(format!("heap-{label}-{count}-{node}.pb.gz"));
+            let path = file.display().to_string();
+            let url = "http://127.0.0.1:15000/debug/pprof/heap";
+            let out = ns
+                .exec(&["curl", "-sSf", "-o", &path, url], Duration::from_secs(60))
+                .await?;
+            if !out.status.success() {
+                bail!(
+                    "heap profile of {node}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            eprintln!("ambit-bench: saved {}", file.display());
+        }
+        Ok(())
+    }
+
     /// RSS (KiB) of the node-1 and node-2 proxies.
     pub fn proxy_rss(&self) -> Vec<u64> {
         self.proxy_pids()
@@ -312,7 +335,14 @@ impl Subject {
 
     /// Holds `count` idle HBONE connections open and measures the proxies' RSS (KiB) meanwhile.
     /// Returns (connections held, errors, RSS per proxy).
-    pub async fn hold(&self, exe: &Path, count: u32) -> Result<(u64, u64, Vec<u64>)> {
+    /// Holds `count` idle HBONE connections and reads the proxies' RSS; with `heap`, also saves
+    /// each node proxy's heap profile into that directory while they are held.
+    pub async fn hold(
+        &self,
+        exe: &Path,
+        count: u32,
+        heap: Option<(&Path, u32)>,
+    ) -> Result<(u64, u64, Vec<u64>)> {
         let (cli, addr) = self.route(PathKind::Hbone, HOLD_PORT)?;
         let ns = self.lab.pod_ns(cli)?;
         let mut child = tokio::process::Command::new("ip")
@@ -337,6 +367,9 @@ impl Subject {
         // Let the proxies finish their per-connection set-up before looking.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss = self.proxy_rss();
+        if let Some((dir, count)) = heap {
+            self.save_heap_profiles(dir, count).await?;
+        }
         // Closing stdin releases the connections; wait for the client, then for the proxies.
         drop(child.stdin.take());
         let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
