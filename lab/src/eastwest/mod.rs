@@ -2,7 +2,8 @@
 //! lab namespace of its own on the underlay (reachable from every network).
 //!
 //! It terminates the *outer* HBONE (mutual TLS with its own identity, from the lab's CA, then
-//! HTTP/2 CONNECT, with ambit's own `tls` and `hbone` code), resolves the `hostname:port`
+//! HTTP/2 CONNECT, on `tokio-rustls` and `h2` directly: [`outer`], not ambit's own `tls` and
+//! `hbone` code), resolves the `hostname:port`
 //! authority to an endpoint of that service on its network, and pipes the stream's raw bytes,
 //! still the client's inner TLS, never decrypted, to that endpoint's `ip:15008`.
 //!
@@ -18,8 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ambit::core::{Authority, Identity};
-use ambit::hbone::{self, H2Config, InboundRequest};
+use ambit::core::Identity;
 use ambit::tls::WorkloadCertificate;
 use http::StatusCode;
 use tokio::task::JoinHandle;
@@ -28,6 +28,8 @@ use crate::control_ca::KeyedCert;
 use crate::topology::networks::GATEWAY_HBONE_PORT;
 use crate::topology::{EastWestGateway, Topology};
 use crate::{LabError, Netns};
+
+mod outer;
 
 /// How long the gateway waits for an endpoint's 15008 to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -84,7 +86,11 @@ impl GatewayServer {
             log: log.clone(),
             network: spec.network.clone(),
         });
-        let task = tokio::spawn(serve(listener, cert, ctx));
+        let acceptor = outer::acceptor(&cert).map_err(|detail| LabError::ControlPlane {
+            what: "east-west gateway TLS".into(),
+            detail,
+        })?;
+        let task = tokio::spawn(serve(listener, acceptor, ctx));
         Ok(GatewayServer {
             spec,
             log,
@@ -194,7 +200,7 @@ struct Context {
 
 async fn serve(
     listener: tokio::net::TcpListener,
-    cert: Arc<WorkloadCertificate>,
+    acceptor: tokio_rustls::TlsAcceptor,
     ctx: Arc<Context>,
 ) {
     loop {
@@ -206,9 +212,9 @@ async fn serve(
                 continue;
             }
         };
-        let (cert, ctx) = (cert.clone(), ctx.clone());
+        let (acceptor, ctx) = (acceptor.clone(), ctx.clone());
         tokio::spawn(async move {
-            let (tls, peer_id) = match ambit::tls::accept(cert.server_config(), tcp).await {
+            let (tls, peer_id) = match outer::handshake(&acceptor, tcp).await {
                 Ok(ok) => ok,
                 Err(e) => {
                     ctx.log.write(format!(
@@ -220,10 +226,9 @@ async fn serve(
             };
             let handler = {
                 let ctx = ctx.clone();
-                move |req: InboundRequest| forward(ctx.clone(), peer, peer_id.clone(), req)
+                move |req: outer::Connect| forward(ctx.clone(), peer, peer_id.clone(), req)
             };
-            let cfg = H2Config::default();
-            if let Err(e) = hbone::serve(tls, &cfg, std::future::pending(), handler).await {
+            if let Err(e) = outer::serve(tls, handler).await {
                 tracing::debug!(error = %e, %peer, "east-west gateway: connection ended");
             }
         });
@@ -231,8 +236,11 @@ async fn serve(
 }
 
 /// Answers one outer CONNECT: resolve, dial the endpoint's 15008, `200`, pipe raw bytes.
-async fn forward(ctx: Arc<Context>, peer: SocketAddr, peer_id: Identity, req: InboundRequest) {
-    let authority = req.authority.to_string();
+async fn forward(ctx: Arc<Context>, peer: SocketAddr, peer_id: String, req: outer::Connect) {
+    let authority = match &req.target {
+        Ok((host, port)) => format!("{host}:{port}"),
+        Err(raw) => raw.clone(),
+    };
     let line = |status: StatusCode, upstream: &dyn std::fmt::Display| {
         format!(
             "eastwest network={:?} CONNECT authority={authority} peer={peer_id} src={peer} \
@@ -241,9 +249,9 @@ async fn forward(ctx: Arc<Context>, peer: SocketAddr, peer_id: Identity, req: In
             status.as_u16()
         )
     };
-    let (host, port) = match &req.authority {
-        Authority::Host(h, p) => (h.to_ascii_lowercase(), *p),
-        Authority::Addr(_) => {
+    let (host, port) = match &req.target {
+        Ok((h, p)) => (h.to_ascii_lowercase(), *p),
+        Err(_) => {
             ctx.log
                 .write(line(StatusCode::BAD_REQUEST, &"- (not hostname:port)"));
             return req.reject(StatusCode::BAD_REQUEST);
@@ -268,7 +276,7 @@ async fn forward(ctx: Arc<Context>, peer: SocketAddr, peer_id: Identity, req: In
             return req.reject(StatusCode::SERVICE_UNAVAILABLE);
         }
     };
-    let down = match req.accept(None) {
+    let down = match req.accept() {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(error = %e, "east-west gateway: client went away");
@@ -276,25 +284,7 @@ async fn forward(ctx: Arc<Context>, peer: SocketAddr, peer_id: Identity, req: In
         }
     };
     ctx.log.write(line(StatusCode::OK, &upstream));
-    pipe(down, up).await;
-}
-
-/// Copies both ways until both directions end. Unlike `copy_bidirectional`, a direction that
-/// fails (the client reset its stream, say) does not cut the other short: bytes already
-/// received from one side are still delivered to the other, as a TCP proxy would.
-async fn pipe(down: hbone::H2Stream, up: tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    let (mut down_r, mut down_w) = tokio::io::split(down);
-    let (mut up_r, mut up_w) = up.into_split();
-    let to_endpoint = async {
-        let _ = tokio::io::copy(&mut down_r, &mut up_w).await;
-        let _ = up_w.shutdown().await;
-    };
-    let to_client = async {
-        let _ = tokio::io::copy(&mut up_r, &mut down_w).await;
-        let _ = down_w.shutdown().await;
-    };
-    tokio::join!(to_endpoint, to_client);
+    outer::pipe(down, up).await;
 }
 
 // === impl GatewayLog ===
