@@ -32,7 +32,7 @@ use crate::state::StateView;
 use super::accesslog::ConnectionLog;
 use super::authz;
 use super::copy::CopyStats;
-use super::outbound::run_until_forced;
+use super::copy::run_until_forced;
 use super::revocation::RevokedSignal;
 
 /// The registry of live inbound connections. Cloning shares it.
@@ -341,7 +341,7 @@ impl Drop for OutboundRegistration {
 /// An authorized inbound connection, copying: all it keeps for its life. Small on purpose
 /// (every open connection holds one in its task), and run in place by [`Authorized::run`]
 /// rather than handed on by value, so nothing in it is stored twice.
-pub(super) struct Authorized<C> {
+pub(crate) struct Authorized<C> {
     pub pi: Arc<super::ProxyInputs>,
     /// The copy, boxed (see `copy::copy_bidirectional`).
     pub copy: C,

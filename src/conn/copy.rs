@@ -24,7 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::hbone::{H2Recv, H2Send};
+use crate::lifecycle::DrainWatcher;
 
 const INITIAL_BUFFER: usize = 16 * 1024;
 #[cfg(not(feature = "bench-small-buffers"))]
@@ -296,26 +296,14 @@ pub fn tcp_halves(stream: tokio::net::TcpStream) -> (TcpSource, TcpSink) {
     (TcpSource::new(r), TcpSink::new(w))
 }
 
-// === HBONE ===
-
-impl ChunkSource for H2Recv {
-    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
-        self.poll_recv(cx)
-            .map(|r| r.transpose().map_err(io::Error::other))
-    }
-}
-
-impl ChunkSink for H2Send {
-    fn poll_write_chunk(
-        &mut self,
-        cx: &mut Context<'_>,
-        chunk: &mut Bytes,
-    ) -> Poll<io::Result<()>> {
-        self.poll_send(cx, chunk).map_err(io::Error::other)
-    }
-
-    fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(H2Send::finish(self).map_err(io::Error::other))
+/// Runs a copy until it ends or the drain deadline passes (then `None`).
+pub async fn run_until_forced<F: std::future::Future>(
+    copy: F,
+    drain: &DrainWatcher,
+) -> Option<F::Output> {
+    tokio::select! {
+        r = copy => Some(r),
+        _ = drain.forced() => None,
     }
 }
 
