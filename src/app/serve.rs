@@ -163,48 +163,36 @@ pub(super) struct DataWork {
 /// Serves until a signal or `/quitquitquit`, then drains: the proxies (with the deadline), then
 /// the admin server, then readiness.
 pub(super) async fn until_shutdown(w: DataWork) -> DrainOutcome {
-    let DataWork {
-        readiness_listener,
-        readiness,
-        proxy,
-        deadline,
-        drain,
-        drain_trigger,
-        readiness_drain,
-        readiness_trigger,
-        admin_trigger,
-        shutdown_requested,
-    } = w;
     let readiness_server = tokio::spawn(crate::admin::serve_readiness(
-        readiness_listener,
-        readiness.clone(),
-        readiness_drain,
+        w.readiness_listener,
+        w.readiness.clone(),
+        w.readiness_drain,
     ));
-    let proxy_task = proxy.map(|(p, extras)| {
+    let proxy_task = w.proxy.map(|(p, extras)| {
         tokio::spawn(async move {
-            tokio::join!(p.run(drain.clone()), extras.run(drain));
+            tokio::join!(p.run(w.drain.clone()), extras.run(w.drain));
         })
     });
     info!("ambit is running");
     tokio::select! {
         signal = lifecycle::shutdown_signal() => match signal {
-            Ok(name) => info!(signal = name, deadline = ?deadline, "draining"),
+            Ok(name) => info!(signal = name, deadline = ?w.deadline, "draining"),
             Err(e) => warn!(error = %e, "cannot wait for signals; draining now"),
         },
-        _ = shutdown_requested.wait() => {
-            info!(deadline = ?deadline, "draining: requested through the admin server");
+        _ = w.shutdown_requested.wait() => {
+            info!(deadline = ?w.deadline, "draining: requested through the admin server");
         }
     }
     // Not ready from the first moment of the drain until the process is gone.
-    let _draining = readiness.block("draining");
-    let outcome = drain_trigger.drain(deadline).await;
+    let _draining = w.readiness.block("draining");
+    let outcome = w.drain_trigger.drain(w.deadline).await;
     if let Some(task) = proxy_task {
         let _ = task.await;
     }
     // Answer pending `/quitquitquit` requests, then stop the admin server.
-    shutdown_requested.drained();
-    admin_trigger.drain(ADMIN_DRAIN).await;
-    readiness_trigger.drain_immediately().await;
+    w.shutdown_requested.drained();
+    w.admin_trigger.drain(ADMIN_DRAIN).await;
+    w.readiness_trigger.drain_immediately().await;
     let _ = readiness_server.await;
     outcome
 }

@@ -72,7 +72,7 @@ impl Connector for TlsConnector {
                 }
                 HboneError::connect_at(key.dst, ConnectStage::Tls, format!("TLS: {e}"))
             })?;
-            // The pooled connection is cut when a CRL reload revokes the server (revocation.rs).
+            // The pooled connection is cut when a CRL reload revokes the server (conn/revocation.rs).
             let cut_when: Option<CutWhen> = cert.policy().crl.as_ref().and_then(|_| {
                 let conn = tls.get_ref().1;
                 let server = tls::peer_identity(conn).ok()?;

@@ -128,7 +128,7 @@ pub(super) async fn handle(
             )
         }
     };
-    // A revoked peer's connection is dropped whole: every stream on it ends (see revocation.rs).
+    // A revoked peer's connection is dropped whole: every stream on it ends (see conn/revocation.rs).
     tokio::select! {
         r = hbone::serve(tls, &pi.cfg.h2, shutdown, handler) => if let Err(e) = r {
             tracing::debug!(src = %peer, error = %e, "HBONE connection ended with an error");

@@ -147,7 +147,7 @@ async fn handle(
             }
         }
         _ = drain.forced() => conn.close(0u32.into(), b"drain deadline"),
-        // Closed at once, every stream with it (see revocation.rs).
+        // Closed at once, every stream with it (see conn/revocation.rs).
         _ = revoked => conn.close(0u32.into(), b"peer certificate revoked"),
     }
 }
