@@ -19,20 +19,22 @@ const LEVELS: &[(&str, u8)] = &[
     ("grpc", 4),
     ("hbone", 5),
     ("quic", 5),
-    ("proxy", 6),
+    // The flows' vocabulary sits a level below the flows: `conn` never imports `proxy`.
+    ("conn", 6),
     ("dns", 6),
-    ("xds", 7),
-    ("identity", 7),
-    ("inpod", 7),
-    ("admin", 8),
-    ("config", 8),
-    ("app", 9),
-    ("ctl", 9),
+    ("proxy", 7),
+    ("xds", 8),
+    ("identity", 8),
+    ("inpod", 8),
+    ("admin", 9),
+    ("config", 9),
+    ("app", 10),
+    ("ctl", 10),
 ];
 
 /// The data path: handed a state view, a certificate provider and its own configuration, never
 /// the control plane that produces them.
-const DATA_PATH: &[&str] = &["tls", "hbone", "quic", "proxy"];
+const DATA_PATH: &[&str] = &["tls", "hbone", "quic", "conn", "proxy"];
 
 /// Control-plane, admin and composition modules: the only ones that may name `ambit_proto`, and
 /// none of them may be imported by the data path (whatever its level).
@@ -212,4 +214,17 @@ fn the_boundaries_catch_proto_and_control_imports() {
         ["data-path `hbone` imports control-only `grpc`"]
     );
     assert_eq!(boundary_violations("dns", grpc), Vec::<String>::new());
+}
+
+#[test]
+fn the_flows_vocabulary_sits_below_the_flows() {
+    // `conn` is what the flows share; were it on `proxy`'s level or above, a flow could be
+    // imported back into the vocabulary and the split would dissolve.
+    let (vocabulary, flows) = (level("conn").unwrap(), level("proxy").unwrap());
+    assert!(vocabulary < flows, "conn {vocabulary}, proxy {flows}");
+    let hbone_quic = level("hbone").unwrap().max(level("quic").unwrap());
+    assert!(
+        hbone_quic < vocabulary,
+        "the transport abstraction in `conn` adapts `hbone` and `quic`"
+    );
 }

@@ -4,110 +4,47 @@
 //! Two runtimes (design.md §4): a current-thread control runtime on its own OS thread
 //! (certificates, metrics) and a multi-thread data runtime (listeners, connections, readiness),
 //! so control work never stalls traffic.
+//!
+//! [`run`] reads as its steps, in start-up order: the state's sources, the serving mode, the
+//! runtimes, metrics and drains, the control-plane clients, the servers' listeners, the proxies
+//! (`proxies.rs`), then the two runtimes' work until shutdown and the drain (`serve.rs`).
 
 mod control_plane;
+mod proxies;
+mod serve;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
 use tracing::{info, warn};
 
+use crate::admin::{DumpSources, StaticConfig};
 use crate::config::{Config, LocalConfigSource, ProxyMode};
 use crate::core::Identity;
-use crate::identity::{CRL_POLL_INTERVAL, CrlReloader, SecretManager, SecretManagerConfig};
-use crate::inpod::{
-    CertificateSource, DnsSettings, HostNetns, InpodConfig, PodExtras, WorkloadManager,
-    WorkloadManagerInputs,
-};
+use crate::identity::{CrlReloader, SecretManager, SecretManagerConfig};
+use crate::inpod::{CertificateSource, HostNetns};
 use crate::lifecycle::{self, Readiness};
 use crate::metrics::Metrics;
-use crate::proxy::{self, LocalWorkload, Proxy, ProxyConfig, ProxyInputs};
+use crate::proxy::{self, LocalWorkload};
 use crate::state::{StateView, StateWriter};
 use crate::telemetry::LogHandle;
 use crate::tls::{CertProvider, TlsPolicy};
-use crate::xds;
+use crate::xds::{self, XdsClient};
 
 /// Runs the node proxy until SIGTERM/SIGINT, then drains. Returns an error for anything that
 /// stops it from starting.
 pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
     // Configuration first: a bad file must stop us before anything listens.
-    let (writer, view) = StateWriter::new();
-    let local_config = match &config.local_config {
-        Some(LocalConfigSource::File(path)) => Some(xds::local::load_file(path)?),
-        Some(LocalConfigSource::Inline(text)) => Some(xds::local::parse(text, "LOCAL_XDS")?),
-        None => None,
-    };
-    let static_config = match (&config.local_config, &local_config) {
-        (Some(LocalConfigSource::File(path)), _) => {
-            Some(crate::admin::StaticConfig::File(path.clone()))
-        }
-        (_, Some(lc)) => Some(crate::admin::StaticConfig::Records(Arc::new(
-            crate::admin::StaticRecords {
-                workloads: lc.workloads.clone(),
-                services: lc.services.clone(),
-                policies: lc.policies.clone(),
-            },
-        ))),
-        _ => None,
-    };
-    match local_config {
-        Some(lc) => {
-            writer.apply(lc.into_update());
-        }
-        None if config.xds_address.is_some() => {}
-        None => bail!("no configuration source: set XDS_ADDRESS, LOCAL_XDS_PATH or LOCAL_XDS"),
-    };
+    let (writer, view, static_config) = load_state(&config)?;
     info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting ambit");
     raise_open_files_limit();
-    // The writer goes to the xDS client when there is a control plane; otherwise a local config
-    // file is watched for changes and reloaded on the control runtime.
-    let (reloader, xds_writer) = match (&config.xds_address, &config.local_config) {
-        (Some(_), _) => (None, Some(writer)),
-        (None, Some(LocalConfigSource::File(path))) => (
-            Some(xds::local::Reloader::new(path.clone(), Arc::new(writer))),
-            None,
-        ),
-        (None, _) => (None, None),
-    };
-
-    // Dedicated: one proxy for the configured workload, in our own namespace. Shared: proxies
-    // per pod, inside each pod's namespace, driven by the node agent over ZDS.
-    let local = match config.proxy_mode {
-        ProxyMode::Dedicated => Some(dedicated_workload(&config)?),
-        ProxyMode::Shared => None,
-    };
-    // With a control plane the state fills in after start-up; only a local config is final.
-    if let Some(local) = local.as_ref().filter(|_| config.xds_address.is_none())
-        && view
-            .workload_by_name(&local.namespace, &local.name)
-            .is_none()
-    {
-        warn!(
-            namespace = %local.namespace,
-            name = %local.name,
-            "the local workload is not in the configuration: inbound connections will be refused"
-        );
-    }
-    // Captured before any thread enters a pod's namespace, so there is always a way back.
-    let host_netns = match config.proxy_mode {
-        ProxyMode::Shared => Some(HostNetns::capture().context("in-pod mode")?),
-        ProxyMode::Dedicated => None,
-    };
-
-    let control = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("ambit-control")
-        .build()
-        .context("control runtime")?;
-    let data = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .worker_threads(config.worker_threads)
-        .thread_name("ambit-data")
-        .build()
-        .context("data runtime")?;
+    let (reloader, xds_writer) = state_writer_owner(&config, writer);
+    let (local, host_netns) = serving_mode(&config, &view)?;
+    let (control, data) = runtimes(&config)?;
 
     let readiness = Readiness::new();
     let certs_ready = readiness.block("certificates");
@@ -127,8 +64,178 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
     let (admin_trigger, admin_drain) = lifecycle::drain_channel();
     let (shutdown, shutdown_requested) = lifecycle::shutdown_channel();
 
-    // Control-plane clients (control_plane.rs) and certificates live on the control runtime:
-    // xDS, issuance and refresh never run on data workers.
+    let clients = control_plane_clients(&config, &control, xds_writer, &readiness, &metrics)?;
+    let secrets = clients.secrets.clone();
+    let mut dump_sources = dump_sources(&config, &view, &secrets, static_config);
+    let certs: Arc<dyn CertProvider> = secrets.clone();
+    let listeners = bind_servers(&config, &control, &data)?;
+    let admin_ops = crate::admin::AdminOps {
+        initial_filter: log.current(),
+        log,
+        shutdown,
+    };
+
+    let started = proxies::start(proxies::Inputs {
+        config: &config,
+        local,
+        host_netns,
+        dns_metrics,
+        view,
+        certs: certs.clone(),
+        secrets: secrets.clone(),
+        metrics: &metrics,
+        readiness: &readiness,
+        data: &data,
+        dump_sources: &mut dump_sources,
+    })?;
+    drop(proxy_ready);
+
+    let control_thread = serve::spawn_control(
+        control,
+        serve::ControlWork {
+            metrics_listener: listeners.metrics,
+            admin_listener: listeners.admin,
+            metrics,
+            dump_sources,
+            admin_ops,
+            admin_drain,
+            drain: drain.clone(),
+            xds: clients.xds,
+            manager: started.manager,
+            reloader,
+            crl_reloader: clients.crl_reloader,
+            identity: started.identity,
+            certs,
+            certs_ready,
+        },
+    )?;
+    let outcome = data.block_on(serve::until_shutdown(serve::DataWork {
+        readiness_listener: listeners.readiness,
+        readiness,
+        proxy: started.proxy,
+        deadline: config.connection_termination_deadline,
+        drain,
+        drain_trigger,
+        readiness_drain,
+        readiness_trigger,
+        admin_trigger,
+        shutdown_requested,
+    }));
+    let _ = control_thread.join();
+    drop(secrets);
+    info!(?outcome, "ambit stopped");
+    Ok(())
+}
+
+/// Loads the local configuration, if any, into a new state (refusing to start without any
+/// source of configuration); with what `/config_dump` shows as the static configuration.
+fn load_state(config: &Config) -> anyhow::Result<(StateWriter, StateView, Option<StaticConfig>)> {
+    let (writer, view) = StateWriter::new();
+    let local_config = match &config.local_config {
+        Some(LocalConfigSource::File(path)) => Some(xds::local::load_file(path)?),
+        Some(LocalConfigSource::Inline(text)) => Some(xds::local::parse(text, "LOCAL_XDS")?),
+        None => None,
+    };
+    let static_config = match (&config.local_config, &local_config) {
+        (Some(LocalConfigSource::File(path)), _) => Some(StaticConfig::File(path.clone())),
+        (_, Some(lc)) => Some(StaticConfig::Records(Arc::new(
+            crate::admin::StaticRecords {
+                workloads: lc.workloads.clone(),
+                services: lc.services.clone(),
+                policies: lc.policies.clone(),
+            },
+        ))),
+        _ => None,
+    };
+    match local_config {
+        Some(lc) => {
+            writer.apply(lc.into_update());
+        }
+        None if config.xds_address.is_some() => {}
+        None => bail!("no configuration source: set XDS_ADDRESS, LOCAL_XDS_PATH or LOCAL_XDS"),
+    };
+    Ok((writer, view, static_config))
+}
+
+/// Who writes the state from now on: the xDS client when there is a control plane; otherwise a
+/// local config file is watched for changes and reloaded on the control runtime.
+fn state_writer_owner(
+    config: &Config,
+    writer: StateWriter,
+) -> (Option<xds::local::Reloader>, Option<StateWriter>) {
+    match (&config.xds_address, &config.local_config) {
+        (Some(_), _) => (None, Some(writer)),
+        (None, Some(LocalConfigSource::File(path))) => (
+            Some(xds::local::Reloader::new(path.clone(), Arc::new(writer))),
+            None,
+        ),
+        (None, _) => (None, None),
+    }
+}
+
+/// Dedicated: one proxy for the configured workload, in our own namespace. Shared: proxies per
+/// pod, inside each pod's namespace, driven by the node agent over ZDS (from the host network
+/// namespace, captured here).
+fn serving_mode(
+    config: &Config,
+    view: &StateView,
+) -> anyhow::Result<(Option<LocalWorkload>, Option<Arc<HostNetns>>)> {
+    let local = match config.proxy_mode {
+        ProxyMode::Dedicated => Some(dedicated_workload(config)?),
+        ProxyMode::Shared => None,
+    };
+    // With a control plane the state fills in after start-up; only a local config is final.
+    if let Some(local) = local.as_ref().filter(|_| config.xds_address.is_none())
+        && view
+            .workload_by_name(&local.namespace, &local.name)
+            .is_none()
+    {
+        warn!(
+            namespace = %local.namespace,
+            name = %local.name,
+            "the local workload is not in the configuration: inbound connections will be refused"
+        );
+    }
+    // Captured before any thread enters a pod's namespace, so there is always a way back.
+    let host_netns = match config.proxy_mode {
+        ProxyMode::Shared => Some(HostNetns::capture().context("in-pod mode")?),
+        ProxyMode::Dedicated => None,
+    };
+    Ok((local, host_netns))
+}
+
+/// The control runtime (current thread) and the data runtime (`worker_threads` workers).
+fn runtimes(config: &Config) -> anyhow::Result<(Runtime, Runtime)> {
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("ambit-control")
+        .build()
+        .context("control runtime")?;
+    let data = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(config.worker_threads)
+        .thread_name("ambit-data")
+        .build()
+        .context("data runtime")?;
+    Ok((control, data))
+}
+
+/// The control-plane clients and the certificate manager.
+struct Clients {
+    secrets: Arc<SecretManager>,
+    xds: Option<XdsClient>,
+    crl_reloader: Option<CrlReloader>,
+}
+
+/// Control-plane clients (control_plane.rs) and certificates live on the control runtime: xDS,
+/// issuance and refresh never run on data workers.
+fn control_plane_clients(
+    config: &Config,
+    control: &Runtime,
+    xds_writer: Option<StateWriter>,
+    readiness: &Readiness,
+    metrics: &Metrics,
+) -> anyhow::Result<Clients> {
     // A CRL file that exists but does not parse stops the start: serving without the
     // revocations it was meant to carry would fail open.
     let crl_reloader = match &config.crl_path {
@@ -140,21 +247,29 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
         pqc: config.pqc,
         crl: crl_reloader.as_ref().map(CrlReloader::handle),
     };
-    let (secrets, xds_client) = {
-        let _enter = control.enter();
-        let ca = control_plane::ca_client(&config)?;
-        let xds_client = xds_writer
-            .and_then(|w| control_plane::xds_client(&config, w, &readiness))
-            .map(|c| c.with_metrics(metrics.xds.clone()));
-        (
-            SecretManager::with_tls_policy(ca, SecretManagerConfig::default(), tls_policy),
-            xds_client,
-        )
-    };
-    let mut dump_sources = crate::admin::DumpSources {
+    let _enter = control.enter();
+    let ca = control_plane::ca_client(config)?;
+    let xds = xds_writer
+        .and_then(|w| control_plane::xds_client(config, w, readiness))
+        .map(|c| c.with_metrics(metrics.xds.clone()));
+    Ok(Clients {
+        secrets: SecretManager::with_tls_policy(ca, SecretManagerConfig::default(), tls_policy),
+        xds,
+        crl_reloader,
+    })
+}
+
+/// What `/config_dump` and the debug endpoints read; the proxies add theirs when they start.
+fn dump_sources(
+    config: &Config,
+    view: &StateView,
+    secrets: &Arc<SecretManager>,
+    static_config: Option<StaticConfig>,
+) -> DumpSources {
+    DumpSources {
         state: view.clone(),
         certificates: Some(secrets.clone()),
-        config: serde_json::to_value(&config).unwrap_or_default(),
+        config: serde_json::to_value(config).unwrap_or_default(),
         static_config,
         workload_state: None,
         // Shown as ztunnel shows it (`version.istioVersion`).
@@ -169,219 +284,27 @@ pub fn run(config: Config, log: LogHandle) -> anyhow::Result<()> {
             connections: None,
             local: None,
         }),
-    };
-    let certs: Arc<dyn CertProvider> = secrets.clone();
+    }
+}
 
-    let metrics_listener =
-        control.block_on(crate::admin::bind("metrics", config.listeners.stats))?;
-    let admin_listener = control.block_on(crate::admin::bind_admin(config.listeners.admin))?;
-    let readiness_listener =
-        data.block_on(crate::admin::bind("readiness", config.listeners.readiness))?;
-    let admin_ops = crate::admin::AdminOps {
-        initial_filter: log.current(),
-        log,
-        shutdown,
-    };
+/// The listeners of the metrics, admin and readiness servers.
+struct ServerListeners {
+    metrics: TcpListener,
+    admin: TcpListener,
+    readiness: TcpListener,
+}
 
-    let proxy_cfg = ProxyConfig {
-        outbound_addr: config.listeners.outbound,
-        inbound_addr: config.listeners.inbound_hbone,
-        inbound_plaintext_addr: config.listeners.inbound_plaintext,
-        network: config.network.clone(),
-        socket: proxy::SocketOptions {
-            mark: config.packet_mark,
-            keepalive: config.keepalive.enabled.then_some(proxy::Keepalive {
-                time: config.keepalive.time,
-                interval: config.keepalive.interval,
-                retries: config.keepalive.retries,
-            }),
-            user_timeout: config.keepalive.user_timeout(),
-            connect_timeout: Duration::from_secs(10),
-            ..Default::default()
-        },
-        orig_src: config
-            .enable_orig_src
-            .unwrap_or_else(proxy::socket::transparent_supported),
-        reuse_port: config.proxy_mode == ProxyMode::Shared && config.inpod_port_reuse,
-        h2: crate::hbone::H2Config {
-            stream_window: config.http2_stream_window_size,
-            connection_window: config.http2_connection_window_size,
-            frame_size: config.http2_frame_size,
-            pool_max_streams_per_conn: config.pool_max_streams_per_connection,
-            pool_idle_timeout: config.pool_unused_release_timeout,
-            ..Default::default()
-        },
-        transport: proxy::TransportConfig {
-            mode: config.hbone_transport,
-            fallback_ttl: config.hbone_quic_fallback,
-            quic_head_start: config.hbone_quic_head_start,
-            ..Default::default()
-        },
-        hbone_port: HBONE_PORT,
-        outlier: proxy::OutlierConfig {
-            enabled: config.outlier.enabled,
-            consecutive_failures: config.outlier.consecutive_failures,
-            base_ejection: config.outlier.base_ejection,
-            max_ejection: config.outlier.max_ejection,
-            max_connect_attempts: config.outlier.connect_attempts,
-        },
-        localhost_app_tunnel: config.localhost_app_tunnel,
-        response_baggage: config.response_baggage,
-        handshake: proxy::HandshakeLimits {
-            timeout: config.handshake_timeout,
-            max_pending_per_source: config.max_pending_handshakes_per_source,
-        },
-        on_demand_dns: on_demand_dns(&config),
-    };
-    let extras = pod_extras(&config, dns_metrics);
-    // Dedicated: bind now, in our own namespace. Shared: the workload manager binds per pod.
-    let (proxy, identity, manager) = match (local, host_netns) {
-        (Some(local), _) => {
-            let identity = (local.clone(), view.clone(), config.xds_address.is_some());
-            let (ns, name) = (local.namespace.clone(), local.name.clone());
-            let proxy_cfg = Arc::new(proxy_cfg);
-            let proxy = {
-                let _enter = data.enter();
-                let proxy = Proxy::bind(ProxyInputs {
-                    cfg: proxy_cfg.clone(),
-                    local,
-                    state: view.clone(),
-                    certs: certs.clone(),
-                    metrics: metrics.proxy.clone(),
-                })?;
-                if let Some(d) = dump_sources.debug.as_mut() {
-                    d.connections = Some(proxy.tracker().clone());
-                    d.local = Some(format!("{ns}/{name}"));
-                }
-                let bound = extras.bind(&proxy, &proxy_cfg, &view, &ns, &name)?;
-                (proxy, bound)
-            };
-            (Some(proxy), Some(identity), None)
-        }
-        (None, Some(host)) => {
-            let mut inpod = InpodConfig::new(
-                config.inpod_uds.clone(),
-                config.trust_domain.clone(),
-                proxy_cfg,
-            );
-            inpod.drain_deadline = config.connection_termination_deadline;
-            inpod.extras = extras;
-            let manager = WorkloadManager::new(WorkloadManagerInputs {
-                cfg: inpod,
-                state: view,
-                certs: certs.clone(),
-                pod_certs: secrets.clone(),
-                proxy_metrics: metrics.proxy.clone(),
-                metrics: metrics.workload_manager.clone(),
-                readiness: readiness.clone(),
-                data: data.handle().clone(),
-                host,
-            });
-            dump_sources.workload_state = Some(manager.pod_states());
-            (None, None, Some(manager))
-        }
-        (None, None) => bail!("shared mode without the host network namespace"),
-    };
-    drop(proxy_ready);
-
-    // Control runtime: metrics server, the workload manager (shared) or the first certificate
-    // (dedicated), then idle until shutdown.
-    let control_drain = drain.clone();
-    let control_metrics = metrics.clone();
-    let control_thread = std::thread::Builder::new()
-        .name("ambit-control".into())
-        .spawn(move || {
-            control.block_on(async move {
-                let server = tokio::spawn(crate::admin::serve_metrics(
-                    metrics_listener,
-                    control_metrics,
-                    control_drain.clone(),
-                ));
-                let admin = tokio::spawn(crate::admin::serve_admin(
-                    admin_listener,
-                    dump_sources,
-                    admin_ops,
-                    admin_drain,
-                ));
-                let xds = xds_client.map(|c| tokio::spawn(c.run(control_drain.clone())));
-                let manager = manager.map(|m| tokio::spawn(m.run(control_drain.clone())));
-                if let Some(r) = reloader {
-                    tokio::spawn(r.run(xds::local::DEFAULT_POLL_INTERVAL, control_drain.clone()));
-                }
-                if let Some(r) = crl_reloader {
-                    tokio::spawn(r.run(CRL_POLL_INTERVAL, control_drain.clone()));
-                }
-                match identity {
-                    Some((local, view, from_xds)) => {
-                        let identity = settled_identity(&local, &view, from_xds).await;
-                        match certs.fetch(&identity).await {
-                        Ok(cert) => {
-                            info!(identity = %identity, serial = %cert.serial_hex(), "certificate ready");
-                            drop(certs_ready);
-                        }
-                        Err(e) => {
-                            warn!(identity = %identity, error = %e, "certificate not available yet");
-                        }
-                    }
-                    }
-                    // Shared mode: the workload manager blocks readiness per pod identity
-                    // until its certificate is served.
-                    None => drop(certs_ready),
-                }
-                control_drain.draining().await;
-                if let Some(m) = manager {
-                    let _ = m.await;
-                }
-                let _ = server.await;
-                if let Some(xds) = xds {
-                    let _ = xds.await;
-                }
-                // Our part of the proxies' drain is done; the admin server ends after it.
-                drop(control_drain);
-                let _ = admin.await;
-            })
-        })
-        .context("control thread")?;
-
-    let deadline = config.connection_termination_deadline;
-    let outcome = data.block_on(async move {
-        let readiness_server = tokio::spawn(crate::admin::serve_readiness(
-            readiness_listener,
-            readiness.clone(),
-            readiness_drain,
-        ));
-        let proxy_task = proxy.map(|(p, extras)| {
-            tokio::spawn(async move {
-                tokio::join!(p.run(drain.clone()), extras.run(drain));
-            })
-        });
-        info!("ambit is running");
-        tokio::select! {
-            signal = lifecycle::shutdown_signal() => match signal {
-                Ok(name) => info!(signal = name, deadline = ?deadline, "draining"),
-                Err(e) => warn!(error = %e, "cannot wait for signals; draining now"),
-            },
-            _ = shutdown_requested.wait() => {
-                info!(deadline = ?deadline, "draining: requested through the admin server");
-            }
-        }
-        // Not ready from the first moment of the drain until the process is gone.
-        let _draining = readiness.block("draining");
-        let outcome = drain_trigger.drain(deadline).await;
-        if let Some(task) = proxy_task {
-            let _ = task.await;
-        }
-        // Answer pending `/quitquitquit` requests, then stop the admin server.
-        shutdown_requested.drained();
-        admin_trigger.drain(ADMIN_DRAIN).await;
-        readiness_trigger.drain_immediately().await;
-        let _ = readiness_server.await;
-        outcome
-    });
-    let _ = control_thread.join();
-    drop(secrets);
-    info!(?outcome, "ambit stopped");
-    Ok(())
+/// Binds the servers' listeners, each on the runtime that will serve it.
+fn bind_servers(
+    config: &Config,
+    control: &Runtime,
+    data: &Runtime,
+) -> anyhow::Result<ServerListeners> {
+    Ok(ServerListeners {
+        metrics: control.block_on(crate::admin::bind("metrics", config.listeners.stats))?,
+        admin: control.block_on(crate::admin::bind_admin(config.listeners.admin))?,
+        readiness: data.block_on(crate::admin::bind("readiness", config.listeners.readiness))?,
+    })
 }
 
 /// Raises the open-file soft limit to the hard limit and logs both, as ztunnel does: every
@@ -400,41 +323,7 @@ fn raise_open_files_limit() {
 }
 
 /// The HBONE port of every node proxy (ztunnel's, fixed).
-const HBONE_PORT: u16 = 15008;
-/// How long the admin server may take to answer its last requests once the proxies drained.
-const ADMIN_DRAIN: Duration = Duration::from_secs(2);
-
-/// The DNS proxy and SOCKS5 listeners each proxy gets, from the configuration. The upstream
-/// resolvers are read once, from ambit's own namespace.
-fn pod_extras(config: &Config, metrics: crate::dns::DnsMetrics) -> PodExtras {
-    let dns = config.dns.enabled.then(|| {
-        let timeout = Duration::from_secs(5);
-        let forwarder = crate::dns::Forwarder::from_resolv_conf(
-            &config.dns.resolv_conf,
-            timeout,
-            config.packet_mark,
-        )
-        .unwrap_or_else(|e| {
-            warn!(error = %e, "dns proxy: no upstream resolvers; non-mesh names will fail");
-            crate::dns::Forwarder::new(Vec::new(), timeout, config.packet_mark)
-        });
-        info!(upstream = ?forwarder.servers(), addr = %config.dns.addr, "dns proxy enabled");
-        DnsSettings {
-            addr: config.dns.addr,
-            cluster_domain: config.dns.cluster_domain.clone(),
-            preferred_namespace: config.prefered_service_namespace.clone(),
-            ipv6: config.ipv6_enabled,
-            forwarder: Arc::new(forwarder),
-            metrics,
-        }
-    });
-    PodExtras {
-        dns,
-        socks5: config
-            .enable_socks5
-            .then_some(crate::proxy::socks5::SOCKS5_ADDR),
-    }
-}
+pub(super) const HBONE_PORT: u16 = 15008;
 
 /// In shared mode the workload manager prefetches and forgets pod certificates through this
 /// seam (it cannot name the certificate manager: both sit on one module level).
@@ -455,31 +344,6 @@ impl CertificateSource for SecretManager {
     fn forget(&self, id: &Identity) {
         SecretManager::forget(self, id);
     }
-}
-
-/// How long a dedicated proxy waits for the control plane to describe its workload before it
-/// fetches its certificate with the default trust domain (ztunnel waits as long for a record).
-const RECORD_WAIT: Duration = Duration::from_secs(5);
-
-/// The dedicated workload's identity once its record is known (its trust domain is the
-/// record's), or after [`RECORD_WAIT`] without one; at once without a control plane.
-async fn settled_identity(local: &LocalWorkload, view: &StateView, from_xds: bool) -> Identity {
-    if from_xds {
-        let mut changes = view.changes();
-        let known = || {
-            view.workload_by_name(&local.namespace, &local.name)
-                .is_some()
-        };
-        let _ = tokio::time::timeout(RECORD_WAIT, async {
-            while !known() {
-                if changes.changed().await.is_err() {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-    local.identity(view)
 }
 
 /// The workload a dedicated-mode proxy serves, from `PROXY_WORKLOAD_INFO`; its trust domain
@@ -508,17 +372,4 @@ fn istio_version(config: &Config) -> String {
         .and_then(|(_, v)| v.as_str())
         .unwrap_or(crate::metrics::UNKNOWN_TAG)
         .to_string()
-}
-
-/// The resolver of endpoints known by host name only: the name servers of the DNS proxy's
-/// upstream `resolv.conf` (ztunnel reads the system's). Without a usable file the proxy still
-/// runs; such endpoints then fail with the reason, said once here.
-fn on_demand_dns(config: &Config) -> proxy::OnDemandDns {
-    match proxy::SystemDns::from_resolv_conf(&config.dns.resolv_conf, config.ipv6_enabled) {
-        Ok(dns) => proxy::OnDemandDns::new(Arc::new(dns)),
-        Err(e) => {
-            warn!(error = %e, "on-demand DNS is unavailable: endpoints known by host name only cannot be reached");
-            proxy::OnDemandDns::unavailable(&e.to_string())
-        }
-    }
 }

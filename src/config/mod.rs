@@ -605,5 +605,3 @@ fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_ztunnel;

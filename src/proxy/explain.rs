@@ -20,10 +20,10 @@ use crate::core::Identity;
 use crate::rbac::ConnFacts;
 use crate::state::{EndpointOdds, Snapshot, StateView, TunnelProtocol, Workload};
 
-use super::authz::{self, PolicyTrace};
 use super::inbound::local_destination_of;
 use super::route::{Route, RouteFrom, route_traced};
-use super::{LocalWorkload, same_family_ip};
+use crate::conn::authz::{self, PolicyTrace};
+use crate::conn::{LocalWorkload, same_family_ip};
 
 /// What a routing decision tells about itself. Every call site is guarded by `if T::ON`, so
 /// the arguments are never built for [`NoTrace`].

@@ -39,7 +39,7 @@ use crate::state::{
 };
 use crate::tls::{self, TlsError};
 
-use super::{ProxyInputs, same_family_ip};
+use crate::conn::{ProxyInputs, same_family_ip};
 
 /// How long a closed inner connection waits for the far end to finish the outer stream before
 /// the stream is dropped (and so reset).
@@ -119,7 +119,7 @@ impl GatewayError {
     pub(super) fn response_flag(&self) -> ResponseFlag {
         match self {
             GatewayError::Outer { source, .. } | GatewayError::Inner { source, .. } => {
-                super::outbound::hbone_flag(source)
+                crate::conn::accesslog::hbone_flag(source)
             }
             GatewayError::Certificate { .. } => ResponseFlag::IdentityError,
             GatewayError::InnerTls { .. } => ResponseFlag::TlsFailure,

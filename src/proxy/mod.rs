@@ -1,148 +1,48 @@
-//! Listeners and per-connection flows: outbound capture (15001), inbound HBONE (15008) and
-//! inbound plaintext (15006).
+//! Listeners, routing and per-connection flows: outbound capture (15001), inbound HBONE (15008,
+//! on h2 and QUIC), inbound plaintext (15006), SOCKS5 (15080), and the hops they route through
+//! (waypoints, the east-west gateway's double HBONE).
 //!
 //! A [`Proxy`] serves one workload: the pod whose traffic it captures (in-pod mode) or the
 //! process's own workload (dedicated mode). It is handed everything it reads: its
 //! configuration slice, the state view, a certificate provider and counters; it imports no
 //! control-plane code.
+//!
+//! What the flows share (inputs, access log, authorization, the connection tracker, copy,
+//! sockets, the transport abstraction...) is [`crate::conn`], the level below, which never
+//! imports a flow; this module decides where a connection goes and runs it. The vocabulary the
+//! proxy's public API speaks is re-exported here, so callers name one module.
 
-mod accesslog;
-mod authz;
-mod connections;
-mod connector;
-pub mod copy;
 pub mod explain;
 mod gateway;
-pub mod handshake;
 mod inbound;
-mod inbound_quic;
-mod ondemand;
 mod outbound;
-pub mod outlier;
 mod passthrough;
-pub mod proxyproto;
-mod revocation;
 mod route;
-pub mod socket;
 pub mod socks5;
-mod transport;
 mod waypoint;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::info;
 
-use crate::core::Identity;
-use crate::hbone::{H2Config, Pool};
+use crate::conn::transport::{self, h2::TlsConnector};
+use crate::conn::{connections, revocation};
+use crate::hbone::Pool;
 use crate::lifecycle::{AcceptBackoff, DrainWatcher};
 use crate::metrics::{ProxyMetrics, Reporter};
 use crate::quic::QuicPool;
-use crate::state::{StateView, Workload};
-use crate::tls::CertProvider;
 
-pub use connections::{
-    ConnectionInfo, ConnectionTracker, LiveInbound, LiveOutbound, OutboundProtocol,
+// The vocabulary the proxy's API is spoken in, named from here as before the split.
+pub use crate::conn::{
+    ConnectionInfo, ConnectionTracker, HandshakeLimits, HboneTransport, Keepalive, LiveInbound,
+    LiveOutbound, LocalWorkload, Lookup, LookupError, LookupFuture, OnDemandDns, OutboundProtocol,
+    OutlierConfig, Outliers, PendingHandshakes, ProxyConfig, ProxyInputs, ResolverConfigError,
+    SocketOptions, SystemDns, TransportConfig, TransportError, UnknownTransport,
 };
-pub use handshake::{HandshakeLimits, PendingHandshakes};
-pub use ondemand::{
-    Lookup, LookupError, LookupFuture, OnDemandDns, ResolverConfigError, SystemDns,
-};
-pub use outlier::{OutlierConfig, Outliers};
-pub use socket::{Keepalive, SocketOptions};
+pub use crate::conn::{copy, handshake, outlier, proxyproto, socket};
 pub use socks5::{HostResolver, ResolveFuture, Socks5, SystemResolver};
-pub use transport::{HboneTransport, TransportConfig, TransportError, UnknownTransport};
-
-/// Ports a captured connection must never target: they would loop back into the proxy.
-pub const ILLEGAL_PORTS: [u16; 4] = [15001, 15006, 15008, 15080];
-
-/// The proxy's slice of the configuration.
-#[derive(Clone, Debug)]
-pub struct ProxyConfig {
-    pub outbound_addr: SocketAddr,
-    pub inbound_addr: SocketAddr,
-    pub inbound_plaintext_addr: SocketAddr,
-    /// The network this node is on; workload lookups are per network.
-    pub network: String,
-    pub socket: SocketOptions,
-    /// Connect to the app with the client's address as source (needs transparent sockets).
-    pub orig_src: bool,
-    /// `SO_REUSEPORT` on listeners, so an old and a new proxy can overlap.
-    pub reuse_port: bool,
-    pub h2: H2Config,
-    /// HBONE over h2, QUIC, or QUIC with fallback to h2 (`AMBIT_HBONE_TRANSPORT`).
-    pub transport: TransportConfig,
-    /// The HBONE port of peers.
-    pub hbone_port: u16,
-    /// Passive outlier ejection of service endpoints, and connect retries.
-    pub outlier: OutlierConfig,
-    /// Application tunnels (`PROXY`) deliver to loopback, so the app is reachable only
-    /// through the proxy (`LOCALHOST_APP_TUNNEL`, default on); off delivers to the pod's
-    /// address.
-    pub localhost_app_tunnel: bool,
-    /// `ENABLE_RESPONSE_BAGGAGE` (default on, as ztunnel): the `200` of an inbound CONNECT
-    /// carries the destination's `baggage`, and peers' baggage fills the labels of workloads
-    /// the local state cannot name.
-    pub response_baggage: bool,
-    /// Deadline and per-source cap of inbound HBONE connections before their TLS handshake.
-    pub handshake: HandshakeLimits,
-    /// Resolves service endpoints known by host name only (ztunnel's on-demand DNS).
-    pub on_demand_dns: OnDemandDns,
-}
-
-/// The workload a proxy serves.
-#[derive(Clone, Debug)]
-pub struct LocalWorkload {
-    pub namespace: String,
-    pub name: String,
-    /// Its identity until the control plane describes the workload: the namespace and service
-    /// account it was announced with, and the configured default trust domain.
-    pub default_identity: Identity,
-}
-
-impl LocalWorkload {
-    /// Whether `wl` is this workload.
-    fn is(&self, wl: &Workload) -> bool {
-        wl.namespace() == self.namespace && wl.name == self.name
-    }
-
-    /// The workload's identity: as in ztunnel, the trust domain is the one of its record in
-    /// the state (only the control plane knows it); namespace and service account are the
-    /// announced ones. Without a record, [`LocalWorkload::default_identity`].
-    pub fn identity(&self, state: &StateView) -> Identity {
-        self.identity_of(
-            state
-                .workload_by_name(&self.namespace, &self.name)
-                .as_deref(),
-        )
-    }
-
-    /// [`LocalWorkload::identity`] from the workload's record when the caller has already
-    /// looked it up (the connection's labels do), so it is not looked up twice.
-    pub fn identity_of(&self, record: Option<&Workload>) -> Identity {
-        let default = &self.default_identity;
-        match record {
-            Some(wl) if wl.trust_domain() != default.trust_domain() => Identity::new(
-                wl.trust_domain(),
-                default.namespace(),
-                default.service_account(),
-            )
-            // A record's trust domain was validated when it was applied.
-            .unwrap_or_else(|_| default.clone()),
-            _ => default.clone(),
-        }
-    }
-}
-
-/// What a proxy needs to serve traffic.
-pub struct ProxyInputs {
-    pub cfg: Arc<ProxyConfig>,
-    pub local: LocalWorkload,
-    pub state: StateView,
-    pub certs: Arc<dyn CertProvider>,
-    pub metrics: ProxyMetrics,
-}
 
 /// Why a proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -213,7 +113,7 @@ impl Proxy {
             (None, None)
         };
         let inputs = Arc::new(inputs);
-        let connector = connector::TlsConnector::new(inputs.clone());
+        let connector = TlsConnector::new(inputs.clone());
         let pool = Pool::new(cfg.h2.clone(), Arc::new(connector));
         let quic_pool = quic_client.map(|endpoint| {
             QuicPool::new(cfg.transport.quic.clone(), endpoint, inputs.certs.clone())
@@ -322,7 +222,7 @@ impl Proxy {
             async move {
                 if let Some(endpoint) = server {
                     info!(addr = ?endpoint.local_addr().ok(), "HBONE over QUIC listening");
-                    inbound_quic::run(pi, t, endpoint, d).await;
+                    inbound::quic::run(pi, t, endpoint, d).await;
                 }
             }
         };
@@ -435,26 +335,5 @@ async fn accept_loop<F, Fut>(
     info!(listener = what, "stopped accepting: draining");
 }
 
-/// Picks the address of `wl` in the same family as `like`, else its first address.
-fn same_family_ip(wl: &Workload, like: IpAddr) -> Option<IpAddr> {
-    wl.workload_ips
-        .iter()
-        .find(|ip| ip.is_ipv4() == like.is_ipv4())
-        .or_else(|| wl.workload_ips.first())
-        .copied()
-}
-
-#[cfg(test)]
-mod explain_tests;
-#[cfg(test)]
-mod gateway_loopback_tests;
-#[cfg(test)]
-mod gateway_tests;
-#[cfg(test)]
-mod outlier_tests;
-#[cfg(test)]
-mod test_support;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod waypoint_tests;

@@ -15,29 +15,26 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::core::Authority;
-use crate::hbone::{
-    Baggage, ConnectHeaders, ConnectRequest, ConnectStage, Forwarded, HboneError, PoolKey,
-    TraceParent, WorkloadType,
-};
+use crate::hbone::{ConnectHeaders, ConnectRequest, Forwarded, HboneError, PoolKey, TraceParent};
 use crate::lifecycle::DrainWatcher;
 use crate::metrics::{HboneTransportLabel, OnDemandDnsLabels, ResponseFlag, TrafficLabels};
 use crate::quic::QuicError;
 use crate::state::Workload;
 
-use super::accesslog::{ConnectionLog, Direction, outbound_labels};
-use super::connections::{
-    Close, ConnectionTracker, LiveOutbound, OutboundProtocol, OutboundRegistration, copy_until,
-};
-use super::copy::{copy_bidirectional, tcp_halves};
 use super::gateway::{self, GatewayError};
-use super::ondemand::LookupError;
-use super::outlier::Outliers;
-use super::revocation::Cut;
 #[cfg(test)]
 pub(super) use super::route::route;
 pub(super) use super::route::{Route, RouteError, Routed, route_avoiding};
-use super::transport::{TransportError, Transports, Tunnel};
-use super::{ProxyInputs, socket};
+use crate::conn::accesslog::{ConnectionLog, Direction, hbone_flag, outbound_labels};
+use crate::conn::connections::{
+    Close, ConnectionTracker, LiveOutbound, OutboundProtocol, OutboundRegistration, copy_until,
+};
+use crate::conn::copy::{copy_bidirectional, tcp_halves};
+use crate::conn::ondemand::LookupError;
+use crate::conn::outlier::Outliers;
+use crate::conn::revocation::Cut;
+use crate::conn::transport::{TransportError, Transports, Tunnel};
+use crate::conn::{ProxyInputs, baggage, socket};
 
 pub(super) fn handle(
     pi: Arc<ProxyInputs>,
@@ -149,20 +146,6 @@ impl OutboundError {
             OutboundError::Gateway(e) => e.is_endpoint_failure(),
             OutboundError::Route(_) | OutboundError::Dns { .. } => false,
         }
-    }
-}
-
-/// The response flag of a failed HBONE exchange with a peer proxy (ztunnel's classes).
-pub(super) fn hbone_flag(e: &HboneError) -> ResponseFlag {
-    match e {
-        HboneError::Connect { stage, .. } => match stage {
-            ConnectStage::Identity => ResponseFlag::IdentityError,
-            ConnectStage::Tcp => ResponseFlag::Connect,
-            ConnectStage::TcpTimeout => ResponseFlag::NetworkPolicy,
-            ConnectStage::Tls => ResponseFlag::TlsFailure,
-        },
-        HboneError::Handshake(_) | HboneError::H2(_) => ResponseFlag::H2HandshakeFailure,
-        _ => ResponseFlag::Connect,
     }
 }
 
@@ -510,34 +493,6 @@ pub(super) fn relay(
 /// A copy of any pair of halves, boxed: one small allocation per connection buys one code path
 /// for every kind of upstream.
 type CopyFuture = std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
-
-/// What the `baggage` header says about a workload (wire.md §2.1): its cluster, namespace,
-/// controller, canonical service and revision, and locality.
-pub(super) fn baggage(wl: &Workload) -> Baggage {
-    let workload_type = match wl.workload_type.to_ascii_lowercase().as_str() {
-        "cronjob" => WorkloadType::CronJob,
-        "pod" => WorkloadType::Pod,
-        "job" => WorkloadType::Job,
-        _ => WorkloadType::Deployment,
-    };
-    let or_name = |s: &str| {
-        if s.is_empty() {
-            wl.name.clone()
-        } else {
-            s.to_string()
-        }
-    };
-    Baggage {
-        cluster: wl.cluster_id.clone(),
-        namespace: wl.namespace().to_string(),
-        workload_type,
-        workload_name: or_name(&wl.workload_name),
-        service_name: or_name(&wl.canonical_name),
-        service_version: wl.canonical_revision.clone(),
-        region: wl.locality.region.clone(),
-        zone: wl.locality.zone.clone(),
-    }
-}
 
 /// The labels of `istio_on_demand_dns_total`: the connection's source, and the name looked up.
 fn on_demand_labels(l: &TrafficLabels, hostname: &str) -> OnDemandDnsLabels {

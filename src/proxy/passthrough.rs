@@ -13,10 +13,10 @@ use crate::lifecycle::DrainWatcher;
 use crate::metrics::ResponseFlag;
 use crate::rbac::ConnFacts;
 
-use super::accesslog::{ConnectionLog, Direction, inbound_labels};
-use super::connections::{Authorized, ConnectionTracker};
-use super::copy::{copy_bidirectional, tcp_halves};
-use super::{ILLEGAL_PORTS, ProxyInputs, authz, socket};
+use crate::conn::accesslog::{ConnectionLog, Direction, inbound_labels};
+use crate::conn::connections::{Authorized, ConnectionTracker};
+use crate::conn::copy::{copy_bidirectional, tcp_halves};
+use crate::conn::{ILLEGAL_PORTS, ProxyInputs, authz, socket};
 
 pub(super) async fn handle(
     pi: Arc<ProxyInputs>,
@@ -77,7 +77,7 @@ pub(super) async fn handle(
         pi,
         copy,
         registration,
-        cert_revoked: super::revocation::RevokedSignal::never(),
+        cert_revoked: crate::conn::revocation::RevokedSignal::never(),
         log,
     };
     authorized.run(drain).await;

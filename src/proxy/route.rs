@@ -16,7 +16,7 @@ use crate::state::{
 use super::explain::{NoTrace, RouteTrace};
 use super::gateway::{self, GatewayError, GatewayRoute};
 use super::waypoint::{self, WaypointError};
-use super::{ILLEGAL_PORTS, LocalWorkload, ProxyInputs, same_family_ip};
+use crate::conn::{ILLEGAL_PORTS, LocalWorkload, ProxyInputs, same_family_ip};
 
 /// Where an outbound connection goes.
 #[derive(Debug, PartialEq)]

@@ -23,11 +23,12 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::lifecycle::DrainWatcher;
 use crate::metrics::Reporter;
 
-use super::accesslog::{ConnectionLog, Direction};
+use super::accept_loop;
 use super::outbound::{self, OutboundError, RouteError};
-use super::outlier::Outliers;
-use super::transport::Transports;
-use super::{ProxyInputs, accept_loop, same_family_ip, socket};
+use crate::conn::accesslog::{ConnectionLog, Direction};
+use crate::conn::outlier::Outliers;
+use crate::conn::transport::Transports;
+use crate::conn::{ProxyInputs, same_family_ip, socket};
 
 /// The default listener (loopback only: the port is the pod's own business).
 pub const SOCKS5_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15080);

@@ -17,7 +17,7 @@ use crate::state::{
     ClientLocality, GatewayAddress, GatewayDestination, StateView, Workload, service_key,
 };
 
-use super::same_family_ip;
+use crate::conn::same_family_ip;
 
 /// One HBONE hop to a waypoint instance.
 #[derive(Clone, Debug, PartialEq)]

@@ -24,10 +24,6 @@ mod verify;
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_crl;
-#[cfg(test)]
-mod tests_policy;
 
 use std::future::Future;
 use std::io;

@@ -8,10 +8,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::accesslog::{ConnectionLog, Direction};
-use super::outbound::{Upstream, connect};
-use super::test_support::{self, id};
-use super::*;
+use super::support::{self, id};
+use crate::conn::accesslog::{ConnectionLog, Direction};
+use crate::proxy::outbound::{Upstream, connect};
+use crate::proxy::*;
+use crate::state::Workload;
 use crate::state::{NetworkAddress, Service, StateWriter, Update};
 
 const SVC: &str = "b/web.b.svc.cluster.local";
@@ -50,7 +51,7 @@ fn inputs(good: u16, bad: u16, outlier: OutlierConfig) -> Arc<ProxyInputs> {
                 ..Default::default()
             }),
     );
-    Arc::new(test_support::inputs(view, "a", "client", outlier))
+    Arc::new(support::inputs(view, "a", "client", outlier))
 }
 
 /// Connects through the outbound path to the VIP and checks the far end echoes.
@@ -82,7 +83,7 @@ async fn connect_once(
 fn transports(pi: &Arc<ProxyInputs>) -> transport::Transports {
     let pool = Pool::new(
         Default::default(),
-        Arc::new(connector::TlsConnector::new(pi.clone())),
+        Arc::new(crate::conn::transport::h2::TlsConnector::new(pi.clone())),
     );
     transport::Transports::new(pool, None, &pi.cfg.transport, pi.metrics.clone())
 }

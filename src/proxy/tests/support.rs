@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
-use super::*;
+use crate::core::Identity;
+use crate::proxy::*;
 use crate::state::StateView;
+use crate::tls::CertProvider;
 use crate::tls::{TlsError, WorkloadCertificate};
 
 /// Refuses every certificate request.

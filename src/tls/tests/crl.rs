@@ -12,8 +12,8 @@ use rustls_pki_types::CertificateDer;
 use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
-use super::tests::{CLIENT, SERVER, STEP, TestCa, handshake, id};
-use super::*;
+use super::{CLIENT, SERVER, STEP, TestCa, handshake, id};
+use crate::tls::*;
 
 /// A CRL signed by `issuer` listing `serials` (each as the certificate's DER serial bytes).
 fn crl_pem(issuer: &Issuer<'_, KeyPair>, serials: &[Vec<u8>]) -> String {

@@ -15,30 +15,37 @@
 //! connection that started it, so its outcome (a pooled QUIC connection, or the remembered
 //! fallback, logged and counted once per failed probe) serves the connections after it.
 //!
-//! Inbound, both transports' CONNECT requests are [`InboundTunnel`]s, so `inbound::serve_stream`
-//! (authority checks, authorization, tracking, the app connection) is one code path for both.
+//! Inbound, both transports' CONNECT requests are [`InboundTunnel`]s, so the proxy's
+//! `inbound::serve_stream` (authority checks, authorization, tracking, the app connection) is one
+//! code path for both.
+//!
+//! The whole abstraction is here: this file holds the vocabulary ([`HboneTransport`],
+//! [`Tunnel`], [`InboundTunnel`]) and the outbound choice; `h2.rs` and `h3.rs` adapt each
+//! transport to it (the h2 pool's TLS connector, each inbound request type, each transport's
+//! stream halves as the copy's chunk source and sink). The wire protocols themselves are
+//! [`crate::hbone`] and [`crate::quic`].
+
+pub(crate) mod h2;
+mod h3;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, StatusCode, Uri};
+use http::StatusCode;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::core::Authority;
-use crate::hbone::{
-    self, Baggage, ConnectRequest, H2Recv, H2Send, H2Stream, HboneError, Pool, PoolKey,
-};
+use crate::hbone::{Baggage, ConnectRequest, H2Stream, HboneError, Pool, PoolKey};
 use crate::metrics::{DirectionLabel, HboneTransportLabel, ProxyMetrics, TransportLabels};
 use crate::quic::{self, H3Recv, H3Send, QuicConfig, QuicError, QuicKey, QuicPool};
+
+use h3::h3_request;
 
 use super::copy::{ChunkSink, ChunkSource};
 
@@ -84,13 +91,13 @@ pub enum TransportError {
 /// An open outbound tunnel on either transport. Lives on the connection task's stack only until
 /// it is split into the copy, so the size difference between variants costs nothing lasting.
 #[allow(clippy::large_enum_variant)]
-pub(super) enum Tunnel {
+pub(crate) enum Tunnel {
     H2(H2Stream),
     H3(H3Recv, H3Send),
 }
 
 /// Outbound transport selection: the two pools and the peers `auto` fell back for.
-pub(super) struct Transports {
+pub(crate) struct Transports {
     h2: Pool,
     h3: Option<QuicPool>,
     mode: HboneTransport,
@@ -126,7 +133,7 @@ enum Probe {
 }
 
 /// A CONNECT request received on either transport, as `inbound::serve_stream` handles it.
-pub(super) trait InboundTunnel: Send + 'static {
+pub(crate) trait InboundTunnel: Send + 'static {
     type Recv: ChunkSource + 'static;
     type Send: ChunkSink + 'static;
     const TRANSPORT: HboneTransportLabel;
@@ -185,7 +192,7 @@ impl Default for TransportConfig {
 // === impl Transports ===
 
 impl Transports {
-    pub(super) fn new(
+    pub(crate) fn new(
         h2: Pool,
         h3: Option<QuicPool>,
         cfg: &TransportConfig,
@@ -207,12 +214,12 @@ impl Transports {
         }
     }
 
-    pub(super) fn h2_pool(&self) -> &Pool {
+    pub(crate) fn h2_pool(&self) -> &Pool {
         &self.h2
     }
 
     /// Opens a tunnel for `req` to the peer of `key` on the transport chosen for it.
-    pub(super) async fn open(
+    pub(crate) async fn open(
         &self,
         key: &PoolKey,
         req: &ConnectRequest,
@@ -363,7 +370,7 @@ impl Transports {
         }
     }
 
-    pub(super) fn count_stream(&self, transport: HboneTransportLabel) {
+    pub(crate) fn count_stream(&self, transport: HboneTransportLabel) {
         self.metrics
             .hbone_streams
             .get_or_create(&TransportLabels {
@@ -422,24 +429,11 @@ impl Fallbacks {
     }
 }
 
-/// The HTTP/3 form of an HBONE CONNECT: `:authority` is the target, headers as on h2.
-fn h3_request(req: &ConnectRequest) -> Result<Request<()>, http::Error> {
-    let uri = Uri::builder()
-        .authority(req.authority.to_string().as_str())
-        .build()?;
-    let mut request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(uri)
-        .body(())?;
-    req.headers.write_to(request.headers_mut())?;
-    Ok(request)
-}
-
 // === impl Tunnel ===
 
 impl Tunnel {
     /// The `baggage` of the peer's `200` (h2; QUIC responses are not read for it).
-    pub(super) fn response_baggage(&self) -> Option<&Baggage> {
+    pub(crate) fn response_baggage(&self) -> Option<&Baggage> {
         match self {
             Tunnel::H2(s) => s.response_baggage(),
             Tunnel::H3(..) => None,
@@ -449,124 +443,5 @@ impl Tunnel {
 
 // === impl InboundTunnel ===
 
-impl InboundTunnel for hbone::InboundRequest {
-    type Recv = H2Recv;
-    type Send = H2Send;
-    const TRANSPORT: HboneTransportLabel = HboneTransportLabel::h2;
-
-    fn authority(&self) -> &Authority {
-        &self.authority
-    }
-
-    fn forwarded_host(&self) -> Option<String> {
-        self.headers.forwarded.as_ref().and_then(|f| f.host.clone())
-    }
-
-    fn forwarded_network(&self) -> Option<String> {
-        self.headers.forwarded_network.clone()
-    }
-
-    fn baggage(&self) -> Option<Baggage> {
-        self.headers.baggage.clone()
-    }
-
-    async fn reject(self, status: StatusCode) {
-        hbone::InboundRequest::reject(self, status)
-    }
-
-    async fn accept(self, baggage: Option<&Baggage>) -> Result<(H2Recv, H2Send), String> {
-        hbone::InboundRequest::accept(self, baggage)
-            .map(H2Stream::split)
-            .map_err(|e| e.to_string())
-    }
-}
-
-impl InboundTunnel for quic::InboundRequest {
-    type Recv = H3Recv;
-    type Send = H3Send;
-    const TRANSPORT: HboneTransportLabel = HboneTransportLabel::h3;
-
-    fn authority(&self) -> &Authority {
-        &self.authority
-    }
-
-    fn forwarded_host(&self) -> Option<String> {
-        hbone::ConnectHeaders::from_map(&self.headers)
-            .forwarded
-            .and_then(|f| f.host)
-    }
-
-    fn forwarded_network(&self) -> Option<String> {
-        hbone::ConnectHeaders::from_map(&self.headers).forwarded_network
-    }
-
-    fn baggage(&self) -> Option<Baggage> {
-        hbone::ConnectHeaders::from_map(&self.headers).baggage
-    }
-
-    async fn reject(self, status: StatusCode) {
-        quic::InboundRequest::reject(self, status).await
-    }
-
-    async fn accept(self, baggage: Option<&Baggage>) -> Result<(H3Recv, H3Send), String> {
-        let header = match baggage {
-            Some(b) => Some((
-                http::HeaderName::from_static("baggage"),
-                http::HeaderValue::try_from(b.to_string()).map_err(|e| e.to_string())?,
-            )),
-            None => None,
-        };
-        quic::InboundRequest::accept(self, header)
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
-
-// === copy: QUIC halves ===
-
-impl ChunkSource for H3Recv {
-    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
-        self.poll_recv(cx)
-            .map(|r| r.transpose().map_err(io::Error::other))
-    }
-}
-
-impl ChunkSink for H3Send {
-    fn poll_write_chunk(
-        &mut self,
-        cx: &mut Context<'_>,
-        chunk: &mut Bytes,
-    ) -> Poll<io::Result<()>> {
-        self.poll_send(cx, chunk).map_err(io::Error::other)
-    }
-
-    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        H3Send::poll_finish(self, cx).map_err(io::Error::other)
-    }
-}
-
 #[cfg(test)]
-#[path = "transport_tests.rs"]
-mod race_tests;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_transport_names() {
-        assert_eq!("h2".parse::<HboneTransport>().unwrap(), HboneTransport::H2);
-        assert_eq!("H3".parse::<HboneTransport>().unwrap(), HboneTransport::H3);
-        assert_eq!(
-            " auto ".parse::<HboneTransport>().unwrap(),
-            HboneTransport::Auto
-        );
-        let err = "tcp".parse::<HboneTransport>().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "unknown HBONE transport \"tcp\" (expected h2, h3 or auto)"
-        );
-        assert!(!HboneTransport::H2.quic_enabled());
-        assert!(HboneTransport::Auto.quic_enabled());
-    }
-}
+mod tests;

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeSet;
 
-use super::explain::{ExplainInputs, LookupError, explain, find_destination, find_workload};
-use super::outbound::{Route, route_avoiding};
-use super::test_support::{self, id};
-use super::*;
+use super::support::{self, id};
+use crate::proxy::explain::{ExplainInputs, LookupError, explain, find_destination, find_workload};
+use crate::proxy::outbound::{Route, route_avoiding};
+use crate::proxy::*;
 use crate::rbac::{self, Action, Clause, Match, Rule, Scope, StringMatch};
 use crate::state::{NetworkAddress, Service, StateWriter, TunnelProtocol, Update};
+use crate::state::{StateView, Workload};
 
 fn workload(name: &str, ip: &str) -> Workload {
     let mut wl = Workload::new(name, name, id("b", name));
@@ -85,7 +86,7 @@ fn each_endpoint_is_a_path_with_its_odds_route_and_decision() {
     let e = explain(&inputs, &client, dst);
     assert_eq!(e.verdict, "depends on the endpoint");
     assert_eq!(e.paths.len(), 2);
-    let pi = test_support::inputs(view, "b", "client", OutlierConfig::default());
+    let pi = support::inputs(view, "b", "client", OutlierConfig::default());
     let mut targets = BTreeSet::new();
     for p in &e.paths {
         assert_eq!(p.probability, 0.5);

@@ -32,7 +32,7 @@ impl OpenLabels {
     /// The destination is `wl`, a workload known by host name only, reached at an address it
     /// was resolved to (which may belong to another record, or to none): it, not the
     /// address's owner, is the destination, as in ztunnel.
-    pub(in crate::proxy) fn set_named_destination(&mut self, wl: &Workload) {
+    pub(crate) fn set_named_destination(&mut self, wl: &Workload) {
         fill_destination(&mut self.traffic, wl);
         self.dst_workload = Some(wl.name.clone());
     }
@@ -97,7 +97,7 @@ impl OpenLabels {
     /// The destination of a double-HBONE connection, which the local state cannot name (it is
     /// on another network), as the final server's `200` describes it in `baggage`: what ztunnel
     /// does after a network gateway.
-    pub(in crate::proxy) fn with_response_baggage(mut self, b: &Baggage) -> Self {
+    pub(crate) fn with_response_baggage(mut self, b: &Baggage) -> Self {
         derive_destination(&mut self.traffic, b);
         self.dst_workload = Some(b.workload_name.clone())
             .filter(|n| !n.is_empty())
@@ -146,7 +146,7 @@ fn canonical_service(wl: &Workload) -> &str {
 
 /// Labels of an outbound connection (reporter `source`): the local workload as source; the
 /// service owning the VIP `orig` (if any) and the workload at `target` as destination.
-pub(in crate::proxy) fn outbound_labels(
+pub(crate) fn outbound_labels(
     pi: &ProxyInputs,
     service: Option<&Service>,
     target: Option<SocketAddr>,
@@ -196,7 +196,7 @@ fn own_service(pi: &ProxyInputs, local: &Workload, host: &str) -> Option<std::sy
 /// service of the local workload. Without one, the service is guessed as ztunnel does: the
 /// first of the local workload's services whose target port is `app_port`, the port the
 /// connection is delivered to.
-pub(in crate::proxy) fn inbound_labels(
+pub(crate) fn inbound_labels(
     pi: &ProxyInputs,
     local: &Workload,
     (source_addr, baggage): (Option<SocketAddr>, Option<&Baggage>),

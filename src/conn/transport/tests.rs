@@ -16,6 +16,7 @@ use tokio::time::timeout;
 
 use super::*;
 use crate::core::Identity;
+use crate::hbone;
 use crate::hbone::{BoxedIo, ConnectHeaders, Connected, Connector, H2Config};
 use crate::tls::{CertProvider, TlsError, WorkloadCertificate};
 
@@ -251,4 +252,21 @@ async fn a_peer_with_both_gets_quic_and_keeps_it() {
     }
     assert_eq!(s.quic.connections_opened(), 1);
     assert_eq!(s.transports.h2_pool().connections_opened(), 0);
+}
+
+#[test]
+fn parses_the_transport_names() {
+    assert_eq!("h2".parse::<HboneTransport>().unwrap(), HboneTransport::H2);
+    assert_eq!("H3".parse::<HboneTransport>().unwrap(), HboneTransport::H3);
+    assert_eq!(
+        " auto ".parse::<HboneTransport>().unwrap(),
+        HboneTransport::Auto
+    );
+    let err = "tcp".parse::<HboneTransport>().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unknown HBONE transport \"tcp\" (expected h2, h3 or auto)"
+    );
+    assert!(!HboneTransport::H2.quic_enabled());
+    assert!(HboneTransport::Auto.quic_enabled());
 }

@@ -6,11 +6,12 @@ use std::net::SocketAddr;
 
 use http::StatusCode;
 
-use super::inbound::{HostTargetError, host_target};
-use super::outbound::{Route, RouteError, route};
-use super::test_support::{self, id};
-use super::*;
+use super::support::{self, id};
 use crate::core::Authority;
+use crate::proxy::inbound::{HostTargetError, host_target};
+use crate::proxy::outbound::{Route, RouteError, route};
+use crate::proxy::*;
+use crate::state::Workload;
 use crate::state::{
     GatewayAddress, GatewayDestination, NetworkAddress, Service, StateWriter, TunnelProtocol,
     Update,
@@ -77,7 +78,7 @@ fn inputs(
         update = update.upsert(near);
     }
     writer.apply(update);
-    let mut pi = test_support::inputs(view, ns, name, Default::default());
+    let mut pi = support::inputs(view, ns, name, Default::default());
     let mut cfg = (*pi.cfg).clone();
     cfg.network = network.into();
     pi.cfg = Arc::new(cfg);
@@ -216,7 +217,7 @@ fn host_targets_that_are_not_ours_are_refused_with_their_status() {
 
 #[test]
 fn a_proxy_header_for_a_host_name_names_the_service_vip_and_port() {
-    use super::inbound::host_proxy_dst;
+    use crate::proxy::inbound::host_proxy_dst;
     let pi = server();
     let snap = pi.state.snapshot();
     // `web` has its VIP on net1 only: as ztunnel, any VIP will do when this network has none.
@@ -229,7 +230,7 @@ fn a_proxy_header_for_a_host_name_names_the_service_vip_and_port() {
 
 #[test]
 fn a_source_that_came_through_a_gateway_is_not_looked_up_by_its_address() {
-    use super::accesslog::inbound_labels;
+    use crate::conn::accesslog::inbound_labels;
     let pi = server();
     let local = pi.state.workload_by_name("b", "server").unwrap();
     // The TCP peer of a double-HBONE stream is the gateway.
@@ -248,7 +249,7 @@ fn a_source_that_came_through_a_gateway_is_not_looked_up_by_its_address() {
 
 #[test]
 fn through_a_gateway_the_source_labels_come_from_its_baggage() {
-    use super::accesslog::inbound_labels;
+    use crate::conn::accesslog::inbound_labels;
     let pi = server();
     let local = pi.state.workload_by_name("b", "server").unwrap();
     let client = id("a", "client");
@@ -288,7 +289,7 @@ fn through_a_gateway_the_source_labels_come_from_its_baggage() {
 
 #[test]
 fn a_forwarded_host_counts_only_when_it_is_a_service_of_the_destination() {
-    use super::accesslog::inbound_labels;
+    use crate::conn::accesslog::inbound_labels;
     let pi = server();
     let local = pi.state.workload_by_name("b", "server").unwrap();
     let forged = inbound_labels(
@@ -309,7 +310,7 @@ fn a_forwarded_host_counts_only_when_it_is_a_service_of_the_destination() {
 
 #[test]
 fn without_a_forwarded_host_the_service_is_guessed_by_the_delivered_port() {
-    use super::accesslog::inbound_labels;
+    use crate::conn::accesslog::inbound_labels;
     let pi = server();
     let local = pi.state.workload_by_name("b", "server").unwrap();
     // The workload maps WEB's port 80 to 9090: a connection delivered to 9090 is WEB's.

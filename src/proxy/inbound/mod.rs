@@ -1,5 +1,5 @@
 //! Inbound HBONE (15008): mutual TLS with the local workload's certificate, then HTTP/2 CONNECT
-//! streams, each delivered to the local app. HBONE over QUIC (UDP 15008, `inbound_quic.rs`)
+//! streams, each delivered to the local app. HBONE over QUIC (UDP 15008, [`quic`])
 //! hands its HTTP/3 CONNECT streams to the same [`serve_stream`].
 //!
 //! Targets: `IP:port` (an address of the local workload, or of a destination it is the waypoint
@@ -15,6 +15,8 @@
 //! the proxy or a host name target has no port mapping; `200` only once the app's connection
 //! is open, so a client learns of a failure before sending data. Every stream is tracked while
 //! it lives and closed if a later state change denies it.
+
+pub(super) mod quic;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -33,15 +35,15 @@ use crate::metrics::{
 use crate::rbac::ConnFacts;
 use crate::tls::{self, PeerRole};
 
-use super::accesslog::{ConnectionLog, Direction, inbound_labels};
-use super::connections::{Authorized, ConnectionTracker};
-use super::copy::{copy_bidirectional, tcp_halves};
-use super::handshake::PendingHandshakes;
-use super::revocation::{RevokedSignal, watch_peer};
-use super::transport::InboundTunnel;
-use super::{
-    ILLEGAL_PORTS, LocalWorkload, ProxyInputs, authz, outbound, proxyproto, same_family_ip, socket,
-    waypoint,
+use super::waypoint;
+use crate::conn::accesslog::{ConnectionLog, Direction, inbound_labels};
+use crate::conn::connections::{Authorized, ConnectionTracker};
+use crate::conn::copy::{copy_bidirectional, tcp_halves};
+use crate::conn::handshake::PendingHandshakes;
+use crate::conn::revocation::{RevokedSignal, watch_peer};
+use crate::conn::transport::InboundTunnel;
+use crate::conn::{
+    ILLEGAL_PORTS, LocalWorkload, ProxyInputs, authz, baggage, proxyproto, same_family_ip, socket,
 };
 use crate::state::{
     AppTunnelProtocol, ApplicationTunnel, GatewayAddress, Service, Snapshot, Workload,
@@ -126,7 +128,7 @@ pub(super) async fn handle(
             )
         }
     };
-    // A revoked peer's connection is dropped whole: every stream on it ends (see revocation.rs).
+    // A revoked peer's connection is dropped whole: every stream on it ends (see conn/revocation.rs).
     tokio::select! {
         r = hbone::serve(tls, &pi.cfg.h2, shutdown, handler) => if let Err(e) = r {
             tracing::debug!(src = %peer, error = %e, "HBONE connection ended with an error");
@@ -251,7 +253,7 @@ async fn set_up<R: InboundTunnel>(
                 pi.cfg.localhost_app_tunnel,
             );
             let decision = authz::decide(&snapshot, local, &facts);
-            let baggage = pi.cfg.response_baggage.then(|| outbound::baggage(local));
+            let baggage = pi.cfg.response_baggage.then(|| baggage(local));
             (decision, delivery, baggage)
         })
     };

@@ -3,10 +3,11 @@
 
 use std::net::SocketAddr;
 
-use super::inbound::local_destination;
-use super::outbound::{Route, route};
-use super::test_support::{self, id};
-use super::*;
+use super::support::{self, id};
+use crate::proxy::inbound::local_destination;
+use crate::proxy::outbound::{Route, route};
+use crate::proxy::*;
+use crate::state::Workload;
 use crate::state::{
     GatewayAddress, GatewayDestination, NetworkAddress, Service, StateWriter, TunnelProtocol,
     Update,
@@ -75,7 +76,7 @@ fn inputs(local_ns: &str, local_name: &str) -> ProxyInputs {
             .upsert(service("wp", "10.96.0.9", (15008, 15008)))
             .upsert(service("dbsvc", "10.96.0.3", (5432, 5432))),
     );
-    test_support::inputs(view, local_ns, local_name, Default::default())
+    support::inputs(view, local_ns, local_name, Default::default())
 }
 
 #[test]
@@ -225,7 +226,7 @@ fn a_workload_with_an_application_tunnel_accepts_any_target() {
             .upsert(tunneled)
             .upsert(workload("b", "other", "10.0.0.6")),
     );
-    let pi = test_support::inputs(view, "b", "tunneled", Default::default());
+    let pi = support::inputs(view, "b", "tunneled", Default::default());
     let snap = pi.state.snapshot();
     for t in ["10.0.0.6:80", "192.0.2.1:443", "10.0.0.5:8080"] {
         let (local, up) = local_destination(&pi, &snap, t.parse().unwrap()).unwrap();
@@ -236,7 +237,7 @@ fn a_workload_with_an_application_tunnel_accepts_any_target() {
 
 #[test]
 fn application_tunnels_redirect_to_loopback_with_a_proxy_header() {
-    use super::inbound::{Delivery, delivery};
+    use crate::proxy::inbound::{Delivery, delivery};
     use crate::state::{AppTunnelProtocol, ApplicationTunnel};
     let up: SocketAddr = "10.0.0.9:80".parse().unwrap();
     let target: SocketAddr = "10.96.0.1:80".parse().unwrap();
@@ -371,7 +372,7 @@ fn weighted_inputs(local_ns: &str, local_name: &str) -> ProxyInputs {
             .upsert(workload("b", "wp2", "10.0.0.8"))
             .upsert(web),
     );
-    test_support::inputs(view, local_ns, local_name, Default::default())
+    support::inputs(view, local_ns, local_name, Default::default())
 }
 
 #[test]

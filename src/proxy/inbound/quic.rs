@@ -16,17 +16,17 @@ use crate::metrics::{HboneTransportLabel, Reporter};
 use crate::quic;
 use crate::tls::PeerRole;
 
-use super::accesslog::{ConnectionLog, Direction};
-use super::connections::ConnectionTracker;
-use super::inbound::{count_connection, serve_stream};
-use super::revocation::watch_peer;
-use super::{ProxyInputs, socket};
+use super::{count_connection, serve_stream};
+use crate::conn::accesslog::{ConnectionLog, Direction};
+use crate::conn::connections::ConnectionTracker;
+use crate::conn::revocation::watch_peer;
+use crate::conn::{ProxyInputs, socket};
 
 /// How long to wait before asking again for the certificate the endpoint starts with.
 const CERT_RETRY: Duration = Duration::from_millis(500);
 
 /// Serves the QUIC endpoint until the drain is forced.
-pub(super) async fn run(
+pub(in crate::proxy) async fn run(
     pi: Arc<ProxyInputs>,
     tracker: ConnectionTracker,
     endpoint: quinn::Endpoint,
@@ -147,7 +147,7 @@ async fn handle(
             }
         }
         _ = drain.forced() => conn.close(0u32.into(), b"drain deadline"),
-        // Closed at once, every stream with it (see revocation.rs).
+        // Closed at once, every stream with it (see conn/revocation.rs).
         _ = revoked => conn.close(0u32.into(), b"peer certificate revoked"),
     }
 }

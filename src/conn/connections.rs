@@ -434,7 +434,7 @@ impl Drop for OutboundRegistration {
 /// An authorized inbound connection, copying: all it keeps for its life. Small on purpose
 /// (every open connection holds one in its task), and run in place by [`Authorized::run`]
 /// rather than handed on by value, so nothing in it is stored twice.
-pub(super) struct Authorized<C> {
+pub(crate) struct Authorized<C> {
     pub pi: Arc<super::ProxyInputs>,
     /// The copy, boxed (see `copy::copy_bidirectional`).
     pub copy: C,
@@ -444,7 +444,7 @@ pub(super) struct Authorized<C> {
 }
 
 /// Runs `copy` until it ends, or `closed` resolves first (then `Err` with why).
-pub(super) async fn copy_until<F: std::future::Future>(
+pub async fn copy_until<F: std::future::Future>(
     copy: F,
     closed: impl std::future::Future<Output = Close>,
 ) -> Result<F::Output, Close> {

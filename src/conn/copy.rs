@@ -24,8 +24,6 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::hbone::{H2Recv, H2Send};
-
 const INITIAL_BUFFER: usize = 16 * 1024;
 #[cfg(not(feature = "bench-small-buffers"))]
 const MAX_BUFFER: usize = 256 * 1024;
@@ -294,29 +292,6 @@ impl ChunkSink for TcpSink {
 pub fn tcp_halves(stream: tokio::net::TcpStream) -> (TcpSource, TcpSink) {
     let (r, w) = stream.into_split();
     (TcpSource::new(r), TcpSink::new(w))
-}
-
-// === HBONE ===
-
-impl ChunkSource for H2Recv {
-    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
-        self.poll_recv(cx)
-            .map(|r| r.transpose().map_err(io::Error::other))
-    }
-}
-
-impl ChunkSink for H2Send {
-    fn poll_write_chunk(
-        &mut self,
-        cx: &mut Context<'_>,
-        chunk: &mut Bytes,
-    ) -> Poll<io::Result<()>> {
-        self.poll_send(cx, chunk).map_err(io::Error::other)
-    }
-
-    fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(H2Send::finish(self).map_err(io::Error::other))
-    }
 }
 
 #[cfg(test)]

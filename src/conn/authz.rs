@@ -23,7 +23,7 @@ macro_rules! policy_log {
 }
 
 /// Decides a connection to `wl` with the policies that apply to it in `snapshot`.
-pub(super) fn decide(snapshot: &Snapshot, wl: &Workload, facts: &ConnFacts<'_>) -> Decision {
+pub(crate) fn decide(snapshot: &Snapshot, wl: &Workload, facts: &ConnFacts<'_>) -> Decision {
     let verdict = rbac::check(facts, snapshot.applicable_policies(wl));
     match &verdict.decision {
         Decision::Deny {
@@ -50,7 +50,7 @@ pub(super) fn decide(snapshot: &Snapshot, wl: &Workload, facts: &ConnFacts<'_>) 
 /// Decides a tracked connection again. When its destination is no longer the local workload's
 /// address (the workload was removed or renumbered) there is no policy to apply, so the
 /// connection is left alone: closing it is the lifecycle's job, not authorization's.
-pub(super) fn decide_tracked(
+pub(crate) fn decide_tracked(
     snapshot: &Snapshot,
     network: &str,
     local: &LocalWorkload,
@@ -86,7 +86,7 @@ pub struct RuleTrace {
 
 /// [`decide`] without logging, with each applicable policy's rules matched or missed. The
 /// decision is [`rbac::check`]'s over the same policies as the data path's.
-pub(super) fn explain(
+pub(crate) fn explain(
     snapshot: &Snapshot,
     wl: &Workload,
     facts: &ConnFacts<'_>,

@@ -1,10 +1,22 @@
-//! Routing decisions of the outbound path, on a state loaded from a local config.
+//! Routing decisions of the outbound path, on a state loaded from a local config; the flows'
+//! other tests by topic in this folder.
 
-use super::outbound::{Route, baggage, route};
-use super::test_support::{self, id};
+mod explain;
+mod gateway;
+mod gateway_loopback;
+mod outlier;
+mod support;
+mod waypoint;
+
 use super::*;
+use crate::conn::ILLEGAL_PORTS;
+use crate::conn::baggage;
+use crate::core::Identity;
 use crate::hbone::WorkloadType;
+use crate::proxy::outbound::{Route, route};
+use crate::state::Workload;
 use crate::state::{NetworkAddress, Service, StateWriter, TunnelProtocol, Update};
+use support::id;
 
 fn workload(uid: &str, ns: &str, name: &str, ips: &[&str], hbone: bool) -> Workload {
     let mut wl = Workload::new(uid, name, id(ns, name));
@@ -58,7 +70,7 @@ fn inputs() -> ProxyInputs {
             ))
             .upsert(service("empty", "10.96.0.2", &[])),
     );
-    test_support::inputs(view, "a", "client", Default::default())
+    support::inputs(view, "a", "client", Default::default())
 }
 
 #[test]
@@ -206,7 +218,7 @@ fn passthrough_and_dns_inputs() -> ProxyInputs {
 fn passthrough_services_go_to_the_original_destination_unlabelled() {
     let pi = passthrough_and_dns_inputs();
     let orig: SocketAddr = "10.96.0.3:80".parse().unwrap();
-    let routed = super::route::route_avoiding(&pi, orig, &|_| false, &[]).unwrap();
+    let routed = crate::proxy::route::route_avoiding(&pi, orig, &|_| false, &[]).unwrap();
     assert_eq!(routed.route, Route::Plain(orig));
     assert_eq!(routed.endpoint, None);
     assert!(routed.service.is_none());
@@ -222,7 +234,7 @@ fn an_endpoint_known_by_name_is_routed_once_resolved() {
     );
     let named = pi.state.workload_by_name("b", "api-example").unwrap();
     let answer = [(named.clone(), "192.0.2.44".parse().unwrap())];
-    let routed = super::route::route_avoiding(&pi, orig, &|_| false, &answer).unwrap();
+    let routed = crate::proxy::route::route_avoiding(&pi, orig, &|_| false, &answer).unwrap();
     assert_eq!(
         routed.route,
         Route::Plain("192.0.2.44:8443".parse().unwrap())
@@ -235,7 +247,7 @@ fn an_endpoint_known_by_name_is_routed_once_resolved() {
         std::sync::Arc::new(elsewhere),
         "192.0.2.45".parse().unwrap(),
     )];
-    assert!(super::route::route_avoiding(&pi, orig, &|_| false, &other).is_err());
+    assert!(crate::proxy::route::route_avoiding(&pi, orig, &|_| false, &other).is_err());
 }
 
 /// What every open connection keeps for its life stays small: the spawned future of an
@@ -252,10 +264,10 @@ fn per_connection_futures_stay_small() {
     ) -> usize {
         std::mem::size_of::<F>()
     }
-    use super::copy::{Copy, TcpSink, TcpSource};
+    use crate::conn::copy::{Copy, TcpSink, TcpSource};
     use crate::hbone::{H2Recv, H2Send, InboundRequest};
-    let outbound = size5(super::outbound::handle);
-    let inbound = size7(super::inbound::serve_stream::<InboundRequest>);
+    let outbound = size5(crate::proxy::outbound::handle);
+    let inbound = size7(crate::proxy::inbound::serve_stream::<InboundRequest>);
     let copy = std::mem::size_of::<Copy<H2Recv, H2Send, TcpSource, TcpSink>>();
     assert!(
         outbound <= 768,

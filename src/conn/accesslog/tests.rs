@@ -376,7 +376,6 @@ fn ambit_writes_ztunnels_recorded_json_lines_byte_for_byte() {
 #[test]
 fn response_flags_follow_the_failure_class() {
     use crate::hbone::{ConnectStage, HboneError};
-    use crate::proxy::outbound::hbone_flag;
     let dst: std::net::SocketAddr = "10.0.2.7:15008".parse().unwrap();
     let at = |stage| hbone_flag(&HboneError::connect_at(dst, stage, "x"));
     assert_eq!(at(ConnectStage::Identity).as_str(), "IDENTITY_ERROR");

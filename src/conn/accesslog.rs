@@ -30,11 +30,12 @@ use std::time::{Duration, Instant};
 use super::ProxyInputs;
 use super::copy::CopyStats;
 use crate::core::{Authority, Identity};
+use crate::hbone::{ConnectStage, HboneError};
 use crate::metrics::{
     ConnectionMetrics, HboneTransportLabel, ResponseFlag, SecurityPolicy, TrafficLabels, UNKNOWN,
 };
 
-pub(super) use labels::{OpenLabels, inbound_labels, outbound_labels};
+pub(crate) use labels::{OpenLabels, inbound_labels, outbound_labels};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -211,7 +212,7 @@ fn early_deny(
 
 /// Everything one access-log line says.
 #[derive(Debug)]
-pub(super) struct AccessRecord<'a> {
+pub(crate) struct AccessRecord<'a> {
     pub src_addr: SocketAddr,
     pub src_workload: Option<&'a str>,
     pub src_namespace: Option<&'a str>,
@@ -267,7 +268,7 @@ impl AccessRecord<'_> {
     }
 
     /// The line written when the connection closes.
-    pub(super) fn write_complete(&self) {
+    pub(crate) fn write_complete(&self) {
         let duration = format!("{}ms", self.duration.as_millis());
         let transport = self.transport.map(|t| match t {
             HboneTransportLabel::h2 => "h2",
@@ -294,6 +295,20 @@ impl AccessRecord<'_> {
                 transport = transport
             ),
         }
+    }
+}
+
+/// The response flag of a failed HBONE exchange with a peer proxy (ztunnel's classes).
+pub(crate) fn hbone_flag(e: &HboneError) -> ResponseFlag {
+    match e {
+        HboneError::Connect { stage, .. } => match stage {
+            ConnectStage::Identity => ResponseFlag::IdentityError,
+            ConnectStage::Tcp => ResponseFlag::Connect,
+            ConnectStage::TcpTimeout => ResponseFlag::NetworkPolicy,
+            ConnectStage::Tls => ResponseFlag::TlsFailure,
+        },
+        HboneError::Handshake(_) | HboneError::H2(_) => ResponseFlag::H2HandshakeFailure,
+        _ => ResponseFlag::Connect,
     }
 }
 

@@ -20,17 +20,20 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use super::gateway::{self, GatewayError, GatewayRoute};
-use super::outbound::{Route, route};
-use super::test_support::{self, id};
-use super::*;
+use super::support::{self, id};
 use crate::core::Authority;
+use crate::core::Identity;
 use crate::hbone::{self, ConnectHeaders, HboneError};
 use crate::lifecycle::{self, DrainTrigger};
+use crate::proxy::gateway::{self, GatewayError, GatewayRoute};
+use crate::proxy::outbound::{Route, route};
+use crate::proxy::*;
+use crate::state::Workload;
 use crate::state::{
     GatewayAddress, GatewayDestination, NetworkAddress, Service, StateWriter, TunnelProtocol,
     Update,
 };
+use crate::tls::CertProvider;
 use crate::tls::{self, TlsError, WorkloadCertificate};
 
 const STEP: Duration = Duration::from_secs(10);
@@ -225,7 +228,7 @@ async fn multinet(sans: &[&str]) -> Multinet {
     );
 
     let with = |ns, name, network: &str, cert: Arc<WorkloadCertificate>| {
-        let mut pi = test_support::inputs(view.clone(), ns, name, Default::default());
+        let mut pi = support::inputs(view.clone(), ns, name, Default::default());
         let mut cfg = (*pi.cfg).clone();
         cfg.network = network.into();
         pi.cfg = Arc::new(cfg);
@@ -246,7 +249,7 @@ async fn multinet(sans: &[&str]) -> Multinet {
     ));
 
     let client = Arc::new(with("a", "client", "net1", ca.leaf(&client_id)));
-    let connector = connector::TlsConnector::new(client.clone());
+    let connector = crate::conn::transport::h2::TlsConnector::new(client.clone());
     let pool = hbone::Pool::new(client.cfg.h2.clone(), Arc::new(connector));
     Multinet {
         client,

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use rustls::crypto::{CryptoProvider, SupportedKxGroup, aws_lc_rs};
 use rustls::{ClientConfig, NamedGroup, ProtocolVersion, SupportedProtocolVersion};
 
-use super::tests::{CLIENT, SERVER, TestCa, handshake, id};
-use super::verify::{ServerIdentityVerifier, TrustRoots};
-use super::*;
+use super::{CLIENT, SERVER, TestCa, handshake, id};
+use crate::tls::verify::{ServerIdentityVerifier, TrustRoots};
+use crate::tls::*;
 
 fn server_with(ca: &TestCa, policy: TlsPolicy) -> WorkloadCertificate {
     let (chain, key) = ca.raw_leaf(SERVER);

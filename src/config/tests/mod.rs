@@ -1,3 +1,5 @@
+mod ztunnel;
+
 use std::collections::HashMap;
 
 use super::*;

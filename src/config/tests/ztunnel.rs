@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use super::tests::host;
-use super::*;
+use super::host;
+use crate::config::*;
 use crate::grpc::AuthToken;
 
 /// A config from `vars` (plus a local config and the built-in CA) on `host`.

@@ -1,23 +1,36 @@
-//! Opens outbound HBONE connections for the pool: TCP with the proxy's socket options, then
-//! mutual TLS with the source workload's certificate, verifying the destination's identity.
+//! The h2 half of the transport abstraction. Outbound, [`TlsConnector`] opens connections for
+//! the h2 pool: TCP with the proxy's socket options, then mutual TLS with the source workload's
+//! certificate, verifying the destination's identity. Inbound, the h2 CONNECT request is an
+//! [`InboundTunnel`]; its stream halves are the copy's chunk source and sink.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use crate::hbone::{BoxedIo, ConnectStage, Connected, Connector, CutWhen, HboneError, PoolKey};
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::core::Authority;
+use crate::hbone::{
+    self, Baggage, BoxedIo, ConnectStage, Connected, Connector, CutWhen, H2Recv, H2Send, H2Stream,
+    HboneError, PoolKey,
+};
 use crate::metrics::{DirectionLabel, HboneTransportLabel, Reporter, TransportLabels};
 use crate::tls::{self, PeerRole};
 
-use super::revocation::watch_peer;
-use super::{ProxyInputs, socket};
+use super::InboundTunnel;
+use crate::conn::copy::{ChunkSink, ChunkSource};
+use crate::conn::revocation::watch_peer;
+use crate::conn::{ProxyInputs, socket};
 
-pub(super) struct TlsConnector {
+pub(crate) struct TlsConnector {
     inputs: Arc<ProxyInputs>,
 }
 
 impl TlsConnector {
-    pub(super) fn new(inputs: Arc<ProxyInputs>) -> Self {
+    pub(crate) fn new(inputs: Arc<ProxyInputs>) -> Self {
         TlsConnector { inputs }
     }
 }
@@ -59,7 +72,7 @@ impl Connector for TlsConnector {
                 }
                 HboneError::connect_at(key.dst, ConnectStage::Tls, format!("TLS: {e}"))
             })?;
-            // The pooled connection is cut when a CRL reload revokes the server (revocation.rs).
+            // The pooled connection is cut when a CRL reload revokes the server (conn/revocation.rs).
             let cut_when: Option<CutWhen> = cert.policy().crl.as_ref().and_then(|_| {
                 let conn = tls.get_ref().1;
                 let server = tls::peer_identity(conn).ok()?;
@@ -85,5 +98,62 @@ impl Connector for TlsConnector {
                 cut_when,
             })
         })
+    }
+}
+
+// === inbound: the h2 CONNECT request ===
+
+impl InboundTunnel for hbone::InboundRequest {
+    type Recv = H2Recv;
+    type Send = H2Send;
+    const TRANSPORT: HboneTransportLabel = HboneTransportLabel::h2;
+
+    fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    fn forwarded_host(&self) -> Option<String> {
+        self.headers.forwarded.as_ref().and_then(|f| f.host.clone())
+    }
+
+    fn forwarded_network(&self) -> Option<String> {
+        self.headers.forwarded_network.clone()
+    }
+
+    fn baggage(&self) -> Option<Baggage> {
+        self.headers.baggage.clone()
+    }
+
+    async fn reject(self, status: StatusCode) {
+        hbone::InboundRequest::reject(self, status)
+    }
+
+    async fn accept(self, baggage: Option<&Baggage>) -> Result<(H2Recv, H2Send), String> {
+        hbone::InboundRequest::accept(self, baggage)
+            .map(H2Stream::split)
+            .map_err(|e| e.to_string())
+    }
+}
+
+// === copy: h2 halves ===
+
+impl ChunkSource for H2Recv {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        self.poll_recv(cx)
+            .map(|r| r.transpose().map_err(io::Error::other))
+    }
+}
+
+impl ChunkSink for H2Send {
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        self.poll_send(cx, chunk).map_err(io::Error::other)
+    }
+
+    fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(H2Send::finish(self).map_err(io::Error::other))
     }
 }

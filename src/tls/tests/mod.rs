@@ -2,7 +2,11 @@
 //! of refusal with its exact error.
 //!
 //! Certificates come from a tiny rcgen CA defined here: `tls` sits below `identity`, so it cannot use
-//! the built-in CA without breaking the module levels.
+//! the built-in CA without breaking the module levels. CRLs (`crl.rs`) and the compliance policy
+//! (`policy.rs`) have files of their own.
+
+mod crl;
+mod policy;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
