@@ -2,7 +2,7 @@
 //! runs, pod namespaces joined to it by veths with the in-pod redirection rules, and a fake
 //! node agent serving ZDS on a `SOCK_SEQPACKET` Unix socket, passing each pod's netns fd.
 //!
-//! Used from `tests/e2e_inpod.rs` as `#[path]` module `zds` beside `common`.
+//! `common::zds`: used by the in-pod tests of the `dataplane` and `ops` binaries.
 //!
 //! Invariants: every agent read is bounded (`SO_RCVTIMEO`); namespaces and processes are owned
 //! by guards, so a failing test removes them too.
