@@ -267,19 +267,13 @@ async fn bad_input_is_answered_while_other_pods_keep_serving() {
         "expected exactly one network namespace descriptor, got 0",
     );
     // A descriptor on DelWorkload.
-    let del = ambit_proto::istio::workload::zds::WorkloadRequest {
-        payload: Some(
-            ambit_proto::istio::workload::zds::workload_request::Payload::Del(
-                ambit_proto::istio::workload::zds::DelWorkload { uid: b.uid.clone() },
-            ),
-        ),
-    };
+    let del = ambit_lab::zds::del_request(&b.uid);
     nack(
         conn.request(del, Some(b.netns_file())).await,
         "DelWorkload must not carry a file descriptor",
     );
     // Bytes that are no protobuf.
-    let raw = conn.request_raw(&[0xff, 0xff, 0xff, 0xff], None);
+    let raw = conn.request_raw(&[0xff, 0xff, 0xff, 0xff], None).await;
     nack(raw, "undecodable WorkloadRequest");
     // A regular file instead of a namespace.
     let not_ns = std::fs::File::open("/proc/self/status").unwrap();

@@ -142,7 +142,9 @@ fn modules_import_only_lower_levels() {
             continue;
         }
         let Some(own) = level(&name) else {
-            violations.push(format!("module `{name}` has no level in tests/offline/layering.rs"));
+            violations.push(format!(
+                "module `{name}` has no level in tests/offline/layering.rs"
+            ));
             continue;
         };
         let mut files = Vec::new();

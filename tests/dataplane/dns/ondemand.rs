@@ -1,9 +1,9 @@
 //! `PASSTHROUGH` services and endpoints known by host name only, reached from a pod with an
 //! unmodified client; the resolver is the test's upstream in the server pod.
 
+use super::{NAMED, RESOLVER, dig, install_dns_capture, rec, upstream};
 use crate::common::mesh::{self, Mesh, MeshOpts, wait_access_line};
 use crate::common::{self, servers};
-use super::{NAMED, RESOLVER, dig, install_dns_capture, rec, upstream};
 
 /// A `PASSTHROUGH` service at 10.1.0.40 (an address the server pod also answers on) whose
 /// endpoint would be the server on another port, and a service `ext` at 10.96.0.70 whose only
