@@ -22,7 +22,6 @@ use ambit_proto::istio::v1::auth::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
 use ambit_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
-use prost_types::value::Kind;
 use rcgen::{
     BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256,
     PublicKeyData, SanType, SignatureAlgorithm,
@@ -90,14 +89,7 @@ impl IstioCertificateService for TestCa {
         let req = request.into_inner();
         let _ = self.seen.send((headers, req.clone()));
         let (key, san) = csr_parts(&req.csr).map_err(Status::invalid_argument)?;
-        let impersonated = req
-            .metadata
-            .as_ref()
-            .and_then(|m| m.fields.get("ImpersonatedIdentity"))
-            .and_then(|v| match &v.kind {
-                Some(Kind::StringValue(s)) => Some(s.clone()),
-                _ => None,
-            });
+        let impersonated = ambit_lab::control_ca::impersonated_identity(&req);
         if impersonated.as_deref() != Some(san.as_str()) {
             return Err(Status::permission_denied("identity mismatch"));
         }
