@@ -261,6 +261,20 @@ pub async fn echo_once(s: &mut tokio::net::TcpStream, data: &[u8]) {
     assert_eq!(back, data);
 }
 
+/// Writes `data`, half-closes, and asserts that exactly `data` comes back before the far end
+/// closes, within [`STEP`] (`what` names the flow in the failure).
+pub async fn echo_all(s: &mut tokio::net::TcpStream, data: &[u8], what: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(data).await.expect("echo flow writable");
+    s.shutdown().await.expect("half-close");
+    let mut back = Vec::new();
+    tokio::time::timeout(STEP, s.read_to_end(&mut back))
+        .await
+        .expect("echo within the step")
+        .expect("echo flow alive");
+    assert_eq!(back, data, "{what}");
+}
+
 /// The sum of all samples of metric `name` served on 127.0.0.1:15020 inside `ns` (0 if absent).
 pub async fn metric(ns: &Netns, name: &str) -> f64 {
     let addr = SocketAddr::from(([127, 0, 0, 1], 15020));

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use common::mesh::{Mesh, MeshOpts, scrape};
 use common::{STEP, servers};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 const RECORDED: &str = include_str!("../data/compat/ztunnel-metrics-families.txt");
 
@@ -238,14 +238,7 @@ async fn every_family_ztunnel_exposes_is_there_with_its_type_and_labels() {
         .connect(common::app_addr(false), STEP)
         .await
         .unwrap();
-    s.write_all(b"ping").await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    tokio::time::timeout(STEP, s.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(back, b"ping");
+    common::mesh::echo_all(&mut s, b"ping", "echo").await;
     // A refused one: nothing listens on the next port (CONNECT on both sides).
     let refused = std::net::SocketAddr::new(common::server_ip(false), common::APP_PORT + 1);
     if let Ok(mut s) = mesh.pair.client.connect(refused, STEP).await {

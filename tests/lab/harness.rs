@@ -149,14 +149,7 @@ async fn return_path_delivers_transparent_connections_with_client_source() {
             .await
             .expect("connect timed out")
             .unwrap();
-        s.write_all(b"ping through the return path").await.unwrap();
-        s.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        tokio::time::timeout(STEP, s.read_to_end(&mut back))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(back, b"ping through the return path");
+        common::mesh::echo_all(&mut s, b"ping through the return path", "echo").await;
         let seen = app.next_seen().await;
         assert_eq!(
             seen.peer.ip(),

@@ -14,7 +14,6 @@ use common::mesh::{
     CLIENT_WL, Mesh, MeshOpts, SERVER_WL, sample, scrape, wait_access_line, workload_yaml,
 };
 use common::{STEP, servers};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SERVICES: &str = "\
 - name: server
@@ -80,14 +79,7 @@ async fn locality_and_service_labels_on_both_reporters() {
     let vip = SocketAddr::from(([10, 96, 0, 10], 80));
     let mut s = mesh.pair.client.connect(vip, STEP).await.unwrap();
     let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 249) as u8).collect();
-    s.write_all(&payload).await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    tokio::time::timeout(STEP, s.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(back, payload, "echo through the service VIP");
+    common::mesh::echo_all(&mut s, &payload, "echo through the service VIP").await;
 
     let common_labels = [
         "source_workload=\"client\"",

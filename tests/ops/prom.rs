@@ -17,7 +17,6 @@ use std::time::Duration;
 use ambit_lab::{Netns, Process, ProcessSpec, http_get, link, wait_http_ok};
 use common::mesh::{Mesh, MeshOpts};
 use common::{STEP, servers};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PROM: &str = "127.0.0.1:9090";
 
@@ -106,14 +105,7 @@ async fn prometheus_scrapes_both_ambits_and_answers_promql() {
         .await
         .unwrap();
     let payload: Vec<u8> = (0..N).map(|i| (i % 241) as u8).collect();
-    s.write_all(&payload).await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    tokio::time::timeout(STEP, s.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(back, payload);
+    common::mesh::echo_all(&mut s, &payload, "echo").await;
 
     // Bounded wait (a few scrape intervals) for both reporters' series to reach N.
     let q = |family: &str, reporter: &str| {

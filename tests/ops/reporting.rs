@@ -10,7 +10,7 @@ use std::time::Duration;
 use ambit_lab::http_get;
 use common::mesh::{Mesh, MeshOpts, sample, scrape, wait_access_line};
 use common::{STEP, servers};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn byte_counters_match_a_known_transfer_from_both_reporters() {
@@ -20,14 +20,7 @@ async fn byte_counters_match_a_known_transfer_from_both_reporters() {
     let dst = common::app_addr(false);
     let mut s = mesh.pair.client.connect(dst, STEP).await.unwrap();
     let payload: Vec<u8> = (0..N).map(|i| (i % 253) as u8).collect();
-    s.write_all(&payload).await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    tokio::time::timeout(STEP, s.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(back, payload);
+    common::mesh::echo_all(&mut s, &payload, "echo").await;
     let n = N as u64;
     let client = [
         "reporter=\"source\"",
