@@ -14,6 +14,14 @@ use super::{PodPair, STEP};
 /// The binary under test.
 pub const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
 
+/// The node proxy the lab tests run: `AMBIT_LAB_PROXY` (another ztunnel-compatible binary, e.g.
+/// real ztunnel) when set, else the workspace's ambit.
+pub fn proxy_under_test() -> PathBuf {
+    std::env::var_os("AMBIT_LAB_PROXY")
+        .map(Into::into)
+        .unwrap_or_else(|| AMBIT.into())
+}
+
 /// Kubernetes namespace / name / service account of the two pods.
 pub const CLIENT_WL: (&str, &str, &str) = ("a", "client", "client");
 pub const SERVER_WL: (&str, &str, &str) = ("b", "server", "server");

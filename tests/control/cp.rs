@@ -20,19 +20,12 @@ use ambit_proto::ADDRESS_TYPE_URL;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
 const STEP: Duration = Duration::from_secs(20);
 const DEMO: &str = include_str!("../../examples/demo.yaml");
 
-fn proxy_binary() -> std::path::PathBuf {
-    std::env::var_os("AMBIT_LAB_PROXY")
-        .map(Into::into)
-        .unwrap_or_else(|| AMBIT.into())
-}
-
 async fn lab_with(topology: &str, proxy_env: &[(&str, &str)]) -> Lab {
     let opts = LabOptions {
-        proxy: Some(proxy_binary()),
+        proxy: Some(crate::common::mesh::proxy_under_test()),
         mode: ProxyMode::Shared,
         control: ControlMode::ControlPlane,
         proxy_env: proxy_env
@@ -412,7 +405,7 @@ pods:
 /// Runs `ambit` in node-2's namespace with node-2's pods (ZDS) but `token` as its bearer token.
 fn rogue_proxy(lab: &Lab, name: &str, token: &std::path::Path) -> Process {
     let cp = lab.control_plane().unwrap();
-    let mut spec = ProcessSpec::new(name, proxy_binary())
+    let mut spec = ProcessSpec::new(name, crate::common::mesh::proxy_under_test())
         .env("PROXY_MODE", "shared")
         .env(
             "INPOD_UDS",

@@ -20,7 +20,6 @@ use ambit_lab::traffic::{Server, ServerKind, WaypointServer, echo};
 use ambit_lab::{ControlMode, Lab, LabOptions, ProxyMode, Topology};
 use ambit_lab::{accesslog, promtext, witness};
 
-const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
 const STEP: Duration = Duration::from_secs(20);
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 const AUTHORITY: &str = "web.default.svc.cluster.local:80";
@@ -80,11 +79,7 @@ services:
 
 async fn lab(control: ControlMode, mode: ProxyMode) -> Lab {
     let opts = LabOptions {
-        proxy: Some(
-            std::env::var_os("AMBIT_LAB_PROXY")
-                .map(Into::into)
-                .unwrap_or_else(|| AMBIT.into()),
-        ),
+        proxy: Some(crate::common::mesh::proxy_under_test()),
         mode,
         control,
         ..LabOptions::default()

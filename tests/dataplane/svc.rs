@@ -17,7 +17,6 @@ use ambit_lab::accesslog;
 use ambit_lab::traffic::{Server, ServerKind, echo};
 use ambit_lab::{ControlMode, Lab, LabOptions, ProxyMode, Topology, http_get};
 
-const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
 const STEP: Duration = Duration::from_secs(20);
 
 const TOPOLOGY: &str = r#"
@@ -50,11 +49,7 @@ policies: []
 
 async fn lab() -> Lab {
     let opts = LabOptions {
-        proxy: Some(
-            std::env::var_os("AMBIT_LAB_PROXY")
-                .map(Into::into)
-                .unwrap_or_else(|| AMBIT.into()),
-        ),
+        proxy: Some(crate::common::mesh::proxy_under_test()),
         mode: ProxyMode::Shared,
         // A short first ejection, so the test sees the endpoint come back without waiting the
         // default 10 s; the doubling keeps a still-dead endpoint out longer each time.
@@ -198,11 +193,7 @@ services:
 
 async fn locality_lab() -> Lab {
     let opts = LabOptions {
-        proxy: Some(
-            std::env::var_os("AMBIT_LAB_PROXY")
-                .map(Into::into)
-                .unwrap_or_else(|| AMBIT.into()),
-        ),
+        proxy: Some(crate::common::mesh::proxy_under_test()),
         mode: ProxyMode::Shared,
         control: ControlMode::ControlPlane,
         ..LabOptions::default()

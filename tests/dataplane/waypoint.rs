@@ -23,7 +23,6 @@ use ambit_lab::traffic::{Server, ServerKind, WaypointServer, echo};
 use ambit_lab::{ControlMode, Lab, LabOptions, ProxyMode, Topology};
 use ambit_lab::{promtext, witness};
 
-const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
 const STEP: Duration = Duration::from_secs(20);
 /// The waypoint app's port (its application tunnel's).
 const WAYPOINT_APP_PORT: u16 = 15088;
@@ -67,11 +66,7 @@ policies: []
 
 async fn lab(control: ControlMode) -> Lab {
     let opts = LabOptions {
-        proxy: Some(
-            std::env::var_os("AMBIT_LAB_PROXY")
-                .map(Into::into)
-                .unwrap_or_else(|| AMBIT.into()),
-        ),
+        proxy: Some(crate::common::mesh::proxy_under_test()),
         mode: ProxyMode::Shared,
         control,
         ..LabOptions::default()
@@ -300,11 +295,7 @@ policies: []
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workload_waypoint_by_hostname_is_for_workload_addressed_traffic_only() {
     let opts = LabOptions {
-        proxy: Some(
-            std::env::var_os("AMBIT_LAB_PROXY")
-                .map(Into::into)
-                .unwrap_or_else(|| AMBIT.into()),
-        ),
+        proxy: Some(crate::common::mesh::proxy_under_test()),
         mode: ProxyMode::Shared,
         control: ControlMode::ControlPlane,
         ..LabOptions::default()

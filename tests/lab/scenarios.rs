@@ -14,17 +14,12 @@ use ambit_lab::accesslog;
 use ambit_lab::traffic::{Server, ServerKind};
 use ambit_lab::{Lab, LabOptions, Process, ProcessSpec, ProxyMode, Topology, demo};
 
-const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
 const STEP: Duration = Duration::from_secs(20);
 const DEMO: &str = include_str!("../../examples/demo.yaml");
 
 async fn lab(mode: ProxyMode) -> Lab {
     let opts = LabOptions {
-        proxy: Some(
-            std::env::var_os("AMBIT_LAB_PROXY")
-                .map(Into::into)
-                .unwrap_or_else(|| AMBIT.into()),
-        ),
+        proxy: Some(crate::common::mesh::proxy_under_test()),
         mode,
         ..LabOptions::default()
     };
@@ -279,7 +274,7 @@ async fn shared_proxy_and_agent_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_mesh_runs_each_nodes_own_binary() {
     let copy = std::env::temp_dir().join(format!("ambit-node-proxy-{}", std::process::id()));
-    std::fs::copy(AMBIT, &copy).unwrap();
+    std::fs::copy(crate::common::mesh::AMBIT, &copy).unwrap();
     struct Remove(std::path::PathBuf);
     impl Drop for Remove {
         fn drop(&mut self) {
@@ -287,9 +282,7 @@ async fn mixed_mesh_runs_each_nodes_own_binary() {
         }
     }
     let _copy_guard = Remove(copy.clone());
-    let lab_binary: std::path::PathBuf = std::env::var_os("AMBIT_LAB_PROXY")
-        .map(Into::into)
-        .unwrap_or_else(|| AMBIT.into());
+    let lab_binary: std::path::PathBuf = crate::common::mesh::proxy_under_test();
     let opts = LabOptions {
         proxy: Some(lab_binary.clone()),
         control: ambit_lab::ControlMode::ControlPlane,
@@ -372,11 +365,7 @@ async fn allowed(lab: &Lab, caller: &str, port: u16) -> bool {
 #[tokio::test]
 async fn shared_tagged_policies_decide_per_source_identity() {
     let opts = LabOptions {
-        proxy: Some(
-            std::env::var_os("AMBIT_LAB_PROXY")
-                .map(Into::into)
-                .unwrap_or_else(|| AMBIT.into()),
-        ),
+        proxy: Some(crate::common::mesh::proxy_under_test()),
         mode: ProxyMode::Shared,
         ..LabOptions::default()
     };
