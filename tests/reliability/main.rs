@@ -4,6 +4,10 @@
 //! TLS handshake (shed per source, closed at the deadline); then the fast cases of
 //! `ambit-lab chaos` on the lab. These are the fast rows of `RELIABILITY.md`; the long ones
 //! are a command developers run.
+//!
+//! A test binary of its own, unlike the other end-to-end tests: its cases load both cores and
+//! hold thousands of descriptors, so they run one at a time (`SERIAL`) and, cargo running test
+//! binaries one after another, with no other test of the suite beside them.
 
 #[path = "../common/mod.rs"]
 mod common;
