@@ -5,7 +5,7 @@
 //! fake istiod of the `xds_*` tests on loopback, so the times include gRPC decoding, conversion,
 //! the state rebuild and the ACK round trip; peak memory (VmHWM) covers client and fake server.
 
-#[path = "../tests/xds_support/mod.rs"]
+#[path = "../tests/control/xds_support.rs"]
 mod xds_support;
 
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! Modules are arranged in levels; a module imports only from lower levels, and modules on one
-//! level do not import each other (`tests/layering.rs` enforces this).
+//! level do not import each other (`tests/offline/layering.rs` enforces this).
 //!
 //! | level | module | owns |
 //! |---|---|---|

@@ -1,6 +1,6 @@
 //! Fuzz target: the PROXY v2 header builder's inputs (addresses, identity): the header parses
 //! back with `ppp` to the same addresses and identity TLV.
-//! The body is shared with the stable replay (`tests/fuzz_corpus.rs`); seeds in
+//! The body is shared with the stable replay (`tests/offline/fuzz_corpus.rs`); seeds in
 //! `fuzz/corpus/proxy_protocol/`.
 
 #![no_main]
@@ -8,7 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 
 #[allow(dead_code)]
-#[path = "../../tests/fuzz_corpus/targets.rs"]
+#[path = "../../tests/offline/fuzz_corpus/targets.rs"]
 mod targets;
 
 fuzz_target!(|data: &[u8]| {

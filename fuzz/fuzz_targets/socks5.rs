@@ -1,6 +1,6 @@
 //! Fuzz target: the SOCKS5 negotiation over an in-memory client: reads exactly the greeting and
 //! request, answers at most once, reaches the address asked for.
-//! The body is shared with the stable replay (`tests/fuzz_corpus.rs`); seeds in
+//! The body is shared with the stable replay (`tests/offline/fuzz_corpus.rs`); seeds in
 //! `fuzz/corpus/socks5/`.
 
 #![no_main]
@@ -8,7 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 
 #[allow(dead_code)]
-#[path = "../../tests/fuzz_corpus/targets.rs"]
+#[path = "../../tests/offline/fuzz_corpus/targets.rs"]
 mod targets;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! Fuzz target: arbitrary bytes decoded as an `istio.workload.Address` and as an
 //! `istio.security.Authorization`, then converted to domain types. Must never panic; errors are
 //! fine. The seed corpus is `fuzz/corpus/xds_convert/`, replayed on stable by
-//! `tests/xds_fuzz_corpus.rs`.
+//! `tests/offline/xds_fuzz_corpus.rs`.
 
 #![no_main]
 

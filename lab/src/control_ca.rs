@@ -215,6 +215,21 @@ impl LabCa {
     }
 }
 
+/// The identity a CSR request asks for on another's behalf (Istio's `ImpersonatedIdentity`
+/// metadata field, a string), if any.
+pub fn impersonated_identity(
+    req: &ambit_proto::istio::v1::auth::IstioCertificateRequest,
+) -> Option<String> {
+    use prost_types::value::Kind;
+    req.metadata
+        .as_ref()
+        .and_then(|m| m.fields.get("ImpersonatedIdentity"))
+        .and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,6 @@ use ambit_proto::istio::v1::auth::istio_certificate_service_server::{
 };
 use ambit_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
 use futures_util::Stream;
-use prost_types::value::Kind;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
@@ -33,7 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::LabError;
-use crate::control_ca::{Issued, LabCa};
+use crate::control_ca::{Issued, LabCa, impersonated_identity};
 use crate::control_plane::{
     CaRecord, Delta, RecordedRequest, RecordedResponse, Shared, known_type, lock,
 };
@@ -277,14 +276,7 @@ impl IstioCertificateService for Ca {
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let node = self.shared.node_of(request.metadata());
         let req = request.into_inner();
-        let impersonated = req
-            .metadata
-            .as_ref()
-            .and_then(|m| m.fields.get("ImpersonatedIdentity"))
-            .and_then(|v| match &v.kind {
-                Some(Kind::StringValue(s)) => Some(s.clone()),
-                _ => None,
-            });
+        let impersonated = impersonated_identity(&req);
         let csr = LabCa::csr_identity(&req.csr);
         let identity = impersonated
             .clone()

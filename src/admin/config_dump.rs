@@ -1,7 +1,7 @@
 //! `GET /config_dump`: everything this proxy was told and holds, as JSON in ztunnel's shape
 //! (wire.md §4): `workloads`, `services`, `policies`, `stagedServices`, `staticConfig`,
 //! `version`, `config`, `certificates`, and in shared mode `workloadState`. The shapes are the
-//! ones `istioctl ztunnel-config` decodes (`records`, `pods`); `tests/compat_config_dump.rs`
+//! ones `istioctl ztunnel-config` decodes (`records`, `pods`); `tests/offline/compat_config_dump.rs`
 //! checks them against istioctl's structs and against real ztunnel's output.
 //!
 //! Invariants: built from a single state snapshot, so the lists are mutually consistent; lists

@@ -3,7 +3,7 @@
 //! connections, the log filter, and `explain` (the data path's decision for one flow, computed
 //! by the proxy itself at `/debug/explain`).
 //!
-//! A client only: nothing in the proxy imports it (`tests/layering.rs`), and it reads nothing
+//! A client only: nothing in the proxy imports it (`tests/offline/layering.rs`), and it reads nothing
 //! but the admin API's JSON, so it works against any process serving that API.
 //!
 //! Every failure is one line on stderr and a non-zero exit: 1 for what the proxy answered

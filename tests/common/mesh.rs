@@ -14,6 +14,14 @@ use super::{PodPair, STEP};
 /// The binary under test.
 pub const AMBIT: &str = env!("CARGO_BIN_EXE_ambit");
 
+/// The node proxy the lab tests run: `AMBIT_LAB_PROXY` (another ztunnel-compatible binary, e.g.
+/// real ztunnel) when set, else the workspace's ambit.
+pub fn proxy_under_test() -> PathBuf {
+    std::env::var_os("AMBIT_LAB_PROXY")
+        .map(Into::into)
+        .unwrap_or_else(|| AMBIT.into())
+}
+
 /// Kubernetes namespace / name / service account of the two pods.
 pub const CLIENT_WL: (&str, &str, &str) = ("a", "client", "client");
 pub const SERVER_WL: (&str, &str, &str) = ("b", "server", "server");
@@ -259,6 +267,20 @@ pub async fn echo_once(s: &mut tokio::net::TcpStream, data: &[u8]) {
         .expect("echo within the step")
         .expect("echo flow alive");
     assert_eq!(back, data);
+}
+
+/// Writes `data`, half-closes, and asserts that exactly `data` comes back before the far end
+/// closes, within [`STEP`] (`what` names the flow in the failure).
+pub async fn echo_all(s: &mut tokio::net::TcpStream, data: &[u8], what: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(data).await.expect("echo flow writable");
+    s.shutdown().await.expect("half-close");
+    let mut back = Vec::new();
+    tokio::time::timeout(STEP, s.read_to_end(&mut back))
+        .await
+        .expect("echo within the step")
+        .expect("echo flow alive");
+    assert_eq!(back, data, "{what}");
 }
 
 /// The sum of all samples of metric `name` served on 127.0.0.1:15020 inside `ns` (0 if absent).

@@ -10,6 +10,7 @@
 
 pub mod mesh;
 pub mod servers;
+pub mod zds;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

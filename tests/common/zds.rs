@@ -1,25 +1,22 @@
 //! The node side of in-pod (shared) mode, played by the test: a "node" namespace where ambit
-//! runs, pod namespaces joined to it by veths with the in-pod redirection rules, and a fake
-//! node agent serving ZDS on a `SOCK_SEQPACKET` Unix socket, passing each pod's netns fd.
+//! runs, pod namespaces joined to it by veths with the in-pod redirection rules, and a node
+//! agent driven request by request over the lab's ZDS socket (`ambit_lab::zds`), passing each
+//! pod's netns fd: the tests choose every request, including malformed ones.
 //!
-//! Used from `tests/e2e_inpod.rs` as `#[path]` module `zds` beside `common`.
+//! `common::zds`: used by the in-pod tests of the `dataplane` and `ops` binaries.
 //!
-//! Invariants: every agent read is bounded (`SO_RCVTIMEO`); namespaces and processes are owned
+//! Invariants: every agent read is bounded ([`STEP`]); namespaces and processes are owned
 //! by guards, so a failing test removes them too.
 
 use std::fs::File;
-use std::io::{IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ambit_lab::zds::{SeqpacketConn, SeqpacketListener, ZdsError};
 use ambit_lab::{Netns, Process, ProcessSpec, http_get, link, nft};
 use ambit_proto::istio::workload::zds;
-use nix::sys::socket::{
-    self, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, sockopt,
-};
-use nix::sys::time::TimeVal;
 use prost::Message;
 
 use crate::common::STEP;
@@ -156,121 +153,63 @@ pub enum Answer {
     Closed,
 }
 
-/// The node agent's listening socket.
+/// The node agent's listening socket (the lab's; it removes the path on drop unless a
+/// successor has bound it again).
 pub struct Agent {
-    listener: OwnedFd,
+    listener: SeqpacketListener,
     pub path: PathBuf,
 }
 
-/// One accepted connection from ambit (blocking I/O with a receive timeout).
+/// One accepted connection from ambit.
 pub struct AgentConn {
-    fd: OwnedFd,
-}
-
-fn timeout_opt(fd: &OwnedFd, d: Duration) {
-    let tv = TimeVal::new(d.as_secs() as _, d.subsec_micros() as _);
-    socket::setsockopt(fd, sockopt::ReceiveTimeout, &tv).unwrap();
+    conn: SeqpacketConn,
 }
 
 impl Agent {
     /// Listens on `path` (removing a stale socket file first).
     pub fn listen(path: &Path) -> Agent {
-        let _ = std::fs::remove_file(path);
-        let fd = socket::socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .unwrap();
-        socket::bind(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
-        socket::listen(&fd, socket::Backlog::new(8).unwrap()).unwrap();
+        let listener = SeqpacketListener::bind(path).unwrap_or_else(|e| panic!("{e}"));
         Agent {
-            listener: fd,
+            listener,
             path: path.to_path_buf(),
         }
     }
 
-    /// Accepts ambit's connection within `within` and checks its `ZdsHello{V1}`. Blocking, so it
-    /// runs on a blocking thread.
+    /// Accepts ambit's connection within `within` and checks its `ZdsHello{V1}`.
     pub async fn accept(&self, within: Duration) -> AgentConn {
-        timeout_opt(&self.listener, within);
-        let raw = self.listener.as_raw_fd();
-        let fd = tokio::task::spawn_blocking(move || socket::accept(raw))
+        let conn = tokio::time::timeout(within, self.listener.accept())
             .await
-            .unwrap()
+            .unwrap_or_else(|_| panic!("ambit did not connect to the agent within {within:?}"))
             .unwrap_or_else(|e| panic!("ambit did not connect to the agent: {e}"));
-        let fd: OwnedFd = adopt(fd);
-        timeout_opt(&fd, STEP);
-        let conn = AgentConn { fd };
-        let hello = conn.recv_packet().expect("ZdsHello");
-        let hello = zds::ZdsHello::decode(&hello[..]).unwrap();
-        assert_eq!(hello.version, zds::Version::V1 as i32);
-        conn
+        conn.recv_hello(STEP)
+            .await
+            .unwrap_or_else(|e| panic!("ZdsHello: {e}"));
+        AgentConn { conn }
     }
-}
-
-/// Accepted descriptors come back from nix as raw fds; this test code owns them from here.
-#[allow(unsafe_code)]
-fn adopt(raw: RawFd) -> OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: `raw` was just returned by accept(2) and has no other owner.
-    unsafe { OwnedFd::from_raw_fd(raw) }
 }
 
 impl AgentConn {
-    fn recv_packet(&self) -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; 1024];
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = socket::recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, None, MsgFlags::empty())
-            .unwrap_or_else(|e| panic!("no answer from ambit: {e}"));
-        let n = msg.bytes;
-        if n == 0 {
-            return None;
-        }
-        buf.truncate(n);
-        Some(buf)
-    }
-
     /// Sends raw bytes as one packet, with an optional descriptor, and reads the answer.
-    pub fn request_raw(&self, bytes: &[u8], fd: Option<&File>) -> Answer {
-        let iov = [IoSlice::new(bytes)];
-        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_fd().as_raw_fd()).collect();
-        let cmsg = [ControlMessage::ScmRights(&fds)];
-        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
-        if socket::sendmsg::<()>(
-            self.fd.as_raw_fd(),
-            &iov,
-            cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .is_err()
-        {
+    pub async fn request_raw(&self, bytes: &[u8], fd: Option<&File>) -> Answer {
+        if self.conn.send(bytes, fd.map(|f| f.as_fd())).await.is_err() {
             return Answer::Closed;
         }
-        match self.recv_packet() {
-            None => Answer::Closed,
-            Some(bytes) => {
-                let resp = zds::WorkloadResponse::decode(&bytes[..]).unwrap();
-                match resp.payload {
-                    Some(zds::workload_response::Payload::Ack(a)) if a.error.is_empty() => {
-                        Answer::Ack
-                    }
-                    Some(zds::workload_response::Payload::Ack(a)) => Answer::Nack(a.error),
-                    None => panic!("a response without a payload"),
-                }
-            }
+        let packet = match self.conn.recv_within(STEP, "answer from ambit").await {
+            Ok(p) => p,
+            Err(ZdsError::Closed) => return Answer::Closed,
+            Err(e) => panic!("no answer from ambit: {e}"),
+        };
+        let resp = zds::WorkloadResponse::decode(&packet.bytes[..]).unwrap();
+        match resp.payload {
+            Some(zds::workload_response::Payload::Ack(a)) if a.error.is_empty() => Answer::Ack,
+            Some(zds::workload_response::Payload::Ack(a)) => Answer::Nack(a.error),
+            None => panic!("a response without a payload"),
         }
     }
 
-    /// Sends a request (blocking thread) and reads the answer.
+    /// Sends a request and reads the answer.
     pub async fn request(&self, req: zds::WorkloadRequest, fd: Option<File>) -> Answer {
-        let bytes = req.encode_to_vec();
-        let raw = self.fd.try_clone().unwrap();
-        tokio::task::spawn_blocking(move || AgentConn { fd: raw }.request_raw(&bytes, fd.as_ref()))
-            .await
-            .unwrap()
+        self.request_raw(&req.encode_to_vec(), fd.as_ref()).await
     }
 
     /// `AddWorkload` for `pod`, with its netns fd.
@@ -279,19 +218,11 @@ impl AgentConn {
     }
 
     pub async fn del(&self, uid: &str) -> Answer {
-        self.request(
-            zds::WorkloadRequest {
-                payload: Some(zds::workload_request::Payload::Del(zds::DelWorkload {
-                    uid: uid.into(),
-                })),
-            },
-            None,
-        )
-        .await
+        self.request(ambit_lab::zds::del_request(uid), None).await
     }
 
     pub async fn snapshot(&self) -> Answer {
-        self.request(snapshot_request(), None).await
+        self.request(ambit_lab::zds::snapshot_sent(), None).await
     }
 
     /// Adds every pod, then `SnapshotSent`, asserting ACKs.
@@ -305,22 +236,5 @@ impl AgentConn {
 
 pub fn add_request(pod: &Pod) -> zds::WorkloadRequest {
     let (namespace, name, sa) = pod.wl;
-    zds::WorkloadRequest {
-        payload: Some(zds::workload_request::Payload::Add(zds::AddWorkload {
-            uid: pod.uid.clone(),
-            workload_info: Some(zds::WorkloadInfo {
-                name: name.into(),
-                namespace: namespace.into(),
-                service_account: sa.into(),
-            }),
-        })),
-    }
-}
-
-pub fn snapshot_request() -> zds::WorkloadRequest {
-    zds::WorkloadRequest {
-        payload: Some(zds::workload_request::Payload::SnapshotSent(
-            zds::SnapshotSent {},
-        )),
-    }
+    ambit_lab::zds::add_request(&pod.uid, name, namespace, sa)
 }

@@ -164,7 +164,7 @@ pub fn paths(v: &Value) -> Vec<String> {
 
 fn walk(v: &Value, at: &str, out: &mut BTreeSet<String>) {
     if !at.is_empty() {
-        out.insert(format!("{at} {}", type_name(v)));
+        out.insert(format!("{at} {}", ambit_lab::compat::observe::json_type(v)));
     }
     match v {
         Value::Array(items) => {
@@ -184,17 +184,6 @@ fn walk(v: &Value, at: &str, out: &mut BTreeSet<String>) {
             }
         }
         _ => {}
-    }
-}
-
-pub fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
 

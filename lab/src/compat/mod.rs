@@ -4,7 +4,7 @@
 //! peer; every difference is either listed in [`DELIBERATE`] with its reason or a failure.
 //!
 //! `ambit-lab compat --peer <ztunnel>` runs both and can re-record the data;
-//! `tests/e2e_compat.rs` compares ambit with the recording.
+//! `tests/lab/compat.rs` compares ambit with the recording.
 
 pub mod hbone_probe;
 pub mod logline;

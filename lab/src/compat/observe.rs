@@ -265,18 +265,24 @@ fn meaning(key: &str, value: &str, client_ip: &str, endpoints: &[String]) -> Opt
     })
 }
 
-/// Flattens JSON into `path: type` lines. Arrays collapse to `[]`; objects whose keys are data
-/// (uids, addresses, ports) collapse to `{}`.
-pub fn flatten(path: &str, v: &serde_json::Value, out: &mut BTreeSet<String>) {
+/// The JSON type of a value, as JSON Schema names it.
+pub fn json_type(v: &serde_json::Value) -> &'static str {
     use serde_json::Value;
-    let ty = match v {
+    match v {
         Value::Null => "null",
         Value::Bool(_) => "bool",
         Value::Number(_) => "number",
         Value::String(_) => "string",
         Value::Array(_) => "array",
         Value::Object(_) => "object",
-    };
+    }
+}
+
+/// Flattens JSON into `path: type` lines. Arrays collapse to `[]`; objects whose keys are data
+/// (uids, addresses, ports) collapse to `{}`.
+pub fn flatten(path: &str, v: &serde_json::Value, out: &mut BTreeSet<String>) {
+    use serde_json::Value;
+    let ty = json_type(v);
     if !path.is_empty() {
         out.insert(format!("{path}: {ty}"));
     }

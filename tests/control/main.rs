@@ -1,0 +1,14 @@
+//! The control side, one test binary: the xDS client and the CA client against in-process
+//! fakes (`xds_support`), the admin server's view of pushed state, and ambit configured by a
+//! local file, by environment and by the lab's control plane (`cp`).
+
+#[path = "../common/mod.rs"]
+mod common;
+mod xds_support;
+
+mod config;
+mod config_env;
+mod cp;
+mod xds_admin;
+mod xds_ca;
+mod xds_client;
