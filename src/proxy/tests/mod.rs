@@ -269,6 +269,11 @@ fn per_connection_futures_stay_small() {
     let outbound = size5(crate::proxy::outbound::handle);
     let inbound = size7(crate::proxy::inbound::serve_stream::<InboundRequest>);
     let copy = std::mem::size_of::<Copy<H2Recv, H2Send, TcpSource, TcpSink>>();
+    // Printed for `cargo test --release … -- --nocapture`: release sizes are what RSS pays.
+    let log = std::mem::size_of::<crate::conn::accesslog::ConnectionLog>();
+    eprintln!(
+        "per-connection sizes: outbound {outbound}, inbound {inbound}, copy {copy}, log {log}"
+    );
     assert!(
         outbound <= 768,
         "outbound connection future: {outbound} bytes"
