@@ -70,6 +70,10 @@ struct Cli {
     /// Workloads in the control-plane push scenario (default 10,000; `--quick` 1,000).
     #[arg(long)]
     push_workloads: Option<u32>,
+    /// Run only this scenario: `push` (the control-plane push; the data-path labs are not
+    /// started).
+    #[arg(long)]
+    only: Option<String>,
     /// How to get the control-plane figures: `release` (`cargo bench`), `debug` (`cargo test`,
     /// the `--quick` default), or `skip`.
     #[arg(long)]
@@ -220,8 +224,15 @@ async fn run(cli: &Cli) -> Result<Report> {
         .push_workloads
         .unwrap_or(if cli.quick { 1000 } else { 10_000 });
 
+    let push_only = match cli.only.as_deref() {
+        None => false,
+        Some("push") => true,
+        Some(other) => bail!("--only {other}: the only scenario that runs alone is push"),
+    };
+    // The data-path scenarios' rounds; none when only the push runs.
+    let data_rounds = if push_only { 0 } else { rounds };
     let mut subjects: Vec<Subject> = Vec::new();
-    for spec in &binaries {
+    for spec in binaries.iter().filter(|_| !push_only) {
         eprintln!(
             "ambit-bench: starting a lab for {} ({})",
             spec.label,
@@ -235,7 +246,7 @@ async fn run(cli: &Cli) -> Result<Report> {
     // Throughput.
     let mut tput: BTreeMap<(u32, PathKind, Option<String>), Vec<scenarios::Throughput>> =
         BTreeMap::new();
-    for r in 0..rounds {
+    for r in 0..data_rounds {
         for streams in [1u32, 4] {
             eprintln!(
                 "ambit-bench: throughput, {streams} stream(s), round {}",
@@ -282,7 +293,7 @@ async fn run(cli: &Cli) -> Result<Report> {
         ("new connection, 1 B", 1, true, (rate / 5).max(10)),
     ];
     let mut hists: BTreeMap<(usize, PathKind, Option<String>), Merged> = BTreeMap::new();
-    for r in 0..rounds {
+    for r in 0..data_rounds {
         for (k, (name, size, newconn, rate)) in kinds.iter().enumerate() {
             eprintln!("ambit-bench: latency, {name}, round {}", r + 1);
             let mut runs = vec![(0usize, PathKind::Direct, None)];
@@ -314,7 +325,7 @@ async fn run(cli: &Cli) -> Result<Report> {
 
     // Connection rate.
     let mut conns: BTreeMap<(PathKind, Option<String>), (u64, u64, f64)> = BTreeMap::new();
-    for r in 0..rounds {
+    for r in 0..data_rounds {
         eprintln!("ambit-bench: connection rate, round {}", r + 1);
         let mut runs = vec![(0usize, PathKind::Direct, None)];
         runs.extend(
