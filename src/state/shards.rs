@@ -25,7 +25,7 @@ pub(super) struct Shards<K, V> {
 impl<K, V> Clone for Shards<K, V> {
     fn clone(&self) -> Self {
         Shards {
-            hasher: self.hasher.clone(),
+            hasher: self.hasher,
             shards: self.shards.clone(),
         }
     }
