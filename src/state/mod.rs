@@ -8,7 +8,9 @@
 //! `namespace/hostname`, policies by `namespace/name`), and the `changes()` version is bumped
 //! after the swap, so a woken watcher always reads the new snapshot.
 
+mod apply;
 mod lb;
+mod shards;
 mod snapshot;
 mod types;
 

@@ -1,57 +1,74 @@
 //! One immutable version of the state: primary maps plus the indexes derived from them.
 //!
 //! Invariant: a `Snapshot` is never mutated after construction; [`Snapshot::with_update`]
-//! builds the next one. Indexes are rebuilt from the primary maps on every update, which
-//! keeps them trivially consistent; values are `Arc`s, so a rebuild copies pointers, not
-//! workloads. (An incremental rebuild is a later optimisation for very large meshes.)
+//! (in `apply.rs`) builds the next one from a clone of this one, changing only what the
+//! update touches. Every map is a [`Shards`]: the clone copies one pointer per shard and a
+//! change copies the shards it touches, so a small delta on a large state costs a few shard
+//! copies, and a push of N resources costs O(N) index work, not a rebuild of every index.
+//! The indexes hold exactly what a rebuild from the primary maps would: the `state` tests
+//! compare them after arbitrary batches.
 //! Each service port's endpoints are also prepared for picking ([`EndpointTable`]), once per
-//! snapshot, on the first pick for that service: choosing an endpoint per connection does not
-//! rebuild the list, and an update does not pay for services nobody connects to.
+//! service value and endpoint list, on the first pick for that service: choosing an endpoint
+//! per connection does not rebuild the list, an update keeps the prepared tables of the
+//! services it does not touch, and nobody pays for services nobody connects to.
 
 use std::collections::BTreeSet;
 
 /// The state's maps hash with foldhash (seeded per process) instead of SipHash: their keys come
 /// from the control plane, and SipHash showed in both the profile of applying a push and every
 /// connection's lookups.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(super) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
+use foldhash::fast::RandomState;
 use serde::Serialize;
 use serde::ser::SerializeStruct;
 
 use super::lb::{ClientLocality, EndpointTable};
-use super::types::{HealthStatus, NetworkMode, Service, Workload, service_key};
-use super::{Resource, ResourceKey, Update};
-use crate::rbac::{Authorization, IpNet, Scope};
+use super::shards::Shards;
+use super::types::{HealthStatus, Service, Workload, service_key};
+use crate::rbac::{Authorization, IpNet};
+
+/// A service's prepared endpoint tables (service port → table), filled on the first pick.
+pub(super) type Tables = Arc<OnceLock<HashMap<u16, EndpointTable>>>;
 
 /// An immutable state version. Read it through [`super::StateView`].
-#[derive(Debug, Default)]
+///
+/// The candidate indexes are keyed by a hash of a composite key (network and IP, namespace and
+/// name), so a lookup borrows its parts and allocates nothing; each holds every entry whose key
+/// hashes there, in the order that decides ties, and a lookup takes the first that matches.
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    version: u64,
-    workloads: HashMap<String, Arc<Workload>>,
-    services: HashMap<String, Arc<Service>>,
-    policies: HashMap<String, Arc<Authorization>>,
-    /// network → IP → workload. Nested so a lookup borrows `&str` and allocates nothing.
-    workloads_by_addr: HashMap<String, HashMap<IpAddr, Arc<Workload>>>,
-    /// namespace → name → workload.
-    workloads_by_name: HashMap<String, HashMap<String, Arc<Workload>>>,
-    /// network → VIP → services with that VIP, in key order (a VIP may be shared, e.g. by
+    pub(super) version: u64,
+    /// Seeds the composite keys; carried from snapshot to snapshot with the indexes.
+    pub(super) keys: RandomState,
+    pub(super) workloads: Shards<String, Arc<Workload>>,
+    pub(super) services: Shards<String, Arc<Service>>,
+    pub(super) policies: Shards<String, Arc<Authorization>>,
+    /// (network, IP) → workloads there (standard network mode only), in uid order: the
+    /// smallest uid wins.
+    pub(super) workloads_by_addr: Shards<u64, Vec<Arc<Workload>>>,
+    /// (namespace, name) → workloads, in uid order.
+    pub(super) workloads_by_name: Shards<u64, Vec<Arc<Workload>>>,
+    /// (network, VIP) → services with that VIP, in key order (a VIP may be shared, e.g. by
     /// services in different namespaces; the client's namespace decides).
-    services_by_vip: HashMap<String, HashMap<IpAddr, Vec<Arc<Service>>>>,
+    pub(super) services_by_vip: Shards<u64, Vec<Arc<Service>>>,
     /// network → VIP ranges, longest prefix first, then in service key order.
-    services_by_cidr: HashMap<String, Vec<(IpNet, Arc<Service>)>>,
+    pub(super) services_by_cidr: Shards<String, Vec<(IpNet, Arc<Service>)>>,
     /// lowercase hostname → services of that name (one per namespace that defines it), in key
     /// order. DNS answers by name, without knowing the namespace.
-    services_by_hostname: HashMap<String, Vec<Arc<Service>>>,
+    pub(super) services_by_hostname: Shards<String, Vec<Arc<Service>>>,
     /// service key → workloads whose `services` name it, in uid order.
-    service_workloads: HashMap<String, Vec<Arc<Workload>>>,
-    /// Keys of global policies, and of namespace-scoped policies per namespace.
-    global_policies: Vec<Arc<Authorization>>,
-    namespace_policies: HashMap<String, Vec<Arc<Authorization>>>,
-    /// namespace → hostname → service port → its endpoints prepared for picks, filled on the
-    /// first pick. Nested so a lookup borrows the service's names and allocates nothing.
-    endpoint_tables: HashMap<String, HashMap<String, OnceLock<HashMap<u16, EndpointTable>>>>,
+    pub(super) service_workloads: Shards<String, Vec<Arc<Workload>>>,
+    /// Global policies, and namespace-scoped policies per namespace (rebuilt when a batch
+    /// changes any policy: there are few).
+    pub(super) global_policies: Arc<Vec<Arc<Authorization>>>,
+    pub(super) namespace_policies: Arc<HashMap<String, Vec<Arc<Authorization>>>>,
+    /// (namespace, hostname) → each existing service there with its endpoint tables; a change
+    /// to the service or to its workloads gives it fresh (empty) tables.
+    pub(super) endpoint_tables: Shards<u64, Vec<(Arc<Service>, Tables)>>,
 }
 
 // === impl Snapshot ===
@@ -83,11 +100,27 @@ impl Snapshot {
     }
 
     pub fn workload_by_addr(&self, network: &str, ip: IpAddr) -> Option<&Arc<Workload>> {
-        self.workloads_by_addr.get(network)?.get(&ip)
+        self.workloads_by_addr
+            .get(&self.addr_key(network, ip))?
+            .iter()
+            .find(|w| w.network == network && w.workload_ips.contains(&ip))
     }
 
     pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
-        self.workloads_by_name.get(namespace)?.get(name)
+        self.workloads_by_name
+            .get(&self.name_key(namespace, name))?
+            .iter()
+            .find(|w| w.namespace() == namespace && w.name == name)
+    }
+
+    /// The key of the (network, IP) indexes.
+    pub(super) fn addr_key(&self, network: &str, ip: IpAddr) -> u64 {
+        self.keys.hash_one((network, ip))
+    }
+
+    /// The key of the (namespace, name) and (namespace, hostname) indexes.
+    pub(super) fn name_key(&self, namespace: &str, name: &str) -> u64 {
+        self.keys.hash_one((namespace, name))
     }
 
     /// The service a connection to `ip` on `network` means, as any client sees it: the first
@@ -106,11 +139,15 @@ impl Snapshot {
         ip: IpAddr,
         client_ns: Option<&str>,
     ) -> Option<&Arc<Service>> {
+        let exact = |s: &&Arc<Service>| {
+            s.vips
+                .iter()
+                .any(|v| v.address == ip && v.network == network)
+        };
         if let Some(found) = self
             .services_by_vip
-            .get(network)
-            .and_then(|m| m.get(&ip))
-            .and_then(|list| best_service(list.iter(), client_ns))
+            .get(&self.addr_key(network, ip))
+            .and_then(|list| best_service(list.iter().filter(exact), client_ns))
         {
             return Some(found);
         }
@@ -174,9 +211,12 @@ impl Snapshot {
     ) -> Option<(Arc<Workload>, u16)> {
         let table = self
             .endpoint_tables
-            .get(&svc.namespace)
-            .and_then(|m| m.get(&svc.hostname))
-            .map(|cell| cell.get_or_init(|| self.build_tables(&svc.namespace, &svc.hostname)))
+            .get(&self.name_key(&svc.namespace, &svc.hostname))
+            .and_then(|list| {
+                list.iter()
+                    .find(|(s, _)| s.namespace == svc.namespace && s.hostname == svc.hostname)
+            })
+            .map(|(s, cell)| cell.get_or_init(|| self.build_tables(s)))
             .and_then(|m| m.get(&svc_port))
             .filter(|t| t.is_for(svc));
         match table {
@@ -232,152 +272,14 @@ impl Snapshot {
         out
     }
 
-    /// The endpoint tables of the service `namespace/hostname` (this snapshot's value of it).
-    fn build_tables(&self, namespace: &str, hostname: &str) -> HashMap<u16, EndpointTable> {
-        let key = service_key(namespace, hostname);
-        match (self.services.get(&key), self.service_workloads.get(&key)) {
-            (Some(svc), Some(list)) => endpoint_tables(svc, &key, list),
-            _ => HashMap::default(),
+    /// The endpoint tables of `svc` (this snapshot's value of it).
+    fn build_tables(&self, svc: &Arc<Service>) -> HashMap<u16, EndpointTable> {
+        let key = svc.key();
+        match self.service_workloads.get(&key) {
+            Some(list) => endpoint_tables(svc, &key, list),
+            None => HashMap::default(),
         }
     }
-
-    /// The next snapshot: this one with `update` applied, as `version`. Also returns the
-    /// removals that named nothing.
-    pub(super) fn with_update(&self, update: Update, version: u64) -> (Snapshot, Vec<ResourceKey>) {
-        let (mut workloads, mut services, mut policies) = if update.replace_all {
-            Default::default()
-        } else {
-            (
-                self.workloads.clone(),
-                self.services.clone(),
-                self.policies.clone(),
-            )
-        };
-        let mut unknown = Vec::new();
-        for key in update.removals {
-            let found = match &key {
-                ResourceKey::Workload(uid) => workloads.remove(uid).is_some(),
-                ResourceKey::Service(k) => services.remove(k).is_some(),
-                ResourceKey::Policy(k) => policies.remove(k).is_some(),
-                ResourceKey::Address(name) => {
-                    workloads.remove(name).is_some() || services.remove(name).is_some()
-                }
-            };
-            if !found {
-                unknown.push(key);
-            }
-        }
-        for r in update.upserts {
-            match r {
-                Resource::Workload(w) => {
-                    workloads.insert(w.uid.clone(), w);
-                }
-                Resource::Service(s) => {
-                    services.insert(s.key(), s);
-                }
-                Resource::Policy(p) => {
-                    policies.insert(p.key(), p);
-                }
-            }
-        }
-        (
-            Snapshot::index(version, workloads, services, policies),
-            unknown,
-        )
-    }
-
-    fn index(
-        version: u64,
-        workloads: HashMap<String, Arc<Workload>>,
-        services: HashMap<String, Arc<Service>>,
-        policies: HashMap<String, Arc<Authorization>>,
-    ) -> Snapshot {
-        let mut snap = Snapshot {
-            version,
-            ..Default::default()
-        };
-        // Uid order makes every index deterministic when two entries collide (same IP or
-        // same name): the smallest uid wins.
-        let mut uids: Vec<&String> = workloads.keys().collect();
-        uids.sort();
-        for uid in uids.into_iter().rev() {
-            let w = &workloads[uid];
-            if w.network_mode == NetworkMode::Standard {
-                let by_ip = slot(&mut snap.workloads_by_addr, &w.network);
-                for ip in &w.workload_ips {
-                    by_ip.insert(*ip, w.clone());
-                }
-            }
-            slot(&mut snap.workloads_by_name, w.namespace()).insert(w.name.clone(), w.clone());
-            for key in w.services.keys() {
-                slot(&mut snap.service_workloads, key).push(w.clone());
-            }
-        }
-        for list in snap.service_workloads.values_mut() {
-            list.reverse();
-        }
-        let mut keys: Vec<&String> = services.keys().collect();
-        keys.sort();
-        for key in keys.into_iter().rev() {
-            let s = &services[key];
-            for vip in &s.vips {
-                slot(&mut snap.services_by_vip, &vip.network)
-                    .entry(vip.address)
-                    .or_default()
-                    .push(s.clone());
-            }
-            for c in &s.cidr_vips {
-                snap.services_by_cidr
-                    .entry(c.network.clone())
-                    .or_default()
-                    .push((c.net, s.clone()));
-            }
-            snap.services_by_hostname
-                .entry(s.hostname.to_ascii_lowercase())
-                .or_default()
-                .push(s.clone());
-            slot(&mut snap.endpoint_tables, &s.namespace)
-                .insert(s.hostname.clone(), OnceLock::new());
-        }
-        for list in snap.services_by_hostname.values_mut() {
-            list.reverse();
-        }
-        for by_ip in snap.services_by_vip.values_mut() {
-            for list in by_ip.values_mut() {
-                list.reverse();
-            }
-        }
-        for list in snap.services_by_cidr.values_mut() {
-            list.reverse();
-            // Stable: equal prefixes keep key order.
-            list.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
-        }
-        for p in policies.values() {
-            match p.scope {
-                Scope::Global => snap.global_policies.push(p.clone()),
-                Scope::Namespace => snap
-                    .namespace_policies
-                    .entry(p.namespace.clone())
-                    .or_default()
-                    .push(p.clone()),
-                Scope::WorkloadSelector => {}
-            }
-        }
-        snap.workloads = workloads;
-        snap.services = services;
-        snap.policies = policies;
-        snap
-    }
-}
-
-/// The value at `k` in an index, inserted empty first if missing: the key is allocated only
-/// then, not once per entry added (a push of 10,000 workloads adds them in a few namespaces).
-fn slot<'m, V: Default>(m: &'m mut HashMap<String, V>, k: &str) -> &'m mut V {
-    if !m.contains_key(k) {
-        m.insert(k.to_owned(), V::default());
-    }
-    m.get_mut(k)
-        .unwrap_or_else(|| unreachable!("inserted just above"))
 }
 
 /// The endpoints of `svc` (key `key`) for `svc_port` among `workloads` (those naming it):
@@ -457,7 +359,7 @@ fn best_service<'a>(
 /// `{version, workloads, services, policies}`, each list in key order, for `/config_dump`.
 impl Serialize for Snapshot {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        fn sorted<T>(m: &HashMap<String, Arc<T>>) -> Vec<&T> {
+        fn sorted<T>(m: &Shards<String, Arc<T>>) -> Vec<&T> {
             let mut v: Vec<(&String, &Arc<T>)> = m.iter().collect();
             v.sort_by(|a, b| a.0.cmp(b.0));
             v.into_iter().map(|(_, t)| t.as_ref()).collect()

@@ -20,6 +20,10 @@
 //!   cancels the stream and is not counted).
 
 use std::collections::{HashMap, HashSet};
+
+/// The names of accepted resources, one entry per workload of the mesh: hashed with foldhash
+/// (as the state's maps) rather than SipHash, which showed in the profile of a 10,000-workload push.
+type KnownMap = HashMap<String, Known, foldhash::fast::RandomState>;
 use std::time::Duration;
 
 use ambit_proto::envoy::config::core::v3::Node;
@@ -81,7 +85,7 @@ pub enum XdsError {
 pub struct XdsClient {
     cfg: XdsConfig,
     writer: StateWriter,
-    known: HashMap<&'static str, HashMap<String, Known>>,
+    known: HashMap<&'static str, KnownMap>,
     /// Types not yet acknowledged once; readiness (`state manager`, ztunnel's name for it) is
     /// held until every one has been.
     not_ready: HashSet<&'static str>,
@@ -194,7 +198,7 @@ impl XdsClient {
             writer,
             known: REGISTERED
                 .iter()
-                .map(|t| (t.type_url, HashMap::new()))
+                .map(|t| (t.type_url, KnownMap::default()))
                 .collect(),
             not_ready: REGISTERED.iter().map(|t| t.type_url).collect(),
             state_manager: Some(readiness.block("state manager")),
@@ -329,6 +333,7 @@ impl XdsClient {
         };
         let type_url = handler.type_url;
         let known = self.known.entry(type_url).or_default();
+        known.reserve(resources.len());
         let mut update = Update::default();
         let mut accepted = Vec::with_capacity(resources.len());
         let mut errors = Vec::new();

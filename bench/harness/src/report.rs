@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::fmt::Write;
 
-use crate::Scenario;
+use crate::cli::Scenario;
 use crate::procfs::Machine;
 use crate::scenarios::PathKind;
 

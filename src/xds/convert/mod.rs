@@ -78,6 +78,19 @@ struct FieldError(String, Problem);
 
 type Res<T> = Result<T, FieldError>;
 
+impl FieldError {
+    /// This error seen from the enclosing field `outer` (`outer.field`, or `outer` alone).
+    /// Callers build `outer` in `map_err`, so a resource that converts formats no paths.
+    fn within(self, outer: String) -> FieldError {
+        let FieldError(field, problem) = self;
+        if field.is_empty() {
+            FieldError(outer, problem)
+        } else {
+            FieldError(format!("{outer}.{field}"), problem)
+        }
+    }
+}
+
 fn err<T>(field: impl Into<String>, problem: Problem) -> Res<T> {
     Err(FieldError(field.into(), problem))
 }
@@ -97,12 +110,12 @@ impl TryFrom<pw::Workload> for Workload {
     type Error = ConvertError;
 
     fn try_from(p: pw::Workload) -> Result<Self, ConvertError> {
-        let label = if p.uid.is_empty() {
-            labelled("workload", &format!("{}/{}", p.namespace, p.name))
+        let name = if p.uid.is_empty() {
+            format!("{}/{}", p.namespace, p.name)
         } else {
-            labelled("workload", &p.uid)
+            p.uid.clone()
         };
-        workload(p).map_err(label)
+        workload(p).map_err(|e| labelled("workload", &name)(e))
     }
 }
 
@@ -123,7 +136,7 @@ fn workload(p: pw::Workload) -> Res<Workload> {
         .addresses
         .iter()
         .enumerate()
-        .map(|(i, b)| ip(&format!("addresses[{i}]"), b))
+        .map(|(i, b)| ip("", b).map_err(|e| e.within(format!("addresses[{i}]"))))
         .collect::<Res<_>>()?;
     w.protocol = match pw::TunnelProtocol::try_from(p.tunnel_protocol) {
         Ok(pw::TunnelProtocol::None) => TunnelProtocol::None,
@@ -190,11 +203,12 @@ fn workload(p: pw::Workload) -> Res<Workload> {
     };
     w.capacity = p.capacity.unwrap_or(1);
     for (key, ports) in p.services {
-        let field = format!("services[{key:?}]");
-        check_key(&field, &key, "namespace/hostname")?;
+        let field = || format!("services[{key:?}]");
+        check_key("", &key, "namespace/hostname").map_err(|e| e.within(field()))?;
         let mut map = BTreeMap::new();
         for (i, pt) in ports.ports.iter().enumerate() {
-            let (svc, target) = port_pair(&format!("{field}.ports[{i}]"), pt)?;
+            let (svc, target) =
+                port_pair(pt).map_err(|e| e.within(format!("ports[{i}]")).within(field()))?;
             map.insert(svc, target);
         }
         w.services.insert(key, map);
@@ -244,7 +258,7 @@ fn service(p: pw::Service) -> Res<Service> {
     }
     let mut ports = BTreeMap::new();
     for (i, pt) in p.ports.iter().enumerate() {
-        let (svc, target) = port_pair(&format!("ports[{i}]"), pt)?;
+        let (svc, target) = port_pair(pt).map_err(|e| e.within(format!("ports[{i}]")))?;
         ports.insert(svc, target);
     }
     let load_balancer = p.load_balancing.map(load_balancer).transpose()?;
@@ -516,11 +530,12 @@ fn port(field: &str, p: u32) -> Res<u16> {
 }
 
 /// (service port 1–65535, target port 0–65535; 0 ⇒ same as the service port).
-fn port_pair(field: &str, p: &pw::Port) -> Res<(u16, u16)> {
-    let svc = port(&format!("{field}.servicePort"), p.service_port)?;
+/// Errors name the port's own field (`servicePort`, `targetPort`).
+fn port_pair(p: &pw::Port) -> Res<(u16, u16)> {
+    let svc = port("servicePort", p.service_port)?;
     let target = match p.target_port {
         0 => 0,
-        t => port(&format!("{field}.targetPort"), t)?,
+        t => port("targetPort", t)?,
     };
     Ok((svc, target))
 }
