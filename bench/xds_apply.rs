@@ -1,12 +1,10 @@
 //! Benchmark (not a test): how long the delta ADS client takes to apply one push of 10,000
 //! workloads and 1,000 services, then one small delta, and the process's peak memory.
 //!
-//! Run: `cargo bench --bench xds_apply` (release profile). The control plane is the in-process
-//! fake istiod of the `xds_*` tests on loopback, so the times include gRPC decoding, conversion,
-//! the state rebuild and the ACK round trip; peak memory (VmHWM) covers client and fake server.
-
-#[path = "../tests/control/xds_support.rs"]
-mod xds_support;
+//! Run: `cargo bench --bench xds_apply` (release profile). The control plane is the lab's
+//! scripted istiod (`ambit_lab::control_scripted`, as in the `xds_*` tests) in-process on
+//! loopback, so the times include gRPC decoding, conversion, the state rebuild and the ACK round
+//! trip; peak memory (VmHWM) covers client and scripted server.
 
 use std::time::{Duration, Instant};
 
@@ -14,8 +12,8 @@ use ambit::grpc::{GrpcTarget, RootCert};
 use ambit::lifecycle::{Readiness, drain_channel};
 use ambit::state::StateWriter;
 use ambit::xds::{NodeInfo, XdsClient, XdsConfig};
+use ambit_lab::control_scripted::{ScriptedAds, resource, response, service, workload};
 use ambit_proto::ADDRESS_TYPE_URL;
-use xds_support::{FakeAds, resource, response, service, workload};
 
 const WORKLOADS: usize = 10_000;
 const SERVICES: usize = 1_000;
@@ -32,7 +30,9 @@ fn ip(i: usize) -> [u8; 4] {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let mut server = FakeAds::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut server = ScriptedAds::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let (writer, view) = StateWriter::new();
     let readiness = Readiness::new();
     let client = XdsClient::new(
@@ -54,8 +54,8 @@ async fn main() {
     );
     let (_trigger, drain) = drain_channel();
     tokio::spawn(client.run(drain));
-    let mut conn = server.next_conn().await;
-    conn.initial_requests().await;
+    let mut conn = server.next_conn().await.unwrap();
+    conn.initial_requests().await.unwrap();
     let base_kib = vm_hwm_kib();
 
     let mut resources = Vec::with_capacity(WORKLOADS + SERVICES);
@@ -79,8 +79,9 @@ async fn main() {
     }
 
     let start = Instant::now();
-    conn.push(response(ADDRESS_TYPE_URL, "full", resources, &[]));
-    let ack = conn.next_request().await;
+    conn.push(response(ADDRESS_TYPE_URL, "full", resources, &[]))
+        .unwrap();
+    let ack = conn.next_request().await.unwrap();
     let full = start.elapsed();
     assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
     let snap = view.snapshot();
@@ -98,8 +99,9 @@ async fn main() {
             &workload("w-0", [10, 200, 0, 1], None),
         )],
         &["w-1"],
-    ));
-    let ack = conn.next_request().await;
+    ))
+    .unwrap();
+    let ack = conn.next_request().await.unwrap();
     let delta = start.elapsed();
     assert!(ack.error_detail.is_none());
 

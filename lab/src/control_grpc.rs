@@ -1,4 +1,4 @@
-//! The control plane's gRPC services over TLS: `AggregatedDiscoveryService/DeltaAggregatedResources`
+//! The control plane's gRPC services (over TLS for the lab's istiod): `AggregatedDiscoveryService/DeltaAggregatedResources`
 //! (delta xDS, both WDS types) and `IstioCertificateService/CreateCertificate`.
 //!
 //! Invariants: a stream starts only with a known bearer token; each type is served from the
@@ -7,6 +7,8 @@
 //! first ACK), then every later delta of that type in order. Every response has a fresh nonce.
 //! A stream that falls behind the push buffer, or whose control plane is stopped, ends with
 //! `Unavailable` (the node reconnects and resyncs). Every request and response is recorded.
+//!
+//! The same services and server also run scripted by a test ([`crate::control_scripted`]).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -27,7 +29,7 @@ use futures_util::Stream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
@@ -37,31 +39,34 @@ use crate::control_plane::{
     CaRecord, Delta, RecordedRequest, RecordedResponse, Shared, known_type, lock,
 };
 use crate::control_resources::{CpResource, identities_by_node};
+use crate::control_scripted::{ScriptedCa, ScriptedConn};
 
 type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
 type SotwStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
 
-/// Serves both services on `listener` until `shutdown` fires.
+/// Serves `ads` and `ca` (whichever are given) on `listener`, over TLS with `tls` when given,
+/// until `shutdown` fires.
 pub(crate) fn spawn_server(
-    shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
+    tls: Option<Identity>,
+    ads: Option<Ads>,
+    ca: Option<Ca>,
     shutdown: oneshot::Receiver<()>,
 ) -> Result<JoinHandle<()>, LabError> {
-    let tls = ServerTlsConfig::new().identity(shared.ca.server_identity());
-    let mut builder = Server::builder()
-        .tls_config(tls)
-        .map_err(|e| LabError::ControlPlane {
-            what: "TLS".into(),
-            detail: e.to_string(),
-        })?;
+    let mut builder = Server::builder();
+    if let Some(identity) = tls {
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .map_err(|e| LabError::ControlPlane {
+                what: "TLS".into(),
+                detail: e.to_string(),
+            })?;
+    }
     let router = builder
-        .add_service(
-            AggregatedDiscoveryServiceServer::new(Ads {
-                shared: shared.clone(),
-            })
-            .max_decoding_message_size(64 << 20),
-        )
-        .add_service(IstioCertificateServiceServer::new(Ca { shared }));
+        .add_optional_service(ads.map(|ads| {
+            AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(64 << 20)
+        }))
+        .add_optional_service(ca.map(IstioCertificateServiceServer::new));
     Ok(tokio::spawn(async move {
         let served = router
             .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
@@ -74,12 +79,18 @@ pub(crate) fn spawn_server(
     }))
 }
 
-struct Ads {
-    shared: Arc<Shared>,
+/// The ADS service: answers built from the lab's store (the lab's istiod), or every stream
+/// handed to a test that scripts it ([`crate::control_scripted::ScriptedAds`]).
+pub(crate) enum Ads {
+    Topology(Arc<Shared>),
+    Scripted(mpsc::UnboundedSender<ScriptedConn>),
 }
 
-struct Ca {
-    shared: Arc<Shared>,
+/// The CA service: the lab's CA deciding by the store, or a scripted one for client tests
+/// ([`crate::control_scripted::ScriptedCa`]).
+pub(crate) enum Ca {
+    Topology(Arc<Shared>),
+    Scripted(Arc<ScriptedCa>),
 }
 
 #[tonic::async_trait]
@@ -100,25 +111,29 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        let Some(node) = self.shared.node_of(request.metadata()) else {
+        let shared = match self {
+            Ads::Topology(shared) => shared,
+            Ads::Scripted(conns) => return Ok(Response::new(scripted_stream(conns, request))),
+        };
+        let Some(node) = shared.node_of(request.metadata()) else {
             warn!("xDS stream refused: missing or unknown bearer token");
             return Err(Status::unauthenticated(
                 "lab control plane: missing or unknown bearer token",
             ));
         };
         let conn = {
-            let mut store = lock(&self.shared.store);
+            let mut store = lock(&shared.store);
             store.next_conn += 1;
             store.next_conn
         };
         info!(%node, conn, "xDS stream opened");
         let (tx, rx) = mpsc::channel(64);
         let stream = NodeStream {
-            shared: self.shared.clone(),
+            shared: shared.clone(),
             node,
             conn,
-            pushes: self.shared.pushes.subscribe(),
-            generation: self.shared.generation.subscribe(),
+            pushes: shared.pushes.subscribe(),
+            generation: shared.generation.subscribe(),
             tx,
             subscribed: BTreeMap::new(),
         };
@@ -130,6 +145,34 @@ impl AggregatedDiscoveryService for Ads {
             );
         Ok(Response::new(Box::pin(out)))
     }
+}
+
+/// Hands a stream to the test scripting it: its headers, its requests as they arrive, and the
+/// sender of what the server answers.
+fn scripted_stream(
+    conns: &mpsc::UnboundedSender<ScriptedConn>,
+    request: Request<Streaming<DeltaDiscoveryRequest>>,
+) -> DeltaStream {
+    let headers = request.metadata().clone();
+    let mut inbound = request.into_inner();
+    let (req_tx, requests) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(r)) = inbound.message().await {
+            if req_tx.send(r).is_err() {
+                break;
+            }
+        }
+    });
+    let (responses, resp_rx) = mpsc::unbounded_channel();
+    // A test no longer taking streams gets none: this one then ends at once.
+    let _ = conns.send(ScriptedConn {
+        headers,
+        requests,
+        responses,
+    });
+    Box::pin(futures_util::stream::unfold(resp_rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    }))
 }
 
 /// One node's stream.
@@ -274,7 +317,11 @@ impl IstioCertificateService for Ca {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let node = self.shared.node_of(request.metadata());
+        let shared = match self {
+            Ca::Topology(shared) => shared,
+            Ca::Scripted(ca) => return ca.create_certificate(request),
+        };
+        let node = shared.node_of(request.metadata());
         let req = request.into_inner();
         let impersonated = impersonated_identity(&req);
         let csr = LabCa::csr_identity(&req.csr);
@@ -282,7 +329,13 @@ impl IstioCertificateService for Ca {
             .clone()
             .or_else(|| csr.as_ref().ok().map(|(id, _)| id.clone()))
             .unwrap_or_default();
-        let decided = self.decide(node.as_deref(), impersonated, csr, req.validity_duration);
+        let decided = decide(
+            shared,
+            node.as_deref(),
+            impersonated,
+            csr,
+            req.validity_duration,
+        );
         let outcome = match &decided {
             Ok(issued) => {
                 info!(node = ?node, %identity, serial = %issued.serial, "lab CA issued a certificate");
@@ -293,7 +346,7 @@ impl IstioCertificateService for Ca {
                 Err(format!("{:?}: {}", status.code(), status.message()))
             }
         };
-        self.shared.record_ca(CaRecord {
+        shared.record_ca(CaRecord {
             node,
             identity,
             outcome,
@@ -306,54 +359,49 @@ impl IstioCertificateService for Ca {
     }
 }
 
-impl Ca {
-    fn decide(
-        &self,
-        node: Option<&str>,
-        impersonated: Option<String>,
-        csr: Result<(String, rcgen::CertificateSigningRequestParams), String>,
-        validity_secs: i64,
-    ) -> Result<Issued, Status> {
-        let Some(node) = node else {
-            return Err(Status::unauthenticated(
-                "lab CA: missing or unknown bearer token",
-            ));
-        };
-        let (allowed, refusing) = {
-            let store = lock(&self.shared.store);
-            let addresses = store
-                .resources
-                .get(ambit_proto::ADDRESS_TYPE_URL)
-                .into_iter()
-                .flat_map(|m| m.values())
-                .filter_map(|s| match &s.resource {
-                    CpResource::Address { address, .. } => Some(address),
-                    CpResource::Policy { .. } => None,
-                });
-            let mut by_node = identities_by_node(addresses);
-            (by_node.remove(node).unwrap_or_default(), store.ca_refusing)
-        };
-        if refusing {
-            return Err(Status::unavailable(
-                "lab CA is refusing requests (switched off by the lab)",
-            ));
-        }
-        let (csr_id, csr) = csr.map_err(Status::invalid_argument)?;
-        let want = impersonated.unwrap_or_else(|| csr_id.clone());
-        if want != csr_id {
-            return Err(Status::invalid_argument(format!(
-                "CSR asks for {csr_id} but ImpersonatedIdentity is {want}"
-            )));
-        }
-        if !allowed.contains(&want) {
-            return Err(Status::permission_denied(format!(
-                "node {node} has no pod with identity {want}"
-            )));
-        }
-        let ttl = Duration::from_secs(u64::try_from(validity_secs).unwrap_or(0).max(1));
-        self.shared
-            .ca
-            .sign(&want, &csr, ttl)
-            .map_err(Status::internal)
+fn decide(
+    shared: &Shared,
+    node: Option<&str>,
+    impersonated: Option<String>,
+    csr: Result<(String, rcgen::CertificateSigningRequestParams), String>,
+    validity_secs: i64,
+) -> Result<Issued, Status> {
+    let Some(node) = node else {
+        return Err(Status::unauthenticated(
+            "lab CA: missing or unknown bearer token",
+        ));
+    };
+    let (allowed, refusing) = {
+        let store = lock(&shared.store);
+        let addresses = store
+            .resources
+            .get(ambit_proto::ADDRESS_TYPE_URL)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|s| match &s.resource {
+                CpResource::Address { address, .. } => Some(address),
+                CpResource::Policy { .. } => None,
+            });
+        let mut by_node = identities_by_node(addresses);
+        (by_node.remove(node).unwrap_or_default(), store.ca_refusing)
+    };
+    if refusing {
+        return Err(Status::unavailable(
+            "lab CA is refusing requests (switched off by the lab)",
+        ));
     }
+    let (csr_id, csr) = csr.map_err(Status::invalid_argument)?;
+    let want = impersonated.unwrap_or_else(|| csr_id.clone());
+    if want != csr_id {
+        return Err(Status::invalid_argument(format!(
+            "CSR asks for {csr_id} but ImpersonatedIdentity is {want}"
+        )));
+    }
+    if !allowed.contains(&want) {
+        return Err(Status::permission_denied(format!(
+            "node {node} has no pod with identity {want}"
+        )));
+    }
+    let ttl = Duration::from_secs(u64::try_from(validity_secs).unwrap_or(0).max(1));
+    shared.ca.sign(&want, &csr, ttl).map_err(Status::internal)
 }

@@ -31,6 +31,7 @@ use tracing::info;
 
 use crate::control::ControlPlane;
 use crate::control_ca::{LabCa, SERVER_NAME};
+use crate::control_grpc::{Ads, Ca};
 use crate::control_resources::{CLUSTER_ID, CpResource};
 use crate::{LabError, Netns};
 
@@ -220,7 +221,14 @@ impl LabControlPlane {
                 source: e,
             })?;
         let (shutdown, rx) = oneshot::channel();
-        let task = crate::control_grpc::spawn_server(self.shared.clone(), listener, rx)?;
+        let shared = &self.shared;
+        let task = crate::control_grpc::spawn_server(
+            listener,
+            Some(shared.ca.server_identity()),
+            Some(Ads::Topology(shared.clone())),
+            Some(Ca::Topology(shared.clone())),
+            rx,
+        )?;
         *lock(&self.server) = Some(ServerHandle { shutdown, task });
         info!(addr = %self.shared.addr, "lab control plane serving delta ADS and the CA");
         Ok(())

@@ -15,7 +15,8 @@
 //! | [`control_resources`] | the topology as xDS resources (workloads, services, policies) |
 //! | [`control_ca`] | the lab's root CA: the control plane's TLS certificate and workload certificates |
 //! | [`control_plane`] | [`LabControlPlane`]: the lab's istiod (store, pushes, tokens, records, stop/restart) |
-//! | `control_grpc` | its gRPC services over TLS: delta ADS and `CreateCertificate` |
+//! | `control_grpc` | its gRPC services over TLS: delta ADS and `CreateCertificate`, answered from the store or scripted |
+//! | [`control_scripted`] | the same services scripted by a client test ([`control_scripted::ScriptedAds`], [`control_scripted::ScriptedCa`]), in-process, no root; WDS resource builders |
 //! | [`zds`] | ZDS building blocks: SOCK_SEQPACKET socket, fd passing, messages |
 //! | [`agent`] | the node agent: in-pod nftables rules, ZDS server, add/delete pods |
 //! | [`lab`] | [`Lab`]: a topology built in namespaces, with agents and node proxies |
@@ -43,6 +44,7 @@ pub mod control_ca;
 mod control_grpc;
 pub mod control_plane;
 pub mod control_resources;
+pub mod control_scripted;
 pub mod demo;
 pub mod eastwest;
 mod error;

@@ -1,10 +1,10 @@
-//! The control side, one test binary: the xDS client and the CA client against in-process
-//! fakes (`xds_support`), the admin server's view of pushed state, and ambit configured by a
-//! local file, by environment and by the lab's control plane (`cp`).
+//! The control side, one test binary: the xDS client and the CA client against the lab's
+//! control plane scripted in-process (`ambit_lab::control_scripted`), the admin server's view of
+//! pushed state, and ambit configured by a local file, by environment and by the lab's control
+//! plane (`cp`).
 
 #[path = "../common/mod.rs"]
 mod common;
-mod xds_support;
 
 mod config;
 mod config_env;

@@ -1,7 +1,5 @@
-//! `/config_dump` on the admin server lists what the (fake) control plane sent, plus the
+//! `/config_dump` on the admin server lists what the (scripted) control plane sent, plus the
 //! certificates the manager holds; the admin server answers only on loopback.
-
-use crate::xds_support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -13,11 +11,11 @@ use ambit::identity::{BuiltinCa, SecretManager, SecretManagerConfig};
 use ambit::lifecycle::{Readiness, drain_channel};
 use ambit::state::StateWriter;
 use ambit::xds::{NodeInfo, XdsClient, XdsConfig};
+use ambit_lab::control_scripted::*;
 use ambit_proto::istio::security as ps;
 use ambit_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
-use xds_support::*;
 
 async fn get(addr: SocketAddr, path: &str) -> String {
     let mut s = timeout(WAIT, tokio::net::TcpStream::connect(addr))
@@ -37,7 +35,9 @@ async fn get(addr: SocketAddr, path: &str) -> String {
 
 #[tokio::test]
 async fn config_dump_lists_what_the_control_plane_sent() {
-    let mut server = FakeAds::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut server = ScriptedAds::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let (writer, view) = StateWriter::new();
     let readiness = Readiness::new();
     let client = XdsClient::new(
@@ -59,8 +59,8 @@ async fn config_dump_lists_what_the_control_plane_sent() {
     );
     let (_trigger, drain) = drain_channel();
     tokio::spawn(client.run(drain.clone()));
-    let mut conn = server.next_conn().await;
-    conn.initial_requests().await;
+    let mut conn = server.next_conn().await.unwrap();
+    conn.initial_requests().await.unwrap();
     conn.push(response(
         ADDRESS_TYPE_URL,
         "n1",
@@ -81,8 +81,9 @@ async fn config_dump_lists_what_the_control_plane_sent() {
             ),
         ],
         &[],
-    ));
-    assert!(conn.next_request().await.error_detail.is_none());
+    ))
+    .unwrap();
+    assert!(conn.next_request().await.unwrap().error_detail.is_none());
     let policy = ps::Authorization {
         name: "deny-all".into(),
         namespace: "default".into(),
@@ -95,8 +96,9 @@ async fn config_dump_lists_what_the_control_plane_sent() {
         "p1",
         vec![resource("default/deny-all", "1", &policy)],
         &[],
-    ));
-    assert!(conn.next_request().await.error_detail.is_none());
+    ))
+    .unwrap();
+    assert!(conn.next_request().await.unwrap().error_detail.is_none());
 
     let secrets = SecretManager::new(
         std::sync::Arc::new(BuiltinCa::in_memory(Duration::from_secs(3600)).unwrap()),

@@ -1,15 +1,12 @@
-//! The Istio CA client against a fake istiod CA on loopback: a real CSR signed by a test root
-//! (rcgen) becomes a usable certificate (a real mTLS handshake succeeds with it); a response for
-//! the wrong identity is rejected; with the CA down the `SecretManager` keeps serving the old
-//! certificate and picks up a new one when the CA returns.
-//!
-//! The CA server here is a test double at a boundary this task cannot reach yet (the lab's
-//! control plane comes later); it speaks real gRPC over real TCP.
+//! The Istio CA client against the lab's CA scripted on loopback
+//! (`ambit_lab::control_scripted::ScriptedCa`): a real CSR signed by a lab root becomes a usable
+//! certificate (a real mTLS handshake succeeds with it); a response for the wrong identity is
+//! rejected; with the CA down the `SecretManager` keeps serving the old certificate and picks up
+//! a new one when the CA returns.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ambit::core::Identity;
@@ -18,154 +15,8 @@ use ambit::identity::{
     CaClient, CaClientConfig, CaClientError, IstioCaClient, SecretManager, SecretManagerConfig,
 };
 use ambit::tls::WorkloadCertificate;
-use ambit_proto::istio::v1::auth::istio_certificate_service_server::{
-    IstioCertificateService, IstioCertificateServiceServer,
-};
-use ambit_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
-use rcgen::{
-    BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256,
-    PublicKeyData, SanType, SignatureAlgorithm,
-};
-use tokio::sync::{mpsc, oneshot};
+use ambit_lab::control_scripted::{ScriptedCa, WAIT};
 use tokio::time::timeout;
-use tonic::metadata::MetadataMap;
-use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status};
-use x509_parser::prelude::FromDer;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-/// The CSR's public key, handed to rcgen for signing.
-struct CsrKey(Vec<u8>);
-
-impl PublicKeyData for CsrKey {
-    fn der_bytes(&self) -> &[u8] {
-        &self.0
-    }
-    fn algorithm(&self) -> &'static SignatureAlgorithm {
-        &PKCS_ECDSA_P256_SHA256
-    }
-}
-
-struct TestCa {
-    issuer: Issuer<'static, KeyPair>,
-    root_pem: String,
-    lifetime: Duration,
-    /// Sign for a different service account than requested.
-    wrong_identity: AtomicBool,
-    seen: mpsc::UnboundedSender<(MetadataMap, IstioCertificateRequest)>,
-}
-
-fn csr_parts(pem: &str) -> Result<(Vec<u8>, String), String> {
-    let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
-    let (_, req) =
-        x509_parser::certification_request::X509CertificationRequest::from_der(&der.contents)
-            .map_err(|e| e.to_string())?;
-    let key = req
-        .certification_request_info
-        .subject_pki
-        .subject_public_key
-        .data
-        .to_vec();
-    for ext in req.requested_extensions().into_iter().flatten() {
-        if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) = ext {
-            for name in &san.general_names {
-                if let x509_parser::extensions::GeneralName::URI(u) = name {
-                    return Ok((key, u.to_string()));
-                }
-            }
-        }
-    }
-    Err("no URI SAN".into())
-}
-
-#[tonic::async_trait]
-impl IstioCertificateService for TestCa {
-    async fn create_certificate(
-        &self,
-        request: Request<IstioCertificateRequest>,
-    ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let headers = request.metadata().clone();
-        let req = request.into_inner();
-        let _ = self.seen.send((headers, req.clone()));
-        let (key, san) = csr_parts(&req.csr).map_err(Status::invalid_argument)?;
-        let impersonated = ambit_lab::control_ca::impersonated_identity(&req);
-        if impersonated.as_deref() != Some(san.as_str()) {
-            return Err(Status::permission_denied("identity mismatch"));
-        }
-        let san = if self.wrong_identity.load(Ordering::SeqCst) {
-            san.replace("/sa/", "/sa/not-")
-        } else {
-            san
-        };
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(san.try_into().unwrap())];
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - Duration::from_secs(1);
-        params.not_after = now + self.lifetime;
-        let leaf = params
-            .signed_by(&CsrKey(key), &self.issuer)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(IstioCertificateResponse {
-            cert_chain: vec![leaf.pem(), self.root_pem.clone()],
-        }))
-    }
-}
-
-struct Server {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Server {
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        let _ = timeout(WAIT, &mut self.task).await;
-    }
-}
-
-async fn serve(addr: SocketAddr, ca: Arc<TestCa>) -> Server {
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(IstioCertificateServiceServer::from_arc(ca))
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
-                let _ = stop_rx.await;
-            })
-            .await;
-    });
-    Server {
-        addr,
-        stop: Some(stop_tx),
-        task,
-    }
-}
-
-fn test_ca(
-    lifetime: Duration,
-) -> (
-    Arc<TestCa>,
-    mpsc::UnboundedReceiver<(MetadataMap, IstioCertificateRequest)>,
-) {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let root = params.self_signed(&key).unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let ca = TestCa {
-        issuer: Issuer::new(params, key),
-        root_pem: root.pem(),
-        lifetime,
-        wrong_identity: AtomicBool::new(false),
-        seen: tx,
-    };
-    (Arc::new(ca), rx)
-}
 
 fn token(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ambit-ca-{test}-{}", std::process::id()));
@@ -219,8 +70,8 @@ async fn handshake(server: &WorkloadCertificate, client: &WorkloadCertificate) {
 
 #[tokio::test]
 async fn a_signed_csr_becomes_a_usable_certificate() {
-    let (ca, mut seen) = test_ca(Duration::from_secs(3600));
-    let server = serve("127.0.0.1:0".parse().unwrap(), ca).await;
+    let (ca, mut seen) = ScriptedCa::new(Duration::from_secs(3600)).unwrap();
+    let server = ca.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let client = client("sign", server.addr);
 
     let a = timeout(WAIT, client.create_certificate(&id("a")))
@@ -246,9 +97,9 @@ async fn a_signed_csr_becomes_a_usable_certificate() {
 
 #[tokio::test]
 async fn a_certificate_for_another_identity_is_rejected() {
-    let (ca, _seen) = test_ca(Duration::from_secs(3600));
-    ca.wrong_identity.store(true, Ordering::SeqCst);
-    let server = serve("127.0.0.1:0".parse().unwrap(), ca).await;
+    let (ca, _seen) = ScriptedCa::new(Duration::from_secs(3600)).unwrap();
+    ca.sign_wrong_identity(true);
+    let server = ca.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let client = client("wrong", server.addr);
     match timeout(WAIT, client.create_certificate(&id("a")))
         .await
@@ -269,8 +120,8 @@ async fn a_certificate_for_another_identity_is_rejected() {
 #[tokio::test]
 async fn ca_down_is_an_error_and_the_manager_keeps_the_old_certificate() {
     // Certificates live 4 s, so the manager refreshes about 2 s in.
-    let (ca, _seen) = test_ca(Duration::from_secs(3));
-    let server = serve("127.0.0.1:0".parse().unwrap(), ca.clone()).await;
+    let (ca, _seen) = ScriptedCa::new(Duration::from_secs(3)).unwrap();
+    let server = ca.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = server.addr;
     let client = Arc::new(client("down", addr));
     let manager = SecretManager::new(
@@ -312,7 +163,7 @@ async fn ca_down_is_an_error_and_the_manager_keeps_the_old_certificate() {
     assert_eq!(still.serial_hex(), first.serial_hex());
 
     // The CA returns: the next retry gets a new certificate.
-    let server = serve(addr, ca).await;
+    let server = ca.serve(addr).await.unwrap();
     let renewed = timeout(WAIT, async {
         loop {
             let c = manager.fetch_certificate(&id("a")).await.unwrap();

@@ -1,10 +1,8 @@
-//! The delta ADS client against a fake istiod on loopback (see `xds_support`): pushes land in
+//! The delta ADS client against the lab's scripted istiod on loopback (`ambit_lab::control_scripted`): pushes land in
 //! the state, removals remove, a bad resource is NACKed by name while the rest applies, a
 //! reconnect resubscribes with `initial_resource_versions`, auth headers arrive, and readiness
 //! waits for the first ACK of each type, and the `istio_xds_*` metrics count responses and
 //! stream endings.
-
-use crate::xds_support;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,10 +12,11 @@ use ambit::lifecycle::{DrainTrigger, Readiness, drain_channel};
 use ambit::metrics::{Metrics, TerminationReason, XdsMetrics};
 use ambit::state::{StateView, StateWriter};
 use ambit::xds::{NodeInfo, XdsClient, XdsConfig};
+use ambit_lab::control_ca::LabCa;
+use ambit_lab::control_scripted::*;
 use ambit_proto::istio::security as ps;
 use ambit_proto::istio::workload as pw;
 use ambit_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
-use xds_support::*;
 
 const SVC_KEY: &str = "default/web.default.svc.cluster.local";
 
@@ -96,15 +95,17 @@ fn by_type(
 
 #[tokio::test]
 async fn pushes_apply_removals_remove_and_readiness_follows_acks() {
-    let mut server = FakeAds::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut server = ScriptedAds::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let h = start_client("push", server.addr);
-    let mut conn = server.next_conn().await;
+    let mut conn = server.next_conn().await.unwrap();
 
     // Metadata and the subscriptions as ztunnel sends them.
     assert_eq!(conn.headers.get("authorization").unwrap(), "Bearer token-1");
     assert_eq!(conn.headers.get("clusterid").unwrap(), "cluster-a");
     assert_eq!(conn.headers.get("x-tenant").unwrap(), "blue");
-    let initial = conn.initial_requests().await;
+    let initial = conn.initial_requests().await.unwrap();
     for t in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL] {
         let r = by_type(&initial, t);
         assert_eq!(r.resource_names_subscribe, vec!["*"]);
@@ -143,8 +144,9 @@ async fn pushes_apply_removals_remove_and_readiness_follows_acks() {
             &workload("w1", [10, 0, 0, 1], Some((SVC_KEY, 80, 8080))),
         )],
         &[],
-    ));
-    let ack = conn.next_request().await;
+    ))
+    .unwrap();
+    let ack = conn.next_request().await.unwrap();
     assert_eq!(
         (ack.type_url.as_str(), ack.response_nonce.as_str()),
         (ADDRESS_TYPE_URL, "n1")
@@ -162,16 +164,18 @@ async fn pushes_apply_removals_remove_and_readiness_follows_acks() {
             &service("default", "web", [10, 96, 0, 1], 80),
         )],
         &[],
-    ));
-    assert!(conn.next_request().await.error_detail.is_none());
+    ))
+    .unwrap();
+    assert!(conn.next_request().await.unwrap().error_detail.is_none());
     let svc = h.view.service_by_vip("", [10, 96, 0, 1].into()).unwrap();
     let eps = h.view.endpoints(&svc, 80);
     assert_eq!(eps.len(), 1);
     assert_eq!((eps[0].0.uid.as_str(), eps[0].1), ("w1", 8080));
 
     // Policies: an empty first response still counts as the first ACK.
-    conn.push(response(AUTHORIZATION_TYPE_URL, "p0", vec![], &[]));
-    assert!(conn.next_request().await.error_detail.is_none());
+    conn.push(response(AUTHORIZATION_TYPE_URL, "p0", vec![], &[]))
+        .unwrap();
+    assert!(conn.next_request().await.unwrap().error_detail.is_none());
     assert!(h.readiness.is_ready(), "{:?}", h.readiness.pending());
     let policy = ps::Authorization {
         name: "allow".into(),
@@ -184,20 +188,23 @@ async fn pushes_apply_removals_remove_and_readiness_follows_acks() {
         "p1",
         vec![resource("default/allow", "1", &policy)],
         &[],
-    ));
-    assert!(conn.next_request().await.error_detail.is_none());
+    ))
+    .unwrap();
+    assert!(conn.next_request().await.unwrap().error_detail.is_none());
     assert!(h.view.snapshot().policy("default/allow").is_some());
 
     // Removals by resource name: the workload, the service and the policy go.
-    conn.push(response(ADDRESS_TYPE_URL, "n3", vec![], &["w1", SVC_KEY]));
-    assert!(conn.next_request().await.error_detail.is_none());
+    conn.push(response(ADDRESS_TYPE_URL, "n3", vec![], &["w1", SVC_KEY]))
+        .unwrap();
+    assert!(conn.next_request().await.unwrap().error_detail.is_none());
     conn.push(response(
         AUTHORIZATION_TYPE_URL,
         "p2",
         vec![],
         &["default/allow"],
-    ));
-    assert!(conn.next_request().await.error_detail.is_none());
+    ))
+    .unwrap();
+    assert!(conn.next_request().await.unwrap().error_detail.is_none());
     assert!(h.view.workload_by_uid("w1").is_none());
     assert!(
         h.view
@@ -209,18 +216,21 @@ async fn pushes_apply_removals_remove_and_readiness_follows_acks() {
 
 #[tokio::test]
 async fn a_bad_resource_is_nacked_by_name_and_the_rest_applies() {
-    let mut server = FakeAds::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut server = ScriptedAds::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let h = start_client("nack", server.addr);
-    let mut conn = server.next_conn().await;
-    conn.initial_requests().await;
+    let mut conn = server.next_conn().await.unwrap();
+    conn.initial_requests().await.unwrap();
 
     conn.push(response(
         ADDRESS_TYPE_URL,
         "n1",
         vec![resource("w1", "1", &workload("w1", [10, 0, 0, 1], None))],
         &[],
-    ));
-    assert!(conn.next_request().await.error_detail.is_none());
+    ))
+    .unwrap();
+    assert!(conn.next_request().await.unwrap().error_detail.is_none());
 
     // w1 v2 has a 3-byte address; w2 is fine.
     let mut bad = workload("w1", [10, 0, 0, 9], None);
@@ -235,8 +245,9 @@ async fn a_bad_resource_is_nacked_by_name_and_the_rest_applies() {
             resource("w2", "1", &workload("w2", [10, 0, 0, 2], None)),
         ],
         &[],
-    ));
-    let nack = conn.next_request().await;
+    ))
+    .unwrap();
+    let nack = conn.next_request().await.unwrap();
     assert_eq!(nack.response_nonce, "n2");
     let detail = nack.error_detail.expect("a NACK");
     assert_eq!(
@@ -255,10 +266,12 @@ async fn a_bad_resource_is_nacked_by_name_and_the_rest_applies() {
 
 #[tokio::test]
 async fn first_response_nacked_keeps_readiness_blocked() {
-    let mut server = FakeAds::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut server = ScriptedAds::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let h = start_client("nackready", server.addr);
-    let mut conn = server.next_conn().await;
-    conn.initial_requests().await;
+    let mut conn = server.next_conn().await.unwrap();
+    conn.initial_requests().await.unwrap();
     let mut bad = workload("w1", [10, 0, 0, 1], None);
     if let Some(pw::address::Type::Workload(w)) = &mut bad.r#type {
         w.uid.clear();
@@ -268,21 +281,25 @@ async fn first_response_nacked_keeps_readiness_blocked() {
         "n1",
         vec![resource("w1", "1", &bad)],
         &[],
-    ));
-    assert!(conn.next_request().await.error_detail.is_some());
+    ))
+    .unwrap();
+    assert!(conn.next_request().await.unwrap().error_detail.is_some());
     assert!(h.readiness.pending().contains(&"state manager".to_string()));
-    conn.push(response(ADDRESS_TYPE_URL, "n2", vec![], &[]));
-    assert!(conn.next_request().await.error_detail.is_none());
+    conn.push(response(ADDRESS_TYPE_URL, "n2", vec![], &[]))
+        .unwrap();
+    assert!(conn.next_request().await.unwrap().error_detail.is_none());
     assert_eq!(h.readiness.pending(), vec!["state manager"]);
 }
 
 #[tokio::test]
 async fn reconnect_resubscribes_with_known_versions_and_a_fresh_token() {
-    let mut server = FakeAds::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut server = ScriptedAds::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let addr = server.addr;
     let h = start_client("reconnect", addr);
-    let mut conn = server.next_conn().await;
-    conn.initial_requests().await;
+    let mut conn = server.next_conn().await.unwrap();
+    conn.initial_requests().await.unwrap();
     conn.push(response(
         ADDRESS_TYPE_URL,
         "n1",
@@ -291,8 +308,9 @@ async fn reconnect_resubscribes_with_known_versions_and_a_fresh_token() {
             resource("w2", "v3", &workload("w2", [10, 0, 0, 2], None)),
         ],
         &[],
-    ));
-    assert!(conn.next_request().await.error_detail.is_none());
+    ))
+    .unwrap();
+    assert!(conn.next_request().await.unwrap().error_detail.is_none());
 
     // The control plane dies: its stream ends and it stops listening.
     drop(conn);
@@ -302,10 +320,10 @@ async fn reconnect_resubscribes_with_known_versions_and_a_fresh_token() {
     // The state keeps serving meanwhile.
     assert!(h.view.workload_by_uid("w1").is_some());
 
-    let mut server = FakeAds::start(addr).await;
-    let mut conn = server.next_conn().await;
+    let mut server = ScriptedAds::start(addr).await.unwrap();
+    let mut conn = server.next_conn().await.unwrap();
     assert_eq!(conn.headers.get("authorization").unwrap(), "Bearer token-2");
-    let initial = conn.initial_requests().await;
+    let initial = conn.initial_requests().await.unwrap();
     let addr_req = by_type(&initial, ADDRESS_TYPE_URL);
     assert_eq!(addr_req.initial_resource_versions.len(), 2);
     assert_eq!(addr_req.initial_resource_versions["w1"], "v7");
@@ -317,32 +335,21 @@ async fn reconnect_resubscribes_with_known_versions_and_a_fresh_token() {
     );
 
     // After the resync the server removes w2; w1 stays.
-    conn.push(response(ADDRESS_TYPE_URL, "r1", vec![], &["w2"]));
-    assert!(conn.next_request().await.error_detail.is_none());
+    conn.push(response(ADDRESS_TYPE_URL, "r1", vec![], &["w2"]))
+        .unwrap();
+    assert!(conn.next_request().await.unwrap().error_detail.is_none());
     wait_state(&h.view, "w2 removed", |v| v.workload_by_uid("w2").is_none()).await;
     assert!(h.view.workload_by_uid("w1").is_some());
 }
 
-/// A root and a server certificate for `istiod.istio-system.svc`, as PEM.
-fn istiod_tls() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let root_key = KeyPair::generate().unwrap();
-    let mut root_params = CertificateParams::default();
-    root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let root = root_params.self_signed(&root_key).unwrap();
-    let issuer = Issuer::new(root_params, root_key);
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["istiod.istio-system.svc".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (root.pem(), leaf.pem(), key.serialize_pem())
-}
-
 #[tokio::test]
 async fn tls_with_an_inline_root_and_the_alternate_hostname() {
-    let (root, cert, key) = istiod_tls();
-    let mut server = FakeAds::start_tls("127.0.0.1:0".parse().unwrap(), &cert, &key).await;
+    // The lab CA's server certificate names `istiod.istio-system.svc` (and 127.0.0.1).
+    let ca = LabCa::new([127, 0, 0, 1].into()).unwrap();
+    let root = ca.root_pem().to_string();
+    let mut server = ScriptedAds::start_tls("127.0.0.1:0".parse().unwrap(), &ca)
+        .await
+        .unwrap();
     let target = |alt: &str| GrpcTarget {
         address: format!("https://127.0.0.1:{}", server.addr.port()),
         root_cert: RootCert::Pem(root.clone()),
@@ -367,15 +374,16 @@ async fn tls_with_an_inline_root_and_the_alternate_hostname() {
     };
     let (_trigger, drain) = drain_channel();
     tokio::spawn(XdsClient::new(cfg, writer, &readiness).run(drain));
-    let mut conn = server.next_conn().await;
-    conn.initial_requests().await;
+    let mut conn = server.next_conn().await.unwrap();
+    conn.initial_requests().await.unwrap();
     conn.push(response(
         ADDRESS_TYPE_URL,
         "n1",
         vec![resource("w1", "1", &workload("w1", [10, 0, 0, 1], None))],
         &[],
-    ));
-    assert!(conn.next_request().await.error_detail.is_none());
+    ))
+    .unwrap();
+    assert!(conn.next_request().await.unwrap().error_detail.is_none());
     assert!(view.workload_by_uid("w1").is_some());
 }
 
@@ -400,10 +408,12 @@ async fn metrics_count_responses_and_stream_endings() {
     use prost::Message;
     let metrics = Metrics::new();
     let xds = metrics.xds.clone();
-    let mut server = FakeAds::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut server = ScriptedAds::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let _h = start_client_with("metrics", server.addr, xds.clone());
-    let mut conn = server.next_conn().await;
-    conn.initial_requests().await;
+    let mut conn = server.next_conn().await.unwrap();
+    conn.initial_requests().await.unwrap();
 
     // A push of each type (one of them two responses): counted by type URL, with the size of
     // each response as encoded on the wire.
@@ -432,9 +442,9 @@ async fn metrics_count_responses_and_stream_endings() {
     let (addr_bytes, authz_bytes) = (size(ADDRESS_TYPE_URL), size(AUTHORIZATION_TYPE_URL));
     assert!(addr_bytes > 0 && authz_bytes > 0);
     for r in pushes {
-        conn.push(r);
+        conn.push(r).unwrap();
         // The ACK is sent after the response was counted.
-        assert!(conn.next_request().await.error_detail.is_none());
+        assert!(conn.next_request().await.unwrap().error_detail.is_none());
     }
     assert_eq!(xds.messages(ADDRESS_TYPE_URL), (2, addr_bytes));
     assert_eq!(xds.messages(AUTHORIZATION_TYPE_URL), (1, authz_bytes));
@@ -455,25 +465,23 @@ async fn metrics_count_responses_and_stream_endings() {
     );
 
     // The server fails the stream: an Error; the client comes back.
-    conn.responses
-        .send(Err(tonic::Status::invalid_argument("test failure")))
+    conn.fail(tonic::Status::invalid_argument("test failure"))
         .unwrap();
     wait_terminations(&xds, TerminationReason::Error, 1).await;
-    let mut conn = server.next_conn().await;
-    conn.initial_requests().await;
+    let mut conn = server.next_conn().await.unwrap();
+    conn.initial_requests().await.unwrap();
 
     // Routine housekeeping (a cancelled stream, as on an istiod restart): a Reconnect.
-    conn.responses
-        .send(Err(tonic::Status::cancelled("server shutting down")))
+    conn.fail(tonic::Status::cancelled("server shutting down"))
         .unwrap();
     wait_terminations(&xds, TerminationReason::Reconnect, 1).await;
-    let mut conn = server.next_conn().await;
-    conn.initial_requests().await;
+    let mut conn = server.next_conn().await.unwrap();
+    conn.initial_requests().await.unwrap();
 
     // The server ends the stream cleanly: Complete.
     drop(conn);
     wait_terminations(&xds, TerminationReason::Complete, 1).await;
-    let conn = server.next_conn().await;
+    let conn = server.next_conn().await.unwrap();
 
     // The server dies: its last stream ends and reconnecting fails while nobody listens.
     drop(server);
