@@ -1,5 +1,6 @@
-//! The control plane's gRPC services (over TLS for the lab's istiod): `AggregatedDiscoveryService/DeltaAggregatedResources`
-//! (delta xDS, both WDS types) and `IstioCertificateService/CreateCertificate`.
+//! The control plane's gRPC services, over TLS for the lab's istiod:
+//! `AggregatedDiscoveryService/DeltaAggregatedResources` (delta xDS, both WDS types) and
+//! `IstioCertificateService/CreateCertificate`.
 //!
 //! Invariants: a stream starts only with a known bearer token; each type is served from the
 //! first subscription of that type on the stream: a full response (whatever differs from the
