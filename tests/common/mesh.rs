@@ -22,6 +22,15 @@ pub fn proxy_under_test() -> PathBuf {
         .unwrap_or_else(|| AMBIT.into())
 }
 
+/// The CA root the lab's own certificates (gateways, waypoints) come from when the proxy under
+/// test issues from a root of its own: `AMBIT_LAB_CA_CERT` and `AMBIT_LAB_CA_KEY` (PEM; PKCS#8
+/// key), e.g. real ztunnel's `FAKE_CA` test root. Unset: the lab's built-in CA root.
+pub fn ca_root_under_test() -> Option<(PathBuf, PathBuf)> {
+    let cert = std::env::var_os("AMBIT_LAB_CA_CERT")?;
+    let key = std::env::var_os("AMBIT_LAB_CA_KEY")?;
+    Some((cert.into(), key.into()))
+}
+
 /// Kubernetes namespace / name / service account of the two pods.
 pub const CLIENT_WL: (&str, &str, &str) = ("a", "client", "client");
 pub const SERVER_WL: (&str, &str, &str) = ("b", "server", "server");

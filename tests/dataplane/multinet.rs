@@ -80,6 +80,7 @@ services:
 async fn lab(control: ControlMode, mode: ProxyMode) -> Lab {
     let opts = LabOptions {
         proxy: Some(crate::common::mesh::proxy_under_test()),
+        ca_root: crate::common::mesh::ca_root_under_test(),
         mode,
         control,
         ..LabOptions::default()
