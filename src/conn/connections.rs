@@ -39,7 +39,7 @@ use super::authz;
 use super::copy::CopyStats;
 use super::revocation::RevokedSignal;
 
-/// The registry of live inbound connections. Cloning shares it.
+/// The registry of live connections, inbound and outbound. Cloning shares it.
 #[derive(Clone, Default)]
 pub struct ConnectionTracker {
     inner: Arc<Mutex<Registry>>,
@@ -194,11 +194,8 @@ impl ConnectionTracker {
         identity: Option<&Identity>,
         stats: Arc<CopyStats>,
     ) -> Registration {
-        let (tx, rx) = oneshot::channel();
         let mut reg = self.lock();
-        let id = reg.next_id;
-        reg.next_id += 1;
-        let close = Registry::told_if_forced(reg.forced, tx);
+        let (id, close, rx) = reg.enrol();
         reg.conns.insert(
             id,
             Tracked {
@@ -223,11 +220,8 @@ impl ConnectionTracker {
         conn: LiveOutbound,
         stats: Arc<CopyStats>,
     ) -> OutboundRegistration {
-        let (tx, rx) = oneshot::channel();
         let mut reg = self.lock();
-        let id = reg.next_id;
-        reg.next_id += 1;
-        let close = Registry::told_if_forced(reg.forced, tx);
+        let (id, close, rx) = reg.enrol();
         reg.outbound.insert(
             id,
             TrackedOutbound {
@@ -374,14 +368,23 @@ impl ConnectionTracker {
 }
 
 impl Registry {
-    /// The sender to keep for a new connection: none if it was told already (the drain
-    /// deadline has passed).
-    fn told_if_forced(forced: bool, tx: oneshot::Sender<Close>) -> Option<oneshot::Sender<Close>> {
-        if !forced {
-            return Some(tx);
+    /// A new connection's id, the sender its entry keeps (none once the drain deadline has
+    /// passed: it is told at once) and the receiver its task waits on.
+    fn enrol(
+        &mut self,
+    ) -> (
+        u64,
+        Option<oneshot::Sender<Close>>,
+        oneshot::Receiver<Close>,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (tx, rx) = oneshot::channel();
+        if !self.forced {
+            return (id, Some(tx), rx);
         }
         let _ = tx.send(Close::DrainDeadline);
-        None
+        (id, None, rx)
     }
 }
 
